@@ -1,0 +1,3 @@
+from rtransfer.cli import main
+
+main()

@@ -1,0 +1,213 @@
+"""Command line: parse -> build a config -> run -> map the outcome to an exit code.
+
+Heavy modules (asyncio driver, hashing, rich) are imported inside the commands
+so that ``rtransfer --help`` starts fast.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from rtransfer import __version__
+from rtransfer.errors import EXIT_FAILURE, EXIT_SIGINT, EXIT_USAGE, Interrupted, RtransferError, UsageError
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable
+
+    from rtransfer.report import Reporter
+    from rtransfer.stats import TransferStats
+
+DEFAULT_PORT = 7373
+
+app = typer.Typer(
+    add_completion=False,
+    rich_markup_mode=None,
+    pretty_exceptions_enable=False,
+    no_args_is_help=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    help="Send files over TCP with sequence numbers, ACKs, resends and end-to-end integrity checks.",
+)
+
+_SIZE = re.compile(r"^(\d+)\s*([kmg]?)(i?b)?$", re.IGNORECASE)
+
+
+def parse_size(text: str) -> int:
+    """'1M', '64KiB', '4096' -> bytes (binary units)."""
+    m = _SIZE.match(text.strip())
+    if not m:
+        raise UsageError(f"invalid size {text!r} (try 1M, 256K or a number of bytes)")
+    return int(m.group(1)) * 1024 ** " kmg".index(m.group(2).lower() or " ")
+
+
+def parse_endpoint(text: str, default_host: str | None) -> tuple[str, int]:
+    """HOST:PORT, [v6]:PORT, or (when a default host is given) :PORT / PORT."""
+    host, sep, port_text = text.rpartition(":")
+    if not sep:
+        host, port_text = "", text
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not host:
+        if default_host is None:
+            raise UsageError(f"invalid destination {text!r}: expected HOST:PORT")
+        host = default_host
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise UsageError(f"invalid port in {text!r}: expected a number from 0 to 65535")
+    return host, int(port_text)
+
+
+def _reporter(json_output: bool, quiet: bool, data_on_stdout: bool) -> Reporter:
+    from rtransfer.report import ConsoleReporter, JsonReporter
+
+    if json_output:
+        return JsonReporter(sys.stderr if data_on_stdout else sys.stdout)
+    return ConsoleReporter(quiet=quiet)
+
+
+def _run(work: Awaitable[TransferStats], reporter: Reporter) -> int:
+    import asyncio
+    import signal
+
+    async def guarded() -> int:
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        caught: list[Interrupted] = []
+
+        def on_signal(name: str, code: int) -> None:
+            if not caught:
+                caught.append(Interrupted(name, code))
+                task.cancel()
+
+        for sig, code in ((signal.SIGINT, 130), (signal.SIGTERM, 143)):
+            loop.add_signal_handler(sig, on_signal, sig.name, code)
+        try:
+            stats = await work
+        except (asyncio.CancelledError, RtransferError) as exc:
+            error = caught[0] if caught else exc
+            if not isinstance(error, RtransferError):
+                raise
+            reporter.error(error)
+            return error.exit_code
+        reporter.done(stats)
+        return 0
+
+    try:
+        import uvloop
+
+        loop_factory: Any = uvloop.new_event_loop
+    except ImportError:
+        loop_factory = None
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        return runner.run(guarded())
+
+
+JsonOpt = Annotated[
+    bool, typer.Option("--json", help="Newline-delimited JSON events on stdout (stderr if stdout carries data).")
+]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")]
+TimeoutOpt = Annotated[float, typer.Option("--timeout", metavar="SECONDS", help="How long a silent peer is tolerated.")]
+
+
+@app.command(no_args_is_help=True)
+def send(
+    args: Annotated[list[str], typer.Argument(metavar="SOURCE... HOST:PORT", show_default=False)],
+    name: Annotated[
+        str | None, typer.Option("--name", help="Name the receiver stores standard input ('-') under.")
+    ] = None,
+    json_output: JsonOpt = False,
+    quiet: QuietOpt = False,
+    timeout: TimeoutOpt = 30.0,
+    chunk_size: Annotated[
+        str, typer.Option("--chunk-size", metavar="SIZE", help="Bytes per chunk (K/M suffixes).")
+    ] = "1M",
+    window: Annotated[int, typer.Option("--window", metavar="CHUNKS", help="Chunks in flight before an ACK.")] = 16,
+) -> int:
+    """Send files, directories or standard input ('-') to a receiver."""
+    reporter = _reporter(json_output, quiet, data_on_stdout=False)
+    try:
+        from rtransfer.protocol.frames import MAX_CHUNK_BYTES, MAX_WINDOW, MIN_CHUNK_BYTES
+        from rtransfer.session import SendConfig, run_send
+
+        if len(args) < 2:
+            raise UsageError("send needs at least one SOURCE and a HOST:PORT")
+        host, port = parse_endpoint(args[-1], None)
+        chunk_bytes = parse_size(chunk_size)
+        if not MIN_CHUNK_BYTES <= chunk_bytes <= MAX_CHUNK_BYTES:
+            raise UsageError(f"--chunk-size must be between {MIN_CHUNK_BYTES} and {MAX_CHUNK_BYTES} bytes")
+        if not 1 <= window <= MAX_WINDOW:
+            raise UsageError(f"--window must be between 1 and {MAX_WINDOW}")
+        if not timeout > 0:
+            raise UsageError("--timeout must be positive")
+        config = SendConfig(args[:-1], host, port, name, chunk_bytes, window, timeout)
+    except RtransferError as exc:
+        reporter.error(exc)
+        return exc.exit_code
+    return _run(run_send(config, reporter), reporter)
+
+
+@app.command(no_args_is_help=False)
+def recv(
+    dest: Annotated[str, typer.Argument(metavar="[DEST]", help="Directory to write into, or '-' for stdout.")] = ".",
+    listen: Annotated[
+        str, typer.Option("--listen", "-l", metavar="[HOST:]PORT", help="Address to listen on; port 0 picks one.")
+    ] = f"0.0.0.0:{DEFAULT_PORT}",
+    json_output: JsonOpt = False,
+    quiet: QuietOpt = False,
+    timeout: TimeoutOpt = 30.0,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace files that already exist in DEST.")] = False,
+) -> int:
+    """Listen, receive one transfer into DEST, and exit."""
+    reporter = _reporter(json_output, quiet, data_on_stdout=dest == "-")
+    try:
+        from rtransfer.session import RecvConfig, run_recv
+
+        host, port = parse_endpoint(listen, "0.0.0.0")
+        if not timeout > 0:
+            raise UsageError("--timeout must be positive")
+        config = RecvConfig(dest, host, port, timeout, overwrite)
+    except RtransferError as exc:
+        reporter.error(exc)
+        return exc.exit_code
+    return _run(run_recv(config, reporter), reporter)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"rtransfer {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    pass
+
+
+def main() -> None:
+    """Entry point: every outcome becomes one line on stderr and a documented exit code."""
+    import click
+
+    try:
+        rv = typer.main.get_command(app).main(prog_name="rtransfer", standalone_mode=False)
+    except click.exceptions.UsageError as exc:
+        print(f"rtransfer: error: {exc.format_message()} (see 'rtransfer --help')", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+    except click.exceptions.Abort:
+        print("rtransfer: error: interrupted by SIGINT", file=sys.stderr)
+        sys.exit(EXIT_SIGINT)
+    except click.exceptions.ClickException as exc:
+        print(f"rtransfer: error: {exc.format_message()}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except Exception as exc:  # a bug: say so in one line; RTRANSFER_DEBUG=1 shows the traceback
+        if os.environ.get("RTRANSFER_DEBUG"):
+            raise
+        print(f"rtransfer: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        sys.exit(EXIT_FAILURE)
+    sys.exit(rv if isinstance(rv, int) else 0)

@@ -1,0 +1,70 @@
+"""One exception hierarchy; each class carries the exit code scripts rely on.
+
+The CLI maps outcomes to exit codes in exactly one place by reading ``exit_code``.
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_NETWORK = 3
+EXIT_INTEGRITY = 4
+EXIT_AUTH = 5
+EXIT_LOCAL_IO = 6
+EXIT_SIGINT = 130
+EXIT_SIGTERM = 143
+
+
+class RtransferError(Exception):
+    """Base of every error rtransfer reports to its user."""
+
+    exit_code = EXIT_FAILURE
+    kind = "failure"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class UsageError(RtransferError):
+    exit_code = EXIT_USAGE
+    kind = "usage"
+
+
+class NetworkError(RtransferError):
+    """Could not connect, peer gone, or peer silent past the timeout."""
+
+    exit_code = EXIT_NETWORK
+    kind = "network"
+
+
+class IntegrityError(RtransferError):
+    """Data failed its check and resending could not fix it."""
+
+    exit_code = EXIT_INTEGRITY
+    kind = "integrity"
+
+
+class HandshakeError(RtransferError):
+    """The peer is not an rtransfer peer we can talk to, or refused us."""
+
+    exit_code = EXIT_AUTH
+    kind = "handshake"
+
+
+class LocalIOError(RtransferError):
+    """Disk full, permission denied, not found: a problem on this machine."""
+
+    exit_code = EXIT_LOCAL_IO
+    kind = "local_io"
+
+
+class Interrupted(RtransferError):
+    """Stopped by SIGINT or SIGTERM; exit 128 + signal number like a shell."""
+
+    kind = "interrupted"
+
+    def __init__(self, signal_name: str, exit_code: int) -> None:
+        super().__init__(f"interrupted by {signal_name}")
+        self.exit_code = exit_code

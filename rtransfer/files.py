@@ -1,0 +1,263 @@
+"""Local files: walking sources, safe destination paths, partial files and atomic rename."""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import shutil
+import stat
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import aiofiles
+import aiofiles.os
+
+from rtransfer.errors import LocalIOError, UsageError
+from rtransfer.protocol.frames import Buffer, Entry, Manifest
+
+PARTIAL_SUFFIX = ".rtpart"
+_DRIVE = re.compile(r"^[A-Za-z]:")
+
+
+def local_error(exc: OSError, what: str | os.PathLike[str]) -> LocalIOError:
+    reason = exc.strerror or str(exc)
+    if exc.errno == errno.ENOSPC:
+        reason = "no space left on device"
+    return LocalIOError(f"{os.fspath(what)}: {reason}")
+
+
+@dataclass(frozen=True)
+class Source:
+    entry: Entry
+    local: Path | None  # None: standard input
+
+
+def collect_sources(args: list[str], stdin_name: str | None, warn: Callable[[str], None]) -> list[Source]:
+    """Turn command-line sources into transfer entries; fails before any byte moves."""
+    sources: list[Source] = []
+    for arg in args:
+        if arg == "-":
+            name = stdin_name or "stdin"
+            sources.append(Source(Entry(safe_relative_path(name, UsageError).as_posix(), "file", None, 0o644), None))
+            continue
+        path = Path(arg)
+        try:
+            st = path.stat()
+        except OSError as exc:
+            raise local_error(exc, arg) from None
+        root_name = path.resolve().name if path.name in ("", ".", "..") else path.name
+        if stat.S_ISDIR(st.st_mode):
+            sources.extend(_walk(path, root_name, warn))
+        elif stat.S_ISREG(st.st_mode):
+            _check_readable(path)
+            sources.append(Source(_file_entry(root_name, st), path))
+        else:
+            raise UsageError(f"{arg}: not a regular file or directory")
+    if stdin_name is not None and "-" not in args:
+        raise UsageError("--name applies only to a '-' (standard input) source")
+    seen: set[str] = set()
+    for s in sources:
+        if s.entry.path in seen:
+            raise UsageError(f"two sources would both be stored as {s.entry.path!r}")
+        seen.add(s.entry.path)
+    return sources
+
+
+def _file_entry(name: str, st: os.stat_result) -> Entry:
+    return Entry(name, "file", st.st_size, stat.S_IMODE(st.st_mode), st.st_mtime)
+
+
+def _check_readable(path: Path) -> None:
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise local_error(exc, path) from None
+
+
+def _walk(root: Path, root_name: str, warn: Callable[[str], None]) -> list[Source]:
+    out = [Source(Entry(root_name, "dir", None, stat.S_IMODE(root.stat().st_mode)), root)]
+
+    def on_error(exc: OSError) -> None:
+        raise local_error(exc, exc.filename or root)
+
+    for dirpath, dirnames, filenames in os.walk(root, onerror=on_error):
+        dirnames.sort()
+        base = Path(dirpath)
+        rel = PurePosixPath(root_name, *base.relative_to(root).parts)
+        for name in sorted(dirnames + filenames):
+            full = base / name
+            st = full.lstat()
+            entry_path = (rel / name).as_posix()
+            if stat.S_ISLNK(st.st_mode):
+                warn(f"skipping symbolic link {full}")
+                if name in dirnames:
+                    dirnames.remove(name)
+            elif stat.S_ISDIR(st.st_mode):
+                out.append(Source(Entry(entry_path, "dir", None, stat.S_IMODE(st.st_mode)), full))
+            elif stat.S_ISREG(st.st_mode):
+                _check_readable(full)
+                out.append(Source(_file_entry(entry_path, st), full))
+            else:
+                warn(f"skipping special file {full}")
+    return out
+
+
+def safe_relative_path(name: str, error: type[Exception] = LocalIOError) -> PurePosixPath:
+    """A peer-supplied name as a relative path that cannot leave the destination."""
+    if "\x00" in name or "\\" in name or name.startswith("/") or _DRIVE.match(name):
+        raise error(f"refusing unsafe name {name!r}")
+    path = PurePosixPath(name)
+    if not path.parts or any(part in ("", ".", "..") for part in path.parts):
+        raise error(f"refusing unsafe name {name!r}")
+    return path
+
+
+def partial_path(final: Path) -> Path:
+    return final.with_name(f".{final.name}{PARTIAL_SUFFIX}")
+
+
+class DirectorySink:
+    """Writes a transfer under DEST: each file into a hidden partial name, renamed once verified."""
+
+    def __init__(self, root: Path, overwrite: bool) -> None:
+        self.root = root
+        self.overwrite = overwrite
+        self._entries: tuple[Entry, ...] = ()
+        self._finals: dict[int, Path] = {}
+        self._open: dict[int, Any] = {}
+
+    def plan(self, manifest: Manifest) -> None:
+        """Check every name and the free space, create directories; raise before any data."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            root = self.root.resolve(strict=True)
+        except OSError as exc:
+            raise local_error(exc, self.root) from None
+        if not os.access(root, os.W_OK | os.X_OK):
+            raise LocalIOError(f"{self.root}: permission denied")
+        self._entries = manifest.entries
+        for index, entry in enumerate(manifest.entries):
+            final = root.joinpath(*safe_relative_path(entry.path).parts)
+            self._refuse_links(root, final)
+            if entry.kind == "dir":
+                try:
+                    final.mkdir(parents=True, exist_ok=True)
+                except OSError as exc:
+                    raise local_error(exc, final) from None
+                continue
+            if final.exists() and not self.overwrite:
+                raise LocalIOError(f"{final}: already exists (use --overwrite to replace it)")
+            self._finals[index] = final
+        need = sum(e.size or 0 for e in manifest.entries)
+        free = shutil.disk_usage(root).free
+        if need > free:
+            raise LocalIOError(f"{self.root}: not enough free space ({need} bytes needed, {free} available)")
+
+    @staticmethod
+    def _refuse_links(root: Path, final: Path) -> None:
+        """Never follow a symlink that already sits inside DEST out of it."""
+        here = final
+        while here != root:
+            if here.is_symlink():
+                raise LocalIOError(f"{here}: is a symbolic link; refusing to write through it")
+            here = here.parent
+
+    def display_path(self, index: int) -> str:
+        return self._entries[index].path
+
+    async def write(self, index: int, data: Buffer) -> None:
+        handle = self._open.get(index)
+        try:
+            if handle is None:
+                final = self._finals[index]
+                final.parent.mkdir(parents=True, exist_ok=True)
+                handle = self._open[index] = await aiofiles.open(partial_path(final), "wb")
+            await handle.write(data)
+        except OSError as exc:
+            raise local_error(exc, self._finals[index]) from None
+
+    async def finish(self, index: int, ok: bool) -> None:
+        """Close the partial file; rename it into place only if its digest matched."""
+        final = self._finals[index]
+        part = partial_path(final)
+        try:
+            handle = self._open.pop(index, None)
+            if handle is None:
+                handle = await aiofiles.open(part, "wb")
+            await handle.close()
+            if not ok:
+                await aiofiles.os.remove(part)
+                return
+            entry = self._entries[index]
+            os.chmod(part, entry.mode)
+            if entry.mtime is not None:
+                os.utime(part, (entry.mtime, entry.mtime))
+            await aiofiles.os.replace(part, final)
+        except OSError as exc:
+            raise local_error(exc, final) from None
+
+    async def complete(self) -> None:
+        """Directory modes last, so a read-only directory does not block its own contents."""
+        for entry in reversed(self._entries):
+            if entry.kind == "dir":
+                try:
+                    os.chmod(self.root.joinpath(*PurePosixPath(entry.path).parts), entry.mode)
+                except OSError as exc:
+                    raise local_error(exc, entry.path) from None
+
+    async def abort(self) -> None:
+        """A failed transfer leaves nothing under a final name."""
+        for index, handle in list(self._open.items()):
+            await handle.close()
+            part = partial_path(self._finals[index])
+            if part.exists():
+                part.unlink()
+        self._open.clear()
+
+
+class StdoutSink:
+    """Writes the single incoming stream to standard output, in order.
+
+    Bytes reach stdout before the whole-file digest can be checked (as with curl);
+    a mismatch still fails the run with exit 4.
+    """
+
+    def __init__(self) -> None:
+        self._entries: tuple[Entry, ...] = ()
+        self._out: Any = None
+
+    def plan(self, manifest: Manifest) -> None:
+        files = [e for e in manifest.entries if e.kind == "file"]
+        if len(files) != 1 or len(manifest.entries) != 1:
+            raise LocalIOError("DEST '-' (standard output) takes exactly one incoming file")
+        self._entries = manifest.entries
+
+    def display_path(self, index: int) -> str:
+        return self._entries[index].path
+
+    async def write(self, index: int, data: Buffer) -> None:
+        try:
+            if self._out is None:
+                self._out = await aiofiles.open(sys.stdout.fileno(), "wb", closefd=False)
+            await self._out.write(data)
+        except OSError as exc:
+            raise local_error(exc, "standard output") from None
+
+    async def finish(self, index: int, ok: bool) -> None:
+        if self._out is not None:
+            await self._out.flush()
+
+    async def complete(self) -> None:
+        pass
+
+    async def abort(self) -> None:
+        if self._out is not None:
+            await self._out.close()
+
+
+Sink = DirectorySink | StdoutSink

@@ -1,0 +1,119 @@
+"""The two ends of the data path, each a task joined to the network by a bounded queue.
+
+Sender: files -> ``read_sources`` -> queue -> network.  Receiver: network ->
+queue -> ``write_chunks`` -> files. Queue size x chunk size bounds memory
+whatever the file size; a full queue stops the producer, which is the
+back-pressure that reaches all the way to the peer's socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiofiles
+
+from rtransfer.errors import LocalIOError
+from rtransfer.files import Sink, Source, local_error
+from rtransfer.integrity import FileDigest
+from rtransfer.protocol.events import ChunkReady, FileComplete
+from rtransfer.stats import TransferStats
+
+QUEUE_CHUNKS = 8
+
+
+@dataclass(frozen=True)
+class Chunk:
+    file_index: int
+    offset: int
+    payload: bytes
+
+
+@dataclass(frozen=True)
+class EndOfFile:
+    file_index: int
+    size: int
+    digest: bytes
+
+
+SendItem = Chunk | EndOfFile | None  # None: every source has been read
+RecvItem = ChunkReady | FileComplete
+
+
+def _open_source(source: Source) -> Any:
+    if source.local is None:
+        return aiofiles.open(sys.stdin.fileno(), "rb", closefd=False)
+    return aiofiles.open(source.local, "rb")
+
+
+async def read_sources(
+    sources: list[Source],
+    start_offsets: dict[int, int],
+    chunk_bytes: int,
+    queue: asyncio.Queue[SendItem],
+    stats: TransferStats,
+) -> None:
+    """Read each file once: chunks go to the queue while BLAKE3 hashes them in a thread."""
+    for index, source in enumerate(sources):
+        if source.entry.kind != "file":
+            continue
+        name = source.local or "standard input"
+        digest = FileDigest()
+        offset = start_offsets.get(index, 0)
+        try:
+            async with _open_source(source) as f:
+                if offset:
+                    await _hash_prefix(f, offset, chunk_bytes, digest)
+                data = await f.read(chunk_bytes)
+                while data:
+                    hashing = asyncio.ensure_future(digest.update(data))
+                    await queue.put(Chunk(index, offset, data))
+                    stats.observe_queue(queue.qsize())
+                    offset += len(data)
+                    data = await f.read(chunk_bytes)
+                    await hashing
+        except OSError as exc:
+            raise local_error(exc, name) from None
+        declared = source.entry.size
+        if declared is not None and offset != declared:
+            raise LocalIOError(f"{name}: changed while being sent ({declared} bytes expected, {offset} read)")
+        await queue.put(EndOfFile(index, offset, digest.digest()))
+    await queue.put(None)
+
+
+async def _hash_prefix(f: Any, size: int, chunk_bytes: int, digest: FileDigest) -> None:
+    """On resume the digest still covers the whole file: hash what the receiver already has."""
+    left = size
+    while left:
+        data = await f.read(min(chunk_bytes, left))
+        if not data:
+            raise LocalIOError("source is shorter than the part already received")
+        await digest.update(data)
+        left -= len(data)
+
+
+async def write_chunks(
+    queue: asyncio.Queue[RecvItem],
+    sink: Sink,
+    stats: TransferStats,
+    verified: Callable[[FileComplete, bool, str], Awaitable[None]],
+) -> None:
+    """Append each in-order chunk to its file while hashing it; check the digest at the end."""
+    digests: dict[int, FileDigest] = {}
+    while True:
+        item = await queue.get()
+        stats.observe_queue(queue.qsize())
+        if isinstance(item, ChunkReady):
+            digest = digests.setdefault(item.file_index, FileDigest())
+            await asyncio.gather(sink.write(item.file_index, item.payload), digest.update(item.payload))
+            stats.bytes_done += len(item.payload)
+        else:
+            digest = digests.pop(item.file_index, None) or FileDigest()
+            ok = digest.digest() == item.digest
+            if not ok:
+                stats.integrity_failures += 1
+            await sink.finish(item.file_index, ok)
+            await verified(item, ok, digest.hexdigest())

@@ -1,0 +1,21 @@
+"""Errors raised at the exact point a protocol rule is broken."""
+
+from __future__ import annotations
+
+from rtransfer.errors import EXIT_AUTH, EXIT_NETWORK, RtransferError
+
+
+class ProtocolError(RtransferError):
+    """The peer sent something the protocol does not allow.
+
+    Mid-transfer this is treated like a broken connection (exit 3); during the
+    handshake it is a refusal (exit 5), see :class:`HandshakeRefused`.
+    """
+
+    exit_code = EXIT_NETWORK
+    kind = "protocol"
+
+
+class HandshakeRefused(ProtocolError):
+    exit_code = EXIT_AUTH
+    kind = "handshake"

@@ -1,0 +1,88 @@
+"""What the protocol machines tell their driver. Plain data, no behaviour."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rtransfer.protocol.frames import Buffer, Manifest
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """Sender side: the receiver agreed; it already has ``start_offsets`` bytes of some files."""
+
+    start_offsets: dict[int, int]
+
+
+@dataclass(frozen=True)
+class ChunksAcked:
+    chunks: int
+    bytes: int
+
+
+@dataclass(frozen=True)
+class Retransmitted:
+    seq: int
+    reason: str  # "nack" or "timeout"
+
+
+@dataclass(frozen=True)
+class IntegrityFailure:
+    """A chunk failed its checksum (seen by the receiver, or NACKed to the sender)."""
+
+    seq: int
+
+
+@dataclass(frozen=True)
+class FileVerified:
+    """Sender side: the receiver confirmed (or rejected) a file's whole-file digest."""
+
+    file_index: int
+    ok: bool
+
+
+@dataclass(frozen=True)
+class ManifestReceived:
+    manifest: Manifest
+
+
+@dataclass(frozen=True)
+class ChunkReady:
+    """Receiver side: the next chunk, in order, checksum verified, ready to write."""
+
+    file_index: int
+    offset: int
+    payload: Buffer
+
+
+@dataclass(frozen=True)
+class FileComplete:
+    """Receiver side: every chunk of a file has been handed out; check its digest now."""
+
+    file_index: int
+    size: int
+    digest: bytes
+
+
+@dataclass(frozen=True)
+class DuplicateChunk:
+    seq: int
+
+
+@dataclass(frozen=True)
+class TransferComplete:
+    pass
+
+
+Event = (
+    Accepted
+    | ChunksAcked
+    | Retransmitted
+    | IntegrityFailure
+    | FileVerified
+    | ManifestReceived
+    | ChunkReady
+    | FileComplete
+    | DuplicateChunk
+    | TransferComplete
+)

@@ -1,0 +1,385 @@
+"""Wire format: typed, length-prefixed, checksummed frames.
+
+Every frame is ``type:u8 | body_length:u32 | check:u64 | body``. ``check`` is
+xxh3-64 over type, length and body, so a flipped bit anywhere in a frame is
+caught; for DATA frames that is the per-chunk checksum. Every length is bounded
+per frame type *before* anything is buffered for it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Any
+
+import xxhash
+
+from rtransfer.protocol.errors import HandshakeRefused, ProtocolError
+
+MAGIC = b"RTXF"
+PROTOCOL_VERSION = 1
+
+MIN_CHUNK_BYTES = 4 * 1024
+MAX_CHUNK_BYTES = 16 * 1024 * 1024
+MAX_WINDOW = 1024
+MAX_MANIFEST_BYTES = 16 * 1024 * 1024
+MAX_ERROR_MESSAGE_BYTES = 1024
+DIGEST_BYTES = 32
+
+HEADER = struct.Struct("!BIQ")
+_PREFIX = struct.Struct("!BI")
+DATA_HEADER = struct.Struct("!QIQ")  # seq, file_index, offset
+_HELLO = struct.Struct("!4sHIB")  # magic, version, capabilities, role
+_ACK = struct.Struct("!QH")  # cumulative, count of selective seqs
+_U64 = struct.Struct("!Q")
+_FILE_END = struct.Struct("!IQ32s")
+_FILE_RESULT = struct.Struct("!I?")
+_ERROR = struct.Struct("!B")
+
+
+class FrameType(IntEnum):
+    HELLO = 1
+    MANIFEST = 2
+    ACCEPT = 3
+    DATA = 4
+    ACK = 5
+    NACK = 6
+    FILE_END = 7
+    FILE_RESULT = 8
+    DONE = 9
+    PING = 10
+    PONG = 11
+    ERROR = 12
+
+
+class Role(IntEnum):
+    SENDER = 1
+    RECEIVER = 2
+
+
+MAX_BODY_BYTES: dict[FrameType, int] = {
+    FrameType.HELLO: 4096,
+    FrameType.MANIFEST: MAX_MANIFEST_BYTES,
+    FrameType.ACCEPT: 1024 * 1024,
+    FrameType.DATA: DATA_HEADER.size + MAX_CHUNK_BYTES,
+    FrameType.ACK: _ACK.size + 8 * MAX_WINDOW,
+    FrameType.NACK: _U64.size,
+    FrameType.FILE_END: _FILE_END.size,
+    FrameType.FILE_RESULT: _FILE_RESULT.size,
+    FrameType.DONE: 0,
+    FrameType.PING: _U64.size,
+    FrameType.PONG: _U64.size,
+    FrameType.ERROR: _ERROR.size + MAX_ERROR_MESSAGE_BYTES,
+}
+
+
+@dataclass(frozen=True)
+class Hello:
+    role: Role
+    version: int = PROTOCOL_VERSION
+    capabilities: int = 0
+    auth: bytes = b""
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One item of a transfer: a path relative to the transfer root."""
+
+    path: str
+    kind: str  # "file" or "dir"
+    size: int | None = None  # None: a stream whose length is known only at its end
+    mode: int = 0o644
+    mtime: float | None = None
+
+
+@dataclass(frozen=True)
+class Manifest:
+    transfer_id: str
+    chunk_bytes: int
+    window: int
+    entries: tuple[Entry, ...]
+
+
+@dataclass(frozen=True)
+class Accept:
+    """Receiver's go-ahead; ``start_offsets`` maps file index to bytes it already has."""
+
+    start_offsets: dict[int, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Data:
+    seq: int
+    file_index: int
+    offset: int
+    payload: bytes | memoryview
+
+
+@dataclass(frozen=True)
+class CorruptData:
+    """A DATA frame whose checksum failed; ``seq`` is as read, so may itself be wrong."""
+
+    seq: int
+
+
+@dataclass(frozen=True)
+class Ack:
+    cumulative: int  # every seq below this has arrived
+    selective: tuple[int, ...] = ()  # seqs above ``cumulative`` that arrived too
+
+
+@dataclass(frozen=True)
+class Nack:
+    seq: int
+
+
+@dataclass(frozen=True)
+class FileEnd:
+    file_index: int
+    size: int
+    digest: bytes
+
+
+@dataclass(frozen=True)
+class FileResult:
+    file_index: int
+    ok: bool
+
+
+@dataclass(frozen=True)
+class Done:
+    pass
+
+
+@dataclass(frozen=True)
+class Ping:
+    token: int
+
+
+@dataclass(frozen=True)
+class Pong:
+    token: int
+
+
+@dataclass(frozen=True)
+class ErrorFrame:
+    exit_code: int
+    message: str
+
+
+Frame = Hello | Manifest | Accept | Data | Ack | Nack | FileEnd | FileResult | Done | Ping | Pong | ErrorFrame
+Buffer = bytes | memoryview
+
+
+def _check(prefix: Buffer, *parts: Buffer) -> int:
+    h = xxhash.xxh3_64(prefix)
+    for part in parts:
+        h.update(part)
+    return h.intdigest()
+
+
+def _frame(ftype: FrameType, *parts: Buffer) -> list[Buffer]:
+    length = sum(len(p) for p in parts)
+    prefix = _PREFIX.pack(ftype, length)
+    header = prefix + _U64.pack(_check(prefix, *parts))
+    return [header, *parts]
+
+
+def encode(frame: Frame) -> list[Buffer]:
+    """Encode a frame as buffers to write in order; large payloads are not copied."""
+    match frame:
+        case Data(seq, file_index, offset, payload):
+            return _frame(FrameType.DATA, DATA_HEADER.pack(seq, file_index, offset), payload)
+        case Ack(cumulative, selective):
+            body = _ACK.pack(cumulative, len(selective)) + b"".join(_U64.pack(s) for s in selective)
+            return _frame(FrameType.ACK, body)
+        case Nack(seq):
+            return _frame(FrameType.NACK, _U64.pack(seq))
+        case Hello(role, version, capabilities, auth):
+            return _frame(FrameType.HELLO, _HELLO.pack(MAGIC, version, capabilities, role) + auth)
+        case Manifest():
+            return _frame(FrameType.MANIFEST, _json(_manifest_to_json(frame)))
+        case Accept(start_offsets):
+            return _frame(FrameType.ACCEPT, _json({"start_offsets": {str(k): v for k, v in start_offsets.items()}}))
+        case FileEnd(file_index, size, digest):
+            return _frame(FrameType.FILE_END, _FILE_END.pack(file_index, size, digest))
+        case FileResult(file_index, ok):
+            return _frame(FrameType.FILE_RESULT, _FILE_RESULT.pack(file_index, ok))
+        case Done():
+            return _frame(FrameType.DONE)
+        case Ping(token):
+            return _frame(FrameType.PING, _U64.pack(token))
+        case Pong(token):
+            return _frame(FrameType.PONG, _U64.pack(token))
+        case ErrorFrame(exit_code, message):
+            text = message.encode("utf-8")[:MAX_ERROR_MESSAGE_BYTES].decode("utf-8", "ignore")
+            return _frame(FrameType.ERROR, _ERROR.pack(exit_code) + text.encode("utf-8"))
+    raise TypeError(f"not a frame: {frame!r}")
+
+
+def encode_bytes(frame: Frame) -> bytes:
+    return b"".join(bytes(p) for p in encode(frame))
+
+
+def _json(obj: object) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def _manifest_to_json(m: Manifest) -> dict[str, Any]:
+    return {
+        "transfer_id": m.transfer_id,
+        "chunk_bytes": m.chunk_bytes,
+        "window": m.window,
+        "entries": [
+            {"path": e.path, "kind": e.kind, "size": e.size, "mode": e.mode, "mtime": e.mtime} for e in m.entries
+        ],
+    }
+
+
+class FrameDecoder:
+    """Accumulates bytes and yields whole frames; raises ProtocolError on bad input.
+
+    Memory is bounded: at most one frame's body (itself bounded) plus one read.
+    """
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+
+    @property
+    def buffered_bytes(self) -> int:
+        return len(self._buf)
+
+    def feed(self, data: Buffer) -> None:
+        self._buf += data
+
+    def frames(self) -> Iterator[Frame | CorruptData]:
+        buf = self._buf
+        while len(buf) >= HEADER.size:
+            raw_type, length, check = HEADER.unpack_from(buf)
+            try:
+                ftype = FrameType(raw_type)
+            except ValueError:
+                raise ProtocolError(f"unknown frame type 0x{raw_type:02x}") from None
+            limit = MAX_BODY_BYTES[ftype]
+            if length > limit:
+                raise ProtocolError(f"{ftype.name} frame of {length} bytes exceeds the limit of {limit}")
+            end = HEADER.size + length
+            if len(buf) < end:
+                return
+            with memoryview(buf) as view:
+                intact = _check(view[: _PREFIX.size], view[HEADER.size : end]) == check
+                body = bytes(view[HEADER.size : end])
+            del buf[:end]
+            if not intact:
+                if ftype is FrameType.DATA and length >= DATA_HEADER.size:
+                    yield CorruptData(_U64.unpack_from(body)[0])
+                    continue
+                raise ProtocolError(f"corrupt {ftype.name} frame (checksum mismatch)")
+            yield _decode_body(ftype, body)
+
+
+def _need(ok: bool, what: str) -> None:
+    if not ok:
+        raise ProtocolError(what)
+
+
+def _decode_body(ftype: FrameType, body: bytes) -> Frame:
+    n = len(body)
+    if ftype is FrameType.DATA:
+        _need(n >= DATA_HEADER.size, "DATA frame too short")
+        seq, file_index, offset = DATA_HEADER.unpack_from(body)
+        return Data(seq, file_index, offset, memoryview(body)[DATA_HEADER.size :])
+    if ftype is FrameType.ACK:
+        _need(n >= _ACK.size, "ACK frame too short")
+        cumulative, count = _ACK.unpack_from(body)
+        _need(n == _ACK.size + 8 * count, "ACK frame length does not match its count")
+        selective = struct.unpack_from(f"!{count}Q", body, _ACK.size)
+        return Ack(cumulative, tuple(selective))
+    if ftype is FrameType.HELLO:
+        _need(n >= _HELLO.size, "HELLO frame too short")
+        magic, version, caps, role = _HELLO.unpack_from(body)
+        if magic != MAGIC:
+            raise HandshakeRefused("peer is not speaking the rtransfer protocol")
+        try:
+            peer_role = Role(role)
+        except ValueError:
+            raise HandshakeRefused(f"peer announced an unknown role {role}") from None
+        return Hello(peer_role, version, caps, body[_HELLO.size :])
+    if ftype is FrameType.MANIFEST:
+        return _decode_manifest(body)
+    if ftype is FrameType.ACCEPT:
+        obj = _load_json(body, "ACCEPT")
+        offsets = obj.get("start_offsets") if isinstance(obj, dict) else None
+        _need(isinstance(offsets, dict), "ACCEPT frame lacks start_offsets")
+        assert isinstance(offsets, dict)
+        result: dict[int, int] = {}
+        for key, value in offsets.items():
+            _need(key.isdigit() and _is_uint(value), "ACCEPT start_offsets malformed")
+            result[int(key)] = value
+        return Accept(result)
+    if ftype in (FrameType.NACK, FrameType.PING, FrameType.PONG):
+        _need(n == _U64.size, f"{ftype.name} frame has the wrong length")
+        (value,) = _U64.unpack(body)
+        return {FrameType.NACK: Nack, FrameType.PING: Ping, FrameType.PONG: Pong}[ftype](value)
+    if ftype is FrameType.FILE_END:
+        _need(n == _FILE_END.size, "FILE_END frame has the wrong length")
+        return FileEnd(*_FILE_END.unpack(body))
+    if ftype is FrameType.FILE_RESULT:
+        _need(n == _FILE_RESULT.size, "FILE_RESULT frame has the wrong length")
+        return FileResult(*_FILE_RESULT.unpack(body))
+    if ftype is FrameType.DONE:
+        return Done()
+    # ERROR
+    _need(n >= _ERROR.size, "ERROR frame too short")
+    (code,) = _ERROR.unpack_from(body)
+    return ErrorFrame(code, body[_ERROR.size :].decode("utf-8", "replace"))
+
+
+def _is_uint(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _load_json(body: bytes, what: str) -> Any:
+    try:
+        return json.loads(body.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ProtocolError(f"{what} frame is not valid UTF-8") from None
+    except ValueError:
+        raise ProtocolError(f"{what} frame is not valid JSON") from None
+
+
+def _decode_manifest(body: bytes) -> Manifest:
+    obj = _load_json(body, "MANIFEST")
+    _need(isinstance(obj, dict), "MANIFEST is not an object")
+    tid, chunk, window, entries = (obj.get(k) for k in ("transfer_id", "chunk_bytes", "window", "entries"))
+    _need(isinstance(tid, str) and 0 < len(tid) <= 64, "MANIFEST transfer_id malformed")
+    _need(_is_uint(chunk) and MIN_CHUNK_BYTES <= chunk <= MAX_CHUNK_BYTES, "MANIFEST chunk_bytes out of range")
+    _need(_is_uint(window) and 1 <= window <= MAX_WINDOW, "MANIFEST window out of range")
+    _need(isinstance(entries, list), "MANIFEST entries malformed")
+    return Manifest(tid, chunk, window, tuple(_decode_entry(e) for e in entries))
+
+
+def _decode_entry(obj: object) -> Entry:
+    _need(isinstance(obj, dict), "MANIFEST entry is not an object")
+    assert isinstance(obj, dict)
+    path, kind, size, mode, mtime = (obj.get(k) for k in ("path", "kind", "size", "mode", "mtime"))
+    _need(isinstance(path, str) and path != "", "MANIFEST entry path malformed")
+    assert isinstance(path, str)
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ProtocolError("MANIFEST entry path is not valid UTF-8") from None
+    _need(kind in ("file", "dir"), f"MANIFEST entry kind {kind!r} unknown")
+    _need(size is None or _is_uint(size), "MANIFEST entry size malformed")
+    _need(kind == "file" or size is None, "MANIFEST directory entry has a size")
+    _need(_is_uint(mode) and mode <= 0o7777, "MANIFEST entry mode malformed")
+    _need(
+        mtime is None or (isinstance(mtime, int | float) and not isinstance(mtime, bool) and math.isfinite(mtime)),
+        "MANIFEST entry mtime malformed",
+    )
+    assert isinstance(kind, str) and isinstance(mode, int)
+    return Entry(path, kind, size, mode, None if mtime is None else float(mtime))

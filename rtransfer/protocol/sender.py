@@ -1,0 +1,171 @@
+"""Sender state machine: windowed chunks, ACK/NACK handling, timeout resends."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from rtransfer.errors import IntegrityError
+from rtransfer.protocol.errors import ProtocolError
+from rtransfer.protocol.events import (
+    Accepted,
+    ChunksAcked,
+    Event,
+    FileVerified,
+    IntegrityFailure,
+    Retransmitted,
+    TransferComplete,
+)
+from rtransfer.protocol.frames import (
+    Accept,
+    Ack,
+    Buffer,
+    CorruptData,
+    Data,
+    Done,
+    FileEnd,
+    FileResult,
+    Frame,
+    Manifest,
+    Nack,
+    Role,
+)
+from rtransfer.protocol.peer import Peer
+from rtransfer.protocol.timing import RetransmitTimer
+
+
+@dataclass
+class _InFlight:
+    frame: Data
+    sent_at: float
+    retransmitted: bool = False
+
+
+class SenderMachine(Peer):
+    """Sends HELLO and the manifest at once; data may flow after the receiver's ACCEPT.
+
+    The window is a span of sequence numbers starting at the oldest unacknowledged
+    chunk, so the receiver never has to hold more than ``window`` chunks out of order.
+    """
+
+    role = Role.SENDER
+
+    def __init__(self, manifest: Manifest, now: float, timeout_s: float, timer: RetransmitTimer | None = None) -> None:
+        super().__init__(now, timeout_s)
+        self.manifest = manifest
+        self.accepted = False
+        self.complete = False
+        self._timer = timer or RetransmitTimer()
+        self._next_seq = 0
+        self._unacked: OrderedDict[int, _InFlight] = OrderedDict()
+        self._timer_armed_at = now
+        self._files = {i for i, e in enumerate(manifest.entries) if e.kind == "file"}
+        self._ended: set[int] = set()
+        self._verified: set[int] = set()
+        self._done_sent = False
+        self._send(manifest)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._unacked)
+
+    @property
+    def rto_s(self) -> float:
+        return self._timer.rto_s
+
+    def _window_base(self) -> int:
+        return next(iter(self._unacked)) if self._unacked else self._next_seq
+
+    def can_send(self) -> bool:
+        return self.accepted and not self.closed and self._next_seq < self._window_base() + self.manifest.window
+
+    def send_chunk(self, file_index: int, offset: int, payload: Buffer, now: float) -> int:
+        if not self.can_send():
+            raise RuntimeError("send_chunk called while the window is closed")
+        self._now = now
+        seq = self._next_seq
+        self._next_seq += 1
+        frame = Data(seq, file_index, offset, payload)
+        if not self._unacked:
+            self._timer_armed_at = now
+        self._unacked[seq] = _InFlight(frame, now)
+        self._send(frame)
+        return seq
+
+    def end_file(self, file_index: int, size: int, digest: bytes, now: float) -> None:
+        self._now = now
+        self._ended.add(file_index)
+        self._send(FileEnd(file_index, size, digest))
+
+    def finish(self, now: float) -> None:
+        """Every file has been ended; tell the receiver nothing else is coming."""
+        self._now = now
+        if self._ended != self._files:
+            raise RuntimeError("finish called before every file was ended")
+        self._done_sent = True
+        self._send(Done())
+
+    def _handle(self, frame: Frame | CorruptData, events: list[Event]) -> None:
+        if isinstance(frame, Ack):
+            self._on_ack(frame, events)
+        elif isinstance(frame, Nack):
+            if frame.seq >= self._next_seq:
+                raise ProtocolError(f"NACK for sequence number {frame.seq}, which was never sent")
+            events.append(IntegrityFailure(frame.seq))
+            if frame.seq in self._unacked:
+                self._resend(frame.seq, "nack", events)
+        elif isinstance(frame, Accept) and not self.accepted:
+            self.accepted = True
+            events.append(Accepted(dict(frame.start_offsets)))
+        elif isinstance(frame, FileResult):
+            if frame.file_index not in self._ended or frame.file_index in self._verified:
+                raise ProtocolError(f"unexpected FILE_RESULT for file {frame.file_index}")
+            if not frame.ok:
+                path = self.manifest.entries[frame.file_index].path
+                raise IntegrityError(f"{path}: whole-file BLAKE3 digest mismatch at the receiver")
+            self._verified.add(frame.file_index)
+            events.append(FileVerified(frame.file_index, True))
+        elif isinstance(frame, Done) and self._done_sent and self._verified == self._files:
+            self.complete = True
+            self.closed = True
+            events.append(TransferComplete())
+        else:
+            raise self._unexpected(frame)
+
+    def _on_ack(self, ack: Ack, events: list[Event]) -> None:
+        if ack.cumulative > self._next_seq or any(s >= self._next_seq for s in ack.selective):
+            raise ProtocolError("ACK for a sequence number that was never sent")
+        acked: list[_InFlight] = []
+        while self._unacked and next(iter(self._unacked)) < ack.cumulative:
+            acked.append(self._unacked.popitem(last=False)[1])
+        for seq in ack.selective:
+            item = self._unacked.pop(seq, None)
+            if item is not None:
+                acked.append(item)
+        if not acked:
+            return
+        fresh = [a for a in acked if not a.retransmitted]
+        if fresh:
+            self._timer.sample(self._now - max(a.sent_at for a in fresh))
+        self._timer.progress()
+        self._timer_armed_at = self._now
+        events.append(ChunksAcked(len(acked), sum(len(a.frame.payload) for a in acked)))
+
+    def _resend(self, seq: int, reason: str, events: list[Event]) -> None:
+        item = self._unacked[seq]
+        item.retransmitted = True
+        item.sent_at = self._now
+        self._send(item.frame)
+        events.append(Retransmitted(seq, reason))
+
+    def _on_timer(self, now: float, events: list[Event]) -> None:
+        if self._unacked and now >= self._timer_armed_at + self._timer.rto_s:
+            self._resend(next(iter(self._unacked)), "timeout", events)
+            self._timer.expired()
+            self._timer_armed_at = now
+
+    def next_deadline(self) -> float:
+        deadline = super().next_deadline()
+        if self._unacked:
+            deadline = min(deadline, self._timer_armed_at + self._timer.rto_s)
+        return deadline

@@ -1,0 +1,159 @@
+"""What happens during a transfer, rendered for people (rich) or for scripts (NDJSON).
+
+Both renderers implement one interface, so the session reports each thing once.
+rich is imported only when a live display is actually shown.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import IO, Any
+
+from rtransfer.errors import RtransferError
+from rtransfer.stats import TransferStats, peak_rss_bytes
+
+
+class Reporter:
+    """The events of a transfer. The base class reports nothing."""
+
+    progress_interval_s = 0.5
+
+    def listening(self, host: str, port: int) -> None: ...
+    def started(self, stats: TransferStats) -> None: ...
+    def progress(self, stats: TransferStats) -> None: ...
+    def retransmit(self, seq: int, reason: str) -> None: ...
+    def file_done(self, path: str, size: int, blake3_hex: str) -> None: ...
+    def warning(self, message: str) -> None: ...
+    def done(self, stats: TransferStats) -> None: ...
+    def error(self, error: RtransferError) -> None: ...
+
+
+class JsonReporter(Reporter):
+    """Newline-delimited JSON, one object per event, flushed at once."""
+
+    progress_interval_s = 1.0
+
+    def __init__(self, stream: IO[str]) -> None:
+        self.stream = stream
+
+    def _emit(self, event: str, **fields: Any) -> None:
+        self.stream.write(json.dumps({"event": event, **fields}) + "\n")
+        self.stream.flush()
+
+    def listening(self, host: str, port: int) -> None:
+        self._emit("listening", host=host, port=port)
+
+    def started(self, stats: TransferStats) -> None:
+        self._emit("start", role=stats.role, total_bytes=stats.total_bytes, files=stats.files_total)
+
+    def progress(self, stats: TransferStats) -> None:
+        self._emit("progress", **stats.as_event())
+
+    def retransmit(self, seq: int, reason: str) -> None:
+        self._emit("retransmit", seq=seq, reason=reason)
+
+    def file_done(self, path: str, size: int, blake3_hex: str) -> None:
+        self._emit("file_done", path=path, bytes=size, blake3=blake3_hex)
+
+    def warning(self, message: str) -> None:
+        self._emit("warning", message=message)
+
+    def done(self, stats: TransferStats) -> None:
+        self._emit("done", ok=True, **stats.as_event())
+
+    def error(self, error: RtransferError) -> None:
+        self._emit("error", code=error.exit_code, kind=error.kind, message=error.message)
+        self._emit("done", ok=False, code=error.exit_code)
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+class ConsoleReporter(Reporter):
+    """Messages on stderr; a live progress display only when stderr is a terminal."""
+
+    def __init__(self, stream: IO[str] | None = None, quiet: bool = False, live: bool | None = None) -> None:
+        self.stream = stream or sys.stderr
+        self.quiet = quiet
+        self.live = (not quiet and self.stream.isatty()) if live is None else live
+        self._progress: Any = None
+        self._task: Any = None
+
+    def _say(self, line: str) -> None:
+        if self.quiet:
+            return
+        if self._progress is not None:
+            self._progress.console.print(line, markup=False, highlight=False)
+        else:
+            print(line, file=self.stream, flush=True)
+
+    def listening(self, host: str, port: int) -> None:
+        self._say(f"rtransfer: listening on {host}:{port}")
+
+    def started(self, stats: TransferStats) -> None:
+        if not self.live:
+            return
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+
+        self._progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            DownloadColumn(binary_units=True),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[detail]}"),
+            console=Console(file=self.stream),
+            transient=True,
+        )
+        self._progress.start()
+        verb = "sending" if stats.role == "send" else "receiving"
+        self._task = self._progress.add_task(verb, total=stats.total_bytes, detail="")
+
+    def progress(self, stats: TransferStats) -> None:
+        if self._progress is None:
+            return
+        detail = (
+            f"files {stats.files_done}/{stats.files_total} · in flight {stats.in_flight} · "
+            f"retransmits {stats.retransmits} · integrity failures {stats.integrity_failures}"
+        )
+        self._progress.update(self._task, completed=stats.bytes_done, total=stats.total_bytes, detail=detail)
+
+    def file_done(self, path: str, size: int, blake3_hex: str) -> None:
+        self._say(f"{blake3_hex}  {path}  ({human_bytes(size)})")
+
+    def warning(self, message: str) -> None:
+        self._say(f"rtransfer: warning: {message}")
+
+    def _stop(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+    def done(self, stats: TransferStats) -> None:
+        self._stop()
+        seconds = max(stats.seconds, 1e-9)
+        verb = "sent" if stats.role == "send" else "received"
+        self._say(
+            f"rtransfer: {verb} {human_bytes(stats.bytes_done)} in {stats.files_done} file(s) in {seconds:.2f} s "
+            f"({human_bytes(stats.bytes_done / seconds)}/s); {stats.chunks} chunks, "
+            f"{stats.retransmits} retransmits, {stats.integrity_failures} integrity failures, "
+            f"peak memory {human_bytes(peak_rss_bytes())}"
+        )
+
+    def error(self, error: RtransferError) -> None:
+        self._stop()
+        print(f"rtransfer: error: {error.message}", file=self.stream, flush=True)

@@ -1,0 +1,340 @@
+"""The asyncio driver: connect or listen, move bytes between socket and machine, fire timers.
+
+All protocol decisions are made by the machines in ``rtransfer.protocol``; this
+module only feeds them bytes and time and carries out what they ask.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rtransfer.errors import IntegrityError, NetworkError, RtransferError
+from rtransfer.files import DirectorySink, Sink, StdoutSink, collect_sources
+from rtransfer.pipeline import QUEUE_CHUNKS, Chunk, EndOfFile, RecvItem, SendItem, read_sources, write_chunks
+from rtransfer.protocol.events import (
+    Accepted,
+    ChunkReady,
+    ChunksAcked,
+    DuplicateChunk,
+    Event,
+    FileComplete,
+    FileVerified,
+    IntegrityFailure,
+    ManifestReceived,
+    Retransmitted,
+    TransferComplete,
+)
+from rtransfer.protocol.frames import Manifest
+from rtransfer.protocol.peer import Peer
+from rtransfer.protocol.receiver import ReceiveLimits, ReceiverMachine
+from rtransfer.protocol.sender import SenderMachine
+from rtransfer.report import Reporter
+from rtransfer.retry import RetryPolicy, retry_call
+from rtransfer.stats import TransferStats
+
+READ_BYTES = 1024 * 1024
+STREAM_LIMIT_BYTES = 4 * 1024 * 1024
+TIMER_TICK_S = 0.2  # longest sleep between timer checks; deadlines move as frames flow
+
+now = time.monotonic
+
+
+@dataclass(frozen=True)
+class SendConfig:
+    sources: list[str]
+    host: str
+    port: int
+    stdin_name: str | None = None
+    chunk_bytes: int = 1024 * 1024
+    window: int = 16
+    timeout_s: float = 30.0
+    connect_policy: RetryPolicy = field(default_factory=RetryPolicy)
+
+
+@dataclass(frozen=True)
+class RecvConfig:
+    dest: str
+    host: str
+    port: int
+    timeout_s: float = 30.0
+    overwrite: bool = False
+    limits: ReceiveLimits = field(default_factory=ReceiveLimits)
+
+
+Handler = Callable[[Event], Awaitable[None]]
+
+
+class Link:
+    """One TCP connection driven by one protocol machine."""
+
+    def __init__(self, machine: Peer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.machine = machine
+        self.reader = reader
+        self.writer = writer
+
+    def flush(self) -> None:
+        pieces = self.machine.data_to_send()
+        if pieces and not self.writer.is_closing():
+            self.writer.writelines(pieces)
+
+    async def drain(self) -> None:
+        try:
+            await self.writer.drain()
+        except (ConnectionError, OSError) as exc:
+            raise NetworkError(f"connection lost: {exc.strerror or exc}") from None
+
+    async def _dispatch(self, events: list[Event], handle: Handler) -> None:
+        self.flush()
+        for event in events:
+            await handle(event)
+
+    async def pump(self, handle: Handler) -> None:
+        """Read until the peer closes; every read goes through the machine."""
+        while True:
+            try:
+                data = await self.reader.read(READ_BYTES)
+            except (ConnectionError, OSError) as exc:
+                raise NetworkError(f"connection lost: {exc.strerror or exc}") from None
+            if not data:
+                if self.machine.closed:
+                    return
+                raise NetworkError("connection closed by the peer before the transfer finished")
+            await self._dispatch(self.machine.receive_data(data, now()), handle)
+
+    async def tick(self, handle: Handler) -> None:
+        """Heartbeats, dead-peer detection and retransmission timeouts."""
+        while True:
+            await asyncio.sleep(min(TIMER_TICK_S, max(0.0, self.machine.next_deadline() - now())))
+            if now() >= self.machine.next_deadline():
+                await self._dispatch(self.machine.on_timer(now()), handle)
+                await self.drain()
+
+    async def close(self, error: RtransferError | None) -> None:
+        if error is not None:
+            self.machine.fail(error)
+            self.flush()
+        with contextlib.suppress(Exception):
+            self.writer.close()
+            await asyncio.wait_for(self.writer.wait_closed(), 2.0)
+
+
+async def supervise(done: asyncio.Event, *coros: Coroutine[Any, Any, None]) -> None:
+    """Run tasks until ``done`` is set; the first task to fail cancels the rest and raises."""
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    waiter = asyncio.ensure_future(done.wait())
+    pending: set[asyncio.Future[Any]] = {waiter, *tasks}
+    try:
+        while pending:
+            finished, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for task in finished:
+                if task is waiter:
+                    return
+                if not task.cancelled() and task.exception() is not None:
+                    raise task.exception()  # type: ignore[misc]
+    finally:
+        for task in (waiter, *tasks):
+            task.cancel()
+        await asyncio.gather(waiter, *tasks, return_exceptions=True)
+
+
+async def progress_ticker(reporter: Reporter, stats: TransferStats, refresh: Callable[[], None]) -> None:
+    while True:
+        await asyncio.sleep(reporter.progress_interval_s)
+        refresh()
+        reporter.progress(stats)
+
+
+async def _connect(
+    host: str, port: int, policy: RetryPolicy, reporter: Reporter
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    async def attempt() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        return await asyncio.open_connection(host, port, limit=STREAM_LIMIT_BYTES)
+
+    def on_retry(attempt_no: int, exc: BaseException, delay_s: float) -> None:
+        reporter.warning(f"connect to {host}:{port} failed ({_reason(exc)}); retry {attempt_no} in {delay_s:.1f} s")
+
+    try:
+        return await retry_call(attempt, policy, (OSError,), on_retry)
+    except OSError as exc:
+        raise NetworkError(f"could not connect to {host}:{port}: {_reason(exc)}") from None
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower()
+    return str(exc) or type(exc).__name__
+
+
+async def run_send(config: SendConfig, reporter: Reporter) -> TransferStats:
+    sources = collect_sources(config.sources, config.stdin_name, reporter.warning)
+    entries = tuple(s.entry for s in sources)
+    manifest = Manifest(uuid.uuid4().hex, config.chunk_bytes, config.window, entries)
+    sizes = [e.size for e in entries if e.kind == "file"]
+    stats = TransferStats(
+        "send", total_bytes=None if None in sizes else sum(s or 0 for s in sizes), files_total=len(sizes)
+    )
+    reader, writer = await _connect(config.host, config.port, config.connect_policy, reporter)
+    machine = SenderMachine(manifest, now(), config.timeout_s)
+    link = Link(machine, reader, writer)
+    link.flush()
+    queue: asyncio.Queue[SendItem] = asyncio.Queue(maxsize=QUEUE_CHUNKS)
+    accepted: asyncio.Future[dict[int, int]] = asyncio.get_running_loop().create_future()
+    window_open = asyncio.Event()
+    done = asyncio.Event()
+
+    async def handle(event: Event) -> None:
+        if isinstance(event, ChunksAcked):
+            stats.bytes_done += event.bytes
+            window_open.set()
+        elif isinstance(event, Retransmitted):
+            stats.retransmits += 1
+            reporter.retransmit(event.seq, event.reason)
+        elif isinstance(event, IntegrityFailure):
+            stats.integrity_failures += 1
+        elif isinstance(event, FileVerified):
+            stats.files_done += 1
+            reporter.file_done(entries[event.file_index].path, file_sizes[event.file_index], digests[event.file_index])
+        elif isinstance(event, Accepted):
+            accepted.set_result(event.start_offsets)
+            reporter.started(stats)
+        elif isinstance(event, TransferComplete):
+            done.set()
+
+    file_sizes: dict[int, int] = {}
+    digests: dict[int, str] = {}
+
+    async def send_chunks() -> None:
+        start_offsets = await accepted
+        stats.bytes_done = sum(start_offsets.values())
+        reading = asyncio.ensure_future(read_sources(sources, start_offsets, config.chunk_bytes, queue, stats))
+        try:
+            while (item := await queue.get()) is not None:
+                if isinstance(item, EndOfFile):
+                    file_sizes[item.file_index] = item.size
+                    digests[item.file_index] = item.digest.hex()
+                    machine.end_file(item.file_index, item.size, item.digest, now())
+                    continue
+                assert isinstance(item, Chunk)
+                while not machine.can_send():
+                    window_open.clear()
+                    await window_open.wait()
+                machine.send_chunk(item.file_index, item.offset, item.payload, now())
+                stats.chunks += 1
+                link.flush()
+                await link.drain()
+            machine.finish(now())
+            link.flush()
+            await reading
+        finally:
+            reading.cancel()
+            await asyncio.gather(reading, return_exceptions=True)
+
+    def refresh() -> None:
+        stats.in_flight = machine.in_flight
+
+    await _run_link(link, stats, reporter, done, refresh, handle, send_chunks())
+    return stats
+
+
+async def _run_link(
+    link: Link,
+    stats: TransferStats,
+    reporter: Reporter,
+    done: asyncio.Event,
+    refresh: Callable[[], None],
+    handle: Handler,
+    *work: Coroutine[Any, Any, None],
+) -> None:
+    """Drive one connection to completion, telling the peer why if we fail."""
+    error: RtransferError | None = None
+    try:
+        await supervise(done, link.pump(handle), link.tick(handle), progress_ticker(reporter, stats, refresh), *work)
+    except RtransferError as exc:
+        error = exc
+        raise
+    except asyncio.CancelledError:
+        error = RtransferError("peer was interrupted")
+        raise
+    finally:
+        await link.close(error)
+    refresh()
+
+
+async def run_recv(config: RecvConfig, reporter: Reporter) -> TransferStats:
+    sink: Sink = StdoutSink() if config.dest == "-" else DirectorySink(Path(config.dest), config.overwrite)
+    loop = asyncio.get_running_loop()
+    connected: asyncio.Future[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = loop.create_future()
+
+    async def on_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if connected.done():
+            writer.close()  # one transfer per run; later connections are turned away
+        else:
+            connected.set_result((reader, writer))
+
+    try:
+        server = await asyncio.start_server(on_connection, config.host, config.port, limit=STREAM_LIMIT_BYTES)
+    except OSError as exc:
+        raise NetworkError(f"cannot listen on {config.host}:{config.port}: {_reason(exc)}") from None
+    async with server:
+        host, port = server.sockets[0].getsockname()[:2]
+        reporter.listening(host, port)
+        reader, writer = await connected
+    stats = TransferStats("recv")
+    machine = ReceiverMachine(now(), config.timeout_s, config.limits)
+    link = Link(machine, reader, writer)
+    link.flush()
+    queue: asyncio.Queue[RecvItem] = asyncio.Queue(maxsize=QUEUE_CHUNKS)
+    done = asyncio.Event()
+    finished_ok = False
+
+    async def handle(event: Event) -> None:
+        if isinstance(event, ChunkReady | FileComplete):
+            if isinstance(event, ChunkReady):
+                stats.chunks += 1
+            await queue.put(event)
+            stats.observe_queue(queue.qsize())
+        elif isinstance(event, IntegrityFailure):
+            stats.integrity_failures += 1
+        elif isinstance(event, DuplicateChunk):
+            stats.duplicates += 1
+        elif isinstance(event, ManifestReceived):
+            files = [e for e in event.manifest.entries if e.kind == "file"]
+            sizes = [e.size for e in files]
+            stats.files_total = len(files)
+            stats.total_bytes = None if None in sizes else sum(s or 0 for s in sizes)
+            sink.plan(event.manifest)
+            machine.accept({}, now())
+            link.flush()
+            reporter.started(stats)
+        elif isinstance(event, TransferComplete):
+            await sink.complete()
+            done.set()
+
+    async def verified(done_file: FileComplete, ok: bool, digest_hex: str) -> None:
+        events = machine.file_verified(done_file.file_index, ok, now())
+        link.flush()
+        path = sink.display_path(done_file.file_index)
+        if not ok:
+            raise IntegrityError(f"{path}: whole-file BLAKE3 digest mismatch")
+        stats.files_done += 1
+        reporter.file_done(path, done_file.size, digest_hex)
+        for event in events:
+            await handle(event)
+
+    def refresh() -> None:
+        stats.in_flight = machine.reorder_buffered
+
+    try:
+        await _run_link(link, stats, reporter, done, refresh, handle, write_chunks(queue, sink, stats, verified))
+        finished_ok = True
+    finally:
+        if not finished_ok:
+            await sink.abort()
+    return stats

@@ -1,0 +1,60 @@
+"""Counters and resource gauges for one transfer: what the reporters display.
+
+Queue depths and peak memory are tracked so that load that would grow them
+without bound shows up in the progress events, not in an OOM kill.
+"""
+
+from __future__ import annotations
+
+import resource
+import sys
+import time
+from dataclasses import dataclass, field
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident memory of this process (ru_maxrss is KiB on Linux, bytes on macOS)."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss if sys.platform == "darwin" else rss * 1024
+
+
+@dataclass
+class TransferStats:
+    role: str
+    total_bytes: int | None = None
+    bytes_done: int = 0
+    files_total: int = 0
+    files_done: int = 0
+    chunks: int = 0
+    retransmits: int = 0
+    integrity_failures: int = 0
+    duplicates: int = 0
+    reconnects: int = 0
+    in_flight: int = 0
+    queue_depth: int = 0
+    queue_peak: int = 0
+    started_at: float = field(default_factory=time.monotonic)
+
+    def observe_queue(self, depth: int) -> None:
+        self.queue_depth = depth
+        self.queue_peak = max(self.queue_peak, depth)
+
+    @property
+    def seconds(self) -> float:
+        return time.monotonic() - self.started_at
+
+    def as_event(self) -> dict[str, object]:
+        return {
+            "bytes": self.bytes_done,
+            "total_bytes": self.total_bytes,
+            "files": self.files_done,
+            "chunks": self.chunks,
+            "retransmits": self.retransmits,
+            "integrity_failures": self.integrity_failures,
+            "reconnects": self.reconnects,
+            "in_flight": self.in_flight,
+            "queue_depth": self.queue_depth,
+            "queue_peak": self.queue_peak,
+            "peak_rss_bytes": peak_rss_bytes(),
+            "seconds": round(self.seconds, 3),
+        }
