@@ -12,6 +12,8 @@ import sys
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+import typer.exceptions
+import typer.main
 
 from rtransfer import __version__
 from rtransfer.errors import EXIT_FAILURE, EXIT_SIGINT, EXIT_USAGE, Interrupted, RtransferError, UsageError
@@ -41,7 +43,7 @@ def parse_size(text: str) -> int:
     m = _SIZE.match(text.strip())
     if not m:
         raise UsageError(f"invalid size {text!r} (try 1M, 256K or a number of bytes)")
-    return int(m.group(1)) * 1024 ** " kmg".index(m.group(2).lower() or " ")
+    return int(m.group(1)) * 1024 ** " kmg".index(m.group(2).lower() or " ")  # type: ignore[no-any-return]
 
 
 def parse_endpoint(text: str, default_host: str | None) -> tuple[str, int]:
@@ -101,8 +103,16 @@ def _run(work: Awaitable[TransferStats], reporter: Reporter) -> int:
         loop_factory: Any = uvloop.new_event_loop
     except ImportError:
         loop_factory = None
-    with asyncio.Runner(loop_factory=loop_factory) as runner:
-        return runner.run(guarded())
+    runner = asyncio.Runner(loop_factory=loop_factory)
+    code = runner.run(guarded())
+    if code != 0:
+        # Cleanup ran inside the coroutine. A worker thread may still be blocked
+        # reading a pipe (stdin) that will never deliver; don't wait for it.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    runner.close()
+    return code
 
 
 JsonOpt = Annotated[
@@ -125,11 +135,16 @@ def send(
         str, typer.Option("--chunk-size", metavar="SIZE", help="Bytes per chunk (K/M suffixes).")
     ] = "1M",
     window: Annotated[int, typer.Option("--window", metavar="CHUNKS", help="Chunks in flight before an ACK.")] = 16,
+    retries: Annotated[int, typer.Option("--retries", metavar="N", help="Connection attempts after the first.")] = 10,
+    retry_max_seconds: Annotated[
+        float, typer.Option("--retry-max-seconds", metavar="SECONDS", help="Give up retrying after this long.")
+    ] = 60.0,
 ) -> int:
     """Send files, directories or standard input ('-') to a receiver."""
     reporter = _reporter(json_output, quiet, data_on_stdout=False)
     try:
         from rtransfer.protocol.frames import MAX_CHUNK_BYTES, MAX_WINDOW, MIN_CHUNK_BYTES
+        from rtransfer.retry import RetryPolicy
         from rtransfer.session import SendConfig, run_send
 
         if len(args) < 2:
@@ -142,7 +157,10 @@ def send(
             raise UsageError(f"--window must be between 1 and {MAX_WINDOW}")
         if not timeout > 0:
             raise UsageError("--timeout must be positive")
-        config = SendConfig(args[:-1], host, port, name, chunk_bytes, window, timeout)
+        if retries < 0 or retry_max_seconds < 0:
+            raise UsageError("--retries and --retry-max-seconds must not be negative")
+        policy = RetryPolicy(max_attempts=retries + 1, max_total_s=retry_max_seconds)
+        config = SendConfig(args[:-1], host, port, name, chunk_bytes, window, timeout, policy)
     except RtransferError as exc:
         reporter.error(exc)
         return exc.exit_code
@@ -192,19 +210,16 @@ def _root(
 
 def main() -> None:
     """Entry point: every outcome becomes one line on stderr and a documented exit code."""
-    import click
-
     try:
         rv = typer.main.get_command(app).main(prog_name="rtransfer", standalone_mode=False)
-    except click.exceptions.UsageError as exc:
-        print(f"rtransfer: error: {exc.format_message()} (see 'rtransfer --help')", file=sys.stderr)
-        sys.exit(EXIT_USAGE)
-    except click.exceptions.Abort:
+    except typer.Abort:
         print("rtransfer: error: interrupted by SIGINT", file=sys.stderr)
         sys.exit(EXIT_SIGINT)
-    except click.exceptions.ClickException as exc:
-        print(f"rtransfer: error: {exc.format_message()}", file=sys.stderr)
-        sys.exit(exc.exit_code)
+    except typer.exceptions.TyperException as exc:  # the CLI parser's errors: usage errors exit 2
+        code = getattr(exc, "exit_code", EXIT_USAGE)
+        hint = " (see 'rtransfer --help')" if code == EXIT_USAGE else ""
+        print(f"rtransfer: error: {exc.format_message()}{hint}", file=sys.stderr)  # type: ignore[attr-defined]
+        sys.exit(code)
     except Exception as exc:  # a bug: say so in one line; RTRANSFER_DEBUG=1 shows the traceback
         if os.environ.get("RTRANSFER_DEBUG"):
             raise

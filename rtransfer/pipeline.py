@@ -45,8 +45,26 @@ RecvItem = ChunkReady | FileComplete
 
 def _open_source(source: Source) -> Any:
     if source.local is None:
-        return aiofiles.open(sys.stdin.fileno(), "rb", closefd=False)
+        # Unbuffered: a BufferedReader's close() would wait on the lock held by a
+        # read blocked on an idle pipe, and Ctrl-C could never finish.
+        return aiofiles.open(sys.stdin.fileno(), "rb", buffering=0, closefd=False)
     return aiofiles.open(source.local, "rb")
+
+
+async def _read_full(f: Any, size: int) -> bytes:
+    """Read ``size`` bytes unless EOF comes first: pipes return short reads, chunks must be full."""
+    data = await f.read(size)
+    if len(data) in (0, size):
+        return bytes(data)
+    parts = [data]
+    got = len(data)
+    while got < size:
+        more = await f.read(size - got)
+        if not more:
+            break
+        parts.append(more)
+        got += len(more)
+    return b"".join(parts)
 
 
 async def read_sources(
@@ -67,13 +85,13 @@ async def read_sources(
             async with _open_source(source) as f:
                 if offset:
                     await _hash_prefix(f, offset, chunk_bytes, digest)
-                data = await f.read(chunk_bytes)
+                data = await _read_full(f, chunk_bytes)
                 while data:
                     hashing = asyncio.ensure_future(digest.update(data))
                     await queue.put(Chunk(index, offset, data))
                     stats.observe_queue(queue.qsize())
                     offset += len(data)
-                    data = await f.read(chunk_bytes)
+                    data = await _read_full(f, chunk_bytes)
                     await hashing
         except OSError as exc:
             raise local_error(exc, name) from None
@@ -88,7 +106,7 @@ async def _hash_prefix(f: Any, size: int, chunk_bytes: int, digest: FileDigest) 
     """On resume the digest still covers the whole file: hash what the receiver already has."""
     left = size
     while left:
-        data = await f.read(min(chunk_bytes, left))
+        data = await _read_full(f, min(chunk_bytes, left))
         if not data:
             raise LocalIOError("source is shorter than the part already received")
         await digest.update(data)
@@ -111,7 +129,7 @@ async def write_chunks(
             await asyncio.gather(sink.write(item.file_index, item.payload), digest.update(item.payload))
             stats.bytes_done += len(item.payload)
         else:
-            digest = digests.pop(item.file_index, None) or FileDigest()
+            digest = digests.pop(item.file_index) if item.file_index in digests else FileDigest()
             ok = digest.digest() == item.digest
             if not ok:
                 stats.integrity_failures += 1

@@ -22,7 +22,7 @@ class RetryPolicy:
 
     def delay_s(self, attempt: int, rand: float) -> float:
         """Delay before retry number ``attempt`` (1-based); ``rand`` in [0, 1)."""
-        raw = min(self.max_delay_s, self.base_delay_s * (2 ** (attempt - 1)))
+        raw = min(self.max_delay_s, self.base_delay_s * 2.0 ** (attempt - 1))
         return raw * (1 - self.jitter * rand)
 
 

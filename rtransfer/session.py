@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import time
 import uuid
+from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,8 +41,7 @@ from rtransfer.report import Reporter
 from rtransfer.retry import RetryPolicy, retry_call
 from rtransfer.stats import TransferStats
 
-READ_BYTES = 1024 * 1024
-STREAM_LIMIT_BYTES = 4 * 1024 * 1024
+INBOX_PAUSE_EVENTS = 4
 TIMER_TICK_S = 0.2  # longest sleep between timer checks; deadlines move as frames flow
 
 now = time.monotonic
@@ -71,58 +72,134 @@ class RecvConfig:
 Handler = Callable[[Event], Awaitable[None]]
 
 
-class Link:
-    """One TCP connection driven by one protocol machine."""
+class Link(asyncio.BufferedProtocol):
+    """One TCP connection driven by one protocol machine.
 
-    def __init__(self, machine: Peer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    The transport reads straight into the machine's buffers. Resulting events
+    wait in a small inbox that ``pump`` hands to the session; while the inbox is
+    full, reading pauses, which is how a slow disk pushes back on the peer.
+    """
+
+    def __init__(self, machine: Peer, on_connected: Callable[[Link], bool] | None = None) -> None:
         self.machine = machine
-        self.reader = reader
-        self.writer = writer
+        self._on_connected = on_connected
+        self._loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self._inbox: deque[Event] = deque()
+        self._wakeup = asyncio.Event()
+        self._error: RtransferError | None = None
+        self._eof = False
+        self._reading_paused = False
+        self._writable: asyncio.Future[None] | None = None
+        self._lost: asyncio.Future[None] = self._loop.create_future()
+
+    # --- asyncio.BufferedProtocol --------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        if self._on_connected is not None and not self._on_connected(self):
+            transport.close()
+            return
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.flush()
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.machine.get_buffer()
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if self._error is not None:
+            return
+        try:
+            events = self.machine.buffer_updated(nbytes, now())
+        except RtransferError as exc:
+            self._stop(exc)
+            return
+        self.flush()
+        if events:
+            self._inbox.extend(events)
+            self._wakeup.set()
+            if len(self._inbox) >= INBOX_PAUSE_EVENTS and not self._reading_paused and self.transport:
+                self._reading_paused = True
+                self.transport.pause_reading()
+
+    def eof_received(self) -> bool:
+        self._eof = True
+        self._wakeup.set()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if exc is not None and self._error is None:
+            self._error = NetworkError(f"connection lost: {_reason(exc)}")
+        self._eof = True
+        self._wakeup.set()
+        if not self._lost.done():
+            self._lost.set_result(None)
+        self.resume_writing()
+
+    def pause_writing(self) -> None:
+        if self._writable is None:
+            self._writable = self._loop.create_future()
+
+    def resume_writing(self) -> None:
+        if self._writable is not None:
+            if not self._writable.done():
+                self._writable.set_result(None)
+            self._writable = None
+
+    # --- used by the session -------------------------------------------------
+    def _stop(self, error: RtransferError) -> None:
+        self._error = error
+        self._wakeup.set()
 
     def flush(self) -> None:
         pieces = self.machine.data_to_send()
-        if pieces and not self.writer.is_closing():
-            self.writer.writelines(pieces)
+        if pieces and self.transport is not None and not self.transport.is_closing():
+            self.transport.writelines(pieces)
 
     async def drain(self) -> None:
-        try:
-            await self.writer.drain()
-        except (ConnectionError, OSError) as exc:
-            raise NetworkError(f"connection lost: {exc.strerror or exc}") from None
-
-    async def _dispatch(self, events: list[Event], handle: Handler) -> None:
-        self.flush()
-        for event in events:
-            await handle(event)
+        if self._writable is not None:
+            await self._writable
+        if self._lost.done():
+            raise self._error or NetworkError("connection closed by the peer before the transfer finished")
 
     async def pump(self, handle: Handler) -> None:
-        """Read until the peer closes; every read goes through the machine."""
+        """Hand received events to the session in order; end at EOF or on error."""
         while True:
-            try:
-                data = await self.reader.read(READ_BYTES)
-            except (ConnectionError, OSError) as exc:
-                raise NetworkError(f"connection lost: {exc.strerror or exc}") from None
-            if not data:
+            while self._inbox:
+                event = self._inbox.popleft()
+                if self._reading_paused and len(self._inbox) < INBOX_PAUSE_EVENTS // 2 and self.transport:
+                    self._reading_paused = False
+                    self.transport.resume_reading()
+                await handle(event)
+            if self._error is not None:
+                raise self._error
+            if self._eof:
                 if self.machine.closed:
                     return
                 raise NetworkError("connection closed by the peer before the transfer finished")
-            await self._dispatch(self.machine.receive_data(data, now()), handle)
+            self._wakeup.clear()
+            await self._wakeup.wait()
 
     async def tick(self, handle: Handler) -> None:
         """Heartbeats, dead-peer detection and retransmission timeouts."""
         while True:
             await asyncio.sleep(min(TIMER_TICK_S, max(0.0, self.machine.next_deadline() - now())))
             if now() >= self.machine.next_deadline():
-                await self._dispatch(self.machine.on_timer(now()), handle)
+                events = self.machine.on_timer(now())
+                self.flush()
+                for event in events:
+                    await handle(event)
                 await self.drain()
 
     async def close(self, error: RtransferError | None) -> None:
         if error is not None:
             self.machine.fail(error)
             self.flush()
-        with contextlib.suppress(Exception):
-            self.writer.close()
-            await asyncio.wait_for(self.writer.wait_closed(), 2.0)
+        if self.transport is not None:
+            self.transport.close()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._lost), 2.0)
 
 
 async def supervise(done: asyncio.Event, *coros: Coroutine[Any, Any, None]) -> None:
@@ -133,9 +210,9 @@ async def supervise(done: asyncio.Event, *coros: Coroutine[Any, Any, None]) -> N
     try:
         while pending:
             finished, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            if waiter in finished:
+                return
             for task in finished:
-                if task is waiter:
-                    return
                 if not task.cancelled() and task.exception() is not None:
                     raise task.exception()  # type: ignore[misc]
     finally:
@@ -151,11 +228,12 @@ async def progress_ticker(reporter: Reporter, stats: TransferStats, refresh: Cal
         reporter.progress(stats)
 
 
-async def _connect(
-    host: str, port: int, policy: RetryPolicy, reporter: Reporter
-) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    async def attempt() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        return await asyncio.open_connection(host, port, limit=STREAM_LIMIT_BYTES)
+async def _connect(host: str, port: int, policy: RetryPolicy, reporter: Reporter, make: Callable[[], Link]) -> Link:
+    loop = asyncio.get_running_loop()
+
+    async def attempt() -> Link:
+        _, link = await loop.create_connection(make, host, port)
+        return link
 
     def on_retry(attempt_no: int, exc: BaseException, delay_s: float) -> None:
         reporter.warning(f"connect to {host}:{port} failed ({_reason(exc)}); retry {attempt_no} in {delay_s:.1f} s")
@@ -180,10 +258,15 @@ async def run_send(config: SendConfig, reporter: Reporter) -> TransferStats:
     stats = TransferStats(
         "send", total_bytes=None if None in sizes else sum(s or 0 for s in sizes), files_total=len(sizes)
     )
-    reader, writer = await _connect(config.host, config.port, config.connect_policy, reporter)
-    machine = SenderMachine(manifest, now(), config.timeout_s)
-    link = Link(machine, reader, writer)
-    link.flush()
+    link = await _connect(
+        config.host,
+        config.port,
+        config.connect_policy,
+        reporter,
+        lambda: Link(SenderMachine(manifest, now(), config.timeout_s)),
+    )
+    machine = link.machine
+    assert isinstance(machine, SenderMachine)
     queue: asyncio.Queue[SendItem] = asyncio.Queue(maxsize=QUEUE_CHUNKS)
     accepted: asyncio.Future[dict[int, int]] = asyncio.get_running_loop().create_future()
     window_open = asyncio.Event()
@@ -270,26 +353,30 @@ async def _run_link(
 async def run_recv(config: RecvConfig, reporter: Reporter) -> TransferStats:
     sink: Sink = StdoutSink() if config.dest == "-" else DirectorySink(Path(config.dest), config.overwrite)
     loop = asyncio.get_running_loop()
-    connected: asyncio.Future[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = loop.create_future()
+    connected: asyncio.Future[Link] = loop.create_future()
 
-    async def on_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def on_connected(link: Link) -> bool:
+        """One transfer per run: the first connection is ours, later ones are turned away."""
         if connected.done():
-            writer.close()  # one transfer per run; later connections are turned away
-        else:
-            connected.set_result((reader, writer))
+            return False
+        connected.set_result(link)
+        return True
 
     try:
-        server = await asyncio.start_server(on_connection, config.host, config.port, limit=STREAM_LIMIT_BYTES)
+        server = await loop.create_server(
+            lambda: Link(ReceiverMachine(now(), config.timeout_s, config.limits), on_connected),
+            config.host,
+            config.port,
+        )
     except OSError as exc:
         raise NetworkError(f"cannot listen on {config.host}:{config.port}: {_reason(exc)}") from None
     async with server:
         host, port = server.sockets[0].getsockname()[:2]
         reporter.listening(host, port)
-        reader, writer = await connected
+        link = await connected
     stats = TransferStats("recv")
-    machine = ReceiverMachine(now(), config.timeout_s, config.limits)
-    link = Link(machine, reader, writer)
-    link.flush()
+    machine = link.machine
+    assert isinstance(machine, ReceiverMachine)
     queue: asyncio.Queue[RecvItem] = asyncio.Queue(maxsize=QUEUE_CHUNKS)
     done = asyncio.Event()
     finished_ok = False

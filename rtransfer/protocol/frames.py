@@ -116,7 +116,7 @@ class Data:
     seq: int
     file_index: int
     offset: int
-    payload: bytes | memoryview
+    payload: Buffer
 
 
 @dataclass(frozen=True)
@@ -172,7 +172,7 @@ class ErrorFrame:
 
 
 Frame = Hello | Manifest | Accept | Data | Ack | Nack | FileEnd | FileResult | Done | Ping | Pong | ErrorFrame
-Buffer = bytes | memoryview
+Buffer = bytes | bytearray | memoryview
 
 
 def _check(prefix: Buffer, *parts: Buffer) -> int:
@@ -241,45 +241,79 @@ def _manifest_to_json(m: Manifest) -> dict[str, Any]:
 
 
 class FrameDecoder:
-    """Accumulates bytes and yields whole frames; raises ProtocolError on bad input.
+    """Turns bytes into frames; raises ProtocolError on bad input.
 
-    Memory is bounded: at most one frame's body (itself bounded) plus one read.
+    It owns the receive buffers: ``get_buffer`` says where the next bytes go
+    (the rest of a 13-byte header, or the rest of the current frame's body) and
+    ``buffer_updated`` says how many arrived. A socket can read straight into a
+    frame's body, so a chunk is copied once, by the kernel. Memory is bounded by
+    one header plus one body, and a body is allocated only after its length has
+    been checked against the limit for its frame type.
     """
 
     def __init__(self) -> None:
-        self._buf = bytearray()
+        self._head = bytearray(HEADER.size)
+        self._head_n = 0
+        self._body: bytearray | None = None
+        self._body_n = 0
+        self._ftype = FrameType.DONE
+        self._check = 0
+        self._ready: list[Frame | CorruptData] = []
 
-    @property
-    def buffered_bytes(self) -> int:
-        return len(self._buf)
+    def get_buffer(self) -> memoryview:
+        if self._body is None:
+            return memoryview(self._head)[self._head_n :]
+        return memoryview(self._body)[self._body_n :]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if self._body is None:
+            self._head_n += nbytes
+            if self._head_n == HEADER.size:
+                self._start_body()
+        else:
+            self._body_n += nbytes
+            if self._body_n == len(self._body):
+                self._finish_frame()
 
     def feed(self, data: Buffer) -> None:
-        self._buf += data
+        """Copy bytes in (tests, fuzzers and callers without a socket)."""
+        view = memoryview(data).cast("B")
+        while view:
+            target = self.get_buffer()
+            n = min(len(target), len(view))
+            target[:n] = view[:n]
+            self.buffer_updated(n)
+            view = view[n:]
 
     def frames(self) -> Iterator[Frame | CorruptData]:
-        buf = self._buf
-        while len(buf) >= HEADER.size:
-            raw_type, length, check = HEADER.unpack_from(buf)
-            try:
-                ftype = FrameType(raw_type)
-            except ValueError:
-                raise ProtocolError(f"unknown frame type 0x{raw_type:02x}") from None
-            limit = MAX_BODY_BYTES[ftype]
-            if length > limit:
-                raise ProtocolError(f"{ftype.name} frame of {length} bytes exceeds the limit of {limit}")
-            end = HEADER.size + length
-            if len(buf) < end:
+        ready, self._ready = self._ready, []
+        yield from ready
+
+    def _start_body(self) -> None:
+        raw_type, length, self._check = HEADER.unpack(self._head)
+        try:
+            self._ftype = FrameType(raw_type)
+        except ValueError:
+            raise ProtocolError(f"unknown frame type 0x{raw_type:02x}") from None
+        limit = MAX_BODY_BYTES[self._ftype]
+        if length > limit:
+            raise ProtocolError(f"{self._ftype.name} frame of {length} bytes exceeds the limit of {limit}")
+        self._body = bytearray(length)
+        self._body_n = 0
+        if length == 0:
+            self._finish_frame()
+
+    def _finish_frame(self) -> None:
+        body, ftype = self._body, self._ftype
+        assert body is not None
+        self._body = None
+        self._head_n = 0
+        if _check(memoryview(self._head)[: _PREFIX.size], body) != self._check:
+            if ftype is FrameType.DATA and len(body) >= DATA_HEADER.size:
+                self._ready.append(CorruptData(_U64.unpack_from(body)[0]))
                 return
-            with memoryview(buf) as view:
-                intact = _check(view[: _PREFIX.size], view[HEADER.size : end]) == check
-                body = bytes(view[HEADER.size : end])
-            del buf[:end]
-            if not intact:
-                if ftype is FrameType.DATA and length >= DATA_HEADER.size:
-                    yield CorruptData(_U64.unpack_from(body)[0])
-                    continue
-                raise ProtocolError(f"corrupt {ftype.name} frame (checksum mismatch)")
-            yield _decode_body(ftype, body)
+            raise ProtocolError(f"corrupt {ftype.name} frame (checksum mismatch)")
+        self._ready.append(_decode_body(ftype, body))
 
 
 def _need(ok: bool, what: str) -> None:
@@ -287,7 +321,7 @@ def _need(ok: bool, what: str) -> None:
         raise ProtocolError(what)
 
 
-def _decode_body(ftype: FrameType, body: bytes) -> Frame:
+def _decode_body(ftype: FrameType, body: bytearray) -> Frame:
     n = len(body)
     if ftype is FrameType.DATA:
         _need(n >= DATA_HEADER.size, "DATA frame too short")
@@ -308,7 +342,7 @@ def _decode_body(ftype: FrameType, body: bytes) -> Frame:
             peer_role = Role(role)
         except ValueError:
             raise HandshakeRefused(f"peer announced an unknown role {role}") from None
-        return Hello(peer_role, version, caps, body[_HELLO.size :])
+        return Hello(peer_role, version, caps, bytes(body[_HELLO.size :]))
     if ftype is FrameType.MANIFEST:
         return _decode_manifest(body)
     if ftype is FrameType.ACCEPT:
@@ -324,7 +358,9 @@ def _decode_body(ftype: FrameType, body: bytes) -> Frame:
     if ftype in (FrameType.NACK, FrameType.PING, FrameType.PONG):
         _need(n == _U64.size, f"{ftype.name} frame has the wrong length")
         (value,) = _U64.unpack(body)
-        return {FrameType.NACK: Nack, FrameType.PING: Ping, FrameType.PONG: Pong}[ftype](value)
+        if ftype is FrameType.NACK:
+            return Nack(value)
+        return Ping(value) if ftype is FrameType.PING else Pong(value)
     if ftype is FrameType.FILE_END:
         _need(n == _FILE_END.size, "FILE_END frame has the wrong length")
         return FileEnd(*_FILE_END.unpack(body))
@@ -343,7 +379,7 @@ def _is_uint(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
-def _load_json(body: bytes, what: str) -> Any:
+def _load_json(body: bytearray, what: str) -> Any:
     try:
         return json.loads(body.decode("utf-8"))
     except UnicodeDecodeError:
@@ -352,7 +388,7 @@ def _load_json(body: bytes, what: str) -> Any:
         raise ProtocolError(f"{what} frame is not valid JSON") from None
 
 
-def _decode_manifest(body: bytes) -> Manifest:
+def _decode_manifest(body: bytearray) -> Manifest:
     obj = _load_json(body, "MANIFEST")
     _need(isinstance(obj, dict), "MANIFEST is not an object")
     tid, chunk, window, entries = (obj.get(k) for k in ("transfer_id", "chunk_bytes", "window", "entries"))
@@ -376,7 +412,7 @@ def _decode_entry(obj: object) -> Entry:
     _need(kind in ("file", "dir"), f"MANIFEST entry kind {kind!r} unknown")
     _need(size is None or _is_uint(size), "MANIFEST entry size malformed")
     _need(kind == "file" or size is None, "MANIFEST directory entry has a size")
-    _need(_is_uint(mode) and mode <= 0o7777, "MANIFEST entry mode malformed")
+    _need(isinstance(mode, int) and _is_uint(mode) and mode <= 0o7777, "MANIFEST entry mode malformed")
     _need(
         mtime is None or (isinstance(mtime, int | float) and not isinstance(mtime, bool) and math.isfinite(mtime)),
         "MANIFEST entry mtime malformed",

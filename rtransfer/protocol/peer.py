@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 from rtransfer.errors import EXIT_AUTH, EXIT_FAILURE, EXIT_INTEGRITY, EXIT_LOCAL_IO, NetworkError, RtransferError
 from rtransfer.protocol.errors import HandshakeRefused, ProtocolError
 from rtransfer.protocol.events import Event
@@ -65,10 +68,34 @@ class Peer:
             self.closed = True
 
     # --- input --------------------------------------------------------------
+    def get_buffer(self) -> memoryview:
+        """Where the next received bytes should be written (see FrameDecoder)."""
+        return self._decoder.get_buffer()
+
+    def buffer_updated(self, nbytes: int, now: float) -> list[Event]:
+        """``nbytes`` were written into the last ``get_buffer``; returns what they caused."""
+        with self._handshake_errors():
+            self._decoder.buffer_updated(nbytes)
+            return self._process(now)
+
     def receive_data(self, data: Buffer, now: float) -> list[Event]:
+        with self._handshake_errors():
+            self._decoder.feed(data)
+            return self._process(now)
+
+    @contextlib.contextmanager
+    def _handshake_errors(self) -> Iterator[None]:
+        """Before the peer's HELLO, any protocol violation means it is not a peer we can talk to."""
+        try:
+            yield
+        except ProtocolError as exc:
+            if self._peer_hello is None and not isinstance(exc, HandshakeRefused):
+                raise HandshakeRefused(f"handshake failed: {exc.message}") from None
+            raise
+
+    def _process(self, now: float) -> list[Event]:
         self._now = now
         self._liveness.received(now)
-        self._decoder.feed(data)
         events: list[Event] = []
         for frame in self._decoder.frames():
             if isinstance(frame, Hello):

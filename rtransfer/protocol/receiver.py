@@ -185,6 +185,7 @@ class ReceiverMachine(Peer):
     def _maybe_finish(self, events: list[Event]) -> None:
         if self._sender_done and not self.complete and self._verified == set(self._received):
             self.complete = True
+            self.closed = True
             self._send(Done())
             events.append(TransferComplete())
 

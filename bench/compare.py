@@ -1,0 +1,282 @@
+#!/usr/bin/env python3
+"""Side-by-side loopback benchmark: rtransfer vs nc, socat and rsync on the same file.
+
+Runs every tool in each round, rotating the order, after warm-up rounds, and
+reports median wall time, the ratio to nc, and each side's peak memory. On a
+shared, noisy machine only these ratios from one run mean much.
+
+    python bench/compare.py --size 1G --runs 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+READY_TIMEOUT_S = 20.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_listening(port: int) -> None:
+    """Poll the kernel's socket table (never connect: nc would take that as the transfer)."""
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        out = subprocess.run(["ss", "-Hltn", f"sport = :{port}"], capture_output=True, text=True).stdout
+        if out.strip():
+            return
+        time.sleep(0.01)
+    raise RuntimeError(f"nothing listened on port {port}")
+
+
+class Measured:
+    """A command run under GNU time, which reports the peak RSS of that command alone.
+
+    (A child's own ru_maxrss would include the pages it shared with this Python
+    process between fork and exec.)
+    """
+
+    def __init__(self, cmd: list[str], **popen: object) -> None:
+        fd, self._rss_file = tempfile.mkstemp(prefix="rss-")
+        os.close(fd)
+        self.proc = subprocess.Popen(["/usr/bin/time", "-f", "%M", "-o", self._rss_file, *cmd], **popen)  # type: ignore[call-overload]
+
+    def wait(self) -> tuple[int, int]:
+        """Exit status and peak RSS in bytes."""
+        rc = self.proc.wait()
+        lines = Path(self._rss_file).read_text().split()
+        os.unlink(self._rss_file)
+        return rc, int(lines[-1]) * 1024 if lines and lines[-1].isdigit() else 0
+
+
+@dataclass
+class Sample:
+    seconds: float
+    recv_rss: int
+    send_rss: int
+
+
+@dataclass
+class Tool:
+    name: str
+    run: Callable[[Path, Path], Sample]
+    samples: list[Sample] = field(default_factory=list)
+
+
+def pair(
+    recv_cmd: list[str],
+    send_cmd: Callable[[int], list[str]],
+    ready: Callable[[subprocess.Popen[bytes]], int],
+    recv_stdout: object = subprocess.PIPE,
+    send_stdin: object = None,
+) -> Sample:
+    """Start the receiver, wait until ``ready`` gives its port, then time the sender and both exits."""
+    receiver = Measured(recv_cmd, stdout=recv_stdout, stderr=subprocess.DEVNULL)
+    try:
+        port = ready(receiver.proc)
+        started = time.perf_counter()
+        sender = Measured(send_cmd(port), stdin=send_stdin, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        send_rc, send_rss = sender.wait()
+        recv_rc, recv_rss = receiver.wait()
+        elapsed = time.perf_counter() - started
+    finally:
+        if receiver.proc.returncode is None:
+            receiver.proc.kill()
+            receiver.proc.wait()
+    if send_rc or recv_rc:
+        raise RuntimeError(f"{recv_cmd[0]} failed: sender {send_rc}, receiver {recv_rc}")
+    return Sample(elapsed, recv_rss, send_rss)
+
+
+def listening_on(port: int) -> Callable[[subprocess.Popen[bytes]], int]:
+    def ready(_: subprocess.Popen[bytes]) -> int:
+        wait_listening(port)
+        return port
+
+    return ready
+
+
+def nc_tool(src: Path, dst: Path) -> Sample:
+    port = free_port()
+    with open(dst, "wb") as out, open(src, "rb") as inp:
+        return pair(
+            ["nc", "-N", "-l", "127.0.0.1", str(port)],
+            lambda p: ["nc", "-N", "127.0.0.1", str(p)],
+            listening_on(port),
+            recv_stdout=out,
+            send_stdin=inp,
+        )
+
+
+def socat_tool(src: Path, dst: Path) -> Sample:
+    port = free_port()
+    return pair(
+        ["socat", "-u", f"TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr", f"CREATE:{dst}"],
+        lambda p: ["socat", "-u", f"OPEN:{src}", f"TCP:127.0.0.1:{p}"],
+        listening_on(port),
+    )
+
+
+def rtransfer_listening(receiver: subprocess.Popen[bytes]) -> int:
+    """rtransfer says when it listens and on which port: no polling needed."""
+    assert receiver.stdout is not None
+    event = json.loads(receiver.stdout.readline())
+    assert event["event"] == "listening", event
+    return int(event["port"])
+
+
+def rtransfer_tool(*extra: str) -> Callable[[Path, Path], Sample]:
+    def run(src: Path, dst: Path) -> Sample:
+        return pair(
+            ["rtransfer", "recv", str(dst.parent), "--listen", "127.0.0.1:0", "--json", "--overwrite", *extra],
+            lambda p: ["rtransfer", "send", str(src), f"127.0.0.1:{p}", "--quiet", *extra],
+            rtransfer_listening,
+        )
+
+    return run
+
+
+class RsyncDaemon:
+    def __init__(self, root: Path) -> None:
+        self.port = free_port()
+        conf = root / "rsyncd.conf"
+        (root / "rsync").mkdir()
+        conf.write_text(f"use chroot = no\n[bench]\npath = {root / 'rsync'}\nread only = no\nuid = root\ngid = root\n")
+        self.proc = subprocess.Popen(
+            ["rsync", "--daemon", "--no-detach", f"--config={conf}", f"--port={self.port}", "--address=127.0.0.1"],
+            stderr=subprocess.DEVNULL,
+        )
+        wait_listening(self.port)
+        self.dir = root / "rsync"
+
+    def run(self, src: Path, dst: Path) -> Sample:
+        started = time.perf_counter()
+        client = Measured(["rsync", str(src), f"rsync://127.0.0.1:{self.port}/bench/{dst.name}"])
+        rc, rss = client.wait()
+        elapsed = time.perf_counter() - started
+        if rc:
+            raise RuntimeError(f"rsync failed with {rc}")
+        (self.dir / dst.name).unlink()
+        return Sample(elapsed, 0, rss)
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait()
+
+
+def startup_ms(runs: int) -> float:
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        subprocess.run(["rtransfer", "--help"], stdout=subprocess.DEVNULL, check=True)
+        times.append((time.perf_counter() - t) * 1000)
+    return statistics.median(times)
+
+
+def parse_size(text: str) -> int:
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    return int(text[:-1]) * units[text[-1].upper()] if text[-1].upper() in units else int(text)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", default="1G", help="file size (K/M/G suffix)")
+    ap.add_argument("--runs", type=int, default=5, help="measured rounds")
+    ap.add_argument("--warmup", type=int, default=1, help="unmeasured rounds first")
+    ap.add_argument("--tools", default="nc,socat,rsync,rtransfer", help="comma-separated subset")
+    ap.add_argument("--dir", default=None, help="work directory (default: a temporary one)")
+    ap.add_argument("--json-out", default=None, help="also write results as JSON here")
+    args = ap.parse_args()
+
+    for needed in ("nc", "socat", "rsync", "ss", "rtransfer", "/usr/bin/time"):
+        if shutil.which(needed) is None:
+            print(f"bench: {needed} not found on PATH", file=sys.stderr)
+            return 2
+    size = parse_size(args.size)
+    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+        root = Path(tmp)
+        src = root / "src.bin"
+        with open(src, "wb") as f:
+            left = size
+            while left:
+                block = os.urandom(min(left, 1 << 24))
+                f.write(block)
+                left -= len(block)
+        rsyncd = RsyncDaemon(root) if "rsync" in args.tools else None
+        available = {
+            "nc": nc_tool,
+            "socat": socat_tool,
+            "rsync": rsyncd.run if rsyncd else None,
+            "rtransfer": rtransfer_tool(),
+        }
+        tools = [Tool(n, available[n]) for n in args.tools.split(",") if available.get(n)]  # type: ignore[arg-type]
+        try:
+            for round_no in range(args.warmup + args.runs):
+                order = tools[round_no % len(tools) :] + tools[: round_no % len(tools)]
+                for tool in order:
+                    dst = root / "out" / f"{tool.name}.bin"
+                    dst.parent.mkdir(exist_ok=True)
+                    sample = tool.run(src, dst)
+                    if tool.name != "rsync":
+                        got = (root / "out" / ("src.bin" if tool.name == "rtransfer" else dst.name)).stat().st_size
+                        assert got == size, f"{tool.name} wrote {got} bytes, expected {size}"
+                        for leftover in (root / "out").iterdir():
+                            leftover.unlink()
+                    if round_no >= args.warmup:
+                        tool.samples.append(sample)
+                    print(f"round {round_no + 1} {tool.name}: {sample.seconds:.2f} s", file=sys.stderr, flush=True)
+        finally:
+            if rsyncd:
+                rsyncd.close()
+    nc = next((t for t in tools if t.name == "nc"), None)
+    nc_median = statistics.median(s.seconds for s in nc.samples) if nc else None
+    results = {
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Linux {platform.release()}",
+        "size_bytes": size,
+        "runs": args.runs,
+        "startup_ms": round(startup_ms(7), 1),
+        "tools": {},
+    }
+    print(f"\n{args.size} over loopback, median of {args.runs} runs ({results['machine']}, {results['date']})\n")
+    print("| tool | median s | MiB/s | vs nc | peak RSS recv | peak RSS send |")
+    print("|---|---|---|---|---|---|")
+    for tool in tools:
+        med = statistics.median(s.seconds for s in tool.samples)
+        ratio = med / nc_median if nc_median else float("nan")
+        recv_rss = max(s.recv_rss for s in tool.samples) / (1 << 20)
+        send_rss = max(s.send_rss for s in tool.samples) / (1 << 20)
+        results["tools"][tool.name] = {  # type: ignore[index]
+            "median_s": round(med, 3),
+            "all_s": [round(s.seconds, 3) for s in tool.samples],
+            "ratio_to_nc": round(ratio, 3),
+            "peak_rss_recv_mib": round(recv_rss, 1),
+            "peak_rss_send_mib": round(send_rss, 1),
+        }
+        recv_col = f"{recv_rss:.0f} MiB" if recv_rss else "(daemon)"
+        rate = size / med / (1 << 20)
+        print(f"| {tool.name} | {med:.2f} | {rate:.0f} | {ratio:.2f} | {recv_col} | {send_rss:.0f} MiB |")
+    print(f"\nrtransfer --help startup: {results['startup_ms']} ms (median of 7)")
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,118 @@
+"""Bad input and signals: one clear line, the documented exit code, nothing under a final name."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Proc, Receiver, run, write_random
+
+
+def one_error_line(stderr: bytes) -> str:
+    """Exactly one error line (warnings may precede it) and never a traceback."""
+    text = stderr.decode()
+    assert "Traceback" not in text
+    lines = [line for line in text.splitlines() if not line.startswith("rtransfer: warning: ")]
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("rtransfer: error: ")
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["send", "x", "nohostport"], "expected HOST:PORT"),
+        (["send", "x", "host:99999"], "invalid port"),
+        (["send", "x"], "at least one SOURCE"),
+        (["send", "x", "h:1", "--chunk-size", "12Q"], "invalid size"),
+        (["send", "x", "h:1", "--window", "0"], "--window"),
+        (["send", "x", "h:1", "--frobnicate"], "No such option"),
+        (["recv", "--listen", "host:port"], "invalid port"),
+        (["bogus"], "No such command"),
+    ],
+)
+def test_usage_errors_exit_2_with_one_line(args: list[str], needle: str) -> None:
+    result = run(*args)
+    assert result.returncode == 2
+    assert needle in one_error_line(result.stderr)
+
+
+def test_missing_source_exits_6_before_connecting(tmp_path: Path) -> None:
+    result = run("send", str(tmp_path / "nope"), "127.0.0.1:9")
+    assert result.returncode == 6
+    assert "no such file or directory" in one_error_line(result.stderr).lower()
+
+
+def test_unreadable_source_exits_6(tmp_path: Path) -> None:
+    import os
+
+    if os.geteuid() == 0:
+        pytest.skip("root can read any file")
+    f = tmp_path / "secret"
+    f.write_bytes(b"x")
+    f.chmod(0)
+    assert run("send", str(f), "127.0.0.1:9").returncode == 6
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_connection_refused_exits_3(tmp_path: Path) -> None:
+    write_random(tmp_path / "a", 10)
+    result = run("send", str(tmp_path / "a"), f"127.0.0.1:{free_port()}", "--retries", "0")
+    assert result.returncode == 3
+    assert "could not connect" in one_error_line(result.stderr)
+
+
+def test_port_in_use_exits_3() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        result = run("recv", "--listen", f"127.0.0.1:{s.getsockname()[1]}")
+    assert result.returncode == 3
+    assert "address already in use" in one_error_line(result.stderr)
+
+
+def test_a_peer_that_is_not_rtransfer_is_refused_with_exit_5(tmp_path: Path, procs: list[Proc]) -> None:
+    procs.append(rx := Receiver(tmp_path / "out"))
+    with socket.create_connection(("127.0.0.1", rx.port)) as s:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert rx.finish() == 5
+    assert "handshake failed" in rx.events("error")[0]["message"]
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_stops_a_waiting_receiver_cleanly(tmp_path: Path, procs: list[Proc], sig: int, code: int) -> None:
+    procs.append(rx := Receiver(tmp_path / "out"))
+    rx.proc.send_signal(sig)
+    assert rx.finish() == code
+    assert "Traceback" not in rx.proc.stderr.read().decode()  # type: ignore[union-attr]
+    assert rx.events("error")[0]["message"] == f"interrupted by {signal.Signals(sig).name}"
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_mid_transfer_stops_both_sides_and_leaves_no_final_file(
+    tmp_path: Path, procs: list[Proc], sig: int, code: int
+) -> None:
+    procs.append(rx := Receiver(tmp_path / "out"))
+    procs.append(tx := Proc(["send", "-", rx.address, "--json", "--name", "s"], stdin=subprocess.PIPE))
+    assert tx.proc.stdin is not None
+    tx.proc.stdin.write(b"x" * (2 * 1024 * 1024))
+    tx.proc.stdin.flush()
+    rx.wait_event("start")
+    tx.proc.send_signal(sig)
+    assert tx.finish() == code
+    stderr = tx.proc.stderr.read().decode()  # type: ignore[union-attr]
+    assert "Traceback" not in stderr
+    assert tx.events("error")[0]["message"] == f"interrupted by {signal.Signals(sig).name}"
+    assert rx.finish() not in (0, None)
+    assert not (tmp_path / "out" / "s").exists()
+    assert not list((tmp_path / "out").glob(".*rtpart"))

@@ -1,0 +1,159 @@
+"""Frame codec: round trips, bounds, corruption, and arbitrary input."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from rtransfer.protocol.errors import ProtocolError
+from rtransfer.protocol.frames import (
+    HEADER,
+    MAX_BODY_BYTES,
+    Accept,
+    Ack,
+    CorruptData,
+    Data,
+    Done,
+    Entry,
+    ErrorFrame,
+    FileEnd,
+    FileResult,
+    FrameDecoder,
+    FrameType,
+    Hello,
+    Manifest,
+    Nack,
+    Ping,
+    Pong,
+    Role,
+    encode_bytes,
+)
+
+u32 = st.integers(0, 2**32 - 1)
+u64 = st.integers(0, 2**64 - 1)
+names = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=40)
+entries = st.builds(
+    Entry,
+    path=names,
+    kind=st.just("file"),
+    size=st.none() | st.integers(0, 2**50),
+    mode=st.integers(0, 0o7777),
+    mtime=st.none() | st.floats(0, 2e9),
+)
+frames = st.one_of(
+    st.builds(
+        Hello, role=st.sampled_from(Role), version=st.integers(0, 65535), capabilities=u32, auth=st.binary(max_size=64)
+    ),
+    st.builds(
+        Manifest,
+        st.text("0123456789abcdef", min_size=1, max_size=32),
+        st.integers(4096, 1 << 24),
+        st.integers(1, 1024),
+        st.lists(entries, max_size=5).map(tuple),
+    ),
+    st.builds(Accept, st.dictionaries(st.integers(0, 1000), st.integers(0, 2**50), max_size=5)),
+    st.builds(Data, u64, u32, u64, st.binary(max_size=3000)),
+    st.builds(Ack, u64, st.lists(u64, max_size=20).map(tuple)),
+    st.builds(Nack, u64),
+    st.builds(FileEnd, u32, u64, st.binary(min_size=32, max_size=32)),
+    st.builds(FileResult, u32, st.booleans()),
+    st.just(Done()),
+    st.builds(Ping, u64),
+    st.builds(Pong, u64),
+    st.builds(ErrorFrame, st.integers(0, 255), st.text(max_size=100)),
+)
+
+
+def decode_all(raw: bytes, split: int = 0) -> list[object]:
+    decoder = FrameDecoder()
+    out: list[object] = []
+    pieces = [raw[i : i + split] for i in range(0, len(raw), split)] if split else [raw]
+    for piece in pieces:
+        decoder.feed(piece)
+        out.extend(decoder.frames())
+    return out
+
+
+def normalise(frame: object) -> object:
+    if isinstance(frame, Data):
+        return Data(frame.seq, frame.file_index, frame.offset, bytes(frame.payload))
+    return frame
+
+
+@given(st.lists(frames, min_size=1, max_size=6), st.integers(0, 50))
+def test_any_frames_round_trip_whatever_the_read_sizes(batch: list[object], split: int) -> None:
+    raw = b"".join(encode_bytes(f) for f in batch)  # type: ignore[arg-type]
+    assert [normalise(f) for f in decode_all(raw, split)] == [normalise(f) for f in batch]
+
+
+@settings(max_examples=500)
+@given(st.binary(max_size=2000))
+def test_arbitrary_bytes_give_frames_or_protocol_error_never_another_exception(raw: bytes) -> None:
+    decoder = FrameDecoder()
+    try:
+        decoder.feed(raw)
+        list(decoder.frames())
+    except ProtocolError:
+        pass
+    assert len(decoder.get_buffer()) <= max(MAX_BODY_BYTES.values())
+
+
+def test_oversized_length_is_refused_before_allocating() -> None:
+    header = HEADER.pack(FrameType.ACK, MAX_BODY_BYTES[FrameType.ACK] + 1, 0)
+    with pytest.raises(ProtocolError, match="exceeds the limit"):
+        decode_all(header)
+
+
+def test_unknown_frame_type_is_a_protocol_error() -> None:
+    with pytest.raises(ProtocolError, match="unknown frame type 0xee"):
+        decode_all(HEADER.pack(0xEE, 0, 0))
+
+
+def test_flipped_payload_bit_in_data_frame_yields_corrupt_data_with_its_seq() -> None:
+    raw = bytearray(encode_bytes(Data(7, 0, 0, b"x" * 100)))
+    raw[-1] ^= 0x01
+    assert decode_all(bytes(raw)) == [CorruptData(7)]
+
+
+def test_flipped_bit_in_control_frame_is_a_protocol_error() -> None:
+    raw = bytearray(encode_bytes(Ack(5, (7,))))
+    raw[-1] ^= 0x80
+    with pytest.raises(ProtocolError, match="corrupt ACK"):
+        decode_all(bytes(raw))
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (
+            b'{"transfer_id":"a","chunk_bytes":4096,"window":4,"entries":[{"path":"\\udc80","kind":"file","size":1,"mode":420,"mtime":null}]}',
+            "not valid UTF-8",
+        ),
+        (
+            b'{"transfer_id":"a","chunk_bytes":4096,"window":4,"entries":[{"path":"a","kind":"file","size":1,"mode":420,"mtime":NaN}]}',
+            "mtime malformed",
+        ),
+        (b'{"transfer_id":"a","chunk_bytes":1,"window":4,"entries":[]}', "chunk_bytes out of range"),
+        (
+            b'{"transfer_id":"a","chunk_bytes":4096,"window":4,"entries":[{"path":"a","kind":"fifo","mode":420}]}',
+            "kind 'fifo' unknown",
+        ),
+        (b"\xff\xfe", "not valid UTF-8"),
+        (b"[1,", "not valid JSON"),
+    ],
+)
+def test_malformed_manifest_is_a_protocol_error(body: bytes, message: str) -> None:
+    from rtransfer.protocol.frames import _frame
+
+    raw = b"".join(bytes(p) for p in _frame(FrameType.MANIFEST, body))
+    with pytest.raises(ProtocolError, match=message):
+        decode_all(raw)
+
+
+def test_ack_count_must_match_length() -> None:
+    from rtransfer.protocol.frames import _frame
+
+    raw = b"".join(bytes(p) for p in _frame(FrameType.ACK, (1).to_bytes(8, "big") + (3).to_bytes(2, "big")))
+    with pytest.raises(ProtocolError, match="does not match"):
+        decode_all(raw)

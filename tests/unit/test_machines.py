@@ -1,0 +1,301 @@
+"""Sender and receiver state machines, driven by plain function calls."""
+
+from __future__ import annotations
+
+import os
+
+import blake3
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from rtransfer.errors import IntegrityError, NetworkError
+from rtransfer.protocol.errors import HandshakeRefused, ProtocolError
+from rtransfer.protocol.events import (
+    ChunkReady,
+    DuplicateChunk,
+    FileComplete,
+    FileVerified,
+    IntegrityFailure,
+    Retransmitted,
+    TransferComplete,
+)
+from rtransfer.protocol.frames import (
+    PROTOCOL_VERSION,
+    Ack,
+    Data,
+    FileResult,
+    Hello,
+    Ping,
+    Pong,
+    Role,
+    encode_bytes,
+)
+from rtransfer.protocol.peer import RemoteError
+from rtransfer.protocol.receiver import ReceiveLimits, ReceiverMachine
+from rtransfer.protocol.sender import SenderMachine
+from tests.unit.harness import CHUNK, Pair, frames_of, manifest, send_file
+
+
+def finish(pair: Pair) -> None:
+    pair.sender.finish(pair.now)
+    for _ in range(10):
+        pair.to_receiver()
+        pair.verify_completed_files()
+        pair.to_sender()
+    assert any(isinstance(e, TransferComplete) for e in pair.receiver_events)
+    assert any(isinstance(e, TransferComplete) for e in pair.sender_events)
+
+
+def test_clean_transfer_delivers_every_byte_in_order_and_both_sides_complete() -> None:
+    payloads = [os.urandom(CHUNK * 3 + 17), b"", os.urandom(CHUNK)]
+    pair = Pair.accepted(manifest(*(len(p) for p in payloads)))
+    for i, p in enumerate(payloads):
+        send_file(pair, i, p)
+    finish(pair)
+    written = pair.written()
+    assert [written.get(i, b"") for i in range(3)] == payloads
+    assert sum(isinstance(e, FileVerified) for e in pair.sender_events) == 3
+
+
+def test_reordered_chunks_are_handed_out_in_order() -> None:
+    data = os.urandom(CHUNK * 4)
+    pair = Pair.accepted(manifest(len(data)))
+    for off in range(0, len(data), CHUNK):
+        pair.sender.send_chunk(0, off, data[off : off + CHUNK], 0.0)
+    frames = frames_of(pair.sender.data_to_send())
+    pair.to_receiver(list(reversed(frames)))
+    assert pair.written()[0] == data
+
+
+def test_duplicate_chunk_is_acked_but_not_handed_out_twice() -> None:
+    data = os.urandom(CHUNK * 2)
+    pair = Pair.accepted(manifest(len(data)))
+    pair.sender.send_chunk(0, 0, data[:CHUNK], 0.0)
+    (frame,) = frames_of(pair.sender.data_to_send())
+    pair.to_receiver([frame])
+    pair.receiver.data_to_send()
+    events = pair.to_receiver([frame])
+    assert events == [DuplicateChunk(0)]
+    assert [f for f in frames_of(pair.receiver.data_to_send()) if isinstance(f, Ack)] == [Ack(1, ())]
+    assert sum(isinstance(e, ChunkReady) for e in pair.receiver_events) == 1
+
+
+def test_lost_ack_makes_the_sender_resend_the_oldest_chunk_after_the_timeout() -> None:
+    pair = Pair.accepted(manifest(CHUNK * 2))
+    pair.sender.send_chunk(0, 0, b"a" * CHUNK, 0.0)
+    pair.sender.send_chunk(0, CHUNK, b"b" * CHUNK, 0.0)
+    pair.to_receiver()
+    pair.receiver.data_to_send()  # the ACK is lost
+    deadline = pair.sender.next_deadline()
+    assert pair.sender.on_timer(deadline - 0.01) == []
+    events = pair.sender.on_timer(deadline)
+    assert events == [Retransmitted(0, "timeout")]
+    resent = [f for f in frames_of(pair.sender.data_to_send()) if isinstance(f, Data)]
+    assert [f.seq for f in resent] == [0]
+    assert pair.sender.rto_s > 1.0  # backed off
+
+
+def test_retransmit_timeout_backs_off_exponentially_and_resets_on_progress() -> None:
+    pair = Pair.accepted(manifest(CHUNK))
+    pair.sender.send_chunk(0, 0, b"a" * CHUNK, 0.0)
+    rtos = []
+    for _ in range(3):
+        rtos.append(pair.sender.rto_s)
+        pair.now += pair.sender.rto_s
+        assert pair.sender.on_timer(pair.now) == [Retransmitted(0, "timeout")]
+        pair.receiver._liveness.received(pair.now)
+        pair.sender._liveness.received(pair.now)
+    assert rtos[1] == 2 * rtos[0] and rtos[2] == 2 * rtos[1]
+    pair.to_receiver()
+    pair.to_sender()
+    assert pair.sender.rto_s == rtos[0]
+
+
+def test_nack_for_corrupt_chunk_triggers_immediate_resend() -> None:
+    data = os.urandom(CHUNK)
+    pair = Pair.accepted(manifest(CHUNK))
+    pair.sender.send_chunk(0, 0, data, 0.0)
+    raw = bytearray(b"".join(bytes(p) for p in pair.sender.data_to_send()))
+    raw[-5] ^= 0x10
+    events = pair.receiver.receive_data(bytes(raw), 0.0)
+    assert events == [IntegrityFailure(0)]
+    events = pair.to_sender()
+    assert Retransmitted(0, "nack") in events and IntegrityFailure(0) in events
+    pair.to_receiver()
+    assert pair.written()[0] == data
+
+
+def test_window_limits_chunks_in_flight_until_acked() -> None:
+    pair = Pair.accepted(manifest(CHUNK * 10, window=3))
+    for i in range(3):
+        pair.sender.send_chunk(0, i * CHUNK, b"x" * CHUNK, 0.0)
+    assert not pair.sender.can_send()
+    with pytest.raises(RuntimeError):
+        pair.sender.send_chunk(0, 3 * CHUNK, b"x" * CHUNK, 0.0)
+    pair.to_receiver()
+    pair.to_sender()
+    assert pair.sender.can_send() and pair.sender.in_flight == 0
+
+
+def test_window_is_anchored_at_the_oldest_unacked_chunk() -> None:
+    pair = Pair.accepted(manifest(CHUNK * 10, window=3))
+    for i in range(3):
+        pair.sender.send_chunk(0, i * CHUNK, b"x" * CHUNK, 0.0)
+    frames = frames_of(pair.sender.data_to_send())
+    pair.to_receiver(frames[1:])  # seq 0 lost: 1 and 2 are acked selectively
+    pair.to_sender()
+    assert pair.sender.in_flight == 1
+    assert not pair.sender.can_send()  # seq 3 would be outside [0, 3)
+
+
+def test_sequence_number_outside_the_window_is_a_protocol_error() -> None:
+    pair = Pair.accepted(manifest(CHUNK * 10, window=3))
+    with pytest.raises(ProtocolError, match="outside the window"):
+        pair.to_receiver([Data(3, 0, 3 * CHUNK, b"x" * CHUNK)])
+
+
+def test_data_before_accept_is_a_protocol_error() -> None:
+    sender = SenderMachine(manifest(CHUNK), 0.0, 30.0)
+    receiver = ReceiverMachine(0.0, 30.0)
+    receiver.receive_data(b"".join(bytes(p) for p in sender.data_to_send()), 0.0)
+    with pytest.raises(ProtocolError, match="before the transfer was accepted"):
+        receiver.receive_data(encode_bytes(Data(0, 0, 0, b"x")), 0.0)
+
+
+@pytest.mark.parametrize(
+    ("frame", "message"),
+    [
+        (Data(0, 0, CHUNK, b"x" * CHUNK), "expected 0"),
+        (Data(0, 5, 0, b"x"), "not a file of this transfer"),
+        (Data(0, 0, 0, b"x" * (CHUNK + 1)), "breaks chunking"),
+    ],
+)
+def test_chunks_that_do_not_fit_the_file_are_protocol_errors(frame: Data, message: str) -> None:
+    pair = Pair.accepted(manifest(CHUNK * 2))
+    with pytest.raises(ProtocolError, match=message):
+        pair.to_receiver([frame])
+
+
+def test_data_past_the_declared_size_is_a_protocol_error() -> None:
+    pair = Pair.accepted(manifest(10))
+    with pytest.raises(ProtocolError, match="past the declared size"):
+        pair.to_receiver([Data(0, 0, 0, b"x" * 11)])
+
+
+def test_declared_totals_above_the_limits_are_refused() -> None:
+    sender = SenderMachine(manifest(100, 100), 0.0, 30.0)
+    receiver = ReceiverMachine(0.0, 30.0, ReceiveLimits(max_entries=10, max_total_bytes=150))
+    with pytest.raises(ProtocolError, match="declares 200 bytes"):
+        receiver.receive_data(b"".join(bytes(p) for p in sender.data_to_send()), 0.0)
+
+
+def test_digest_mismatch_at_the_receiver_fails_the_sender_with_an_integrity_error() -> None:
+    pair = Pair.accepted(manifest(5))
+    pair.sender.send_chunk(0, 0, b"hello", 0.0)
+    pair.sender.end_file(0, 5, blake3.blake3(b"HELLO").digest(), 0.0)
+    pair.to_receiver()
+    pair.verify_completed_files()
+    assert pair.receiver_events[-1] == FileComplete(0, 5, blake3.blake3(b"HELLO").digest())
+    with pytest.raises(IntegrityError, match="f0: whole-file BLAKE3 digest mismatch"):
+        pair.to_sender()
+
+
+def test_stream_of_unknown_size_completes_at_its_file_end() -> None:
+    data = os.urandom(CHUNK + 100)
+    pair = Pair.accepted(manifest(None))
+    send_file(pair, 0, data)
+    finish(pair)
+    assert pair.written()[0] == data
+
+
+def test_idle_peer_gets_pinged_and_silent_peer_is_declared_dead() -> None:
+    pair = Pair.accepted(manifest(CHUNK), timeout_s=8.0)
+    pair.now = pair.sender.next_deadline()
+    pair.sender.on_timer(pair.now)
+    assert any(isinstance(f, Ping) for f in frames_of(pair.sender.data_to_send()))
+    pair.receiver.receive_data(encode_bytes(Ping(1)), pair.now)
+    assert Pong(1) in frames_of(pair.receiver.data_to_send())
+    with pytest.raises(NetworkError, match="peer silent for 9 s"):
+        pair.sender.on_timer(9.0)
+
+
+@pytest.mark.parametrize(
+    ("hello", "message"),
+    [
+        (Hello(Role.SENDER, PROTOCOL_VERSION + 1), "protocol version"),
+        (Hello(Role.RECEIVER), "both ends are receivers"),
+    ],
+)
+def test_incompatible_hello_is_refused(hello: Hello, message: str) -> None:
+    receiver = ReceiverMachine(0.0, 30.0)
+    with pytest.raises(HandshakeRefused, match=message):
+        receiver.receive_data(encode_bytes(hello), 0.0)
+
+
+def test_garbage_instead_of_a_hello_is_a_handshake_refusal() -> None:
+    with pytest.raises(HandshakeRefused):
+        ReceiverMachine(0.0, 30.0).receive_data(b"GET / HTTP/1.1\r\n\r\n", 0.0)
+
+
+def test_error_frame_from_peer_surfaces_with_its_exit_code() -> None:
+    from rtransfer.protocol.frames import ErrorFrame
+
+    pair = Pair.accepted(manifest(5))
+    with pytest.raises(RemoteError, match="disk full") as info:
+        pair.to_sender([ErrorFrame(6, "disk full")])
+    assert info.value.exit_code == 6
+
+
+def test_file_result_for_a_file_never_ended_is_a_protocol_error() -> None:
+    pair = Pair.accepted(manifest(5))
+    with pytest.raises(ProtocolError):
+        pair.to_sender([FileResult(0, True)])
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.integers(1, CHUNK * 3), min_size=1, max_size=3),
+    st.randoms(use_true_random=False),
+    st.floats(0, 0.3),
+    st.floats(0, 0.3),
+)
+def test_any_mix_of_loss_reordering_and_duplication_delivers_exact_bytes(
+    sizes: list[int], rnd: object, loss: float, dup: float
+) -> None:
+    import random
+
+    assert isinstance(rnd, random.Random)
+    payloads = [rnd.randbytes(n) for n in sizes]
+    pair = Pair.accepted(manifest(*sizes, window=4))
+    chunks = [(i, off, p[off : off + CHUNK]) for i, p in enumerate(payloads) for off in range(0, len(p), CHUNK)]
+    ended = 0
+
+    def network_step() -> None:
+        frames = frames_of(pair.sender.data_to_send())
+        data = [f for f in frames if isinstance(f, Data) and rnd.random() >= loss]
+        data += [f for f in data if rnd.random() < dup]
+        rnd.shuffle(data)
+        control = [f for f in frames if not isinstance(f, Data)]  # in order, after the data
+        pair.to_receiver(data + control)
+        pair.verify_completed_files()
+        pair.to_sender()
+
+    for _ in range(400):
+        if pair.sender.complete:
+            break
+        while chunks and pair.sender.can_send():
+            i, off, data = chunks.pop(0)
+            pair.sender.send_chunk(i, off, data, pair.now)
+            if not chunks or chunks[0][0] != i:
+                pair.sender.end_file(i, len(payloads[i]), blake3.blake3(payloads[i]).digest(), pair.now)
+                ended += 1
+        if not chunks and ended == len(payloads) and not pair.sender._done_sent:
+            pair.sender.finish(pair.now)
+        network_step()
+        pair.now += 5.0
+        pair.sender._liveness.received(pair.now)
+        pair.receiver._liveness.received(pair.now)
+        pair.sender.on_timer(pair.now)
+    assert pair.sender.complete
+    assert [pair.written().get(i, b"") for i in range(len(payloads))] == payloads
