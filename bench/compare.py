@@ -28,6 +28,21 @@ from pathlib import Path
 READY_TIMEOUT_S = 20.0
 
 
+def rtransfer_exe() -> str:
+    """The installed entry point itself: a version manager's shim on PATH would add its own startup."""
+    beside = Path(sys.executable).with_name("rtransfer")
+    return str(beside) if beside.exists() else shutil.which("rtransfer") or "rtransfer"
+
+
+def byte_compile_rtransfer() -> None:
+    """An editable install under PYTHONDONTWRITEBYTECODE recompiles every start; `pip install .` would not."""
+    import compileall
+
+    import rtransfer
+
+    compileall.compile_dir(str(Path(rtransfer.__file__).parent), quiet=1)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -144,8 +159,8 @@ def rtransfer_listening(receiver: subprocess.Popen[bytes]) -> int:
 def rtransfer_tool(*extra: str) -> Callable[[Path, Path], Sample]:
     def run(src: Path, dst: Path) -> Sample:
         return pair(
-            ["rtransfer", "recv", str(dst.parent), "--listen", "127.0.0.1:0", "--json", "--overwrite", *extra],
-            lambda p: ["rtransfer", "send", str(src), f"127.0.0.1:{p}", "--quiet", *extra],
+            [rtransfer_exe(), "recv", str(dst.parent), "--listen", "127.0.0.1:0", "--json", "--overwrite", *extra],
+            lambda p: [rtransfer_exe(), "send", str(src), f"127.0.0.1:{p}", "--quiet", *extra],
             rtransfer_listening,
         )
 
@@ -184,7 +199,7 @@ def startup_ms(runs: int) -> float:
     times = []
     for _ in range(runs):
         t = time.perf_counter()
-        subprocess.run(["rtransfer", "--help"], stdout=subprocess.DEVNULL, check=True)
+        subprocess.run([rtransfer_exe(), "--help"], stdout=subprocess.DEVNULL, check=True)
         times.append((time.perf_counter() - t) * 1000)
     return statistics.median(times)
 
@@ -209,6 +224,7 @@ def main() -> int:
             print(f"bench: {needed} not found on PATH", file=sys.stderr)
             return 2
     size = parse_size(args.size)
+    byte_compile_rtransfer()
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         root = Path(tmp)
         src = root / "src.bin"

@@ -124,9 +124,12 @@ TimeoutOpt = Annotated[float, typer.Option("--timeout", metavar="SECONDS", help=
 
 @app.command(no_args_is_help=True)
 def send(
-    args: Annotated[list[str], typer.Argument(metavar="SOURCE... HOST:PORT", show_default=False)],
+    sources: Annotated[
+        list[str], typer.Argument(metavar="SOURCE", show_default=False, help="Files, directories, or '-' for stdin.")
+    ],
+    destination: Annotated[str, typer.Argument(metavar="HOST:PORT", show_default=False, help="The receiver.")],
     name: Annotated[
-        str | None, typer.Option("--name", help="Name the receiver stores standard input ('-') under.")
+        str | None, typer.Option("--name", metavar="NAME", help="Name the receiver stores standard input ('-') under.")
     ] = None,
     json_output: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -147,9 +150,7 @@ def send(
         from rtransfer.retry import RetryPolicy
         from rtransfer.session import SendConfig, run_send
 
-        if len(args) < 2:
-            raise UsageError("send needs at least one SOURCE and a HOST:PORT")
-        host, port = parse_endpoint(args[-1], None)
+        host, port = parse_endpoint(destination, None)
         chunk_bytes = parse_size(chunk_size)
         if not MIN_CHUNK_BYTES <= chunk_bytes <= MAX_CHUNK_BYTES:
             raise UsageError(f"--chunk-size must be between {MIN_CHUNK_BYTES} and {MAX_CHUNK_BYTES} bytes")
@@ -160,7 +161,7 @@ def send(
         if retries < 0 or retry_max_seconds < 0:
             raise UsageError("--retries and --retry-max-seconds must not be negative")
         policy = RetryPolicy(max_attempts=retries + 1, max_total_s=retry_max_seconds)
-        config = SendConfig(args[:-1], host, port, name, chunk_bytes, window, timeout, policy)
+        config = SendConfig(sources, host, port, name, chunk_bytes, window, timeout, policy)
     except RtransferError as exc:
         reporter.error(exc)
         return exc.exit_code
@@ -169,7 +170,7 @@ def send(
 
 @app.command(no_args_is_help=False)
 def recv(
-    dest: Annotated[str, typer.Argument(metavar="[DEST]", help="Directory to write into, or '-' for stdout.")] = ".",
+    dest: Annotated[str, typer.Argument(metavar="DEST", help="Directory to write into, or '-' for stdout.")] = ".",
     listen: Annotated[
         str, typer.Option("--listen", "-l", metavar="[HOST:]PORT", help="Address to listen on; port 0 picks one.")
     ] = f"0.0.0.0:{DEFAULT_PORT}",

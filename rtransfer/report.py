@@ -78,8 +78,11 @@ def human_bytes(n: float) -> str:
 class ConsoleReporter(Reporter):
     """Messages on stderr; a live progress display only when stderr is a terminal."""
 
-    def __init__(self, stream: IO[str] | None = None, quiet: bool = False, live: bool | None = None) -> None:
+    def __init__(
+        self, stream: IO[str] | None = None, quiet: bool = False, live: bool | None = None, width: int | None = None
+    ) -> None:
         self.stream = stream or sys.stderr
+        self.width = width
         self.quiet = quiet
         self.live = (not quiet and self.stream.isatty()) if live is None else live
         self._progress: Any = None
@@ -116,7 +119,7 @@ class ConsoleReporter(Reporter):
             TransferSpeedColumn(),
             TimeRemainingColumn(),
             TextColumn("{task.fields[detail]}"),
-            console=Console(file=self.stream),
+            console=Console(file=self.stream, force_terminal=True, width=self.width),
             transient=True,
         )
         self._progress.start()
@@ -127,8 +130,8 @@ class ConsoleReporter(Reporter):
         if self._progress is None:
             return
         detail = (
-            f"files {stats.files_done}/{stats.files_total} · in flight {stats.in_flight} · "
-            f"retransmits {stats.retransmits} · integrity failures {stats.integrity_failures}"
+            f"{stats.files_done}/{stats.files_total} files · {stats.in_flight} in flight · "
+            f"{stats.retransmits} retx · {stats.integrity_failures} bad"
         )
         self._progress.update(self._task, completed=stats.bytes_done, total=stats.total_bytes, detail=detail)
 

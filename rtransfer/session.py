@@ -19,7 +19,16 @@ from typing import Any
 
 from rtransfer.errors import IntegrityError, NetworkError, RtransferError
 from rtransfer.files import DirectorySink, Sink, StdoutSink, collect_sources
-from rtransfer.pipeline import QUEUE_CHUNKS, Chunk, EndOfFile, RecvItem, SendItem, read_sources, write_chunks
+from rtransfer.pipeline import (
+    QUEUE_CHUNKS,
+    BufferPool,
+    Chunk,
+    EndOfFile,
+    RecvItem,
+    SendItem,
+    read_sources,
+    write_chunks,
+)
 from rtransfer.protocol.events import (
     Accepted,
     ChunkReady,
@@ -268,6 +277,7 @@ async def run_send(config: SendConfig, reporter: Reporter) -> TransferStats:
     machine = link.machine
     assert isinstance(machine, SenderMachine)
     queue: asyncio.Queue[SendItem] = asyncio.Queue(maxsize=QUEUE_CHUNKS)
+    pool = BufferPool(QUEUE_CHUNKS + 2)
     accepted: asyncio.Future[dict[int, int]] = asyncio.get_running_loop().create_future()
     window_open = asyncio.Event()
     done = asyncio.Event()
@@ -275,6 +285,9 @@ async def run_send(config: SendConfig, reporter: Reporter) -> TransferStats:
     async def handle(event: Event) -> None:
         if isinstance(event, ChunksAcked):
             stats.bytes_done += event.bytes
+            for payload in event.payloads:
+                if isinstance(payload, memoryview):
+                    pool.put(payload.obj)
             window_open.set()
         elif isinstance(event, Retransmitted):
             stats.retransmits += 1
@@ -296,7 +309,7 @@ async def run_send(config: SendConfig, reporter: Reporter) -> TransferStats:
     async def send_chunks() -> None:
         start_offsets = await accepted
         stats.bytes_done = sum(start_offsets.values())
-        reading = asyncio.ensure_future(read_sources(sources, start_offsets, config.chunk_bytes, queue, stats))
+        reading = asyncio.ensure_future(read_sources(sources, start_offsets, config.chunk_bytes, queue, stats, pool))
         try:
             while (item := await queue.get()) is not None:
                 if isinstance(item, EndOfFile):
@@ -362,9 +375,10 @@ async def run_recv(config: RecvConfig, reporter: Reporter) -> TransferStats:
         connected.set_result(link)
         return True
 
+    pool = BufferPool(QUEUE_CHUNKS + INBOX_PAUSE_EVENTS + 2)
     try:
         server = await loop.create_server(
-            lambda: Link(ReceiverMachine(now(), config.timeout_s, config.limits), on_connected),
+            lambda: Link(ReceiverMachine(now(), config.timeout_s, config.limits, pool.get), on_connected),
             config.host,
             config.port,
         )
@@ -419,7 +433,7 @@ async def run_recv(config: RecvConfig, reporter: Reporter) -> TransferStats:
         stats.in_flight = machine.reorder_buffered
 
     try:
-        await _run_link(link, stats, reporter, done, refresh, handle, write_chunks(queue, sink, stats, verified))
+        await _run_link(link, stats, reporter, done, refresh, handle, write_chunks(queue, sink, stats, verified, pool))
         finished_ok = True
     finally:
         if not finished_ok:

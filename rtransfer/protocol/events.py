@@ -18,6 +18,7 @@ class Accepted:
 class ChunksAcked:
     chunks: int
     bytes: int
+    payloads: tuple[Buffer, ...] = ()  # no longer needed for a resend: the driver may reuse them
 
 
 @dataclass(frozen=True)

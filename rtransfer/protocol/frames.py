@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any
@@ -248,10 +248,12 @@ class FrameDecoder:
     ``buffer_updated`` says how many arrived. A socket can read straight into a
     frame's body, so a chunk is copied once, by the kernel. Memory is bounded by
     one header plus one body, and a body is allocated only after its length has
-    been checked against the limit for its frame type.
+    been checked against the limit for its frame type. ``allocate`` lets the
+    caller recycle body buffers (the receiver's writer returns them to a pool).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, allocate: Callable[[int], bytearray] = bytearray) -> None:
+        self._allocate = allocate
         self._head = bytearray(HEADER.size)
         self._head_n = 0
         self._body: bytearray | None = None
@@ -298,7 +300,7 @@ class FrameDecoder:
         limit = MAX_BODY_BYTES[self._ftype]
         if length > limit:
             raise ProtocolError(f"{self._ftype.name} frame of {length} bytes exceeds the limit of {limit}")
-        self._body = bytearray(length)
+        self._body = self._allocate(length)
         self._body_n = 0
         if length == 0:
             self._finish_frame()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from rtransfer.errors import EXIT_AUTH, EXIT_FAILURE, EXIT_INTEGRITY, EXIT_LOCAL_IO, NetworkError, RtransferError
 from rtransfer.protocol.errors import HandshakeRefused, ProtocolError
@@ -42,8 +42,8 @@ class Peer:
 
     role: Role
 
-    def __init__(self, now: float, timeout_s: float) -> None:
-        self._decoder = FrameDecoder()
+    def __init__(self, now: float, timeout_s: float, allocate: Callable[[int], bytearray] = bytearray) -> None:
+        self._decoder = FrameDecoder(allocate)
         self._outbox: list[Buffer] = []
         self._liveness = Liveness(now, timeout_s)
         self._now = now

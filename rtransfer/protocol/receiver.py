@@ -6,6 +6,7 @@ sequentially; out-of-order arrivals wait here, bounded by the window.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from rtransfer.protocol.errors import ProtocolError
@@ -45,8 +46,14 @@ class ReceiveLimits:
 class ReceiverMachine(Peer):
     role = Role.RECEIVER
 
-    def __init__(self, now: float, timeout_s: float, limits: ReceiveLimits | None = None) -> None:
-        super().__init__(now, timeout_s)
+    def __init__(
+        self,
+        now: float,
+        timeout_s: float,
+        limits: ReceiveLimits | None = None,
+        allocate: Callable[[int], bytearray] = bytearray,
+    ) -> None:
+        super().__init__(now, timeout_s, allocate)
         self.limits = limits or ReceiveLimits()
         self.manifest: Manifest | None = None
         self.accepted = False

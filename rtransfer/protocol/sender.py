@@ -149,7 +149,8 @@ class SenderMachine(Peer):
             self._timer.sample(self._now - max(a.sent_at for a in fresh))
         self._timer.progress()
         self._timer_armed_at = self._now
-        events.append(ChunksAcked(len(acked), sum(len(a.frame.payload) for a in acked)))
+        payloads = tuple(a.frame.payload for a in acked)
+        events.append(ChunksAcked(len(acked), sum(len(p) for p in payloads), payloads))
 
     def _resend(self, seq: int, reason: str, events: list[Event]) -> None:
         item = self._unacked[seq]

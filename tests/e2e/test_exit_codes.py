@@ -27,7 +27,7 @@ def one_error_line(stderr: bytes) -> str:
     [
         (["send", "x", "nohostport"], "expected HOST:PORT"),
         (["send", "x", "host:99999"], "invalid port"),
-        (["send", "x"], "at least one SOURCE"),
+        (["send", "x"], "Missing argument"),
         (["send", "x", "h:1", "--chunk-size", "12Q"], "invalid size"),
         (["send", "x", "h:1", "--window", "0"], "--window"),
         (["send", "x", "h:1", "--frobnicate"], "No such option"),

@@ -1,0 +1,62 @@
+"""The man pages and README keep step with the CLI."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from rtransfer.cli import app
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def help_options(*command: str) -> set[str]:
+    result = CliRunner().invoke(app, [*command, "--help"])
+    assert result.exit_code == 0
+    return set(re.findall(r"(?<![\w-])(--?[a-z][a-z-]*)", result.output)) - {"-"}
+
+
+def man_options(page: str) -> set[str]:
+    text = (ROOT / "man" / page).read_text()
+    section = text.split(".SH OPTIONS", 1)[1].split(".SH ", 1)[0]
+    tagged = re.findall(r"^\.(?:B|BI|BR) (.+)$", section, flags=re.M)
+    found: set[str] = set()
+    for line in tagged:
+        found.update(o.replace("\\-", "-") for o in re.findall(r"((?:\\-){1,2}[a-z][a-z\\-]*)", line))
+    return found
+
+
+@pytest.mark.parametrize(("command", "page"), [(("send",), "rtransfer-send.1"), (("recv",), "rtransfer-recv.1")])
+def test_man_page_documents_exactly_the_options_of_help(command: tuple[str, ...], page: str) -> None:
+    documented = {o for o in man_options(page) if o.startswith("--") or len(o) == 2}
+    assert documented == help_options(*command)
+
+
+@pytest.mark.skipif(shutil.which("man") is None, reason="man is not installed")
+@pytest.mark.parametrize("page", ["rtransfer.1", "rtransfer-send.1", "rtransfer-recv.1"])
+def test_man_page_renders_without_warnings(page: str) -> None:
+    result = subprocess.run(
+        ["man", "--warnings", "-l", str(ROOT / "man" / page)],
+        capture_output=True,
+        text=True,
+        env={"MANWIDTH": "80", "LC_ALL": "C.UTF-8", "PATH": "/usr/bin:/bin"},
+    )
+    assert result.returncode == 0
+    assert result.stderr == ""
+    assert "EXAMPLES" in result.stdout and "EXIT STATUS" in result.stdout
+
+
+def test_every_exit_code_is_documented_in_readme_and_man() -> None:
+    from rtransfer import errors
+
+    codes = {v for k, v in vars(errors).items() if k.startswith("EXIT_")}
+    readme = (ROOT / "README.md").read_text()
+    man = (ROOT / "man" / "rtransfer.1").read_text()
+    for code in codes:
+        assert re.search(rf"\|\s*{code}\s*\|", readme), f"exit code {code} missing from README"
+        assert f".B {code}\n" in man, f"exit code {code} missing from rtransfer.1"

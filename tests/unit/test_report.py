@@ -1,0 +1,61 @@
+"""The two renderers of the one reporter interface."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+
+from rtransfer.errors import IntegrityError
+from rtransfer.report import ConsoleReporter, JsonReporter
+from rtransfer.stats import TransferStats
+
+
+def sample_stats() -> TransferStats:
+    return TransferStats("send", total_bytes=10 << 20, bytes_done=5 << 20, files_total=2, retransmits=3, in_flight=4)
+
+
+def test_live_display_shows_bytes_retransmits_and_in_flight() -> None:
+    out = io.StringIO()
+    reporter = ConsoleReporter(stream=out, live=True, width=200)
+    stats = sample_stats()
+    reporter.started(stats)
+    reporter.progress(stats)
+    reporter._progress.refresh()
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out.getvalue())
+    assert "3 retx" in text and "4 in flight" in text and "5.0/10.0 MiB" in text and "0/2 files" in text
+    reporter.done(stats)
+    assert "3 retransmits" in out.getvalue().splitlines()[-1]
+
+
+def test_console_without_terminal_prints_no_progress_but_a_summary() -> None:
+    out = io.StringIO()
+    reporter = ConsoleReporter(stream=out)
+    reporter.started(sample_stats())
+    reporter.progress(sample_stats())
+    assert out.getvalue() == ""
+    reporter.done(sample_stats())
+    assert out.getvalue().startswith("rtransfer: sent 5.0 MiB")
+
+
+def test_quiet_console_prints_only_errors() -> None:
+    out = io.StringIO()
+    reporter = ConsoleReporter(stream=out, quiet=True)
+    reporter.listening("127.0.0.1", 1)
+    reporter.file_done("a", 1, "00")
+    reporter.done(sample_stats())
+    reporter.error(IntegrityError("a: digest mismatch"))
+    assert out.getvalue() == "rtransfer: error: a: digest mismatch\n"
+
+
+def test_json_events_are_one_object_per_line() -> None:
+    out = io.StringIO()
+    reporter = JsonReporter(out)
+    reporter.listening("127.0.0.1", 4242)
+    reporter.retransmit(7, "timeout")
+    reporter.error(IntegrityError("bad"))
+    events = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert events[0] == {"event": "listening", "host": "127.0.0.1", "port": 4242}
+    assert events[1] == {"event": "retransmit", "seq": 7, "reason": "timeout"}
+    assert events[2] == {"event": "error", "code": 4, "kind": "integrity", "message": "bad"}
+    assert events[3] == {"event": "done", "ok": False, "code": 4}

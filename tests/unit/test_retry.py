@@ -1,0 +1,35 @@
+from __future__ import annotations
+
+import pytest
+
+from rtransfer.retry import RetryPolicy, retry_call
+
+
+def test_delays_grow_exponentially_up_to_the_cap_with_jitter_below() -> None:
+    policy = RetryPolicy(base_delay_s=0.1, max_delay_s=1.0, jitter=0.5)
+    assert [policy.delay_s(n, 0.0) for n in range(1, 6)] == [0.1, 0.2, 0.4, 0.8, 1.0]
+    assert policy.delay_s(3, 0.999) == pytest.approx(0.4 * 0.5, rel=0.01)
+
+
+async def test_retry_call_stops_after_max_attempts() -> None:
+    calls = []
+
+    async def failing() -> None:
+        calls.append(1)
+        raise ConnectionRefusedError
+
+    with pytest.raises(ConnectionRefusedError):
+        await retry_call(failing, RetryPolicy(max_attempts=3, base_delay_s=0.001), (OSError,))
+    assert len(calls) == 3
+
+
+async def test_retry_call_returns_the_first_success() -> None:
+    results = iter([OSError(), OSError(), "ok"])
+
+    async def flaky() -> str:
+        r = next(results)
+        if isinstance(r, Exception):
+            raise r
+        return r
+
+    assert await retry_call(flaky, RetryPolicy(base_delay_s=0.001), (OSError,)) == "ok"
