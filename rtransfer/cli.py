@@ -35,7 +35,7 @@ app = typer.Typer(
     help="Send files over TCP with sequence numbers, ACKs, resends and end-to-end integrity checks.",
 )
 
-_SIZE = re.compile(r"^(\d+)\s*([kmg]?)(i?b)?$", re.IGNORECASE)
+_SIZE = re.compile(r"^(\d+)\s*([kmgt]?)(i?b)?$", re.IGNORECASE)
 
 
 def parse_size(text: str) -> int:
@@ -43,7 +43,7 @@ def parse_size(text: str) -> int:
     m = _SIZE.match(text.strip())
     if not m:
         raise UsageError(f"invalid size {text!r} (try 1M, 256K or a number of bytes)")
-    return int(m.group(1)) * 1024 ** " kmg".index(m.group(2).lower() or " ")  # type: ignore[no-any-return]
+    return int(m.group(1)) * 1024 ** " kmgt".index(m.group(2).lower() or " ")  # type: ignore[no-any-return]
 
 
 def parse_endpoint(text: str, default_host: str | None) -> tuple[str, int]:
@@ -119,6 +119,18 @@ JsonOpt = Annotated[
     bool, typer.Option("--json", help="Newline-delimited JSON events on stdout (stderr if stdout carries data).")
 ]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")]
+NoEncryptOpt = Annotated[
+    bool,
+    typer.Option(
+        "--no-encrypt", help="Send file contents in clear (trusted networks only); the handshake stays authenticated."
+    ),
+]
+SecretOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--secret", metavar="SECRET", envvar="RTRANSFER_SECRET", help="Shared secret instead of a code (for scripts)."
+    ),
+]
 TimeoutOpt = Annotated[float, typer.Option("--timeout", metavar="SECONDS", help="How long a silent peer is tolerated.")]
 
 
@@ -138,6 +150,9 @@ def send(
         str, typer.Option("--chunk-size", metavar="SIZE", help="Bytes per chunk (K/M suffixes).")
     ] = "1M",
     window: Annotated[int, typer.Option("--window", metavar="CHUNKS", help="Chunks in flight before an ACK.")] = 16,
+    code: Annotated[str | None, typer.Option("--code", metavar="CODE", help="The code the receiver shows.")] = None,
+    secret: SecretOpt = None,
+    no_encrypt: NoEncryptOpt = False,
     retries: Annotated[int, typer.Option("--retries", metavar="N", help="Connection attempts after the first.")] = 10,
     retry_max_seconds: Annotated[
         float, typer.Option("--retry-max-seconds", metavar="SECONDS", help="Give up retrying after this long.")
@@ -161,7 +176,15 @@ def send(
         if retries < 0 or retry_max_seconds < 0:
             raise UsageError("--retries and --retry-max-seconds must not be negative")
         policy = RetryPolicy(max_attempts=retries + 1, max_total_s=retry_max_seconds)
-        config = SendConfig(sources, host, port, name, chunk_bytes, window, timeout, policy)
+        if code is None and secret is None:
+            raise UsageError("pass the code the receiver shows with --code (or a shared --secret)")
+        key = code if code is not None else secret
+        assert key is not None
+        if no_encrypt:
+            reporter.warning("--no-encrypt: file contents travel in clear; only the handshake is authenticated")
+        config = SendConfig(
+            sources, host, port, name, chunk_bytes, window, timeout, policy, code=key, encrypt=not no_encrypt
+        )
     except RtransferError as exc:
         reporter.error(exc)
         return exc.exit_code
@@ -178,16 +201,30 @@ def recv(
     quiet: QuietOpt = False,
     timeout: TimeoutOpt = 30.0,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace files that already exist in DEST.")] = False,
+    secret: SecretOpt = None,
+    no_encrypt: NoEncryptOpt = False,
+    max_bytes: Annotated[
+        str, typer.Option("--max-bytes", metavar="SIZE", help="Refuse transfers declaring more (K/M/G/T suffixes).")
+    ] = "1024T",
+    max_files: Annotated[
+        int, typer.Option("--max-files", metavar="N", help="Refuse transfers of more entries.")
+    ] = 1_000_000,
 ) -> int:
     """Listen, receive one transfer into DEST, and exit."""
     reporter = _reporter(json_output, quiet, data_on_stdout=dest == "-")
     try:
+        from rtransfer.protocol.receiver import ReceiveLimits
         from rtransfer.session import RecvConfig, run_recv
 
         host, port = parse_endpoint(listen, "0.0.0.0")
         if not timeout > 0:
             raise UsageError("--timeout must be positive")
-        config = RecvConfig(dest, host, port, timeout, overwrite)
+        if no_encrypt:
+            reporter.warning("--no-encrypt: file contents travel in clear; only the handshake is authenticated")
+        if max_files < 1:
+            raise UsageError("--max-files must be at least 1")
+        limits = ReceiveLimits(max_entries=max_files, max_total_bytes=parse_size(max_bytes))
+        config = RecvConfig(dest, host, port, timeout, overwrite, limits, code=secret, encrypt=not no_encrypt)
     except RtransferError as exc:
         reporter.error(exc)
         return exc.exit_code

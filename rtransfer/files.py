@@ -131,6 +131,13 @@ class DirectorySink:
         self._finals: dict[int, Path] = {}
         self._open: dict[int, Any] = {}
 
+    def check(self) -> None:
+        """Fail before listening if DEST can never work."""
+        if self.root.exists() and not self.root.is_dir():
+            raise LocalIOError(f"{self.root}: not a directory")
+        if self.root.is_dir() and not os.access(self.root, os.W_OK | os.X_OK):
+            raise LocalIOError(f"{self.root}: permission denied")
+
     def plan(self, manifest: Manifest) -> None:
         """Check every name and the free space, create directories; raise before any data."""
         try:
@@ -230,6 +237,9 @@ class StdoutSink:
     def __init__(self) -> None:
         self._entries: tuple[Entry, ...] = ()
         self._out: Any = None
+
+    def check(self) -> None:
+        pass
 
     def plan(self, manifest: Manifest) -> None:
         files = [e for e in manifest.entries if e.kind == "file"]

@@ -19,7 +19,7 @@ class Reporter:
 
     progress_interval_s = 0.5
 
-    def listening(self, host: str, port: int) -> None: ...
+    def listening(self, host: str, port: int, code: str | None) -> None: ...
     def started(self, stats: TransferStats) -> None: ...
     def progress(self, stats: TransferStats) -> None: ...
     def retransmit(self, seq: int, reason: str) -> None: ...
@@ -41,8 +41,8 @@ class JsonReporter(Reporter):
         self.stream.write(json.dumps({"event": event, **fields}) + "\n")
         self.stream.flush()
 
-    def listening(self, host: str, port: int) -> None:
-        self._emit("listening", host=host, port=port)
+    def listening(self, host: str, port: int, code: str | None) -> None:
+        self._emit("listening", host=host, port=port, code=code)
 
     def started(self, stats: TransferStats) -> None:
         self._emit("start", role=stats.role, total_bytes=stats.total_bytes, files=stats.files_total)
@@ -96,8 +96,12 @@ class ConsoleReporter(Reporter):
         else:
             print(line, file=self.stream, flush=True)
 
-    def listening(self, host: str, port: int) -> None:
+    def listening(self, host: str, port: int, code: str | None) -> None:
         self._say(f"rtransfer: listening on {host}:{port}")
+        if code is not None:
+            where = "HOST" if host in ("0.0.0.0", "::") else host
+            self._say(f"rtransfer: code {code}; on the sending machine run:")
+            self._say(f"  rtransfer send FILE... {where}:{port} --code {code}")
 
     def started(self, stats: TransferStats) -> None:
         if not self.live:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rtransfer.crypto import new_code, normalise_code
 from rtransfer.errors import IntegrityError, NetworkError, RtransferError
 from rtransfer.files import DirectorySink, Sink, StdoutSink, collect_sources
 from rtransfer.pipeline import (
@@ -66,6 +67,8 @@ class SendConfig:
     window: int = 16
     timeout_s: float = 30.0
     connect_policy: RetryPolicy = field(default_factory=RetryPolicy)
+    code: str = ""
+    encrypt: bool = True
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,8 @@ class RecvConfig:
     timeout_s: float = 30.0
     overwrite: bool = False
     limits: ReceiveLimits = field(default_factory=ReceiveLimits)
+    code: str | None = None  # None: make one up and show it
+    encrypt: bool = True
 
 
 Handler = Callable[[Event], Awaitable[None]]
@@ -272,7 +277,7 @@ async def run_send(config: SendConfig, reporter: Reporter) -> TransferStats:
         config.port,
         config.connect_policy,
         reporter,
-        lambda: Link(SenderMachine(manifest, now(), config.timeout_s)),
+        lambda: Link(SenderMachine(manifest, now(), config.timeout_s, normalise_code(config.code), config.encrypt)),
     )
     machine = link.machine
     assert isinstance(machine, SenderMachine)
@@ -365,6 +370,7 @@ async def _run_link(
 
 async def run_recv(config: RecvConfig, reporter: Reporter) -> TransferStats:
     sink: Sink = StdoutSink() if config.dest == "-" else DirectorySink(Path(config.dest), config.overwrite)
+    sink.check()
     loop = asyncio.get_running_loop()
     connected: asyncio.Future[Link] = loop.create_future()
 
@@ -376,9 +382,15 @@ async def run_recv(config: RecvConfig, reporter: Reporter) -> TransferStats:
         return True
 
     pool = BufferPool(QUEUE_CHUNKS + INBOX_PAUSE_EVENTS + 2)
+    code = config.code if config.code is not None else new_code()
+
+    def new_machine() -> ReceiverMachine:
+        secret = normalise_code(code)
+        return ReceiverMachine(now(), config.timeout_s, secret, config.encrypt, config.limits, pool.get, pool.put)
+
     try:
         server = await loop.create_server(
-            lambda: Link(ReceiverMachine(now(), config.timeout_s, config.limits, pool.get), on_connected),
+            lambda: Link(new_machine(), on_connected),
             config.host,
             config.port,
         )
@@ -386,7 +398,7 @@ async def run_recv(config: RecvConfig, reporter: Reporter) -> TransferStats:
         raise NetworkError(f"cannot listen on {config.host}:{config.port}: {_reason(exc)}") from None
     async with server:
         host, port = server.sockets[0].getsockname()[:2]
-        reporter.listening(host, port)
+        reporter.listening(host, port, None if config.code is not None else code)
         link = await connected
     stats = TransferStats("recv")
     machine = link.machine

@@ -84,12 +84,23 @@ class Proc:
 class Receiver(Proc):
     def __init__(self, dest: Path | str, *args: str, events_on: str = "stdout", **popen: Any) -> None:
         super().__init__(["recv", str(dest), "--listen", "127.0.0.1:0", "--json", *args], events_on, **popen)
-        self.port = int(self.wait_event("listening")["port"])
+        listening = self.wait_event("listening")
+        self.port = int(listening["port"])
+        self.code: str | None = listening.get("code")
         self.address = f"127.0.0.1:{self.port}"
 
 
 def run(*args: str, input_bytes: bytes | None = None, timeout_s: float = 60.0) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run([*rtransfer_cmd(), *args], input=input_bytes, capture_output=True, timeout=timeout_s)
+
+
+TEST_SECRET = "e2e-shared-secret"
+
+
+@pytest.fixture(autouse=True)
+def shared_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both sides read RTRANSFER_SECRET (the scripting path); code tests unset it."""
+    monkeypatch.setenv("RTRANSFER_SECRET", TEST_SECRET)
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import Any
+from typing import Any, Protocol
 
 import xxhash
 
@@ -54,6 +54,7 @@ class FrameType(IntEnum):
     PING = 10
     PONG = 11
     ERROR = 12
+    CONFIRM = 13  # first sealed frame each way: proves both sides derived the same keys
 
 
 class Role(IntEnum):
@@ -74,7 +75,9 @@ MAX_BODY_BYTES: dict[FrameType, int] = {
     FrameType.PING: _U64.size,
     FrameType.PONG: _U64.size,
     FrameType.ERROR: _ERROR.size + MAX_ERROR_MESSAGE_BYTES,
+    FrameType.CONFIRM: 64,
 }
+TAG_BYTES = 16  # AEAD tag on sealed frames; limits above are for the plaintext
 
 
 @dataclass(frozen=True)
@@ -171,7 +174,24 @@ class ErrorFrame:
     message: str
 
 
-Frame = Hello | Manifest | Accept | Data | Ack | Nack | FileEnd | FileResult | Done | Ping | Pong | ErrorFrame
+@dataclass(frozen=True)
+class Confirm:
+    pass
+
+
+CONFIRM_BODY = b"rtransfer key confirmation"
+
+
+class Sealer(Protocol):
+    def seal(self, header_prefix: bytes, body: Buffer) -> bytes: ...
+
+
+class Opener(Protocol):
+    def skip(self) -> None: ...
+    def open_into(self, header_prefix: bytes, ciphertext: memoryview, out: memoryview) -> None: ...
+
+
+Frame = Hello | Manifest | Accept | Data | Ack | Nack | FileEnd | FileResult | Done | Ping | Pong | ErrorFrame | Confirm
 Buffer = bytes | bytearray | memoryview
 
 
@@ -182,42 +202,50 @@ def _check(prefix: Buffer, *parts: Buffer) -> int:
     return h.intdigest()
 
 
-def _frame(ftype: FrameType, *parts: Buffer) -> list[Buffer]:
-    length = sum(len(p) for p in parts)
-    prefix = _PREFIX.pack(ftype, length)
-    header = prefix + _U64.pack(_check(prefix, *parts))
-    return [header, *parts]
+def _frame(ftype: FrameType, clear: bytes, secret: Buffer, sealer: Sealer | None) -> list[Buffer]:
+    """Header + body. Sealed, ``secret`` is encrypted and ``clear`` (DATA's seq, file,
+    offset, which a NACK must be able to read) is authenticated but stays readable."""
+    if sealer is None:
+        prefix = _PREFIX.pack(ftype, len(clear) + len(secret))
+        parts: list[Buffer] = [clear, secret] if clear else [secret]
+    else:
+        prefix = _PREFIX.pack(ftype, len(clear) + len(secret) + TAG_BYTES)
+        parts = [clear, sealer.seal(prefix + clear, secret)]
+    return [prefix + _U64.pack(_check(prefix, *parts)), *parts]
 
 
-def encode(frame: Frame) -> list[Buffer]:
+def encode(frame: Frame, sealer: Sealer | None = None) -> list[Buffer]:
     """Encode a frame as buffers to write in order; large payloads are not copied."""
     match frame:
         case Data(seq, file_index, offset, payload):
-            return _frame(FrameType.DATA, DATA_HEADER.pack(seq, file_index, offset), payload)
+            return _frame(FrameType.DATA, DATA_HEADER.pack(seq, file_index, offset), payload, sealer)
         case Ack(cumulative, selective):
             body = _ACK.pack(cumulative, len(selective)) + b"".join(_U64.pack(s) for s in selective)
-            return _frame(FrameType.ACK, body)
+            return _frame(FrameType.ACK, b"", body, sealer)
         case Nack(seq):
-            return _frame(FrameType.NACK, _U64.pack(seq))
+            return _frame(FrameType.NACK, b"", _U64.pack(seq), sealer)
         case Hello(role, version, capabilities, auth):
-            return _frame(FrameType.HELLO, _HELLO.pack(MAGIC, version, capabilities, role) + auth)
+            return _frame(FrameType.HELLO, b"", _HELLO.pack(MAGIC, version, capabilities, role) + auth, sealer)
         case Manifest():
-            return _frame(FrameType.MANIFEST, _json(_manifest_to_json(frame)))
+            return _frame(FrameType.MANIFEST, b"", _json(_manifest_to_json(frame)), sealer)
         case Accept(start_offsets):
-            return _frame(FrameType.ACCEPT, _json({"start_offsets": {str(k): v for k, v in start_offsets.items()}}))
+            offsets = {str(k): v for k, v in start_offsets.items()}
+            return _frame(FrameType.ACCEPT, b"", _json({"start_offsets": offsets}), sealer)
         case FileEnd(file_index, size, digest):
-            return _frame(FrameType.FILE_END, _FILE_END.pack(file_index, size, digest))
+            return _frame(FrameType.FILE_END, b"", _FILE_END.pack(file_index, size, digest), sealer)
         case FileResult(file_index, ok):
-            return _frame(FrameType.FILE_RESULT, _FILE_RESULT.pack(file_index, ok))
+            return _frame(FrameType.FILE_RESULT, b"", _FILE_RESULT.pack(file_index, ok), sealer)
         case Done():
-            return _frame(FrameType.DONE)
+            return _frame(FrameType.DONE, b"", b"", sealer)
         case Ping(token):
-            return _frame(FrameType.PING, _U64.pack(token))
+            return _frame(FrameType.PING, b"", _U64.pack(token), sealer)
         case Pong(token):
-            return _frame(FrameType.PONG, _U64.pack(token))
+            return _frame(FrameType.PONG, b"", _U64.pack(token), sealer)
         case ErrorFrame(exit_code, message):
             text = message.encode("utf-8")[:MAX_ERROR_MESSAGE_BYTES].decode("utf-8", "ignore")
-            return _frame(FrameType.ERROR, _ERROR.pack(exit_code) + text.encode("utf-8"))
+            return _frame(FrameType.ERROR, b"", _ERROR.pack(exit_code) + text.encode("utf-8"), sealer)
+        case Confirm():
+            return _frame(FrameType.CONFIRM, b"", CONFIRM_BODY, sealer)
     raise TypeError(f"not a frame: {frame!r}")
 
 
@@ -252,8 +280,14 @@ class FrameDecoder:
     caller recycle body buffers (the receiver's writer returns them to a pool).
     """
 
-    def __init__(self, allocate: Callable[[int], bytearray] = bytearray) -> None:
+    def __init__(
+        self,
+        allocate: Callable[[int], bytearray] = bytearray,
+        release: Callable[[bytearray], None] = lambda buf: None,
+    ) -> None:
         self._allocate = allocate
+        self._release = release
+        self.opener: Opener | None = None  # set by the machine once keys are agreed
         self._head = bytearray(HEADER.size)
         self._head_n = 0
         self._body: bytearray | None = None
@@ -297,7 +331,7 @@ class FrameDecoder:
             self._ftype = FrameType(raw_type)
         except ValueError:
             raise ProtocolError(f"unknown frame type 0x{raw_type:02x}") from None
-        limit = MAX_BODY_BYTES[self._ftype]
+        limit = MAX_BODY_BYTES[self._ftype] + (TAG_BYTES if self.opener else 0)
         if length > limit:
             raise ProtocolError(f"{self._ftype.name} frame of {length} bytes exceeds the limit of {limit}")
         self._body = self._allocate(length)
@@ -310,12 +344,31 @@ class FrameDecoder:
         assert body is not None
         self._body = None
         self._head_n = 0
-        if _check(memoryview(self._head)[: _PREFIX.size], body) != self._check:
+        prefix = bytes(self._head[: _PREFIX.size])
+        clear = DATA_HEADER.size if ftype is FrameType.DATA else 0
+        if _check(prefix, body) != self._check:
+            if self.opener is not None:
+                self.opener.skip()
             if ftype is FrameType.DATA and len(body) >= DATA_HEADER.size:
                 self._ready.append(CorruptData(_U64.unpack_from(body)[0]))
+                self._release(body)
                 return
             raise ProtocolError(f"corrupt {ftype.name} frame (checksum mismatch)")
+        if self.opener is not None:
+            body = self._open(prefix, body, clear)
         self._ready.append(_decode_body(ftype, body))
+
+    def _open(self, prefix: bytes, sealed: bytearray, clear: int) -> bytearray:
+        """Decrypt into a fresh (pooled) buffer; the sealed buffer goes back to the pool."""
+        assert self.opener is not None
+        if len(sealed) < clear + TAG_BYTES:
+            raise ProtocolError("sealed frame too short")
+        plain = self._allocate(len(sealed) - TAG_BYTES)
+        plain[:clear] = sealed[:clear]
+        with memoryview(sealed) as s_view, memoryview(plain) as p_view:
+            self.opener.open_into(prefix + bytes(sealed[:clear]), s_view[clear:], p_view[clear:])
+        self._release(sealed)
+        return plain
 
 
 def _need(ok: bool, what: str) -> None:
@@ -371,6 +424,9 @@ def _decode_body(ftype: FrameType, body: bytearray) -> Frame:
         return FileResult(*_FILE_RESULT.unpack(body))
     if ftype is FrameType.DONE:
         return Done()
+    if ftype is FrameType.CONFIRM:
+        _need(bytes(body) == CONFIRM_BODY, "CONFIRM frame malformed")
+        return Confirm()
     # ERROR
     _need(n >= _ERROR.size, "ERROR frame too short")
     (code,) = _ERROR.unpack_from(body)

@@ -1,16 +1,26 @@
-"""What sender and receiver machines share: decoding, the outbox, handshake, heartbeats."""
+"""What sender and receiver machines share: decoding, the outbox, the authenticated
+handshake, heartbeats.
+
+Handshake: both sides send HELLO (magic, version, role, capabilities and a SPAKE2
+message) in clear. From the two HELLOs each side derives its keys, then sends
+CONFIRM as its first sealed frame; opening the peer's CONFIRM proves the peer
+knows the code and saw the same HELLOs (so a capability downgrade fails too).
+Everything after CONFIRM is sealed, unless either side asked for no encryption.
+"""
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
 
+from rtransfer.crypto import FrameAuthenticationError, KeyExchange
 from rtransfer.errors import EXIT_AUTH, EXIT_FAILURE, EXIT_INTEGRITY, EXIT_LOCAL_IO, NetworkError, RtransferError
 from rtransfer.protocol.errors import HandshakeRefused, ProtocolError
 from rtransfer.protocol.events import Event
 from rtransfer.protocol.frames import (
     PROTOCOL_VERSION,
     Buffer,
+    Confirm,
     CorruptData,
     ErrorFrame,
     Frame,
@@ -19,9 +29,14 @@ from rtransfer.protocol.frames import (
     Ping,
     Pong,
     Role,
+    Sealer,
     encode,
+    encode_bytes,
 )
 from rtransfer.protocol.timing import Liveness
+
+CAP_ENCRYPT = 1
+HANDSHAKE_TIMEOUT_S = 10.0
 
 # Codes the peer may hand us in an ERROR frame and we repeat as our own exit code.
 _SHARED_EXIT_CODES = {EXIT_INTEGRITY, EXIT_AUTH, EXIT_LOCAL_IO}
@@ -42,15 +57,33 @@ class Peer:
 
     role: Role
 
-    def __init__(self, now: float, timeout_s: float, allocate: Callable[[int], bytearray] = bytearray) -> None:
-        self._decoder = FrameDecoder(allocate)
+    def __init__(
+        self,
+        now: float,
+        timeout_s: float,
+        code: bytes,
+        encrypt: bool = True,
+        allocate: Callable[[int], bytearray] = bytearray,
+        release: Callable[[bytearray], None] = lambda buf: None,
+    ) -> None:
+        self._decoder = FrameDecoder(allocate, release)
         self._outbox: list[Buffer] = []
         self._liveness = Liveness(now, timeout_s)
         self._now = now
+        self._handshake_deadline = now + HANDSHAKE_TIMEOUT_S
+        self._kex = KeyExchange(code, is_sender=self.role is Role.SENDER)
+        self._sealer: Sealer | None = None
         self._peer_hello: Hello | None = None
         self._ping_token = 0
+        self.confirmed = False
+        self.encrypted = False
         self.closed = False
-        self._send(Hello(self.role))
+        self._hello = Hello(self.role, capabilities=CAP_ENCRYPT if encrypt else 0, auth=self._kex.message)
+        self._send(self._hello)
+
+    @property
+    def handshake_complete(self) -> bool:
+        return self.confirmed
 
     # --- output -------------------------------------------------------------
     def data_to_send(self) -> list[Buffer]:
@@ -58,7 +91,7 @@ class Peer:
         return out
 
     def _send(self, frame: Frame) -> None:
-        self._outbox.extend(encode(frame))
+        self._outbox.extend(encode(frame, self._sealer))
         self._liveness.sent(self._now)
 
     def fail(self, error: RtransferError) -> None:
@@ -74,34 +107,55 @@ class Peer:
 
     def buffer_updated(self, nbytes: int, now: float) -> list[Event]:
         """``nbytes`` were written into the last ``get_buffer``; returns what they caused."""
-        with self._handshake_errors():
-            self._decoder.buffer_updated(nbytes)
-            return self._process(now)
-
-    def receive_data(self, data: Buffer, now: float) -> list[Event]:
-        with self._handshake_errors():
-            self._decoder.feed(data)
-            return self._process(now)
-
-    @contextlib.contextmanager
-    def _handshake_errors(self) -> Iterator[None]:
-        """Before the peer's HELLO, any protocol violation means it is not a peer we can talk to."""
-        try:
-            yield
-        except ProtocolError as exc:
-            if self._peer_hello is None and not isinstance(exc, HandshakeRefused):
-                raise HandshakeRefused(f"handshake failed: {exc.message}") from None
-            raise
-
-    def _process(self, now: float) -> list[Event]:
         self._now = now
         self._liveness.received(now)
         events: list[Event] = []
+        with self._handshake_errors():
+            self._decoder.buffer_updated(nbytes)
+            self._process(events)
+            self._after_batch(events)
+        return events
+
+    def receive_data(self, data: Buffer, now: float) -> list[Event]:
+        """Copy bytes in (tests, fuzzers); each frame is handled as soon as it completes,
+        because a HELLO changes how the frames after it are decoded."""
+        self._now = now
+        self._liveness.received(now)
+        events: list[Event] = []
+        view = memoryview(data).cast("B")
+        with self._handshake_errors():
+            while view:
+                target = self._decoder.get_buffer()
+                n = min(len(target), len(view))
+                target[:n] = view[:n]
+                view = view[n:]
+                self._decoder.buffer_updated(n)
+                self._process(events)
+            self._after_batch(events)
+        return events
+
+    @contextlib.contextmanager
+    def _handshake_errors(self) -> Iterator[None]:
+        """Before the peer has proved its keys, any violation means we cannot talk to it."""
+        try:
+            yield
+        except FrameAuthenticationError:
+            if self.confirmed:
+                raise
+            raise HandshakeRefused("authentication failed: the codes do not match") from None
+        except ProtocolError as exc:
+            if self.confirmed or isinstance(exc, HandshakeRefused):
+                raise
+            raise HandshakeRefused(f"handshake failed: {exc.message}") from None
+
+    def _process(self, events: list[Event]) -> None:
         for frame in self._decoder.frames():
             if isinstance(frame, Hello):
                 self._on_hello(frame)
-            elif self._peer_hello is None:
-                raise HandshakeRefused(f"peer sent {type(frame).__name__} before its HELLO")
+            elif isinstance(frame, Confirm):
+                self._on_confirm()
+            elif not self.confirmed:
+                raise HandshakeRefused(f"peer sent {type(frame).__name__} before completing the handshake")
             elif isinstance(frame, Ping):
                 self._send(Pong(frame.token))
             elif isinstance(frame, Pong):
@@ -110,8 +164,6 @@ class Peer:
                 raise RemoteError(frame.exit_code, f"peer: {frame.message}")
             else:
                 self._handle(frame, events)
-        self._after_batch(events)
-        return events
 
     def _on_hello(self, hello: Hello) -> None:
         if self._peer_hello is not None:
@@ -123,12 +175,31 @@ class Peer:
         if hello.role == self.role:
             raise HandshakeRefused(f"both ends are {self.role.name.lower()}s")
         self._peer_hello = hello
+        first, second = (self._hello, hello) if self.role is Role.SENDER else (hello, self._hello)
+        sealer, opener = self._kex.finish(hello.auth, encode_bytes(first) + encode_bytes(second))
+        self.encrypted = bool(self._hello.capabilities & hello.capabilities & CAP_ENCRYPT)
+        self._sealer = sealer
+        self._decoder.opener = opener
+        self._send(Confirm())
+        if not self.encrypted:
+            self._sealer = None
+        self._on_keys()
+
+    def _on_confirm(self) -> None:
+        if self._peer_hello is None or self.confirmed:
+            raise ProtocolError("unexpected CONFIRM frame")
+        self.confirmed = True
+        if not self.encrypted:
+            self._decoder.opener = None
+
+    def _on_keys(self) -> None:
+        """Hook: keys are agreed and our CONFIRM is queued (the sender sends its manifest)."""
 
     def _handle(self, frame: Frame | CorruptData, events: list[Event]) -> None:
         raise NotImplementedError
 
     def _after_batch(self, events: list[Event]) -> None:
-        """Hook run once per receive_data call (the receiver coalesces ACKs here)."""
+        """Hook run once per read (the receiver coalesces ACKs here)."""
 
     def _unexpected(self, frame: object) -> ProtocolError:
         return ProtocolError(f"unexpected {type(frame).__name__} frame from the peer")
@@ -137,11 +208,13 @@ class Peer:
     def on_timer(self, now: float) -> list[Event]:
         """Call when ``next_deadline()`` has passed: heartbeats, dead peer, resends."""
         self._now = now
+        if not self.handshake_complete and now >= self._handshake_deadline:
+            raise NetworkError(f"handshake did not complete within {HANDSHAKE_TIMEOUT_S:.0f} s")
         if self._liveness.peer_dead(now):
             raise NetworkError(f"peer silent for {self._liveness.peer_silent_s(now):.0f} s")
         events: list[Event] = []
         self._on_timer(now, events)
-        if self._liveness.ping_due(now):
+        if self._liveness.ping_due(now) and self.confirmed:
             self._ping_token += 1
             self._send(Ping(self._ping_token))
         return events
@@ -150,7 +223,5 @@ class Peer:
         """Hook for the sender's retransmission timer."""
 
     def next_deadline(self) -> float:
-        return self._liveness.deadline()
-
-
-__all__ = ["EXIT_FAILURE", "Peer", "RemoteError"]
+        deadline = self._liveness.deadline()
+        return deadline if self.handshake_complete else min(deadline, self._handshake_deadline)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from rtransfer.errors import LocalIOError
 from rtransfer.protocol.errors import ProtocolError
 from rtransfer.protocol.events import (
     ChunkReady,
@@ -50,10 +51,13 @@ class ReceiverMachine(Peer):
         self,
         now: float,
         timeout_s: float,
+        code: bytes,
+        encrypt: bool = True,
         limits: ReceiveLimits | None = None,
         allocate: Callable[[int], bytearray] = bytearray,
+        release: Callable[[bytearray], None] = lambda buf: None,
     ) -> None:
-        super().__init__(now, timeout_s, allocate)
+        super().__init__(now, timeout_s, code, encrypt, allocate, release)
         self.limits = limits or ReceiveLimits()
         self.manifest: Manifest | None = None
         self.accepted = False
@@ -69,6 +73,10 @@ class ReceiverMachine(Peer):
         self._current_file = -1
         self._total_bytes = 0
         self._sender_done = False
+
+    @property
+    def handshake_complete(self) -> bool:
+        return self.manifest is not None
 
     @property
     def reorder_buffered(self) -> int:
@@ -111,12 +119,12 @@ class ReceiverMachine(Peer):
 
     def _on_manifest(self, manifest: Manifest, events: list[Event]) -> None:
         if len(manifest.entries) > self.limits.max_entries:
-            raise ProtocolError(
+            raise LocalIOError(
                 f"transfer declares {len(manifest.entries)} entries; the limit is {self.limits.max_entries}"
             )
         declared = sum(e.size or 0 for e in manifest.entries)
         if declared > self.limits.max_total_bytes:
-            raise ProtocolError(f"transfer declares {declared} bytes; the limit is {self.limits.max_total_bytes}")
+            raise LocalIOError(f"transfer declares {declared} bytes; the limit is {self.limits.max_total_bytes}")
         self.manifest = manifest
         events.append(ManifestReceived(manifest))
 
@@ -162,7 +170,7 @@ class ReceiverMachine(Peer):
             raise ProtocolError(f"DATA runs past the declared size of file {index}")
         self._total_bytes += size
         if self._total_bytes > self.limits.max_total_bytes:
-            raise ProtocolError(f"transfer exceeds the limit of {self.limits.max_total_bytes} bytes")
+            raise LocalIOError(f"transfer exceeds the limit of {self.limits.max_total_bytes} bytes")
         if size < self.manifest.chunk_bytes:
             self._short_chunk.add(index)
         self._current_file = index

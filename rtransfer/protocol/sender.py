@@ -42,7 +42,7 @@ class _InFlight:
 
 
 class SenderMachine(Peer):
-    """Sends HELLO and the manifest at once; data may flow after the receiver's ACCEPT.
+    """Sends the manifest once keys are agreed; data may flow after the receiver's ACCEPT.
 
     The window is a span of sequence numbers starting at the oldest unacknowledged
     chunk, so the receiver never has to hold more than ``window`` chunks out of order.
@@ -50,9 +50,17 @@ class SenderMachine(Peer):
 
     role = Role.SENDER
 
-    def __init__(self, manifest: Manifest, now: float, timeout_s: float, timer: RetransmitTimer | None = None) -> None:
-        super().__init__(now, timeout_s)
+    def __init__(
+        self,
+        manifest: Manifest,
+        now: float,
+        timeout_s: float,
+        code: bytes,
+        encrypt: bool = True,
+        timer: RetransmitTimer | None = None,
+    ) -> None:
         self.manifest = manifest
+        super().__init__(now, timeout_s, code, encrypt)
         self.accepted = False
         self.complete = False
         self._timer = timer or RetransmitTimer()
@@ -63,7 +71,13 @@ class SenderMachine(Peer):
         self._ended: set[int] = set()
         self._verified: set[int] = set()
         self._done_sent = False
-        self._send(manifest)
+
+    def _on_keys(self) -> None:
+        self._send(self.manifest)
+
+    @property
+    def handshake_complete(self) -> bool:
+        return self.accepted
 
     @property
     def in_flight(self) -> int:

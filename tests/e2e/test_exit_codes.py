@@ -47,15 +47,41 @@ def test_missing_source_exits_6_before_connecting(tmp_path: Path) -> None:
     assert "no such file or directory" in one_error_line(result.stderr).lower()
 
 
-def test_unreadable_source_exits_6(tmp_path: Path) -> None:
+def without_permission_override() -> list[str]:
+    """Root reads everything; root without CAP_DAC_OVERRIDE/READ_SEARCH obeys file modes."""
     import os
+    import shutil
 
-    if os.geteuid() == 0:
-        pytest.skip("root can read any file")
+    if os.geteuid() != 0:
+        return []
+    if shutil.which("setpriv") is None:
+        pytest.skip("running as root without setpriv: cannot drop the permission override")
+    caps = "-dac_override,-dac_read_search"
+    return ["setpriv", f"--bounding-set={caps}", f"--inh-caps={caps}"]
+
+
+def test_unreadable_source_exits_6(tmp_path: Path) -> None:
+    from tests.conftest import rtransfer_cmd
+
     f = tmp_path / "secret"
     f.write_bytes(b"x")
     f.chmod(0)
-    assert run("send", str(f), "127.0.0.1:9").returncode == 6
+    cmd = [*without_permission_override(), *rtransfer_cmd(), "send", str(f), "127.0.0.1:9"]
+    result = subprocess.run(cmd, capture_output=True, timeout=60)
+    assert result.returncode == 6
+    assert "permission denied" in one_error_line(result.stderr).lower()
+
+
+def test_dest_not_writable_exits_6(tmp_path: Path) -> None:
+    from tests.conftest import rtransfer_cmd
+
+    dest = tmp_path / "readonly"
+    dest.mkdir()
+    dest.chmod(0o555)
+    cmd = [*without_permission_override(), *rtransfer_cmd(), "recv", str(dest), "--listen", "127.0.0.1:0"]
+    result = subprocess.run(cmd, capture_output=True, timeout=60)
+    assert result.returncode == 6
+    assert "permission denied" in one_error_line(result.stderr).lower()
 
 
 def free_port() -> int:

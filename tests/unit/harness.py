@@ -9,10 +9,11 @@ import blake3
 from rtransfer.protocol.events import ChunkReady, Event, FileComplete, ManifestReceived
 from rtransfer.protocol.frames import Entry, Frame, FrameDecoder, Manifest, encode_bytes
 from rtransfer.protocol.peer import Peer
-from rtransfer.protocol.receiver import ReceiverMachine
+from rtransfer.protocol.receiver import ReceiveLimits, ReceiverMachine
 from rtransfer.protocol.sender import SenderMachine
 
 CHUNK = 4096
+CODE = b"7hk2-m9xq-3wfe"
 
 
 def manifest(*sizes: int | None, window: int = 4, chunk: int = CHUNK) -> Manifest:
@@ -38,9 +39,31 @@ class Pair:
     verified: set[int] = field(default_factory=set)
 
     @classmethod
-    def accepted(cls, m: Manifest, timeout_s: float = 30.0) -> Pair:
-        pair = cls(SenderMachine(m, 0.0, timeout_s), ReceiverMachine(0.0, timeout_s))
-        pair.to_receiver()
+    def handshaken(
+        cls,
+        m: Manifest,
+        timeout_s: float = 30.0,
+        encrypt: bool = False,
+        limits: ReceiveLimits | None = None,
+        sender_code: bytes = CODE,
+    ) -> Pair:
+        """HELLOs, CONFIRMs and the manifest exchanged; not yet accepted.
+
+        Machine tests run unencrypted so they can read and forge frames; the
+        encrypted path has tests of its own.
+        """
+        pair = cls(
+            SenderMachine(m, 0.0, timeout_s, sender_code, encrypt),
+            ReceiverMachine(0.0, timeout_s, CODE, encrypt, limits),
+        )
+        for _ in range(3):
+            pair.to_receiver()
+            pair.to_sender()
+        return pair
+
+    @classmethod
+    def accepted(cls, m: Manifest, timeout_s: float = 30.0, encrypt: bool = False) -> Pair:
+        pair = cls.handshaken(m, timeout_s, encrypt)
         assert any(isinstance(e, ManifestReceived) for e in pair.receiver_events)
         pair.receiver.accept({}, pair.now)
         pair.to_sender()

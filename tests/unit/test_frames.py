@@ -146,7 +146,7 @@ def test_flipped_bit_in_control_frame_is_a_protocol_error() -> None:
 def test_malformed_manifest_is_a_protocol_error(body: bytes, message: str) -> None:
     from rtransfer.protocol.frames import _frame
 
-    raw = b"".join(bytes(p) for p in _frame(FrameType.MANIFEST, body))
+    raw = b"".join(bytes(p) for p in _frame(FrameType.MANIFEST, b"", body, None))
     with pytest.raises(ProtocolError, match=message):
         decode_all(raw)
 
@@ -154,6 +154,6 @@ def test_malformed_manifest_is_a_protocol_error(body: bytes, message: str) -> No
 def test_ack_count_must_match_length() -> None:
     from rtransfer.protocol.frames import _frame
 
-    raw = b"".join(bytes(p) for p in _frame(FrameType.ACK, (1).to_bytes(8, "big") + (3).to_bytes(2, "big")))
+    raw = b"".join(bytes(p) for p in _frame(FrameType.ACK, b"", (1).to_bytes(8, "big") + (3).to_bytes(2, "big"), None))
     with pytest.raises(ProtocolError, match="does not match"):
         decode_all(raw)

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rtransfer.errors import IntegrityError, NetworkError
+from rtransfer.errors import IntegrityError, LocalIOError, NetworkError
 from rtransfer.protocol.errors import HandshakeRefused, ProtocolError
 from rtransfer.protocol.events import (
     ChunkReady,
@@ -22,10 +22,16 @@ from rtransfer.protocol.events import (
 )
 from rtransfer.protocol.frames import (
     PROTOCOL_VERSION,
+    Accept,
     Ack,
+    Confirm,
     Data,
+    Done,
+    ErrorFrame,
+    FileEnd,
     FileResult,
     Hello,
+    Nack,
     Ping,
     Pong,
     Role,
@@ -33,8 +39,7 @@ from rtransfer.protocol.frames import (
 )
 from rtransfer.protocol.peer import RemoteError
 from rtransfer.protocol.receiver import ReceiveLimits, ReceiverMachine
-from rtransfer.protocol.sender import SenderMachine
-from tests.unit.harness import CHUNK, Pair, frames_of, manifest, send_file
+from tests.unit.harness import CHUNK, CODE, Pair, frames_of, manifest, send_file
 
 
 def finish(pair: Pair) -> None:
@@ -156,11 +161,9 @@ def test_sequence_number_outside_the_window_is_a_protocol_error() -> None:
 
 
 def test_data_before_accept_is_a_protocol_error() -> None:
-    sender = SenderMachine(manifest(CHUNK), 0.0, 30.0)
-    receiver = ReceiverMachine(0.0, 30.0)
-    receiver.receive_data(b"".join(bytes(p) for p in sender.data_to_send()), 0.0)
+    pair = Pair.handshaken(manifest(CHUNK))
     with pytest.raises(ProtocolError, match="before the transfer was accepted"):
-        receiver.receive_data(encode_bytes(Data(0, 0, 0, b"x")), 0.0)
+        pair.to_receiver([Data(0, 0, 0, b"x")])
 
 
 @pytest.mark.parametrize(
@@ -184,10 +187,8 @@ def test_data_past_the_declared_size_is_a_protocol_error() -> None:
 
 
 def test_declared_totals_above_the_limits_are_refused() -> None:
-    sender = SenderMachine(manifest(100, 100), 0.0, 30.0)
-    receiver = ReceiverMachine(0.0, 30.0, ReceiveLimits(max_entries=10, max_total_bytes=150))
-    with pytest.raises(ProtocolError, match="declares 200 bytes"):
-        receiver.receive_data(b"".join(bytes(p) for p in sender.data_to_send()), 0.0)
+    with pytest.raises(LocalIOError, match="declares 200 bytes"):
+        Pair.handshaken(manifest(100, 100), limits=ReceiveLimits(max_entries=10, max_total_bytes=150))
 
 
 def test_digest_mismatch_at_the_receiver_fails_the_sender_with_an_integrity_error() -> None:
@@ -228,14 +229,14 @@ def test_idle_peer_gets_pinged_and_silent_peer_is_declared_dead() -> None:
     ],
 )
 def test_incompatible_hello_is_refused(hello: Hello, message: str) -> None:
-    receiver = ReceiverMachine(0.0, 30.0)
+    receiver = ReceiverMachine(0.0, 30.0, CODE)
     with pytest.raises(HandshakeRefused, match=message):
         receiver.receive_data(encode_bytes(hello), 0.0)
 
 
 def test_garbage_instead_of_a_hello_is_a_handshake_refusal() -> None:
     with pytest.raises(HandshakeRefused):
-        ReceiverMachine(0.0, 30.0).receive_data(b"GET / HTTP/1.1\r\n\r\n", 0.0)
+        ReceiverMachine(0.0, 30.0, CODE).receive_data(b"GET / HTTP/1.1\r\n\r\n", 0.0)
 
 
 def test_error_frame_from_peer_surfaces_with_its_exit_code() -> None:
@@ -299,3 +300,64 @@ def test_any_mix_of_loss_reordering_and_duplication_delivers_exact_bytes(
         pair.sender.on_timer(pair.now)
     assert pair.sender.complete
     assert [pair.written().get(i, b"") for i in range(len(payloads))] == payloads
+
+
+FRAME_SAMPLES = [
+    Data(0, 0, 0, b"x" * CHUNK),
+    Data(1, 0, CHUNK, b"y" * 10),
+    Data(0, 1, 0, b"z"),
+    Data(5, 0, 0, b"w"),
+    Ack(1, ()),
+    Ack(3, (5,)),
+    Nack(0),
+    FileEnd(0, CHUNK, b"\0" * 32),
+    FileEnd(1, 1, b"\1" * 32),
+    FileResult(0, True),
+    FileResult(0, False),
+    Done(),
+    Ping(1),
+    Pong(2),
+    Hello(Role.SENDER),
+    Confirm(),
+    Accept({0: 5}),
+    ErrorFrame(4, "bad"),
+]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=600), st.sampled_from(["sender", "receiver"]), st.booleans())
+def test_any_bytes_give_events_or_an_rtransfer_error_never_another_exception(
+    raw: bytes, side: str, after_handshake: bool
+) -> None:
+    from rtransfer.errors import RtransferError
+
+    if after_handshake:
+        pair = Pair.accepted(manifest(CHUNK * 3, None))
+        machine = pair.sender if side == "sender" else pair.receiver
+    else:
+        machine = ReceiverMachine(0.0, 30.0, CODE) if side == "receiver" else None  # type: ignore[assignment]
+        if machine is None:
+            from rtransfer.protocol.sender import SenderMachine
+
+            machine = SenderMachine(manifest(CHUNK), 0.0, 30.0, CODE)
+    try:
+        machine.receive_data(raw, 1.0)
+    except RtransferError:
+        return
+    assert machine._decoder.get_buffer().nbytes <= 16 * 1024 * 1024 + 64
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from(range(len(FRAME_SAMPLES))), max_size=12))
+def test_any_sequence_of_well_formed_frames_gives_events_or_an_rtransfer_error(order: list[int]) -> None:
+    from rtransfer.errors import RtransferError
+
+    pair = Pair.accepted(manifest(CHUNK * 3, None))
+    for side in ("receiver", "sender"):
+        try:
+            if side == "receiver":
+                pair.to_receiver([FRAME_SAMPLES[i] for i in order])
+            else:
+                pair.to_sender([FRAME_SAMPLES[i] for i in order])
+        except RtransferError:
+            pass

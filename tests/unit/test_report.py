@@ -41,7 +41,7 @@ def test_console_without_terminal_prints_no_progress_but_a_summary() -> None:
 def test_quiet_console_prints_only_errors() -> None:
     out = io.StringIO()
     reporter = ConsoleReporter(stream=out, quiet=True)
-    reporter.listening("127.0.0.1", 1)
+    reporter.listening("127.0.0.1", 1, "abcd")
     reporter.file_done("a", 1, "00")
     reporter.done(sample_stats())
     reporter.error(IntegrityError("a: digest mismatch"))
@@ -51,11 +51,11 @@ def test_quiet_console_prints_only_errors() -> None:
 def test_json_events_are_one_object_per_line() -> None:
     out = io.StringIO()
     reporter = JsonReporter(out)
-    reporter.listening("127.0.0.1", 4242)
+    reporter.listening("127.0.0.1", 4242, "7hk2-m9xq-3wfe")
     reporter.retransmit(7, "timeout")
     reporter.error(IntegrityError("bad"))
     events = [json.loads(line) for line in out.getvalue().splitlines()]
-    assert events[0] == {"event": "listening", "host": "127.0.0.1", "port": 4242}
+    assert events[0] == {"event": "listening", "host": "127.0.0.1", "port": 4242, "code": "7hk2-m9xq-3wfe"}
     assert events[1] == {"event": "retransmit", "seq": 7, "reason": "timeout"}
     assert events[2] == {"event": "error", "code": 4, "kind": "integrity", "message": "bad"}
     assert events[3] == {"event": "done", "ok": False, "code": 4}

@@ -1,0 +1,98 @@
+"""Authenticated key exchange and sealed frames, at the pure protocol layer."""
+
+from __future__ import annotations
+
+import os
+import re
+
+import pytest
+
+from rtransfer.crypto import KeyExchange, new_code, normalise_code
+from rtransfer.protocol.errors import HandshakeRefused
+from rtransfer.protocol.events import ManifestReceived, TransferComplete
+from rtransfer.protocol.frames import FrameDecoder, Hello, encode_bytes
+from tests.unit.harness import CHUNK, Pair, manifest, send_file
+
+
+def test_codes_are_short_readable_and_random() -> None:
+    codes = {new_code() for _ in range(100)}
+    assert len(codes) == 100
+    assert all(re.fullmatch(r"[0-9a-hjkmnp-tv-z]{4}-[0-9a-hjkmnp-tv-z]{4}-[0-9a-hjkmnp-tv-z]{4}", c) for c in codes)
+    assert normalise_code("  7HK2-m9xq ") == b"7hk2-m9xq"
+
+
+def test_encrypted_transfer_delivers_the_bytes_and_never_shows_them_on_the_wire() -> None:
+    marker = b"SECRET-MARKER-" * 300
+    data = os.urandom(100) + marker + os.urandom(100)
+    pair = Pair.accepted(manifest(len(data)), encrypt=True)
+    assert pair.sender.encrypted and pair.receiver.encrypted
+    wire = bytearray()
+    original = pair.sender.data_to_send
+
+    def tap() -> list[bytes | bytearray | memoryview]:
+        out = original()
+        wire.extend(b"".join(bytes(p) for p in out))
+        return out
+
+    pair.sender.data_to_send = tap  # type: ignore[method-assign]
+    send_file(pair, 0, data)
+    pair.sender.finish(pair.now)
+    for _ in range(5):
+        pair.to_receiver()
+        pair.verify_completed_files()
+        pair.to_sender()
+    assert pair.written()[0] == data
+    assert any(isinstance(e, TransferComplete) for e in pair.sender_events)
+    assert b"SECRET-MARKER" not in wire and len(wire) > len(data)
+
+
+def test_wrong_code_is_refused_by_the_receiver() -> None:
+    with pytest.raises(HandshakeRefused, match="codes do not match"):
+        Pair.handshaken(manifest(CHUNK), encrypt=True, sender_code=b"wrong-code")
+
+
+def test_wrong_code_is_refused_by_the_sender_too() -> None:
+    from rtransfer.protocol.receiver import ReceiverMachine
+    from rtransfer.protocol.sender import SenderMachine
+
+    sender = SenderMachine(manifest(CHUNK), 0.0, 30.0, b"wrong-code")
+    receiver = ReceiverMachine(0.0, 30.0, b"right-code")
+    receiver.receive_data(b"".join(bytes(p) for p in sender.data_to_send()), 0.0)  # sender HELLO only
+    with pytest.raises(HandshakeRefused, match="codes do not match"):
+        sender.receive_data(b"".join(bytes(p) for p in receiver.data_to_send()), 0.0)
+
+
+def test_downgrading_a_hello_in_transit_fails_key_confirmation() -> None:
+    from rtransfer.protocol.receiver import ReceiverMachine
+    from rtransfer.protocol.sender import SenderMachine
+
+    sender = SenderMachine(manifest(CHUNK), 0.0, 30.0, b"code")
+    receiver = ReceiverMachine(0.0, 30.0, b"code")
+    decoder = FrameDecoder()
+    decoder.feed(b"".join(bytes(p) for p in sender.data_to_send()))
+    (hello,) = list(decoder.frames())
+    assert isinstance(hello, Hello) and hello.capabilities == 1
+    forged = Hello(hello.role, hello.version, 0, hello.auth)  # "please don't encrypt"
+    receiver.receive_data(encode_bytes(forged), 0.0)
+    with pytest.raises(HandshakeRefused, match="codes do not match"):
+        sender.receive_data(b"".join(bytes(p) for p in receiver.data_to_send()), 0.0)
+
+
+def test_no_encrypt_on_either_side_sends_frames_in_clear_after_an_authenticated_handshake() -> None:
+    pair = Pair.handshaken(manifest(CHUNK), encrypt=False)
+    assert pair.sender.confirmed and pair.receiver.confirmed
+    assert not pair.sender.encrypted
+    assert any(isinstance(e, ManifestReceived) for e in pair.receiver_events)
+
+
+def test_each_frame_gets_a_fresh_nonce() -> None:
+    a, b = KeyExchange(b"c", True), KeyExchange(b"c", False)
+    sealer, _ = a.finish(b.message, b"transcript")
+    _, opener = b.finish(a.message, b"transcript")
+    one, two = sealer.seal(b"h", b"same"), sealer.seal(b"h", b"same")
+    assert one != two
+    out = bytearray(4)
+    opener.open_into(b"h", memoryview(one), memoryview(out))
+    assert out == b"same"
+    opener.open_into(b"h", memoryview(two), memoryview(out))
+    assert out == b"same"
