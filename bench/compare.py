@@ -151,9 +151,11 @@ def socat_tool(src: Path, dst: Path) -> Sample:
 def rtransfer_listening(receiver: subprocess.Popen[bytes]) -> int:
     """rtransfer says when it listens and on which port: no polling needed."""
     assert receiver.stdout is not None
-    event = json.loads(receiver.stdout.readline())
-    assert event["event"] == "listening", event
-    return int(event["port"])
+    for line in receiver.stdout:  # warnings (e.g. for --no-encrypt) may come first
+        event = json.loads(line)
+        if event["event"] == "listening":
+            return int(event["port"])
+    raise RuntimeError("rtransfer recv exited before listening")
 
 
 def rtransfer_tool(*extra: str) -> Callable[[Path, Path], Sample]:
@@ -214,7 +216,7 @@ def main() -> int:
     ap.add_argument("--size", default="1G", help="file size (K/M/G suffix)")
     ap.add_argument("--runs", type=int, default=5, help="measured rounds")
     ap.add_argument("--warmup", type=int, default=1, help="unmeasured rounds first")
-    ap.add_argument("--tools", default="nc,socat,rsync,rtransfer", help="comma-separated subset")
+    ap.add_argument("--tools", default="nc,socat,rsync,rtransfer,rtransfer-plain", help="comma-separated subset")
     ap.add_argument("--dir", default=None, help="work directory (default: a temporary one)")
     ap.add_argument("--json-out", default=None, help="also write results as JSON here")
     args = ap.parse_args()
@@ -225,6 +227,7 @@ def main() -> int:
             return 2
     size = parse_size(args.size)
     byte_compile_rtransfer()
+    os.environ.setdefault("RTRANSFER_SECRET", "bench-" + os.urandom(8).hex())  # both sides, no code to relay
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         root = Path(tmp)
         src = root / "src.bin"
@@ -240,6 +243,7 @@ def main() -> int:
             "socat": socat_tool,
             "rsync": rsyncd.run if rsyncd else None,
             "rtransfer": rtransfer_tool(),
+            "rtransfer-plain": rtransfer_tool("--no-encrypt"),
         }
         tools = [Tool(n, available[n]) for n in args.tools.split(",") if available.get(n)]  # type: ignore[arg-type]
         try:
@@ -250,7 +254,8 @@ def main() -> int:
                     dst.parent.mkdir(exist_ok=True)
                     sample = tool.run(src, dst)
                     if tool.name != "rsync":
-                        got = (root / "out" / ("src.bin" if tool.name == "rtransfer" else dst.name)).stat().st_size
+                        rt = tool.name.startswith("rtransfer")
+                        got = (root / "out" / ("src.bin" if rt else dst.name)).stat().st_size
                         assert got == size, f"{tool.name} wrote {got} bytes, expected {size}"
                         for leftover in (root / "out").iterdir():
                             leftover.unlink()
@@ -288,6 +293,12 @@ def main() -> int:
         recv_col = f"{recv_rss:.0f} MiB" if recv_rss else "(daemon)"
         rate = size / med / (1 << 20)
         print(f"| {tool.name} | {med:.2f} | {rate:.0f} | {ratio:.2f} | {recv_col} | {send_rss:.0f} MiB |")
+    names = {t.name: t for t in tools}
+    if "rtransfer" in names and "rtransfer-plain" in names:
+        enc = statistics.median(s.seconds for s in names["rtransfer"].samples)
+        plain = statistics.median(s.seconds for s in names["rtransfer-plain"].samples)
+        results["encrypted_throughput_vs_plain"] = round(plain / enc, 3)
+        print(f"\nencrypted throughput / unencrypted throughput: {plain / enc:.2f}")
     print(f"\nrtransfer --help startup: {results['startup_ms']} ms (median of 7)")
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(results, indent=2))

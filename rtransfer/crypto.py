@@ -76,10 +76,17 @@ class Sealer:
         self._direction = direction
         self._counter = 0
 
-    def seal(self, header_prefix: bytes, body: bytes | bytearray | memoryview) -> bytes:
+    def seal(
+        self, header_prefix: bytes, body: bytes | bytearray | memoryview, out: bytearray | None = None
+    ) -> bytes | memoryview:
+        """Ciphertext and tag; written into ``out`` (len(body) + 16 bytes) when given,
+        which spares a fresh allocation per chunk."""
         nonce = _NONCE.pack(self._direction, self._counter)
         self._counter += 1
-        return self._aead.encrypt(nonce, body, header_prefix)
+        if out is None:
+            return self._aead.encrypt(nonce, body, header_prefix)
+        self._aead.encrypt_into(nonce, body, header_prefix, out)
+        return memoryview(out)
 
 
 class Opener:

@@ -94,9 +94,13 @@ def _walk(root: Path, root_name: str, warn: Callable[[str], None]) -> list[Sourc
             st = full.lstat()
             entry_path = (rel / name).as_posix()
             if stat.S_ISLNK(st.st_mode):
-                warn(f"skipping symbolic link {full}")
                 if name in dirnames:
-                    dirnames.remove(name)
+                    dirnames.remove(name)  # never descend through a link
+                target = os.readlink(full)
+                if link_stays_inside(entry_path, target):
+                    out.append(Source(Entry(entry_path, "symlink", None, 0o777, None, target), full))
+                else:
+                    warn(f"skipping symbolic link {full}: it points outside the transfer")
             elif stat.S_ISDIR(st.st_mode):
                 out.append(Source(Entry(entry_path, "dir", None, stat.S_IMODE(st.st_mode)), full))
             elif stat.S_ISREG(st.st_mode):
@@ -111,10 +115,22 @@ def safe_relative_path(name: str, error: type[Exception] = LocalIOError) -> Pure
     """A peer-supplied name as a relative path that cannot leave the destination."""
     if "\x00" in name or "\\" in name or name.startswith("/") or _DRIVE.match(name):
         raise error(f"refusing unsafe name {name!r}")
-    path = PurePosixPath(name)
-    if not path.parts or any(part in ("", ".", "..") for part in path.parts):
+    parts = name.split("/")  # raw, not normalised: "a//b" or "./a" could alias another entry
+    if any(part in ("", ".", "..") for part in parts):
         raise error(f"refusing unsafe name {name!r}")
-    return path
+    return PurePosixPath(*parts)
+
+
+def link_stays_inside(link_path: str, target: str) -> bool:
+    """Does a link at ``link_path`` (relative to the transfer root) resolve inside the root?"""
+    if not target or target.startswith("/") or "\x00" in target or "\\" in target or _DRIVE.match(target):
+        return False
+    depth = len(PurePosixPath(link_path).parts) - 1
+    for part in PurePosixPath(target).parts:
+        depth += -1 if part == ".." else 0 if part == "." else 1
+        if depth < 0:
+            return False
+    return True
 
 
 def partial_path(final: Path) -> Path:
@@ -157,7 +173,9 @@ class DirectorySink:
                 except OSError as exc:
                     raise local_error(exc, final) from None
                 continue
-            if final.exists() and not self.overwrite:
+            if entry.kind == "symlink" and not link_stays_inside(entry.path, entry.target or ""):
+                raise LocalIOError(f"refusing link {entry.path!r} -> {entry.target!r}: it points outside DEST")
+            if (final.exists() or final.is_symlink()) and not self.overwrite:
                 raise LocalIOError(f"{final}: already exists (use --overwrite to replace it)")
             self._finals[index] = final
         need = sum(e.size or 0 for e in manifest.entries)
@@ -209,7 +227,17 @@ class DirectorySink:
             raise local_error(exc, final) from None
 
     async def complete(self) -> None:
-        """Directory modes last, so a read-only directory does not block its own contents."""
+        """Links after every file (nothing is written through them), directory modes last
+        (a read-only directory must not block its own contents)."""
+        for index, entry in enumerate(self._entries):
+            if entry.kind == "symlink" and entry.target is not None:
+                final = self._finals[index]
+                try:
+                    if final.is_symlink() or final.exists():
+                        final.unlink()
+                    final.symlink_to(entry.target)
+                except OSError as exc:
+                    raise local_error(exc, final) from None
         for entry in reversed(self._entries):
             if entry.kind == "dir":
                 try:

@@ -23,7 +23,7 @@ from rtransfer.protocol.events import ChunkReady, FileComplete
 from rtransfer.protocol.frames import Buffer
 from rtransfer.stats import TransferStats
 
-QUEUE_CHUNKS = 8
+QUEUE_CHUNKS = 4
 
 
 class BufferPool:
@@ -48,7 +48,7 @@ class BufferPool:
         if not isinstance(buf, bytearray) or len(buf) < self.MIN_POOLED_BYTES:
             return
         free = self._free.setdefault(len(buf), [])
-        if len(free) < self.max_buffers:
+        if len(free) < self.max_buffers and not any(b is buf for b in free):
             free.append(buf)
 
 

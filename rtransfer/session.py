@@ -64,7 +64,7 @@ class SendConfig:
     port: int
     stdin_name: str | None = None
     chunk_bytes: int = 1024 * 1024
-    window: int = 16
+    window: int = 8
     timeout_s: float = 30.0
     connect_policy: RetryPolicy = field(default_factory=RetryPolicy)
     code: str = ""
@@ -272,17 +272,21 @@ async def run_send(config: SendConfig, reporter: Reporter) -> TransferStats:
     stats = TransferStats(
         "send", total_bytes=None if None in sizes else sum(s or 0 for s in sizes), files_total=len(sizes)
     )
+    pool = BufferPool(QUEUE_CHUNKS + 2)
     link = await _connect(
         config.host,
         config.port,
         config.connect_policy,
         reporter,
-        lambda: Link(SenderMachine(manifest, now(), config.timeout_s, normalise_code(config.code), config.encrypt)),
+        lambda: Link(
+            SenderMachine(
+                manifest, now(), config.timeout_s, normalise_code(config.code), config.encrypt, allocate=pool.get
+            )
+        ),
     )
     machine = link.machine
     assert isinstance(machine, SenderMachine)
     queue: asyncio.Queue[SendItem] = asyncio.Queue(maxsize=QUEUE_CHUNKS)
-    pool = BufferPool(QUEUE_CHUNKS + 2)
     accepted: asyncio.Future[dict[int, int]] = asyncio.get_running_loop().create_future()
     window_open = asyncio.Event()
     done = asyncio.Event()
@@ -290,9 +294,9 @@ async def run_send(config: SendConfig, reporter: Reporter) -> TransferStats:
     async def handle(event: Event) -> None:
         if isinstance(event, ChunksAcked):
             stats.bytes_done += event.bytes
-            for payload in event.payloads:
-                if isinstance(payload, memoryview):
-                    pool.put(payload.obj)
+            for buf in event.released:
+                if isinstance(buf, memoryview):
+                    pool.put(buf.obj)
             window_open.set()
         elif isinstance(event, Retransmitted):
             stats.retransmits += 1

@@ -18,7 +18,9 @@ class Accepted:
 class ChunksAcked:
     chunks: int
     bytes: int
-    payloads: tuple[Buffer, ...] = ()  # no longer needed for a resend: the driver may reuse them
+    # Buffers nothing will read again (payload and ciphertext of chunks sent exactly once,
+    # so no copy can still be queued in the transport): the driver may reuse them.
+    released: tuple[Buffer, ...] = ()
 
 
 @dataclass(frozen=True)

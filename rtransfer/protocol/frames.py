@@ -93,10 +93,11 @@ class Entry:
     """One item of a transfer: a path relative to the transfer root."""
 
     path: str
-    kind: str  # "file" or "dir"
+    kind: str  # "file", "dir" or "symlink"
     size: int | None = None  # None: a stream whose length is known only at its end
     mode: int = 0o644
     mtime: float | None = None
+    target: str | None = None  # symlinks only: the link text, relative
 
 
 @dataclass(frozen=True)
@@ -183,7 +184,7 @@ CONFIRM_BODY = b"rtransfer key confirmation"
 
 
 class Sealer(Protocol):
-    def seal(self, header_prefix: bytes, body: Buffer) -> bytes: ...
+    def seal(self, header_prefix: bytes, body: Buffer, out: bytearray | None = None) -> Buffer: ...
 
 
 class Opener(Protocol):
@@ -202,23 +203,35 @@ def _check(prefix: Buffer, *parts: Buffer) -> int:
     return h.intdigest()
 
 
-def _frame(ftype: FrameType, clear: bytes, secret: Buffer, sealer: Sealer | None) -> list[Buffer]:
-    """Header + body. Sealed, ``secret`` is encrypted and ``clear`` (DATA's seq, file,
-    offset, which a NACK must be able to read) is authenticated but stays readable."""
+def _frame(
+    ftype: FrameType,
+    clear: bytes,
+    secret: Buffer,
+    sealer: Sealer | None,
+    allocate: Callable[[int], bytearray] | None = None,
+) -> list[Buffer]:
+    """Header + body. Sealed, ``secret`` is encrypted (into ``allocate``'d memory when
+    given) and ``clear`` (DATA's seq, file, offset, which a NACK must be able to read)
+    is authenticated but stays readable."""
     if sealer is None:
         prefix = _PREFIX.pack(ftype, len(clear) + len(secret))
         parts: list[Buffer] = [clear, secret] if clear else [secret]
     else:
         prefix = _PREFIX.pack(ftype, len(clear) + len(secret) + TAG_BYTES)
-        parts = [clear, sealer.seal(prefix + clear, secret)]
+        out = allocate(len(secret) + TAG_BYTES) if allocate is not None else None
+        parts = [clear, sealer.seal(prefix + clear, secret, out)]
     return [prefix + _U64.pack(_check(prefix, *parts)), *parts]
 
 
-def encode(frame: Frame, sealer: Sealer | None = None) -> list[Buffer]:
-    """Encode a frame as buffers to write in order; large payloads are not copied."""
+def encode(
+    frame: Frame, sealer: Sealer | None = None, allocate: Callable[[int], bytearray] | None = None
+) -> list[Buffer]:
+    """Encode a frame as buffers to write in order; large payloads are not copied.
+
+    The last buffer of a DATA frame is its payload, or its ciphertext when sealed."""
     match frame:
         case Data(seq, file_index, offset, payload):
-            return _frame(FrameType.DATA, DATA_HEADER.pack(seq, file_index, offset), payload, sealer)
+            return _frame(FrameType.DATA, DATA_HEADER.pack(seq, file_index, offset), payload, sealer, allocate)
         case Ack(cumulative, selective):
             body = _ACK.pack(cumulative, len(selective)) + b"".join(_U64.pack(s) for s in selective)
             return _frame(FrameType.ACK, b"", body, sealer)
@@ -263,7 +276,8 @@ def _manifest_to_json(m: Manifest) -> dict[str, Any]:
         "chunk_bytes": m.chunk_bytes,
         "window": m.window,
         "entries": [
-            {"path": e.path, "kind": e.kind, "size": e.size, "mode": e.mode, "mtime": e.mtime} for e in m.entries
+            {"path": e.path, "kind": e.kind, "size": e.size, "mode": e.mode, "mtime": e.mtime, "target": e.target}
+            for e in m.entries
         ],
     }
 
@@ -460,20 +474,22 @@ def _decode_manifest(body: bytearray) -> Manifest:
 def _decode_entry(obj: object) -> Entry:
     _need(isinstance(obj, dict), "MANIFEST entry is not an object")
     assert isinstance(obj, dict)
-    path, kind, size, mode, mtime = (obj.get(k) for k in ("path", "kind", "size", "mode", "mtime"))
+    path, kind, size, mode, mtime, target = (obj.get(k) for k in ("path", "kind", "size", "mode", "mtime", "target"))
     _need(isinstance(path, str) and path != "", "MANIFEST entry path malformed")
     assert isinstance(path, str)
     try:
         path.encode("utf-8")
     except UnicodeEncodeError:
         raise ProtocolError("MANIFEST entry path is not valid UTF-8") from None
-    _need(kind in ("file", "dir"), f"MANIFEST entry kind {kind!r} unknown")
+    _need(kind in ("file", "dir", "symlink"), f"MANIFEST entry kind {kind!r} unknown")
+    _need((kind == "symlink") == isinstance(target, str), "MANIFEST symlink entry needs a target, others none")
+    _need(target is None or (0 < len(target) <= 4096 and "\x00" not in target), "MANIFEST symlink target malformed")
     _need(size is None or _is_uint(size), "MANIFEST entry size malformed")
-    _need(kind == "file" or size is None, "MANIFEST directory entry has a size")
+    _need(kind == "file" or size is None, "MANIFEST entry that is not a file has a size")
     _need(isinstance(mode, int) and _is_uint(mode) and mode <= 0o7777, "MANIFEST entry mode malformed")
     _need(
         mtime is None or (isinstance(mtime, int | float) and not isinstance(mtime, bool) and math.isfinite(mtime)),
         "MANIFEST entry mtime malformed",
     )
     assert isinstance(kind, str) and isinstance(mode, int)
-    return Entry(path, kind, size, mode, None if mtime is None else float(mtime))
+    return Entry(path, kind, size, mode, None if mtime is None else float(mtime), target)

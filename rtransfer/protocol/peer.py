@@ -67,6 +67,7 @@ class Peer:
         release: Callable[[bytearray], None] = lambda buf: None,
     ) -> None:
         self._decoder = FrameDecoder(allocate, release)
+        self._allocate = allocate
         self._outbox: list[Buffer] = []
         self._liveness = Liveness(now, timeout_s)
         self._now = now
@@ -90,9 +91,11 @@ class Peer:
         out, self._outbox = self._outbox, []
         return out
 
-    def _send(self, frame: Frame) -> None:
-        self._outbox.extend(encode(frame, self._sealer))
+    def _send(self, frame: Frame) -> list[Buffer]:
+        pieces = encode(frame, self._sealer, self._allocate)
+        self._outbox.extend(pieces)
         self._liveness.sent(self._now)
+        return pieces
 
     def fail(self, error: RtransferError) -> None:
         """Tell the peer why we are giving up (best effort; the driver closes after)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from rtransfer.errors import IntegrityError
@@ -38,6 +39,7 @@ from rtransfer.protocol.timing import RetransmitTimer
 class _InFlight:
     frame: Data
     sent_at: float
+    wire: Buffer  # what went to the transport: the payload, or its ciphertext
     retransmitted: bool = False
 
 
@@ -58,9 +60,10 @@ class SenderMachine(Peer):
         code: bytes,
         encrypt: bool = True,
         timer: RetransmitTimer | None = None,
+        allocate: Callable[[int], bytearray] = bytearray,
     ) -> None:
         self.manifest = manifest
-        super().__init__(now, timeout_s, code, encrypt)
+        super().__init__(now, timeout_s, code, encrypt, allocate)
         self.accepted = False
         self.complete = False
         self._timer = timer or RetransmitTimer()
@@ -102,8 +105,7 @@ class SenderMachine(Peer):
         frame = Data(seq, file_index, offset, payload)
         if not self._unacked:
             self._timer_armed_at = now
-        self._unacked[seq] = _InFlight(frame, now)
-        self._send(frame)
+        self._unacked[seq] = _InFlight(frame, now, self._send(frame)[-1])
         return seq
 
     def end_file(self, file_index: int, size: int, digest: bytes, now: float) -> None:
@@ -163,8 +165,13 @@ class SenderMachine(Peer):
             self._timer.sample(self._now - max(a.sent_at for a in fresh))
         self._timer.progress()
         self._timer_armed_at = self._now
-        payloads = tuple(a.frame.payload for a in acked)
-        events.append(ChunksAcked(len(acked), sum(len(p) for p in payloads), payloads))
+        released = tuple(
+            b
+            for a in acked
+            if not a.retransmitted
+            for b in ((a.frame.payload,) if a.wire is a.frame.payload else (a.frame.payload, a.wire))
+        )
+        events.append(ChunksAcked(len(acked), sum(len(a.frame.payload) for a in acked), released))
 
     def _resend(self, seq: int, reason: str, events: list[Event]) -> None:
         item = self._unacked[seq]

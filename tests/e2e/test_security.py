@@ -198,3 +198,31 @@ def test_idle_client_is_dropped_when_the_handshake_deadline_passes(tmp_path: Pat
     with socket.create_connection(("127.0.0.1", rx.port)):
         assert rx.finish(timeout_s=30) == 3
     assert "handshake did not complete within 10 s" in rx.events("error")[0]["message"]
+
+
+def test_links_inside_the_transfer_arrive_as_links_and_links_out_are_skipped(tmp_path: Path, procs: list[Proc]) -> None:
+    src = tmp_path / "tree"
+    (src / "sub").mkdir(parents=True)
+    (src / "sub" / "real.txt").write_bytes(b"real")
+    (src / "inside").symlink_to("sub/real.txt")
+    (src / "sub" / "up").symlink_to("../sub")
+    (src / "outside").symlink_to("/etc/passwd")
+    (src / "sneaky").symlink_to("../../etc")
+    procs.append(rx := Receiver(tmp_path / "out"))
+    result = run("send", str(src), rx.address)
+    assert result.returncode == 0, result.stderr
+    assert rx.finish() == 0
+    out = tmp_path / "out" / "tree"
+    assert (out / "inside").is_symlink() and (out / "inside").read_bytes() == b"real"
+    assert str((out / "sub" / "up").readlink()) == "../sub"
+    assert not (out / "outside").exists() and not (out / "outside").is_symlink()
+    assert not (out / "sneaky").is_symlink()
+    assert result.stderr.decode().count("points outside the transfer") == 2
+
+
+def test_forged_link_pointing_out_of_dest_is_refused(tmp_path: Path, procs: list[Proc]) -> None:
+    procs.append(rx := Receiver(tmp_path / "out"))
+    forged_sender(rx.port, (Entry("ln", "symlink", None, 0o777, None, "../../../etc"),))
+    assert rx.finish() == 6
+    assert "points outside DEST" in rx.events("error")[0]["message"]
+    assert not (tmp_path / "out" / "ln").is_symlink()

@@ -361,3 +361,22 @@ def test_any_sequence_of_well_formed_frames_gives_events_or_an_rtransfer_error(o
                 pair.to_sender([FRAME_SAMPLES[i] for i in order])
         except RtransferError:
             pass
+
+
+@pytest.mark.parametrize("encrypt", [False, True])
+def test_only_buffers_of_chunks_sent_once_are_released_for_reuse(encrypt: bool) -> None:
+    from rtransfer.protocol.events import ChunksAcked
+
+    pair = Pair.accepted(manifest(CHUNK * 2), encrypt=encrypt)
+    first, second = bytearray(b"a" * CHUNK), bytearray(b"b" * CHUNK)
+    pair.sender.send_chunk(0, 0, memoryview(first), 0.0)
+    pair.sender.send_chunk(0, CHUNK, memoryview(second), 0.0)
+    pair.now = pair.sender.next_deadline()
+    pair.sender._liveness.received(pair.now)
+    assert Retransmitted(0, "timeout") in pair.sender.on_timer(pair.now)  # seq 0 now has two copies in flight
+    pair.to_receiver()
+    (acked,) = [e for e in pair.to_sender() if isinstance(e, ChunksAcked)]
+    owners = [b.obj if isinstance(b, memoryview) else b for b in acked.released]
+    assert not any(o is first for o in owners)  # a resent copy may still sit in the transport
+    assert sum(o is second for o in owners) == 1  # released once, never twice
+    assert len(owners) == (2 if encrypt else 1)  # its ciphertext buffer too, when sealed

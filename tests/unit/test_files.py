@@ -1,0 +1,36 @@
+"""Path rules for names and links that come from the peer."""
+
+from __future__ import annotations
+
+import pytest
+
+from rtransfer.errors import LocalIOError
+from rtransfer.files import link_stays_inside, safe_relative_path
+
+
+@pytest.mark.parametrize("name", ["a", "a/b/c", "dir/.hidden", "日本語/ファイル"])
+def test_relative_names_are_accepted(name: str) -> None:
+    assert safe_relative_path(name).as_posix() == name
+
+
+@pytest.mark.parametrize("name", ["", "/abs", "../up", "a/../../b", "a//b", "./a", "C:x", "a\\b", "nul\x00", "a/."])
+def test_unsafe_names_are_refused(name: str) -> None:
+    with pytest.raises(LocalIOError, match="refusing unsafe name"):
+        safe_relative_path(name)
+
+
+@pytest.mark.parametrize(
+    ("link", "target", "inside"),
+    [
+        ("a", "b", True),
+        ("d/a", "../b", True),
+        ("d/e/a", "../../b", True),
+        ("a", "../b", False),
+        ("d/a", "../../b", False),
+        ("a", "/etc/passwd", False),
+        ("d/a", "x/../../..", False),
+        ("a", "", False),
+    ],
+)
+def test_link_targets_must_stay_inside_the_transfer(link: str, target: str, inside: bool) -> None:
+    assert link_stays_inside(link, target) is inside
