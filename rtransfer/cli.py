@@ -209,6 +209,10 @@ def recv(
     max_files: Annotated[
         int, typer.Option("--max-files", metavar="N", help="Refuse transfers of more entries.")
     ] = 1_000_000,
+    wait_seconds: Annotated[
+        float,
+        typer.Option("--retry-max-seconds", metavar="SECONDS", help="How long a broken transfer waits for its sender."),
+    ] = 60.0,
 ) -> int:
     """Listen, receive one transfer into DEST, and exit."""
     reporter = _reporter(json_output, quiet, data_on_stdout=dest == "-")
@@ -224,7 +228,9 @@ def recv(
         if max_files < 1:
             raise UsageError("--max-files must be at least 1")
         limits = ReceiveLimits(max_entries=max_files, max_total_bytes=parse_size(max_bytes))
-        config = RecvConfig(dest, host, port, timeout, overwrite, limits, code=secret, encrypt=not no_encrypt)
+        config = RecvConfig(
+            dest, host, port, timeout, overwrite, limits, code=secret, encrypt=not no_encrypt, wait_s=wait_seconds
+        )
     except RtransferError as exc:
         reporter.error(exc)
         return exc.exit_code

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import errno
 import os
 import re
@@ -17,6 +19,15 @@ import aiofiles
 import aiofiles.os
 
 from rtransfer.errors import LocalIOError, UsageError
+from rtransfer.integrity import FileDigest, source_identity
+from rtransfer.journal import (
+    FSYNC_EVERY_BYTES,
+    JOURNAL_EVERY_BYTES,
+    JournalRecord,
+    read_journal,
+    remove_journal,
+    write_journal,
+)
 from rtransfer.protocol.frames import Buffer, Entry, Manifest
 
 PARTIAL_SUFFIX = ".rtpart"
@@ -53,8 +64,7 @@ def collect_sources(args: list[str], stdin_name: str | None, warn: Callable[[str
         if stat.S_ISDIR(st.st_mode):
             sources.extend(_walk(path, root_name, warn))
         elif stat.S_ISREG(st.st_mode):
-            _check_readable(path)
-            sources.append(Source(_file_entry(root_name, st), path))
+            sources.append(Source(_file_entry(root_name, path, st), path))
         else:
             raise UsageError(f"{arg}: not a regular file or directory")
     if stdin_name is not None and "-" not in args:
@@ -67,16 +77,13 @@ def collect_sources(args: list[str], stdin_name: str | None, warn: Callable[[str
     return sources
 
 
-def _file_entry(name: str, st: os.stat_result) -> Entry:
-    return Entry(name, "file", st.st_size, stat.S_IMODE(st.st_mode), st.st_mtime)
-
-
-def _check_readable(path: Path) -> None:
+def _file_entry(name: str, path: Path, st: os.stat_result) -> Entry:
+    """Reading the head for the identity also proves the file is readable, before any byte moves."""
     try:
-        with open(path, "rb"):
-            pass
+        identity = source_identity(path, st)
     except OSError as exc:
         raise local_error(exc, path) from None
+    return Entry(name, "file", st.st_size, stat.S_IMODE(st.st_mode), st.st_mtime, identity=identity)
 
 
 def _walk(root: Path, root_name: str, warn: Callable[[str], None]) -> list[Source]:
@@ -104,8 +111,7 @@ def _walk(root: Path, root_name: str, warn: Callable[[str], None]) -> list[Sourc
             elif stat.S_ISDIR(st.st_mode):
                 out.append(Source(Entry(entry_path, "dir", None, stat.S_IMODE(st.st_mode)), full))
             elif stat.S_ISREG(st.st_mode):
-                _check_readable(full)
-                out.append(Source(_file_entry(entry_path, st), full))
+                out.append(Source(_file_entry(entry_path, full, st), full))
             else:
                 warn(f"skipping special file {full}")
     return out
@@ -137,15 +143,31 @@ def partial_path(final: Path) -> Path:
     return final.with_name(f".{final.name}{PARTIAL_SUFFIX}")
 
 
+@dataclass(frozen=True)
+class Plan:
+    """Where each file starts: bytes already here of the same version, or whole and done."""
+
+    start_offsets: dict[int, int]
+    done: tuple[int, ...]
+
+
 class DirectorySink:
-    """Writes a transfer under DEST: each file into a hidden partial name, renamed once verified."""
+    """Writes a transfer under DEST: each file into a hidden partial name, renamed once verified.
+
+    Partial files are prefixes of their source with a journal beside them, so a
+    later connection (or a later run) resumes them instead of starting over.
+    """
 
     def __init__(self, root: Path, overwrite: bool) -> None:
         self.root = root
         self.overwrite = overwrite
         self._entries: tuple[Entry, ...] = ()
+        self._chunk_bytes = 0
         self._finals: dict[int, Path] = {}
         self._open: dict[int, Any] = {}
+        self._written: dict[int, int] = {}
+        self._journaled: dict[int, int] = {}
+        self._synced: dict[int, int] = {}
 
     def check(self) -> None:
         """Fail before listening if DEST can never work."""
@@ -154,8 +176,8 @@ class DirectorySink:
         if self.root.is_dir() and not os.access(self.root, os.W_OK | os.X_OK):
             raise LocalIOError(f"{self.root}: permission denied")
 
-    def plan(self, manifest: Manifest) -> None:
-        """Check every name and the free space, create directories; raise before any data."""
+    def plan(self, manifest: Manifest) -> Plan:
+        """Check every name and the free space, create directories, find what can resume."""
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             root = self.root.resolve(strict=True)
@@ -163,7 +185,10 @@ class DirectorySink:
             raise local_error(exc, self.root) from None
         if not os.access(root, os.W_OK | os.X_OK):
             raise LocalIOError(f"{self.root}: permission denied")
-        self._entries = manifest.entries
+        self._entries, self._chunk_bytes = manifest.entries, manifest.chunk_bytes
+        self._finals.clear()
+        starts: dict[int, int] = {}
+        done: list[int] = []
         for index, entry in enumerate(manifest.entries):
             final = root.joinpath(*safe_relative_path(entry.path).parts)
             self._refuse_links(root, final)
@@ -173,15 +198,54 @@ class DirectorySink:
                 except OSError as exc:
                     raise local_error(exc, final) from None
                 continue
-            if entry.kind == "symlink" and not link_stays_inside(entry.path, entry.target or ""):
-                raise LocalIOError(f"refusing link {entry.path!r} -> {entry.target!r}: it points outside DEST")
+            self._finals[index] = final
+            if entry.kind == "symlink":
+                if not link_stays_inside(entry.path, entry.target or ""):
+                    raise LocalIOError(f"refusing link {entry.path!r} -> {entry.target!r}: it points outside DEST")
+            elif self._already_here(final, entry):
+                done.append(index)
+                continue
             if (final.exists() or final.is_symlink()) and not self.overwrite:
                 raise LocalIOError(f"{final}: already exists (use --overwrite to replace it)")
-            self._finals[index] = final
-        need = sum(e.size or 0 for e in manifest.entries)
+            if entry.kind == "file":
+                starts[index] = self._resumable_bytes(final, entry)
+        need = sum((e.size or 0) - starts.get(i, 0) for i, e in enumerate(manifest.entries) if i not in done)
         free = shutil.disk_usage(root).free
         if need > free:
             raise LocalIOError(f"{self.root}: not enough free space ({need} bytes needed, {free} available)")
+        return Plan({i: n for i, n in starts.items() if n}, tuple(done))
+
+    @staticmethod
+    def _already_here(final: Path, entry: Entry) -> bool:
+        """rsync's quick check: same size and mtime means this file arrived before."""
+        try:
+            st = final.lstat()
+        except OSError:
+            return False
+        return (
+            stat.S_ISREG(st.st_mode)
+            and entry.size == st.st_size
+            and entry.mtime is not None
+            and abs(st.st_mtime - entry.mtime) < 1e-3
+        )
+
+    def _resumable_bytes(self, final: Path, entry: Entry) -> int:
+        """Bytes of the partial file to keep; a partial of another version is discarded."""
+        part = partial_path(final)
+        record = read_journal(final)
+        keep = 0
+        if record is not None and entry.identity is not None and record.identity == entry.identity:
+            try:
+                on_disk = part.stat().st_size
+            except OSError:
+                on_disk = -1
+            if record.chunk_bytes == self._chunk_bytes and 0 <= record.written_bytes <= on_disk:
+                keep = record.written_bytes - record.written_bytes % self._chunk_bytes
+        if keep == 0:
+            with contextlib.suppress(FileNotFoundError):
+                part.unlink()
+            remove_journal(final)
+        return keep
 
     @staticmethod
     def _refuse_links(root: Path, final: Path) -> None:
@@ -195,16 +259,58 @@ class DirectorySink:
     def display_path(self, index: int) -> str:
         return self._entries[index].path
 
-    async def write(self, index: int, data: Buffer) -> None:
-        handle = self._open.get(index)
+    async def hash_prefix(self, index: int, size: int, digest: FileDigest) -> None:
+        """A resumed file's digest still covers the whole file: hash what is already here."""
+        left = size
         try:
-            if handle is None:
-                final = self._finals[index]
-                final.parent.mkdir(parents=True, exist_ok=True)
-                handle = self._open[index] = await aiofiles.open(partial_path(final), "wb")
-            await handle.write(data)
+            async with aiofiles.open(partial_path(self._finals[index]), "rb") as f:
+                while left:
+                    data = await f.read(min(left, self._chunk_bytes))
+                    if not data:
+                        raise LocalIOError(f"{self._finals[index]}: partial file shorter than its journal")
+                    await digest.update(data)
+                    left -= len(data)
         except OSError as exc:
             raise local_error(exc, self._finals[index]) from None
+
+    async def _open_at(self, index: int, offset: int) -> Any:
+        final = self._finals[index]
+        final.parent.mkdir(parents=True, exist_ok=True)
+        part = partial_path(final)
+        if offset == 0:
+            handle = await aiofiles.open(part, "wb")
+        else:
+            handle = await aiofiles.open(part, "r+b")
+            await handle.truncate(offset)
+            await handle.seek(offset)
+        self._open[index] = handle
+        self._written[index] = self._journaled[index] = self._synced[index] = offset
+        return handle
+
+    async def write(self, index: int, offset: int, data: Buffer) -> None:
+        try:
+            handle = self._open.get(index) or await self._open_at(index, offset)
+            await handle.write(data)
+            self._written[index] += len(data)
+            written = self._written[index]
+            if written - self._journaled[index] >= JOURNAL_EVERY_BYTES:
+                await self._journal(index, fsync=written - self._synced[index] >= FSYNC_EVERY_BYTES)
+        except OSError as exc:
+            raise local_error(exc, self._finals[index]) from None
+
+    async def _journal(self, index: int, fsync: bool) -> None:
+        identity = self._entries[index].identity
+        if identity is None:
+            return  # a stream cannot be resumed: its source cannot be read again
+        handle = self._open[index]
+        await handle.flush()
+        loop = asyncio.get_running_loop()
+        if fsync:
+            await loop.run_in_executor(None, os.fsync, handle.fileno())
+            self._synced[index] = self._written[index]
+        record = JournalRecord(identity, self._chunk_bytes, self._written[index])
+        await loop.run_in_executor(None, write_journal, self._finals[index], record, fsync)
+        self._journaled[index] = self._written[index]
 
     async def finish(self, index: int, ok: bool) -> None:
         """Close the partial file; rename it into place only if its digest matched."""
@@ -212,9 +318,11 @@ class DirectorySink:
         part = partial_path(final)
         try:
             handle = self._open.pop(index, None)
-            if handle is None:
-                handle = await aiofiles.open(part, "wb")
-            await handle.close()
+            if handle is not None:
+                await handle.close()
+            elif not part.exists():
+                part.touch()
+            remove_journal(final)
             if not ok:
                 await aiofiles.os.remove(part)
                 return
@@ -245,14 +353,22 @@ class DirectorySink:
                 except OSError as exc:
                     raise local_error(exc, entry.path) from None
 
-    async def abort(self) -> None:
-        """A failed transfer leaves nothing under a final name."""
+    async def suspend(self) -> None:
+        """The connection failed: keep what can resume (journal it), drop what cannot.
+
+        Nothing is ever left under a final name."""
         for index, handle in list(self._open.items()):
-            await handle.close()
-            part = partial_path(self._finals[index])
-            if part.exists():
-                part.unlink()
+            final = self._finals[index]
+            resumable = self._entries[index].identity is not None
+            with contextlib.suppress(OSError):
+                if resumable:
+                    await self._journal(index, fsync=False)
+                await handle.close()
+                if not resumable:
+                    partial_path(final).unlink()
         self._open.clear()
+
+    abort = suspend
 
 
 class StdoutSink:
@@ -269,16 +385,20 @@ class StdoutSink:
     def check(self) -> None:
         pass
 
-    def plan(self, manifest: Manifest) -> None:
+    def plan(self, manifest: Manifest) -> Plan:
         files = [e for e in manifest.entries if e.kind == "file"]
         if len(files) != 1 or len(manifest.entries) != 1:
             raise LocalIOError("DEST '-' (standard output) takes exactly one incoming file")
         self._entries = manifest.entries
+        return Plan({}, ())
 
     def display_path(self, index: int) -> str:
         return self._entries[index].path
 
-    async def write(self, index: int, data: Buffer) -> None:
+    async def hash_prefix(self, index: int, size: int, digest: FileDigest) -> None:
+        raise LocalIOError("standard output cannot resume a transfer")
+
+    async def write(self, index: int, offset: int, data: Buffer) -> None:
         try:
             if self._out is None:
                 self._out = await aiofiles.open(sys.stdout.fileno(), "wb", closefd=False)
@@ -293,9 +413,11 @@ class StdoutSink:
     async def complete(self) -> None:
         pass
 
-    async def abort(self) -> None:
+    async def suspend(self) -> None:
         if self._out is not None:
             await self._out.close()
+
+    abort = suspend
 
 
 Sink = DirectorySink | StdoutSink

@@ -9,8 +9,10 @@ hash inline, where a thread hop would cost more than it saves.
 from __future__ import annotations
 
 import asyncio
+import os
 
 import blake3
+import xxhash
 
 from rtransfer.protocol.frames import Buffer
 
@@ -38,3 +40,18 @@ class FileDigest:
 
     def hexdigest(self) -> str:
         return self._hasher.hexdigest()
+
+
+IDENTITY_HEAD_BYTES = 64 * 1024
+
+
+def source_identity(path: os.PathLike[str] | str, st: os.stat_result) -> str:
+    """The version of a file's data: size, mtime and a digest of its head.
+
+    A resume continues only a partial file whose identity matches, so two
+    versions of a file are never spliced together (the digest catches a change
+    that kept size and mtime).
+    """
+    with open(path, "rb") as f:
+        head = f.read(IDENTITY_HEAD_BYTES)
+    return f"{st.st_size}:{st.st_mtime_ns}:{xxhash.xxh3_64_hexdigest(head)}"

@@ -101,6 +101,7 @@ async def read_sources(
     queue: asyncio.Queue[SendItem],
     stats: TransferStats,
     pool: BufferPool,
+    skip: set[int] | None = None,
 ) -> None:
     """Read each file once; a chunk is queued only once hashed, so an ACK can recycle its buffer.
 
@@ -108,7 +109,7 @@ async def read_sources(
     is not read ahead: a slow pipe must not hold back a chunk already read.
     """
     for index, source in enumerate(sources):
-        if source.entry.kind != "file":
+        if source.entry.kind != "file" or (skip and index in skip):
             continue
         name = source.local or "standard input"
         digest = FileDigest()
@@ -161,21 +162,32 @@ async def write_chunks(
     sink: Sink,
     stats: TransferStats,
     verified: Callable[[FileComplete, bool, str], Awaitable[None]],
+    start_offsets: dict[int, int],
     pool: BufferPool | None = None,
 ) -> None:
-    """Append each in-order chunk to its file while hashing it; check the digest at the end."""
+    """Append each in-order chunk to its file while hashing it; check the digest at the end.
+
+    A resumed file's digest first takes in the part already on disk."""
     digests: dict[int, FileDigest] = {}
+
+    async def digest_for(index: int) -> FileDigest:
+        if index not in digests:
+            digests[index] = FileDigest()
+            if start_offsets.get(index):
+                await sink.hash_prefix(index, start_offsets[index], digests[index])
+        return digests[index]
+
     while True:
         item = await queue.get()
         stats.observe_queue(queue.qsize())
+        digest = await digest_for(item.file_index)
         if isinstance(item, ChunkReady):
-            digest = digests.setdefault(item.file_index, FileDigest())
-            await asyncio.gather(sink.write(item.file_index, item.payload), digest.update(item.payload))
+            await asyncio.gather(sink.write(item.file_index, item.offset, item.payload), digest.update(item.payload))
             stats.bytes_done += len(item.payload)
             if pool is not None and isinstance(item.payload, memoryview):
                 pool.put(item.payload.obj)  # written and hashed: nothing reads this chunk again
         else:
-            digest = digests.pop(item.file_index) if item.file_index in digests else FileDigest()
+            del digests[item.file_index]
             ok = digest.digest() == item.digest
             if not ok:
                 stats.integrity_failures += 1

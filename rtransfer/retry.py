@@ -26,6 +26,40 @@ class RetryPolicy:
         return raw * (1 - self.jitter * rand)
 
 
+class Backoff:
+    """One outage under a policy: how many attempts so far, and since when.
+
+    ``next_delay`` gives the wait before the next attempt, or None when the
+    policy's attempts or time are spent; ``reset`` after progress starts afresh.
+    """
+
+    def __init__(
+        self,
+        policy: RetryPolicy,
+        clock: Callable[[], float] = time.monotonic,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self.policy = policy
+        self._clock = clock
+        self._rand = rand
+        self.attempt = 0
+        self._started: float | None = None
+
+    def reset(self) -> None:
+        self.attempt = 0
+        self._started = None
+
+    def next_delay(self) -> float | None:
+        now = self._clock()
+        if self._started is None:
+            self._started = now
+        self.attempt += 1
+        delay = self.policy.delay_s(self.attempt, self._rand())
+        if self.attempt >= self.policy.max_attempts or now - self._started + delay > self.policy.max_total_s:
+            return None
+        return delay
+
+
 async def retry_call(
     operation: Callable[[], Awaitable[T]],
     policy: RetryPolicy,
@@ -33,17 +67,14 @@ async def retry_call(
     on_retry: Callable[[int, BaseException, float], None] | None = None,
 ) -> T:
     """Run ``operation`` until it succeeds or the policy's attempts or time run out."""
-    started = time.monotonic()
-    attempt = 0
+    backoff = Backoff(policy)
     while True:
-        attempt += 1
         try:
             return await operation()
         except retry_on as exc:
-            delay = policy.delay_s(attempt, random.random())
-            out_of_time = time.monotonic() - started + delay > policy.max_total_s
-            if attempt >= policy.max_attempts or out_of_time:
+            delay = backoff.next_delay()
+            if delay is None:
                 raise
             if on_retry is not None:
-                on_retry(attempt, exc, delay)
+                on_retry(backoff.attempt, exc, delay)
             await asyncio.sleep(delay)

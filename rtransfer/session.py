@@ -19,7 +19,7 @@ from typing import Any
 
 from rtransfer.crypto import new_code, normalise_code
 from rtransfer.errors import IntegrityError, NetworkError, RtransferError
-from rtransfer.files import DirectorySink, Sink, StdoutSink, collect_sources
+from rtransfer.files import DirectorySink, Sink, Source, StdoutSink, collect_sources
 from rtransfer.pipeline import (
     QUEUE_CHUNKS,
     BufferPool,
@@ -30,6 +30,7 @@ from rtransfer.pipeline import (
     read_sources,
     write_chunks,
 )
+from rtransfer.protocol.errors import HandshakeRefused, ProtocolError
 from rtransfer.protocol.events import (
     Accepted,
     ChunkReady,
@@ -48,7 +49,7 @@ from rtransfer.protocol.peer import Peer
 from rtransfer.protocol.receiver import ReceiveLimits, ReceiverMachine
 from rtransfer.protocol.sender import SenderMachine
 from rtransfer.report import Reporter
-from rtransfer.retry import RetryPolicy, retry_call
+from rtransfer.retry import Backoff, RetryPolicy, retry_call
 from rtransfer.stats import TransferStats
 
 INBOX_PAUSE_EVENTS = 4
@@ -81,6 +82,7 @@ class RecvConfig:
     limits: ReceiveLimits = field(default_factory=ReceiveLimits)
     code: str | None = None  # None: make one up and show it
     encrypt: bool = True
+    wait_s: float = 60.0  # how long a broken transfer waits for its sender to come back
 
 
 Handler = Callable[[Event], Awaitable[None]]
@@ -264,7 +266,13 @@ def _reason(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+def _worth_reconnecting(exc: RtransferError) -> bool:
+    """A broken, silent or garbled connection is worth another; a refusal or a local problem is not."""
+    return isinstance(exc, NetworkError | ProtocolError) and not isinstance(exc, HandshakeRefused)
+
+
 async def run_send(config: SendConfig, reporter: Reporter) -> TransferStats:
+    """Send, reconnecting with backoff when a connection breaks; the receiver says where to resume."""
     sources = collect_sources(config.sources, config.stdin_name, reporter.warning)
     entries = tuple(s.entry for s in sources)
     manifest = Manifest(uuid.uuid4().hex, config.chunk_bytes, config.window, entries)
@@ -273,6 +281,35 @@ async def run_send(config: SendConfig, reporter: Reporter) -> TransferStats:
         "send", total_bytes=None if None in sizes else sum(s or 0 for s in sizes), files_total=len(sizes)
     )
     pool = BufferPool(QUEUE_CHUNKS + 2)
+    resumable = all(s.local is not None for s in sources)  # standard input cannot be read again
+    backoff = Backoff(config.connect_policy)
+    while True:
+        progress_before = stats.bytes_done
+        try:
+            await _send_once(config, reporter, manifest, sources, stats, pool)
+            return stats
+        except RtransferError as exc:
+            if not (resumable and _worth_reconnecting(exc)):
+                raise
+            if stats.bytes_done > progress_before:
+                backoff.reset()
+            delay = backoff.next_delay()
+            if delay is None:
+                raise
+            stats.reconnects += 1
+            reporter.warning(f"{exc.message}; reconnecting in {delay:.1f} s (attempt {backoff.attempt})")
+            await asyncio.sleep(delay)
+
+
+async def _send_once(
+    config: SendConfig,
+    reporter: Reporter,
+    manifest: Manifest,
+    sources: list[Source],
+    stats: TransferStats,
+    pool: BufferPool,
+) -> None:
+    entries = manifest.entries
     link = await _connect(
         config.host,
         config.port,
@@ -287,9 +324,11 @@ async def run_send(config: SendConfig, reporter: Reporter) -> TransferStats:
     machine = link.machine
     assert isinstance(machine, SenderMachine)
     queue: asyncio.Queue[SendItem] = asyncio.Queue(maxsize=QUEUE_CHUNKS)
-    accepted: asyncio.Future[dict[int, int]] = asyncio.get_running_loop().create_future()
+    accepted: asyncio.Future[Accepted] = asyncio.get_running_loop().create_future()
     window_open = asyncio.Event()
     done = asyncio.Event()
+    file_sizes: dict[int, int] = {}
+    digests: dict[int, str] = {}
 
     async def handle(event: Event) -> None:
         if isinstance(event, ChunksAcked):
@@ -307,18 +346,20 @@ async def run_send(config: SendConfig, reporter: Reporter) -> TransferStats:
             stats.files_done += 1
             reporter.file_done(entries[event.file_index].path, file_sizes[event.file_index], digests[event.file_index])
         elif isinstance(event, Accepted):
-            accepted.set_result(event.start_offsets)
+            stats.files_done = len(event.done)
+            stats.bytes_done = sum(event.start_offsets.values()) + sum(entries[i].size or 0 for i in event.done)
+            for index in event.done:
+                reporter.warning(f"{entries[index].path}: already at the receiver (same size and mtime); skipped")
+            accepted.set_result(event)
             reporter.started(stats)
         elif isinstance(event, TransferComplete):
             done.set()
 
-    file_sizes: dict[int, int] = {}
-    digests: dict[int, str] = {}
-
     async def send_chunks() -> None:
-        start_offsets = await accepted
-        stats.bytes_done = sum(start_offsets.values())
-        reading = asyncio.ensure_future(read_sources(sources, start_offsets, config.chunk_bytes, queue, stats, pool))
+        plan = await accepted
+        reading = asyncio.ensure_future(
+            read_sources(sources, plan.start_offsets, config.chunk_bytes, queue, stats, pool, set(plan.done))
+        )
         try:
             while (item := await queue.get()) is not None:
                 if isinstance(item, EndOfFile):
@@ -345,7 +386,6 @@ async def run_send(config: SendConfig, reporter: Reporter) -> TransferStats:
         stats.in_flight = machine.in_flight
 
     await _run_link(link, stats, reporter, done, refresh, handle, send_chunks())
-    return stats
 
 
 async def _run_link(
@@ -373,16 +413,24 @@ async def _run_link(
 
 
 async def run_recv(config: RecvConfig, reporter: Reporter) -> TransferStats:
+    """Listen and receive one transfer; if its connection breaks, wait for the sender to come back.
+
+    Each connection is planned afresh from what is on disk, so a reconnect, a
+    restarted sender and a restarted receiver all resume the same way.
+    """
     sink: Sink = StdoutSink() if config.dest == "-" else DirectorySink(Path(config.dest), config.overwrite)
     sink.check()
     loop = asyncio.get_running_loop()
-    connected: asyncio.Future[Link] = loop.create_future()
+    arrivals: asyncio.Queue[Link] = asyncio.Queue()
+    busy = False
 
     def on_connected(link: Link) -> bool:
-        """One transfer per run: the first connection is ours, later ones are turned away."""
-        if connected.done():
+        """One connection at a time; others are turned away (a sender retries)."""
+        nonlocal busy
+        if busy:
             return False
-        connected.set_result(link)
+        busy = True
+        arrivals.put_nowait(link)
         return True
 
     pool = BufferPool(QUEUE_CHUNKS + INBOX_PAUSE_EVENTS + 2)
@@ -393,23 +441,46 @@ async def run_recv(config: RecvConfig, reporter: Reporter) -> TransferStats:
         return ReceiverMachine(now(), config.timeout_s, secret, config.encrypt, config.limits, pool.get, pool.put)
 
     try:
-        server = await loop.create_server(
-            lambda: Link(new_machine(), on_connected),
-            config.host,
-            config.port,
-        )
+        server = await loop.create_server(lambda: Link(new_machine(), on_connected), config.host, config.port)
     except OSError as exc:
         raise NetworkError(f"cannot listen on {config.host}:{config.port}: {_reason(exc)}") from None
+    stats = TransferStats("recv")
+    started = False  # some connection got as far as ACCEPT: the sender may come back
     async with server:
         host, port = server.sockets[0].getsockname()[:2]
         reporter.listening(host, port, None if config.code is not None else code)
-        link = await connected
-    stats = TransferStats("recv")
+        while True:
+            link = await arrivals.get()
+            try:
+                await _receive_once(link, sink, stats, reporter, pool)
+                return stats
+            except RtransferError as exc:
+                await sink.suspend()
+                started = started or link.machine.handshake_complete
+                if not (started and _worth_reconnecting(exc) and isinstance(sink, DirectorySink)):
+                    raise
+                stats.reconnects += 1
+                wait_s = config.wait_s
+                reporter.warning(f"{exc.message}; waiting up to {wait_s:.0f} s for the sender to come back")
+                busy = False
+                try:
+                    await asyncio.wait_for(_peek(arrivals), wait_s)
+                except TimeoutError:
+                    raise NetworkError(f"{exc.message}; the sender did not come back within {wait_s:.0f} s") from None
+
+
+async def _peek(arrivals: asyncio.Queue[Link]) -> None:
+    """Wait for the next connection without taking it."""
+    link = await arrivals.get()
+    arrivals.put_nowait(link)
+
+
+async def _receive_once(link: Link, sink: Sink, stats: TransferStats, reporter: Reporter, pool: BufferPool) -> None:
     machine = link.machine
     assert isinstance(machine, ReceiverMachine)
     queue: asyncio.Queue[RecvItem] = asyncio.Queue(maxsize=QUEUE_CHUNKS)
     done = asyncio.Event()
-    finished_ok = False
+    start_offsets: dict[int, int] = {}
 
     async def handle(event: Event) -> None:
         if isinstance(event, ChunkReady | FileComplete):
@@ -422,12 +493,15 @@ async def run_recv(config: RecvConfig, reporter: Reporter) -> TransferStats:
         elif isinstance(event, DuplicateChunk):
             stats.duplicates += 1
         elif isinstance(event, ManifestReceived):
-            files = [e for e in event.manifest.entries if e.kind == "file"]
-            sizes = [e.size for e in files]
-            stats.files_total = len(files)
+            entries = event.manifest.entries
+            sizes = [e.size for e in entries if e.kind == "file"]
+            plan = sink.plan(event.manifest)
+            start_offsets.update(plan.start_offsets)
+            stats.files_total = len(sizes)
             stats.total_bytes = None if None in sizes else sum(s or 0 for s in sizes)
-            sink.plan(event.manifest)
-            machine.accept({}, now())
+            stats.files_done = len(plan.done)
+            stats.bytes_done = sum(plan.start_offsets.values()) + sum(entries[i].size or 0 for i in plan.done)
+            machine.accept(plan.start_offsets, now(), plan.done)
             link.flush()
             reporter.started(stats)
         elif isinstance(event, TransferComplete):
@@ -448,10 +522,5 @@ async def run_recv(config: RecvConfig, reporter: Reporter) -> TransferStats:
     def refresh() -> None:
         stats.in_flight = machine.reorder_buffered
 
-    try:
-        await _run_link(link, stats, reporter, done, refresh, handle, write_chunks(queue, sink, stats, verified, pool))
-        finished_ok = True
-    finally:
-        if not finished_ok:
-            await sink.abort()
-    return stats
+    writer = write_chunks(queue, sink, stats, verified, start_offsets, pool)
+    await _run_link(link, stats, reporter, done, refresh, handle, writer)

@@ -9,9 +9,11 @@ from rtransfer.protocol.frames import Buffer, Manifest
 
 @dataclass(frozen=True)
 class Accepted:
-    """Sender side: the receiver agreed; it already has ``start_offsets`` bytes of some files."""
+    """Sender side: the receiver agreed; it already has ``start_offsets`` bytes of some
+    files and all of the files in ``done``."""
 
     start_offsets: dict[int, int]
+    done: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)

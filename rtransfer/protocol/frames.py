@@ -98,6 +98,7 @@ class Entry:
     mode: int = 0o644
     mtime: float | None = None
     target: str | None = None  # symlinks only: the link text, relative
+    identity: str | None = None  # version of a file's data (size, mtime, head digest); None: a stream
 
 
 @dataclass(frozen=True)
@@ -110,9 +111,11 @@ class Manifest:
 
 @dataclass(frozen=True)
 class Accept:
-    """Receiver's go-ahead; ``start_offsets`` maps file index to bytes it already has."""
+    """Receiver's go-ahead: ``start_offsets`` maps file index to bytes it already has of
+    that version of the file; files in ``done`` it already has whole."""
 
     start_offsets: dict[int, int] = field(default_factory=dict)
+    done: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -241,9 +244,9 @@ def encode(
             return _frame(FrameType.HELLO, b"", _HELLO.pack(MAGIC, version, capabilities, role) + auth, sealer)
         case Manifest():
             return _frame(FrameType.MANIFEST, b"", _json(_manifest_to_json(frame)), sealer)
-        case Accept(start_offsets):
+        case Accept(start_offsets, done):
             offsets = {str(k): v for k, v in start_offsets.items()}
-            return _frame(FrameType.ACCEPT, b"", _json({"start_offsets": offsets}), sealer)
+            return _frame(FrameType.ACCEPT, b"", _json({"start_offsets": offsets, "done": list(done)}), sealer)
         case FileEnd(file_index, size, digest):
             return _frame(FrameType.FILE_END, b"", _FILE_END.pack(file_index, size, digest), sealer)
         case FileResult(file_index, ok):
@@ -276,7 +279,15 @@ def _manifest_to_json(m: Manifest) -> dict[str, Any]:
         "chunk_bytes": m.chunk_bytes,
         "window": m.window,
         "entries": [
-            {"path": e.path, "kind": e.kind, "size": e.size, "mode": e.mode, "mtime": e.mtime, "target": e.target}
+            {
+                "path": e.path,
+                "kind": e.kind,
+                "size": e.size,
+                "mode": e.mode,
+                "mtime": e.mtime,
+                "target": e.target,
+                "identity": e.identity,
+            }
             for e in m.entries
         ],
     }
@@ -416,14 +427,15 @@ def _decode_body(ftype: FrameType, body: bytearray) -> Frame:
         return _decode_manifest(body)
     if ftype is FrameType.ACCEPT:
         obj = _load_json(body, "ACCEPT")
-        offsets = obj.get("start_offsets") if isinstance(obj, dict) else None
-        _need(isinstance(offsets, dict), "ACCEPT frame lacks start_offsets")
-        assert isinstance(offsets, dict)
+        _need(isinstance(obj, dict), "ACCEPT is not an object")
+        offsets, done = obj.get("start_offsets"), obj.get("done", [])
+        _need(isinstance(offsets, dict) and isinstance(done, list), "ACCEPT malformed")
         result: dict[int, int] = {}
         for key, value in offsets.items():
             _need(key.isdigit() and _is_uint(value), "ACCEPT start_offsets malformed")
             result[int(key)] = value
-        return Accept(result)
+        _need(all(_is_uint(i) for i in done), "ACCEPT done malformed")
+        return Accept(result, tuple(done))
     if ftype in (FrameType.NACK, FrameType.PING, FrameType.PONG):
         _need(n == _U64.size, f"{ftype.name} frame has the wrong length")
         (value,) = _U64.unpack(body)
@@ -474,7 +486,9 @@ def _decode_manifest(body: bytearray) -> Manifest:
 def _decode_entry(obj: object) -> Entry:
     _need(isinstance(obj, dict), "MANIFEST entry is not an object")
     assert isinstance(obj, dict)
-    path, kind, size, mode, mtime, target = (obj.get(k) for k in ("path", "kind", "size", "mode", "mtime", "target"))
+    keys = ("path", "kind", "size", "mode", "mtime", "target", "identity")
+    path, kind, size, mode, mtime, target, identity = (obj.get(k) for k in keys)
+    _need(identity is None or (isinstance(identity, str) and len(identity) <= 128), "MANIFEST identity malformed")
     _need(isinstance(path, str) and path != "", "MANIFEST entry path malformed")
     assert isinstance(path, str)
     try:
@@ -492,4 +506,4 @@ def _decode_entry(obj: object) -> Entry:
         "MANIFEST entry mtime malformed",
     )
     assert isinstance(kind, str) and isinstance(mode, int)
-    return Entry(path, kind, size, mode, None if mtime is None else float(mtime), target)
+    return Entry(path, kind, size, mode, None if mtime is None else float(mtime), target, identity)

@@ -82,13 +82,16 @@ class ReceiverMachine(Peer):
     def reorder_buffered(self) -> int:
         return len(self._pending)
 
-    def accept(self, start_offsets: dict[int, int], now: float) -> list[Event]:
-        """The driver checked the manifest against the disk; data may flow now."""
+    def accept(self, start_offsets: dict[int, int], now: float, done: tuple[int, ...] = ()) -> list[Event]:
+        """The driver checked the manifest against the disk; data may flow now.
+
+        Files in ``done`` are already here whole; the others resume at ``start_offsets``."""
         assert self.manifest is not None
         self._now = now
         self.accepted = True
-        self._received = {i: start_offsets.get(i, 0) for i, e in enumerate(self.manifest.entries) if e.kind == "file"}
-        self._send(Accept(start_offsets))
+        files = [i for i, e in enumerate(self.manifest.entries) if e.kind == "file" and i not in done]
+        self._received = {i: start_offsets.get(i, 0) for i in files}
+        self._send(Accept({i: o for i, o in start_offsets.items() if o and i in self._received}, done))
         return []
 
     def file_verified(self, file_index: int, ok: bool, now: float) -> list[Event]:

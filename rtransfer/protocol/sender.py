@@ -131,8 +131,12 @@ class SenderMachine(Peer):
             if frame.seq in self._unacked:
                 self._resend(frame.seq, "nack", events)
         elif isinstance(frame, Accept) and not self.accepted:
+            if not set(frame.done) <= self._files:
+                raise ProtocolError("ACCEPT marks as done an entry that is not a file")
             self.accepted = True
-            events.append(Accepted(dict(frame.start_offsets)))
+            self._ended |= set(frame.done)
+            self._verified |= set(frame.done)
+            events.append(Accepted(dict(frame.start_offsets), tuple(frame.done)))
         elif isinstance(frame, FileResult):
             if frame.file_index not in self._ended or frame.file_index in self._verified:
                 raise ProtocolError(f"unexpected FILE_RESULT for file {frame.file_index}")

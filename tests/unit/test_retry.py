@@ -33,3 +33,21 @@ async def test_retry_call_returns_the_first_success() -> None:
         return r
 
     assert await retry_call(flaky, RetryPolicy(base_delay_s=0.001), (OSError,)) == "ok"
+
+
+def test_backoff_gives_up_after_the_policys_time_and_resets_on_progress() -> None:
+    from rtransfer.retry import Backoff
+
+    clock = [0.0]
+    backoff = Backoff(
+        RetryPolicy(max_attempts=100, max_total_s=10.0, base_delay_s=1.0, max_delay_s=4.0),
+        lambda: clock[0],
+        lambda: 0.0,
+    )
+    delays = []
+    while (d := backoff.next_delay()) is not None:
+        delays.append(d)
+        clock[0] += d
+    assert delays == [1.0, 2.0, 4.0] and clock[0] == 7.0  # the next 4 s wait would pass 10 s
+    backoff.reset()
+    assert backoff.next_delay() == 1.0
