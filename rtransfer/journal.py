@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 JOURNAL_SUFFIX = ".rtjournal"
-JOURNAL_EVERY_BYTES = 4 * 1024 * 1024
+JOURNAL_EVERY_BYTES = 1024 * 1024
 FSYNC_EVERY_BYTES = 256 * 1024 * 1024
 
 

@@ -30,7 +30,7 @@ from rtransfer.pipeline import (
     read_sources,
     write_chunks,
 )
-from rtransfer.protocol.errors import HandshakeRefused, ProtocolError
+from rtransfer.protocol.errors import CorruptFrame, HandshakeRefused, ProtocolError
 from rtransfer.protocol.events import (
     Accepted,
     ChunkReady,
@@ -457,7 +457,9 @@ async def run_recv(config: RecvConfig, reporter: Reporter) -> TransferStats:
             except RtransferError as exc:
                 await sink.suspend()
                 started = started or link.machine.handshake_complete
-                if not (started and _worth_reconnecting(exc) and isinstance(sink, DirectorySink)):
+                if not (_worth_reconnecting(exc) and (started or isinstance(exc, CorruptFrame))):
+                    raise
+                if not isinstance(sink, DirectorySink):
                     raise
                 stats.reconnects += 1
                 wait_s = config.wait_s

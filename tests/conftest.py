@@ -25,10 +25,12 @@ def rtransfer_cmd() -> list[str]:
 class Proc:
     """An rtransfer process whose NDJSON events are read by a thread as they arrive."""
 
-    def __init__(self, args: list[str], events_on: str = "stdout", **popen: Any) -> None:
+    def __init__(
+        self, args: list[str], events_on: str = "stdout", command: list[str] | None = None, **popen: Any
+    ) -> None:
         popen.setdefault("stdout", subprocess.PIPE)
         popen.setdefault("stderr", subprocess.PIPE)
-        self.proc = subprocess.Popen([*rtransfer_cmd(), *args], **popen)
+        self.proc = subprocess.Popen([*(rtransfer_cmd() if command is None else command), *args], **popen)
         self._events: queue.Queue[dict[str, Any] | None] = queue.Queue()
         self.seen: list[dict[str, Any]] = []
         self.other_lines: list[str] = []
@@ -82,8 +84,10 @@ class Proc:
 
 
 class Receiver(Proc):
-    def __init__(self, dest: Path | str, *args: str, events_on: str = "stdout", **popen: Any) -> None:
-        super().__init__(["recv", str(dest), "--listen", "127.0.0.1:0", "--json", *args], events_on, **popen)
+    def __init__(
+        self, dest: Path | str, *args: str, events_on: str = "stdout", listen: str = "127.0.0.1:0", **popen: Any
+    ) -> None:
+        super().__init__(["recv", str(dest), "--listen", listen, "--json", *args], events_on, **popen)
         listening = self.wait_event("listening")
         self.port = int(listening["port"])
         self.code: str | None = listening.get("code")
@@ -116,3 +120,30 @@ def write_random(path: Path, size: int) -> bytes:
     data = os.urandom(size)
     path.write_bytes(data)
     return data
+
+
+class ChaosProxy(Proc):
+    """tests/chaos/proxy.py in front of a receiver; its fault events are in ``seen``."""
+
+    def __init__(self, target: str, *faults: str) -> None:
+        root = Path(__file__).resolve().parents[1]
+        super().__init__(
+            ["--target", target, *faults],
+            command=[sys.executable, "-m", "tests.chaos.proxy"],
+            cwd=root,
+        )
+        self.port = int(self.wait_event("listening")["port"])
+        self.address = f"127.0.0.1:{self.port}"
+
+    def faults(self, name: str) -> int:
+        self.drain()
+        return len(self.events(name))
+
+    def drain(self) -> None:
+        while True:
+            try:
+                event = self._events.get_nowait()
+            except queue.Empty:
+                return
+            if event is not None:
+                self.seen.append(event)

@@ -19,3 +19,8 @@ class ProtocolError(RtransferError):
 class HandshakeRefused(ProtocolError):
     exit_code = EXIT_AUTH
     kind = "handshake"
+
+
+class CorruptFrame(ProtocolError):
+    """A frame failed its checksum: the path corrupted it. Worth a new connection, even
+    during the handshake, unlike a frame that arrives intact and is still wrong."""

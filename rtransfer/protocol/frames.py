@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 import xxhash
 
-from rtransfer.protocol.errors import HandshakeRefused, ProtocolError
+from rtransfer.protocol.errors import CorruptFrame, HandshakeRefused, ProtocolError
 
 MAGIC = b"RTXF"
 PROTOCOL_VERSION = 1
@@ -378,7 +378,7 @@ class FrameDecoder:
                 self._ready.append(CorruptData(_U64.unpack_from(body)[0]))
                 self._release(body)
                 return
-            raise ProtocolError(f"corrupt {ftype.name} frame (checksum mismatch)")
+            raise CorruptFrame(f"corrupt {ftype.name} frame (checksum mismatch)")
         if self.opener is not None:
             body = self._open(prefix, body, clear)
         self._ready.append(_decode_body(ftype, body))

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 
 from rtransfer.crypto import FrameAuthenticationError, KeyExchange
 from rtransfer.errors import EXIT_AUTH, EXIT_FAILURE, EXIT_INTEGRITY, EXIT_LOCAL_IO, NetworkError, RtransferError
-from rtransfer.protocol.errors import HandshakeRefused, ProtocolError
+from rtransfer.protocol.errors import CorruptFrame, HandshakeRefused, ProtocolError
 from rtransfer.protocol.events import Event
 from rtransfer.protocol.frames import (
     PROTOCOL_VERSION,
@@ -147,7 +147,7 @@ class Peer:
                 raise
             raise HandshakeRefused("authentication failed: the codes do not match") from None
         except ProtocolError as exc:
-            if self.confirmed or isinstance(exc, HandshakeRefused):
+            if self.confirmed or isinstance(exc, HandshakeRefused | CorruptFrame):
                 raise
             raise HandshakeRefused(f"handshake failed: {exc.message}") from None
 

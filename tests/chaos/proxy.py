@@ -1,8 +1,11 @@
-"""A loopback TCP proxy for tests (and by hand): forwards one connection, optionally recording it.
+"""A loopback TCP proxy that misbehaves on purpose, for tests and by hand.
 
-    python -m tests.chaos.proxy --target 127.0.0.1:9000 --record wire.bin
+    python -m tests.chaos.proxy --target 127.0.0.1:9000 --reset-every 32M --stall-after 64M \\
+        --stall-seconds 10 --flip-probability 1e-4 --rate 50M --delay-ms 5 --record wire.bin
 
-Prints {"event": "listening", "port": N} once it listens; exits when the connection ends.
+Prints one JSON object per line on stdout: {"event": "listening", "port": N} first,
+then one per fault injected ("reset", "stall", "flip"). Serves connection after
+connection (so a client can reconnect through it) until killed or --max-connections.
 """
 
 from __future__ import annotations
@@ -10,46 +13,165 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import random
+import socket
+import struct
 import sys
+import time
+from dataclasses import dataclass
 from typing import IO
 
 
-async def pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, record: IO[bytes] | None) -> None:
-    try:
-        while data := await reader.read(1 << 16):
-            if record is not None:
-                record.write(data)
-            writer.write(data)
-            await writer.drain()
-    except ConnectionError:
-        pass
-    finally:
-        writer.close()
+def parse_size(text: str) -> int:
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    return int(float(text[:-1]) * units[text[-1].upper()]) if text[-1].upper() in units else int(text)
 
 
-async def main(listen_port: int, target: str, record_path: str | None) -> None:
-    host, _, port = target.rpartition(":")
-    record = open(record_path, "wb") if record_path else None  # noqa: SIM115 - closed below
-    finished = asyncio.Event()
+@dataclass
+class Faults:
+    reset_every: int = 0  # bytes sent client->server on one connection before it is reset
+    stall_after: int = 0  # total bytes before the one stall
+    stall_seconds: float = 0.0
+    flip_probability: float = 0.0  # per forwarded read, either direction
+    flip_after: int = 0  # bytes into each connection before flips start (spares the handshake)
+    rate: int = 0  # bytes per second, each direction; 0: unlimited
+    delay_s: float = 0.0
+    seed: int | None = None
 
-    async def on_client(c_reader: asyncio.StreamReader, c_writer: asyncio.StreamWriter) -> None:
-        s_reader, s_writer = await asyncio.open_connection(host, int(port))
-        await asyncio.gather(pump(c_reader, s_writer, record), pump(s_reader, c_writer, record))
-        finished.set()
 
-    server = await asyncio.start_server(on_client, "127.0.0.1", listen_port)
-    print(json.dumps({"event": "listening", "port": server.sockets[0].getsockname()[1]}), flush=True)
+class Proxy:
+    def __init__(self, target: tuple[str, int], faults: Faults, record: IO[bytes] | None) -> None:
+        self.target = target
+        self.faults = faults
+        self.record = record
+        self.rng = random.Random(faults.seed)
+        self.total = 0
+        self.stalled = False
+        self.connections = 0
+
+    def say(self, event: str, **fields: object) -> None:
+        print(json.dumps({"event": event, **fields}), flush=True)
+
+    async def handle(self, c_reader: asyncio.StreamReader, c_writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            s_reader, s_writer = await asyncio.open_connection(*self.target)
+        except OSError:
+            c_writer.close()
+            return
+        sent = [0]
+        reset = asyncio.Event()
+        pumps = [
+            asyncio.ensure_future(self.pump(c_reader, s_writer, sent, reset, upstream=True)),
+            asyncio.ensure_future(self.pump(s_reader, c_writer, sent, reset, upstream=False)),
+        ]
+        waiter = asyncio.ensure_future(reset.wait())
+        done, _ = await asyncio.wait([*pumps, waiter], return_when=asyncio.FIRST_COMPLETED)
+        if waiter in done:
+            for writer in (c_writer, s_writer):
+                sock = writer.get_extra_info("socket")
+                if sock is not None:  # RST, like a middlebox dropping the connection
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                writer.transport.abort()
+        else:
+            await asyncio.wait(pumps, timeout=30)
+        for task in (*pumps, waiter):
+            task.cancel()
+
+    async def pump(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        sent: list[int],
+        reset: asyncio.Event,
+        upstream: bool,
+    ) -> None:
+        f = self.faults
+        started = time.monotonic()
+        moved = 0
+        seen = 0
+        try:
+            while data := await reader.read(256 * 1024):
+                if upstream and f.reset_every and sent[0] + len(data) >= f.reset_every:
+                    keep = f.reset_every - sent[0]
+                    writer.write(data[:keep])
+                    await writer.drain()
+                    self.say("reset", after_bytes=f.reset_every)
+                    reset.set()
+                    return
+                seen += len(data)
+                if f.flip_probability and seen > f.flip_after and self.rng.random() < f.flip_probability:
+                    buf = bytearray(data)
+                    bit = self.rng.randrange(len(buf) * 8)
+                    buf[bit // 8] ^= 1 << (bit % 8)
+                    data = bytes(buf)
+                    self.say("flip", upstream=upstream)
+                self.total += len(data)
+                if upstream:
+                    sent[0] += len(data)
+                if f.stall_after and not self.stalled and self.total >= f.stall_after:
+                    self.stalled = True
+                    self.say("stall", seconds=f.stall_seconds)
+                    await asyncio.sleep(f.stall_seconds)
+                if f.delay_s:
+                    await asyncio.sleep(f.delay_s)
+                if self.record is not None:
+                    self.record.write(data)
+                writer.write(data)
+                await writer.drain()
+                moved += len(data)
+                if f.rate:
+                    ahead = moved / f.rate - (time.monotonic() - started)
+                    if ahead > 0:
+                        await asyncio.sleep(ahead)
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            if not reset.is_set():
+                writer.close()
+
+
+async def main(args: argparse.Namespace) -> None:
+    host, _, port = args.target.rpartition(":")
+    faults = Faults(
+        parse_size(args.reset_every) if args.reset_every else 0,
+        parse_size(args.stall_after) if args.stall_after else 0,
+        args.stall_seconds,
+        args.flip_probability,
+        parse_size(args.flip_after) if args.flip_after else 0,
+        parse_size(args.rate) if args.rate else 0,
+        args.delay_ms / 1000,
+        args.seed,
+    )
+    record = open(args.record, "wb") if args.record else None  # noqa: SIM115 - closed below
+    proxy = Proxy((host, int(port)), faults, record)
+    server = await asyncio.start_server(proxy.handle, "127.0.0.1", args.listen_port)
+    proxy.say("listening", port=server.sockets[0].getsockname()[1])
+    deadline = time.monotonic() + args.max_seconds
     async with server:
-        await finished.wait()
+        while time.monotonic() < deadline:
+            if args.max_connections and proxy.connections >= args.max_connections:
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5 if args.max_connections else 0)
     if record is not None:
         record.close()
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--listen-port", type=int, default=0)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--target", required=True, help="HOST:PORT to forward to")
-    ap.add_argument("--record", help="append every byte, both directions, to this file")
-    args = ap.parse_args()
-    asyncio.run(main(args.listen_port, args.target, args.record))
+    ap.add_argument("--listen-port", type=int, default=0)
+    ap.add_argument("--reset-every", help="reset each connection after this many client bytes (K/M/G)")
+    ap.add_argument("--stall-after", help="stall once after this many bytes in all (K/M/G)")
+    ap.add_argument("--stall-seconds", type=float, default=10.0)
+    ap.add_argument("--flip-probability", type=float, default=0.0, help="flip one bit per read with this probability")
+    ap.add_argument("--flip-after", help="flip only after this many bytes of each connection and direction")
+    ap.add_argument("--rate", help="bandwidth cap per direction, bytes/s (K/M/G)")
+    ap.add_argument("--delay-ms", type=float, default=0.0)
+    ap.add_argument("--seed", type=int, default=None)
+    ap.add_argument("--record", help="write every forwarded byte, both directions, to this file")
+    ap.add_argument("--max-connections", type=int, default=0, help="exit after serving this many (0: no limit)")
+    ap.add_argument("--max-seconds", type=float, default=600.0, help="exit after this long in any case")
+    asyncio.run(main(ap.parse_args()))
     sys.exit(0)

@@ -57,7 +57,17 @@ def through_recording_proxy(tmp_path: Path, procs: list[Proc], *flags: str) -> b
     procs.append(rx := Receiver(tmp_path / "out", *flags))
     wire = tmp_path / "wire.bin"
     proxy = subprocess.Popen(
-        [sys.executable, "-m", "tests.chaos.proxy", "--target", rx.address, "--record", str(wire)],
+        [
+            sys.executable,
+            "-m",
+            "tests.chaos.proxy",
+            "--target",
+            rx.address,
+            "--record",
+            str(wire),
+            "--max-connections",
+            "1",
+        ],
         stdout=subprocess.PIPE,
         cwd=Path(__file__).resolve().parents[2],
     )

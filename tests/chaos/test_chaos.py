@@ -1,0 +1,89 @@
+"""Transfers through a misbehaving proxy: resets, stalls, flipped bits, and all at once.
+
+Each must finish byte-identical with exit 0, and rtransfer's counters must account
+for the faults the proxy reports having injected.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import blake3
+import pytest
+
+from tests.conftest import ChaosProxy, Proc, Receiver, run
+
+SIZE = 256 * 1024 * 1024
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
+
+
+@pytest.fixture(scope="module")
+def big_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    path = tmp_path_factory.mktemp("chaos") / "big.bin"
+    digest = blake3.blake3()
+    with open(path, "wb") as f:
+        for _ in range(SIZE // (16 << 20)):
+            block = os.urandom(16 << 20)
+            digest.update(block)
+            f.write(block)
+    return path, digest.hexdigest()
+
+
+def transfer_through(tmp_path: Path, procs: list[Proc], big: tuple[Path, str], *faults: str) -> tuple[dict, ChaosProxy]:
+    src, digest = big
+    procs.append(rx := Receiver(tmp_path / "out"))
+    procs.append(proxy := ChaosProxy(rx.address, *faults))
+    result = run("send", str(src), proxy.address, "--json", "--retries", "30", timeout_s=200)
+    events = [json.loads(line) for line in result.stdout.decode().splitlines()]
+    assert result.returncode == 0, (result.stderr.decode()[-2000:], proxy.seen)
+    assert rx.finish() == 0
+    assert rx.events("file_done")[0]["blake3"] == digest == events[-2]["blake3"]
+    out = tmp_path / "out" / src.name
+    assert out.stat().st_size == SIZE and blake3.blake3(out.read_bytes()).hexdigest() == digest
+    assert not list((tmp_path / "out").glob(".*"))  # no partial file or journal left behind
+    return events[-1], proxy
+
+
+def test_a_reset_every_32_mib_is_survived(tmp_path: Path, procs: list[Proc], big_file: tuple[Path, str]) -> None:
+    done, proxy = transfer_through(tmp_path, procs, big_file, "--reset-every", "32M")
+    resets = proxy.faults("reset")
+    assert resets >= 7
+    assert done["reconnects"] == resets
+
+
+def test_a_ten_second_stall_is_survived(tmp_path: Path, procs: list[Proc], big_file: tuple[Path, str]) -> None:
+    done, proxy = transfer_through(tmp_path, procs, big_file, "--stall-after", "100M", "--stall-seconds", "10")
+    assert proxy.faults("stall") == 1
+    assert done["ok"] is True
+
+
+@pytest.mark.parametrize(
+    "faults",
+    [["--flip-probability", "1e-4"], ["--flip-probability", "3e-2", "--flip-after", "64K"]],
+    ids=["1e-4 per read", "3e-2 per read after the handshake"],
+)
+def test_flipped_bits_are_caught_and_repaired(
+    tmp_path: Path, procs: list[Proc], big_file: tuple[Path, str], faults: list[str]
+) -> None:
+    probability = faults[1]
+    done, proxy = transfer_through(tmp_path, procs, big_file, *faults, "--seed", "7")
+    flips = proxy.faults("flip")
+    caught = done["integrity_failures"] + done["reconnects"]
+    assert (caught >= 1) == (flips >= 1)
+    assert caught <= flips
+    if probability == "3e-2":
+        assert flips >= 10 and done["integrity_failures"] >= 1
+
+
+def test_resets_stall_and_flips_together(tmp_path: Path, procs: list[Proc], big_file: tuple[Path, str]) -> None:
+    done, proxy = transfer_through(
+        tmp_path,
+        procs,
+        big_file,
+        *("--reset-every", "32M", "--stall-after", "100M", "--stall-seconds", "10"),
+        *("--flip-probability", "1e-4", "--seed", "3"),
+    )
+    assert proxy.faults("reset") >= 7 and proxy.faults("stall") == 1
+    assert done["reconnects"] >= proxy.faults("reset")

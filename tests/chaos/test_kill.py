@@ -1,0 +1,105 @@
+"""kill -9 either side at a random point; restarting it finishes the transfer with little re-sent."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import blake3
+import pytest
+
+from tests.conftest import Proc, Receiver, rtransfer_cmd
+
+SIZE = 64 * 1024 * 1024
+CHUNK = 256 * 1024
+ROUNDS = 10
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    path = tmp_path_factory.mktemp("kill") / "data.bin"
+    data = os.urandom(SIZE)
+    path.write_bytes(data)
+    return path, blake3.blake3(data).hexdigest()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_partial(part: Path, at_least: int, timeout_s: float = 30.0) -> None:
+    """The event we kill on: the partial file has grown past a random size."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if part.stat().st_size >= at_least:
+                return
+        except FileNotFoundError:
+            pass
+        time.sleep(0.002)
+    raise AssertionError(f"{part} never reached {at_least} bytes")
+
+
+def sender_args(src: Path, port: int) -> list[str]:
+    return ["send", str(src), f"127.0.0.1:{port}", "--json", "--chunk-size", "256K", "--retries", "40"]
+
+
+def check_output(out: Path, digest: str) -> None:
+    assert blake3.blake3((out / "data.bin").read_bytes()).hexdigest() == digest
+    assert not list(out.glob(".*"))
+
+
+def test_receiver_killed_and_restarted_resumes(tmp_path: Path, procs: list[Proc], source: tuple[Path, str]) -> None:
+    src, digest = source
+    rng = random.Random(1)
+    resent_fractions = []
+    for round_no in range(ROUNDS):
+        out = tmp_path / f"out{round_no}"
+        port = free_port()
+        procs.append(rx := Receiver(out, listen=f"127.0.0.1:{port}"))
+        procs.append(tx := Proc(sender_args(src, port)))
+        wait_for_partial(out / ".data.bin.rtpart", rng.randrange(SIZE // 10, SIZE * 9 // 10))
+        rx.proc.kill()
+        rx.proc.wait()
+        procs.append(rx := Receiver(out, listen=f"127.0.0.1:{port}"))
+        assert tx.finish() == 0, tx.seen[-3:]
+        assert rx.finish() == 0
+        check_output(out, digest)
+        done = tx.events("done")[0]
+        resent = (done["chunks"] + done["retransmits"]) * CHUNK - SIZE
+        resent_fractions.append(resent / SIZE)
+        assert done["reconnects"] >= 1
+    print(f"re-sent fraction per round: {[round(f, 4) for f in resent_fractions]}")
+    assert max(resent_fractions) < 0.10, resent_fractions
+
+
+def test_sender_killed_and_rerun_resumes(tmp_path: Path, procs: list[Proc], source: tuple[Path, str]) -> None:
+    src, digest = source
+    rng = random.Random(2)
+    resent_fractions = []
+    for round_no in range(ROUNDS):
+        out = tmp_path / f"out{round_no}"
+        procs.append(rx := Receiver(out))
+        procs.append(first := Proc(sender_args(src, rx.port)))
+        wait_for_partial(out / ".data.bin.rtpart", rng.randrange(SIZE // 10, SIZE * 9 // 10))
+        first.proc.kill()
+        first.proc.wait()
+        again = subprocess.run([*rtransfer_cmd(), *sender_args(src, rx.port)], capture_output=True, timeout=60)
+        assert again.returncode == 0, again.stdout[-2000:]
+        assert rx.finish() == 0
+        check_output(out, digest)
+        done = rx.events("done")[0]
+        resent = done["chunks"] * CHUNK - SIZE
+        resent_fractions.append(resent / SIZE)
+        assert done["reconnects"] >= 1
+        assert json.loads(again.stdout.splitlines()[-1])["ok"] is True
+    print(f"re-sent fraction per round: {[round(f, 4) for f in resent_fractions]}")
+    assert max(resent_fractions) < 0.10, resent_fractions
