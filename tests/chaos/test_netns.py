@@ -124,6 +124,6 @@ def test_transfer_over_a_lossy_capped_link_is_byte_identical(
         listener.wait(timeout=60)
         nc_seconds = time.perf_counter() - started
     print(
-        f"lossy link ({RATE}, 2% loss each way), {SIZE >> 20} MiB: rtransfer {rt_seconds:.2f} s, nc {nc_seconds:.2f} s, "
-        f"rtransfer throughput / nc throughput = {nc_seconds / rt_seconds:.2f}"
+        f"lossy link ({RATE}, 2% loss each way), {SIZE >> 20} MiB: rtransfer {rt_seconds:.2f} s, "
+        f"nc {nc_seconds:.2f} s, rtransfer throughput / nc throughput = {nc_seconds / rt_seconds:.2f}"
     )
