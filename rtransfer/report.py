@@ -135,7 +135,7 @@ class ConsoleReporter(Reporter):
             return
         detail = (
             f"{stats.files_done}/{stats.files_total} files · {stats.in_flight} in flight · "
-            f"{stats.retransmits} retx · {stats.integrity_failures} bad"
+            f"{stats.retransmits} retx · {stats.integrity_failures} bad · {stats.reconnects} reconnects"
         )
         self._progress.update(self._task, completed=stats.bytes_done, total=stats.total_bytes, detail=detail)
 
@@ -158,6 +158,7 @@ class ConsoleReporter(Reporter):
             f"rtransfer: {verb} {human_bytes(stats.bytes_done)} in {stats.files_done} file(s) in {seconds:.2f} s "
             f"({human_bytes(stats.bytes_done / seconds)}/s); {stats.chunks} chunks, "
             f"{stats.retransmits} retransmits, {stats.integrity_failures} integrity failures, "
+            f"{stats.reconnects} reconnects, "
             f"peak memory {human_bytes(peak_rss_bytes())}"
         )
 

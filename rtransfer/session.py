@@ -30,7 +30,7 @@ from rtransfer.pipeline import (
     read_sources,
     write_chunks,
 )
-from rtransfer.protocol.errors import CorruptFrame, HandshakeRefused, ProtocolError
+from rtransfer.protocol.errors import CorruptFrame, HandshakeRefused, ProtocolError, WrongCode
 from rtransfer.protocol.events import (
     Accepted,
     ChunkReady,
@@ -266,9 +266,17 @@ def _reason(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-def _worth_reconnecting(exc: RtransferError) -> bool:
-    """A broken, silent or garbled connection is worth another; a refusal or a local problem is not."""
-    return isinstance(exc, NetworkError | ProtocolError) and not isinstance(exc, HandshakeRefused)
+def _worth_reconnecting(exc: RtransferError, started: bool) -> bool:
+    """A broken, silent or garbled connection is worth another; a local problem or a wrong code never is.
+
+    Any other failed handshake is final only before the transfer has started: after
+    that, the peer has proved itself and a garbled handshake means a corrupting link.
+    """
+    if isinstance(exc, WrongCode):
+        return False
+    if isinstance(exc, HandshakeRefused):
+        return started
+    return isinstance(exc, NetworkError | ProtocolError | CorruptFrame)
 
 
 async def run_send(config: SendConfig, reporter: Reporter) -> TransferStats:
@@ -283,13 +291,16 @@ async def run_send(config: SendConfig, reporter: Reporter) -> TransferStats:
     pool = BufferPool(QUEUE_CHUNKS + 2)
     resumable = all(s.local is not None for s in sources)  # standard input cannot be read again
     backoff = Backoff(config.connect_policy)
+    started = False  # some connection was accepted
     while True:
         progress_before = stats.bytes_done
+        accepted_before = stats.accepted
         try:
             await _send_once(config, reporter, manifest, sources, stats, pool)
             return stats
         except RtransferError as exc:
-            if not (resumable and _worth_reconnecting(exc)):
+            started = started or stats.accepted > accepted_before
+            if not (resumable and _worth_reconnecting(exc, started)):
                 raise
             if stats.bytes_done > progress_before:
                 backoff.reset()
@@ -346,6 +357,7 @@ async def _send_once(
             stats.files_done += 1
             reporter.file_done(entries[event.file_index].path, file_sizes[event.file_index], digests[event.file_index])
         elif isinstance(event, Accepted):
+            stats.accepted += 1
             stats.files_done = len(event.done)
             stats.bytes_done = sum(event.start_offsets.values()) + sum(entries[i].size or 0 for i in event.done)
             for index in event.done:
@@ -457,7 +469,7 @@ async def run_recv(config: RecvConfig, reporter: Reporter) -> TransferStats:
             except RtransferError as exc:
                 await sink.suspend()
                 started = started or link.machine.handshake_complete
-                if not (_worth_reconnecting(exc) and (started or isinstance(exc, CorruptFrame))):
+                if not (_worth_reconnecting(exc, started) and (started or isinstance(exc, CorruptFrame))):
                     raise
                 if not isinstance(sink, DirectorySink):
                     raise

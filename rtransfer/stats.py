@@ -30,6 +30,7 @@ class TransferStats:
     integrity_failures: int = 0
     duplicates: int = 0
     reconnects: int = 0
+    accepted: int = 0  # connections that got as far as the receiver's ACCEPT
     in_flight: int = 0
     queue_depth: int = 0
     queue_peak: int = 0

@@ -21,6 +21,12 @@ class HandshakeRefused(ProtocolError):
     kind = "handshake"
 
 
+class WrongCode(HandshakeRefused):
+    """An intact frame failed authentication: the two sides hold different codes.
+
+    Always final: each code allows one guess, so it cannot be brute-forced online."""
+
+
 class CorruptFrame(ProtocolError):
     """A frame failed its checksum: the path corrupted it. Worth a new connection, even
     during the handshake, unlike a frame that arrives intact and is still wrong."""

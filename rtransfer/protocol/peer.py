@@ -14,8 +14,16 @@ import contextlib
 from collections.abc import Callable, Iterator
 
 from rtransfer.crypto import FrameAuthenticationError, KeyExchange
-from rtransfer.errors import EXIT_AUTH, EXIT_FAILURE, EXIT_INTEGRITY, EXIT_LOCAL_IO, NetworkError, RtransferError
-from rtransfer.protocol.errors import CorruptFrame, HandshakeRefused, ProtocolError
+from rtransfer.errors import (
+    EXIT_AUTH,
+    EXIT_FAILURE,
+    EXIT_INTEGRITY,
+    EXIT_LOCAL_IO,
+    EXIT_NETWORK,
+    NetworkError,
+    RtransferError,
+)
+from rtransfer.protocol.errors import CorruptFrame, HandshakeRefused, ProtocolError, WrongCode
 from rtransfer.protocol.events import Event
 from rtransfer.protocol.frames import (
     PROTOCOL_VERSION,
@@ -145,7 +153,7 @@ class Peer:
         except FrameAuthenticationError:
             if self.confirmed:
                 raise
-            raise HandshakeRefused("authentication failed: the codes do not match") from None
+            raise WrongCode("authentication failed: the codes do not match") from None
         except ProtocolError as exc:
             if self.confirmed or isinstance(exc, HandshakeRefused | CorruptFrame):
                 raise
@@ -164,6 +172,8 @@ class Peer:
             elif isinstance(frame, Pong):
                 pass
             elif isinstance(frame, ErrorFrame):
+                if frame.exit_code == EXIT_NETWORK:  # the peer lost the link too and will reconnect
+                    raise NetworkError(f"peer: {frame.message}")
                 raise RemoteError(frame.exit_code, f"peer: {frame.message}")
             else:
                 self._handle(frame, events)

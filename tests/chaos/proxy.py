@@ -34,6 +34,7 @@ class Faults:
     stall_seconds: float = 0.0
     flip_probability: float = 0.0  # per forwarded read, either direction
     flip_after: int = 0  # bytes into each connection before flips start (spares the handshake)
+    flip_direction: str = "both"  # "up" (client to server), "down", or "both"
     rate: int = 0  # bytes per second, each direction; 0: unlimited
     delay_s: float = 0.0
     seed: int | None = None
@@ -100,7 +101,13 @@ class Proxy:
                     reset.set()
                     return
                 seen += len(data)
-                if f.flip_probability and seen > f.flip_after and self.rng.random() < f.flip_probability:
+                direction_ok = f.flip_direction == "both" or (f.flip_direction == "up") == upstream
+                if (
+                    f.flip_probability
+                    and direction_ok
+                    and seen > f.flip_after
+                    and self.rng.random() < f.flip_probability
+                ):
                     buf = bytearray(data)
                     bit = self.rng.randrange(len(buf) * 8)
                     buf[bit // 8] ^= 1 << (bit % 8)
@@ -139,6 +146,7 @@ async def main(args: argparse.Namespace) -> None:
         args.stall_seconds,
         args.flip_probability,
         parse_size(args.flip_after) if args.flip_after else 0,
+        args.flip_direction,
         parse_size(args.rate) if args.rate else 0,
         args.delay_ms / 1000,
         args.seed,
@@ -167,6 +175,7 @@ if __name__ == "__main__":
     ap.add_argument("--stall-seconds", type=float, default=10.0)
     ap.add_argument("--flip-probability", type=float, default=0.0, help="flip one bit per read with this probability")
     ap.add_argument("--flip-after", help="flip only after this many bytes of each connection and direction")
+    ap.add_argument("--flip-direction", choices=["up", "down", "both"], default="both")
     ap.add_argument("--rate", help="bandwidth cap per direction, bytes/s (K/M/G)")
     ap.add_argument("--delay-ms", type=float, default=0.0)
     ap.add_argument("--seed", type=int, default=None)

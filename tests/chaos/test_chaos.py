@@ -37,8 +37,9 @@ def transfer_through(tmp_path: Path, procs: list[Proc], big: tuple[Path, str], *
     procs.append(proxy := ChaosProxy(rx.address, *faults))
     result = run("send", str(src), proxy.address, "--json", "--retries", "30", timeout_s=200)
     events = [json.loads(line) for line in result.stdout.decode().splitlines()]
-    assert result.returncode == 0, (result.stderr.decode()[-2000:], proxy.seen)
-    assert rx.finish() == 0
+    rx_code = rx.finish()
+    rx_stderr = rx.proc.stderr.read().decode()[-1500:] if rx.proc.stderr else ""
+    assert (result.returncode, rx_code) == (0, 0), (events[-4:], rx.seen[-4:], rx_stderr)
     assert rx.events("file_done")[0]["blake3"] == digest == events[-2]["blake3"]
     out = tmp_path / "out" / src.name
     assert out.stat().st_size == SIZE and blake3.blake3(out.read_bytes()).hexdigest() == digest
@@ -61,8 +62,12 @@ def test_a_ten_second_stall_is_survived(tmp_path: Path, procs: list[Proc], big_f
 
 @pytest.mark.parametrize(
     "faults",
-    [["--flip-probability", "1e-4"], ["--flip-probability", "3e-2", "--flip-after", "64K"]],
-    ids=["1e-4 per read", "3e-2 per read after the handshake"],
+    [
+        ["--flip-probability", "1e-4"],
+        ["--flip-probability", "3e-2", "--flip-after", "64K"],
+        ["--flip-probability", "3e-1", "--flip-after", "4K", "--flip-direction", "down"],
+    ],
+    ids=["1e-4 per read", "3e-2 per read after the handshake", "corrupt ACKs only"],
 )
 def test_flipped_bits_are_caught_and_repaired(
     tmp_path: Path, procs: list[Proc], big_file: tuple[Path, str], faults: list[str]
@@ -75,6 +80,8 @@ def test_flipped_bits_are_caught_and_repaired(
     assert caught <= flips
     if probability == "3e-2":
         assert flips >= 10 and done["integrity_failures"] >= 1
+    if probability == "3e-1":  # every corrupt ACK breaks the connection: the receiver must wait, not quit
+        assert done["reconnects"] >= 1
 
 
 def test_resets_stall_and_flips_together(tmp_path: Path, procs: list[Proc], big_file: tuple[Path, str]) -> None:
@@ -87,3 +94,13 @@ def test_resets_stall_and_flips_together(tmp_path: Path, procs: list[Proc], big_
     )
     assert proxy.faults("reset") >= 7 and proxy.faults("stall") == 1
     assert done["reconnects"] >= proxy.faults("reset")
+
+
+def test_throttled_and_delayed_link(tmp_path: Path, procs: list[Proc], big_file: tuple[Path, str]) -> None:
+    src, digest = big_file
+    procs.append(rx := Receiver(tmp_path / "out"))
+    procs.append(proxy := ChaosProxy(rx.address, "--rate", "200M", "--delay-ms", "1"))
+    result = run("send", str(src), proxy.address, "--json", timeout_s=200)
+    assert result.returncode == 0
+    assert rx.finish() == 0
+    assert rx.events("file_done")[0]["blake3"] == digest

@@ -103,3 +103,24 @@ def test_sender_killed_and_rerun_resumes(tmp_path: Path, procs: list[Proc], sour
         assert json.loads(again.stdout.splitlines()[-1])["ok"] is True
     print(f"re-sent fraction per round: {[round(f, 4) for f in resent_fractions]}")
     assert max(resent_fractions) < 0.10, resent_fractions
+
+
+def test_a_changed_source_is_sent_whole_never_spliced_onto_the_old_partial(tmp_path: Path, procs: list[Proc]) -> None:
+    src = tmp_path / "data.bin"
+    old = os.urandom(SIZE)
+    src.write_bytes(old)
+    stamp = src.stat().st_mtime_ns
+    out = tmp_path / "out"
+    procs.append(rx := Receiver(out))
+    procs.append(first := Proc(sender_args(src, rx.port)))
+    wait_for_partial(out / ".data.bin.rtpart", SIZE // 2)
+    first.proc.kill()
+    first.proc.wait()
+    new = os.urandom(4096) + old[4096:]  # same size, and the same mtime below: only the head digest differs
+    src.write_bytes(new)
+    os.utime(src, ns=(stamp, stamp))
+    again = subprocess.run([*rtransfer_cmd(), *sender_args(src, rx.port)], capture_output=True, timeout=60)
+    assert again.returncode == 0
+    assert rx.finish() == 0
+    assert (out / "data.bin").read_bytes() == new
+    assert rx.events("done")[0]["chunks"] * CHUNK >= SIZE + SIZE // 2  # the old half was thrown away

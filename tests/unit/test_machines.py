@@ -380,3 +380,11 @@ def test_only_buffers_of_chunks_sent_once_are_released_for_reuse(encrypt: bool) 
     assert not any(o is first for o in owners)  # a resent copy may still sit in the transport
     assert sum(o is second for o in owners) == 1  # released once, never twice
     assert len(owners) == (2 if encrypt else 1)  # its ciphertext buffer too, when sealed
+
+
+def test_a_peer_reporting_a_broken_link_is_a_network_error_worth_reconnecting() -> None:
+    from rtransfer.protocol.frames import ErrorFrame
+
+    pair = Pair.accepted(manifest(5))
+    with pytest.raises(NetworkError, match="peer: corrupt ACK frame"):
+        pair.to_receiver([ErrorFrame(3, "corrupt ACK frame")])

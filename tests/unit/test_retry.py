@@ -51,3 +51,17 @@ def test_backoff_gives_up_after_the_policys_time_and_resets_on_progress() -> Non
     assert delays == [1.0, 2.0, 4.0] and clock[0] == 7.0  # the next 4 s wait would pass 10 s
     backoff.reset()
     assert backoff.next_delay() == 1.0
+
+
+def test_which_failures_are_worth_a_new_connection() -> None:
+    from rtransfer.errors import LocalIOError, NetworkError
+    from rtransfer.protocol.errors import CorruptFrame, HandshakeRefused, ProtocolError, WrongCode
+    from rtransfer.session import _worth_reconnecting
+
+    assert not _worth_reconnecting(WrongCode("codes differ"), started=True)  # one guess per code, always
+    assert not _worth_reconnecting(HandshakeRefused("garbage"), started=False)  # not a peer we can talk to
+    assert _worth_reconnecting(HandshakeRefused("garbled"), started=True)  # a proven peer on a corrupting link
+    assert _worth_reconnecting(CorruptFrame("bad check"), started=False)
+    assert _worth_reconnecting(ProtocolError("desynced"), started=True)
+    assert _worth_reconnecting(NetworkError("reset"), started=False)
+    assert not _worth_reconnecting(LocalIOError("disk full"), started=True)
