@@ -124,3 +124,24 @@ def test_a_changed_source_is_sent_whole_never_spliced_onto_the_old_partial(tmp_p
     assert rx.finish() == 0
     assert (out / "data.bin").read_bytes() == new
     assert rx.events("done")[0]["chunks"] * CHUNK >= SIZE + SIZE // 2  # the old half was thrown away
+
+
+def test_receiver_gives_up_with_exit_3_and_keeps_the_partial_for_later(
+    tmp_path: Path, procs: list[Proc], source: tuple[Path, str]
+) -> None:
+    src, digest = source
+    out = tmp_path / "out"
+    procs.append(rx := Receiver(out, "--retry-max-seconds", "1"))
+    procs.append(first := Proc(sender_args(src, rx.port)))
+    wait_for_partial(out / ".data.bin.rtpart", SIZE // 3)
+    first.proc.kill()
+    assert rx.finish() == 3
+    assert "did not come back within 1 s" in rx.events("error")[0]["message"]
+    kept = (out / ".data.bin.rtpart").stat().st_size
+    assert kept >= SIZE // 3 and (out / ".data.bin.rtjournal").exists()
+    assert not (out / "data.bin").exists()
+    procs.append(rx := Receiver(out))
+    again = subprocess.run([*rtransfer_cmd(), *sender_args(src, rx.port)], capture_output=True, timeout=60)
+    assert again.returncode == 0 and rx.finish() == 0
+    check_output(out, digest)
+    assert rx.events("done")[0]["chunks"] * CHUNK <= SIZE - kept + 8 * CHUNK
