@@ -19,7 +19,7 @@ import aiofiles
 import aiofiles.os
 
 from rtransfer.errors import LocalIOError, UsageError
-from rtransfer.integrity import FileDigest, source_identity
+from rtransfer.integrity import FileDigest, hash_prefix, source_identity
 from rtransfer.journal import (
     FSYNC_EVERY_BYTES,
     JOURNAL_EVERY_BYTES,
@@ -261,17 +261,12 @@ class DirectorySink:
 
     async def hash_prefix(self, index: int, size: int, digest: FileDigest) -> None:
         """A resumed file's digest still covers the whole file: hash what is already here."""
-        left = size
+        part = partial_path(self._finals[index])
         try:
-            async with aiofiles.open(partial_path(self._finals[index]), "rb") as f:
-                while left:
-                    data = await f.read(min(left, self._chunk_bytes))
-                    if not data:
-                        raise LocalIOError(f"{self._finals[index]}: partial file shorter than its journal")
-                    await digest.update(data)
-                    left -= len(data)
+            async with aiofiles.open(part, "rb") as f:
+                await hash_prefix(f, size, self._chunk_bytes, digest)
         except OSError as exc:
-            raise local_error(exc, self._finals[index]) from None
+            raise local_error(exc, part) from None
 
     async def _open_at(self, index: int, offset: int) -> Any:
         final = self._finals[index]
@@ -368,8 +363,6 @@ class DirectorySink:
                     partial_path(final).unlink()
         self._open.clear()
 
-    abort = suspend
-
 
 class StdoutSink:
     """Writes the single incoming stream to standard output, in order.
@@ -416,8 +409,6 @@ class StdoutSink:
     async def suspend(self) -> None:
         if self._out is not None:
             await self._out.close()
-
-    abort = suspend
 
 
 Sink = DirectorySink | StdoutSink

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+from typing import Any
 
 import blake3
 import xxhash
 
+from rtransfer.errors import LocalIOError
 from rtransfer.protocol.frames import Buffer
 
 # Measured with bench/loop_stall.py (512 MiB): a 16 MiB update inline stalls the loop
@@ -40,6 +42,18 @@ class FileDigest:
 
     def hexdigest(self) -> str:
         return self._hasher.hexdigest()
+
+
+async def hash_prefix(f: Any, size: int, chunk_bytes: int, digest: FileDigest) -> None:
+    """Feed the first ``size`` bytes of an open file to ``digest``: on resume the whole-file
+    digest must still cover the part sent (or received) before."""
+    left = size
+    while left:
+        data = await f.read(min(chunk_bytes, left))
+        if not data:
+            raise LocalIOError(f"{getattr(f, 'name', 'file')}: shorter than the part already transferred")
+        await digest.update(data)
+        left -= len(data)
 
 
 IDENTITY_HEAD_BYTES = 64 * 1024

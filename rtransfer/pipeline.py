@@ -18,7 +18,7 @@ import aiofiles
 
 from rtransfer.errors import LocalIOError
 from rtransfer.files import Sink, Source, local_error
-from rtransfer.integrity import FileDigest
+from rtransfer.integrity import FileDigest, hash_prefix
 from rtransfer.protocol.events import ChunkReady, FileComplete
 from rtransfer.protocol.frames import Buffer
 from rtransfer.stats import TransferStats
@@ -117,7 +117,7 @@ async def read_sources(
         try:
             async with _open_source(source) as f:
                 if offset:
-                    await _hash_prefix(f, offset, chunk_bytes, digest)
+                    await hash_prefix(f, offset, chunk_bytes, digest)
                 read_ahead = source.local is not None
                 data = await _read_chunk(f, chunk_bytes, pool if read_ahead else None)
                 while data:
@@ -144,17 +144,6 @@ async def _read_chunk(f: Any, chunk_bytes: int, pool: BufferPool | None) -> Buff
     buf = pool.get(chunk_bytes)
     n = await f.readinto(buf)
     return memoryview(buf)[:n] if n else b""
-
-
-async def _hash_prefix(f: Any, size: int, chunk_bytes: int, digest: FileDigest) -> None:
-    """On resume the digest still covers the whole file: hash what the receiver already has."""
-    left = size
-    while left:
-        data = await _read_full(f, min(chunk_bytes, left))
-        if not data:
-            raise LocalIOError("source is shorter than the part already received")
-        await digest.update(data)
-        left -= len(data)
 
 
 async def write_chunks(

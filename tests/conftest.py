@@ -65,14 +65,18 @@ class Proc:
     def finish(self, timeout_s: float = 60.0) -> int:
         rc = self.proc.wait(timeout=timeout_s)
         self._thread.join(timeout=5)
+        self.drain()
+        return rc
+
+    def drain(self) -> None:
+        """Move the events that have arrived so far into ``seen``."""
         while True:
             try:
                 event = self._events.get_nowait()
             except queue.Empty:
-                break
+                return
             if event is not None:
                 self.seen.append(event)
-        return rc
 
     def events(self, name: str) -> list[dict[str, Any]]:
         return [e for e in self.seen if e.get("event") == name]
@@ -138,12 +142,3 @@ class ChaosProxy(Proc):
     def faults(self, name: str) -> int:
         self.drain()
         return len(self.events(name))
-
-    def drain(self) -> None:
-        while True:
-            try:
-                event = self._events.get_nowait()
-            except queue.Empty:
-                return
-            if event is not None:
-                self.seen.append(event)

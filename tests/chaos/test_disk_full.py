@@ -11,7 +11,7 @@ import blake3
 import pytest
 
 from tests.chaos.test_kill import wait_for_partial
-from tests.conftest import Proc, Receiver, run
+from tests.conftest import Proc, Receiver
 
 SIZE = 40 * 1024 * 1024
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
@@ -42,7 +42,7 @@ def test_disk_full_exits_6_keeps_partial_and_resumes_when_space_is_freed(
     part = small_disk / ".big.bin.rtpart"
     wait_for_partial(part, 10 * 1024 * 1024)
     filler = small_disk / "filler"
-    with open(filler, "wb") as f:  # someone else fills the disk while we write
+    with open(filler, "wb", buffering=0) as f:  # someone else fills the disk while we write
         try:
             for _ in range(48):
                 f.write(b"\0" * (1 << 20))
@@ -57,8 +57,15 @@ def test_disk_full_exits_6_keeps_partial_and_resumes_when_space_is_freed(
 
     filler.unlink()
     procs.append(rx := Receiver(small_disk))
-    result = run("send", str(tmp_path / "big.bin"), rx.address, "--json", "--chunk-size", "256K")
-    assert result.returncode == 0
+    procs.append(tx := Proc(["send", str(tmp_path / "big.bin"), rx.address, "--json", "--chunk-size", "256K"]))
+    try:
+        assert tx.finish(timeout_s=30) == 0
+    except subprocess.TimeoutExpired:
+        tx.kill()
+        rx.kill()
+        tx.finish()
+        rx.finish()
+        raise AssertionError(f"resume hung: sender {tx.seen[-3:]}, receiver {rx.seen[-3:]}") from None
     assert rx.finish() == 0
     assert blake3.blake3((small_disk / "big.bin").read_bytes()).digest() == blake3.blake3(data).digest()
     received = rx.events("done")[0]["chunks"] * 256 * 1024
