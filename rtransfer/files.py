@@ -22,8 +22,8 @@ from rtransfer.errors import LocalIOError, UsageError
 from rtransfer.integrity import FileDigest, hash_prefix, source_identity
 from rtransfer.journal import (
     FSYNC_EVERY_BYTES,
-    JOURNAL_EVERY_BYTES,
     JournalRecord,
+    journal_interval_bytes,
     read_journal,
     remove_journal,
     write_journal,
@@ -288,7 +288,7 @@ class DirectorySink:
             await handle.write(data)
             self._written[index] += len(data)
             written = self._written[index]
-            if written - self._journaled[index] >= JOURNAL_EVERY_BYTES:
+            if written - self._journaled[index] >= journal_interval_bytes(self._entries[index].size or 0):
                 await self._journal(index, fsync=written - self._synced[index] >= FSYNC_EVERY_BYTES)
         except OSError as exc:
             raise local_error(exc, self._finals[index]) from None
