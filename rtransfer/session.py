@@ -276,7 +276,7 @@ def _worth_reconnecting(exc: RtransferError, started: bool) -> bool:
         return False
     if isinstance(exc, HandshakeRefused):
         return started
-    return isinstance(exc, NetworkError | ProtocolError | CorruptFrame)
+    return isinstance(exc, NetworkError | ProtocolError)
 
 
 async def run_send(config: SendConfig, reporter: Reporter) -> TransferStats:
@@ -291,16 +291,13 @@ async def run_send(config: SendConfig, reporter: Reporter) -> TransferStats:
     pool = BufferPool(QUEUE_CHUNKS + 2)
     resumable = all(s.local is not None for s in sources)  # standard input cannot be read again
     backoff = Backoff(config.connect_policy)
-    started = False  # some connection was accepted
     while True:
         progress_before = stats.bytes_done
-        accepted_before = stats.accepted
         try:
             await _send_once(config, reporter, manifest, sources, stats, pool)
             return stats
         except RtransferError as exc:
-            started = started or stats.accepted > accepted_before
-            if not (resumable and _worth_reconnecting(exc, started)):
+            if not (resumable and _worth_reconnecting(exc, started=stats.accepted > 0)):
                 raise
             if stats.bytes_done > progress_before:
                 backoff.reset()
@@ -457,7 +454,7 @@ async def run_recv(config: RecvConfig, reporter: Reporter) -> TransferStats:
     except OSError as exc:
         raise NetworkError(f"cannot listen on {config.host}:{config.port}: {_reason(exc)}") from None
     stats = TransferStats("recv")
-    started = False  # some connection got as far as ACCEPT: the sender may come back
+    started = False  # some connection delivered its manifest: the sender may come back
     async with server:
         host, port = server.sockets[0].getsockname()[:2]
         reporter.listening(host, port, None if config.code is not None else code)
