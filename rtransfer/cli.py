@@ -71,6 +71,7 @@ def _reporter(json_output: bool, quiet: bool, data_on_stdout: bool) -> Reporter:
 
 def _run(work: Awaitable[TransferStats], reporter: Reporter) -> int:
     import asyncio
+    import gc
     import signal
 
     async def guarded() -> int:
@@ -103,6 +104,9 @@ def _run(work: Awaitable[TransferStats], reporter: Reporter) -> int:
         loop_factory: Any = uvloop.new_event_loop
     except ImportError:
         loop_factory = None
+    # Startup objects (typer, rich, the imports) live as long as the process; out of the
+    # collector's sight, its sweeps during the transfer stay short (gc was ~2% of the CPU).
+    gc.freeze()
     runner = asyncio.Runner(loop_factory=loop_factory)
     code = runner.run(guarded())
     if code != 0:
@@ -213,6 +217,10 @@ def recv(
         float,
         typer.Option("--retry-max-seconds", metavar="SECONDS", help="How long a broken transfer waits for its sender."),
     ] = 60.0,
+    buffered: Annotated[
+        bool,
+        typer.Option("--buffered", help="Write large files through the page cache instead of with direct I/O."),
+    ] = False,
 ) -> int:
     """Listen, receive one transfer into DEST, and exit."""
     reporter = _reporter(json_output, quiet, data_on_stdout=dest == "-")
@@ -229,7 +237,16 @@ def recv(
             raise UsageError("--max-files must be at least 1")
         limits = ReceiveLimits(max_entries=max_files, max_total_bytes=parse_size(max_bytes))
         config = RecvConfig(
-            dest, host, port, timeout, overwrite, limits, code=secret, encrypt=not no_encrypt, wait_s=wait_seconds
+            dest,
+            host,
+            port,
+            timeout,
+            overwrite,
+            limits,
+            code=secret,
+            encrypt=not no_encrypt,
+            wait_s=wait_seconds,
+            direct_io=not buffered,
         )
     except RtransferError as exc:
         reporter.error(exc)

@@ -18,6 +18,7 @@ from typing import Any
 import aiofiles
 import aiofiles.os
 
+from rtransfer.direct_io import PartialWriter, direct_io_suits
 from rtransfer.errors import LocalIOError, UsageError
 from rtransfer.integrity import FileDigest, hash_prefix, source_identity
 from rtransfer.journal import (
@@ -158,13 +159,14 @@ class DirectorySink:
     later connection (or a later run) resumes them instead of starting over.
     """
 
-    def __init__(self, root: Path, overwrite: bool) -> None:
+    def __init__(self, root: Path, overwrite: bool, direct_io: bool = True) -> None:
         self.root = root
         self.overwrite = overwrite
+        self.direct_io = direct_io
         self._entries: tuple[Entry, ...] = ()
         self._chunk_bytes = 0
         self._finals: dict[int, Path] = {}
-        self._open: dict[int, Any] = {}
+        self._open: dict[int, PartialWriter] = {}
         self._written: dict[int, int] = {}
         self._journaled: dict[int, int] = {}
         self._synced: dict[int, int] = {}
@@ -268,16 +270,11 @@ class DirectorySink:
         except OSError as exc:
             raise local_error(exc, part) from None
 
-    async def _open_at(self, index: int, offset: int) -> Any:
+    async def _open_at(self, index: int, offset: int) -> PartialWriter:
         final = self._finals[index]
         final.parent.mkdir(parents=True, exist_ok=True)
-        part = partial_path(final)
-        if offset == 0:
-            handle = await aiofiles.open(part, "wb")
-        else:
-            handle = await aiofiles.open(part, "r+b")
-            await handle.truncate(offset)
-            await handle.seek(offset)
+        direct = self.direct_io and direct_io_suits(self._entries[index].size or 0, self._chunk_bytes)
+        handle = await PartialWriter.open(partial_path(final), offset, direct, self._chunk_bytes)
         self._open[index] = handle
         self._written[index] = self._journaled[index] = self._synced[index] = offset
         return handle

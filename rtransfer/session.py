@@ -83,6 +83,7 @@ class RecvConfig:
     code: str | None = None  # None: make one up and show it
     encrypt: bool = True
     wait_s: float = 60.0  # how long a broken transfer waits for its sender to come back
+    direct_io: bool = True  # large files bypass the page cache (see direct_io.py)
 
 
 Handler = Callable[[Event], Awaitable[None]]
@@ -427,7 +428,9 @@ async def run_recv(config: RecvConfig, reporter: Reporter) -> TransferStats:
     Each connection is planned afresh from what is on disk, so a reconnect, a
     restarted sender and a restarted receiver all resume the same way.
     """
-    sink: Sink = StdoutSink() if config.dest == "-" else DirectorySink(Path(config.dest), config.overwrite)
+    sink: Sink = (
+        StdoutSink() if config.dest == "-" else DirectorySink(Path(config.dest), config.overwrite, config.direct_io)
+    )
     sink.check()
     loop = asyncio.get_running_loop()
     arrivals: asyncio.Queue[Link] = asyncio.Queue()

@@ -1,0 +1,106 @@
+"""Writing a large incoming file around the page cache (O_DIRECT), with buffered writes as the fallback.
+
+Why: a buffered write copies every byte into freshly allocated page-cache pages,
+and that copy was the receiver's largest cost (30-40% of its CPU for 1 GiB, and
+on a VM whose free memory goes back to the host it varied 3x from run to run).
+A direct write hands the device our own, already-touched buffer instead. It also
+keeps a multi-GB transfer from evicting everything else from the cache.
+
+Direct I/O needs the buffer address, the file offset and the length aligned to
+the device's block size. Each chunk is copied once into a page-aligned buffer
+(a memcpy between two hot buffers: far cheaper than filling new page-cache pages),
+offsets stay aligned as long as every chunk is a whole number of blocks, and the
+unaligned tail of a file (or any filesystem that refuses O_DIRECT) goes through
+the page cache as usual.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import mmap
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import aiofiles
+
+from rtransfer.protocol.frames import Buffer
+
+ALIGN = 4096
+# Small files gain nothing from bypassing the cache and would wait on the device per write.
+DIRECT_MIN_BYTES = 16 * 1024 * 1024
+_O_DIRECT = getattr(os, "O_DIRECT", 0)
+
+
+def _open_direct(path: str, flags: int) -> int:
+    return os.open(path, flags | _O_DIRECT, 0o666)
+
+
+def direct_io_suits(file_bytes: int, chunk_bytes: int) -> bool:
+    return bool(_O_DIRECT) and file_bytes >= DIRECT_MIN_BYTES and chunk_bytes % ALIGN == 0
+
+
+class PartialWriter:
+    """Sequential writes to one partial file, starting at ``offset``."""
+
+    def __init__(self, handle: Any, direct: bool, chunk_bytes: int) -> None:
+        self._handle = handle
+        self._aligned = memoryview(mmap.mmap(-1, chunk_bytes)) if direct else None
+
+    @classmethod
+    async def open(cls, path: Path, offset: int, direct: bool, chunk_bytes: int) -> PartialWriter:
+        mode: Literal["wb", "r+b"] = "wb" if offset == 0 else "r+b"
+        handle = None
+        if direct:
+            try:
+                handle = await aiofiles.open(path, mode, buffering=0, opener=_open_direct)
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:  # EINVAL: this filesystem has no direct I/O
+                    raise
+        writer = cls(handle or await aiofiles.open(path, mode), handle is not None, chunk_bytes)
+        if offset:
+            await writer._handle.truncate(offset)
+            await writer._handle.seek(offset)
+        return writer
+
+    @property
+    def direct(self) -> bool:
+        return self._aligned is not None
+
+    def fileno(self) -> int:
+        return int(self._handle.fileno())
+
+    async def write(self, data: Buffer) -> None:
+        n = len(data)
+        if self._aligned is not None:
+            if n % ALIGN == 0 and n <= len(self._aligned):
+                self._aligned[:n] = data
+                try:
+                    await self._write_all(self._aligned[:n])
+                    return
+                except OSError as exc:
+                    if exc.errno != errno.EINVAL:  # EINVAL: the device wants a coarser alignment
+                        raise
+            self._leave_direct()
+        await self._write_all(data)
+
+    async def _write_all(self, data: Buffer) -> None:
+        """An unbuffered write may be short (e.g. just before the disk fills): finish it or fail."""
+        view = memoryview(data).cast("B")
+        while view:
+            written = await self._handle.write(view)
+            view = view[written:]
+
+    def _leave_direct(self) -> None:
+        """From here on (the file's tail), write through the page cache."""
+        fd = self.fileno()
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~_O_DIRECT)
+        self._aligned = None
+
+    async def flush(self) -> None:
+        await self._handle.flush()
+
+    async def close(self) -> None:
+        self._aligned = None
+        await self._handle.close()

@@ -1,0 +1,106 @@
+"""Direct-I/O writes of partial files: same bytes as a buffered write, with O_DIRECT really in use."""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rtransfer import direct_io
+from rtransfer.direct_io import ALIGN, DIRECT_MIN_BYTES, PartialWriter, direct_io_suits
+
+CHUNK = 16 * ALIGN
+
+
+def _direct_flag(writer: PartialWriter) -> bool:
+    return bool(fcntl.fcntl(writer.fileno(), fcntl.F_GETFL) & os.O_DIRECT)
+
+
+async def _open_direct_or_skip(path: Path, offset: int = 0) -> PartialWriter:
+    """Skip only where the file system itself refuses O_DIRECT; anywhere else the writer must use it."""
+    try:
+        os.close(os.open(path.with_name("probe"), os.O_WRONLY | os.O_CREAT | os.O_DIRECT))
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:
+            raise
+        pytest.skip("the file system under the test's temporary directory refuses O_DIRECT")
+    writer = await PartialWriter.open(path, offset, direct=True, chunk_bytes=CHUNK)
+    assert writer.direct
+    return writer
+
+
+async def test_chunks_go_direct_and_the_unaligned_tail_through_the_cache(tmp_path: Path) -> None:
+    data = os.urandom(3 * CHUNK + 100)
+    path = tmp_path / "f"
+    writer = await _open_direct_or_skip(path)
+    for start in range(0, len(data), CHUNK):
+        before_tail = len(data) - start >= CHUNK
+        await writer.write(memoryview(data)[start : start + CHUNK])
+        assert _direct_flag(writer) is before_tail
+    await writer.close()
+    assert path.read_bytes() == data
+
+
+async def test_resume_truncates_to_the_offset_and_continues(tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(b"a" * CHUNK + b"stale bytes past the resume point")
+    writer = await _open_direct_or_skip(path, offset=CHUNK)
+    await writer.write(b"b" * CHUNK)
+    await writer.close()
+    assert path.read_bytes() == b"a" * CHUNK + b"b" * CHUNK
+
+
+async def test_a_file_system_without_direct_io_gets_buffered_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(path: str, flags: int) -> int:
+        raise OSError(errno.EINVAL, "Invalid argument")
+
+    monkeypatch.setattr(direct_io, "_open_direct", refuse)
+    writer = await PartialWriter.open(tmp_path / "f", 0, direct=True, chunk_bytes=CHUNK)
+    assert not writer.direct
+    await writer.write(b"x" * CHUNK)
+    await writer.close()
+    assert (tmp_path / "f").read_bytes() == b"x" * CHUNK
+
+
+async def test_a_device_refusing_the_alignment_falls_back_without_losing_the_chunk(tmp_path: Path) -> None:
+    writer = await _open_direct_or_skip(tmp_path / "f")
+    real_write = writer._handle.write
+    calls: list[int] = []
+
+    async def picky(data: Any) -> int:
+        calls.append(len(data))
+        if _direct_flag(writer):
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return int(await real_write(data))
+
+    writer._handle.write = picky
+    await writer.write(b"y" * CHUNK)
+    await writer.close()
+    assert not writer.direct
+    assert calls == [CHUNK, CHUNK]
+    assert (tmp_path / "f").read_bytes() == b"y" * CHUNK
+
+
+async def test_short_writes_are_finished(tmp_path: Path) -> None:
+    writer = await PartialWriter.open(tmp_path / "f", 0, direct=False, chunk_bytes=CHUNK)
+    real_write = writer._handle.write
+
+    async def short(data: Any) -> int:
+        return int(await real_write(memoryview(data)[:ALIGN]))
+
+    writer._handle.write = short
+    await writer.write(b"z" * CHUNK)
+    await writer.close()
+    assert (tmp_path / "f").read_bytes() == b"z" * CHUNK
+
+
+def test_only_large_files_in_whole_blocks_go_direct() -> None:
+    assert direct_io_suits(DIRECT_MIN_BYTES, 1 << 20)
+    assert not direct_io_suits(DIRECT_MIN_BYTES - 1, 1 << 20)
+    assert not direct_io_suits(DIRECT_MIN_BYTES, (1 << 20) + 1)
