@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +23,7 @@ from rtransfer.protocol.events import ChunkReady, FileComplete
 from rtransfer.protocol.frames import Buffer
 from rtransfer.stats import TransferStats
 
-QUEUE_CHUNKS = 4
+QUEUE_CHUNKS = 2
 
 
 class BufferPool:
@@ -50,6 +50,12 @@ class BufferPool:
         free = self._free.setdefault(len(buf), [])
         if len(free) < self.max_buffers and not any(b is buf for b in free):
             free.append(buf)
+
+    def recycle(self, views: Iterable[Buffer]) -> None:
+        """Take back the pooled buffers under these views (others are left to the collector)."""
+        for view in views:
+            if isinstance(view, memoryview):
+                self.put(view.obj)
 
 
 @dataclass(frozen=True)
@@ -105,8 +111,9 @@ async def read_sources(
 ) -> None:
     """Read each file once; a chunk is queued only once hashed, so an ACK can recycle its buffer.
 
-    For files, hashing chunk N overlaps with reading chunk N+1. Standard input
-    is not read ahead: a slow pipe must not hold back a chunk already read.
+    For files, chunk N+1 is read (and hashed) while chunk N waits for the
+    network. Standard input is not read ahead: a slow pipe must not hold back a
+    chunk already read.
     """
     for index, source in enumerate(sources):
         if source.entry.kind != "file" or (skip and index in skip):
@@ -118,16 +125,21 @@ async def read_sources(
             async with _open_source(source) as f:
                 if offset:
                     await hash_prefix(f, offset, chunk_bytes, digest)
-                read_ahead = source.local is not None
-                data = await _read_chunk(f, chunk_bytes, pool if read_ahead else None)
-                while data:
-                    hashing = asyncio.ensure_future(digest.update(data))
-                    ahead: Buffer | None = await _read_chunk(f, chunk_bytes, pool) if read_ahead else None
-                    await hashing
-                    await queue.put(Chunk(index, offset, data))
-                    stats.observe_queue(queue.qsize())
-                    offset += len(data)
-                    data = ahead if ahead is not None else await _read_chunk(f, chunk_bytes, None)
+                if source.local is None:
+                    while data := await _read_full(f, chunk_bytes):
+                        await digest.update(data)
+                        offset = await _queue_chunk(queue, stats, Chunk(index, offset, data))
+                else:
+                    fd = f.fileno()
+                    ahead = digest.read_into(fd, pool.get(chunk_bytes), offset)
+                    try:
+                        while piece := await ahead:
+                            ahead = digest.read_into(fd, pool.get(chunk_bytes), offset + len(piece))
+                            offset = await _queue_chunk(queue, stats, Chunk(index, offset, piece))
+                        pool.put(piece.obj)
+                    finally:
+                        if not ahead.done():  # the worker must be done with the fd before it closes
+                            await asyncio.wait([ahead])
         except OSError as exc:
             raise local_error(exc, name) from None
         declared = source.entry.size
@@ -137,13 +149,11 @@ async def read_sources(
     await queue.put(None)
 
 
-async def _read_chunk(f: Any, chunk_bytes: int, pool: BufferPool | None) -> Buffer:
-    """A regular file reads into a recycled buffer; a pipe assembles full chunks from short reads."""
-    if pool is None:
-        return await _read_full(f, chunk_bytes)
-    buf = pool.get(chunk_bytes)
-    n = await f.readinto(buf)
-    return memoryview(buf)[:n] if n else b""
+async def _queue_chunk(queue: asyncio.Queue[SendItem], stats: TransferStats, chunk: Chunk) -> int:
+    """Queue a chunk (waiting while the network is behind); the offset after it."""
+    await queue.put(chunk)
+    stats.observe_queue(queue.qsize())
+    return chunk.offset + len(chunk.payload)
 
 
 async def write_chunks(

@@ -64,8 +64,8 @@ class SendConfig:
     host: str
     port: int
     stdin_name: str | None = None
-    chunk_bytes: int = 1024 * 1024
-    window: int = 8
+    chunk_bytes: int = 4 * 1024 * 1024
+    window: int = 4
     timeout_s: float = 30.0
     connect_policy: RetryPolicy = field(default_factory=RetryPolicy)
     code: str = ""
@@ -173,6 +173,10 @@ class Link(asyncio.BufferedProtocol):
         pieces = self.machine.data_to_send()
         if pieces and self.transport is not None and not self.transport.is_closing():
             self.transport.writelines(pieces)
+
+    def all_written(self) -> bool:
+        """The kernel has taken every byte handed to the transport: none of those buffers is read again."""
+        return self.transport is not None and self.transport.get_write_buffer_size() == 0
 
     async def drain(self) -> None:
         if self._writable is not None:
@@ -342,9 +346,7 @@ async def _send_once(
     async def handle(event: Event) -> None:
         if isinstance(event, ChunksAcked):
             stats.bytes_done += event.bytes
-            for buf in event.released:
-                if isinstance(buf, memoryview):
-                    pool.put(buf.obj)
+            pool.recycle(event.released)
             window_open.set()
         elif isinstance(event, Retransmitted):
             stats.retransmits += 1
@@ -385,6 +387,8 @@ async def _send_once(
                 stats.chunks += 1
                 link.flush()
                 await link.drain()
+                if link.all_written():
+                    pool.recycle(machine.take_written())
             machine.finish(now())
             link.flush()
             await reading

@@ -108,6 +108,20 @@ class SenderMachine(Peer):
         self._unacked[seq] = _InFlight(frame, now, self._send(frame)[-1])
         return seq
 
+    def take_written(self) -> list[Buffer]:
+        """Ciphertext buffers nobody needs once the transport has written everything handed to it.
+
+        The driver calls this when the transport's buffer is empty, so a chunk's
+        ciphertext can be reused before its ACK (a resend seals the payload again);
+        that halves the buffers held for a window of sealed chunks."""
+        taken = []
+        for item in self._unacked.values():
+            if item.wire is not item.frame.payload:
+                if not item.retransmitted:
+                    taken.append(item.wire)
+                item.wire = item.frame.payload
+        return taken
+
     def end_file(self, file_index: int, size: int, digest: bytes, now: float) -> None:
         self._now = now
         self._ended.add(file_index)

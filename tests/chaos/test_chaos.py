@@ -35,7 +35,9 @@ def transfer_through(tmp_path: Path, procs: list[Proc], big: tuple[Path, str], *
     src, digest = big
     procs.append(rx := Receiver(tmp_path / "out"))
     procs.append(proxy := ChaosProxy(rx.address, *faults))
-    result = run("send", str(src), proxy.address, "--json", "--retries", "30", timeout_s=200)
+    # 1 MiB chunks: enough chunks (and ACKs) in 256 MiB for every fault to land on some.
+    args = ("--json", "--retries", "30", "--chunk-size", "1M", "--window", "8")
+    result = run("send", str(src), proxy.address, *args, timeout_s=200)
     events = [json.loads(line) for line in result.stdout.decode().splitlines()]
     rx_code = rx.finish()
     rx_stderr = rx.proc.stderr.read().decode()[-1500:] if rx.proc.stderr else ""

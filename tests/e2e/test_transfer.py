@@ -19,12 +19,15 @@ from tests.conftest import Proc, Receiver, run, write_random
 DONE_FIELDS = {"ok", "bytes", "files", "chunks", "retransmits", "integrity_failures", "seconds"}
 
 
+DEFAULT_CHUNK = 4 * 1024 * 1024
+
+
 def send(*args: str, **kw: Any) -> subprocess.CompletedProcess[bytes]:
     return run("send", *args, "--json", **kw)
 
 
 def test_single_file_arrives_byte_identical_with_the_b3sum_digest(tmp_path: Path, procs: list[Proc]) -> None:
-    data = write_random(tmp_path / "a.bin", 3 * 1024 * 1024 + 12345)
+    data = write_random(tmp_path / "a.bin", 3 * DEFAULT_CHUNK + 12345)
     procs.append(rx := Receiver(tmp_path / "out"))
     result = send(str(tmp_path / "a.bin"), rx.address)
     assert result.returncode == 0, result.stderr

@@ -382,6 +382,26 @@ def test_only_buffers_of_chunks_sent_once_are_released_for_reuse(encrypt: bool) 
     assert len(owners) == (2 if encrypt else 1)  # its ciphertext buffer too, when sealed
 
 
+@pytest.mark.parametrize("encrypt", [False, True])
+def test_written_ciphertext_is_taken_back_once_and_never_released_again_by_the_ack(encrypt: bool) -> None:
+    from rtransfer.protocol.events import ChunksAcked
+
+    pair = Pair.accepted(manifest(CHUNK * 2), encrypt=encrypt)
+    first, second = bytearray(b"a" * CHUNK), bytearray(b"b" * CHUNK)
+    pair.sender.send_chunk(0, 0, memoryview(first), 0.0)
+    taken = pair.sender.take_written()
+    assert len(taken) == (1 if encrypt else 0)  # unsealed, the payload itself is the wire buffer
+    assert all(isinstance(t, memoryview) and t.obj is not first for t in taken)
+    assert pair.sender.take_written() == []
+    pair.sender.send_chunk(0, CHUNK, memoryview(second), 0.0)
+    pair.to_receiver()
+    (acked,) = [e for e in pair.to_sender() if isinstance(e, ChunksAcked)]
+    owners = [b.obj if isinstance(b, memoryview) else b for b in acked.released]
+    assert not any(o is t.obj for o in owners for t in taken)  # taken back once, not again
+    assert sum(o is first for o in owners) == 1 and sum(o is second for o in owners) == 1  # payloads wait for the ACK
+    assert len(owners) == (3 if encrypt else 2)  # second's ciphertext was never taken
+
+
 def test_a_peer_reporting_a_broken_link_is_a_network_error_worth_reconnecting() -> None:
     from rtransfer.protocol.frames import ErrorFrame
 
