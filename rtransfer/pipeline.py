@@ -133,12 +133,12 @@ async def read_sources(
                     fd = f.fileno()
                     ahead = digest.read_into(fd, pool.get(chunk_bytes), offset)
                     try:
-                        while piece := await ahead:
+                        while piece := await asyncio.shield(ahead):  # cancelled, still wait for it below
                             ahead = digest.read_into(fd, pool.get(chunk_bytes), offset + len(piece))
                             offset = await _queue_chunk(queue, stats, Chunk(index, offset, piece))
                         pool.put(piece.obj)
                     finally:
-                        if not ahead.done():  # the worker must be done with the fd before it closes
+                        if not ahead.done():  # the worker must be done with the fd before it is closed
                             await asyncio.wait([ahead])
         except OSError as exc:
             raise local_error(exc, name) from None
