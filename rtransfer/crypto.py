@@ -77,7 +77,7 @@ class Sealer:
         self._counter = 0
 
     def seal(
-        self, header_prefix: bytes, body: bytes | bytearray | memoryview, out: bytearray | None = None
+        self, header_prefix: bytes, body: bytes | bytearray | memoryview, out: bytearray | memoryview | None = None
     ) -> bytes | memoryview:
         """Ciphertext and tag; written into ``out`` (len(body) + 16 bytes) when given,
         which spares a fresh allocation per chunk."""

@@ -7,9 +7,10 @@ A direct write hands the device our own, already-touched buffer instead. It also
 keeps a multi-GB transfer from evicting everything else from the cache.
 
 Direct I/O needs the buffer address, the file offset and the length aligned to
-the device's block size. Each chunk is copied once into a page-aligned buffer
-(a memcpy between two hot buffers: far cheaper than filling new page-cache pages),
-offsets stay aligned as long as every chunk is a whole number of blocks, and the
+the device's block size. The buffer pool lays chunks out page-aligned, so they
+are written as they are; a chunk in any other buffer is first copied into a
+page-aligned one (the kernel refuses it with EINVAL, once). Offsets stay aligned
+as long as every chunk is a whole number of blocks, and the
 unaligned tail of a file (or any filesystem that refuses O_DIRECT) goes through
 the page cache as usual.
 """
@@ -47,6 +48,7 @@ class PartialWriter:
     def __init__(self, handle: Any, direct: bool, chunk_bytes: int) -> None:
         self._handle = handle
         self._aligned = memoryview(mmap.mmap(-1, chunk_bytes)) if direct else None
+        self.zero_copy = direct  # until a chunk's own buffer turns out to be misaligned
 
     @classmethod
     async def open(cls, path: Path, offset: int, direct: bool, chunk_bytes: int) -> PartialWriter:
@@ -75,6 +77,14 @@ class PartialWriter:
         n = len(data)
         if self._aligned is not None:
             if n % ALIGN == 0 and n <= len(self._aligned):
+                if self.zero_copy:
+                    try:
+                        await self._write_all(data)
+                        return
+                    except OSError as exc:
+                        if exc.errno != errno.EINVAL:  # EINVAL: this buffer is not aligned; copy from now on
+                            raise
+                        self.zero_copy = False
                 self._aligned[:n] = data
                 try:
                     await self._write_all(self._aligned[:n])

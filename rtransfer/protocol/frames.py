@@ -187,7 +187,7 @@ CONFIRM_BODY = b"rtransfer key confirmation"
 
 
 class Sealer(Protocol):
-    def seal(self, header_prefix: bytes, body: Buffer, out: bytearray | None = None) -> Buffer: ...
+    def seal(self, header_prefix: bytes, body: Buffer, out: WritableBuffer | None = None) -> Buffer: ...
 
 
 class Opener(Protocol):
@@ -197,6 +197,7 @@ class Opener(Protocol):
 
 Frame = Hello | Manifest | Accept | Data | Ack | Nack | FileEnd | FileResult | Done | Ping | Pong | ErrorFrame | Confirm
 Buffer = bytes | bytearray | memoryview
+WritableBuffer = bytearray | memoryview  # what an ``allocate`` callback returns
 
 
 def _check(prefix: Buffer, *parts: Buffer) -> int:
@@ -211,7 +212,7 @@ def _frame(
     clear: bytes,
     secret: Buffer,
     sealer: Sealer | None,
-    allocate: Callable[[int], bytearray] | None = None,
+    allocate: Callable[[int], WritableBuffer] | None = None,
 ) -> list[Buffer]:
     """Header + body. Sealed, ``secret`` is encrypted (into ``allocate``'d memory when
     given) and ``clear`` (DATA's seq, file, offset, which a NACK must be able to read)
@@ -227,7 +228,7 @@ def _frame(
 
 
 def encode(
-    frame: Frame, sealer: Sealer | None = None, allocate: Callable[[int], bytearray] | None = None
+    frame: Frame, sealer: Sealer | None = None, allocate: Callable[[int], WritableBuffer] | None = None
 ) -> list[Buffer]:
     """Encode a frame as buffers to write in order; large payloads are not copied.
 
@@ -307,15 +308,15 @@ class FrameDecoder:
 
     def __init__(
         self,
-        allocate: Callable[[int], bytearray] = bytearray,
-        release: Callable[[bytearray], None] = lambda buf: None,
+        allocate: Callable[[int], WritableBuffer] = bytearray,
+        release: Callable[[WritableBuffer], None] = lambda buf: None,
     ) -> None:
         self._allocate = allocate
         self._release = release
         self.opener: Opener | None = None  # set by the machine once keys are agreed
         self._head = bytearray(HEADER.size)
         self._head_n = 0
-        self._body: bytearray | None = None
+        self._body: WritableBuffer | None = None
         self._body_n = 0
         self._ftype = FrameType.DONE
         self._check = 0
@@ -383,7 +384,7 @@ class FrameDecoder:
             body = self._open(prefix, body, clear)
         self._ready.append(_decode_body(ftype, body))
 
-    def _open(self, prefix: bytes, sealed: bytearray, clear: int) -> bytearray:
+    def _open(self, prefix: bytes, sealed: WritableBuffer, clear: int) -> WritableBuffer:
         """Decrypt into a fresh (pooled) buffer; the sealed buffer goes back to the pool."""
         assert self.opener is not None
         if len(sealed) < clear + TAG_BYTES:
@@ -401,7 +402,7 @@ def _need(ok: bool, what: str) -> None:
         raise ProtocolError(what)
 
 
-def _decode_body(ftype: FrameType, body: bytearray) -> Frame:
+def _decode_body(ftype: FrameType, body: WritableBuffer) -> Frame:
     n = len(body)
     if ftype is FrameType.DATA:
         _need(n >= DATA_HEADER.size, "DATA frame too short")
@@ -456,23 +457,23 @@ def _decode_body(ftype: FrameType, body: bytearray) -> Frame:
     # ERROR
     _need(n >= _ERROR.size, "ERROR frame too short")
     (code,) = _ERROR.unpack_from(body)
-    return ErrorFrame(code, body[_ERROR.size :].decode("utf-8", "replace"))
+    return ErrorFrame(code, bytes(body[_ERROR.size :]).decode("utf-8", "replace"))
 
 
 def _is_uint(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
-def _load_json(body: bytearray, what: str) -> Any:
+def _load_json(body: WritableBuffer, what: str) -> Any:
     try:
-        return json.loads(body.decode("utf-8"))
+        return json.loads(bytes(body).decode("utf-8"))
     except UnicodeDecodeError:
         raise ProtocolError(f"{what} frame is not valid UTF-8") from None
     except ValueError:
         raise ProtocolError(f"{what} frame is not valid JSON") from None
 
 
-def _decode_manifest(body: bytearray) -> Manifest:
+def _decode_manifest(body: WritableBuffer) -> Manifest:
     obj = _load_json(body, "MANIFEST")
     _need(isinstance(obj, dict), "MANIFEST is not an object")
     tid, chunk, window, entries = (obj.get(k) for k in ("transfer_id", "chunk_bytes", "window", "entries"))

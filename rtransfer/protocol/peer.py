@@ -38,6 +38,7 @@ from rtransfer.protocol.frames import (
     Pong,
     Role,
     Sealer,
+    WritableBuffer,
     encode,
     encode_bytes,
 )
@@ -71,8 +72,8 @@ class Peer:
         timeout_s: float,
         code: bytes,
         encrypt: bool = True,
-        allocate: Callable[[int], bytearray] = bytearray,
-        release: Callable[[bytearray], None] = lambda buf: None,
+        allocate: Callable[[int], WritableBuffer] = bytearray,
+        release: Callable[[WritableBuffer], None] = lambda buf: None,
     ) -> None:
         self._decoder = FrameDecoder(allocate, release)
         self._allocate = allocate

@@ -32,6 +32,7 @@ from rtransfer.protocol.frames import (
     Manifest,
     Nack,
     Role,
+    WritableBuffer,
 )
 from rtransfer.protocol.peer import Peer
 
@@ -54,8 +55,8 @@ class ReceiverMachine(Peer):
         code: bytes,
         encrypt: bool = True,
         limits: ReceiveLimits | None = None,
-        allocate: Callable[[int], bytearray] = bytearray,
-        release: Callable[[bytearray], None] = lambda buf: None,
+        allocate: Callable[[int], WritableBuffer] = bytearray,
+        release: Callable[[WritableBuffer], None] = lambda buf: None,
     ) -> None:
         super().__init__(now, timeout_s, code, encrypt, allocate, release)
         self.limits = limits or ReceiveLimits()

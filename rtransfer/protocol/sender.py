@@ -30,6 +30,7 @@ from rtransfer.protocol.frames import (
     Manifest,
     Nack,
     Role,
+    WritableBuffer,
 )
 from rtransfer.protocol.peer import Peer
 from rtransfer.protocol.timing import RetransmitTimer
@@ -60,7 +61,7 @@ class SenderMachine(Peer):
         code: bytes,
         encrypt: bool = True,
         timer: RetransmitTimer | None = None,
-        allocate: Callable[[int], bytearray] = bytearray,
+        allocate: Callable[[int], WritableBuffer] = bytearray,
     ) -> None:
         self.manifest = manifest
         super().__init__(now, timeout_s, code, encrypt, allocate)

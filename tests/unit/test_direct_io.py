@@ -13,7 +13,8 @@ import pytest
 from rtransfer import direct_io
 from rtransfer.direct_io import ALIGN, DIRECT_MIN_BYTES, PartialWriter, direct_io_suits
 from rtransfer.files import DirectorySink
-from rtransfer.protocol.frames import Entry, Manifest
+from rtransfer.pipeline import BufferPool
+from rtransfer.protocol.frames import DATA_HEADER, Entry, Manifest
 
 CHUNK = 16 * ALIGN
 
@@ -45,6 +46,19 @@ async def test_chunks_go_direct_and_the_unaligned_tail_through_the_cache(tmp_pat
         assert _direct_flag(writer) is before_tail
     await writer.close()
     assert path.read_bytes() == data
+
+
+async def test_chunks_from_the_buffer_pool_reach_the_disk_without_a_copy(tmp_path: Path) -> None:
+    body = BufferPool(2).get(DATA_HEADER.size + CHUNK)  # as the receiver's decoder lays out a DATA frame
+    payload = memoryview(body)[DATA_HEADER.size :]
+    payload[:] = data = os.urandom(CHUNK)
+    writer = await _open_direct_or_skip(tmp_path / "f")
+    await writer.write(payload)
+    assert writer.zero_copy
+    await writer.write(data)  # a bytes object sits anywhere in memory: copied first
+    assert not writer.zero_copy
+    await writer.close()
+    assert (tmp_path / "f").read_bytes() == data * 2
 
 
 async def test_resume_truncates_to_the_offset_and_continues(tmp_path: Path) -> None:
@@ -85,7 +99,7 @@ async def test_a_device_refusing_the_alignment_falls_back_without_losing_the_chu
     await writer.write(b"y" * CHUNK)
     await writer.close()
     assert not writer.direct
-    assert calls == [CHUNK, CHUNK]
+    assert calls == [CHUNK] * 3  # as it came, copied into an aligned buffer, then through the cache
     assert (tmp_path / "f").read_bytes() == b"y" * CHUNK
 
 
