@@ -337,9 +337,7 @@ async def _send_once(
         config.connect_policy,
         reporter,
         lambda: Link(
-            SenderMachine(
-                manifest, now(), config.timeout_s, normalise_code(config.code), config.encrypt, allocate=pool.get
-            )
+            SenderMachine(manifest, now(), config.timeout_s, normalise_code(config.code), config.encrypt, buffers=pool)
         ),
     )
     machine = link.machine
@@ -462,7 +460,7 @@ async def run_recv(config: RecvConfig, reporter: Reporter) -> TransferStats:
 
     def new_machine() -> ReceiverMachine:
         secret = normalise_code(code)
-        return ReceiverMachine(now(), config.timeout_s, secret, config.encrypt, config.limits, pool.get, pool.put)
+        return ReceiverMachine(now(), config.timeout_s, secret, config.encrypt, config.limits, pool)
 
     try:
         server = await loop.create_server(lambda: Link(new_machine(), on_connected), config.host, config.port)

@@ -197,7 +197,25 @@ class Opener(Protocol):
 
 Frame = Hello | Manifest | Accept | Data | Ack | Nack | FileEnd | FileResult | Done | Ping | Pong | ErrorFrame | Confirm
 Buffer = bytes | bytearray | memoryview
-WritableBuffer = bytearray | memoryview  # what an ``allocate`` callback returns
+WritableBuffer = bytearray | memoryview
+
+
+class Buffers(Protocol):
+    """Where large frame buffers come from and go back to: the driver's pool, or fresh memory."""
+
+    def get(self, size: int) -> WritableBuffer: ...
+    def put(self, buf: WritableBuffer) -> None: ...
+
+
+class FreshBuffers:
+    def get(self, size: int) -> WritableBuffer:
+        return bytearray(size)
+
+    def put(self, buf: WritableBuffer) -> None:
+        pass
+
+
+FRESH_BUFFERS = FreshBuffers()
 
 
 def _check(prefix: Buffer, *parts: Buffer) -> int:
@@ -302,17 +320,15 @@ class FrameDecoder:
     ``buffer_updated`` says how many arrived. A socket can read straight into a
     frame's body, so a chunk is copied once, by the kernel. Memory is bounded by
     one header plus one body, and a body is allocated only after its length has
-    been checked against the limit for its frame type. ``allocate`` lets the
+    been checked against the limit for its frame type. ``buffers`` lets the
     caller recycle body buffers (the receiver's writer returns them to a pool).
     """
 
     def __init__(
         self,
-        allocate: Callable[[int], WritableBuffer] = bytearray,
-        release: Callable[[WritableBuffer], None] = lambda buf: None,
+        buffers: Buffers = FRESH_BUFFERS,
     ) -> None:
-        self._allocate = allocate
-        self._release = release
+        self._buffers = buffers
         self.opener: Opener | None = None  # set by the machine once keys are agreed
         self._head = bytearray(HEADER.size)
         self._head_n = 0
@@ -360,7 +376,7 @@ class FrameDecoder:
         limit = MAX_BODY_BYTES[self._ftype] + (TAG_BYTES if self.opener else 0)
         if length > limit:
             raise ProtocolError(f"{self._ftype.name} frame of {length} bytes exceeds the limit of {limit}")
-        self._body = self._allocate(length)
+        self._body = self._buffers.get(length)
         self._body_n = 0
         if length == 0:
             self._finish_frame()
@@ -377,7 +393,7 @@ class FrameDecoder:
                 self.opener.skip()
             if ftype is FrameType.DATA and len(body) >= DATA_HEADER.size:
                 self._ready.append(CorruptData(_U64.unpack_from(body)[0]))
-                self._release(body)
+                self._buffers.put(body)
                 return
             raise CorruptFrame(f"corrupt {ftype.name} frame (checksum mismatch)")
         if self.opener is not None:
@@ -389,11 +405,11 @@ class FrameDecoder:
         assert self.opener is not None
         if len(sealed) < clear + TAG_BYTES:
             raise ProtocolError("sealed frame too short")
-        plain = self._allocate(len(sealed) - TAG_BYTES)
+        plain = self._buffers.get(len(sealed) - TAG_BYTES)
         plain[:clear] = sealed[:clear]
         with memoryview(sealed) as s_view, memoryview(plain) as p_view:
             self.opener.open_into(prefix + bytes(sealed[:clear]), s_view[clear:], p_view[clear:])
-        self._release(sealed)
+        self._buffers.put(sealed)
         return plain
 
 

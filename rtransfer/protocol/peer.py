@@ -11,7 +11,7 @@ Everything after CONFIRM is sealed, unless either side asked for no encryption.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 from rtransfer.crypto import FrameAuthenticationError, KeyExchange
 from rtransfer.errors import (
@@ -26,8 +26,10 @@ from rtransfer.errors import (
 from rtransfer.protocol.errors import CorruptFrame, HandshakeRefused, ProtocolError, WrongCode
 from rtransfer.protocol.events import Event
 from rtransfer.protocol.frames import (
+    FRESH_BUFFERS,
     PROTOCOL_VERSION,
     Buffer,
+    Buffers,
     Confirm,
     CorruptData,
     ErrorFrame,
@@ -38,7 +40,6 @@ from rtransfer.protocol.frames import (
     Pong,
     Role,
     Sealer,
-    WritableBuffer,
     encode,
     encode_bytes,
 )
@@ -72,11 +73,10 @@ class Peer:
         timeout_s: float,
         code: bytes,
         encrypt: bool = True,
-        allocate: Callable[[int], WritableBuffer] = bytearray,
-        release: Callable[[WritableBuffer], None] = lambda buf: None,
+        buffers: Buffers = FRESH_BUFFERS,
     ) -> None:
-        self._decoder = FrameDecoder(allocate, release)
-        self._allocate = allocate
+        self._decoder = FrameDecoder(buffers)
+        self._buffers = buffers
         self._outbox: list[Buffer] = []
         self._liveness = Liveness(now, timeout_s)
         self._now = now
@@ -101,7 +101,7 @@ class Peer:
         return out
 
     def _send(self, frame: Frame) -> list[Buffer]:
-        pieces = encode(frame, self._sealer, self._allocate)
+        pieces = encode(frame, self._sealer, self._buffers.get)
         self._outbox.extend(pieces)
         self._liveness.sent(self._now)
         return pieces

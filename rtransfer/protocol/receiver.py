@@ -6,7 +6,6 @@ sequentially; out-of-order arrivals wait here, bounded by the window.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from rtransfer.errors import LocalIOError
@@ -21,8 +20,10 @@ from rtransfer.protocol.events import (
     TransferComplete,
 )
 from rtransfer.protocol.frames import (
+    FRESH_BUFFERS,
     Accept,
     Ack,
+    Buffers,
     CorruptData,
     Data,
     Done,
@@ -32,7 +33,6 @@ from rtransfer.protocol.frames import (
     Manifest,
     Nack,
     Role,
-    WritableBuffer,
 )
 from rtransfer.protocol.peer import Peer
 
@@ -55,10 +55,9 @@ class ReceiverMachine(Peer):
         code: bytes,
         encrypt: bool = True,
         limits: ReceiveLimits | None = None,
-        allocate: Callable[[int], WritableBuffer] = bytearray,
-        release: Callable[[WritableBuffer], None] = lambda buf: None,
+        buffers: Buffers = FRESH_BUFFERS,
     ) -> None:
-        super().__init__(now, timeout_s, code, encrypt, allocate, release)
+        super().__init__(now, timeout_s, code, encrypt, buffers)
         self.limits = limits or ReceiveLimits()
         self.manifest: Manifest | None = None
         self.accepted = False

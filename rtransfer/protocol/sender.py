@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from rtransfer.errors import IntegrityError
@@ -18,9 +17,11 @@ from rtransfer.protocol.events import (
     TransferComplete,
 )
 from rtransfer.protocol.frames import (
+    FRESH_BUFFERS,
     Accept,
     Ack,
     Buffer,
+    Buffers,
     CorruptData,
     Data,
     Done,
@@ -30,7 +31,6 @@ from rtransfer.protocol.frames import (
     Manifest,
     Nack,
     Role,
-    WritableBuffer,
 )
 from rtransfer.protocol.peer import Peer
 from rtransfer.protocol.timing import RetransmitTimer
@@ -61,10 +61,10 @@ class SenderMachine(Peer):
         code: bytes,
         encrypt: bool = True,
         timer: RetransmitTimer | None = None,
-        allocate: Callable[[int], WritableBuffer] = bytearray,
+        buffers: Buffers = FRESH_BUFFERS,
     ) -> None:
         self.manifest = manifest
-        super().__init__(now, timeout_s, code, encrypt, allocate)
+        super().__init__(now, timeout_s, code, encrypt, buffers)
         self.accepted = False
         self.complete = False
         self._timer = timer or RetransmitTimer()
