@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from spake2 import SPAKE2_A, SPAKE2_B, SPAKEError
 
-from rtransfer.protocol.errors import HandshakeRefused, ProtocolError
+from rtransfer.protocol.errors import FrameAuthenticationError, HandshakeRefused
 
 TAG_BYTES = 16
 _NONCE = struct.Struct("!IQ")  # direction, frame counter
@@ -108,7 +108,3 @@ class Opener:
             self._aead.decrypt_into(nonce, ciphertext, header_prefix, out)
         except InvalidTag:
             raise FrameAuthenticationError("frame failed authentication") from None
-
-
-class FrameAuthenticationError(ProtocolError):
-    """A frame's AEAD tag did not verify: wrong key (wrong code) or tampering."""

@@ -1,9 +1,9 @@
 """Whole-file BLAKE3 digests, computed while streaming.
 
-Per-chunk checks live in the frame codec (xxh3 over every frame). Large BLAKE3
-updates run in a worker thread: blake3 releases the GIL, so big chunks hash
-beside socket and disk work instead of stalling the event loop; small ones
-hash inline, where a thread hop would cost more than it saves.
+Per-chunk checks live in the frame codec (xxh3, or the GCM tag of a sealed
+chunk). Large BLAKE3 updates run in a worker thread: blake3 releases the GIL,
+so big chunks hash beside socket and disk work instead of stalling the event
+loop; small ones hash inline, where a thread hop would cost more than it saves.
 """
 
 from __future__ import annotations

@@ -27,6 +27,10 @@ class WrongCode(HandshakeRefused):
     Always final: each code allows one guess, so it cannot be brute-forced online."""
 
 
+class FrameAuthenticationError(ProtocolError):
+    """A frame's AEAD tag did not verify: wrong key (wrong code), tampering, or a flipped bit."""
+
+
 class CorruptFrame(ProtocolError):
     """A frame failed its checksum: the path corrupted it. Worth a new connection, even
     during the handshake, unlike a frame that arrives intact and is still wrong."""

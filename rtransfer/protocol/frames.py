@@ -2,8 +2,12 @@
 
 Every frame is ``type:u8 | body_length:u32 | check:u64 | body``. ``check`` is
 xxh3-64 over type, length and body, so a flipped bit anywhere in a frame is
-caught; for DATA frames that is the per-chunk checksum. Every length is bounded
-per frame type *before* anything is buffered for it.
+caught; for DATA frames that is the per-chunk checksum. Once a connection is
+encrypted, a DATA frame's check is its AES-GCM tag instead (``check`` is 0): the
+tag already covers every byte, header included, and hashing each chunk a second
+time cost both sides CPU for nothing. Control frames keep xxh3, which is what
+tells a corrupting path from a wrong key during the handshake. Every length is
+bounded per frame type *before* anything is buffered for it.
 """
 
 from __future__ import annotations
@@ -18,10 +22,10 @@ from typing import Any, Protocol
 
 import xxhash
 
-from rtransfer.protocol.errors import CorruptFrame, HandshakeRefused, ProtocolError
+from rtransfer.protocol.errors import CorruptFrame, FrameAuthenticationError, HandshakeRefused, ProtocolError
 
 MAGIC = b"RTXF"
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: sealed DATA frames are checked by their tag alone
 
 MIN_CHUNK_BYTES = 4 * 1024
 MAX_CHUNK_BYTES = 16 * 1024 * 1024
@@ -128,7 +132,7 @@ class Data:
 
 @dataclass(frozen=True)
 class CorruptData:
-    """A DATA frame whose checksum failed; ``seq`` is as read, so may itself be wrong."""
+    """A DATA frame whose checksum or tag failed; ``seq`` is as read, so may itself be wrong."""
 
     seq: int
 
@@ -242,6 +246,8 @@ def _frame(
         prefix = _PREFIX.pack(ftype, len(clear) + len(secret) + TAG_BYTES)
         out = allocate(len(secret) + TAG_BYTES) if allocate is not None else None
         parts = [clear, sealer.seal(prefix + clear, secret, out)]
+        if ftype is FrameType.DATA:
+            return [prefix + _U64.pack(0), *parts]
     return [prefix + _U64.pack(_check(prefix, *parts)), *parts]
 
 
@@ -387,28 +393,44 @@ class FrameDecoder:
         self._body = None
         self._head_n = 0
         prefix = bytes(self._head[: _PREFIX.size])
-        clear = DATA_HEADER.size if ftype is FrameType.DATA else 0
-        if _check(prefix, body) != self._check:
+        data = ftype is FrameType.DATA
+        tag_only = data and self.opener is not None
+        if not tag_only and _check(prefix, body) != self._check:
             if self.opener is not None:
                 self.opener.skip()
-            if ftype is FrameType.DATA and len(body) >= DATA_HEADER.size:
-                self._ready.append(CorruptData(_U64.unpack_from(body)[0]))
-                self._buffers.put(body)
+            if data and len(body) >= DATA_HEADER.size:
+                self._corrupt_data(body)
                 return
             raise CorruptFrame(f"corrupt {ftype.name} frame (checksum mismatch)")
         if self.opener is not None:
-            body = self._open(prefix, body, clear)
+            try:
+                body = self._open(prefix, body, DATA_HEADER.size if data else 0)
+            except FrameAuthenticationError:
+                if not tag_only:
+                    raise
+                self._corrupt_data(body)
+                return
         self._ready.append(_decode_body(ftype, body))
 
+    def _corrupt_data(self, body: WritableBuffer) -> None:
+        """A damaged chunk is not fatal: the receiver NACKs it and the sender resends."""
+        self._ready.append(CorruptData(_U64.unpack_from(body)[0]))
+        self._buffers.put(body)
+
     def _open(self, prefix: bytes, sealed: WritableBuffer, clear: int) -> WritableBuffer:
-        """Decrypt into a fresh (pooled) buffer; the sealed buffer goes back to the pool."""
+        """Decrypt into a fresh (pooled) buffer; the sealed buffer goes back to the pool
+        (on success; on failure the caller still owns it)."""
         assert self.opener is not None
         if len(sealed) < clear + TAG_BYTES:
             raise ProtocolError("sealed frame too short")
         plain = self._buffers.get(len(sealed) - TAG_BYTES)
         plain[:clear] = sealed[:clear]
-        with memoryview(sealed) as s_view, memoryview(plain) as p_view:
-            self.opener.open_into(prefix + bytes(sealed[:clear]), s_view[clear:], p_view[clear:])
+        try:
+            with memoryview(sealed) as s_view, memoryview(plain) as p_view:
+                self.opener.open_into(prefix + bytes(sealed[:clear]), s_view[clear:], p_view[clear:])
+        except BaseException:
+            self._buffers.put(plain)
+            raise
         self._buffers.put(sealed)
         return plain
 

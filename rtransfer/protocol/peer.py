@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
-from rtransfer.crypto import FrameAuthenticationError, KeyExchange
+from rtransfer.crypto import KeyExchange
 from rtransfer.errors import (
     EXIT_AUTH,
     EXIT_FAILURE,
@@ -23,7 +23,13 @@ from rtransfer.errors import (
     NetworkError,
     RtransferError,
 )
-from rtransfer.protocol.errors import CorruptFrame, HandshakeRefused, ProtocolError, WrongCode
+from rtransfer.protocol.errors import (
+    CorruptFrame,
+    FrameAuthenticationError,
+    HandshakeRefused,
+    ProtocolError,
+    WrongCode,
+)
 from rtransfer.protocol.events import Event
 from rtransfer.protocol.frames import (
     FRESH_BUFFERS,

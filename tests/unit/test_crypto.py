@@ -8,9 +8,9 @@ import re
 import pytest
 
 from rtransfer.crypto import KeyExchange, new_code, normalise_code
-from rtransfer.protocol.errors import HandshakeRefused
-from rtransfer.protocol.events import ManifestReceived, TransferComplete
-from rtransfer.protocol.frames import FrameDecoder, Hello, encode_bytes
+from rtransfer.protocol.errors import HandshakeRefused, ProtocolError
+from rtransfer.protocol.events import IntegrityFailure, ManifestReceived, Retransmitted, TransferComplete
+from rtransfer.protocol.frames import DATA_HEADER, HEADER, FrameDecoder, Hello, encode_bytes
 from tests.unit.harness import CHUNK, Pair, manifest, send_file
 
 
@@ -96,3 +96,40 @@ def test_each_frame_gets_a_fresh_nonce() -> None:
     assert out == b"same"
     opener.open_into(b"h", memoryview(two), memoryview(out))
     assert out == b"same"
+
+
+def _sealed_chunk(pair: Pair, seq_offset: int, data: bytes) -> bytearray:
+    pair.sender.send_chunk(0, seq_offset, data, pair.now)
+    return bytearray(b"".join(bytes(p) for p in pair.sender.data_to_send()))
+
+
+@pytest.mark.parametrize("where", ["ciphertext", "tag", "clear seq"])
+def test_a_damaged_sealed_chunk_is_nacked_and_resent_not_fatal(where: str) -> None:
+    """Sealed DATA frames carry no xxh3 (check is 0): the GCM tag is the chunk checksum."""
+    first, second = os.urandom(CHUNK), os.urandom(CHUNK)
+    pair = Pair.accepted(manifest(2 * CHUNK), encrypt=True)
+    raw = _sealed_chunk(pair, 0, first)
+    assert HEADER.unpack_from(raw)[2] == 0
+    position = {"ciphertext": HEADER.size + DATA_HEADER.size + 100, "tag": -1, "clear seq": HEADER.size + 7}[where]
+    raw[position] ^= 0x04
+    assert pair.receiver.receive_data(bytes(raw), pair.now) == [IntegrityFailure(0 if where != "clear seq" else 4)]
+    events = pair.to_sender()
+    if where == "clear seq":  # the NACK names a seq never sent: the timeout resends chunk 0
+        pair.now += pair.sender.rto_s
+        events += pair.sender.on_timer(pair.now)
+        pair.receiver._liveness.received(pair.now)
+    assert any(isinstance(e, Retransmitted) and e.seq == 0 for e in events)
+    pair.to_receiver()  # the nonce counters stayed in step: the resent frame opens
+    pair.sender.send_chunk(0, CHUNK, second, pair.now)
+    pair.to_receiver()
+    assert pair.written()[0] == first + second
+
+
+def test_a_damaged_sealed_control_frame_is_still_fatal() -> None:
+    pair = Pair.accepted(manifest(CHUNK), encrypt=True)
+    pair.sender.send_chunk(0, 0, os.urandom(CHUNK), pair.now)
+    pair.to_receiver()
+    raw = bytearray(b"".join(bytes(p) for p in pair.receiver.data_to_send()))  # its ACK
+    raw[-1] ^= 0x01
+    with pytest.raises(ProtocolError, match="corrupt ACK"):
+        pair.sender.receive_data(bytes(raw), pair.now)

@@ -257,16 +257,18 @@ def test_file_result_for_a_file_never_ended_is_a_protocol_error() -> None:
 @settings(max_examples=200, deadline=None)
 @given(
     st.lists(st.integers(1, CHUNK * 3), min_size=1, max_size=3),
-    st.randoms(use_true_random=False),
+    st.integers(0, 2**32),
     st.floats(0, 0.3),
     st.floats(0, 0.3),
 )
 def test_any_mix_of_loss_reordering_and_duplication_delivers_exact_bytes(
-    sizes: list[int], rnd: object, loss: float, dup: float
+    sizes: list[int], seed: int, loss: float, dup: float
 ) -> None:
+    """A seeded generator, not ``st.randoms()``: hypothesis picks those values itself and
+    shrinks to a network that drops every copy of a chunk forever, which no protocol survives."""
     import random
 
-    assert isinstance(rnd, random.Random)
+    rnd = random.Random(seed)
     payloads = [rnd.randbytes(n) for n in sizes]
     pair = Pair.accepted(manifest(*sizes, window=4))
     chunks = [(i, off, p[off : off + CHUNK]) for i, p in enumerate(payloads) for off in range(0, len(p), CHUNK)]
