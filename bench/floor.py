@@ -24,6 +24,7 @@ from pathlib import Path
 
 import blake3
 import xxhash
+from compare import parse_size  # this directory is on sys.path when run as a script
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 CHUNK = 4 << 20
@@ -70,9 +71,7 @@ def main() -> int:
     ap.add_argument("--size", default="1G", help="bytes per pass (K/M/G suffix)")
     ap.add_argument("--dir", default=None, help="where the test file goes (default: a temporary directory)")
     args = ap.parse_args()
-    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-    size = int(args.size[:-1]) * units[args.size[-1].upper()] if args.size[-1].upper() in units else int(args.size)
-    chunks = max(1, size // CHUNK)
+    chunks = max(1, parse_size(args.size) // CHUNK)
     per_gib = (1 << 30) / (chunks * CHUNK)
     region = mmap.mmap(-1, CHUNK)  # page-aligned, as rtransfer's pooled buffers are
     region.write(os.urandom(CHUNK))
