@@ -35,6 +35,11 @@ from rtransfer.protocol.frames import (
 from rtransfer.protocol.peer import Peer
 from rtransfer.protocol.timing import RetransmitTimer
 
+# A chunk the receiver rejects this many times is not being hit by chance: the path
+# damages it every time (or someone tampers with it). Exit 4 beats resending forever;
+# a path flipping a bit in 1 of 3 reads fails 16 in a row once in ~40 million chunks.
+MAX_CHUNK_FAILURES = 16
+
 
 @dataclass
 class _InFlight:
@@ -42,6 +47,7 @@ class _InFlight:
     sent_at: float
     wire: Buffer  # what went to the transport: the payload, or its ciphertext
     retransmitted: bool = False
+    failures: int = 0
 
 
 class SenderMachine(Peer):
@@ -144,6 +150,14 @@ class SenderMachine(Peer):
                 raise ProtocolError(f"NACK for sequence number {frame.seq}, which was never sent")
             events.append(IntegrityFailure(frame.seq))
             if frame.seq in self._unacked:
+                item = self._unacked[frame.seq]
+                item.failures += 1
+                if item.failures >= MAX_CHUNK_FAILURES:
+                    path = self.manifest.entries[item.frame.file_index].path
+                    raise IntegrityError(
+                        f"{path}: the chunk at offset {item.frame.offset} failed its check {item.failures} times "
+                        "in a row; the path keeps damaging it"
+                    )
                 self._resend(frame.seq, "nack", events)
         elif isinstance(frame, Accept) and not self.accepted:
             if not set(frame.done) <= self._files:

@@ -114,7 +114,7 @@ def test_a_damaged_sealed_chunk_is_nacked_and_resent_not_fatal(where: str) -> No
     raw[position] ^= 0x04
     assert pair.receiver.receive_data(bytes(raw), pair.now) == [IntegrityFailure(0 if where != "clear seq" else 4)]
     events = pair.to_sender()
-    if where == "clear seq":  # the NACK names a seq never sent: the timeout resends chunk 0
+    if where == "clear seq":  # seq 4 is outside the window, so no NACK: the timeout resends chunk 0
         pair.now += pair.sender.rto_s
         events += pair.sender.on_timer(pair.now)
         pair.receiver._liveness.received(pair.now)

@@ -39,6 +39,7 @@ from rtransfer.protocol.frames import (
 )
 from rtransfer.protocol.peer import RemoteError
 from rtransfer.protocol.receiver import ReceiveLimits, ReceiverMachine
+from rtransfer.protocol.sender import MAX_CHUNK_FAILURES
 from tests.unit.harness import CHUNK, CODE, Pair, frames_of, manifest, send_file
 
 
@@ -128,6 +129,25 @@ def test_nack_for_corrupt_chunk_triggers_immediate_resend() -> None:
     events = pair.to_sender()
     assert Retransmitted(0, "nack") in events and IntegrityFailure(0) in events
     pair.to_receiver()
+    assert pair.written()[0] == data
+
+
+@pytest.mark.parametrize("failures", [MAX_CHUNK_FAILURES - 1, MAX_CHUNK_FAILURES])
+def test_a_chunk_damaged_every_time_ends_in_an_integrity_error_not_an_endless_resend(failures: int) -> None:
+    data = os.urandom(CHUNK)
+    pair = Pair.accepted(manifest(CHUNK))
+    pair.sender.send_chunk(0, 0, data, 0.0)
+    for attempt in range(1, failures + 1):
+        raw = bytearray(b"".join(bytes(p) for p in pair.sender.data_to_send()))
+        raw[-5] ^= 0x10
+        assert pair.receiver.receive_data(bytes(raw), 0.0) == [IntegrityFailure(0)]
+        if attempt == MAX_CHUNK_FAILURES:
+            with pytest.raises(IntegrityError, match=f"offset 0 failed its check {MAX_CHUNK_FAILURES} times") as caught:
+                pair.to_sender()
+            assert caught.value.exit_code == 4
+            return
+        assert Retransmitted(0, "nack") in pair.to_sender()
+    pair.to_receiver()  # one attempt short of the limit, a clean copy still gets through
     assert pair.written()[0] == data
 
 
