@@ -150,8 +150,8 @@ def send(
     timeout: TimeoutOpt = 30.0,
     chunk_size: Annotated[
         str, typer.Option("--chunk-size", metavar="SIZE", help="Bytes per chunk (K/M suffixes).")
-    ] = "4M",
-    window: Annotated[int, typer.Option("--window", metavar="CHUNKS", help="Chunks in flight before an ACK.")] = 4,
+    ] = "8M",
+    window: Annotated[int, typer.Option("--window", metavar="CHUNKS", help="Chunks in flight before an ACK.")] = 2,
     code: Annotated[str | None, typer.Option("--code", metavar="CODE", help="The code the receiver shows.")] = None,
     secret: SecretOpt = None,
     no_encrypt: NoEncryptOpt = False,

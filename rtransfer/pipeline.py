@@ -24,7 +24,7 @@ from rtransfer.protocol.events import ChunkReady, FileComplete
 from rtransfer.protocol.frames import DATA_HEADER, Buffer, WritableBuffer
 from rtransfer.stats import TransferStats
 
-QUEUE_CHUNKS = 2
+QUEUE_CHUNKS = 1  # one chunk ready while another is read or written is enough to overlap them
 
 
 class BufferPool:
@@ -122,8 +122,9 @@ async def read_sources(
 ) -> None:
     """Read each file once; a chunk is queued only once hashed, so an ACK can recycle its buffer.
 
-    For files, chunk N+1 is read (and hashed) while chunk N waits for the
-    network. Standard input is not read ahead: a slow pipe must not hold back a
+    For files, chunk N+1 is read (and hashed) while chunk N waits in the queue for
+    the network; reading further ahead only held more memory (one chunk of RSS,
+    measured). Standard input is not read ahead: a slow pipe must not hold back a
     chunk already read.
     """
     for index, source in enumerate(sources):
@@ -145,8 +146,8 @@ async def read_sources(
                     ahead = digest.read_into(fd, pool.get(chunk_bytes), offset)
                     try:
                         while piece := await asyncio.shield(ahead):  # cancelled, still wait for it below
-                            ahead = digest.read_into(fd, pool.get(chunk_bytes), offset + len(piece))
                             offset = await _queue_chunk(queue, stats, Chunk(index, offset, piece))
+                            ahead = digest.read_into(fd, pool.get(chunk_bytes), offset)
                         pool.put(piece)
                     finally:
                         if not ahead.done():  # the worker must be done with the fd before it is closed

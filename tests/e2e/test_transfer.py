@@ -19,7 +19,7 @@ from tests.conftest import Proc, Receiver, run, write_random
 DONE_FIELDS = {"ok", "bytes", "files", "chunks", "retransmits", "integrity_failures", "seconds"}
 
 
-DEFAULT_CHUNK = 4 * 1024 * 1024
+DEFAULT_CHUNK = 8 * 1024 * 1024
 
 
 def send(*args: str, **kw: Any) -> subprocess.CompletedProcess[bytes]:
