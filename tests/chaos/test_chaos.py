@@ -106,3 +106,22 @@ def test_throttled_and_delayed_link(tmp_path: Path, procs: list[Proc], big_file:
     assert result.returncode == 0
     assert rx.finish() == 0
     assert rx.events("file_done")[0]["blake3"] == digest
+
+
+def test_a_path_that_damages_every_chunk_ends_in_exit_4_not_an_endless_resend(
+    tmp_path: Path, procs: list[Proc]
+) -> None:
+    src = tmp_path / "data.bin"
+    src.write_bytes(os.urandom(4 << 20))
+    procs.append(rx := Receiver(tmp_path / "out", "--retry-max-seconds", "1"))
+    flip_every_upstream_read = ("--flip-probability", "1", "--flip-after", "64K", "--flip-direction", "up")
+    procs.append(proxy := ChaosProxy(rx.address, *flip_every_upstream_read))
+    result = run("send", str(src), proxy.address, "--json", "--chunk-size", "1M", "--retries", "0", timeout_s=60)
+    events = [json.loads(line) for line in result.stdout.decode().splitlines()]
+    assert result.returncode == 4, events[-3:]
+    (error,) = [e for e in events if e["event"] == "error"]
+    assert "failed its check 16 times" in error["message"] and error["code"] == 4
+    assert events[-1] == {"event": "done", "ok": False, "code": 4}
+    assert proxy.faults("flip") >= 16
+    assert rx.finish() != 0  # its copy of the ERROR frame is damaged too: it gives up waiting for the sender
+    assert not (tmp_path / "out" / "data.bin").exists()
