@@ -36,6 +36,7 @@ class JsonReporter(Reporter):
 
     def __init__(self, stream: IO[str]) -> None:
         self.stream = stream
+        self._stats: TransferStats | None = None  # the live counters, once a transfer has started
 
     def _emit(self, event: str, **fields: Any) -> None:
         self.stream.write(json.dumps({"event": event, **fields}) + "\n")
@@ -45,9 +46,11 @@ class JsonReporter(Reporter):
         self._emit("listening", host=host, port=port, code=code)
 
     def started(self, stats: TransferStats) -> None:
+        self._stats = stats
         self._emit("start", role=stats.role, total_bytes=stats.total_bytes, files=stats.files_total)
 
     def progress(self, stats: TransferStats) -> None:
+        self._stats = stats
         self._emit("progress", **stats.as_event())
 
     def retransmit(self, seq: int, reason: str) -> None:
@@ -64,7 +67,8 @@ class JsonReporter(Reporter):
 
     def error(self, error: RtransferError) -> None:
         self._emit("error", code=error.exit_code, kind=error.kind, message=error.message)
-        self._emit("done", ok=False, code=error.exit_code)
+        counters = (self._stats or TransferStats("")).as_event()  # a script sees how far it got
+        self._emit("done", ok=False, code=error.exit_code, **counters)
 
 
 def human_bytes(n: float) -> str:

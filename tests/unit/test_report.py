@@ -58,4 +58,21 @@ def test_json_events_are_one_object_per_line() -> None:
     assert events[0] == {"event": "listening", "host": "127.0.0.1", "port": 4242, "code": "7hk2-m9xq-3wfe"}
     assert events[1] == {"event": "retransmit", "seq": 7, "reason": "timeout"}
     assert events[2] == {"event": "error", "code": 4, "kind": "integrity", "message": "bad"}
-    assert events[3] == {"event": "done", "ok": False, "code": 4}
+    assert events[3]["event"] == "done" and events[3]["ok"] is False and events[3]["code"] == 4
+    assert events[3]["bytes"] == events[3]["retransmits"] == 0  # failed before any transfer started
+
+
+def test_a_failed_transfer_still_reports_how_far_it_got() -> None:
+    out = io.StringIO()
+    reporter = JsonReporter(out)
+    stats = sample_stats()
+    reporter.started(stats)
+    reporter.error(IntegrityError("bad"))
+    done = json.loads(out.getvalue().splitlines()[-1])
+    assert done["ok"] is False and done["code"] == 4
+    assert {k: done[k] for k in ("bytes", "chunks", "retransmits", "integrity_failures")} == {
+        "bytes": stats.bytes_done,
+        "chunks": stats.chunks,
+        "retransmits": stats.retransmits,
+        "integrity_failures": stats.integrity_failures,
+    }
