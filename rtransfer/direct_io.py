@@ -78,22 +78,25 @@ class PartialWriter:
         if self._aligned is not None:
             if n % ALIGN == 0 and n <= len(self._aligned):
                 if self.zero_copy:
-                    try:
-                        await self._write_all(data)
+                    if await self._write_direct(data):
                         return
-                    except OSError as exc:
-                        if exc.errno != errno.EINVAL:  # EINVAL: this buffer is not aligned; copy from now on
-                            raise
-                        self.zero_copy = False
+                    self.zero_copy = False  # this buffer is not aligned; copy from now on
                 self._aligned[:n] = data
-                try:
-                    await self._write_all(self._aligned[:n])
+                if await self._write_direct(self._aligned[:n]):
                     return
-                except OSError as exc:
-                    if exc.errno != errno.EINVAL:  # EINVAL: the device wants a coarser alignment
-                        raise
+                # even an aligned buffer was refused: the device wants a coarser alignment
             self._leave_direct()
         await self._write_all(data)
+
+    async def _write_direct(self, data: Buffer) -> bool:
+        """False if the kernel refused the alignment (EINVAL); any other error is raised."""
+        try:
+            await self._write_all(data)
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:
+                raise
+            return False
+        return True
 
     async def _write_all(self, data: Buffer) -> None:
         """An unbuffered write may be short (e.g. just before the disk fills): finish it or fail."""

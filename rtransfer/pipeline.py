@@ -191,7 +191,7 @@ async def write_chunks(
     while True:
         item = await queue.get()
         stats.observe_queue(queue.qsize())
-        digest = digests.get(item.file_index) or await digest_for(item.file_index)
+        digest = await digest_for(item.file_index)
         if isinstance(item, ChunkReady):
             await asyncio.gather(sink.write(item.file_index, item.offset, item.payload), digest.update(item.payload))
             stats.bytes_done += len(item.payload)

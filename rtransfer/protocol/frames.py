@@ -222,6 +222,11 @@ class FreshBuffers:
 FRESH_BUFFERS = FreshBuffers()
 
 
+def _checked_by_tag(ftype: FrameType, sealed: bool) -> bool:
+    """Sealed DATA frames carry check 0: their GCM tag covers every byte (see above)."""
+    return sealed and ftype is FrameType.DATA
+
+
 def _check(prefix: Buffer, *parts: Buffer) -> int:
     h = xxhash.xxh3_64(prefix)
     for part in parts:
@@ -246,9 +251,8 @@ def _frame(
         prefix = _PREFIX.pack(ftype, len(clear) + len(secret) + TAG_BYTES)
         out = allocate(len(secret) + TAG_BYTES) if allocate is not None else None
         parts = [clear, sealer.seal(prefix + clear, secret, out)]
-        if ftype is FrameType.DATA:
-            return [prefix + _U64.pack(0), *parts]
-    return [prefix + _U64.pack(_check(prefix, *parts)), *parts]
+    check = 0 if _checked_by_tag(ftype, sealer is not None) else _check(prefix, *parts)
+    return [prefix + _U64.pack(check), *parts]
 
 
 def encode(
@@ -394,7 +398,7 @@ class FrameDecoder:
         self._head_n = 0
         prefix = bytes(self._head[: _PREFIX.size])
         data = ftype is FrameType.DATA
-        tag_only = data and self.opener is not None
+        tag_only = _checked_by_tag(ftype, self.opener is not None)
         if not tag_only and _check(prefix, body) != self._check:
             if self.opener is not None:
                 self.opener.skip()

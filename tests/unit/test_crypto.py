@@ -98,17 +98,13 @@ def test_each_frame_gets_a_fresh_nonce() -> None:
     assert out == b"same"
 
 
-def _sealed_chunk(pair: Pair, seq_offset: int, data: bytes) -> bytearray:
-    pair.sender.send_chunk(0, seq_offset, data, pair.now)
-    return bytearray(b"".join(bytes(p) for p in pair.sender.data_to_send()))
-
-
 @pytest.mark.parametrize("where", ["ciphertext", "tag", "clear seq"])
 def test_a_damaged_sealed_chunk_is_nacked_and_resent_not_fatal(where: str) -> None:
     """Sealed DATA frames carry no xxh3 (check is 0): the GCM tag is the chunk checksum."""
     first, second = os.urandom(CHUNK), os.urandom(CHUNK)
     pair = Pair.accepted(manifest(2 * CHUNK), encrypt=True)
-    raw = _sealed_chunk(pair, 0, first)
+    pair.sender.send_chunk(0, 0, first, pair.now)
+    raw = bytearray(b"".join(bytes(p) for p in pair.sender.data_to_send()))
     assert HEADER.unpack_from(raw)[2] == 0
     position = {"ciphertext": HEADER.size + DATA_HEADER.size + 100, "tag": -1, "clear seq": HEADER.size + 7}[where]
     raw[position] ^= 0x04
