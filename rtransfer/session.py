@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rtransfer.crypto import new_code, normalise_code
+from rtransfer.crypto import KeyExchange, new_code, normalise_code
 from rtransfer.errors import IntegrityError, NetworkError, RtransferError
 from rtransfer.files import DirectorySink, Sink, Source, StdoutSink, collect_sources
 from rtransfer.pipeline import (
@@ -460,9 +460,12 @@ async def run_recv(config: RecvConfig, reporter: Reporter) -> TransferStats:
     pool = BufferPool(_pool_size(window=0))  # grown once the manifest tells the window
     code = config.code if config.code is not None else new_code()
 
+    secret = normalise_code(code)
+    started_kex = [KeyExchange(secret, is_sender=False)]  # for the first connection, ready before it comes
+
     def new_machine() -> ReceiverMachine:
-        secret = normalise_code(code)
-        return ReceiverMachine(now(), config.timeout_s, secret, config.encrypt, config.limits, pool)
+        kex = started_kex.pop() if started_kex else secret
+        return ReceiverMachine(now(), config.timeout_s, kex, config.encrypt, config.limits, pool)
 
     try:
         server = await loop.create_server(lambda: Link(new_machine(), on_connected), config.host, config.port)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from rtransfer.crypto import KeyExchange
 from rtransfer.errors import LocalIOError
 from rtransfer.protocol.errors import ProtocolError
 from rtransfer.protocol.events import (
@@ -52,7 +53,7 @@ class ReceiverMachine(Peer):
         self,
         now: float,
         timeout_s: float,
-        code: bytes,
+        code: bytes | KeyExchange,
         encrypt: bool = True,
         limits: ReceiveLimits | None = None,
         buffers: Buffers = FRESH_BUFFERS,

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 import blake3
 
+from rtransfer.crypto import KeyExchange
 from rtransfer.protocol.events import ChunkReady, Event, FileComplete, ManifestReceived
 from rtransfer.protocol.frames import Entry, Frame, FrameDecoder, Manifest, encode_bytes
 from rtransfer.protocol.peer import Peer
@@ -46,6 +47,7 @@ class Pair:
         encrypt: bool = False,
         limits: ReceiveLimits | None = None,
         sender_code: bytes = CODE,
+        receiver_code: bytes | KeyExchange = CODE,
     ) -> Pair:
         """HELLOs, CONFIRMs and the manifest exchanged; not yet accepted.
 
@@ -54,7 +56,7 @@ class Pair:
         """
         pair = cls(
             SenderMachine(m, 0.0, timeout_s, sender_code, encrypt),
-            ReceiverMachine(0.0, timeout_s, CODE, encrypt, limits),
+            ReceiverMachine(0.0, timeout_s, receiver_code, encrypt, limits),
         )
         for _ in range(3):
             pair.to_receiver()

@@ -11,7 +11,8 @@ from rtransfer.crypto import KeyExchange, new_code, normalise_code
 from rtransfer.protocol.errors import HandshakeRefused, ProtocolError
 from rtransfer.protocol.events import IntegrityFailure, ManifestReceived, Retransmitted, TransferComplete
 from rtransfer.protocol.frames import DATA_HEADER, HEADER, FrameDecoder, Hello, encode_bytes
-from tests.unit.harness import CHUNK, Pair, manifest, send_file
+from rtransfer.protocol.receiver import ReceiverMachine
+from tests.unit.harness import CHUNK, CODE, Pair, frames_of, manifest, send_file
 
 
 def test_codes_are_short_readable_and_random() -> None:
@@ -60,6 +61,17 @@ def test_wrong_code_is_refused_by_the_sender_too() -> None:
     receiver.receive_data(b"".join(bytes(p) for p in sender.data_to_send()), 0.0)  # sender HELLO only
     with pytest.raises(HandshakeRefused, match="codes do not match"):
         sender.receive_data(b"".join(bytes(p) for p in receiver.data_to_send()), 0.0)
+
+
+def test_a_key_exchange_started_before_the_connection_serves_the_handshake() -> None:
+    """A listener runs SPAKE2's first step before anyone connects; its HELLO carries that message."""
+    started = KeyExchange(CODE, is_sender=False)
+    (hello,) = frames_of(ReceiverMachine(0.0, 30.0, started).data_to_send())
+    assert isinstance(hello, Hello) and hello.auth == started.message
+    pair = Pair.handshaken(manifest(CHUNK), encrypt=True, receiver_code=KeyExchange(CODE, is_sender=False))
+    assert pair.receiver.encrypted and any(isinstance(e, ManifestReceived) for e in pair.receiver_events)
+    with pytest.raises(ValueError, match="other role"):
+        ReceiverMachine(0.0, 30.0, KeyExchange(CODE, is_sender=True))
 
 
 def test_downgrading_a_hello_in_transit_fails_key_confirmation() -> None:
