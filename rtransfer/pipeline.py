@@ -40,8 +40,8 @@ class BufferPool:
     ``DATA_HEADER.size`` falls on a page boundary: a DATA frame's payload, whether
     read from the socket or decrypted, is then aligned for direct I/O and reaches
     the disk without another copy. Each mapping is populated when it is made: one
-    populating call costs a third of touching fresh pages one fault at a time (15 vs
-    48 ms for 48 MiB, measured), and 1 GiB transfers ran ~3% faster side by side.
+    populating call costs a third of faulting fresh pages in one at a time (15 vs
+    48 ms for 48 MiB, measured).
     """
 
     MIN_POOLED_BYTES = 64 * 1024

@@ -459,7 +459,6 @@ async def run_recv(config: RecvConfig, reporter: Reporter) -> TransferStats:
 
     pool = BufferPool(_pool_size(window=0))  # grown once the manifest tells the window
     code = config.code if config.code is not None else new_code()
-
     secret = normalise_code(code)
     started_kex = [KeyExchange(secret, is_sender=False)]  # for the first connection, ready before it comes
 
