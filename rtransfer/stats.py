@@ -28,7 +28,7 @@ class TransferStats:
     chunks: int = 0
     retransmits: int = 0
     integrity_failures: int = 0
-    duplicates: int = 0
+    duplicates: int = 0  # chunks received twice (a resend raced its ACK) and ignored
     reconnects: int = 0
     accepted: int = 0  # connections that got as far as the receiver's ACCEPT
     in_flight: int = 0
@@ -52,6 +52,7 @@ class TransferStats:
             "chunks": self.chunks,
             "retransmits": self.retransmits,
             "integrity_failures": self.integrity_failures,
+            "duplicates": self.duplicates,
             "reconnects": self.reconnects,
             "in_flight": self.in_flight,
             "queue_depth": self.queue_depth,

@@ -12,7 +12,9 @@ from rtransfer.stats import TransferStats
 
 
 def sample_stats() -> TransferStats:
-    return TransferStats("send", total_bytes=10 << 20, bytes_done=5 << 20, files_total=2, retransmits=3, in_flight=4)
+    return TransferStats(
+        "send", total_bytes=10 << 20, bytes_done=5 << 20, files_total=2, retransmits=3, duplicates=2, in_flight=4
+    )
 
 
 def test_live_display_shows_bytes_retransmits_and_in_flight() -> None:
@@ -70,9 +72,10 @@ def test_a_failed_transfer_still_reports_how_far_it_got() -> None:
     reporter.error(IntegrityError("bad"))
     done = json.loads(out.getvalue().splitlines()[-1])
     assert done["ok"] is False and done["code"] == 4
-    assert {k: done[k] for k in ("bytes", "chunks", "retransmits", "integrity_failures")} == {
+    assert {k: done[k] for k in ("bytes", "chunks", "retransmits", "integrity_failures", "duplicates")} == {
         "bytes": stats.bytes_done,
         "chunks": stats.chunks,
         "retransmits": stats.retransmits,
         "integrity_failures": stats.integrity_failures,
+        "duplicates": 2,
     }
