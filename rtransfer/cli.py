@@ -1,10 +1,10 @@
 """Command line: parse -> build a config -> run -> map the outcome to an exit code.
 
 Heavy modules (asyncio driver, hashing, rich) are imported inside the commands
-so that ``rtransfer --help`` starts fast.
+so that ``rtransfer --help`` starts fast. For the same reason this module does not
+postpone its annotations: typer would evaluate every option's annotation string
+again on each start (9 ms of the 10 it spends building the command, measured).
 """
-
-from __future__ import annotations
 
 import os
 import re
@@ -61,7 +61,7 @@ def parse_endpoint(text: str, default_host: str | None) -> tuple[str, int]:
     return host, int(port_text)
 
 
-def _reporter(json_output: bool, quiet: bool, data_on_stdout: bool) -> Reporter:
+def _reporter(json_output: bool, quiet: bool, data_on_stdout: bool) -> "Reporter":
     from rtransfer.report import ConsoleReporter, JsonReporter
 
     if json_output:
@@ -69,7 +69,7 @@ def _reporter(json_output: bool, quiet: bool, data_on_stdout: bool) -> Reporter:
     return ConsoleReporter(quiet=quiet)
 
 
-def _run(work: Awaitable[TransferStats], reporter: Reporter) -> NoReturn:
+def _run(work: "Awaitable[TransferStats]", reporter: "Reporter") -> NoReturn:
     import asyncio
     import gc
     import signal
