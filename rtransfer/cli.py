@@ -3,7 +3,8 @@
 Heavy modules (asyncio driver, hashing, rich) are imported inside the commands
 so that ``rtransfer --help`` starts fast. For the same reason this module does not
 postpone its annotations: typer would evaluate every option's annotation string
-again on each start (9 ms of the 10 it spends building the command, measured).
+on each start (building the command took 10.6 ms that way, 1.5 ms now, for ~4 ms
+more at import; ``--help`` went from 126.7 to 122.4 ms, median of 41).
 """
 
 import os
