@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from rtransfer.protocol.frames import Entry, FrameType, Manifest, _frame
+from rtransfer.protocol.frames import HEADER, Entry, FrameType, Manifest, _frame
 from rtransfer.protocol.sender import SenderMachine
 from tests.conftest import TEST_SECRET, Proc, Receiver, run, write_random
 
@@ -154,10 +154,23 @@ def test_dest_that_is_a_file_exits_6_before_listening(tmp_path: Path) -> None:
 
 def test_peer_closing_mid_frame_during_the_handshake_exits_3(tmp_path: Path, procs: list[Proc]) -> None:
     procs.append(rx := Receiver(tmp_path / "out"))
-    with socket.create_connection(("127.0.0.1", rx.port)) as s:
+    with socket.create_connection(("127.0.0.1", rx.port), timeout=10) as s:
         s.sendall(b"\x01\x00\x00")  # a third of a frame header
+        # Take the receiver's HELLO first: closing with it unread would reset the
+        # connection (a different error) instead of closing it.
+        _, body_length, _ = HEADER.unpack(_recv_exactly(s, HEADER.size))
+        _recv_exactly(s, body_length)
     assert rx.finish() == 3
     assert "closed by the peer" in rx.events("error")[0]["message"]
+
+
+def _recv_exactly(s: socket.socket, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        more = s.recv(n - len(data))
+        assert more, "the receiver closed early"
+        data += more
+    return data
 
 
 def test_declared_size_beyond_free_space_exits_6(tmp_path: Path, procs: list[Proc]) -> None:
