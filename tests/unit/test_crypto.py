@@ -12,6 +12,7 @@ from rtransfer.protocol.errors import HandshakeRefused, ProtocolError
 from rtransfer.protocol.events import IntegrityFailure, ManifestReceived, Retransmitted, TransferComplete
 from rtransfer.protocol.frames import DATA_HEADER, HEADER, FrameDecoder, Hello, encode_bytes
 from rtransfer.protocol.receiver import ReceiverMachine
+from rtransfer.protocol.sender import SenderMachine
 from tests.unit.harness import CHUNK, CODE, Pair, frames_of, manifest, send_file
 
 
@@ -53,9 +54,6 @@ def test_wrong_code_is_refused_by_the_receiver() -> None:
 
 
 def test_wrong_code_is_refused_by_the_sender_too() -> None:
-    from rtransfer.protocol.receiver import ReceiverMachine
-    from rtransfer.protocol.sender import SenderMachine
-
     sender = SenderMachine(manifest(CHUNK), 0.0, 30.0, b"wrong-code")
     receiver = ReceiverMachine(0.0, 30.0, b"right-code")
     receiver.receive_data(b"".join(bytes(p) for p in sender.data_to_send()), 0.0)  # sender HELLO only
@@ -75,9 +73,6 @@ def test_a_key_exchange_started_before_the_connection_serves_the_handshake() -> 
 
 
 def test_downgrading_a_hello_in_transit_fails_key_confirmation() -> None:
-    from rtransfer.protocol.receiver import ReceiverMachine
-    from rtransfer.protocol.sender import SenderMachine
-
     sender = SenderMachine(manifest(CHUNK), 0.0, 30.0, b"code")
     receiver = ReceiverMachine(0.0, 30.0, b"code")
     decoder = FrameDecoder()
