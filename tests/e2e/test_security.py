@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from rtransfer.protocol.frames import HEADER, Entry, FrameType, Manifest, _frame
+from rtransfer.protocol.frames import Entry, FrameDecoder, FrameType, Hello, Manifest, _frame
 from rtransfer.protocol.sender import SenderMachine
 from tests.conftest import TEST_SECRET, Proc, Receiver, run, write_random
 
@@ -158,19 +158,14 @@ def test_peer_closing_mid_frame_during_the_handshake_exits_3(tmp_path: Path, pro
         s.sendall(b"\x01\x00\x00")  # a third of a frame header
         # Take the receiver's HELLO first: closing with it unread would reset the
         # connection (a different error) instead of closing it.
-        _, body_length, _ = HEADER.unpack(_recv_exactly(s, HEADER.size))
-        _recv_exactly(s, body_length)
+        decoder = FrameDecoder()
+        while not (frames := list(decoder.frames())):
+            data = s.recv(65536)
+            assert data, "the receiver closed before its HELLO"
+            decoder.feed(data)
+        assert isinstance(frames[0], Hello)
     assert rx.finish() == 3
     assert "closed by the peer" in rx.events("error")[0]["message"]
-
-
-def _recv_exactly(s: socket.socket, n: int) -> bytes:
-    data = b""
-    while len(data) < n:
-        more = s.recv(n - len(data))
-        assert more, "the receiver closed early"
-        data += more
-    return data
 
 
 def test_declared_size_beyond_free_space_exits_6(tmp_path: Path, procs: list[Proc]) -> None:
