@@ -12,8 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import settings
 
 EVENT_TIMEOUT_S = 30.0
+
+# No per-example deadline (hypothesis' default is 200 ms): on a shared, noisy machine any
+# example can stall that long. pytest-timeout bounds every test instead.
+settings.register_profile("rtransfer", deadline=None)
+settings.load_profile("rtransfer")
 
 
 def rtransfer_cmd() -> list[str]:

@@ -274,7 +274,7 @@ def test_file_result_for_a_file_never_ended_is_a_protocol_error() -> None:
         pair.to_sender([FileResult(0, True)])
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200)
 @given(
     st.lists(st.integers(1, CHUNK * 3), min_size=1, max_size=3),
     st.integers(0, 2**32),
@@ -346,7 +346,7 @@ FRAME_SAMPLES = [
 ]
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300)
 @given(st.binary(max_size=600), st.sampled_from(["sender", "receiver"]), st.booleans())
 def test_any_bytes_give_events_or_an_rtransfer_error_never_another_exception(
     raw: bytes, side: str, after_handshake: bool
@@ -369,7 +369,7 @@ def test_any_bytes_give_events_or_an_rtransfer_error_never_another_exception(
     assert machine._decoder.get_buffer().nbytes <= 16 * 1024 * 1024 + 64
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200)
 @given(st.lists(st.sampled_from(range(len(FRAME_SAMPLES))), max_size=12))
 def test_any_sequence_of_well_formed_frames_gives_events_or_an_rtransfer_error(order: list[int]) -> None:
     from rtransfer.errors import RtransferError
