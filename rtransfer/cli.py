@@ -156,7 +156,7 @@ def send(
     code: Annotated[str | None, typer.Option("--code", metavar="CODE", help="The code the receiver shows.")] = None,
     secret: SecretOpt = None,
     no_encrypt: NoEncryptOpt = False,
-    retries: Annotated[int, typer.Option("--retries", metavar="N", help="Connection attempts after the first.")] = 10,
+    retries: Annotated[int, typer.Option("--retries", metavar="N", help="Retries in one outage.")] = 20,
     retry_max_seconds: Annotated[
         float, typer.Option("--retry-max-seconds", metavar="SECONDS", help="Give up retrying after this long.")
     ] = 60.0,

@@ -62,12 +62,15 @@ class Backoff:
 
 async def retry_call(
     operation: Callable[[], Awaitable[T]],
-    policy: RetryPolicy,
+    backoff: Backoff,
     retry_on: tuple[type[BaseException], ...],
     on_retry: Callable[[int, BaseException, float], None] | None = None,
 ) -> T:
-    """Run ``operation`` until it succeeds or the policy's attempts or time run out."""
-    backoff = Backoff(policy)
+    """Run ``operation`` until it succeeds or ``backoff`` is spent.
+
+    The caller owns the backoff, so that every attempt during one outage counts
+    against one budget, however many layers retry.
+    """
     while True:
         try:
             return await operation()

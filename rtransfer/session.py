@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import socket
 import time
 import uuid
@@ -248,18 +249,25 @@ async def progress_ticker(reporter: Reporter, stats: TransferStats, refresh: Cal
         reporter.progress(stats)
 
 
-async def _connect(host: str, port: int, policy: RetryPolicy, reporter: Reporter, make: Callable[[], Link]) -> Link:
+async def _connect(
+    host: str, port: int, timeout_s: float, backoff: Backoff, reporter: Reporter, make: Callable[[], Link]
+) -> Link:
+    """Each attempt gets ``timeout_s``: a host that drops our SYNs would otherwise hold one for ~2 minutes."""
     loop = asyncio.get_running_loop()
 
     async def attempt() -> Link:
-        _, link = await loop.create_connection(make, host, port)
+        try:
+            async with asyncio.timeout(timeout_s):
+                _, link = await loop.create_connection(make, host, port)
+        except TimeoutError:
+            raise TimeoutError(errno.ETIMEDOUT, f"no answer within {timeout_s:g} s") from None
         return link
 
     def on_retry(attempt_no: int, exc: BaseException, delay_s: float) -> None:
         reporter.warning(f"connect to {host}:{port} failed ({_reason(exc)}); retry {attempt_no} in {delay_s:.1f} s")
 
     try:
-        return await retry_call(attempt, policy, (OSError,), on_retry)
+        return await retry_call(attempt, backoff, (OSError,), on_retry)
     except OSError as exc:
         raise NetworkError(f"could not connect to {host}:{port}: {_reason(exc)}") from None
 
@@ -306,7 +314,7 @@ async def run_send(config: SendConfig, reporter: Reporter) -> TransferStats:
     while True:
         progress_before = stats.bytes_done
         try:
-            await _send_once(config, reporter, manifest, sources, stats, pool)
+            await _send_once(config, reporter, manifest, sources, stats, pool, backoff)
             return stats
         except RtransferError as exc:
             if not (resumable and _worth_reconnecting(exc, started=stats.accepted > 0)):
@@ -328,12 +336,15 @@ async def _send_once(
     sources: list[Source],
     stats: TransferStats,
     pool: BufferPool,
+    backoff: Backoff,
 ) -> None:
+    """One connection's worth of the transfer; connect retries spend the caller's backoff, as reconnects do."""
     entries = manifest.entries
     link = await _connect(
         config.host,
         config.port,
-        config.connect_policy,
+        config.timeout_s,
+        backoff,
         reporter,
         lambda: Link(
             SenderMachine(manifest, now(), config.timeout_s, normalise_code(config.code), config.encrypt, buffers=pool)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import socket
 import subprocess
@@ -95,6 +96,31 @@ def test_connection_refused_exits_3(tmp_path: Path) -> None:
     result = run("send", str(tmp_path / "a"), f"127.0.0.1:{free_port()}", "--retries", "0")
     assert result.returncode == 3
     assert "could not connect" in one_error_line(result.stderr)
+
+
+def test_connect_retries_are_the_ones_asked_for_not_retries_of_retries(tmp_path: Path) -> None:
+    """Connecting and reconnecting share one backoff: --retries 2 means three attempts in all."""
+    write_random(tmp_path / "a", 10)
+    port = free_port()
+    result = run("send", str(tmp_path / "a"), f"127.0.0.1:{port}", "--retries", "2", "--json")
+    assert result.returncode == 3
+    events = [json.loads(line) for line in result.stdout.splitlines()]
+    warnings = [e["message"] for e in events if e["event"] == "warning"]
+    assert len(warnings) == 2 and all(f"connect to 127.0.0.1:{port} failed" in w for w in warnings), warnings
+    assert events[-2]["event"] == "error" and "could not connect" in events[-2]["message"]
+
+
+def test_a_connect_that_gets_no_answer_times_out_and_exits_3(tmp_path: Path) -> None:
+    """A listener whose backlog is full drops further SYNs: the kernel alone would keep retrying for ~2 minutes."""
+    write_random(tmp_path / "a", 10)
+    with socket.socket() as listener, socket.socket() as filler:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        filler.connect(listener.getsockname())  # takes the one place in the backlog; nothing accepts it
+        port = listener.getsockname()[1]
+        result = run("send", str(tmp_path / "a"), f"127.0.0.1:{port}", "--timeout", "1", "--retries", "1")
+    assert result.returncode == 3
+    assert "no answer within 1 s" in one_error_line(result.stderr)
 
 
 def test_port_in_use_exits_3() -> None:

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from rtransfer.retry import RetryPolicy, retry_call
+from rtransfer.retry import Backoff, RetryPolicy, retry_call
 
 
 def test_delays_grow_exponentially_up_to_the_cap_with_jitter_below() -> None:
@@ -19,7 +19,7 @@ async def test_retry_call_stops_after_max_attempts() -> None:
         raise ConnectionRefusedError
 
     with pytest.raises(ConnectionRefusedError):
-        await retry_call(failing, RetryPolicy(max_attempts=3, base_delay_s=0.001), (OSError,))
+        await retry_call(failing, Backoff(RetryPolicy(max_attempts=3, base_delay_s=0.001)), (OSError,))
     assert len(calls) == 3
 
 
@@ -32,12 +32,10 @@ async def test_retry_call_returns_the_first_success() -> None:
             raise r
         return r
 
-    assert await retry_call(flaky, RetryPolicy(base_delay_s=0.001), (OSError,)) == "ok"
+    assert await retry_call(flaky, Backoff(RetryPolicy(base_delay_s=0.001)), (OSError,)) == "ok"
 
 
 def test_backoff_gives_up_after_the_policys_time_and_resets_on_progress() -> None:
-    from rtransfer.retry import Backoff
-
     clock = [0.0]
     backoff = Backoff(
         RetryPolicy(max_attempts=100, max_total_s=10.0, base_delay_s=1.0, max_delay_s=4.0),
@@ -65,3 +63,19 @@ def test_which_failures_are_worth_a_new_connection() -> None:
     assert _worth_reconnecting(ProtocolError("desynced"), started=True)
     assert _worth_reconnecting(NetworkError("reset"), started=False)
     assert not _worth_reconnecting(LocalIOError("disk full"), started=True)
+
+
+def test_the_default_send_policy_rides_out_a_30_second_outage() -> None:
+    """What the README and rtransfer-send(1) promise, even when jitter gives the shortest delays."""
+    import inspect
+
+    from rtransfer import cli
+
+    params = inspect.signature(cli.send).parameters
+    policy = RetryPolicy(max_attempts=params["retries"].default + 1, max_total_s=params["retry_max_seconds"].default)
+    clock = [0.0]
+    backoff = Backoff(policy, lambda: clock[0], lambda: 0.999)
+    while clock[0] <= 30.0:
+        delay = backoff.next_delay()
+        assert delay is not None, f"gave up after {clock[0]:.1f} s ({backoff.attempt} attempts)"
+        clock[0] += delay
