@@ -39,6 +39,10 @@ class NetworkError(RtransferError):
     kind = "network"
 
 
+class UnknownHost(NetworkError):
+    """The name does not resolve: no retry will change that (a temporary DNS failure is retried)."""
+
+
 class IntegrityError(RtransferError):
     """Data failed its check and resending could not fix it."""
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from rtransfer.crypto import KeyExchange, new_code, normalise_code
-from rtransfer.errors import IntegrityError, NetworkError, RtransferError
+from rtransfer.errors import IntegrityError, NetworkError, RtransferError, UnknownHost
 from rtransfer.files import DirectorySink, Sink, Source, StdoutSink, collect_sources
 from rtransfer.pipeline import (
     QUEUE_CHUNKS,
@@ -249,6 +249,9 @@ async def progress_ticker(reporter: Reporter, stats: TransferStats, refresh: Cal
         reporter.progress(stats)
 
 
+_NO_SUCH_NAME = {socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)}
+
+
 async def _connect(
     host: str, port: int, timeout_s: float, backoff: Backoff, reporter: Reporter, make: Callable[[], Link]
 ) -> Link:
@@ -261,6 +264,10 @@ async def _connect(
                 _, link = await loop.create_connection(make, host, port)
         except TimeoutError:
             raise TimeoutError(errno.ETIMEDOUT, f"no answer within {timeout_s:g} s") from None
+        except socket.gaierror as exc:
+            if exc.errno in _NO_SUCH_NAME:
+                raise UnknownHost(f"could not connect to {host}:{port}: {_reason(exc)}") from None
+            raise
         return link
 
     def on_retry(attempt_no: int, exc: BaseException, delay_s: float) -> None:
@@ -284,7 +291,7 @@ def _worth_reconnecting(exc: RtransferError, started: bool) -> bool:
     Any other failed handshake is final only before the transfer has started: after
     that, the peer has proved itself and a garbled handshake means a corrupting link.
     """
-    if isinstance(exc, WrongCode):
+    if isinstance(exc, WrongCode | UnknownHost):
         return False
     if isinstance(exc, HandshakeRefused):
         return started

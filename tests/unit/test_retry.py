@@ -1,5 +1,9 @@
 from __future__ import annotations
 
+import asyncio
+import io
+import socket
+
 import pytest
 
 from rtransfer.retry import Backoff, RetryPolicy, retry_call
@@ -52,7 +56,7 @@ def test_backoff_gives_up_after_the_policys_time_and_resets_on_progress() -> Non
 
 
 def test_which_failures_are_worth_a_new_connection() -> None:
-    from rtransfer.errors import LocalIOError, NetworkError
+    from rtransfer.errors import LocalIOError, NetworkError, UnknownHost
     from rtransfer.protocol.errors import CorruptFrame, HandshakeRefused, ProtocolError, WrongCode
     from rtransfer.session import _worth_reconnecting
 
@@ -63,6 +67,7 @@ def test_which_failures_are_worth_a_new_connection() -> None:
     assert _worth_reconnecting(ProtocolError("desynced"), started=True)
     assert _worth_reconnecting(NetworkError("reset"), started=False)
     assert not _worth_reconnecting(LocalIOError("disk full"), started=True)
+    assert not _worth_reconnecting(UnknownHost("no such name"), started=True)
 
 
 def test_the_default_send_policy_rides_out_a_30_second_outage() -> None:
@@ -79,3 +84,29 @@ def test_the_default_send_policy_rides_out_a_30_second_outage() -> None:
         delay = backoff.next_delay()
         assert delay is not None, f"gave up after {clock[0]:.1f} s ({backoff.attempt} attempts)"
         clock[0] += delay
+
+
+@pytest.mark.parametrize(
+    ("error", "calls_made", "final"),
+    [(socket.EAI_NONAME, 1, True), (socket.EAI_AGAIN, 3, False)],  # no such name; a resolver down for now
+)
+async def test_a_name_that_does_not_resolve_is_final_a_resolver_failure_is_retried(
+    monkeypatch: pytest.MonkeyPatch, error: int, calls_made: int, final: bool
+) -> None:
+    from rtransfer.errors import NetworkError, UnknownHost
+    from rtransfer.report import JsonReporter
+    from rtransfer.session import _connect
+
+    calls = []
+
+    async def resolve_fails(*args: object, **kwargs: object) -> None:
+        calls.append(1)
+        raise socket.gaierror(error, "resolution failed")
+
+    monkeypatch.setattr(asyncio.get_running_loop(), "create_connection", resolve_fails)
+    backoff = Backoff(RetryPolicy(max_attempts=3, base_delay_s=0.001))
+    reporter = JsonReporter(io.StringIO())
+    with pytest.raises(NetworkError, match=r"could not connect to nowhere\.invalid:9: resolution failed") as raised:
+        await _connect("nowhere.invalid", 9, 1.0, backoff, reporter, lambda: None)  # type: ignore[arg-type,return-value]
+    assert isinstance(raised.value, UnknownHost) is final
+    assert len(calls) == calls_made
