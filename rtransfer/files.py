@@ -24,6 +24,7 @@ from rtransfer.integrity import FileDigest, hash_prefix, source_identity
 from rtransfer.journal import (
     FSYNC_EVERY_BYTES,
     JournalRecord,
+    boot_id,
     journal_interval_bytes,
     read_journal,
     remove_journal,
@@ -169,7 +170,8 @@ class DirectorySink:
         self._open: dict[int, PartialWriter] = {}
         self._written: dict[int, int] = {}
         self._journaled: dict[int, int] = {}
-        self._synced: dict[int, int] = {}
+        self._durable: dict[int, int] = {}
+        self._syncing: dict[int, asyncio.Task[None]] = {}
 
     def check(self) -> None:
         """Fail before listening if DEST can never work."""
@@ -210,7 +212,7 @@ class DirectorySink:
             if (final.exists() or final.is_symlink()) and not self.overwrite:
                 raise LocalIOError(f"{final}: already exists (use --overwrite to replace it)")
             if entry.kind == "file":
-                starts[index] = self._resumable_bytes(final, entry)
+                starts[index] = self._resumable_bytes(index, final, entry)
         need = sum((e.size or 0) - starts.get(i, 0) for i, e in enumerate(manifest.entries) if i not in done)
         free = shutil.disk_usage(root).free
         if need > free:
@@ -231,7 +233,7 @@ class DirectorySink:
             and abs(st.st_mtime - entry.mtime) < 1e-3
         )
 
-    def _resumable_bytes(self, final: Path, entry: Entry) -> int:
+    def _resumable_bytes(self, index: int, final: Path, entry: Entry) -> int:
         """Bytes of the partial file to keep; a partial of another version is discarded."""
         part = partial_path(final)
         record = read_journal(final)
@@ -241,8 +243,10 @@ class DirectorySink:
                 on_disk = part.stat().st_size
             except OSError:
                 on_disk = -1
-            if record.chunk_bytes == self._chunk_bytes and 0 <= record.written_bytes <= on_disk:
-                keep = record.written_bytes - record.written_bytes % self._chunk_bytes
+            resumable = record.resumable_bytes(boot_id())
+            if record.chunk_bytes == self._chunk_bytes and 0 <= resumable <= on_disk:
+                keep = resumable - resumable % self._chunk_bytes
+        self._durable[index] = min(record.durable_bytes, keep) if record is not None else 0
         if keep == 0:
             with contextlib.suppress(FileNotFoundError):
                 part.unlink()
@@ -276,7 +280,7 @@ class DirectorySink:
         direct = self.direct_io and direct_io_suits(self._entries[index].size or 0, self._chunk_bytes)
         handle = await PartialWriter.open(partial_path(final), offset, direct, self._chunk_bytes)
         self._open[index] = handle
-        self._written[index] = self._journaled[index] = self._synced[index] = offset
+        self._written[index] = self._journaled[index] = offset
         return handle
 
     async def write(self, index: int, offset: int, data: Buffer) -> None:
@@ -286,23 +290,44 @@ class DirectorySink:
             self._written[index] += len(data)
             written = self._written[index]
             if written - self._journaled[index] >= journal_interval_bytes(self._entries[index].size or 0):
-                await self._journal(index, fsync=written - self._synced[index] >= FSYNC_EVERY_BYTES)
+                await self._journal(index)
         except OSError as exc:
             raise local_error(exc, self._finals[index]) from None
 
-    async def _journal(self, index: int, fsync: bool) -> None:
+    async def _journal(self, index: int, sync: bool = True) -> None:
         identity = self._entries[index].identity
         if identity is None:
             return  # a stream cannot be resumed: its source cannot be read again
         handle = self._open[index]
         await handle.flush()
-        loop = asyncio.get_running_loop()
-        if fsync:
-            await loop.run_in_executor(None, os.fsync, handle.fileno())
-            self._synced[index] = self._written[index]
-        record = JournalRecord(identity, self._chunk_bytes, self._written[index])
-        await loop.run_in_executor(None, write_journal, self._finals[index], record, fsync)
-        self._journaled[index] = self._written[index]
+        written = self._written[index]
+        if sync:
+            self._sync_if_due(index, handle, written)
+        record = JournalRecord(identity, self._chunk_bytes, written, self._durable[index], boot_id())
+        await asyncio.get_running_loop().run_in_executor(None, write_journal, self._finals[index], record)
+        self._journaled[index] = written
+
+    def _sync_if_due(self, index: int, handle: PartialWriter, written: int) -> None:
+        """Start an fdatasync every FSYNC_EVERY_BYTES in a worker, one at a time per file; writing goes on
+        meanwhile. A sync that failed raises its error here, at the next journal."""
+        task = self._syncing.get(index)
+        if task is not None:
+            if not task.done():
+                return
+            del self._syncing[index]
+            task.result()
+        if written - self._durable[index] >= FSYNC_EVERY_BYTES:
+            self._syncing[index] = asyncio.create_task(self._sync(index, handle.fileno(), written))
+
+    async def _sync(self, index: int, fd: int, upto: int) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, os.fdatasync, fd)
+        self._durable[index] = upto
+
+    async def _settle_sync(self, index: int) -> None:
+        """Wait for the file's sync in flight, if any: its descriptor must stay open until it is done."""
+        task = self._syncing.pop(index, None)
+        if task is not None:
+            await task
 
     async def finish(self, index: int, ok: bool) -> None:
         """Close the partial file; rename it into place only if its digest matched."""
@@ -311,7 +336,10 @@ class DirectorySink:
         try:
             handle = self._open.pop(index, None)
             if handle is not None:
-                await handle.close()
+                try:
+                    await self._settle_sync(index)
+                finally:
+                    await handle.close()
             elif not part.exists():
                 part.touch()
             remove_journal(final)
@@ -353,8 +381,10 @@ class DirectorySink:
             final = self._finals[index]
             resumable = self._entries[index].identity is not None
             with contextlib.suppress(OSError):
+                await self._settle_sync(index)
+            with contextlib.suppress(OSError):
                 if resumable:
-                    await self._journal(index, fsync=False)
+                    await self._journal(index, sync=False)
                 await handle.close()
                 if not resumable:
                     partial_path(final).unlink()
