@@ -178,7 +178,7 @@ def send(
             raise UsageError("--timeout must be positive")
         if retries < 0 or retry_max_seconds < 0:
             raise UsageError("--retries and --retry-max-seconds must not be negative")
-        policy = RetryPolicy(max_attempts=retries + 1, max_total_s=retry_max_seconds)
+        policy = RetryPolicy.for_retries(retries, retry_max_seconds)
         if code is None and secret is None:
             raise UsageError("pass the code the receiver shows with --code (or a shared --secret)")
         key = code if code is not None else secret

@@ -212,7 +212,7 @@ class DirectorySink:
             if (final.exists() or final.is_symlink()) and not self.overwrite:
                 raise LocalIOError(f"{final}: already exists (use --overwrite to replace it)")
             if entry.kind == "file":
-                starts[index] = self._resumable_bytes(index, final, entry)
+                starts[index], self._durable[index] = self._resume_point(final, entry)
         need = sum((e.size or 0) - starts.get(i, 0) for i, e in enumerate(manifest.entries) if i not in done)
         free = shutil.disk_usage(root).free
         if need > free:
@@ -233,8 +233,9 @@ class DirectorySink:
             and abs(st.st_mtime - entry.mtime) < 1e-3
         )
 
-    def _resumable_bytes(self, index: int, final: Path, entry: Entry) -> int:
-        """Bytes of the partial file to keep; a partial of another version is discarded."""
+    def _resume_point(self, final: Path, entry: Entry) -> tuple[int, int]:
+        """Bytes of the partial file to keep, and how many of them are known synced to disk;
+        a partial of another version is discarded."""
         part = partial_path(final)
         record = read_journal(final)
         keep = 0
@@ -246,12 +247,11 @@ class DirectorySink:
             resumable = record.resumable_bytes(boot_id())
             if record.chunk_bytes == self._chunk_bytes and 0 <= resumable <= on_disk:
                 keep = resumable - resumable % self._chunk_bytes
-        self._durable[index] = min(record.durable_bytes, keep) if record is not None else 0
         if keep == 0:
             with contextlib.suppress(FileNotFoundError):
                 part.unlink()
             remove_journal(final)
-        return keep
+        return keep, min(record.durable_bytes, keep) if record is not None else 0
 
     @staticmethod
     def _refuse_links(root: Path, final: Path) -> None:

@@ -20,6 +20,11 @@ class RetryPolicy:
     max_delay_s: float = 5.0
     jitter: float = 0.5  # each delay is scaled by a random factor in [1 - jitter, 1]
 
+    @classmethod
+    def for_retries(cls, retries: int, max_total_s: float) -> RetryPolicy:
+        """The policy behind ``--retries N --retry-max-seconds S``: N retries after the first attempt."""
+        return cls(max_attempts=retries + 1, max_total_s=max_total_s)
+
     def delay_s(self, attempt: int, rand: float) -> float:
         """Delay before retry number ``attempt`` (1-based); ``rand`` in [0, 1)."""
         raw = min(self.max_delay_s, self.base_delay_s * 2.0 ** (attempt - 1))

@@ -258,6 +258,9 @@ async def _connect(
     """Each attempt gets ``timeout_s``: a host that drops our SYNs would otherwise hold one for ~2 minutes."""
     loop = asyncio.get_running_loop()
 
+    def failed(exc: BaseException) -> str:
+        return f"could not connect to {host}:{port}: {_reason(exc)}"
+
     async def attempt() -> Link:
         try:
             async with asyncio.timeout(timeout_s):
@@ -266,7 +269,7 @@ async def _connect(
             raise TimeoutError(errno.ETIMEDOUT, f"no answer within {timeout_s:g} s") from None
         except socket.gaierror as exc:
             if exc.errno in _NO_SUCH_NAME:
-                raise UnknownHost(f"could not connect to {host}:{port}: {_reason(exc)}") from None
+                raise UnknownHost(failed(exc)) from None
             raise
         return link
 
@@ -276,7 +279,7 @@ async def _connect(
     try:
         return await retry_call(attempt, backoff, (OSError,), on_retry)
     except OSError as exc:
-        raise NetworkError(f"could not connect to {host}:{port}: {_reason(exc)}") from None
+        raise NetworkError(failed(exc)) from None
 
 
 def _reason(exc: BaseException) -> str:

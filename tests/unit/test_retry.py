@@ -77,7 +77,7 @@ def test_the_default_send_policy_rides_out_a_30_second_outage() -> None:
     from rtransfer import cli
 
     params = inspect.signature(cli.send).parameters
-    policy = RetryPolicy(max_attempts=params["retries"].default + 1, max_total_s=params["retry_max_seconds"].default)
+    policy = RetryPolicy.for_retries(params["retries"].default, params["retry_max_seconds"].default)
     clock = [0.0]
     backoff = Backoff(policy, lambda: clock[0], lambda: 0.999)
     while clock[0] <= 30.0:
