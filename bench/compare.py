@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
-"""Side-by-side loopback benchmark: rtransfer vs nc, socat and rsync on the same file.
+"""Side-by-side loopback benchmark: rtransfer vs nc, socat and rsync on the same data.
 
 Runs every tool in each round, rotating the order, after warm-up rounds, and
 reports median wall time, the ratio to nc, and each side's peak memory. On a
 shared, noisy machine only these ratios from one run mean much.
 
-    python bench/compare.py --size 1G --runs 5
+    python bench/compare.py --size 1G --runs 5              # one file, file to file
+    python bench/compare.py --mode pipe --size 4G --runs 5  # head -c SIZE /dev/zero | send -  ->  recv - > /dev/null
 """
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ class Measured:
     def __init__(self, cmd: list[str], **popen: object) -> None:
         fd, self._rss_file = tempfile.mkstemp(prefix="rss-")
         os.close(fd)
+        self.name = Path(cmd[0]).name
         self.proc = subprocess.Popen(["/usr/bin/time", "-f", "%M", "-o", self._rss_file, *cmd], **popen)  # type: ignore[call-overload]
 
     def wait(self) -> tuple[int, int]:
@@ -103,7 +105,15 @@ def pair(
     send_stdin: object = None,
 ) -> Sample:
     """Start the receiver, wait until ``ready`` gives its port, then time the sender and both exits."""
-    receiver = Measured(recv_cmd, stdout=recv_stdout, stderr=subprocess.DEVNULL)
+    return pair_started(Measured(recv_cmd, stdout=recv_stdout, stderr=subprocess.DEVNULL), send_cmd, ready, send_stdin)
+
+
+def pair_started(
+    receiver: Measured,
+    send_cmd: Callable[[int], list[str]],
+    ready: Callable[[subprocess.Popen[bytes]], int],
+    send_stdin: object = None,
+) -> Sample:
     try:
         port = ready(receiver.proc)
         started = time.perf_counter()
@@ -116,7 +126,7 @@ def pair(
             receiver.proc.kill()
             receiver.proc.wait()
     if send_rc or recv_rc:
-        raise RuntimeError(f"{recv_cmd[0]} failed: sender {send_rc}, receiver {recv_rc}")
+        raise RuntimeError(f"{receiver.name} failed: sender {send_rc}, receiver {recv_rc}")
     return Sample(elapsed, recv_rss, send_rss)
 
 
@@ -155,6 +165,58 @@ def rtransfer_listening(receiver: subprocess.Popen[bytes]) -> int:
     for line in receiver.stdout:  # warnings (e.g. for --no-encrypt) may come first
         event = json.loads(line)
         if event["event"] == "listening":
+            return int(event["port"])
+    raise RuntimeError("rtransfer recv exited before listening")
+
+
+def from_zeros(size: int) -> subprocess.Popen[bytes]:
+    """What a script pipes in: ``head -c SIZE /dev/zero``; its time counts, as it does for every tool."""
+    return subprocess.Popen(["head", "-c", str(size), "/dev/zero"], stdout=subprocess.PIPE)
+
+
+def nc_pipe_tool(size: int) -> Callable[[Path, Path], Sample]:
+    def run(src: Path, dst: Path) -> Sample:
+        port = free_port()
+        head = from_zeros(size)
+        try:
+            return pair(
+                ["nc", "-N", "-l", "127.0.0.1", str(port)],
+                lambda p: ["nc", "-N", "127.0.0.1", str(p)],
+                listening_on(port),
+                recv_stdout=subprocess.DEVNULL,
+                send_stdin=head.stdout,
+            )
+        finally:
+            head.kill()
+            head.wait()
+
+    return run
+
+
+def rtransfer_pipe_tool(size: int, *extra: str) -> Callable[[Path, Path], Sample]:
+    def run(src: Path, dst: Path) -> Sample:
+        head = from_zeros(size)
+        recv = [rtransfer_exe(), "recv", "-", "--listen", "127.0.0.1:0", "--json", *extra]
+        try:
+            receiver = Measured(recv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            return pair_started(
+                receiver,
+                lambda p: [rtransfer_exe(), "send", "-", f"127.0.0.1:{p}", "--name", "zeros", "--quiet", *extra],
+                rtransfer_listening_on_stderr,
+                send_stdin=head.stdout,
+            )
+        finally:
+            head.kill()
+            head.wait()
+
+    return run
+
+
+def rtransfer_listening_on_stderr(receiver: subprocess.Popen[bytes]) -> int:
+    """With DEST '-', stdout carries the data and the events go to stderr."""
+    assert receiver.stderr is not None
+    for line in receiver.stderr:
+        if line.startswith(b"{") and (event := json.loads(line))["event"] == "listening":
             return int(event["port"])
     raise RuntimeError("rtransfer recv exited before listening")
 
@@ -207,6 +269,15 @@ def startup_ms(runs: int) -> float:
     return statistics.median(times)
 
 
+def write_random_file(path: Path, size: int) -> None:
+    with open(path, "wb") as f:
+        left = size
+        while left:
+            block = os.urandom(min(left, 1 << 24))
+            f.write(block)
+            left -= len(block)
+
+
 def parse_size(text: str) -> int:
     units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
     return int(text[:-1]) * units[text[-1].upper()] if text[-1].upper() in units else int(text)
@@ -214,10 +285,11 @@ def parse_size(text: str) -> int:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--size", default="1G", help="file size (K/M/G suffix)")
+    ap.add_argument("--mode", choices=["file", "pipe"], default="file", help="file to file, or stdin to stdout")
+    ap.add_argument("--size", default="1G", help="bytes to move (K/M/G suffix)")
     ap.add_argument("--runs", type=int, default=5, help="measured rounds")
     ap.add_argument("--warmup", type=int, default=1, help="unmeasured rounds first")
-    ap.add_argument("--tools", default="nc,socat,rsync,rtransfer,rtransfer-plain", help="comma-separated subset")
+    ap.add_argument("--tools", default=None, help="comma-separated subset (default: every tool of the mode)")
     ap.add_argument("--dir", default=None, help="work directory (default: a temporary one)")
     ap.add_argument("--json-out", default=None, help="also write results as JSON here")
     args = ap.parse_args()
@@ -227,26 +299,33 @@ def main() -> int:
             print(f"bench: {needed} not found on PATH", file=sys.stderr)
             return 2
     size = parse_size(args.size)
+    pipe = args.mode == "pipe"
+    if args.tools is None:
+        args.tools = "nc,rtransfer,rtransfer-plain" if pipe else "nc,socat,rsync,rtransfer,rtransfer-plain"
     byte_compile_rtransfer()
     startup = round(startup_ms(STARTUP_RUNS), 1)  # first, on a quiet machine: not behind the rounds' page cache churn
     os.environ.setdefault("RTRANSFER_SECRET", "bench-" + os.urandom(8).hex())  # both sides, no code to relay
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         root = Path(tmp)
         src = root / "src.bin"
-        with open(src, "wb") as f:
-            left = size
-            while left:
-                block = os.urandom(min(left, 1 << 24))
-                f.write(block)
-                left -= len(block)
-        rsyncd = RsyncDaemon(root) if "rsync" in args.tools else None
-        available = {
-            "nc": nc_tool,
-            "socat": socat_tool,
-            "rsync": rsyncd.run if rsyncd else None,
-            "rtransfer": rtransfer_tool(),
-            "rtransfer-plain": rtransfer_tool("--no-encrypt"),
-        }
+        if not pipe:
+            write_random_file(src, size)
+        rsyncd = RsyncDaemon(root) if "rsync" in args.tools and not pipe else None
+        available = (
+            {
+                "nc": nc_pipe_tool(size),
+                "rtransfer": rtransfer_pipe_tool(size),
+                "rtransfer-plain": rtransfer_pipe_tool(size, "--no-encrypt"),
+            }
+            if pipe
+            else {
+                "nc": nc_tool,
+                "socat": socat_tool,
+                "rsync": rsyncd.run if rsyncd else None,
+                "rtransfer": rtransfer_tool(),
+                "rtransfer-plain": rtransfer_tool("--no-encrypt"),
+            }
+        )
         tools = [Tool(n, available[n]) for n in args.tools.split(",") if available.get(n)]  # type: ignore[arg-type]
         try:
             for round_no in range(args.warmup + args.runs):
@@ -255,7 +334,7 @@ def main() -> int:
                     dst = root / "out" / f"{tool.name}.bin"
                     dst.parent.mkdir(exist_ok=True)
                     sample = tool.run(src, dst)
-                    if tool.name != "rsync":
+                    if tool.name != "rsync" and not pipe:
                         rt = tool.name.startswith("rtransfer")
                         got = (root / "out" / ("src.bin" if rt else dst.name)).stat().st_size
                         assert got == size, f"{tool.name} wrote {got} bytes, expected {size}"
@@ -272,12 +351,14 @@ def main() -> int:
     results = {
         "date": time.strftime("%Y-%m-%d"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Linux {platform.release()}",
+        "mode": args.mode,
         "size_bytes": size,
         "runs": args.runs,
         "startup_ms": startup,
         "tools": {},
     }
-    print(f"\n{args.size} over loopback, median of {args.runs} runs ({results['machine']}, {results['date']})\n")
+    what = "through pipes (head -c | send - -> recv - > /dev/null)" if pipe else "file to file"
+    print(f"\n{args.size} {what} over loopback, median of {args.runs} runs ({results['machine']}, {results['date']})\n")
     print("| tool | median s | MiB/s | vs nc | peak RSS recv | peak RSS send |")
     print("|---|---|---|---|---|---|")
     for tool in tools:

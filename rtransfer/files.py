@@ -13,7 +13,6 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
 
 import aiofiles
 import aiofiles.os
@@ -31,6 +30,7 @@ from rtransfer.journal import (
     write_journal,
 )
 from rtransfer.protocol.frames import Buffer, Entry, Manifest
+from rtransfer.stdio import StdStream
 
 PARTIAL_SUFFIX = ".rtpart"
 _DRIVE = re.compile(r"^[A-Za-z]:")
@@ -392,7 +392,7 @@ class DirectorySink:
 
 
 class StdoutSink:
-    """Writes the single incoming stream to standard output, in order.
+    """Writes the single incoming stream to standard output, in order, straight from the chunk buffers.
 
     Bytes reach stdout before the whole-file digest can be checked (as with curl);
     a mismatch still fails the run with exit 4.
@@ -400,7 +400,7 @@ class StdoutSink:
 
     def __init__(self) -> None:
         self._entries: tuple[Entry, ...] = ()
-        self._out: Any = None
+        self._out: StdStream | None = None
 
     def check(self) -> None:
         pass
@@ -421,21 +421,19 @@ class StdoutSink:
     async def write(self, index: int, offset: int, data: Buffer) -> None:
         try:
             if self._out is None:
-                self._out = await aiofiles.open(sys.stdout.fileno(), "wb", closefd=False)
-            await self._out.write(data)
+                self._out = StdStream(sys.stdout.fileno())
+            await self._out.write_all(data)
         except OSError as exc:
             raise local_error(exc, "standard output") from None
 
     async def finish(self, index: int, ok: bool) -> None:
-        if self._out is not None:
-            await self._out.flush()
+        pass
 
     async def complete(self) -> None:
         pass
 
     async def suspend(self) -> None:
-        if self._out is not None:
-            await self._out.close()
+        pass
 
 
 Sink = DirectorySink | StdoutSink

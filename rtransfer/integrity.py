@@ -40,6 +40,10 @@ class FileDigest:
         else:
             self._hasher.update(data)
 
+    def update_now(self, data: Buffer) -> None:
+        """Hash on the calling thread: for pieces small enough that a thread hop costs more."""
+        self._hasher.update(data)
+
     def read_into(self, fd: int, buf: WritableBuffer, offset: int) -> asyncio.Future[memoryview]:
         """Read a file's next chunk at ``offset`` and hash it, in one worker-thread call.
 

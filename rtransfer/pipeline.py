@@ -13,7 +13,6 @@ import mmap
 import sys
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
 
 import aiofiles
 
@@ -23,6 +22,7 @@ from rtransfer.integrity import FileDigest, hash_prefix
 from rtransfer.protocol.events import ChunkReady, FileComplete
 from rtransfer.protocol.frames import DATA_HEADER, Buffer, WritableBuffer
 from rtransfer.stats import TransferStats
+from rtransfer.stdio import StdStream
 
 _POPULATED = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_POPULATE", 0)  # Linux only
 QUEUE_CHUNKS = 1  # one chunk ready while another is read or written is enough to overlap them
@@ -90,30 +90,6 @@ SendItem = Chunk | EndOfFile | None  # None: every source has been read
 RecvItem = ChunkReady | FileComplete
 
 
-def _open_source(source: Source) -> Any:
-    if source.local is None:
-        # Unbuffered: a BufferedReader's close() would wait on the lock held by a
-        # read blocked on an idle pipe, and Ctrl-C could never finish.
-        return aiofiles.open(sys.stdin.fileno(), "rb", buffering=0, closefd=False)
-    return aiofiles.open(source.local, "rb")
-
-
-async def _read_full(f: Any, size: int) -> bytes:
-    """Read ``size`` bytes unless EOF comes first: pipes return short reads, chunks must be full."""
-    data = await f.read(size)
-    if len(data) in (0, size):
-        return bytes(data)
-    parts = [data]
-    got = len(data)
-    while got < size:
-        more = await f.read(size - got)
-        if not more:
-            break
-        parts.append(more)
-        got += len(more)
-    return b"".join(parts)
-
-
 async def read_sources(
     sources: list[Source],
     start_offsets: dict[int, int],
@@ -137,14 +113,12 @@ async def read_sources(
         digest = FileDigest()
         offset = start_offsets.get(index, 0)
         try:
-            async with _open_source(source) as f:
-                if offset:
-                    await hash_prefix(f, offset, chunk_bytes, digest)
-                if source.local is None:
-                    while data := await _read_full(f, chunk_bytes):
-                        await digest.update(data)
-                        offset = await _queue_chunk(queue, stats, Chunk(index, offset, data))
-                else:
+            if source.local is None:
+                offset = await _read_stdin(index, chunk_bytes, queue, stats, pool, digest)
+            else:
+                async with aiofiles.open(source.local, "rb") as f:
+                    if offset:
+                        await hash_prefix(f, offset, chunk_bytes, digest)
                     fd = f.fileno()
                     ahead = digest.read_into(fd, pool.get(chunk_bytes), offset)
                     try:
@@ -162,6 +136,27 @@ async def read_sources(
             raise LocalIOError(f"{name}: changed while being sent ({declared} bytes expected, {offset} read)")
         await queue.put(EndOfFile(index, offset, digest.digest()))
     await queue.put(None)
+
+
+async def _read_stdin(
+    index: int,
+    chunk_bytes: int,
+    queue: asyncio.Queue[SendItem],
+    stats: TransferStats,
+    pool: BufferPool,
+    digest: FileDigest,
+) -> int:
+    """Standard input, chunk by chunk, hashed piece by piece as it arrives (still in cache);
+    the bytes read so far. Not read ahead: a slow pipe must not hold back a chunk already read."""
+    stream = StdStream(sys.stdin.fileno())
+    offset = 0
+    while True:
+        buf = pool.get(chunk_bytes)
+        got = await stream.fill(buf, digest.update_now)
+        if not got:
+            pool.put(buf)
+            return offset
+        offset = await _queue_chunk(queue, stats, Chunk(index, offset, memoryview(buf)[:got]))
 
 
 async def _queue_chunk(queue: asyncio.Queue[SendItem], stats: TransferStats, chunk: Chunk) -> int:
