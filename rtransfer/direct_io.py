@@ -27,6 +27,7 @@ from typing import Any, Literal
 import aiofiles
 
 from rtransfer.protocol.frames import Buffer
+from rtransfer.workers import settle
 
 ALIGN = 4096
 # Small files gain nothing from bypassing the cache and would wait on the device per write.
@@ -56,14 +57,14 @@ class PartialWriter:
         handle = None
         if direct:
             try:
-                handle = await aiofiles.open(path, mode, buffering=0, opener=_open_direct)
+                handle = await settle(aiofiles.open(path, mode, buffering=0, opener=_open_direct))
             except OSError as exc:
                 if exc.errno != errno.EINVAL:  # EINVAL: this filesystem has no direct I/O
                     raise
-        writer = cls(handle or await aiofiles.open(path, mode), handle is not None, chunk_bytes)
+        writer = cls(handle or await settle(aiofiles.open(path, mode)), handle is not None, chunk_bytes)
         if offset:
-            await writer._handle.truncate(offset)
-            await writer._handle.seek(offset)
+            await settle(writer._handle.truncate(offset))
+            await settle(writer._handle.seek(offset))
         return writer
 
     @property
@@ -102,7 +103,7 @@ class PartialWriter:
         """An unbuffered write may be short (e.g. just before the disk fills): finish it or fail."""
         view = memoryview(data).cast("B")
         while view:
-            written = await self._handle.write(view)
+            written = await settle(self._handle.write(view))
             view = view[written:]
 
     def _leave_direct(self) -> None:
@@ -112,8 +113,8 @@ class PartialWriter:
         self._aligned = None
 
     async def flush(self) -> None:
-        await self._handle.flush()
+        await settle(self._handle.flush())
 
     async def close(self) -> None:
         self._aligned = None
-        await self._handle.close()
+        await settle(self._handle.close())

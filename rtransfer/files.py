@@ -19,7 +19,7 @@ import aiofiles.os
 
 from rtransfer.direct_io import PartialWriter, direct_io_suits
 from rtransfer.errors import LocalIOError, UsageError
-from rtransfer.integrity import FileDigest, hash_prefix, source_identity
+from rtransfer.integrity import FileDigest, source_identity
 from rtransfer.journal import (
     FSYNC_EVERY_BYTES,
     JournalRecord,
@@ -31,6 +31,7 @@ from rtransfer.journal import (
 )
 from rtransfer.protocol.frames import Buffer, Entry, Manifest
 from rtransfer.stdio import StdStream
+from rtransfer.workers import in_worker
 
 PARTIAL_SUFFIX = ".rtpart"
 _DRIVE = re.compile(r"^[A-Za-z]:")
@@ -270,7 +271,7 @@ class DirectorySink:
         part = partial_path(self._finals[index])
         try:
             async with aiofiles.open(part, "rb") as f:
-                await hash_prefix(f, size, self._chunk_bytes, digest)
+                await digest.hash_prefix(f.fileno(), size, part)
         except OSError as exc:
             raise local_error(exc, part) from None
 
@@ -304,7 +305,7 @@ class DirectorySink:
         if sync:
             self._sync_if_due(index, handle, written)
         record = JournalRecord(identity, self._chunk_bytes, written, self._durable[index], boot_id())
-        await asyncio.get_running_loop().run_in_executor(None, write_journal, self._finals[index], record)
+        await in_worker(write_journal, self._finals[index], record)
         self._journaled[index] = written
 
     def _sync_if_due(self, index: int, handle: PartialWriter, written: int) -> None:
@@ -320,7 +321,7 @@ class DirectorySink:
             self._syncing[index] = asyncio.create_task(self._sync(index, handle.fileno(), written))
 
     async def _sync(self, index: int, fd: int, upto: int) -> None:
-        await asyncio.get_running_loop().run_in_executor(None, os.fdatasync, fd)
+        await in_worker(os.fdatasync, fd)
         self._durable[index] = upto
 
     async def _settle_sync(self, index: int) -> None:

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import os
-from typing import Any
 
 import blake3
 import xxhash
 
 from rtransfer.errors import LocalIOError
 from rtransfer.protocol.frames import Buffer, WritableBuffer
+from rtransfer.workers import in_worker
 
 # Measured with bench/loop_stall.py (512 MiB): a 16 MiB update inline stalls the loop
 # 8.8 ms, in a thread 2.5 ms; at 1 MiB inline stalls 0.6 ms and the thread hop costs
@@ -36,7 +36,7 @@ class FileDigest:
 
     async def update(self, data: Buffer) -> None:
         if self._in_thread and len(data) >= HASH_IN_THREAD_BYTES:
-            await asyncio.get_running_loop().run_in_executor(None, self._hasher.update, data)
+            await in_worker(self._hasher.update, data)
         else:
             self._hasher.update(data)
 
@@ -60,23 +60,27 @@ class FileDigest:
             got += n
         return view[:got]
 
+    async def hash_prefix(self, fd: int, size: int, name: object) -> None:
+        """Feed the first ``size`` bytes of a file: on resume the whole-file digest must still
+        cover the part sent (or received) before. One worker call, through one small buffer:
+        reading a large prefix in fresh chunk-sized objects grew each side's memory by tens of MiB."""
+        await in_worker(self._hash_range, fd, size, name)
+
+    def _hash_range(self, fd: int, size: int, name: object) -> None:
+        view = memoryview(bytearray(READ_STEP_BYTES))
+        got = 0
+        while got < size:
+            n = os.preadv(fd, [view[: min(READ_STEP_BYTES, size - got)]], got)
+            if not n:
+                raise LocalIOError(f"{name}: shorter than the part already transferred")
+            self._hasher.update(view[:n])
+            got += n
+
     def digest(self) -> bytes:
         return self._hasher.digest()
 
     def hexdigest(self) -> str:
         return self._hasher.hexdigest()
-
-
-async def hash_prefix(f: Any, size: int, chunk_bytes: int, digest: FileDigest) -> None:
-    """Feed the first ``size`` bytes of an open file to ``digest``: on resume the whole-file
-    digest must still cover the part sent (or received) before."""
-    left = size
-    while left:
-        data = await f.read(min(chunk_bytes, left))
-        if not data:
-            raise LocalIOError(f"{getattr(f, 'name', 'file')}: shorter than the part already transferred")
-        await digest.update(data)
-        left -= len(data)
 
 
 IDENTITY_HEAD_BYTES = 64 * 1024

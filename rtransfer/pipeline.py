@@ -18,11 +18,12 @@ import aiofiles
 
 from rtransfer.errors import LocalIOError
 from rtransfer.files import Sink, Source, local_error
-from rtransfer.integrity import FileDigest, hash_prefix
+from rtransfer.integrity import FileDigest
 from rtransfer.protocol.events import ChunkReady, FileComplete
 from rtransfer.protocol.frames import DATA_HEADER, Buffer, WritableBuffer
 from rtransfer.stats import TransferStats
 from rtransfer.stdio import StdStream
+from rtransfer.workers import settle, wait_out
 
 _POPULATED = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_POPULATE", 0)  # Linux only
 QUEUE_CHUNKS = 1  # one chunk ready while another is read or written is enough to overlap them
@@ -117,18 +118,19 @@ async def read_sources(
                 offset = await _read_stdin(index, chunk_bytes, queue, stats, pool, digest)
             else:
                 async with aiofiles.open(source.local, "rb") as f:
-                    if offset:
-                        await hash_prefix(f, offset, chunk_bytes, digest)
                     fd = f.fileno()
-                    ahead = digest.read_into(fd, pool.get(chunk_bytes), offset)
+                    if offset:
+                        await digest.hash_prefix(fd, offset, name)
+                    buf = pool.get(chunk_bytes)
+                    ahead = digest.read_into(fd, buf, offset)
                     try:
-                        while piece := await asyncio.shield(ahead):  # cancelled, still wait for it below
+                        while piece := await settle(ahead):
                             offset = await _queue_chunk(queue, stats, Chunk(index, offset, piece))
-                            ahead = digest.read_into(fd, pool.get(chunk_bytes), offset)
-                        pool.put(piece)
+                            buf = pool.get(chunk_bytes)
+                            ahead = digest.read_into(fd, buf, offset)
                     finally:
-                        if not ahead.done():  # the worker must be done with the fd before it is closed
-                            await asyncio.wait([ahead])
+                        await wait_out(ahead)  # the worker must be done with the fd and buf first
+                        pool.put(buf)  # read to the end, or read but never queued
         except OSError as exc:
             raise local_error(exc, name) from None
         declared = source.entry.size

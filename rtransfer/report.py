@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 from rtransfer.errors import RtransferError
 from rtransfer.stats import TransferStats, peak_rss_bytes
@@ -27,20 +27,51 @@ class Reporter:
     def warning(self, message: str) -> None: ...
     def done(self, stats: TransferStats) -> None: ...
     def error(self, error: RtransferError) -> None: ...
+    def close(self, timeout_s: float | None) -> None:
+        """Before exit: let what was reported reach its reader, waiting at most ``timeout_s``."""
 
 
-class JsonReporter(Reporter):
-    """Newline-delimited JSON, one object per event, flushed at once."""
+class _Lines(Protocol):
+    def put(self, line: str, droppable: bool = False) -> None: ...
+    def flush(self, timeout_s: float | None = None) -> bool: ...
 
-    progress_interval_s = 1.0
+
+class _StreamLines:
+    """Lines straight to a text stream, for callers that own it (tests, a file)."""
 
     def __init__(self, stream: IO[str]) -> None:
         self.stream = stream
+
+    def put(self, line: str, droppable: bool = False) -> None:
+        self.stream.write(line)
+        self.stream.flush()
+
+    def flush(self, timeout_s: float | None = None) -> bool:
+        return True
+
+
+class JsonReporter(Reporter):
+    """Newline-delimited JSON, one object per event.
+
+    Given a file descriptor, events go through a LineOutput (see output.py): a reader
+    that lags or stops never holds up the transfer, and loses only progress events."""
+
+    progress_interval_s = 1.0
+
+    def __init__(self, out: IO[str] | int) -> None:
+        if isinstance(out, int):
+            from rtransfer.output import LineOutput
+
+            self._out: _Lines = LineOutput(out)
+        else:
+            self._out = _StreamLines(out)
         self._stats: TransferStats | None = None  # the live counters, once a transfer has started
 
     def _emit(self, event: str, **fields: Any) -> None:
-        self.stream.write(json.dumps({"event": event, **fields}) + "\n")
-        self.stream.flush()
+        self._out.put(json.dumps({"event": event, **fields}) + "\n", droppable=event == "progress")
+
+    def close(self, timeout_s: float | None) -> None:
+        self._out.flush(timeout_s)
 
     def listening(self, host: str, port: int, code: str | None) -> None:
         self._emit("listening", host=host, port=port, code=code)

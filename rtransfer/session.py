@@ -24,6 +24,7 @@ from rtransfer.files import DirectorySink, Sink, Source, StdoutSink, collect_sou
 from rtransfer.pipeline import (
     QUEUE_CHUNKS,
     BufferPool,
+    Chunk,
     EndOfFile,
     RecvItem,
     SendItem,
@@ -44,7 +45,7 @@ from rtransfer.protocol.events import (
     Retransmitted,
     TransferComplete,
 )
-from rtransfer.protocol.frames import Manifest
+from rtransfer.protocol.frames import Buffer, Manifest
 from rtransfer.protocol.peer import Peer
 from rtransfer.protocol.receiver import ReceiveLimits, ReceiverMachine
 from rtransfer.protocol.sender import SenderMachine
@@ -53,6 +54,7 @@ from rtransfer.retry import Backoff, RetryPolicy, retry_call
 from rtransfer.stats import TransferStats
 
 INBOX_PAUSE_EVENTS = 2  # with QUEUE_CHUNKS, what keeps 8 MiB chunks under 100 MiB per side
+CLOSE_GRACE_S = 2.0  # for the peer to read our ERROR frame before the connection is cut
 TIMER_TICK_S = 0.2  # longest sleep between timer checks; deadlines move as frames flow
 
 now = time.monotonic
@@ -214,13 +216,30 @@ class Link(asyncio.BufferedProtocol):
                 await self.drain()
 
     async def close(self, error: RtransferError | None) -> None:
+        """Close (after telling the peer why, if we failed); once this returns the transport
+        holds none of the machine's buffers, so they can be recycled."""
         if error is not None:
             self.machine.fail(error)
             self.flush()
         if self.transport is not None:
             self.transport.close()
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(asyncio.shield(self._lost), 2.0)
+                await asyncio.wait_for(asyncio.shield(self._lost), CLOSE_GRACE_S)
+            if not self._lost.done():
+                self.transport.abort()
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(self._lost), CLOSE_GRACE_S)
+
+    def leftover_buffers(self) -> list[Buffer]:
+        """After ``close``: what the dead connection's machine and inbox still hold. Recycled
+        rather than dropped, the next connection maps no fresh memory (a reset used to cost
+        each side tens of MiB)."""
+        if self.transport is not None and not self._lost.done():
+            return []  # the transport may still be writing from them
+        held = self.machine.held_buffers()
+        held += [event.payload for event in self._inbox if isinstance(event, ChunkReady)]
+        self._inbox.clear()
+        return held
 
 
 async def supervise(done: asyncio.Event, *coros: Coroutine[Any, Any, None]) -> None:
@@ -428,7 +447,11 @@ async def _send_once(
     def refresh() -> None:
         stats.in_flight = machine.in_flight
 
-    await _run_link(link, stats, reporter, done, refresh, handle, send_chunks())
+    try:
+        await _run_link(link, stats, reporter, done, refresh, handle, send_chunks())
+    finally:
+        pool.recycle(link.leftover_buffers())
+        pool.recycle(_drain(queue, lambda item: item.payload if isinstance(item, Chunk) else None))
 
 
 async def _run_link(
@@ -573,4 +596,18 @@ async def _receive_once(link: Link, sink: Sink, stats: TransferStats, reporter: 
         stats.in_flight = machine.reorder_buffered
 
     writer = write_chunks(queue, sink, stats, verified, start_offsets, pool)
-    await _run_link(link, stats, reporter, done, refresh, handle, writer)
+    try:
+        await _run_link(link, stats, reporter, done, refresh, handle, writer)
+    finally:
+        pool.recycle(link.leftover_buffers())
+        pool.recycle(_drain(queue, lambda item: item.payload if isinstance(item, ChunkReady) else None))
+
+
+def _drain(queue: asyncio.Queue[Any], buffer_of: Callable[[Any], Buffer | None]) -> list[Buffer]:
+    """Empty a dead connection's queue (its tasks have ended); the chunk buffers it held."""
+    held = []
+    while not queue.empty():
+        buf = buffer_of(queue.get_nowait())
+        if buf is not None:
+            held.append(buf)
+    return held

@@ -24,6 +24,7 @@ import stat
 from collections.abc import Callable
 
 from rtransfer.protocol.frames import Buffer, WritableBuffer
+from rtransfer.workers import settle
 
 PIPE_BYTES = 1024 * 1024  # the default limit for an unprivileged F_SETPIPE_SZ
 _REFUSED = {errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS}
@@ -38,6 +39,7 @@ class StdStream:
         mode = os.fstat(fd).st_mode
         self._pollable = stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or stat.S_ISCHR(mode)
         self._nowait = bool(_RWF_NOWAIT) and hasattr(os, "preadv")
+        self._endless = os.isatty(fd)  # a blocking call on a terminal may never end: never wait one out
         if stat.S_ISFIFO(mode):
             # A larger pipe lets the other end run ahead while we seal and send (fewer wake-ups).
             with contextlib.suppress(OSError, AttributeError):
@@ -79,7 +81,8 @@ class StdStream:
                 if exc.errno not in _REFUSED:
                     raise
                 self._nowait = False
-        return await loop.run_in_executor(None, blocking, self.fd, [view])
+        call = loop.run_in_executor(None, blocking, self.fd, [view])
+        return await (call if self._endless else settle(call))
 
 
 async def _ready(loop: asyncio.AbstractEventLoop, fd: int, reading: bool) -> bool:

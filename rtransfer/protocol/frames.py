@@ -373,6 +373,10 @@ class FrameDecoder:
             self.buffer_updated(n)
             view = view[n:]
 
+    def held_buffers(self) -> list[WritableBuffer]:
+        """The body buffer of a frame still being read, if any."""
+        return [] if self._body is None else [self._body]
+
     def frames(self) -> Iterator[Frame | CorruptData]:
         ready, self._ready = self._ready, []
         yield from ready

@@ -118,6 +118,10 @@ class Peer:
         self._liveness.sent(self._now)
         return pieces
 
+    def held_buffers(self) -> list[Buffer]:
+        """Buffers the driver may recycle once the connection is gone (see the subclasses)."""
+        return list(self._decoder.held_buffers())
+
     def fail(self, error: RtransferError) -> None:
         """Tell the peer why we are giving up (best effort; the driver closes after)."""
         if not self.closed:

@@ -24,6 +24,7 @@ from rtransfer.protocol.frames import (
     FRESH_BUFFERS,
     Accept,
     Ack,
+    Buffer,
     Buffers,
     CorruptData,
     Data,
@@ -82,6 +83,10 @@ class ReceiverMachine(Peer):
     @property
     def reorder_buffered(self) -> int:
         return len(self._pending)
+
+    def held_buffers(self) -> list[Buffer]:
+        """Chunks waiting to be reordered and the frame being read (see SenderMachine.held_buffers)."""
+        return [frame.payload for frame in self._pending.values()] + super().held_buffers()
 
     def accept(self, start_offsets: dict[int, int], now: float, done: tuple[int, ...] = ()) -> list[Event]:
         """The driver checked the manifest against the disk; data may flow now.

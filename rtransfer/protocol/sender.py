@@ -129,6 +129,11 @@ class SenderMachine(Peer):
                 item.wire = item.frame.payload
         return taken
 
+    def held_buffers(self) -> list[Buffer]:
+        """Every chunk buffer this machine still holds (for the driver to recycle once the
+        connection is gone and nothing will send them again)."""
+        return [b for item in self._unacked.values() for b in (item.frame.payload, item.wire)] + super().held_buffers()
+
     def end_file(self, file_index: int, size: int, digest: bytes, now: float) -> None:
         self._now = now
         self._ended.add(file_index)

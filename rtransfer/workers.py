@@ -1,0 +1,46 @@
+"""Worker-thread calls that end before their caller does.
+
+A thread cannot be cancelled. If the coroutine waiting for one is cancelled (a
+reconnect, an error elsewhere, SIGINT) and goes on to close a file or return a
+buffer to the pool, the thread still reads or writes that descriptor, which may
+by then belong to another file, or that buffer, which may by then hold another
+chunk. So every call that touches a descriptor or a pooled buffer goes through
+``settle``: a cancelled caller first waits for the call to end (file I/O ends in
+milliseconds), then the cancellation goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+async def settle(work: Awaitable[T]) -> T:
+    """Await ``work``; if cancelled meanwhile, let it finish first, then raise the cancellation."""
+    task = asyncio.ensure_future(work)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        while not task.done():
+            with contextlib.suppress(asyncio.CancelledError):  # a second cancel must not cut the wait short
+                await asyncio.wait([task])
+        if not task.cancelled():
+            task.exception()  # retrieved: its error is moot once we are cancelled
+        raise
+
+
+def in_worker(fn: Callable[..., T], *args: Any) -> Awaitable[T]:
+    """``fn(*args)`` in the default executor, settled (see ``settle``)."""
+    return settle(asyncio.get_running_loop().run_in_executor(None, fn, *args))
+
+
+async def wait_out(future: asyncio.Future[Any]) -> None:
+    """For ``finally`` blocks: wait for a started call to end, whatever its outcome, and
+    consume that outcome (a failure here is not the error being reported)."""
+    await settle(asyncio.wait([future]))
+    if not future.cancelled():
+        future.exception()

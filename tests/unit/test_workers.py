@@ -1,0 +1,77 @@
+"""No worker-thread call outlives its caller: a cancelled caller waits for the call before it closes or recycles."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import threading
+from pathlib import Path
+
+from rtransfer.files import collect_sources
+from rtransfer.integrity import FileDigest
+from rtransfer.pipeline import BufferPool, SendItem, read_sources
+from rtransfer.stats import TransferStats
+from rtransfer.workers import settle
+
+NEGATIVE_WAIT_S = 1.0  # how long "this must not happen" is watched for
+
+
+async def _cancel_twice(task: asyncio.Task[None]) -> None:
+    """As a reconnect does: the reader is cancelled, then cancelled again by its supervisor's teardown."""
+    task.cancel()
+    for _ in range(3):
+        await asyncio.sleep(0)
+    task.cancel()
+
+
+async def test_settle_waits_for_the_call_through_repeated_cancels() -> None:
+    release = threading.Event()
+    ended = threading.Event()
+
+    def call() -> None:
+        release.wait(10)
+        ended.set()
+
+    loop = asyncio.get_running_loop()
+    task = asyncio.ensure_future(settle(loop.run_in_executor(None, call)))
+    await asyncio.sleep(0)
+    await _cancel_twice(task)  # type: ignore[arg-type]
+    done, _ = await asyncio.wait([task], timeout=NEGATIVE_WAIT_S)
+    assert not done
+    release.set()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    assert task.cancelled() and ended.is_set()
+
+
+async def test_a_cancelled_reader_never_closes_the_file_under_its_worker(tmp_path: Path, monkeypatch: object) -> None:
+    src = tmp_path / "data.bin"
+    src.write_bytes(os.urandom(256 * 1024))
+    inside, release = threading.Event(), threading.Event()
+    fd_state: list[str] = []
+    real_read = FileDigest._read_hashed
+
+    def blocked_read(self: FileDigest, fd: int, buf: memoryview, offset: int) -> memoryview:
+        inside.set()
+        release.wait(10)
+        try:
+            os.fstat(fd)
+            fd_state.append("open")
+        except OSError:
+            fd_state.append("closed")
+            return memoryview(buf)[:0]
+        return real_read(self, fd, buf, offset)
+
+    monkeypatch.setattr(FileDigest, "_read_hashed", blocked_read)  # type: ignore[attr-defined]
+    sources = collect_sources([str(src)], None, lambda _: None)
+    queue: asyncio.Queue[SendItem] = asyncio.Queue(maxsize=1)
+    reader = asyncio.ensure_future(read_sources(sources, {}, 64 * 1024, queue, TransferStats("send"), BufferPool(4)))
+    await asyncio.get_running_loop().run_in_executor(None, inside.wait, 10)
+    await _cancel_twice(reader)
+    done, _ = await asyncio.wait([reader], timeout=NEGATIVE_WAIT_S)
+    release.set()
+    with contextlib.suppress(asyncio.CancelledError):
+        await reader
+    assert not done, "the reader ended while its worker was still reading"
+    assert fd_state == ["open"]
