@@ -37,7 +37,7 @@ DEFAULT_PORT = 7373
 SIGNAL_FLUSH_S = 1.0  # after SIGINT/SIGTERM, how long unread events may delay the exit
 
 app = typer.Typer(
-    add_completion=False,
+    add_completion=True,
     rich_markup_mode=None,
     pretty_exceptions_enable=False,
     no_args_is_help=True,

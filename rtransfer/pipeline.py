@@ -129,8 +129,10 @@ async def read_sources(
                             buf = pool.get(chunk_bytes)
                             ahead = digest.read_into(fd, buf, offset)
                     finally:
-                        await wait_out(ahead)  # the worker must be done with the fd and buf first
-                        pool.put(buf)  # read to the end, or read but never queued
+                        try:
+                            await wait_out(ahead)  # the worker must be done with the fd and buf first
+                        finally:  # done, even if a second cancel came meanwhile (wait_out saw to it)
+                            pool.put(buf)  # read to the end, or read but never queued
         except OSError as exc:
             raise local_error(exc, name) from None
         declared = source.entry.size

@@ -102,6 +102,10 @@ class JsonReporter(Reporter):
         self._emit("done", ok=False, code=error.exit_code, **counters)
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def human_bytes(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if abs(n) < 1024 or unit == "TiB":
@@ -190,10 +194,10 @@ class ConsoleReporter(Reporter):
         seconds = max(stats.seconds, 1e-9)
         verb = "sent" if stats.role == "send" else "received"
         self._say(
-            f"rtransfer: {verb} {human_bytes(stats.bytes_done)} in {stats.files_done} file(s) in {seconds:.2f} s "
-            f"({human_bytes(stats.bytes_done / seconds)}/s); {stats.chunks} chunks, "
-            f"{stats.retransmits} retransmits, {stats.integrity_failures} integrity failures, "
-            f"{stats.reconnects} reconnects, "
+            f"rtransfer: {verb} {human_bytes(stats.bytes_done)} in {_count(stats.files_done, 'file')} "
+            f"in {seconds:.2f} s ({human_bytes(stats.bytes_done / seconds)}/s); {_count(stats.chunks, 'chunk')}, "
+            f"{_count(stats.retransmits, 'retransmit')}, {_count(stats.integrity_failures, 'integrity failure')}, "
+            f"{_count(stats.reconnects, 'reconnect')}, "
             f"peak memory {human_bytes(peak_rss_bytes())}"
         )
 

@@ -40,13 +40,45 @@ def transfer_through(tmp_path: Path, procs: list[Proc], big: tuple[Path, str], *
     result = run("send", str(src), proxy.address, *args, timeout_s=200)
     events = [json.loads(line) for line in result.stdout.decode().splitlines()]
     rx_code = rx.finish()
-    rx_stderr = rx.proc.stderr.read().decode()[-1500:] if rx.proc.stderr else ""
-    assert (result.returncode, rx_code) == (0, 0), (events[-4:], rx.seen[-4:], rx_stderr)
+    rx_stderr = rx.proc.stderr.read().decode() if rx.proc.stderr else ""
+    assert (result.returncode, rx_code) == (0, 0), (events[-4:], rx.seen[-4:], rx_stderr[-1500:])
+    assert_quiet(result.stderr.decode(), rx_stderr)
     assert rx.events("file_done")[0]["blake3"] == digest == events[-2]["blake3"]
     out = tmp_path / "out" / src.name
     assert out.stat().st_size == SIZE and blake3.blake3(out.read_bytes()).hexdigest() == digest
     assert not list((tmp_path / "out").glob(".*"))  # no partial file or journal left behind
     return events[-1], proxy
+
+
+def assert_quiet(*stderrs: str) -> None:
+    """A fault is handled, not leaked: no traceback and no unretrieved future on either side."""
+    for text in stderrs:
+        assert "Traceback" not in text and "never retrieved" not in text, text[-1500:]
+
+
+MEMORY_BUDGET_BYTES = 100 * 1024 * 1024
+
+
+def test_memory_stays_in_budget_through_a_rate_cap_and_resets(tmp_path: Path, procs: list[Proc]) -> None:
+    """1 GiB at the default chunk size and window, through 100 MB/s with a reset every 300 MiB."""
+    src = tmp_path / "gig.bin"
+    block = os.urandom(16 << 20)
+    with open(src, "wb") as f:
+        for i in range(64):
+            f.write(i.to_bytes(8, "big") + block[8:])
+    procs.append(rx := Receiver(tmp_path / "out"))
+    procs.append(proxy := ChaosProxy(rx.address, "--rate", "100M", "--reset-every", "300M"))
+    result = run("send", str(src), proxy.address, "--json", "--retries", "30", timeout_s=200)
+    rx_code = rx.finish()
+    rx_stderr = rx.proc.stderr.read().decode() if rx.proc.stderr else ""
+    assert (result.returncode, rx_code) == (0, 0), rx_stderr[-1500:]
+    assert_quiet(result.stderr.decode(), rx_stderr)
+    send_done = json.loads(result.stdout.decode().splitlines()[-1])
+    (recv_done,) = rx.events("done")
+    assert send_done["reconnects"] >= 3 and proxy.faults("reset") >= 3
+    assert send_done["peak_rss_bytes"] <= MEMORY_BUDGET_BYTES, send_done
+    assert recv_done["peak_rss_bytes"] <= MEMORY_BUDGET_BYTES, recv_done
+    assert (tmp_path / "out" / "gig.bin").stat().st_size == src.stat().st_size
 
 
 def test_a_reset_every_32_mib_is_survived(tmp_path: Path, procs: list[Proc], big_file: tuple[Path, str]) -> None:

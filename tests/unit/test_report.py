@@ -79,3 +79,12 @@ def test_a_failed_transfer_still_reports_how_far_it_got() -> None:
         "integrity_failures": stats.integrity_failures,
         "duplicates": 2,
     }
+
+
+def test_summary_counts_agree_with_their_nouns() -> None:
+    out = io.StringIO()
+    stats = TransferStats("recv", bytes_done=1, files_done=1, chunks=1, retransmits=2, reconnects=1)
+    ConsoleReporter(stream=out).done(stats)
+    line = out.getvalue()
+    assert "in 1 file in" in line and "1 chunk," in line and "2 retransmits" in line
+    assert "1 reconnect," in line and "0 integrity failures" in line
