@@ -46,6 +46,10 @@ class BufferPool:
     """
 
     MIN_POOLED_BYTES = 64 * 1024
+    # A chunk, its ciphertext (+16 bytes) and a received frame body (+ header) share one size
+    # class, so an idle buffer of one serves the others: with separate sizes, the idle ones
+    # of one kind sat unused while the other kind mapped fresh memory (a chunk's worth of RSS).
+    SIZE_CLASS_BYTES = 64 * 1024
     _LEAD = mmap.PAGESIZE - DATA_HEADER.size
 
     def __init__(self, max_buffers: int) -> None:
@@ -55,8 +59,9 @@ class BufferPool:
     def get(self, size: int) -> WritableBuffer:
         if size < self.MIN_POOLED_BYTES:
             return bytearray(size)
-        free = self._free.get(size)
-        region = free.pop() if free else mmap.mmap(-1, self._LEAD + size, flags=_POPULATED)
+        size_class = -(-size // self.SIZE_CLASS_BYTES) * self.SIZE_CLASS_BYTES
+        free = self._free.get(size_class)
+        region = free.pop() if free else mmap.mmap(-1, self._LEAD + size_class, flags=_POPULATED)
         return memoryview(region)[self._LEAD : self._LEAD + size]
 
     def put(self, buf: object) -> None:
