@@ -67,13 +67,12 @@ class FileDigest:
         await in_worker(self._hash_range, fd, size, name)
 
     def _hash_range(self, fd: int, size: int, name: object) -> None:
-        view = memoryview(bytearray(READ_STEP_BYTES))
+        step = memoryview(bytearray(READ_STEP_BYTES))
         got = 0
         while got < size:
-            n = os.preadv(fd, [view[: min(READ_STEP_BYTES, size - got)]], got)
+            n = len(self._read_hashed(fd, step[: min(READ_STEP_BYTES, size - got)], got))
             if not n:
                 raise LocalIOError(f"{name}: shorter than the part already transferred")
-            self._hasher.update(view[:n])
             got += n
 
     def digest(self) -> bytes:

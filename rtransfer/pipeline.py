@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import mmap
 import sys
+import weakref
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
@@ -27,15 +28,24 @@ from rtransfer.workers import settle, wait_out
 
 _POPULATED = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_POPULATE", 0)  # Linux only
 QUEUE_CHUNKS = 1  # one chunk ready while another is read or written is enough to overlap them
+# The reader takes a buffer only while two would fit the pool's budget: the one left over is for
+# a resend's ciphertext, which the sender machine must seal at once, whatever the budget says.
+READER_ROOM = 2
 
 
 class BufferPool:
-    """Recycles chunk-sized buffers so steady-state transfer touches no fresh memory.
+    """Recycles chunk-sized buffers, and holds the process to a budget of them.
 
     Fresh 1 MiB buffers cost page faults and zeroing on every chunk (measured:
     ~70k minor faults per GiB without the pool, ~17-24k with it). Small buffers
-    are plain bytearrays, not pooled; at most ``max_buffers`` idle ones are kept
-    per size.
+    are plain bytearrays, not pooled.
+
+    ``max_buffers`` is a budget on the pooled regions alive at once, idle or in use:
+    producers (the sender's reader and send loop, the receiver's socket reads) wait
+    for ``room`` before they take one, and an idle region is unmapped rather than
+    kept beyond it. Tuning alone did not hold memory under faults: resets, resends
+    and a slow writer each held a few more chunks at once, and peak RSS went past
+    100 MiB. A buffer's region is counted until it is unmapped, whoever dropped it.
 
     A pooled buffer is a view into its own anonymous mapping, placed so that byte
     ``DATA_HEADER.size`` falls on a page boundary: a DATA frame's payload, whether
@@ -54,15 +64,70 @@ class BufferPool:
 
     def __init__(self, max_buffers: int) -> None:
         self.max_buffers = max_buffers
+        self.live = 0  # regions mapped and not yet unmapped: idle or in use
         self._free: dict[int, list[mmap.mmap]] = {}
+        self._listeners: list[Callable[[], None]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def in_use(self) -> int:
+        return self.live - sum(len(free) for free in self._free.values())
+
+    def has_room(self, count: int = 1) -> bool:
+        """Could ``count`` more buffers be taken without going over the budget?"""
+        return self.in_use + count <= self.max_buffers
+
+    async def room(self, count: int = 1) -> None:
+        """Wait until ``has_room(count)``: buffers come back, or dropped ones are unmapped."""
+        while not self.has_room(count):
+            waiter = asyncio.get_running_loop().create_future()
+
+            def wake(waiter: asyncio.Future[None] = waiter) -> None:
+                if not waiter.done():
+                    waiter.set_result(None)
+
+            self.listen(wake)
+            try:
+                await waiter
+            finally:
+                self.unlisten(wake)
+
+    def listen(self, on_change: Callable[[], None]) -> None:
+        """Call ``on_change`` (on the event loop) whenever a buffer comes back or is unmapped."""
+        self._loop = asyncio.get_running_loop()
+        self._listeners.append(on_change)
+
+    def unlisten(self, on_change: Callable[[], None]) -> None:
+        if on_change in self._listeners:
+            self._listeners.remove(on_change)
 
     def get(self, size: int) -> WritableBuffer:
         if size < self.MIN_POOLED_BYTES:
             return bytearray(size)
         size_class = -(-size // self.SIZE_CLASS_BYTES) * self.SIZE_CLASS_BYTES
         free = self._free.get(size_class)
-        region = free.pop() if free else mmap.mmap(-1, self._LEAD + size_class, flags=_POPULATED)
+        region = free.pop() if free else self._map(size_class)
         return memoryview(region)[self._LEAD : self._LEAD + size]
+
+    def _map(self, size_class: int) -> mmap.mmap:
+        if self.live >= self.max_buffers:  # make way: an idle region of another size goes
+            for free in self._free.values():
+                if free:
+                    free.pop()
+                    break
+        region = mmap.mmap(-1, self._LEAD + size_class, flags=_POPULATED)
+        self.live += 1
+        weakref.finalize(region, self._unmapped)
+        return region
+
+    def _unmapped(self) -> None:
+        self.live -= 1
+        if self._listeners and self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._changed)  # the last reference may go on any thread
+
+    def _changed(self) -> None:
+        for on_change in list(self._listeners):
+            on_change()
 
     def put(self, buf: object) -> None:
         """Take back a buffer from ``get`` (or any view into one); anything else is ignored."""
@@ -70,8 +135,9 @@ class BufferPool:
         if not isinstance(region, mmap.mmap):
             return
         free = self._free.setdefault(len(region) - self._LEAD, [])
-        if len(free) < self.max_buffers and not any(r is region for r in free):
+        if self.live <= self.max_buffers and not any(r is region for r in free):
             free.append(region)
+            self._changed()
 
     def recycle(self, views: Iterable[Buffer]) -> None:
         for view in views:
@@ -126,11 +192,13 @@ async def read_sources(
                     fd = f.fileno()
                     if offset:
                         await digest.hash_prefix(fd, offset, name)
+                    await pool.room(READER_ROOM)
                     buf = pool.get(chunk_bytes)
                     ahead = digest.read_into(fd, buf, offset)
                     try:
                         while piece := await settle(ahead):
                             offset = await _queue_chunk(queue, stats, Chunk(index, offset, piece))
+                            await pool.room(READER_ROOM)
                             buf = pool.get(chunk_bytes)
                             ahead = digest.read_into(fd, buf, offset)
                     finally:
@@ -160,6 +228,7 @@ async def _read_stdin(
     stream = StdStream(sys.stdin.fileno())
     offset = 0
     while True:
+        await pool.room(READER_ROOM)
         buf = pool.get(chunk_bytes)
         got = await stream.fill(buf, digest.update_now)
         if not got:

@@ -56,6 +56,7 @@ from rtransfer.stats import TransferStats
 INBOX_PAUSE_EVENTS = 2  # with QUEUE_CHUNKS, what keeps 8 MiB chunks under 100 MiB per side
 CLOSE_GRACE_S = 2.0  # for the peer to read our ERROR frame before the connection is cut
 TIMER_TICK_S = 0.2  # longest sleep between timer checks; deadlines move as frames flow
+FRAME_BUFFERS = 2  # a DATA frame being read: its body, and the plaintext it is opened into
 
 now = time.monotonic
 
@@ -99,9 +100,13 @@ class Link(asyncio.BufferedProtocol):
     full, reading pauses, which is how a slow disk pushes back on the peer.
     """
 
-    def __init__(self, machine: Peer, on_connected: Callable[[Link], bool] | None = None) -> None:
+    def __init__(
+        self, machine: Peer, on_connected: Callable[[Link], bool] | None = None, pool: BufferPool | None = None
+    ) -> None:
+        """With a ``pool``, reading also pauses while a frame's buffers would not fit its budget."""
         self.machine = machine
         self._on_connected = on_connected
+        self._pool = pool
         self._loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self._inbox: deque[Event] = deque()
@@ -121,6 +126,8 @@ class Link(asyncio.BufferedProtocol):
         sock = transport.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self._pool is not None:
+            self._pool.listen(self._pace_reading)
         self.flush()
 
     def get_buffer(self, sizehint: int) -> memoryview:
@@ -138,9 +145,21 @@ class Link(asyncio.BufferedProtocol):
         if events:
             self._inbox.extend(events)
             self._wakeup.set()
-            if len(self._inbox) >= INBOX_PAUSE_EVENTS and not self._reading_paused and self.transport:
-                self._reading_paused = True
-                self.transport.pause_reading()
+        self._pace_reading()
+
+    def _pace_reading(self) -> None:
+        """Pause reading while the inbox is full or the pool has no room for another frame
+        (its body, and the plaintext it opens into); resume once the inbox has emptied and
+        there is room."""
+        if self.transport is None or self.transport.is_closing():
+            return
+        room = self._pool is None or self._pool.has_room(FRAME_BUFFERS)
+        if not self._reading_paused and (len(self._inbox) >= INBOX_PAUSE_EVENTS or not room):
+            self._reading_paused = True
+            self.transport.pause_reading()
+        elif self._reading_paused and len(self._inbox) < INBOX_PAUSE_EVENTS // 2 and room:
+            self._reading_paused = False
+            self.transport.resume_reading()
 
     def eof_received(self) -> bool:
         self._eof = True
@@ -154,6 +173,8 @@ class Link(asyncio.BufferedProtocol):
         self._wakeup.set()
         if not self._lost.done():
             self._lost.set_result(None)
+            if self._pool is not None:
+                self._pool.unlisten(self._pace_reading)
         self.resume_writing()
 
     def pause_writing(self) -> None:
@@ -191,9 +212,7 @@ class Link(asyncio.BufferedProtocol):
         while True:
             while self._inbox:
                 event = self._inbox.popleft()
-                if self._reading_paused and len(self._inbox) < INBOX_PAUSE_EVENTS // 2 and self.transport:
-                    self._reading_paused = False
-                    self.transport.resume_reading()
+                self._pace_reading()
                 await handle(event)
             if self._error is not None:
                 raise self._error
@@ -209,6 +228,8 @@ class Link(asyncio.BufferedProtocol):
         while True:
             await asyncio.sleep(min(TIMER_TICK_S, max(0.0, self.machine.next_deadline() - now())))
             if now() >= self.machine.next_deadline():
+                if isinstance(self.machine, SenderMachine) and not self.all_written():
+                    self.machine.backlogged(now())
                 events = self.machine.on_timer(now())
                 self.flush()
                 for event in events:
@@ -321,10 +342,9 @@ def _worth_reconnecting(exc: RtransferError, started: bool) -> bool:
 
 
 def _pool_size(window: int) -> int:
-    """Idle buffers kept per size: every buffer that can be in use at once (window, queue,
-    inbox, one being read or written), so steady state never maps fresh memory (a dropped
-    chunk's region costs a page fault and zeroing per 4 KiB when mapped again). Measured over
-    1 GiB with 4 MiB chunks: the sender mapped 11 regions instead of 20, the receiver 9 as before."""
+    """The pool's budget of chunk buffers: every one that can be in use at once (window, queue,
+    inbox, one being read or written), so steady state never waits for one nor maps fresh memory
+    (a dropped chunk's region costs a page fault and zeroing per 4 KiB when mapped again)."""
     return window + QUEUE_CHUNKS + INBOX_PAUSE_EVENTS + 2
 
 
@@ -431,6 +451,8 @@ async def _send_once(
                     digests[item.file_index] = item.digest.hex()
                     machine.end_file(item.file_index, item.size, item.digest, now())
                     continue
+                if machine.encrypted:
+                    await pool.room()  # for its ciphertext
                 machine.send_chunk(item.file_index, item.offset, item.payload, now())
                 stats.chunks += 1
                 link.flush()
@@ -450,8 +472,7 @@ async def _send_once(
     try:
         await _run_link(link, stats, reporter, done, refresh, handle, send_chunks())
     finally:
-        pool.recycle(link.leftover_buffers())
-        pool.recycle(_drain(queue, lambda item: item.payload if isinstance(item, Chunk) else None))
+        _recycle_connection(pool, link, queue)
 
 
 async def _run_link(
@@ -511,7 +532,7 @@ async def run_recv(config: RecvConfig, reporter: Reporter) -> TransferStats:
         return ReceiverMachine(now(), config.timeout_s, kex, config.encrypt, config.limits, pool)
 
     try:
-        server = await loop.create_server(lambda: Link(new_machine(), on_connected), config.host, config.port)
+        server = await loop.create_server(lambda: Link(new_machine(), on_connected, pool), config.host, config.port)
     except OSError as exc:
         raise NetworkError(f"cannot listen on {config.host}:{config.port}: {_reason(exc)}") from None
     stats = TransferStats("recv")
@@ -599,15 +620,14 @@ async def _receive_once(link: Link, sink: Sink, stats: TransferStats, reporter: 
     try:
         await _run_link(link, stats, reporter, done, refresh, handle, writer)
     finally:
-        pool.recycle(link.leftover_buffers())
-        pool.recycle(_drain(queue, lambda item: item.payload if isinstance(item, ChunkReady) else None))
+        _recycle_connection(pool, link, queue)
 
 
-def _drain(queue: asyncio.Queue[Any], buffer_of: Callable[[Any], Buffer | None]) -> list[Buffer]:
-    """Empty a dead connection's queue (its tasks have ended); the chunk buffers it held."""
-    held = []
+def _recycle_connection(pool: BufferPool, link: Link, queue: asyncio.Queue[Any]) -> None:
+    """A connection has ended and its tasks with it: the chunk buffers its machine, inbox and
+    queue still hold go back to the pool for the next connection."""
+    pool.recycle(link.leftover_buffers())
     while not queue.empty():
-        buf = buffer_of(queue.get_nowait())
-        if buf is not None:
-            held.append(buf)
-    return held
+        item = queue.get_nowait()
+        if isinstance(item, Chunk | ChunkReady):
+            pool.put(item.payload)

@@ -218,6 +218,13 @@ class SenderMachine(Peer):
         self._send(item.frame)
         events.append(Retransmitted(seq, reason))
 
+    def backlogged(self, now: float) -> None:
+        """The driver's transport still holds bytes it could not write: the oldest chunk in flight
+        may not have left yet, and resending it would only queue a second copy (and seal it into a
+        fresh buffer) behind the first. The retransmission timer starts again from ``now``."""
+        if self._unacked:
+            self._timer_armed_at = now
+
     def _on_timer(self, now: float, events: list[Event]) -> None:
         if self._unacked and now >= self._timer_armed_at + self._timer.rto_s:
             self._resend(next(iter(self._unacked)), "timeout", events)

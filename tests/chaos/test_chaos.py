@@ -56,11 +56,7 @@ def assert_quiet(*stderrs: str) -> None:
         assert "Traceback" not in text and "never retrieved" not in text, text[-1500:]
 
 
-DEFAULT_CHUNK_BYTES = 8 * 1024 * 1024
-# The 100 MiB budget holds in a quiet run (94 MiB sending, 87 receiving, three runs); under the load of the
-# full suite a resend's fresh ciphertext and a late ACK once took the sender to 105 MiB. The bound allows two
-# chunks for that and still fails the code before the fix (133-234 MiB).
-MEMORY_BUDGET_BYTES = 100 * 1024 * 1024 + 2 * DEFAULT_CHUNK_BYTES
+MEMORY_BUDGET_BYTES = 100 * 1024 * 1024
 
 
 def test_memory_stays_in_budget_through_a_rate_cap_and_resets(tmp_path: Path, procs: list[Proc]) -> None:

@@ -102,6 +102,18 @@ def test_lost_ack_makes_the_sender_resend_the_oldest_chunk_after_the_timeout() -
     assert pair.sender.rto_s > 1.0  # backed off
 
 
+def test_a_backlogged_transport_restarts_the_retransmission_timer_instead_of_resending() -> None:
+    pair = Pair.accepted(manifest(CHUNK))
+    pair.sender.send_chunk(0, 0, b"a" * CHUNK, 0.0)
+    pair.sender.data_to_send()
+    deadline = pair.sender.next_deadline()
+    pair.sender.backlogged(deadline)  # the chunk has not left the driver's transport yet
+    assert pair.sender.on_timer(deadline) == []
+    later = pair.sender.next_deadline()
+    assert later > deadline
+    assert pair.sender.on_timer(later) == [Retransmitted(0, "timeout")]
+
+
 def test_retransmit_timeout_backs_off_exponentially_and_resets_on_progress() -> None:
     pair = Pair.accepted(manifest(CHUNK))
     pair.sender.send_chunk(0, 0, b"a" * CHUNK, 0.0)

@@ -1,0 +1,47 @@
+"""The buffer pool recycles chunk buffers and holds the process to its budget of them."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+
+from rtransfer.pipeline import BufferPool
+
+CHUNK = 1 << 20
+
+
+async def test_a_producer_waits_for_room_until_a_buffer_comes_back() -> None:
+    pool = BufferPool(max_buffers=2)
+    first, second = pool.get(CHUNK), pool.get(CHUNK)
+    assert not pool.has_room()
+    waiting = asyncio.ensure_future(pool.room())
+    await asyncio.sleep(0)
+    assert not waiting.done()
+    pool.put(first)
+    await asyncio.wait_for(waiting, 5)
+    assert pool.get(CHUNK).obj is first.obj  # type: ignore[union-attr]  # the same region, not a fresh one
+    assert pool.live == 2
+    del second
+
+
+async def test_a_dropped_buffer_frees_its_room_once_unmapped() -> None:
+    pool = BufferPool(max_buffers=1)
+    buf = pool.get(CHUNK)
+    waiting = asyncio.ensure_future(pool.room())
+    await asyncio.sleep(0)
+    del buf  # a dead connection's buffer nobody recycled
+    gc.collect()
+    await asyncio.wait_for(waiting, 5)
+    assert pool.live == 0
+
+
+def test_idle_buffers_never_push_the_pool_past_its_budget() -> None:
+    pool = BufferPool(max_buffers=2)
+    small, large = pool.get(CHUNK), pool.get(4 * CHUNK)
+    pool.put(small)
+    pool.put(large)
+    del small, large  # given back: only the pool holds them now
+    held = [pool.get(2 * CHUNK), pool.get(2 * CHUNK)]  # another size: idle ones of other sizes make way
+    assert pool.live == 2 and pool.in_use == 2
+    pool.recycle(held)
+    assert pool.in_use == 0 and pool.live == 2
