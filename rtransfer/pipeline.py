@@ -28,9 +28,9 @@ from rtransfer.workers import settle, wait_out
 
 _POPULATED = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_POPULATE", 0)  # Linux only
 QUEUE_CHUNKS = 1  # one chunk ready while another is read or written is enough to overlap them
-# The reader takes a buffer only while two would fit the pool's budget: the one left over is for
-# a resend's ciphertext, which the sender machine must seal at once, whatever the budget says.
-READER_ROOM = 2
+# The sender's reader and send loop take a buffer only while two would fit the pool's budget: the
+# one left over is for a resend's ciphertext, which the machine must seal at once, whatever the budget.
+SENDER_ROOM = 2
 
 
 class BufferPool:
@@ -192,13 +192,13 @@ async def read_sources(
                     fd = f.fileno()
                     if offset:
                         await digest.hash_prefix(fd, offset, name)
-                    await pool.room(READER_ROOM)
+                    await pool.room(SENDER_ROOM)
                     buf = pool.get(chunk_bytes)
                     ahead = digest.read_into(fd, buf, offset)
                     try:
                         while piece := await settle(ahead):
                             offset = await _queue_chunk(queue, stats, Chunk(index, offset, piece))
-                            await pool.room(READER_ROOM)
+                            await pool.room(SENDER_ROOM)
                             buf = pool.get(chunk_bytes)
                             ahead = digest.read_into(fd, buf, offset)
                     finally:
@@ -228,7 +228,7 @@ async def _read_stdin(
     stream = StdStream(sys.stdin.fileno())
     offset = 0
     while True:
-        await pool.room(READER_ROOM)
+        await pool.room(SENDER_ROOM)
         buf = pool.get(chunk_bytes)
         got = await stream.fill(buf, digest.update_now)
         if not got:
