@@ -40,7 +40,7 @@ class BufferPool:
     ~70k minor faults per GiB without the pool, ~17-24k with it). Small buffers
     are plain bytearrays, not pooled.
 
-    ``max_buffers`` is a budget on the pooled regions alive at once, idle or in use:
+    ``budget_buffers`` is a budget on the pooled regions alive at once, idle or in use:
     producers (the sender's reader and send loop, the receiver's socket reads) wait
     for ``room`` before they take one, and an idle region is unmapped rather than
     kept beyond it. Tuning alone did not hold memory under faults: resets, resends
@@ -62,8 +62,8 @@ class BufferPool:
     SIZE_CLASS_BYTES = 64 * 1024
     _LEAD = mmap.PAGESIZE - DATA_HEADER.size
 
-    def __init__(self, max_buffers: int) -> None:
-        self.max_buffers = max_buffers
+    def __init__(self, budget_buffers: int) -> None:
+        self.budget_buffers = budget_buffers
         self.live = 0  # regions mapped and not yet unmapped: idle or in use
         self._free: dict[int, list[mmap.mmap]] = {}
         self._listeners: list[Callable[[], None]] = []
@@ -75,7 +75,7 @@ class BufferPool:
 
     def has_room(self, count: int = 1) -> bool:
         """Could ``count`` more buffers be taken without going over the budget?"""
-        return self.in_use + count <= self.max_buffers
+        return self.in_use + count <= self.budget_buffers
 
     async def room(self, count: int = 1) -> None:
         """Wait until ``has_room(count)``: buffers come back, or dropped ones are unmapped."""
@@ -110,7 +110,7 @@ class BufferPool:
         return memoryview(region)[self._LEAD : self._LEAD + size]
 
     def _map(self, size_class: int) -> mmap.mmap:
-        if self.live >= self.max_buffers:  # make way: an idle region of another size goes
+        if self.live >= self.budget_buffers:  # make way: an idle region of another size goes
             for free in self._free.values():
                 if free:
                     free.pop()
@@ -130,12 +130,17 @@ class BufferPool:
             on_change()
 
     def put(self, buf: object) -> None:
-        """Take back a buffer from ``get`` (or any view into one); anything else is ignored."""
+        """Take back a buffer from ``get`` (or any view into one); anything else is ignored.
+
+        It is kept idle whatever the count: dropped, it would still count against the budget
+        until every view of it is gone (a caller's local variable, or a dead connection's
+        objects awaiting the garbage collector), and producers waiting for room would wait
+        for that. ``_map`` unmaps idle regions instead when it needs the room."""
         region = buf.obj if isinstance(buf, memoryview) else buf
         if not isinstance(region, mmap.mmap):
             return
         free = self._free.setdefault(len(region) - self._LEAD, [])
-        if self.live <= self.max_buffers and not any(r is region for r in free):
+        if not any(r is region for r in free):
             free.append(region)
             self._changed()
 

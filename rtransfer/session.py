@@ -596,7 +596,7 @@ async def _receive_once(link: Link, sink: Sink, stats: TransferStats, reporter: 
         elif isinstance(event, ManifestReceived):
             entries = event.manifest.entries
             sizes = [e.size for e in entries if e.kind == "file"]
-            pool.max_buffers = _pool_size(event.manifest.window)
+            pool.budget_buffers = _pool_size(event.manifest.window)
             plan = sink.plan(event.manifest)
             start_offsets.update(plan.start_offsets)
             stats.files_total = len(sizes)

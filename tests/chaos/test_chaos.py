@@ -76,8 +76,8 @@ def test_memory_stays_in_budget_through_a_rate_cap_and_resets(tmp_path: Path, pr
     send_done = json.loads(result.stdout.decode().splitlines()[-1])
     (recv_done,) = rx.events("done")
     assert send_done["reconnects"] >= 3 and proxy.faults("reset") >= 3
-    assert send_done["peak_rss_bytes"] <= MEMORY_BUDGET_BYTES, send_done
-    assert recv_done["peak_rss_bytes"] <= MEMORY_BUDGET_BYTES, recv_done
+    peaks = {"send": send_done["peak_rss_bytes"], "recv": recv_done["peak_rss_bytes"]}
+    assert max(peaks.values()) <= MEMORY_BUDGET_BYTES, peaks
     assert (tmp_path / "out" / "gig.bin").stat().st_size == src.stat().st_size
 
 

@@ -11,7 +11,7 @@ CHUNK = 1 << 20
 
 
 async def test_a_producer_waits_for_room_until_a_buffer_comes_back() -> None:
-    pool = BufferPool(max_buffers=2)
+    pool = BufferPool(budget_buffers=2)
     first, second = pool.get(CHUNK), pool.get(CHUNK)
     assert not pool.has_room()
     waiting = asyncio.ensure_future(pool.room())
@@ -25,7 +25,7 @@ async def test_a_producer_waits_for_room_until_a_buffer_comes_back() -> None:
 
 
 async def test_a_dropped_buffer_frees_its_room_once_unmapped() -> None:
-    pool = BufferPool(max_buffers=1)
+    pool = BufferPool(budget_buffers=1)
     buf = pool.get(CHUNK)
     waiting = asyncio.ensure_future(pool.room())
     await asyncio.sleep(0)
@@ -36,7 +36,7 @@ async def test_a_dropped_buffer_frees_its_room_once_unmapped() -> None:
 
 
 def test_idle_buffers_never_push_the_pool_past_its_budget() -> None:
-    pool = BufferPool(max_buffers=2)
+    pool = BufferPool(budget_buffers=2)
     small, large = pool.get(CHUNK), pool.get(4 * CHUNK)
     pool.put(small)
     pool.put(large)
@@ -45,3 +45,11 @@ def test_idle_buffers_never_push_the_pool_past_its_budget() -> None:
     assert pool.live == 2 and pool.in_use == 2
     pool.recycle(held)
     assert pool.in_use == 0 and pool.live == 2
+
+
+def test_a_buffer_given_back_makes_room_even_while_a_stale_view_of_it_lives_on() -> None:
+    pool = BufferPool(budget_buffers=1)
+    first, resend = pool.get(CHUNK), pool.get(CHUNK)  # one over budget, as a resend may go
+    pool.recycle([first, resend])  # a dead connection's objects may still hold these views
+    assert pool.has_room() and pool.in_use == 0
+    assert first.obj is not None and resend.obj is not None  # type: ignore[union-attr]
