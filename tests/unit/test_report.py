@@ -88,3 +88,16 @@ def test_summary_counts_agree_with_their_nouns() -> None:
     line = out.getvalue()
     assert "in 1 file in" in line and "1 chunk," in line and "2 retransmits" in line
     assert "1 reconnect," in line and "0 integrity failures" in line
+
+
+def test_peak_memory_is_this_programs_own_not_its_parents() -> None:
+    """ru_maxrss survives exec: a child of a large process would report the parent's size."""
+    import subprocess
+    import sys
+
+    ballast = bytearray(200 << 20)  # this process is now > 200 MiB resident
+    ballast[::4096] = b"x" * len(ballast[::4096])
+    code = "from rtransfer.stats import peak_rss_bytes; print(peak_rss_bytes())"
+    child_peak = int(subprocess.run([sys.executable, "-c", code], capture_output=True, check=True).stdout)
+    assert child_peak < 100 << 20
+    del ballast
