@@ -42,8 +42,8 @@ class BufferPool:
 
     ``budget_buffers`` is a budget on the pooled regions alive at once, idle or in use:
     producers (the sender's reader and send loop, the receiver's socket reads) wait
-    for ``room`` before they take one, and an idle region is unmapped rather than
-    kept beyond it. Tuning alone did not hold memory under faults: resets, resends
+    for ``room`` before they take one, and an idle region is unmapped before a new
+    one would go past it. Tuning alone did not hold memory under faults: resets, resends
     and a slow writer each held a few more chunks at once, and peak RSS went past
     100 MiB. A buffer's region is counted until it is unmapped, whoever dropped it.
 
@@ -91,6 +91,11 @@ class BufferPool:
                 await waiter
             finally:
                 self.unlisten(wake)
+
+    async def take(self, size: int, room: int = 1) -> WritableBuffer:
+        """A buffer for a producer, once ``room`` buffers would fit the budget."""
+        await self.room(room)
+        return self.get(size)
 
     def listen(self, on_change: Callable[[], None]) -> None:
         """Call ``on_change`` (on the event loop) whenever a buffer comes back or is unmapped."""
@@ -197,14 +202,12 @@ async def read_sources(
                     fd = f.fileno()
                     if offset:
                         await digest.hash_prefix(fd, offset, name)
-                    await pool.room(SENDER_ROOM)
-                    buf = pool.get(chunk_bytes)
+                    buf = await pool.take(chunk_bytes, SENDER_ROOM)
                     ahead = digest.read_into(fd, buf, offset)
                     try:
                         while piece := await settle(ahead):
                             offset = await _queue_chunk(queue, stats, Chunk(index, offset, piece))
-                            await pool.room(SENDER_ROOM)
-                            buf = pool.get(chunk_bytes)
+                            buf = await pool.take(chunk_bytes, SENDER_ROOM)
                             ahead = digest.read_into(fd, buf, offset)
                     finally:
                         try:
@@ -233,8 +236,7 @@ async def _read_stdin(
     stream = StdStream(sys.stdin.fileno())
     offset = 0
     while True:
-        await pool.room(SENDER_ROOM)
-        buf = pool.get(chunk_bytes)
+        buf = await pool.take(chunk_bytes, SENDER_ROOM)
         got = await stream.fill(buf, digest.update_now)
         if not got:
             pool.put(buf)

@@ -229,7 +229,7 @@ class Link(asyncio.BufferedProtocol):
         while True:
             await asyncio.sleep(min(TIMER_TICK_S, max(0.0, self.machine.next_deadline() - now())))
             if now() >= self.machine.next_deadline():
-                if isinstance(self.machine, SenderMachine) and not self.all_written():
+                if not self.all_written():
                     self.machine.backlogged(now())
                 events = self.machine.on_timer(now())
                 self.flush()
@@ -342,8 +342,8 @@ def _worth_reconnecting(exc: RtransferError, started: bool) -> bool:
     return isinstance(exc, NetworkError | ProtocolError)
 
 
-def _pool_size(window: int) -> int:
-    """The pool's budget of chunk buffers: every one that can be in use at once (window, queue,
+def _recv_budget(window: int) -> int:
+    """The receiver's budget of chunk buffers: every one that can be in use at once (window, queue,
     inbox, one being read or written), so steady state never waits for one nor maps fresh memory
     (a dropped chunk's region costs a page fault and zeroing per 4 KiB when mapped again)."""
     return window + QUEUE_CHUNKS + INBOX_PAUSE_EVENTS + 2
@@ -530,7 +530,7 @@ async def run_recv(config: RecvConfig, reporter: Reporter) -> TransferStats:
         arrivals.put_nowait(link)
         return True
 
-    pool = BufferPool(_pool_size(window=0))  # grown once the manifest tells the window
+    pool = BufferPool(_recv_budget(window=0))  # grown once the manifest tells the window
     code = config.code if config.code is not None else new_code()
     secret = normalise_code(code)
     started_kex = [KeyExchange(secret, is_sender=False)]  # for the first connection, ready before it comes
@@ -596,7 +596,7 @@ async def _receive_once(link: Link, sink: Sink, stats: TransferStats, reporter: 
         elif isinstance(event, ManifestReceived):
             entries = event.manifest.entries
             sizes = [e.size for e in entries if e.kind == "file"]
-            pool.budget_buffers = _pool_size(event.manifest.window)
+            pool.budget_buffers = _recv_budget(event.manifest.window)
             plan = sink.plan(event.manifest)
             start_offsets.update(plan.start_offsets)
             stats.files_total = len(sizes)

@@ -249,6 +249,9 @@ class Peer:
             self._send(Ping(self._ping_token))
         return events
 
+    def backlogged(self, now: float) -> None:
+        """The driver's transport still holds bytes it could not write (see the sender)."""
+
     def _on_timer(self, now: float, events: list[Event]) -> None:
         """Hook for the sender's retransmission timer."""
 
