@@ -90,7 +90,8 @@ def _file_entry(name: str, path: Path, st: os.stat_result) -> Entry:
 
 
 def _walk(root: Path, root_name: str, warn: Callable[[str], None]) -> list[Source]:
-    out = [Source(Entry(root_name, "dir", None, stat.S_IMODE(root.stat().st_mode)), root)]
+    root_st = root.stat()
+    out = [Source(Entry(root_name, "dir", None, stat.S_IMODE(root_st.st_mode), root_st.st_mtime), root)]
 
     def on_error(exc: OSError) -> None:
         raise local_error(exc, exc.filename or root)
@@ -112,7 +113,7 @@ def _walk(root: Path, root_name: str, warn: Callable[[str], None]) -> list[Sourc
                 else:
                     warn(f"skipping symbolic link {full}: it points outside the transfer")
             elif stat.S_ISDIR(st.st_mode):
-                out.append(Source(Entry(entry_path, "dir", None, stat.S_IMODE(st.st_mode)), full))
+                out.append(Source(Entry(entry_path, "dir", None, stat.S_IMODE(st.st_mode), st.st_mtime), full))
             elif stat.S_ISREG(st.st_mode):
                 out.append(Source(_file_entry(entry_path, full, st), full))
             else:
@@ -356,8 +357,9 @@ class DirectorySink:
             raise local_error(exc, final) from None
 
     async def complete(self) -> None:
-        """Links after every file (nothing is written through them), directory modes last
-        (a read-only directory must not block its own contents)."""
+        """Links after every file (nothing is written through them), directory times and modes
+        last, deepest first, as rsync and tar do: writing a directory's contents changes its
+        mtime, and a read-only directory must not block its own contents."""
         for index, entry in enumerate(self._entries):
             if entry.kind == "symlink" and entry.target is not None:
                 final = self._finals[index]
@@ -369,8 +371,11 @@ class DirectorySink:
                     raise local_error(exc, final) from None
         for entry in reversed(self._entries):
             if entry.kind == "dir":
+                directory = self.root.joinpath(*PurePosixPath(entry.path).parts)
                 try:
-                    os.chmod(self.root.joinpath(*PurePosixPath(entry.path).parts), entry.mode)
+                    if entry.mtime is not None:
+                        os.utime(directory, (entry.mtime, entry.mtime), follow_symlinks=False)
+                    os.chmod(directory, entry.mode)
                 except OSError as exc:
                     raise local_error(exc, entry.path) from None
 

@@ -128,6 +128,23 @@ def test_directory_tree_keeps_structure_empty_entries_and_permissions(tmp_path: 
     assert rx.events("done")[0]["files"] == 4
 
 
+def test_directories_keep_their_mtimes_set_after_their_contents(tmp_path: Path, procs: list[Proc]) -> None:
+    src = tmp_path / "tree"
+    (src / "sub" / "deeper").mkdir(parents=True)
+    (src / "sub" / "deeper" / "f").write_bytes(b"x")
+    (src / "sub" / "g").write_bytes(b"y")
+    os.symlink("g", src / "sub" / "link")
+    stamps = {"": 1_000_000_000.25, "sub": 1_100_000_000.5, "sub/deeper": 1_200_000_000.75}
+    for rel, when in stamps.items():
+        os.utime(src / rel, (when, when))
+    procs.append(rx := Receiver(tmp_path / "out"))
+    assert send(str(src), rx.address).returncode == 0
+    assert rx.finish() == 0
+    out = tmp_path / "out" / "tree"
+    for rel, when in stamps.items():
+        assert abs((out / rel).stat().st_mtime - when) < 1e-3, rel
+
+
 def test_several_sources_in_one_transfer(tmp_path: Path, procs: list[Proc]) -> None:
     a = write_random(tmp_path / "a", 1000)
     b = write_random(tmp_path / "b", 70000)
