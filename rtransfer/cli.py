@@ -71,12 +71,12 @@ def parse_endpoint(text: str, default_host: str | None) -> tuple[str, int]:
     return host, int(port_text)
 
 
-def _reporter(json_output: bool, quiet: bool, data_on_stdout: bool) -> "Reporter":
+def _reporter(json_output: bool, quiet: bool, data_on_stdout: bool, verbose: bool = False) -> "Reporter":
     from rtransfer.report import ConsoleReporter, JsonReporter
 
     if json_output:
         return JsonReporter((sys.stderr if data_on_stdout else sys.stdout).fileno())
-    return ConsoleReporter(quiet=quiet)
+    return ConsoleReporter(quiet=quiet, verbose=verbose)
 
 
 def _run(work: "Awaitable[TransferStats]", reporter: "Reporter") -> NoReturn:
@@ -140,6 +140,7 @@ JsonOpt = Annotated[
     bool, typer.Option("--json", help="Newline-delimited JSON events on stdout (stderr if stdout carries data).")
 ]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")]
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="A line per file (digest and name), for trees too.")]
 NoEncryptOpt = Annotated[
     bool,
     typer.Option(
@@ -166,6 +167,7 @@ def send(
     ] = None,
     json_output: JsonOpt = False,
     quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
     timeout: TimeoutOpt = 30.0,
     chunk_size: Annotated[
         str, typer.Option("--chunk-size", metavar="SIZE", help="Bytes per chunk (K/M suffixes).")
@@ -180,7 +182,7 @@ def send(
     ] = 60.0,
 ) -> int:
     """Send files, directories or standard input ('-') to a receiver."""
-    reporter = _reporter(json_output, quiet, data_on_stdout=False)
+    reporter = _reporter(json_output, quiet, data_on_stdout=False, verbose=verbose)
     try:
         from rtransfer.protocol.frames import MAX_CHUNK_BYTES, MAX_WINDOW, MIN_CHUNK_BYTES
         from rtransfer.retry import RetryPolicy
@@ -221,6 +223,7 @@ def recv(
     ] = f"0.0.0.0:{DEFAULT_PORT}",
     json_output: JsonOpt = False,
     quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
     timeout: TimeoutOpt = 30.0,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace files that already exist in DEST.")] = False,
     secret: SecretOpt = None,
@@ -241,7 +244,7 @@ def recv(
     ] = False,
 ) -> int:
     """Listen, receive one transfer into DEST, and exit."""
-    reporter = _reporter(json_output, quiet, data_on_stdout=dest == "-")
+    reporter = _reporter(json_output, quiet, data_on_stdout=dest == "-", verbose=verbose)
     try:
         from rtransfer.protocol.receiver import ReceiveLimits
         from rtransfer.session import RecvConfig, run_recv

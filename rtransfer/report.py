@@ -115,14 +115,25 @@ def human_bytes(n: float) -> str:
 
 
 class ConsoleReporter(Reporter):
-    """Messages on stderr; a live progress display only when stderr is a terminal."""
+    """Messages on stderr; a live progress display only when stderr is a terminal.
+
+    A file's digest line is printed when the transfer is that one file (what ``b3sum``
+    would print, one line to check it by) or with ``verbose``; a tree prints only its
+    summary, as rsync prints nothing per file without ``-v``."""
 
     def __init__(
-        self, stream: IO[str] | None = None, quiet: bool = False, live: bool | None = None, width: int | None = None
+        self,
+        stream: IO[str] | None = None,
+        quiet: bool = False,
+        live: bool | None = None,
+        width: int | None = None,
+        verbose: bool = False,
     ) -> None:
         self.stream = stream or sys.stderr
         self.width = width
         self.quiet = quiet
+        self.verbose = verbose
+        self._per_file = verbose
         self.live = (not quiet and self.stream.isatty()) if live is None else live
         self._progress: Any = None
         self._task: Any = None
@@ -143,6 +154,7 @@ class ConsoleReporter(Reporter):
             self._say(f"  rtransfer send FILE... {where}:{port} --code {code}")
 
     def started(self, stats: TransferStats) -> None:
+        self._per_file = self.verbose or stats.files_total <= 1
         if not self.live:
             return
         from rich.console import Console
@@ -179,7 +191,8 @@ class ConsoleReporter(Reporter):
         self._progress.update(self._task, completed=stats.bytes_done, total=stats.total_bytes, detail=detail)
 
     def file_done(self, path: str, size: int, blake3_hex: str) -> None:
-        self._say(f"{blake3_hex}  {path}  ({human_bytes(size)})")
+        if self._per_file:
+            self._say(f"{blake3_hex}  {path}  ({human_bytes(size)})")
 
     def warning(self, message: str) -> None:
         self._say(f"rtransfer: warning: {message}")

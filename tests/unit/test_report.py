@@ -101,3 +101,17 @@ def test_peak_memory_is_this_programs_own_not_its_parents() -> None:
     child_peak = int(subprocess.run([sys.executable, "-c", code], capture_output=True, check=True).stdout)
     assert child_peak < 100 << 20
     del ballast
+
+
+def test_a_tree_prints_no_line_per_file_unless_verbose_and_a_single_file_prints_its_own() -> None:
+    def lines(files_total: int, verbose: bool) -> list[str]:
+        out = io.StringIO()
+        reporter = ConsoleReporter(stream=out, verbose=verbose)
+        reporter.started(TransferStats("recv", files_total=files_total))
+        for i in range(files_total):
+            reporter.file_done(f"f{i}", 1, "ab" * 32)
+        return out.getvalue().splitlines()
+
+    assert lines(3, verbose=False) == []
+    assert len(lines(3, verbose=True)) == 3
+    assert lines(1, verbose=False) == [f"{'ab' * 32}  f0  (1 B)"]
