@@ -180,6 +180,12 @@ def send(
     retry_max_seconds: Annotated[
         float, typer.Option("--retry-max-seconds", metavar="SECONDS", help="Give up retrying after this long.")
     ] = 60.0,
+    safe_links: Annotated[
+        bool,
+        typer.Option(
+            "--safe-links", help="Skip symbolic links that point outside the tree (sent as they are by default)."
+        ),
+    ] = False,
 ) -> int:
     """Send files, directories or standard input ('-') to a receiver."""
     reporter = _reporter(json_output, quiet, data_on_stdout=False, verbose=verbose)
@@ -206,7 +212,17 @@ def send(
         if no_encrypt:
             reporter.warning("--no-encrypt: file contents travel in clear; only the handshake is authenticated")
         config = SendConfig(
-            sources, host, port, name, chunk_bytes, window, timeout, policy, code=key, encrypt=not no_encrypt
+            sources,
+            host,
+            port,
+            name,
+            chunk_bytes,
+            window,
+            timeout,
+            policy,
+            code=key,
+            encrypt=not no_encrypt,
+            safe_links=safe_links,
         )
     except RtransferError as exc:
         reporter.error(exc)
@@ -242,6 +258,10 @@ def recv(
         bool,
         typer.Option("--buffered", help="Write large files through the page cache instead of with direct I/O."),
     ] = False,
+    safe_links: Annotated[
+        bool,
+        typer.Option("--safe-links", help="Refuse a transfer carrying a symbolic link that points outside DEST."),
+    ] = False,
 ) -> int:
     """Listen, receive one transfer into DEST, and exit."""
     reporter = _reporter(json_output, quiet, data_on_stdout=dest == "-", verbose=verbose)
@@ -268,6 +288,7 @@ def recv(
             encrypt=not no_encrypt,
             wait_s=wait_seconds,
             direct_io=not buffered,
+            safe_links=safe_links,
         )
     except RtransferError as exc:
         reporter.error(exc)

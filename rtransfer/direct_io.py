@@ -36,7 +36,12 @@ _O_DIRECT = getattr(os, "O_DIRECT", 0)
 
 
 def _open_direct(path: str, flags: int) -> int:
-    return os.open(path, flags | _O_DIRECT, 0o666)
+    return os.open(path, flags | _O_DIRECT | os.O_NOFOLLOW, 0o666)
+
+
+def _open_no_follow(path: str, flags: int) -> int:
+    """A partial file that is a link (planted in DEST) is refused, never written through."""
+    return os.open(path, flags | os.O_NOFOLLOW, 0o666)
 
 
 def direct_io_suits(file_bytes: int, chunk_bytes: int) -> bool:
@@ -54,14 +59,17 @@ class PartialWriter:
     @classmethod
     async def open(cls, path: Path, offset: int, direct: bool, chunk_bytes: int) -> PartialWriter:
         mode: Literal["wb", "r+b"] = "wb" if offset == 0 else "r+b"
-        handle = None
+        handle: Any = None
         if direct:
             try:
                 handle = await settle(aiofiles.open(path, mode, buffering=0, opener=_open_direct))
             except OSError as exc:
                 if exc.errno != errno.EINVAL:  # EINVAL: this filesystem has no direct I/O
                     raise
-        writer = cls(handle or await settle(aiofiles.open(path, mode)), handle is not None, chunk_bytes)
+        opened_direct = handle is not None
+        if handle is None:
+            handle = await settle(aiofiles.open(path, mode, opener=_open_no_follow))
+        writer = cls(handle, opened_direct, chunk_bytes)
         if offset:
             await settle(writer._handle.truncate(offset))
             await settle(writer._handle.seek(offset))

@@ -16,6 +16,7 @@ import xxhash
 
 from rtransfer.errors import LocalIOError
 from rtransfer.protocol.frames import Buffer, WritableBuffer
+from rtransfer.protocol.pack import PackedFile, table_bytes, write_table
 from rtransfer.workers import in_worker
 
 # Measured with bench/loop_stall.py (512 MiB): a 16 MiB update inline stalls the loop
@@ -80,6 +81,36 @@ class FileDigest:
 
     def hexdigest(self) -> str:
         return self._hasher.hexdigest()
+
+
+def read_pack(small: list[tuple[int, str, int]], buf: WritableBuffer) -> list[PackedFile]:
+    """Read whole small files ``(index, path, size)`` into ``buf`` as a pack (protocol/pack.py),
+    each hashed as soon as it is read; for a worker thread, one call per pack.
+
+    A file that is no longer the size it was listed with fails the transfer, as a large
+    one does: what arrives is always a whole version of the file."""
+    view = memoryview(buf)
+    start = table_bytes(len(small))
+    files: list[PackedFile] = []
+    probe = bytearray(1)
+    for index, path, size in small:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            got = 0
+            while True:  # a short read from a regular file is its end: one call per file, as a rule
+                want = size - got + 1
+                n = os.readv(fd, [view[start + got : start + size], probe])
+                got += n
+                if n == 0 or n < want or got > size:
+                    break
+        finally:
+            os.close(fd)
+        if got != size:
+            raise LocalIOError(f"{path}: changed while being sent ({size} bytes expected, {got} or more read)")
+        files.append(PackedFile(index, size, blake3.blake3(view[start : start + size]).digest(), start))
+        start += size
+    write_table(view, files)
+    return files
 
 
 IDENTITY_HEAD_BYTES = 64 * 1024

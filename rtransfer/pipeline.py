@@ -18,13 +18,15 @@ from dataclasses import dataclass
 import aiofiles
 
 from rtransfer.errors import LocalIOError
-from rtransfer.files import Sink, Source, local_error
-from rtransfer.integrity import FileDigest
-from rtransfer.protocol.events import ChunkReady, FileComplete
+from rtransfer.files import PACK_FILE_MAX_BYTES, Source, local_error
+from rtransfer.integrity import FileDigest, read_pack
+from rtransfer.protocol.events import Accepted, ChunkReady, FileComplete, PackReady
 from rtransfer.protocol.frames import DATA_HEADER, Buffer, WritableBuffer
+from rtransfer.protocol.pack import PackedFile, table_bytes
+from rtransfer.sink import Sink
 from rtransfer.stats import TransferStats
 from rtransfer.stdio import StdStream
-from rtransfer.workers import settle, wait_out
+from rtransfer.workers import in_worker, settle, wait_out
 
 _POPULATED = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_POPULATE", 0)  # Linux only
 QUEUE_CHUNKS = 1  # one chunk ready while another is read or written is enough to overlap them
@@ -164,63 +166,135 @@ class Chunk:
 @dataclass(frozen=True)
 class EndOfFile:
     file_index: int
+    path: str
     size: int
     digest: bytes
 
 
-SendItem = Chunk | EndOfFile | None  # None: every source has been read
-RecvItem = ChunkReady | FileComplete
+@dataclass(frozen=True)
+class Packed:
+    """Whole small files read into one chunk buffer (laid out as protocol/pack.py says)."""
+
+    files: list[PackedFile]
+    paths: list[str]
+    payload: Buffer
+
+
+@dataclass(frozen=True)
+class Listed:
+    """A batch of the file list, as the receiver accepted it: what the reader reads next."""
+
+    first: int
+    sources: list[Source]
+    accepted: Accepted
+
+
+SendItem = Chunk | EndOfFile | Packed | None  # None: every source has been read
+RecvItem = ChunkReady | FileComplete | PackReady
 
 
 async def read_sources(
-    sources: list[Source],
-    start_offsets: dict[int, int],
+    batches: asyncio.Queue[Listed | None],
     chunk_bytes: int,
     queue: asyncio.Queue[SendItem],
     stats: TransferStats,
     pool: BufferPool,
-    skip: set[int] | None = None,
+    batch_read: Callable[[], None],
 ) -> None:
-    """Read each file once; a chunk is queued only once hashed, so an ACK can recycle its buffer.
+    """Read each accepted batch's files once, in order: small whole files into packs, the
+    others chunk by chunk; ``batch_read`` after each batch, so the lister may list another."""
+    pack_max = min(PACK_FILE_MAX_BYTES, chunk_bytes - table_bytes(1))
+    while (batch := await batches.get()) is not None:
+        starts, skip = batch.accepted.start_offsets, set(batch.accepted.done)
+        small: list[tuple[int, str, int]] = []
+        small_bytes = 0
+        for index, source in enumerate(batch.sources, batch.first):
+            entry = source.entry
+            if entry.kind != "file" or index in skip:
+                continue
+            size = entry.size
+            if source.local is not None and size is not None and size <= pack_max and not starts.get(index):
+                if small and table_bytes(len(small) + 1) + small_bytes + size > chunk_bytes:
+                    await _queue_pack(small, chunk_bytes, queue, stats, pool)
+                    small, small_bytes = [], 0
+                small.append((index, source.local, size))
+                small_bytes += size
+                continue
+            if small:
+                await _queue_pack(small, chunk_bytes, queue, stats, pool)
+                small, small_bytes = [], 0
+            await _read_file(index, source, starts.get(index, 0), chunk_bytes, queue, stats, pool)
+        if small:
+            await _queue_pack(small, chunk_bytes, queue, stats, pool)
+        batch_read()
+    await queue.put(None)
+
+
+async def _queue_pack(
+    small: list[tuple[int, str, int]],
+    chunk_bytes: int,
+    queue: asyncio.Queue[SendItem],
+    stats: TransferStats,
+    pool: BufferPool,
+) -> None:
+    """Read a pack's files in one worker-thread call (open, read, hash, close each): a tree of
+    small files costs a thread hop per pack, not per file."""
+    buf = await pool.take(chunk_bytes, SENDER_ROOM)
+    try:
+        files = await in_worker(read_pack, small, buf)
+    except BaseException:
+        pool.put(buf)
+        raise
+    end = files[-1].start + files[-1].size
+    await queue.put(Packed(files, [path for _, path, _ in small], memoryview(buf)[:end]))
+    stats.observe_queue(queue.qsize())
+
+
+async def _read_file(
+    index: int,
+    source: Source,
+    offset: int,
+    chunk_bytes: int,
+    queue: asyncio.Queue[SendItem],
+    stats: TransferStats,
+    pool: BufferPool,
+) -> None:
+    """One file (or standard input) chunk by chunk; a chunk is queued only once hashed, so an
+    ACK can recycle its buffer.
 
     For files, chunk N+1 is read (and hashed) while chunk N waits in the queue for
     the network; reading further ahead only held more memory (one chunk of RSS,
     measured). Standard input is not read ahead: a slow pipe must not hold back a
     chunk already read.
     """
-    for index, source in enumerate(sources):
-        if source.entry.kind != "file" or (skip and index in skip):
-            continue
-        name = source.local or "standard input"
-        digest = FileDigest()
-        offset = start_offsets.get(index, 0)
-        try:
-            if source.local is None:
-                offset = await _read_stdin(index, chunk_bytes, queue, stats, pool, digest)
-            else:
-                async with aiofiles.open(source.local, "rb") as f:
-                    fd = f.fileno()
-                    if offset:
-                        await digest.hash_prefix(fd, offset, name)
-                    buf = await pool.take(chunk_bytes, SENDER_ROOM)
-                    ahead = digest.read_into(fd, buf, offset)
+    name = source.local or "standard input"
+    digest = FileDigest()
+    try:
+        if source.local is None:
+            offset = await _read_stdin(index, chunk_bytes, queue, stats, pool, digest)
+        else:
+            async with aiofiles.open(source.local, "rb") as f:
+                fd = f.fileno()
+                if offset:
+                    await digest.hash_prefix(fd, offset, name)
+                buf = await pool.take(chunk_bytes, SENDER_ROOM)
+                ahead = digest.read_into(fd, buf, offset)
+                try:
+                    while piece := await settle(ahead):
+                        offset = await _queue_chunk(queue, stats, Chunk(index, offset, piece))
+                        buf = await pool.take(chunk_bytes, SENDER_ROOM)
+                        ahead = digest.read_into(fd, buf, offset)
+                finally:
                     try:
-                        while piece := await settle(ahead):
-                            offset = await _queue_chunk(queue, stats, Chunk(index, offset, piece))
-                            buf = await pool.take(chunk_bytes, SENDER_ROOM)
-                            ahead = digest.read_into(fd, buf, offset)
-                    finally:
-                        try:
-                            await wait_out(ahead)  # the worker must be done with the fd and buf first
-                        finally:  # done, even if a second cancel came meanwhile (wait_out saw to it)
-                            pool.put(buf)  # read to the end, or read but never queued
-        except OSError as exc:
-            raise local_error(exc, name) from None
-        declared = source.entry.size
-        if declared is not None and offset != declared:
-            raise LocalIOError(f"{name}: changed while being sent ({declared} bytes expected, {offset} read)")
-        await queue.put(EndOfFile(index, offset, digest.digest()))
-    await queue.put(None)
+                        await wait_out(ahead)  # the worker must be done with the fd and buf first
+                    finally:  # done, even if a second cancel came meanwhile (wait_out saw to it)
+                        pool.put(buf)  # read to the end, or read but never queued
+    except OSError as exc:
+        raise local_error(exc, name) from None
+    declared = source.entry.size
+    if declared is not None and offset != declared:
+        raise LocalIOError(f"{name}: changed while being sent ({declared} bytes expected, {offset} read)")
+    await queue.put(EndOfFile(index, source.entry.path, offset, digest.digest()))
 
 
 async def _read_stdin(
@@ -251,15 +325,21 @@ async def _queue_chunk(queue: asyncio.Queue[SendItem], stats: TransferStats, chu
     return chunk.offset + len(chunk.payload)
 
 
+FileVerifiedCallback = Callable[[FileComplete, bool, str, str], Awaitable[None]]
+PackWrittenCallback = Callable[[PackReady, list[tuple[str, int, str | None]]], Awaitable[None]]
+
+
 async def write_chunks(
     queue: asyncio.Queue[RecvItem],
     sink: Sink,
     stats: TransferStats,
-    verified: Callable[[FileComplete, bool, str], Awaitable[None]],
+    verified: FileVerifiedCallback,
+    pack_written: PackWrittenCallback,
     start_offsets: dict[int, int],
     pool: BufferPool | None = None,
 ) -> None:
     """Append each in-order chunk to its file while hashing it; check the digest at the end.
+    A pack's files go into place together (see DirectorySink.write_pack).
 
     A resumed file's digest first takes in the part already on disk."""
     digests: dict[int, FileDigest] = {}
@@ -267,13 +347,20 @@ async def write_chunks(
     async def digest_for(index: int) -> FileDigest:
         if index not in digests:
             digests[index] = FileDigest()
-            if start_offsets.get(index):
-                await sink.hash_prefix(index, start_offsets[index], digests[index])
+            start = start_offsets.pop(index, 0)
+            if start:
+                await sink.hash_prefix(index, start, digests[index])
         return digests[index]
 
     while True:
         item = await queue.get()
         stats.observe_queue(queue.qsize())
+        if isinstance(item, PackReady):
+            results = await sink.write_pack(item.files, item.payload)
+            if pool is not None:
+                pool.put(item.payload)
+            await pack_written(item, results)
+            continue
         digest = await digest_for(item.file_index)
         if isinstance(item, ChunkReady):
             await asyncio.gather(sink.write(item.file_index, item.offset, item.payload), digest.update(item.payload))
@@ -285,5 +372,6 @@ async def write_chunks(
             ok = digest.digest() == item.digest
             if not ok:
                 stats.integrity_failures += 1
+            path = sink.display_path(item.file_index)
             await sink.finish(item.file_index, ok)
-            await verified(item, ok, digest.hexdigest())
+            await verified(item, ok, digest.hexdigest(), path)

@@ -78,7 +78,9 @@ class JsonReporter(Reporter):
 
     def started(self, stats: TransferStats) -> None:
         self._stats = stats
-        self._emit("start", role=stats.role, total_bytes=stats.total_bytes, files=stats.files_total)
+        self._emit(
+            "start", role=stats.role, total_bytes=stats.total_bytes, files=stats.files_total, listing=stats.listing
+        )
 
     def progress(self, stats: TransferStats) -> None:
         self._stats = stats
@@ -154,7 +156,7 @@ class ConsoleReporter(Reporter):
             self._say(f"  rtransfer send FILE... {where}:{port} --code {code}")
 
     def started(self, stats: TransferStats) -> None:
-        self._per_file = self.verbose or stats.files_total <= 1
+        self._per_file = self.verbose or (not stats.listing and stats.files_total <= 1)
         if not self.live:
             return
         from rich.console import Console
@@ -185,7 +187,8 @@ class ConsoleReporter(Reporter):
         if self._progress is None:
             return
         detail = (
-            f"{stats.files_done}/{stats.files_total} files · {stats.in_flight} in flight · "
+            f"{stats.files_done}/{stats.files_total}{'+' if stats.listing else ''} files · "
+            f"{stats.in_flight} in flight · "
             f"{stats.retransmits} retx · {stats.integrity_failures} bad · {stats.reconnects} reconnects"
         )
         self._progress.update(self._task, completed=stats.bytes_done, total=stats.total_bytes, detail=detail)

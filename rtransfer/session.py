@@ -20,13 +20,15 @@ from typing import Any
 
 from rtransfer.crypto import KeyExchange, new_code, normalise_code
 from rtransfer.errors import IntegrityError, NetworkError, RtransferError, UnknownHost
-from rtransfer.files import DirectorySink, Sink, Source, StdoutSink, collect_sources
+from rtransfer.files import Source, collect_sources, list_batches
 from rtransfer.pipeline import (
     QUEUE_CHUNKS,
     SENDER_ROOM,
     BufferPool,
     Chunk,
     EndOfFile,
+    Listed,
+    Packed,
     RecvItem,
     SendItem,
     read_sources,
@@ -38,11 +40,13 @@ from rtransfer.protocol.events import (
     ChunkReady,
     ChunksAcked,
     DuplicateChunk,
+    EntriesReceived,
     Event,
     FileComplete,
     FileVerified,
     IntegrityFailure,
     ManifestReceived,
+    PackReady,
     Retransmitted,
     TransferComplete,
 )
@@ -52,12 +56,17 @@ from rtransfer.protocol.receiver import ReceiveLimits, ReceiverMachine
 from rtransfer.protocol.sender import SenderMachine
 from rtransfer.report import Reporter
 from rtransfer.retry import Backoff, RetryPolicy, retry_call
+from rtransfer.sink import DirectorySink, Sink, StdoutSink
 from rtransfer.stats import TransferStats
+from rtransfer.workers import in_worker
 
 INBOX_PAUSE_EVENTS = 2  # with QUEUE_CHUNKS, what keeps 8 MiB chunks under 100 MiB per side
 CLOSE_GRACE_S = 2.0  # for the peer to read our ERROR frame before the connection is cut
 TIMER_TICK_S = 0.2  # longest sleep between timer checks; deadlines move as frames flow
 FRAME_BUFFERS = 2  # a DATA frame being read: its body, and the plaintext it is opened into
+# Batches of the file list sent ahead of the reader: enough that the receiver plans the next
+# while the current one's data flows, few enough that memory does not follow the tree's size.
+LIST_AHEAD_BATCHES = 3
 
 now = time.monotonic
 
@@ -74,6 +83,7 @@ class SendConfig:
     connect_policy: RetryPolicy = field(default_factory=RetryPolicy)
     code: str = ""
     encrypt: bool = True
+    safe_links: bool = False  # skip links that point outside the transfer, instead of sending them as they are
 
 
 @dataclass(frozen=True)
@@ -88,6 +98,7 @@ class RecvConfig:
     encrypt: bool = True
     wait_s: float = 60.0  # how long a broken transfer waits for its sender to come back
     direct_io: bool = True  # large files bypass the page cache (see direct_io.py)
+    safe_links: bool = False  # refuse links that point outside DEST, instead of making them as they are
 
 
 Handler = Callable[[Event], Awaitable[None]]
@@ -259,7 +270,7 @@ class Link(asyncio.BufferedProtocol):
         if self.transport is not None and not self._lost.done():
             return []  # the transport may still be writing from them
         held = self.machine.held_buffers()
-        held += [event.payload for event in self._inbox if isinstance(event, ChunkReady)]
+        held += [event.payload for event in self._inbox if isinstance(event, ChunkReady | PackReady)]
         self._inbox.clear()
         return held
 
@@ -358,13 +369,9 @@ def _send_budget(window: int) -> int:
 
 async def run_send(config: SendConfig, reporter: Reporter) -> TransferStats:
     """Send, reconnecting with backoff when a connection breaks; the receiver says where to resume."""
-    sources = collect_sources(config.sources, config.stdin_name, reporter.warning)
-    entries = tuple(s.entry for s in sources)
-    manifest = Manifest(uuid.uuid4().hex, config.chunk_bytes, config.window, entries)
-    sizes = [e.size for e in entries if e.kind == "file"]
-    stats = TransferStats(
-        "send", total_bytes=None if None in sizes else sum(s or 0 for s in sizes), files_total=len(sizes)
-    )
+    sources = collect_sources(config.sources, config.stdin_name)
+    manifest = Manifest(uuid.uuid4().hex, config.chunk_bytes, config.window)
+    stats = TransferStats("send")
     pool = BufferPool(_send_budget(config.window))
     resumable = all(s.local is not None for s in sources)  # standard input cannot be read again
     backoff = Backoff(config.connect_policy)
@@ -386,6 +393,13 @@ async def run_send(config: SendConfig, reporter: Reporter) -> TransferStats:
             await asyncio.sleep(delay)
 
 
+def _skipped(reporter: Reporter, paths: list[str]) -> None:
+    if len(paths) == 1:
+        reporter.warning(f"{paths[0]}: already at the receiver (same size and mtime); skipped")
+    elif paths:
+        reporter.warning(f"{len(paths)} files already at the receiver (same size and mtime); skipped")
+
+
 async def _send_once(
     config: SendConfig,
     reporter: Reporter,
@@ -395,8 +409,12 @@ async def _send_once(
     pool: BufferPool,
     backoff: Backoff,
 ) -> None:
-    """One connection's worth of the transfer; connect retries spend the caller's backoff, as reconnects do."""
-    entries = manifest.entries
+    """One connection's worth of the transfer; connect retries spend the caller's backoff, as reconnects do.
+
+    Three tasks: the lister walks the sources and sends the file list a batch at a time,
+    at most LIST_AHEAD_BATCHES ahead of the reader; the reader reads each batch's files
+    once the receiver has accepted it; the send loop hands chunks to the machine. Each
+    connection walks afresh and the receiver skips what it already has whole."""
     link = await _connect(
         config.host,
         config.port,
@@ -410,11 +428,14 @@ async def _send_once(
     machine = link.machine
     assert isinstance(machine, SenderMachine)
     queue: asyncio.Queue[SendItem] = asyncio.Queue(maxsize=QUEUE_CHUNKS)
-    accepted: asyncio.Future[Accepted] = asyncio.get_running_loop().create_future()
+    listed: deque[tuple[int, list[Source]]] = deque()  # sent, awaiting the receiver's ACCEPT
+    accepted: asyncio.Queue[Listed | None] = asyncio.Queue()  # for the reader, in order
+    ahead = asyncio.Semaphore(LIST_AHEAD_BATCHES)
+    listing_done = False
     window_open = asyncio.Event()
     done = asyncio.Event()
-    file_sizes: dict[int, int] = {}
-    digests: dict[int, str] = {}
+    unconfirmed: dict[int, tuple[str, int, str]] = {}  # file index -> path, size, digest, until the receiver confirms
+    stats.start_listing()
 
     async def handle(event: Event) -> None:
         if isinstance(event, ChunksAcked):
@@ -428,57 +449,77 @@ async def _send_once(
             stats.integrity_failures += 1
         elif isinstance(event, FileVerified):
             stats.files_done += 1
-            reporter.file_done(entries[event.file_index].path, file_sizes[event.file_index], digests[event.file_index])
+            reporter.file_done(*unconfirmed.pop(event.file_index))
         elif isinstance(event, Accepted):
-            stats.accepted += 1
-            stats.files_done = len(event.done)
-            stats.bytes_done = sum(event.start_offsets.values()) + sum(entries[i].size or 0 for i in event.done)
-            for index in event.done:
-                reporter.warning(f"{entries[index].path}: already at the receiver (same size and mtime); skipped")
-            accepted.set_result(event)
-            reporter.started(stats)
+            first, batch = listed.popleft()
+            entries = {i: s.entry for i, s in enumerate(batch, first) if s.entry.kind == "file"}
+            stats.files_done += len(event.done)
+            stats.bytes_done += sum(event.start_offsets.values()) + sum(entries[i].size or 0 for i in event.done)
+            _skipped(reporter, [entries[i].path for i in event.done])
+            if first == 0:
+                stats.accepted += 1
+                reporter.started(stats)
+            accepted.put_nowait(Listed(first, batch, event))
+            window_open.set()  # the first ACCEPT opens the window
+            if listing_done and not listed:
+                accepted.put_nowait(None)
         elif isinstance(event, TransferComplete):
             done.set()
 
-    async def send_chunks() -> None:
-        plan = await accepted
-        reading = asyncio.ensure_future(
-            read_sources(sources, plan.start_offsets, config.chunk_bytes, queue, stats, pool, set(plan.done))
-        )
-        try:
-            while True:
-                # Wait for room in the window before taking a chunk: one waiting here would
-                # hold a buffer the reader then replaces (a chunk's worth of RSS, measured).
-                while not machine.can_send():
-                    window_open.clear()
-                    await window_open.wait()
-                if (item := await queue.get()) is None:
-                    break
-                if isinstance(item, EndOfFile):
-                    file_sizes[item.file_index] = item.size
-                    digests[item.file_index] = item.digest.hex()
-                    machine.end_file(item.file_index, item.size, item.digest, now())
-                    continue
-                if machine.encrypted:
-                    await pool.room(SENDER_ROOM)  # for its ciphertext
-                machine.send_chunk(item.file_index, item.offset, item.payload, now())
-                stats.chunks += 1
-                link.flush()
-                await link.drain()
-                if link.all_written():
-                    pool.recycle(machine.take_written())
-            machine.finish(now())
+    async def list_entries() -> None:
+        nonlocal listing_done
+        warnings: list[str] = []  # the walk runs in a worker thread; warnings are reported from here
+        batches = list_batches(sources, config.safe_links, warnings.append)
+        upcoming = await in_worker(next, batches, None)
+        while upcoming is not None:
+            await ahead.acquire()
+            batch, upcoming = upcoming, await in_worker(next, batches, None)
+            for message in warnings:
+                reporter.warning(message)
+            warnings.clear()
+            first = machine.send_entries(tuple(s.entry for s in batch), upcoming is None, now())
+            listed.append((first, batch))
+            stats.listed([s.entry for s in batch], last=upcoming is None)
             link.flush()
-            await reading
-        finally:
-            reading.cancel()
-            await asyncio.gather(reading, return_exceptions=True)
+        listing_done = True
+        if not listed:
+            accepted.put_nowait(None)
+
+    async def send_chunks() -> None:
+        while True:
+            # Wait for room in the window before taking a chunk: one waiting here would
+            # hold a buffer the reader then replaces (a chunk's worth of RSS, measured).
+            while not machine.can_send():
+                window_open.clear()
+                await window_open.wait()
+            if (item := await queue.get()) is None:
+                break
+            if isinstance(item, EndOfFile):
+                unconfirmed[item.file_index] = (item.path, item.size, item.digest.hex())
+                machine.end_file(item.file_index, item.size, item.digest, now())
+                continue
+            if machine.encrypted:
+                await pool.room(SENDER_ROOM)  # for its ciphertext
+            if isinstance(item, Packed):
+                for packed, path in zip(item.files, item.paths, strict=True):
+                    unconfirmed[packed.index] = (path, packed.size, packed.digest.hex())
+                machine.send_pack(tuple(f.index for f in item.files), item.payload, now())
+            else:
+                machine.send_chunk(item.file_index, item.offset, item.payload, now())
+            stats.chunks += 1
+            link.flush()
+            await link.drain()
+            if link.all_written():
+                pool.recycle(machine.take_written())
+        machine.finish(now())
+        link.flush()
 
     def refresh() -> None:
         stats.in_flight = machine.in_flight
 
     try:
-        await _run_link(link, stats, reporter, done, refresh, handle, send_chunks())
+        reader = read_sources(accepted, config.chunk_bytes, queue, stats, pool, ahead.release)
+        await _run_link(link, stats, reporter, done, refresh, handle, list_entries(), reader, send_chunks())
     finally:
         _recycle_connection(pool, link, queue)
 
@@ -514,7 +555,9 @@ async def run_recv(config: RecvConfig, reporter: Reporter) -> TransferStats:
     restarted sender and a restarted receiver all resume the same way.
     """
     sink: Sink = (
-        StdoutSink() if config.dest == "-" else DirectorySink(Path(config.dest), config.overwrite, config.direct_io)
+        StdoutSink()
+        if config.dest == "-"
+        else DirectorySink(Path(config.dest), config.overwrite, config.direct_io, config.safe_links)
     )
     sink.check()
     loop = asyncio.get_running_loop()
@@ -584,8 +627,8 @@ async def _receive_once(link: Link, sink: Sink, stats: TransferStats, reporter: 
     start_offsets: dict[int, int] = {}
 
     async def handle(event: Event) -> None:
-        if isinstance(event, ChunkReady | FileComplete):
-            if isinstance(event, ChunkReady):
+        if isinstance(event, ChunkReady | FileComplete | PackReady):
+            if isinstance(event, ChunkReady | PackReady):
                 stats.chunks += 1
             await queue.put(event)
             stats.observe_queue(queue.qsize())
@@ -594,26 +637,31 @@ async def _receive_once(link: Link, sink: Sink, stats: TransferStats, reporter: 
         elif isinstance(event, DuplicateChunk):
             stats.duplicates += 1
         elif isinstance(event, ManifestReceived):
-            entries = event.manifest.entries
-            sizes = [e.size for e in entries if e.kind == "file"]
             pool.budget_buffers = _recv_budget(event.manifest.window)
-            plan = sink.plan(event.manifest)
+            sink.begin(event.manifest)
+            stats.start_listing()
+        elif isinstance(event, EntriesReceived):
+            batch = event.batch
+            plan = sink.plan(batch)
             start_offsets.update(plan.start_offsets)
-            stats.files_total = len(sizes)
-            stats.total_bytes = None if None in sizes else sum(s or 0 for s in sizes)
-            stats.files_done = len(plan.done)
-            stats.bytes_done = sum(plan.start_offsets.values()) + sum(entries[i].size or 0 for i in plan.done)
-            machine.accept(plan.start_offsets, now(), plan.done)
+            stats.listed(list(batch.entries), batch.last)
+            stats.files_done += len(plan.done)
+            entries = batch.entries
+            stats.bytes_done += sum(plan.start_offsets.values())
+            stats.bytes_done += sum(entries[i - batch.first].size or 0 for i in plan.done)
+            events = machine.accept(batch.first, plan.start_offsets, now(), plan.done)
             link.flush()
-            reporter.started(stats)
+            if batch.first == 0:
+                reporter.started(stats)
+            for follow in events:
+                await handle(follow)
         elif isinstance(event, TransferComplete):
             await sink.complete()
             done.set()
 
-    async def verified(done_file: FileComplete, ok: bool, digest_hex: str) -> None:
+    async def verified(done_file: FileComplete, ok: bool, digest_hex: str, path: str) -> None:
         events = machine.file_verified(done_file.file_index, ok, now())
         link.flush()
-        path = sink.display_path(done_file.file_index)
         if not ok:
             raise IntegrityError(f"{path}: whole-file BLAKE3 digest mismatch")
         stats.files_done += 1
@@ -621,10 +669,24 @@ async def _receive_once(link: Link, sink: Sink, stats: TransferStats, reporter: 
         for event in events:
             await handle(event)
 
+    async def pack_written(pack: PackReady, results: list[tuple[str, int, str | None]]) -> None:
+        ok = all(digest_hex is not None for _, _, digest_hex in results)
+        events = machine.pack_written(pack.seq, ok, now())
+        link.flush()
+        for path, size, digest_hex in results:
+            if digest_hex is None:
+                stats.integrity_failures += 1
+                raise IntegrityError(f"{path}: whole-file BLAKE3 digest mismatch")
+            stats.files_done += 1
+            stats.bytes_done += size
+            reporter.file_done(path, size, digest_hex)
+        for event in events:
+            await handle(event)
+
     def refresh() -> None:
         stats.in_flight = machine.reorder_buffered
 
-    writer = write_chunks(queue, sink, stats, verified, start_offsets, pool)
+    writer = write_chunks(queue, sink, stats, verified, pack_written, start_offsets, pool)
     try:
         await _run_link(link, stats, reporter, done, refresh, handle, writer)
     finally:
@@ -637,5 +699,5 @@ def _recycle_connection(pool: BufferPool, link: Link, queue: asyncio.Queue[Any])
     pool.recycle(link.leftover_buffers())
     while not queue.empty():
         item = queue.get_nowait()
-        if isinstance(item, Chunk | ChunkReady):
+        if isinstance(item, Chunk | ChunkReady | Packed | PackReady):
             pool.put(item.payload)

@@ -11,6 +11,8 @@ import sys
 import time
 from dataclasses import dataclass, field
 
+from rtransfer.protocol.frames import Entry
+
 
 def peak_rss_bytes() -> int:
     """Peak resident memory of this process.
@@ -46,7 +48,24 @@ class TransferStats:
     in_flight: int = 0
     queue_depth: int = 0
     queue_peak: int = 0
+    listing: bool = False  # the file list is still growing: totals are what has been listed so far
     started_at: float = field(default_factory=time.monotonic)
+
+    def start_listing(self) -> None:
+        """A connection lists the transfer afresh; counts restart (the receiver tells what it has)."""
+        self.total_bytes, self.files_total, self.files_done, self.bytes_done = 0, 0, 0, 0
+        self.listing = True
+
+    def listed(self, entries: list[Entry], last: bool) -> None:
+        """Totals grow batch by batch, as rsync's do while it is still checking files ("to-chk")."""
+        for entry in entries:
+            if entry.kind == "file":
+                self.files_total += 1
+                if entry.size is None:
+                    self.total_bytes = None  # a stream: its length is known at its end
+                elif self.total_bytes is not None:
+                    self.total_bytes += entry.size
+        self.listing = not last
 
     def observe_queue(self, depth: int) -> None:
         self.queue_depth = depth
@@ -61,6 +80,8 @@ class TransferStats:
             "bytes": self.bytes_done,
             "total_bytes": self.total_bytes,
             "files": self.files_done,
+            "files_total": self.files_total,
+            "listing": self.listing,
             "chunks": self.chunks,
             "retransmits": self.retransmits,
             "integrity_failures": self.integrity_failures,

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from rtransfer.protocol.frames import Buffer, Manifest
+from rtransfer.protocol.frames import Buffer, EntryBatch, Manifest
+from rtransfer.protocol.pack import PackedFile
 
 
 @dataclass(frozen=True)
 class Accepted:
-    """Sender side: the receiver agreed; it already has ``start_offsets`` bytes of some
-    files and all of the files in ``done``."""
+    """Sender side: the receiver agreed to the batch of entries starting at ``first``; it
+    already has ``start_offsets`` bytes of some of its files and all of the files in ``done``."""
 
+    first: int
     start_offsets: dict[int, int]
     done: tuple[int, ...] = ()
 
@@ -52,6 +54,23 @@ class ManifestReceived:
 
 
 @dataclass(frozen=True)
+class EntriesReceived:
+    """Receiver side: the next batch of the file list; plan it and ``accept`` it."""
+
+    batch: EntryBatch
+
+
+@dataclass(frozen=True)
+class PackReady:
+    """Receiver side: a pack of whole small files, in order, its chunk verified; write each
+    file, check its digest, then call ``pack_written``."""
+
+    seq: int
+    files: list[PackedFile]
+    payload: Buffer
+
+
+@dataclass(frozen=True)
 class ChunkReady:
     """Receiver side: the next chunk, in order, checksum verified, ready to write."""
 
@@ -86,6 +105,8 @@ Event = (
     | IntegrityFailure
     | FileVerified
     | ManifestReceived
+    | EntriesReceived
+    | PackReady
     | ChunkReady
     | FileComplete
     | DuplicateChunk

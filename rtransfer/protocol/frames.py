@@ -25,12 +25,14 @@ import xxhash
 from rtransfer.protocol.errors import CorruptFrame, FrameAuthenticationError, HandshakeRefused, ProtocolError
 
 MAGIC = b"RTXF"
-PROTOCOL_VERSION = 2  # 2: sealed DATA frames are checked by their tag alone
+PROTOCOL_VERSION = 3  # 3: the file list streams in batches; small files travel packed
 
 MIN_CHUNK_BYTES = 4 * 1024
 MAX_CHUNK_BYTES = 16 * 1024 * 1024
 MAX_WINDOW = 1024
-MAX_MANIFEST_BYTES = 16 * 1024 * 1024
+MAX_MANIFEST_BYTES = 4096
+MAX_BATCH_ENTRIES = 1024
+MAX_ENTRIES_BYTES = 8 * 1024 * 1024  # 1024 entries of up to two 4 KiB names each, JSON-quoted
 MAX_ERROR_MESSAGE_BYTES = 1024
 DIGEST_BYTES = 32
 
@@ -42,6 +44,7 @@ _ACK = struct.Struct("!QH")  # cumulative, count of selective seqs
 _U64 = struct.Struct("!Q")
 _FILE_END = struct.Struct("!IQ32s")
 _FILE_RESULT = struct.Struct("!I?")
+_PACK_RESULT = struct.Struct("!Q?")
 _ERROR = struct.Struct("!B")
 
 
@@ -59,6 +62,9 @@ class FrameType(IntEnum):
     PONG = 11
     ERROR = 12
     CONFIRM = 13  # first sealed frame each way: proves both sides derived the same keys
+    ENTRIES = 14  # a batch of the file list
+    PACK = 15  # DATA whose payload is several whole small files (see protocol/pack.py)
+    PACK_RESULT = 16
 
 
 class Role(IntEnum):
@@ -70,7 +76,10 @@ MAX_BODY_BYTES: dict[FrameType, int] = {
     FrameType.HELLO: 4096,
     FrameType.MANIFEST: MAX_MANIFEST_BYTES,
     FrameType.ACCEPT: 1024 * 1024,
+    FrameType.ENTRIES: MAX_ENTRIES_BYTES,
     FrameType.DATA: DATA_HEADER.size + MAX_CHUNK_BYTES,
+    FrameType.PACK: DATA_HEADER.size + MAX_CHUNK_BYTES,
+    FrameType.PACK_RESULT: _PACK_RESULT.size,
     FrameType.ACK: _ACK.size + 8 * MAX_WINDOW,
     FrameType.NACK: _U64.size,
     FrameType.FILE_END: _FILE_END.size,
@@ -107,27 +116,46 @@ class Entry:
 
 @dataclass(frozen=True)
 class Manifest:
+    """What a transfer is, before its file list: the list follows in EntryBatch frames."""
+
     transfer_id: str
     chunk_bytes: int
     window: int
+
+
+@dataclass(frozen=True)
+class EntryBatch:
+    """Entries ``first``, ``first + 1``, ... of the file list; ``last`` ends the list.
+
+    The list streams while data flows (as rsync's incremental recursion does), so
+    neither side ever holds all of it and the first byte does not wait for the walk."""
+
+    first: int
     entries: tuple[Entry, ...]
+    last: bool
 
 
 @dataclass(frozen=True)
 class Accept:
-    """Receiver's go-ahead: ``start_offsets`` maps file index to bytes it already has of
-    that version of the file; files in ``done`` it already has whole."""
+    """Receiver's go-ahead for the batch starting at ``first``: ``start_offsets`` maps file
+    index to bytes it already has of that version of the file; files in ``done`` it already
+    has whole."""
 
+    first: int = 0
     start_offsets: dict[int, int] = field(default_factory=dict)
     done: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
 class Data:
+    """A chunk: ``payload`` is file ``file_index`` from ``offset`` on, or, ``packed``, a pack of
+    whole small files (``file_index`` is then the first of them and ``offset`` 0)."""
+
     seq: int
     file_index: int
     offset: int
     payload: Buffer
+    packed: bool = False
 
 
 @dataclass(frozen=True)
@@ -158,6 +186,14 @@ class FileEnd:
 @dataclass(frozen=True)
 class FileResult:
     file_index: int
+    ok: bool
+
+
+@dataclass(frozen=True)
+class PackResult:
+    """Receiver side: every file of the pack sent as ``seq`` is in place (or one failed its digest)."""
+
+    seq: int
     ok: bool
 
 
@@ -199,7 +235,23 @@ class Opener(Protocol):
     def open_into(self, header_prefix: bytes, ciphertext: memoryview, out: memoryview) -> None: ...
 
 
-Frame = Hello | Manifest | Accept | Data | Ack | Nack | FileEnd | FileResult | Done | Ping | Pong | ErrorFrame | Confirm
+Frame = (
+    Hello
+    | Manifest
+    | EntryBatch
+    | Accept
+    | Data
+    | Ack
+    | Nack
+    | FileEnd
+    | FileResult
+    | PackResult
+    | Done
+    | Ping
+    | Pong
+    | ErrorFrame
+    | Confirm
+)
 Buffer = bytes | bytearray | memoryview
 WritableBuffer = bytearray | memoryview
 
@@ -222,9 +274,12 @@ class FreshBuffers:
 FRESH_BUFFERS = FreshBuffers()
 
 
+_CHUNKS = (FrameType.DATA, FrameType.PACK)
+
+
 def _checked_by_tag(ftype: FrameType, sealed: bool) -> bool:
-    """Sealed DATA frames carry check 0: their GCM tag covers every byte (see above)."""
-    return sealed and ftype is FrameType.DATA
+    """Sealed DATA and PACK frames carry check 0: their GCM tag covers every byte (see above)."""
+    return sealed and ftype in _CHUNKS
 
 
 def _check(prefix: Buffer, *parts: Buffer) -> int:
@@ -262,8 +317,9 @@ def encode(
 
     The last buffer of a DATA frame is its payload, or its ciphertext when sealed."""
     match frame:
-        case Data(seq, file_index, offset, payload):
-            return _frame(FrameType.DATA, DATA_HEADER.pack(seq, file_index, offset), payload, sealer, allocate)
+        case Data(seq, file_index, offset, payload, packed):
+            ftype = FrameType.PACK if packed else FrameType.DATA
+            return _frame(ftype, DATA_HEADER.pack(seq, file_index, offset), payload, sealer, allocate)
         case Ack(cumulative, selective):
             body = _ACK.pack(cumulative, len(selective)) + b"".join(_U64.pack(s) for s in selective)
             return _frame(FrameType.ACK, b"", body, sealer)
@@ -271,11 +327,18 @@ def encode(
             return _frame(FrameType.NACK, b"", _U64.pack(seq), sealer)
         case Hello(role, version, capabilities, auth):
             return _frame(FrameType.HELLO, b"", _HELLO.pack(MAGIC, version, capabilities, role) + auth, sealer)
-        case Manifest():
-            return _frame(FrameType.MANIFEST, b"", _json(_manifest_to_json(frame)), sealer)
-        case Accept(start_offsets, done):
+        case Manifest(transfer_id, chunk_bytes, window):
+            header = {"transfer_id": transfer_id, "chunk_bytes": chunk_bytes, "window": window}
+            return _frame(FrameType.MANIFEST, b"", _json(header), sealer)
+        case EntryBatch(first, entries, last):
+            listing = {"first": first, "last": last, "entries": [_entry_to_json(e) for e in entries]}
+            return _frame(FrameType.ENTRIES, b"", _json(listing), sealer)
+        case Accept(first, start_offsets, done):
             offsets = {str(k): v for k, v in start_offsets.items()}
-            return _frame(FrameType.ACCEPT, b"", _json({"start_offsets": offsets, "done": list(done)}), sealer)
+            plan = {"first": first, "start_offsets": offsets, "done": list(done)}
+            return _frame(FrameType.ACCEPT, b"", _json(plan), sealer)
+        case PackResult(seq, ok):
+            return _frame(FrameType.PACK_RESULT, b"", _PACK_RESULT.pack(seq, ok), sealer)
         case FileEnd(file_index, size, digest):
             return _frame(FrameType.FILE_END, b"", _FILE_END.pack(file_index, size, digest), sealer)
         case FileResult(file_index, ok):
@@ -302,24 +365,17 @@ def _json(obj: object) -> bytes:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
-def _manifest_to_json(m: Manifest) -> dict[str, Any]:
-    return {
-        "transfer_id": m.transfer_id,
-        "chunk_bytes": m.chunk_bytes,
-        "window": m.window,
-        "entries": [
-            {
-                "path": e.path,
-                "kind": e.kind,
-                "size": e.size,
-                "mode": e.mode,
-                "mtime": e.mtime,
-                "target": e.target,
-                "identity": e.identity,
-            }
-            for e in m.entries
-        ],
-    }
+def _entry_to_json(e: Entry) -> dict[str, Any]:
+    """Fields at their default are left out: most of a tree is plain files, and the list is
+    most of the bytes a tree of small files puts on the wire besides their contents."""
+    obj: dict[str, Any] = {"path": e.path}
+    if e.kind != "file":
+        obj["kind"] = e.kind
+    for key in ("size", "mode", "mtime", "target", "identity"):
+        value = getattr(e, key)
+        if value is not None:
+            obj[key] = value
+    return obj
 
 
 class FrameDecoder:
@@ -401,7 +457,7 @@ class FrameDecoder:
         self._body = None
         self._head_n = 0
         prefix = bytes(self._head[: _PREFIX.size])
-        data = ftype is FrameType.DATA
+        data = ftype in _CHUNKS
         tag_only = _checked_by_tag(ftype, self.opener is not None)
         if not tag_only and _check(prefix, body) != self._check:
             if self.opener is not None:
@@ -450,10 +506,10 @@ def _need(ok: bool, what: str) -> None:
 
 def _decode_body(ftype: FrameType, body: WritableBuffer) -> Frame:
     n = len(body)
-    if ftype is FrameType.DATA:
-        _need(n >= DATA_HEADER.size, "DATA frame too short")
+    if ftype in _CHUNKS:
+        _need(n >= DATA_HEADER.size, f"{ftype.name} frame too short")
         seq, file_index, offset = DATA_HEADER.unpack_from(body)
-        return Data(seq, file_index, offset, memoryview(body)[DATA_HEADER.size :])
+        return Data(seq, file_index, offset, memoryview(body)[DATA_HEADER.size :], ftype is FrameType.PACK)
     if ftype is FrameType.ACK:
         _need(n >= _ACK.size, "ACK frame too short")
         cumulative, count = _ACK.unpack_from(body)
@@ -472,17 +528,22 @@ def _decode_body(ftype: FrameType, body: WritableBuffer) -> Frame:
         return Hello(peer_role, version, caps, bytes(body[_HELLO.size :]))
     if ftype is FrameType.MANIFEST:
         return _decode_manifest(body)
+    if ftype is FrameType.ENTRIES:
+        return _decode_entries(body)
+    if ftype is FrameType.PACK_RESULT:
+        _need(n == _PACK_RESULT.size, "PACK_RESULT frame has the wrong length")
+        return PackResult(*_PACK_RESULT.unpack(body))
     if ftype is FrameType.ACCEPT:
         obj = _load_json(body, "ACCEPT")
         _need(isinstance(obj, dict), "ACCEPT is not an object")
-        offsets, done = obj.get("start_offsets"), obj.get("done", [])
-        _need(isinstance(offsets, dict) and isinstance(done, list), "ACCEPT malformed")
+        first, offsets, done = obj.get("first"), obj.get("start_offsets"), obj.get("done", [])
+        _need(_is_uint(first) and isinstance(offsets, dict) and isinstance(done, list), "ACCEPT malformed")
         result: dict[int, int] = {}
         for key, value in offsets.items():
             _need(key.isdigit() and _is_uint(value), "ACCEPT start_offsets malformed")
             result[int(key)] = value
         _need(all(_is_uint(i) for i in done), "ACCEPT done malformed")
-        return Accept(result, tuple(done))
+        return Accept(first, result, tuple(done))
     if ftype in (FrameType.NACK, FrameType.PING, FrameType.PONG):
         _need(n == _U64.size, f"{ftype.name} frame has the wrong length")
         (value,) = _U64.unpack(body)
@@ -522,35 +583,54 @@ def _load_json(body: WritableBuffer, what: str) -> Any:
 def _decode_manifest(body: WritableBuffer) -> Manifest:
     obj = _load_json(body, "MANIFEST")
     _need(isinstance(obj, dict), "MANIFEST is not an object")
-    tid, chunk, window, entries = (obj.get(k) for k in ("transfer_id", "chunk_bytes", "window", "entries"))
+    tid, chunk, window = (obj.get(k) for k in ("transfer_id", "chunk_bytes", "window"))
     _need(isinstance(tid, str) and 0 < len(tid) <= 64, "MANIFEST transfer_id malformed")
     _need(_is_uint(chunk) and MIN_CHUNK_BYTES <= chunk <= MAX_CHUNK_BYTES, "MANIFEST chunk_bytes out of range")
     _need(_is_uint(window) and 1 <= window <= MAX_WINDOW, "MANIFEST window out of range")
-    _need(isinstance(entries, list), "MANIFEST entries malformed")
-    return Manifest(tid, chunk, window, tuple(_decode_entry(e) for e in entries))
+    assert isinstance(tid, str) and isinstance(chunk, int) and isinstance(window, int)
+    return Manifest(tid, chunk, window)
+
+
+def _decode_entries(body: WritableBuffer) -> EntryBatch:
+    obj = _load_json(body, "ENTRIES")
+    _need(isinstance(obj, dict), "ENTRIES is not an object")
+    first, last, entries = (obj.get(k) for k in ("first", "last", "entries"))
+    _need(_is_uint(first) and isinstance(last, bool), "ENTRIES first or last malformed")
+    _need(isinstance(entries, list) and len(entries) <= MAX_BATCH_ENTRIES, "ENTRIES entries malformed")
+    assert isinstance(first, int) and isinstance(entries, list) and isinstance(last, bool)
+    return EntryBatch(first, tuple(_decode_entry(e) for e in entries), last)
+
+
+_KINDS = frozenset(("file", "dir", "symlink"))
 
 
 def _decode_entry(obj: object) -> Entry:
-    _need(isinstance(obj, dict), "MANIFEST entry is not an object")
-    assert isinstance(obj, dict)
-    keys = ("path", "kind", "size", "mode", "mtime", "target", "identity")
-    path, kind, size, mode, mtime, target, identity = (obj.get(k) for k in keys)
-    _need(identity is None or (isinstance(identity, str) and len(identity) <= 128), "MANIFEST identity malformed")
-    _need(isinstance(path, str) and path != "", "MANIFEST entry path malformed")
-    assert isinstance(path, str)
+    """One entry, every field checked (a tree lists thousands: the checks stay cheap)."""
+    if not isinstance(obj, dict):
+        raise ProtocolError("ENTRIES entry is not an object")
+    get = obj.get
+    path, kind, size, mode, mtime = get("path"), get("kind", "file"), get("size"), get("mode", 0o644), get("mtime")
+    target, identity = get("target"), get("identity")
+    if not isinstance(path, str) or not path:
+        raise ProtocolError("ENTRIES entry path malformed")
     try:
         path.encode("utf-8")
     except UnicodeEncodeError:
-        raise ProtocolError("MANIFEST entry path is not valid UTF-8") from None
-    _need(kind in ("file", "dir", "symlink"), f"MANIFEST entry kind {kind!r} unknown")
-    _need((kind == "symlink") == isinstance(target, str), "MANIFEST symlink entry needs a target, others none")
-    _need(target is None or (0 < len(target) <= 4096 and "\x00" not in target), "MANIFEST symlink target malformed")
-    _need(size is None or _is_uint(size), "MANIFEST entry size malformed")
-    _need(kind == "file" or size is None, "MANIFEST entry that is not a file has a size")
-    _need(isinstance(mode, int) and _is_uint(mode) and mode <= 0o7777, "MANIFEST entry mode malformed")
-    _need(
-        mtime is None or (isinstance(mtime, int | float) and not isinstance(mtime, bool) and math.isfinite(mtime)),
-        "MANIFEST entry mtime malformed",
-    )
-    assert isinstance(kind, str) and isinstance(mode, int)
-    return Entry(path, kind, size, mode, None if mtime is None else float(mtime), target, identity)
+        raise ProtocolError("ENTRIES entry path is not valid UTF-8") from None
+    if kind not in _KINDS:
+        raise ProtocolError(f"ENTRIES entry kind {kind!r} unknown")
+    if (kind == "symlink") != isinstance(target, str):
+        raise ProtocolError("ENTRIES symlink entry needs a target, others none")
+    if target is not None and not (0 < len(target) <= 4096 and "\x00" not in target):
+        raise ProtocolError("ENTRIES symlink target malformed")
+    if size is not None and (kind != "file" or not _is_uint(size)):
+        raise ProtocolError("ENTRIES entry size malformed (or given for what is not a file)")
+    if not _is_uint(mode) or mode > 0o7777:
+        raise ProtocolError("ENTRIES entry mode malformed")
+    if mtime is not None:
+        if not isinstance(mtime, int | float) or isinstance(mtime, bool) or not math.isfinite(mtime):
+            raise ProtocolError("ENTRIES entry mtime malformed")
+        mtime = float(mtime)
+    if identity is not None and not (isinstance(identity, str) and len(identity) <= 128):
+        raise ProtocolError("ENTRIES identity malformed")
+    return Entry(path, kind, size, mode, mtime, target, identity)

@@ -6,6 +6,7 @@ sequentially; out-of-order arrivals wait here, bounded by the window.
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 
 from rtransfer.crypto import KeyExchange
@@ -14,10 +15,12 @@ from rtransfer.protocol.errors import ProtocolError
 from rtransfer.protocol.events import (
     ChunkReady,
     DuplicateChunk,
+    EntriesReceived,
     Event,
     FileComplete,
     IntegrityFailure,
     ManifestReceived,
+    PackReady,
     TransferComplete,
 )
 from rtransfer.protocol.frames import (
@@ -29,13 +32,16 @@ from rtransfer.protocol.frames import (
     CorruptData,
     Data,
     Done,
+    EntryBatch,
     FileEnd,
     FileResult,
     Frame,
     Manifest,
     Nack,
+    PackResult,
     Role,
 )
+from rtransfer.protocol.pack import read_table
 from rtransfer.protocol.peer import Peer
 
 
@@ -47,7 +53,22 @@ class ReceiveLimits:
     max_total_bytes: int = 1 << 50
 
 
+@dataclass
+class _Incoming:
+    """A file accepted and not yet confirmed: what the machine checks its chunks against."""
+
+    size: int | None  # declared; None for a stream
+    received: int  # contiguous bytes handed out (from the resume point)
+    short_chunk: bool = False  # its last chunk has been seen
+    end: FileEnd | None = None
+    completed: bool = False
+
+
 class ReceiverMachine(Peer):
+    """Receives the manifest, then the file list batch by batch (the driver plans and accepts
+    each), then chunks. Per-file state lasts until the file is confirmed, so memory follows
+    the files in flight, not the size of the tree."""
+
     role = Role.RECEIVER
 
     def __init__(
@@ -67,18 +88,20 @@ class ReceiverMachine(Peer):
         self._next_seq = 0
         self._pending: dict[int, Data] = {}
         self._ack_due = False
-        self._received: dict[int, int] = {}  # file index -> contiguous bytes handed out
-        self._short_chunk: set[int] = set()  # files whose last chunk has been seen
-        self._ended: dict[int, FileEnd] = {}
-        self._completed: set[int] = set()
-        self._verified: set[int] = set()
+        self._next_entry = 0
+        self._listed_all = False
+        self._declared_bytes = 0
+        self._unplanned: deque[EntryBatch] = deque()  # batches handed out, not yet accepted
+        self._files: dict[int, _Incoming] = {}
+        self._packs: set[int] = set()  # seqs of packs handed out, not yet written
         self._current_file = -1
         self._total_bytes = 0
         self._sender_done = False
 
     @property
     def handshake_complete(self) -> bool:
-        return self.manifest is not None
+        """The first batch of the file list is accepted: the sender has proved it speaks the protocol."""
+        return self.accepted
 
     @property
     def reorder_buffered(self) -> int:
@@ -88,23 +111,39 @@ class ReceiverMachine(Peer):
         """Chunks waiting to be reordered and the frame being read (see SenderMachine.held_buffers)."""
         return [frame.payload for frame in self._pending.values()] + super().held_buffers()
 
-    def accept(self, start_offsets: dict[int, int], now: float, done: tuple[int, ...] = ()) -> list[Event]:
-        """The driver checked the manifest against the disk; data may flow now.
+    def accept(self, first: int, start_offsets: dict[int, int], now: float, done: tuple[int, ...] = ()) -> list[Event]:
+        """The driver checked the batch starting at ``first`` against the disk; its data may flow now.
 
         Files in ``done`` are already here whole; the others resume at ``start_offsets``."""
-        assert self.manifest is not None
+        if not self._unplanned or self._unplanned[0].first != first:
+            raise RuntimeError(f"accept({first}) out of order")
+        batch = self._unplanned.popleft()
         self._now = now
         self.accepted = True
-        files = [i for i, e in enumerate(self.manifest.entries) if e.kind == "file" and i not in done]
-        self._received = {i: start_offsets.get(i, 0) for i in files}
-        self._send(Accept({i: o for i, o in start_offsets.items() if o and i in self._received}, done))
-        return []
+        skip = set(done)
+        for i, entry in enumerate(batch.entries, batch.first):
+            if entry.kind == "file" and i not in skip:
+                self._files[i] = _Incoming(entry.size, start_offsets.get(i, 0))
+        offsets = {i: o for i, o in start_offsets.items() if o and i in self._files}
+        self._send(Accept(first, offsets, done))
+        events: list[Event] = []
+        self._maybe_finish(events)
+        return events
 
     def file_verified(self, file_index: int, ok: bool, now: float) -> list[Event]:
         """The writer finished a file and compared digests; tell the sender."""
         self._now = now
-        self._verified.add(file_index)
+        del self._files[file_index]
         self._send(FileResult(file_index, ok))
+        events: list[Event] = []
+        self._maybe_finish(events)
+        return events
+
+    def pack_written(self, seq: int, ok: bool, now: float) -> list[Event]:
+        """The writer put every file of a pack in place (``ok``), or found one whose digest failed."""
+        self._now = now
+        self._packs.remove(seq)
+        self._send(PackResult(seq, ok))
         events: list[Event] = []
         self._maybe_finish(events)
         return events
@@ -115,27 +154,36 @@ class ReceiverMachine(Peer):
         elif isinstance(frame, CorruptData):
             self._on_corrupt(frame, events)
         elif isinstance(frame, Manifest) and self.manifest is None:
-            self._on_manifest(frame, events)
+            self.manifest = frame
+            events.append(ManifestReceived(frame))
+        elif isinstance(frame, EntryBatch) and self.manifest is not None and not self._listed_all:
+            self._on_entries(frame, events)
         elif isinstance(frame, FileEnd) and self.accepted:
             self._on_file_end(frame, events)
         elif isinstance(frame, Done) and self.accepted and not self._sender_done:
-            if set(self._ended) != set(self._received):
-                raise ProtocolError("sender finished before ending every file")
+            if not self._listed_all or self._unplanned or any(f.end is None for f in self._files.values()):
+                raise ProtocolError("sender finished before listing and ending every file")
             self._sender_done = True
             self._maybe_finish(events)
         else:
             raise self._unexpected(frame)
 
-    def _on_manifest(self, manifest: Manifest, events: list[Event]) -> None:
-        if len(manifest.entries) > self.limits.max_entries:
+    def _on_entries(self, batch: EntryBatch, events: list[Event]) -> None:
+        if batch.first != self._next_entry:
+            raise ProtocolError(f"ENTRIES starting at {batch.first}; expected {self._next_entry}")
+        self._next_entry += len(batch.entries)
+        self._listed_all = batch.last
+        if self._next_entry > self.limits.max_entries:
             raise LocalIOError(
-                f"transfer declares {len(manifest.entries)} entries; the limit is {self.limits.max_entries}"
+                f"transfer declares at least {self._next_entry} entries; the limit is {self.limits.max_entries}"
             )
-        declared = sum(e.size or 0 for e in manifest.entries)
-        if declared > self.limits.max_total_bytes:
-            raise LocalIOError(f"transfer declares {declared} bytes; the limit is {self.limits.max_total_bytes}")
-        self.manifest = manifest
-        events.append(ManifestReceived(manifest))
+        self._declared_bytes += sum(e.size or 0 for e in batch.entries)
+        if self._declared_bytes > self.limits.max_total_bytes:
+            raise LocalIOError(
+                f"transfer declares {self._declared_bytes} bytes; the limit is {self.limits.max_total_bytes}"
+            )
+        self._unplanned.append(batch)
+        events.append(EntriesReceived(batch))
 
     def _in_window(self, seq: int) -> bool:
         assert self.manifest is not None
@@ -153,7 +201,11 @@ class ReceiverMachine(Peer):
             raise ProtocolError(f"sequence number {seq} is outside the window starting at {self._next_seq}")
         self._pending[seq] = frame
         while self._next_seq in self._pending:
-            self._deliver(self._pending.pop(self._next_seq), events)
+            frame = self._pending.pop(self._next_seq)
+            if frame.packed:
+                self._deliver_pack(frame, events)
+            else:
+                self._deliver(frame, events)
             self._next_seq += 1
 
     def _on_corrupt(self, frame: CorruptData, events: list[Event]) -> None:
@@ -161,53 +213,74 @@ class ReceiverMachine(Peer):
         if self.accepted and self._in_window(frame.seq) and frame.seq not in self._pending:
             self._send(Nack(frame.seq))
 
-    def _deliver(self, frame: Data, events: list[Event]) -> None:
-        assert self.manifest is not None
-        index, size = frame.file_index, len(frame.payload)
-        if index not in self._received:
-            raise ProtocolError(f"DATA for entry {index}, which is not a file of this transfer")
-        if index < self._current_file or index in self._completed:
+    def _incoming(self, index: int) -> _Incoming:
+        incoming = self._files.get(index)
+        if incoming is None:
+            raise ProtocolError(f"DATA for entry {index}, which is not a file this transfer is receiving")
+        if index < self._current_file or incoming.completed:
             raise ProtocolError(f"DATA for file {index} after the sender moved past it")
-        if index in self._short_chunk or size == 0 or size > self.manifest.chunk_bytes:
-            raise ProtocolError(f"DATA of {size} bytes for file {index} breaks chunking")
-        expected = self._received[index]
-        if frame.offset != expected:
-            raise ProtocolError(f"DATA for file {index} at offset {frame.offset}; expected {expected}")
-        declared = self.manifest.entries[index].size
-        end = expected + size
-        if declared is not None and end > declared:
-            raise ProtocolError(f"DATA runs past the declared size of file {index}")
+        return incoming
+
+    def _count_bytes(self, size: int) -> None:
         self._total_bytes += size
         if self._total_bytes > self.limits.max_total_bytes:
             raise LocalIOError(f"transfer exceeds the limit of {self.limits.max_total_bytes} bytes")
-        if size < self.manifest.chunk_bytes:
-            self._short_chunk.add(index)
+
+    def _deliver(self, frame: Data, events: list[Event]) -> None:
+        assert self.manifest is not None
+        index, size = frame.file_index, len(frame.payload)
+        incoming = self._incoming(index)
+        if incoming.short_chunk or size == 0 or size > self.manifest.chunk_bytes:
+            raise ProtocolError(f"DATA of {size} bytes for file {index} breaks chunking")
+        expected = incoming.received
+        if frame.offset != expected:
+            raise ProtocolError(f"DATA for file {index} at offset {frame.offset}; expected {expected}")
+        end = expected + size
+        if incoming.size is not None and end > incoming.size:
+            raise ProtocolError(f"DATA runs past the declared size of file {index}")
+        self._count_bytes(size)
+        incoming.short_chunk = size < self.manifest.chunk_bytes
         self._current_file = index
-        self._received[index] = end
+        incoming.received = end
         events.append(ChunkReady(index, frame.offset, frame.payload))
         self._maybe_complete(index, events)
 
+    def _deliver_pack(self, frame: Data, events: list[Event]) -> None:
+        """Every file of a pack must be whole, declared at that size, not yet started, and in order."""
+        files = read_table(frame.payload)
+        if not files:
+            raise ProtocolError("PACK of no files")
+        for packed in files:
+            incoming = self._incoming(packed.index)
+            if packed.index == self._current_file or incoming.received or incoming.size != packed.size:
+                raise ProtocolError(f"PACK holds file {packed.index}, which is started or of another size")
+            self._current_file = packed.index
+            self._count_bytes(packed.size)
+            del self._files[packed.index]
+        self._packs.add(frame.seq)
+        events.append(PackReady(frame.seq, files, frame.payload))
+
     def _on_file_end(self, frame: FileEnd, events: list[Event]) -> None:
-        assert self.manifest is not None
         index = frame.file_index
-        if index not in self._received or index in self._ended:
+        incoming = self._files.get(index)
+        if incoming is None or incoming.end is not None:
             raise ProtocolError(f"unexpected FILE_END for entry {index}")
-        declared = self.manifest.entries[index].size
-        if declared is not None and frame.size != declared:
-            raise ProtocolError(f"file {index} ended at {frame.size} bytes but was declared as {declared}")
-        if self._received[index] > frame.size:
-            raise ProtocolError(f"file {index} ended at {frame.size} bytes after {self._received[index]} arrived")
-        self._ended[index] = frame
+        if incoming.size is not None and frame.size != incoming.size:
+            raise ProtocolError(f"file {index} ended at {frame.size} bytes but was declared as {incoming.size}")
+        if incoming.received > frame.size:
+            raise ProtocolError(f"file {index} ended at {frame.size} bytes after {incoming.received} arrived")
+        incoming.end = frame
         self._maybe_complete(index, events)
 
     def _maybe_complete(self, index: int, events: list[Event]) -> None:
-        end = self._ended.get(index)
-        if end is not None and self._received[index] == end.size and index not in self._completed:
-            self._completed.add(index)
+        incoming = self._files[index]
+        end = incoming.end
+        if end is not None and incoming.received == end.size and not incoming.completed:
+            incoming.completed = True
             events.append(FileComplete(index, end.size, end.digest))
 
     def _maybe_finish(self, events: list[Event]) -> None:
-        if self._sender_done and not self.complete and self._verified == set(self._received):
+        if self._sender_done and not self.complete and not self._files and not self._packs:
             self.complete = True
             self.closed = True
             self._send(Done())

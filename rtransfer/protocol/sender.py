@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 
 from rtransfer.errors import IntegrityError
@@ -25,13 +25,17 @@ from rtransfer.protocol.frames import (
     CorruptData,
     Data,
     Done,
+    Entry,
+    EntryBatch,
     FileEnd,
     FileResult,
     Frame,
     Manifest,
     Nack,
+    PackResult,
     Role,
 )
+from rtransfer.protocol.pack import table_bytes
 from rtransfer.protocol.peer import Peer
 from rtransfer.protocol.timing import RetransmitTimer
 
@@ -46,15 +50,28 @@ class _InFlight:
     frame: Data
     sent_at: float
     wire: Buffer  # what went to the transport: the payload, or its ciphertext
+    data_bytes: int  # file bytes it carries (a pack's table is not counted)
     retransmitted: bool = False
     failures: int = 0
 
 
+@dataclass(frozen=True)
+class _Listed:
+    """A batch of the file list sent and not yet accepted."""
+
+    first: int
+    count: int
+    files: frozenset[int]
+
+
 class SenderMachine(Peer):
-    """Sends the manifest once keys are agreed; data may flow after the receiver's ACCEPT.
+    """Sends the manifest once keys are agreed, then the file list in batches; data for a
+    batch's files may flow once the receiver has accepted that batch.
 
     The window is a span of sequence numbers starting at the oldest unacknowledged
     chunk, so the receiver never has to hold more than ``window`` chunks out of order.
+    What the machine keeps per file lasts only until the receiver has confirmed it, so
+    its memory follows the files in flight, not the size of the tree.
     """
 
     role = Role.SENDER
@@ -68,8 +85,12 @@ class SenderMachine(Peer):
         encrypt: bool = True,
         timer: RetransmitTimer | None = None,
         buffers: Buffers = FRESH_BUFFERS,
+        entries: tuple[Entry, ...] | None = None,
     ) -> None:
+        """``entries``, when given, is the whole file list, sent as one batch (tests, small transfers)."""
         self.manifest = manifest
+        self._keys_ready = False
+        self._early: list[EntryBatch] = []  # batches listed before the keys were agreed
         super().__init__(now, timeout_s, code, encrypt, buffers)
         self.accepted = False
         self.complete = False
@@ -77,13 +98,23 @@ class SenderMachine(Peer):
         self._next_seq = 0
         self._unacked: OrderedDict[int, _InFlight] = OrderedDict()
         self._timer_armed_at = now
-        self._files = {i for i, e in enumerate(manifest.entries) if e.kind == "file"}
-        self._ended: set[int] = set()
-        self._verified: set[int] = set()
+        self._next_entry = 0
+        self._listed_all = False
+        self._unaccepted: deque[_Listed] = deque()
+        self._paths: dict[int, str] = {}  # listed files not yet confirmed by the receiver
+        self._sendable: set[int] = set()  # accepted files not yet ended or packed
+        self._ended: set[int] = set()  # ended, awaiting FILE_RESULT
+        self._packs: dict[int, tuple[int, ...]] = {}  # seq -> its files, awaiting PACK_RESULT
         self._done_sent = False
+        if entries is not None:
+            self.send_entries(entries, True, now)
 
     def _on_keys(self) -> None:
+        self._keys_ready = True
         self._send(self.manifest)
+        for batch in self._early:
+            self._send(batch)
+        self._early.clear()
 
     @property
     def handshake_complete(self) -> bool:
@@ -94,8 +125,31 @@ class SenderMachine(Peer):
         return len(self._unacked)
 
     @property
+    def batches_unaccepted(self) -> int:
+        return len(self._unaccepted)
+
+    @property
     def rto_s(self) -> float:
         return self._timer.rto_s
+
+    def send_entries(self, entries: tuple[Entry, ...], last: bool, now: float) -> int:
+        """List the next batch of entries (``last``: the list ends with it); returns the index
+        of its first entry. Batches listed before the keys are agreed wait for them."""
+        if self._listed_all:
+            raise RuntimeError("send_entries called after the last batch")
+        self._now = now
+        first = self._next_entry
+        self._next_entry += len(entries)
+        self._listed_all = last
+        files = frozenset(first + i for i, e in enumerate(entries) if e.kind == "file")
+        self._paths.update((i, entries[i - first].path) for i in files)
+        self._unaccepted.append(_Listed(first, len(entries), files))
+        batch = EntryBatch(first, entries, last)
+        if self._keys_ready:
+            self._send(batch)
+        else:
+            self._early.append(batch)
+        return first
 
     def _window_base(self) -> int:
         return next(iter(self._unacked)) if self._unacked else self._next_seq
@@ -103,17 +157,32 @@ class SenderMachine(Peer):
     def can_send(self) -> bool:
         return self.accepted and not self.closed and self._next_seq < self._window_base() + self.manifest.window
 
-    def send_chunk(self, file_index: int, offset: int, payload: Buffer, now: float) -> int:
+    def _take_sendable(self, files: tuple[int, ...]) -> None:
         if not self.can_send():
-            raise RuntimeError("send_chunk called while the window is closed")
+            raise RuntimeError("a chunk sent while the window is closed")
+        if not self._sendable.issuperset(files):
+            raise RuntimeError(f"data for files {files} before their batch was accepted, or after they ended")
+
+    def send_chunk(self, file_index: int, offset: int, payload: Buffer, now: float) -> int:
+        self._take_sendable((file_index,))
+        return self._send_data(Data(self._next_seq, file_index, offset, payload), now, len(payload))
+
+    def send_pack(self, files: tuple[int, ...], payload: Buffer, now: float) -> int:
+        """Send whole small files packed in one chunk (``payload`` as protocol/pack.py lays it out)."""
+        self._take_sendable(files)
+        self._sendable.difference_update(files)
+        frame = Data(self._next_seq, files[0], 0, payload, packed=True)
+        seq = self._send_data(frame, now, len(payload) - table_bytes(len(files)))
+        self._packs[seq] = files
+        return seq
+
+    def _send_data(self, frame: Data, now: float, data_bytes: int) -> int:
         self._now = now
-        seq = self._next_seq
         self._next_seq += 1
-        frame = Data(seq, file_index, offset, payload)
         if not self._unacked:
             self._timer_armed_at = now
-        self._unacked[seq] = _InFlight(frame, now, self._send(frame)[-1])
-        return seq
+        self._unacked[frame.seq] = _InFlight(frame, now, self._send(frame)[-1], data_bytes)
+        return frame.seq
 
     def take_written(self) -> list[Buffer]:
         """Ciphertext buffers nobody needs once the transport has written everything handed to it.
@@ -136,16 +205,26 @@ class SenderMachine(Peer):
 
     def end_file(self, file_index: int, size: int, digest: bytes, now: float) -> None:
         self._now = now
+        if file_index not in self._sendable:
+            raise RuntimeError(f"end_file for file {file_index}, which is not being sent")
+        self._sendable.discard(file_index)
         self._ended.add(file_index)
         self._send(FileEnd(file_index, size, digest))
 
     def finish(self, now: float) -> None:
-        """Every file has been ended; tell the receiver nothing else is coming."""
+        """Every file has been ended or packed; tell the receiver nothing else is coming."""
         self._now = now
-        if self._ended != self._files:
-            raise RuntimeError("finish called before every file was ended")
+        if not self._listed_all or self._unaccepted or self._sendable:
+            raise RuntimeError("finish called before every file was listed, accepted and sent")
         self._done_sent = True
         self._send(Done())
+
+    def _path(self, file_index: int) -> str:
+        return self._paths.get(file_index, f"file {file_index}")
+
+    def _verified(self, file_index: int, events: list[Event]) -> None:
+        del self._paths[file_index]
+        events.append(FileVerified(file_index, True))
 
     def _handle(self, frame: Frame | CorruptData, events: list[Event]) -> None:
         if isinstance(frame, Ack):
@@ -158,33 +237,46 @@ class SenderMachine(Peer):
                 item = self._unacked[frame.seq]
                 item.failures += 1
                 if item.failures >= MAX_CHUNK_FAILURES:
-                    path = self.manifest.entries[item.frame.file_index].path
+                    path = self._path(item.frame.file_index)
                     raise IntegrityError(
                         f"{path}: the chunk at offset {item.frame.offset} failed its check {item.failures} times "
                         "in a row; the path keeps damaging it"
                     )
                 self._resend(frame.seq, "nack", events)
-        elif isinstance(frame, Accept) and not self.accepted:
-            if not set(frame.done) <= self._files:
-                raise ProtocolError("ACCEPT marks as done an entry that is not a file")
-            self.accepted = True
-            self._ended |= set(frame.done)
-            self._verified |= set(frame.done)
-            events.append(Accepted(dict(frame.start_offsets), tuple(frame.done)))
-        elif isinstance(frame, FileResult):
-            if frame.file_index not in self._ended or frame.file_index in self._verified:
-                raise ProtocolError(f"unexpected FILE_RESULT for file {frame.file_index}")
+        elif isinstance(frame, Accept) and self._unaccepted:
+            self._on_accept(frame, events)
+        elif isinstance(frame, FileResult) and frame.file_index in self._ended:
             if not frame.ok:
-                path = self.manifest.entries[frame.file_index].path
-                raise IntegrityError(f"{path}: whole-file BLAKE3 digest mismatch at the receiver")
-            self._verified.add(frame.file_index)
-            events.append(FileVerified(frame.file_index, True))
-        elif isinstance(frame, Done) and self._done_sent and self._verified == self._files:
+                raise IntegrityError(
+                    f"{self._path(frame.file_index)}: whole-file BLAKE3 digest mismatch at the receiver"
+                )
+            self._ended.discard(frame.file_index)
+            self._verified(frame.file_index, events)
+        elif isinstance(frame, PackResult) and frame.seq in self._packs:
+            files = self._packs.pop(frame.seq)
+            if not frame.ok:
+                names = ", ".join(self._path(i) for i in files[:3])
+                raise IntegrityError(f"a small file packed with {names}...: BLAKE3 digest mismatch at the receiver")
+            for index in files:
+                self._verified(index, events)
+        elif isinstance(frame, Done) and self._done_sent and not self._paths:
             self.complete = True
             self.closed = True
             events.append(TransferComplete())
         else:
             raise self._unexpected(frame)
+
+    def _on_accept(self, frame: Accept, events: list[Event]) -> None:
+        listed = self._unaccepted.popleft()
+        if frame.first != listed.first:
+            raise ProtocolError(f"ACCEPT for the batch at {frame.first}; expected the one at {listed.first}")
+        if not listed.files.issuperset(frame.done) or not listed.files.issuperset(frame.start_offsets):
+            raise ProtocolError("ACCEPT names an entry that is not a file of its batch")
+        self.accepted = True
+        self._sendable |= listed.files.difference(frame.done)
+        for index in frame.done:
+            del self._paths[index]
+        events.append(Accepted(frame.first, dict(frame.start_offsets), tuple(frame.done)))
 
     def _on_ack(self, ack: Ack, events: list[Event]) -> None:
         if ack.cumulative > self._next_seq or any(s >= self._next_seq for s in ack.selective):
@@ -209,7 +301,7 @@ class SenderMachine(Peer):
             if not a.retransmitted
             for b in ((a.frame.payload,) if a.wire is a.frame.payload else (a.frame.payload, a.wire))
         )
-        events.append(ChunksAcked(len(acked), sum(len(a.frame.payload) for a in acked), released))
+        events.append(ChunksAcked(len(acked), sum(a.data_bytes for a in acked), released))
 
     def _resend(self, seq: int, reason: str, events: list[Event]) -> None:
         item = self._unacked[seq]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -97,17 +98,18 @@ def test_no_encrypt_really_sends_in_clear_so_the_wire_check_can_fail(tmp_path: P
 
 
 class RawManifestSender(SenderMachine):
-    """Authenticated, unencrypted, and sends a manifest of raw bytes (e.g. invalid UTF-8)."""
+    """Authenticated, unencrypted, and sends a file list of raw bytes (e.g. invalid UTF-8)."""
 
     raw_manifest = b""
 
     def _on_keys(self) -> None:
-        self._outbox.extend(_frame(FrameType.MANIFEST, b"", self.raw_manifest, None))
+        super()._on_keys()
+        self._outbox.extend(_frame(FrameType.ENTRIES, b"", self.raw_manifest, None))
 
 
 def forged_sender(port: int, entries: tuple[Entry, ...], machine: SenderMachine | None = None) -> None:
     """An authenticated peer that declares whatever names we like."""
-    machine = machine or SenderMachine(Manifest("f" * 32, 65536, 4, entries), 0.0, 30.0, TEST_SECRET.encode())
+    machine = machine or SenderMachine(Manifest("f" * 32, 65536, 4), 0.0, 30.0, TEST_SECRET.encode(), entries=entries)
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
         for _ in range(50):  # bounded: handshake, then the receiver refuses and closes
             for piece in machine.data_to_send():
@@ -189,11 +191,8 @@ def test_declared_totals_beyond_the_configured_limits_exit_6(
 
 def test_invalid_utf8_name_is_a_clear_protocol_error(tmp_path: Path, procs: list[Proc]) -> None:
     procs.append(rx := Receiver(tmp_path / "out"))
-    machine = RawManifestSender(Manifest("f" * 32, 65536, 4, ()), 0.0, 30.0, TEST_SECRET.encode(), encrypt=False)
-    machine.raw_manifest = (
-        b'{"transfer_id":"t","chunk_bytes":65536,"window":4,'
-        b'"entries":[{"path":"\xff\xfe","kind":"file","size":1,"mode":420}]}'
-    )
+    machine = RawManifestSender(Manifest("f" * 32, 65536, 4), 0.0, 30.0, TEST_SECRET.encode(), encrypt=False)
+    machine.raw_manifest = b'{"first":0,"last":true,"entries":[{"path":"\xff\xfe","kind":"file","size":1,"mode":420}]}'
     forged_sender(rx.port, (), machine)
     assert rx.finish() == 3
     assert "not valid UTF-8" in rx.events("error")[0]["message"]
@@ -204,7 +203,7 @@ def test_frame_before_the_handshake_completes_is_refused_with_exit_5(tmp_path: P
     from rtransfer.protocol.frames import Ack, encode_bytes
 
     procs.append(rx := Receiver(tmp_path / "out"))
-    hello = SenderMachine(Manifest("f" * 32, 65536, 4, ()), 0.0, 30.0, b"x").data_to_send()
+    hello = SenderMachine(Manifest("f" * 32, 65536, 4), 0.0, 30.0, b"x").data_to_send()
     with socket.create_connection(("127.0.0.1", rx.port)) as s:
         s.sendall(b"".join(bytes(p) for p in hello) + encode_bytes(Ack(0, ())))
         assert rx.finish() == 5
@@ -218,7 +217,7 @@ def test_idle_client_is_dropped_when_the_handshake_deadline_passes(tmp_path: Pat
     assert "handshake did not complete within 10 s" in rx.events("error")[0]["message"]
 
 
-def test_links_inside_the_transfer_arrive_as_links_and_links_out_are_skipped(tmp_path: Path, procs: list[Proc]) -> None:
+def _tree_with_links(tmp_path: Path) -> Path:
     src = tmp_path / "tree"
     (src / "sub").mkdir(parents=True)
     (src / "sub" / "real.txt").write_bytes(b"real")
@@ -226,6 +225,11 @@ def test_links_inside_the_transfer_arrive_as_links_and_links_out_are_skipped(tmp
     (src / "sub" / "up").symlink_to("../sub")
     (src / "outside").symlink_to("/etc/passwd")
     (src / "sneaky").symlink_to("../../etc")
+    return src
+
+
+def test_links_arrive_as_they_are_whatever_they_point_to(tmp_path: Path, procs: list[Proc]) -> None:
+    src = _tree_with_links(tmp_path)
     procs.append(rx := Receiver(tmp_path / "out"))
     result = run("send", str(src), rx.address)
     assert result.returncode == 0, result.stderr
@@ -233,14 +237,56 @@ def test_links_inside_the_transfer_arrive_as_links_and_links_out_are_skipped(tmp
     out = tmp_path / "out" / "tree"
     assert (out / "inside").is_symlink() and (out / "inside").read_bytes() == b"real"
     assert str((out / "sub" / "up").readlink()) == "../sub"
-    assert not (out / "outside").exists() and not (out / "outside").is_symlink()
-    assert not (out / "sneaky").is_symlink()
+    assert str((out / "outside").readlink()) == "/etc/passwd"
+    assert str((out / "sneaky").readlink()) == "../../etc"
+
+
+def test_safe_links_skips_links_out_of_the_tree(tmp_path: Path, procs: list[Proc]) -> None:
+    src = _tree_with_links(tmp_path)
+    procs.append(rx := Receiver(tmp_path / "out"))
+    result = run("send", str(src), rx.address, "--safe-links")
+    assert result.returncode == 0, result.stderr
+    assert rx.finish() == 0
+    out = tmp_path / "out" / "tree"
+    assert (out / "inside").is_symlink() and str((out / "sub" / "up").readlink()) == "../sub"
+    assert not (out / "outside").is_symlink() and not (out / "sneaky").is_symlink()
     assert result.stderr.decode().count("points outside the transfer") == 2
 
 
-def test_forged_link_pointing_out_of_dest_is_refused(tmp_path: Path, procs: list[Proc]) -> None:
-    procs.append(rx := Receiver(tmp_path / "out"))
+def test_a_receiver_with_safe_links_refuses_a_link_out_of_dest(tmp_path: Path, procs: list[Proc]) -> None:
+    procs.append(rx := Receiver(tmp_path / "out", "--safe-links"))
     forged_sender(rx.port, (Entry("ln", "symlink", None, 0o777, None, "../../../etc"),))
     assert rx.finish() == 6
     assert "points outside DEST" in rx.events("error")[0]["message"]
     assert not (tmp_path / "out" / "ln").is_symlink()
+
+
+@pytest.mark.parametrize(
+    ("planted", "code"),
+    [
+        (("d", "../outside"), 6),  # a directory on the way to a file is a link: refused
+        (("d/.small.rtpart", "../../outside/small"), 6),  # a small file's partial name is a link: refused
+        (("d/.big.rtpart", "../../outside/big"), 0),  # a large file's stale partial (no journal): removed, not followed
+    ],
+)
+def test_links_planted_in_dest_are_never_written_through(
+    tmp_path: Path, procs: list[Proc], planted: tuple[str, str], code: int
+) -> None:
+    src = tmp_path / "src"
+    (src / "d").mkdir(parents=True)
+    (src / "d" / "small").write_bytes(b"s" * 100)
+    (src / "d" / "big").write_bytes(os.urandom(3 << 20))
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    dest = tmp_path / "out"
+    link = dest / "src" / planted[0]
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(planted[1])
+    procs.append(rx := Receiver(dest))
+    result = run("send", str(src), rx.address)
+    assert rx.finish() == code, result.stderr
+    if code:
+        assert "symbolic link" in rx.events("error")[0]["message"]
+    else:
+        assert (dest / "src" / "d" / "big").read_bytes() == (src / "d" / "big").read_bytes()
+    assert list(outside.iterdir()) == []

@@ -19,17 +19,18 @@ with atheris.instrument_imports():
     from rtransfer.protocol.sender import SenderMachine
 
 CODE = b"fuzz"
-MANIFEST = Manifest("f" * 32, 4096, 4, (Entry("a", "file", 10000, 0o644, 0.0), Entry("b", "file", None)))
+MANIFEST = Manifest("f" * 32, 4096, 4)
+ENTRIES = (Entry("a", "file", 10000, 0o644, 0.0), Entry("b", "file", None))
 
 
 def handshaken() -> tuple[SenderMachine, ReceiverMachine]:
     """A connected pair past the (unencrypted) handshake, so later frame types are reachable."""
-    sender = SenderMachine(MANIFEST, 0.0, 30.0, CODE, encrypt=False)
+    sender = SenderMachine(MANIFEST, 0.0, 30.0, CODE, encrypt=False, entries=ENTRIES)
     receiver = ReceiverMachine(0.0, 30.0, CODE, encrypt=False)
     for _ in range(3):
         receiver.receive_data(b"".join(bytes(p) for p in sender.data_to_send()), 0.0)
         sender.receive_data(b"".join(bytes(p) for p in receiver.data_to_send()), 0.0)
-    receiver.accept({}, 0.0)
+    receiver.accept(0, {}, 0.0)
     sender.receive_data(b"".join(bytes(p) for p in receiver.data_to_send()), 0.0)
     return sender, receiver
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import blake3
 
 from rtransfer.crypto import KeyExchange
-from rtransfer.protocol.events import ChunkReady, Event, FileComplete, ManifestReceived
+from rtransfer.protocol.events import ChunkReady, EntriesReceived, Event, FileComplete
 from rtransfer.protocol.frames import Entry, Frame, FrameDecoder, Manifest, encode_bytes
 from rtransfer.protocol.peer import Peer
 from rtransfer.protocol.receiver import ReceiveLimits, ReceiverMachine
@@ -17,9 +17,21 @@ CHUNK = 4096
 CODE = b"7hk2-m9xq-3wfe"
 
 
-def manifest(*sizes: int | None, window: int = 4, chunk: int = CHUNK) -> Manifest:
+@dataclass(frozen=True)
+class Listing:
+    """A transfer's manifest and its whole file list, sent as one batch."""
+
+    manifest: Manifest
+    entries: tuple[Entry, ...]
+
+
+def manifest(*sizes: int | None, window: int = 4, chunk: int = CHUNK) -> Listing:
     entries = tuple(Entry(f"f{i}", "file", size, 0o644, 0.0) for i, size in enumerate(sizes))
-    return Manifest("t" * 32, chunk, window, entries)
+    return Listing(Manifest("t" * 32, chunk, window), entries)
+
+
+def new_sender(listing: Listing, code: bytes = CODE, **kwargs: object) -> SenderMachine:
+    return SenderMachine(listing.manifest, 0.0, 30.0, code, entries=listing.entries, **kwargs)  # type: ignore[arg-type]
 
 
 def frames_of(data: list[bytes | memoryview]) -> list[Frame]:
@@ -42,7 +54,7 @@ class Pair:
     @classmethod
     def handshaken(
         cls,
-        m: Manifest,
+        m: Listing,
         timeout_s: float = 30.0,
         encrypt: bool = False,
         limits: ReceiveLimits | None = None,
@@ -55,7 +67,7 @@ class Pair:
         encrypted path has tests of its own.
         """
         pair = cls(
-            SenderMachine(m, 0.0, timeout_s, sender_code, encrypt),
+            SenderMachine(m.manifest, 0.0, timeout_s, sender_code, encrypt, entries=m.entries),
             ReceiverMachine(0.0, timeout_s, receiver_code, encrypt, limits),
         )
         for _ in range(3):
@@ -64,10 +76,12 @@ class Pair:
         return pair
 
     @classmethod
-    def accepted(cls, m: Manifest, timeout_s: float = 30.0, encrypt: bool = False) -> Pair:
+    def accepted(cls, m: Listing, timeout_s: float = 30.0, encrypt: bool = False) -> Pair:
         pair = cls.handshaken(m, timeout_s, encrypt)
-        assert any(isinstance(e, ManifestReceived) for e in pair.receiver_events)
-        pair.receiver.accept({}, pair.now)
+        batches = [e.batch for e in pair.receiver_events if isinstance(e, EntriesReceived)]
+        assert batches
+        for batch in batches:
+            pair.receiver.accept(batch.first, {}, pair.now)
         pair.to_sender()
         assert pair.sender.accepted
         return pair

@@ -12,8 +12,7 @@ from rtransfer.protocol.errors import HandshakeRefused, ProtocolError
 from rtransfer.protocol.events import IntegrityFailure, ManifestReceived, Retransmitted, TransferComplete
 from rtransfer.protocol.frames import DATA_HEADER, HEADER, FrameDecoder, Hello, encode_bytes
 from rtransfer.protocol.receiver import ReceiverMachine
-from rtransfer.protocol.sender import SenderMachine
-from tests.unit.harness import CHUNK, CODE, Pair, frames_of, manifest, send_file
+from tests.unit.harness import CHUNK, CODE, Pair, frames_of, manifest, new_sender, send_file
 
 
 def test_codes_are_short_readable_and_random() -> None:
@@ -54,7 +53,7 @@ def test_wrong_code_is_refused_by_the_receiver() -> None:
 
 
 def test_wrong_code_is_refused_by_the_sender_too() -> None:
-    sender = SenderMachine(manifest(CHUNK), 0.0, 30.0, b"wrong-code")
+    sender = new_sender(manifest(CHUNK), b"wrong-code")
     receiver = ReceiverMachine(0.0, 30.0, b"right-code")
     receiver.receive_data(b"".join(bytes(p) for p in sender.data_to_send()), 0.0)  # sender HELLO only
     with pytest.raises(HandshakeRefused, match="codes do not match"):
@@ -73,7 +72,7 @@ def test_a_key_exchange_started_before_the_connection_serves_the_handshake() -> 
 
 
 def test_downgrading_a_hello_in_transit_fails_key_confirmation() -> None:
-    sender = SenderMachine(manifest(CHUNK), 0.0, 30.0, b"code")
+    sender = new_sender(manifest(CHUNK), b"code")
     receiver = ReceiverMachine(0.0, 30.0, b"code")
     decoder = FrameDecoder()
     decoder.feed(b"".join(bytes(p) for p in sender.data_to_send()))

@@ -13,9 +13,9 @@ import pytest
 
 from rtransfer import direct_io
 from rtransfer.direct_io import ALIGN, DIRECT_MIN_BYTES, PartialWriter, direct_io_suits
-from rtransfer.files import DirectorySink
 from rtransfer.pipeline import BufferPool
-from rtransfer.protocol.frames import DATA_HEADER, Entry, Manifest
+from rtransfer.protocol.frames import DATA_HEADER, Entry
+from rtransfer.sink import DirectorySink, plan_alone
 
 CHUNK = 16 * ALIGN
 
@@ -145,7 +145,7 @@ def test_only_large_files_in_whole_blocks_go_direct() -> None:
 async def test_the_receiver_writes_large_files_direct_unless_told_to_buffer(tmp_path: Path, direct_io: bool) -> None:
     await (await _open_direct_or_skip(tmp_path / "probe-file")).close()
     sink = DirectorySink(tmp_path / "out", overwrite=False, direct_io=direct_io)
-    sink.plan(Manifest("t" * 32, CHUNK, 4, (Entry("big", "file", DIRECT_MIN_BYTES, identity="v1"),)))
+    plan_alone(sink, CHUNK, Entry("big", "file", DIRECT_MIN_BYTES, identity="v1"))
     await sink.write(0, 0, b"x" * CHUNK)
     assert _direct_flag(sink._open[0]) is direct_io
     await sink.suspend()

@@ -10,7 +10,7 @@ from rtransfer.files import link_stays_inside, safe_relative_path
 
 @pytest.mark.parametrize("name", ["a", "a/b/c", "dir/.hidden", "日本語/ファイル"])
 def test_relative_names_are_accepted(name: str) -> None:
-    assert safe_relative_path(name).as_posix() == name
+    assert safe_relative_path(name) == name
 
 
 @pytest.mark.parametrize("name", ["", "/abs", "../up", "a/../../b", "a//b", "./a", "C:x", "a\\b", "nul\x00", "a/."])

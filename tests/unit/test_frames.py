@@ -16,6 +16,7 @@ from rtransfer.protocol.frames import (
     Data,
     Done,
     Entry,
+    EntryBatch,
     ErrorFrame,
     FileEnd,
     FileResult,
@@ -24,6 +25,7 @@ from rtransfer.protocol.frames import (
     Hello,
     Manifest,
     Nack,
+    PackResult,
     Ping,
     Pong,
     Role,
@@ -33,27 +35,39 @@ from rtransfer.protocol.frames import (
 u32 = st.integers(0, 2**32 - 1)
 u64 = st.integers(0, 2**64 - 1)
 names = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=40)
-entries = st.builds(
+files = st.builds(
     Entry,
     path=names,
     kind=st.just("file"),
     size=st.none() | st.integers(0, 2**50),
     mode=st.integers(0, 0o7777),
     mtime=st.none() | st.floats(0, 2e9),
+    identity=st.none() | st.text(max_size=40),
 )
+others = st.builds(
+    Entry,
+    path=names,
+    kind=st.sampled_from(["dir", "symlink"]),
+    mode=st.integers(0, 0o7777),
+    mtime=st.none() | st.floats(0, 2e9),
+).map(lambda e: Entry(e.path, e.kind, None, e.mode, e.mtime, "t/x" if e.kind == "symlink" else None))
+entries = files | others
 frames = st.one_of(
     st.builds(
         Hello, role=st.sampled_from(Role), version=st.integers(0, 65535), capabilities=u32, auth=st.binary(max_size=64)
     ),
     st.builds(
-        Manifest,
-        st.text("0123456789abcdef", min_size=1, max_size=32),
-        st.integers(4096, 1 << 24),
-        st.integers(1, 1024),
-        st.lists(entries, max_size=5).map(tuple),
+        Manifest, st.text("0123456789abcdef", min_size=1, max_size=32), st.integers(4096, 1 << 24), st.integers(1, 1024)
     ),
-    st.builds(Accept, st.dictionaries(st.integers(0, 1000), st.integers(0, 2**50), max_size=5)),
-    st.builds(Data, u64, u32, u64, st.binary(max_size=3000)),
+    st.builds(EntryBatch, u32, st.lists(entries, max_size=5).map(tuple), st.booleans()),
+    st.builds(
+        Accept,
+        u32,
+        st.dictionaries(st.integers(0, 1000), st.integers(0, 2**50), max_size=5),
+        st.lists(u32, max_size=5).map(tuple),
+    ),
+    st.builds(Data, u64, u32, u64, st.binary(max_size=3000), st.booleans()),
+    st.builds(PackResult, u64, st.booleans()),
     st.builds(Ack, u64, st.lists(u64, max_size=20).map(tuple)),
     st.builds(Nack, u64),
     st.builds(FileEnd, u32, u64, st.binary(min_size=32, max_size=32)),
@@ -77,7 +91,7 @@ def decode_all(raw: bytes, split: int = 0) -> list[object]:
 
 def normalise(frame: object) -> object:
     if isinstance(frame, Data):
-        return Data(frame.seq, frame.file_index, frame.offset, bytes(frame.payload))
+        return Data(frame.seq, frame.file_index, frame.offset, bytes(frame.payload), frame.packed)
     return frame
 
 
@@ -124,29 +138,26 @@ def test_flipped_bit_in_control_frame_is_a_protocol_error() -> None:
 
 
 @pytest.mark.parametrize(
-    ("body", "message"),
+    ("ftype", "body", "message"),
     [
+        (FrameType.ENTRIES, b'{"first":0,"last":true,"entries":[{"path":"\\udc80","size":1}]}', "not valid UTF-8"),
+        (FrameType.ENTRIES, b'{"first":0,"last":true,"entries":[{"path":"a","mtime":NaN}]}', "mtime malformed"),
+        (FrameType.ENTRIES, b'{"first":0,"last":true,"entries":[{"path":"a","kind":"fifo"}]}', "kind 'fifo' unknown"),
         (
-            b'{"transfer_id":"a","chunk_bytes":4096,"window":4,"entries":[{"path":"\\udc80","kind":"file","size":1,"mode":420,"mtime":null}]}',
-            "not valid UTF-8",
+            FrameType.ENTRIES,
+            b'{"first":0,"last":true,"entries":[{"path":"a","kind":"dir","size":3}]}',
+            "size malformed",
         ),
-        (
-            b'{"transfer_id":"a","chunk_bytes":4096,"window":4,"entries":[{"path":"a","kind":"file","size":1,"mode":420,"mtime":NaN}]}',
-            "mtime malformed",
-        ),
-        (b'{"transfer_id":"a","chunk_bytes":1,"window":4,"entries":[]}', "chunk_bytes out of range"),
-        (
-            b'{"transfer_id":"a","chunk_bytes":4096,"window":4,"entries":[{"path":"a","kind":"fifo","mode":420}]}',
-            "kind 'fifo' unknown",
-        ),
-        (b"\xff\xfe", "not valid UTF-8"),
-        (b"[1,", "not valid JSON"),
+        (FrameType.ENTRIES, b'{"first":-1,"last":true,"entries":[]}', "first or last malformed"),
+        (FrameType.MANIFEST, b'{"transfer_id":"a","chunk_bytes":1,"window":4}', "chunk_bytes out of range"),
+        (FrameType.MANIFEST, b"\xff\xfe", "not valid UTF-8"),
+        (FrameType.ENTRIES, b"[1,", "not valid JSON"),
     ],
 )
-def test_malformed_manifest_is_a_protocol_error(body: bytes, message: str) -> None:
+def test_malformed_file_list_is_a_protocol_error(ftype: FrameType, body: bytes, message: str) -> None:
     from rtransfer.protocol.frames import _frame
 
-    raw = b"".join(bytes(p) for p in _frame(FrameType.MANIFEST, b"", body, None))
+    raw = b"".join(bytes(p) for p in _frame(ftype, b"", body, None))
     with pytest.raises(ProtocolError, match=message):
         decode_all(raw)
 

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from rtransfer import files
-from rtransfer.files import DirectorySink
+from rtransfer import sink as files
 from rtransfer.journal import JournalRecord, boot_id, journal_path, read_journal, write_journal
-from rtransfer.protocol.frames import Entry, Manifest
+from rtransfer.protocol.frames import Entry
+from rtransfer.sink import DirectorySink, plan_alone
 
 MIB = 1 << 20
 
@@ -60,7 +60,7 @@ async def test_syncing_runs_beside_the_writes_and_the_journal_learns_what_it_cov
 
     monkeypatch.setattr(files.os, "fdatasync", slow_fdatasync)
     sink = DirectorySink(tmp_path, overwrite=False, direct_io=False)
-    sink.plan(Manifest("t" * 32, MIB, 2, (Entry("f", "file", 8 * MIB, identity="v1"),)))
+    plan_alone(sink, MIB, Entry("f", "file", 8 * MIB, identity="v1"))
 
     def journal() -> JournalRecord:
         record = read_journal(tmp_path / "f")
@@ -83,5 +83,5 @@ def test_the_receiver_resumes_from_what_the_journal_can_vouch_for(tmp_path: Path
     files.partial_path(tmp_path / "f").write_bytes(b"x" * 3 * MIB)
     write_journal(tmp_path / "f", JournalRecord("v1", MIB, 3 * MIB, MIB, boot))
     sink = DirectorySink(tmp_path, overwrite=False)
-    plan = sink.plan(Manifest("t" * 32, MIB, 2, (Entry("f", "file", 8 * MIB, identity="v1"),)))
+    plan = plan_alone(sink, MIB, Entry("f", "file", 8 * MIB, identity="v1"))
     assert plan.start_offsets == {0: kept}

@@ -40,7 +40,7 @@ from rtransfer.protocol.frames import (
 from rtransfer.protocol.peer import RemoteError
 from rtransfer.protocol.receiver import ReceiveLimits, ReceiverMachine
 from rtransfer.protocol.sender import MAX_CHUNK_FAILURES
-from tests.unit.harness import CHUNK, CODE, Pair, frames_of, manifest, send_file
+from tests.unit.harness import CHUNK, CODE, Pair, frames_of, manifest, new_sender, send_file
 
 
 def finish(pair: Pair) -> None:
@@ -200,7 +200,7 @@ def test_data_before_accept_is_a_protocol_error() -> None:
     ("frame", "message"),
     [
         (Data(0, 0, CHUNK, b"x" * CHUNK), "expected 0"),
-        (Data(0, 5, 0, b"x"), "not a file of this transfer"),
+        (Data(0, 5, 0, b"x"), "not a file this transfer is receiving"),
         (Data(0, 0, 0, b"x" * (CHUNK + 1)), "breaks chunking"),
     ],
 )
@@ -369,9 +369,7 @@ def test_any_bytes_give_events_or_an_rtransfer_error_never_another_exception(
     else:
         machine = ReceiverMachine(0.0, 30.0, CODE) if side == "receiver" else None  # type: ignore[assignment]
         if machine is None:
-            from rtransfer.protocol.sender import SenderMachine
-
-            machine = SenderMachine(manifest(CHUNK), 0.0, 30.0, CODE)
+            machine = new_sender(manifest(CHUNK), CODE)
     try:
         machine.receive_data(raw, 1.0)
     except RtransferError:

@@ -10,7 +10,8 @@ from pathlib import Path
 
 from rtransfer.files import collect_sources
 from rtransfer.integrity import FileDigest
-from rtransfer.pipeline import BufferPool, SendItem, read_sources
+from rtransfer.pipeline import BufferPool, Listed, SendItem, read_sources
+from rtransfer.protocol.events import Accepted
 from rtransfer.stats import TransferStats
 from rtransfer.workers import settle
 
@@ -47,7 +48,7 @@ async def test_settle_waits_for_the_call_through_repeated_cancels() -> None:
 
 async def test_a_cancelled_reader_never_closes_the_file_under_its_worker(tmp_path: Path, monkeypatch: object) -> None:
     src = tmp_path / "data.bin"
-    src.write_bytes(os.urandom(256 * 1024))
+    src.write_bytes(os.urandom(2 * 1024 * 1024))  # large enough to go chunk by chunk, not packed
     inside, release = threading.Event(), threading.Event()
     fd_state: list[str] = []
     real_read = FileDigest._read_hashed
@@ -64,9 +65,11 @@ async def test_a_cancelled_reader_never_closes_the_file_under_its_worker(tmp_pat
         return real_read(self, fd, buf, offset)
 
     monkeypatch.setattr(FileDigest, "_read_hashed", blocked_read)  # type: ignore[attr-defined]
-    sources = collect_sources([str(src)], None, lambda _: None)
+    batches: asyncio.Queue[Listed | None] = asyncio.Queue()
+    batches.put_nowait(Listed(0, collect_sources([str(src)], None), Accepted(0, {})))
     queue: asyncio.Queue[SendItem] = asyncio.Queue(maxsize=1)
-    reader = asyncio.ensure_future(read_sources(sources, {}, 64 * 1024, queue, TransferStats("send"), BufferPool(4)))
+    stats = TransferStats("send")
+    reader = asyncio.ensure_future(read_sources(batches, 64 * 1024, queue, stats, BufferPool(4), lambda: None))
     await asyncio.get_running_loop().run_in_executor(None, inside.wait, 10)
     await _cancel_twice(reader)
     done, _ = await asyncio.wait([reader], timeout=NEGATIVE_WAIT_S)

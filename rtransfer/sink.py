@@ -1,0 +1,501 @@
+"""Where a transfer lands: DEST on disk (DirectorySink) or standard output (StdoutSink)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import os
+import shutil
+import stat
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiofiles
+import aiofiles.os
+import blake3
+
+from rtransfer.direct_io import PartialWriter, direct_io_suits
+from rtransfer.errors import LocalIOError
+from rtransfer.files import link_stays_inside, local_error, safe_relative_path
+from rtransfer.integrity import FileDigest
+from rtransfer.journal import (
+    FSYNC_EVERY_BYTES,
+    JournalRecord,
+    boot_id,
+    journal_interval_bytes,
+    read_journal,
+    remove_journal,
+    write_journal,
+)
+from rtransfer.protocol.frames import Buffer, Entry, EntryBatch, Manifest
+from rtransfer.protocol.pack import PackedFile
+from rtransfer.stdio import StdStream
+from rtransfer.workers import in_worker
+
+PARTIAL_SUFFIX = ".rtpart"
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def partial_path(final: Path) -> Path:
+    return final.with_name(f".{final.name}{PARTIAL_SUFFIX}")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Where each file starts: bytes already here of the same version, or whole and done."""
+
+    start_offsets: dict[int, int]
+    done: tuple[int, ...]
+
+
+class DestDirs:
+    """Directories under DEST, opened one name at a time from DEST's own descriptor, never
+    following a link (``O_NOFOLLOW``): a link planted inside DEST, by an earlier transfer or
+    anyone else, cannot lead a write outside it. Missing directories are created."""
+
+    MAX_OPEN = 256  # descriptors kept open at once; past that the cache starts over
+
+    def __init__(self, root_fd: int, created: set[str] | None = None) -> None:
+        """``created`` collects the directories made here: nothing in them predates the transfer."""
+        self._fds: dict[str, int] = {"": root_fd}
+        self._created = created if created is not None else set()
+
+    def fd(self, rel_dir: str) -> int:
+        """The directory ``rel_dir`` ("a/b", or "" for DEST), created if missing."""
+        fd = self._fds.get(rel_dir)
+        if fd is not None:
+            return fd
+        parent, _, name = rel_dir.rpartition("/")
+        parent_fd = self.fd(parent)
+        try:
+            fd = self._open(name, parent_fd)
+        except FileNotFoundError:
+            try:
+                os.mkdir(name, 0o777, dir_fd=parent_fd)
+                self._created.add(rel_dir)
+            except FileExistsError:
+                pass
+            fd = self._open(name, parent_fd)
+        if len(self._fds) > self.MAX_OPEN:
+            self.close()
+        self._fds[rel_dir] = fd
+        return fd
+
+    @staticmethod
+    def _open(name: str, parent_fd: int) -> int:
+        try:
+            return os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                raise LocalIOError(
+                    f"{name}: is a symbolic link or not a directory; refusing to write through it"
+                ) from None
+            raise
+
+    def close(self) -> None:
+        root = self._fds.pop("")
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds = {"": root}
+
+    def __enter__(self) -> DestDirs:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+_rel = safe_relative_path
+
+
+def _split(entry_path: str) -> tuple[str, str]:
+    """A peer's entry path, checked safe, as (parent directory, name)."""
+    parent, _, name = _rel(entry_path).rpartition("/")
+    return parent, name
+
+
+def _lstat(name: str, dir_fd: int) -> os.stat_result | None:
+    try:
+        return os.lstat(name, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return None
+
+
+def plan_alone(sink: DirectorySink | StdoutSink, chunk_bytes: int, *entries: Entry) -> Plan:
+    """Begin a transfer of just ``entries`` (one batch): for tests and tools."""
+    sink.begin(Manifest("t" * 32, chunk_bytes, 1))
+    return sink.plan(EntryBatch(0, entries, True))
+
+
+class DirectorySink:
+    """Writes a transfer under DEST: each file into a hidden partial name, renamed once verified.
+
+    Large files are prefixes of their source with a journal beside them, so a later
+    connection (or a later run) resumes them instead of starting over. Small files
+    arrive whole in packs and are written a pack at a time, in one worker-thread call.
+    What it keeps per file lasts until the file is in place; only directories and links,
+    whose times, modes and targets are applied at the end, are kept for the whole transfer.
+    """
+
+    def __init__(self, root: Path, overwrite: bool, direct_io: bool = True, safe_links: bool = False) -> None:
+        self.root = root
+        self.overwrite = overwrite
+        self.direct_io = direct_io
+        self.safe_links = safe_links
+        self._root_fd = -1
+        self._chunk_bytes = 0
+        self._files: dict[int, Entry] = {}  # accepted, not yet in place
+        self._dirs: list[Entry] = []
+        self._links: list[Entry] = []
+        self._created: set[str] = set()  # directories this transfer made: no lstat for what is in them
+        self._open: dict[int, PartialWriter] = {}
+        self._written: dict[int, int] = {}
+        self._journaled: dict[int, int] = {}
+        self._durable: dict[int, int] = {}
+        self._syncing: dict[int, asyncio.Task[None]] = {}
+
+    def check(self) -> None:
+        """Fail before listening if DEST can never work."""
+        if self.root.exists() and not self.root.is_dir():
+            raise LocalIOError(f"{self.root}: not a directory")
+        if self.root.is_dir() and not os.access(self.root, os.W_OK | os.X_OK):
+            raise LocalIOError(f"{self.root}: permission denied")
+
+    def begin(self, manifest: Manifest) -> None:
+        """A connection's transfer begins: make DEST, hold it open (everything below is reached from it)."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            if self._root_fd < 0:
+                self._root_fd = os.open(self.root, _DIR_FLAGS & ~os.O_NOFOLLOW)
+        except OSError as exc:
+            raise local_error(exc, self.root) from None
+        if not os.access(self.root, os.W_OK | os.X_OK):
+            raise LocalIOError(f"{self.root}: permission denied")
+        self._chunk_bytes = manifest.chunk_bytes
+        self._files.clear()
+        self._created.clear()  # what an earlier connection wrote in them is there now
+        self._dirs.clear()
+        self._links.clear()
+
+    def plan(self, batch: EntryBatch) -> Plan:
+        """Check each name, create directories, find what is here already and what can resume."""
+        starts: dict[int, int] = {}
+        done: list[int] = []
+        need = 0
+        try:
+            with DestDirs(self._root_fd, self._created) as dirs:
+                for index, entry in enumerate(batch.entries, batch.first):
+                    if entry.kind == "dir":
+                        dirs.fd(_rel(entry.path))
+                        self._dirs.append(entry)
+                        continue
+                    parent, name = _split(entry.path)
+                    dir_fd = dirs.fd(parent)
+                    st = None if parent in self._created else _lstat(name, dir_fd)
+                    if entry.kind == "symlink":
+                        if self.safe_links and not link_stays_inside(entry.path, entry.target or ""):
+                            link = f"{entry.path!r} -> {entry.target!r}"
+                            raise LocalIOError(f"refusing link {link}: it points outside DEST (--safe-links)")
+                        if (
+                            st is not None
+                            and stat.S_ISLNK(st.st_mode)
+                            and os.readlink(name, dir_fd=dir_fd) == entry.target
+                        ):
+                            continue  # already here
+                        self._refuse_existing(entry, st)
+                        self._links.append(entry)
+                        continue
+                    if st is not None and self._already_here(st, entry):
+                        done.append(index)
+                        continue
+                    self._refuse_existing(entry, st)
+                    self._files[index] = entry
+                    if entry.identity is not None:
+                        starts[index], self._durable[index] = self._resume_point(self._final(index), entry)
+                    need += (entry.size or 0) - starts.get(index, 0)
+            free = shutil.disk_usage(self.root).free
+        except OSError as exc:
+            raise local_error(exc, exc.filename or self.root) from None
+        if need > free:
+            raise LocalIOError(f"{self.root}: not enough free space ({need} bytes needed, {free} available)")
+        return Plan({i: n for i, n in starts.items() if n}, tuple(done))
+
+    def _refuse_existing(self, entry: Entry, st: os.stat_result | None) -> None:
+        if st is None:
+            return
+        if not self.overwrite:
+            raise LocalIOError(f"{self.root / entry.path}: already exists (use --overwrite to replace it)")
+        if stat.S_ISDIR(st.st_mode):
+            raise LocalIOError(f"{self.root / entry.path}: is a directory")
+
+    @staticmethod
+    def _already_here(st: os.stat_result, entry: Entry) -> bool:
+        """rsync's quick check: same size and mtime means this file arrived before."""
+        return (
+            stat.S_ISREG(st.st_mode)
+            and entry.size == st.st_size
+            and entry.mtime is not None
+            and abs(st.st_mtime - entry.mtime) < 1e-3
+        )
+
+    def _resume_point(self, final: Path, entry: Entry) -> tuple[int, int]:
+        """Bytes of the partial file to keep, and how many of them are known synced to disk;
+        a partial of another version is discarded."""
+        part = partial_path(final)
+        record = read_journal(final)
+        keep = 0
+        if record is not None and entry.identity is not None and record.identity == entry.identity:
+            try:
+                on_disk = part.stat().st_size
+            except OSError:
+                on_disk = -1
+            resumable = record.resumable_bytes(boot_id())
+            if record.chunk_bytes == self._chunk_bytes and 0 <= resumable <= on_disk:
+                keep = resumable - resumable % self._chunk_bytes
+        if keep == 0:
+            with contextlib.suppress(FileNotFoundError):
+                part.unlink()
+            remove_journal(final)
+        return keep, min(record.durable_bytes, keep) if record is not None else 0
+
+    def _final(self, index: int) -> Path:
+        return self.root.joinpath(self._files[index].path)
+
+    def display_path(self, index: int) -> str:
+        return self._files[index].path
+
+    async def hash_prefix(self, index: int, size: int, digest: FileDigest) -> None:
+        """A resumed file's digest still covers the whole file: hash what is already here."""
+        part = partial_path(self._final(index))
+        try:
+            async with aiofiles.open(part, "rb") as f:
+                await digest.hash_prefix(f.fileno(), size, part)
+        except OSError as exc:
+            raise local_error(exc, part) from None
+
+    async def _open_at(self, index: int, offset: int) -> PartialWriter:
+        final = self._final(index)
+        direct = self.direct_io and direct_io_suits(self._files[index].size or 0, self._chunk_bytes)
+        handle = await PartialWriter.open(partial_path(final), offset, direct, self._chunk_bytes)
+        self._open[index] = handle
+        self._written[index] = self._journaled[index] = offset
+        return handle
+
+    async def write(self, index: int, offset: int, data: Buffer) -> None:
+        try:
+            handle = self._open.get(index) or await self._open_at(index, offset)
+            await handle.write(data)
+            self._written[index] += len(data)
+            written = self._written[index]
+            if written - self._journaled[index] >= journal_interval_bytes(self._files[index].size or 0):
+                await self._journal(index)
+        except OSError as exc:
+            raise local_error(exc, self._final(index)) from None
+
+    async def _journal(self, index: int, sync: bool = True) -> None:
+        identity = self._files[index].identity
+        if identity is None:
+            return  # a stream cannot be resumed: its source cannot be read again
+        handle = self._open[index]
+        await handle.flush()
+        written = self._written[index]
+        if sync:
+            self._sync_if_due(index, handle, written)
+        record = JournalRecord(identity, self._chunk_bytes, written, self._durable[index], boot_id())
+        await in_worker(write_journal, self._final(index), record)
+        self._journaled[index] = written
+
+    def _sync_if_due(self, index: int, handle: PartialWriter, written: int) -> None:
+        """Start an fdatasync every FSYNC_EVERY_BYTES in a worker, one at a time per file; writing goes on
+        meanwhile. A sync that failed raises its error here, at the next journal."""
+        task = self._syncing.get(index)
+        if task is not None:
+            if not task.done():
+                return
+            del self._syncing[index]
+            task.result()
+        if written - self._durable[index] >= FSYNC_EVERY_BYTES:
+            self._syncing[index] = asyncio.create_task(self._sync(index, handle.fileno(), written))
+
+    async def _sync(self, index: int, fd: int, upto: int) -> None:
+        await in_worker(os.fdatasync, fd)
+        self._durable[index] = upto
+
+    async def _settle_sync(self, index: int) -> None:
+        """Wait for the file's sync in flight, if any: its descriptor must stay open until it is done."""
+        task = self._syncing.pop(index, None)
+        if task is not None:
+            await task
+
+    async def finish(self, index: int, ok: bool) -> None:
+        """Close the partial file; rename it into place only if its digest matched."""
+        final = self._final(index)
+        part = partial_path(final)
+        entry = self._files.pop(index)
+        try:
+            handle = self._open.pop(index, None)
+            if handle is not None:
+                try:
+                    await self._settle_sync(index)
+                finally:
+                    await handle.close()
+            elif not part.exists():
+                part.touch()
+            if entry.identity is not None:
+                remove_journal(final)
+            if not ok:
+                await aiofiles.os.remove(part)
+                return
+            os.chmod(part, entry.mode)
+            if entry.mtime is not None:
+                os.utime(part, (entry.mtime, entry.mtime))
+            await aiofiles.os.replace(part, final)
+        except OSError as exc:
+            raise local_error(exc, final) from None
+        finally:
+            for state in (self._written, self._journaled, self._durable):
+                state.pop(index, None)
+
+    async def write_pack(self, files: list[PackedFile], payload: Buffer) -> list[tuple[str, int, str | None]]:
+        """Put a pack's files in place, in one worker-thread call: per file, its digest checked,
+        then create, write, mode, mtime, close and rename; no other call. A file whose digest fails
+        gets no name; its hex digest comes back None (path, size and hex digest for each)."""
+        entries = [self._files.pop(f.index) for f in files]
+        try:
+            return await in_worker(self._write_pack, files, entries, payload)
+        except OSError as exc:
+            raise local_error(exc, exc.filename or self.root) from None
+
+    def _write_pack(
+        self, files: list[PackedFile], entries: list[Entry], payload: Buffer
+    ) -> list[tuple[str, int, str | None]]:
+        done: list[tuple[str, int, str | None]] = []
+        with memoryview(payload) as view, DestDirs(self._root_fd) as dirs:
+            for packed, entry in zip(files, entries, strict=True):
+                data = view[packed.start : packed.start + packed.size]
+                hasher = blake3.blake3(data)
+                if hasher.digest() != packed.digest:
+                    done.append((entry.path, packed.size, None))
+                    continue
+                parent, name = _split(entry.path)
+                dir_fd = dirs.fd(parent)
+                part = f".{name}{PARTIAL_SUFFIX}"
+                fd = os.open(part, _NEW_FILE_FLAGS, 0o600, dir_fd=dir_fd)
+                try:
+                    written = 0
+                    while written < len(data):
+                        written += os.write(fd, data[written:])
+                    os.fchmod(fd, entry.mode)
+                    if entry.mtime is not None:
+                        os.utime(fd, (entry.mtime, entry.mtime))
+                finally:
+                    os.close(fd)
+                os.rename(part, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+                done.append((entry.path, packed.size, hasher.hexdigest()))
+        return done
+
+    async def complete(self) -> None:
+        """Links after every file (nothing is written through them), directory times and modes
+        last, deepest first, as rsync and tar do: writing a directory's contents changes its
+        mtime, and a read-only directory must not block its own contents."""
+        try:
+            await in_worker(self._complete)
+        except OSError as exc:
+            raise local_error(exc, exc.filename or self.root) from None
+
+    def _complete(self) -> None:
+        with DestDirs(self._root_fd) as dirs:
+            for entry in self._links:
+                parent, name = _split(entry.path)
+                dir_fd = dirs.fd(parent)
+                if _lstat(name, dir_fd) is not None:
+                    os.unlink(name, dir_fd=dir_fd)
+                assert entry.target is not None
+                os.symlink(entry.target, name, dir_fd=dir_fd)
+                if entry.mtime is not None:
+                    os.utime(name, (entry.mtime, entry.mtime), dir_fd=dir_fd, follow_symlinks=False)
+            for entry in reversed(self._dirs):
+                dir_fd = dirs.fd(_rel(entry.path))
+                if entry.mtime is not None:
+                    os.utime(dir_fd, (entry.mtime, entry.mtime))
+                os.fchmod(dir_fd, entry.mode)
+
+    async def suspend(self) -> None:
+        """The connection failed: keep what can resume (journal it), drop what cannot.
+
+        Nothing is ever left under a final name."""
+        for index, handle in list(self._open.items()):
+            final = self._final(index)
+            resumable = self._files[index].identity is not None
+            with contextlib.suppress(OSError):
+                await self._settle_sync(index)
+            with contextlib.suppress(OSError):
+                if resumable:
+                    await self._journal(index, sync=False)
+                await handle.close()
+                if not resumable:
+                    partial_path(final).unlink()
+        self._open.clear()
+
+
+class StdoutSink:
+    """Writes the single incoming stream to standard output, in order, straight from the chunk buffers.
+
+    Bytes reach stdout before the whole-file digest can be checked (as with curl);
+    a mismatch still fails the run with exit 4. A small file arrives packed, and is
+    checked before its bytes are written.
+    """
+
+    def __init__(self) -> None:
+        self._path = ""
+        self._out: StdStream | None = None
+
+    def check(self) -> None:
+        pass
+
+    def begin(self, manifest: Manifest) -> None:
+        pass
+
+    def plan(self, batch: EntryBatch) -> Plan:
+        if batch.first != 0 or not batch.last or len(batch.entries) != 1 or batch.entries[0].kind != "file":
+            raise LocalIOError("DEST '-' (standard output) takes exactly one incoming file")
+        self._path = batch.entries[0].path
+        return Plan({}, ())
+
+    def display_path(self, index: int) -> str:
+        return self._path
+
+    async def hash_prefix(self, index: int, size: int, digest: FileDigest) -> None:
+        raise LocalIOError("standard output cannot resume a transfer")
+
+    async def write(self, index: int, offset: int, data: Buffer) -> None:
+        try:
+            if self._out is None:
+                self._out = StdStream(sys.stdout.fileno())
+            await self._out.write_all(data)
+        except OSError as exc:
+            raise local_error(exc, "standard output") from None
+
+    async def write_pack(self, files: list[PackedFile], payload: Buffer) -> list[tuple[str, int, str | None]]:
+        (packed,) = files
+        data = memoryview(payload)[packed.start : packed.start + packed.size]
+        hasher = blake3.blake3(data)
+        if hasher.digest() != packed.digest:
+            return [(self._path, packed.size, None)]
+        await self.write(packed.index, 0, data)
+        return [(self._path, packed.size, hasher.hexdigest())]
+
+    async def finish(self, index: int, ok: bool) -> None:
+        pass
+
+    async def complete(self) -> None:
+        pass
+
+    async def suspend(self) -> None:
+        pass
+
+
+Sink = DirectorySink | StdoutSink
