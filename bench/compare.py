@@ -7,6 +7,8 @@ shared, noisy machine only these ratios from one run mean much.
 
     python bench/compare.py --size 1G --runs 5              # one file, file to file
     python bench/compare.py --mode pipe --size 4G --runs 5  # head -c SIZE /dev/zero | send -  ->  recv - > /dev/null
+    python bench/compare.py --mode tree --files 10000 --size 4K --dirs 50 --runs 3  # vs tar c | nc | tar x, rsync -a
+    python bench/compare.py --mode tree --tree /usr/lib/python3.11 --runs 3        # a real tree, checked with rsync -c
 """
 
 from __future__ import annotations
@@ -260,6 +262,66 @@ class RsyncDaemon:
         self.proc.wait()
 
 
+def tar_nc_tool(src: Path, dst: Path) -> Sample:
+    """``tar c | nc`` into ``nc -l | tar x``: the floor for a tree over one TCP connection."""
+    port = free_port()
+    dst.mkdir()
+    return pair(
+        ["sh", "-c", f"nc -N -l 127.0.0.1 {port} | tar x -C {dst}"],
+        lambda p: ["sh", "-c", f"tar c -C {src.parent} {src.name} | nc -N 127.0.0.1 {p}"],
+        listening_on(port),
+    )
+
+
+def rtransfer_tree_tool(src: Path, dst: Path) -> Sample:
+    return pair(
+        [rtransfer_exe(), "recv", str(dst), "--listen", "127.0.0.1:0", "--json"],
+        lambda p: [rtransfer_exe(), "send", str(src), f"127.0.0.1:{p}", "--quiet"],
+        rtransfer_listening,
+    )
+
+
+def rsync_tree_tool(rsyncd: RsyncDaemon) -> Callable[[Path, Path], Sample]:
+    def run(src: Path, dst: Path) -> Sample:
+        started = time.perf_counter()
+        client = Measured(["rsync", "-a", str(src), f"rsync://127.0.0.1:{rsyncd.port}/bench/{dst.name}/"])
+        rc, rss = client.wait()
+        elapsed = time.perf_counter() - started
+        if rc:
+            raise RuntimeError(f"rsync failed with {rc}")
+        return Sample(elapsed, 0, rss)
+
+    return run
+
+
+def make_tree(root: Path, files: int, size: int, dirs: int) -> Path:
+    """``files`` files of ``size`` random bytes spread over ``dirs`` directories."""
+    tree = root / "tree"
+    for d in range(dirs):
+        (tree / f"d{d:04}").mkdir(parents=True)
+    for i in range(files):
+        (tree / f"d{i % dirs:04}" / f"f{i:07}").write_bytes(os.urandom(size))
+    return tree
+
+
+def count_entries(tree: Path) -> int:
+    return sum(len(dirs) + len(files) for _, dirs, files in os.walk(tree))
+
+
+def differences(src: Path, dst: Path) -> list[str]:
+    """What ``rsync -a -n -i -c`` would still change: content, modes, times, links (nothing, if identical)."""
+    out = subprocess.run(
+        ["rsync", "-a", "-n", "-i", "-c", f"{src}/", f"{dst}/"], capture_output=True, text=True, check=True
+    ).stdout
+    return out.splitlines()
+
+
+def remove_tree(path: Path) -> None:
+    """Out of the timed part, and synced, so the next tool does not pay for this one's deletes."""
+    shutil.rmtree(path, ignore_errors=True)
+    os.sync()
+
+
 def startup_ms(runs: int) -> float:
     times = []
     for _ in range(runs):
@@ -285,8 +347,11 @@ def parse_size(text: str) -> int:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--mode", choices=["file", "pipe"], default="file", help="file to file, or stdin to stdout")
-    ap.add_argument("--size", default="1G", help="bytes to move (K/M/G suffix)")
+    ap.add_argument("--mode", choices=["file", "pipe", "tree"], default="file", help="file, stdin to stdout, or a tree")
+    ap.add_argument("--size", default="1G", help="bytes to move (K/M/G suffix); in tree mode, per file")
+    ap.add_argument("--files", type=int, default=10000, help="tree mode: files to generate")
+    ap.add_argument("--dirs", type=int, default=50, help="tree mode: directories to spread them over")
+    ap.add_argument("--tree", default=None, help="tree mode: send this existing tree instead of a generated one")
     ap.add_argument("--runs", type=int, default=5, help="measured rounds")
     ap.add_argument("--warmup", type=int, default=1, help="unmeasured rounds first")
     ap.add_argument("--tools", default=None, help="comma-separated subset (default: every tool of the mode)")
@@ -299,6 +364,8 @@ def main() -> int:
             print(f"bench: {needed} not found on PATH", file=sys.stderr)
             return 2
     size = parse_size(args.size)
+    if args.mode == "tree":
+        return tree_main(args, size)
     pipe = args.mode == "pipe"
     if args.tools is None:
         args.tools = "nc,rtransfer,rtransfer-plain" if pipe else "nc,socat,rsync,rtransfer,rtransfer-plain"
@@ -386,6 +453,65 @@ def main() -> int:
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(results, indent=2))
     return 0
+
+
+def tree_main(args: argparse.Namespace, size: int) -> int:
+    """Trees: rtransfer against ``tar c | nc | tar x`` and an rsync daemon (``rsync -a``), alternating."""
+    byte_compile_rtransfer()
+    os.environ.setdefault("RTRANSFER_SECRET", "bench-" + os.urandom(8).hex())
+    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+        root = Path(tmp)
+        src = Path(args.tree).resolve() if args.tree else make_tree(root, args.files, size, args.dirs)
+        entries = count_entries(src)
+        rsyncd = RsyncDaemon(root)
+        available = {"tar|nc": tar_nc_tool, "rsync": rsync_tree_tool(rsyncd), "rtransfer": rtransfer_tree_tool}
+        names = (args.tools or "tar|nc,rsync,rtransfer").split(",")
+        tools = [Tool(n, available[n]) for n in names]
+        last_rtransfer: Path | None = None
+        try:
+            for round_no in range(args.warmup + args.runs):
+                order = tools[round_no % len(tools) :] + tools[: round_no % len(tools)]
+                for tool in order:
+                    dst = (rsyncd.dir if tool.name == "rsync" else root / "out") / f"round{round_no}"
+                    os.sync()
+                    sample = tool.run(src, dst)
+                    got = count_entries(dst / src.name) + 1
+                    assert got == entries, f"{tool.name} made {got} entries, expected {entries}"
+                    if tool.name == "rtransfer" and round_no == args.warmup + args.runs - 1:
+                        last_rtransfer = dst
+                    else:
+                        remove_tree(dst)
+                    if round_no >= args.warmup:
+                        tool.samples.append(sample)
+                    print(f"round {round_no + 1} {tool.name}: {sample.seconds:.2f} s", file=sys.stderr, flush=True)
+            diff = differences(src, last_rtransfer / src.name) if last_rtransfer else []
+        finally:
+            rsyncd.close()
+    base = statistics.median(s.seconds for s in tools[0].samples) if tools[0].name == "tar|nc" else None
+    what = args.tree or f"{args.files} files x {args.size} in {args.dirs} directories"
+    machine = f"{platform.machine()}, {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}"
+    print(f"\n{what} ({entries} entries) over loopback, median of {args.runs} runs ({machine})\n")
+    print("| tool | median s | vs tar\\|nc | peak RSS recv | peak RSS send |")
+    print("|---|---|---|---|---|")
+    results: dict[str, object] = {"what": what, "entries": entries, "runs": args.runs}
+    for tool in tools:
+        med = statistics.median(s.seconds for s in tool.samples)
+        ratio = med / base if base else float("nan")
+        recv_rss = max(s.recv_rss for s in tool.samples) / (1 << 20)
+        send_rss = max(s.send_rss for s in tool.samples) / (1 << 20)
+        recv_col = f"{recv_rss:.0f} MiB" if recv_rss and tool.name == "rtransfer" else "-"
+        send_col = f"{send_rss:.0f} MiB" if tool.name == "rtransfer" else "-"
+        print(f"| {tool.name} | {med:.2f} | {ratio:.2f} | {recv_col} | {send_col} |")
+        results[tool.name] = {"median_s": round(med, 3), "all_s": [round(s.seconds, 3) for s in tool.samples]}
+        results[tool.name + "_peak_rss_mib"] = [round(recv_rss, 1), round(send_rss, 1)]
+    if "rtransfer" in available and last_rtransfer is not None:
+        print(f"\nrsync -a -n -i -c after rtransfer: {len(diff)} differences")
+        for line in diff[:10]:
+            print(f"  {line}")
+        results["rtransfer_differences"] = len(diff)
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(results, indent=2))
+    return 1 if diff else 0
 
 
 if __name__ == "__main__":

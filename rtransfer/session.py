@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import gc
 import socket
 import time
 import uuid
@@ -389,8 +390,17 @@ async def run_send(config: SendConfig, reporter: Reporter) -> TransferStats:
             if delay is None:
                 raise
             stats.reconnects += 1
+            _collect_dead_connection()
             reporter.warning(f"{exc.message}; reconnecting in {delay:.1f} s (attempt {backoff.attempt})")
             await asyncio.sleep(delay)
+
+
+def _collect_dead_connection() -> None:
+    """A failed connection's tasks die with its error, whose traceback holds their frames (and the
+    chunk buffers in them) in a reference cycle. The pool counts those buffers against its budget
+    until they are freed, and an idle process may not run the collector for a long time: a reconnect
+    then waited for room forever (seen after a receiver was killed mid-tree). Collect now."""
+    gc.collect()
 
 
 def _skipped(reporter: Reporter, paths: list[str]) -> None:
@@ -604,6 +614,7 @@ async def run_recv(config: RecvConfig, reporter: Reporter) -> TransferStats:
                 if not isinstance(sink, DirectorySink):
                     raise
                 stats.reconnects += 1
+                _collect_dead_connection()
                 wait_s = config.wait_s
                 reporter.warning(f"{exc.message}; waiting up to {wait_s:.0f} s for the sender to come back")
                 busy = False

@@ -145,3 +145,57 @@ def test_receiver_gives_up_with_exit_3_and_keeps_the_partial_for_later(
     assert again.returncode == 0 and rx.finish() == 0
     check_output(out, digest)
     assert rx.events("done")[0]["chunks"] * CHUNK <= SIZE - kept + 8 * CHUNK
+
+
+def make_tree(root: Path) -> Path:
+    """Small files (packed) around two large ones (chunked, resumable part-way)."""
+    src = root / "tree"
+    for d in range(12):
+        (src / f"d{d:02}").mkdir(parents=True)
+        for i in range(250):
+            (src / f"d{d:02}" / f"f{i:03}").write_bytes(os.urandom(16 * 1024))
+    (src / "d03" / "large").write_bytes(os.urandom(12 * 1024 * 1024))
+    (src / "d09" / "large").write_bytes(os.urandom(12 * 1024 * 1024))
+    return src
+
+
+@pytest.mark.parametrize("victim", ["receiver", "sender"])
+def test_a_tree_killed_mid_way_resumes_without_sending_a_finished_file_again(
+    tmp_path: Path, procs: list[Proc], victim: str
+) -> None:
+    """Through a 20 MB/s cap, so the kill lands mid-tree: after a third of the files are in place."""
+    from tests.conftest import ChaosProxy
+
+    src = make_tree(tmp_path)
+    files = sum(1 for p in src.rglob("*") if p.is_file())
+    out = tmp_path / "out"
+    port = free_port()
+    procs.append(rx := Receiver(out, listen=f"127.0.0.1:{port}"))
+    procs.append(proxy := ChaosProxy(rx.address, "--rate", "20M"))
+    send = ["send", str(src), proxy.address, "--json", "--retries", "40"]
+    procs.append(first := Proc(send))
+    for _ in range(files // 3):
+        rx.wait_event("file_done")
+    if victim == "receiver":
+        rx.proc.kill()
+        rx.finish()  # every event it wrote before it died
+        before = {e["path"] for e in rx.events("file_done")}
+        procs.append(rx := Receiver(out, listen=f"127.0.0.1:{port}"))
+        assert first.finish() == 0, first.seen[-3:]
+        assert rx.finish() == 0
+        after = {e["path"] for e in rx.events("file_done")}
+    else:
+        first.proc.kill()
+        rx.wait_event("warning")  # "... waiting for the sender to come back": the first connection is over
+        before = {e["path"] for e in rx.events("file_done")}
+        again = subprocess.run([*rtransfer_cmd(), *send], capture_output=True, timeout=90)
+        assert again.returncode == 0, again.stdout[-2000:]
+        assert rx.finish() == 0
+        events = [json.loads(line) for line in again.stdout.splitlines()]
+        after = {e["path"] for e in events if e["event"] == "file_done"}
+    assert 0 < len(before) < files, "the kill did not land mid-tree"
+    assert before.isdisjoint(after), f"{len(before & after)} finished files were sent again"
+    target = out / "tree"
+    diff = subprocess.run(["rsync", "-a", "-n", "-i", "-c", f"{src}/", f"{target}/"], capture_output=True, text=True)
+    assert diff.stdout == ""
+    assert not list((out / "tree").rglob(".*"))
