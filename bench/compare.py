@@ -23,6 +23,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -118,6 +119,9 @@ def pair_started(
 ) -> Sample:
     try:
         port = ready(receiver.proc)
+        for stream in (receiver.proc.stdout, receiver.proc.stderr):
+            if stream is not None:  # events after the first one still need a reader (a tree has thousands)
+                threading.Thread(target=stream.read, daemon=True).start()
         started = time.perf_counter()
         sender = Measured(send_cmd(port), stdin=send_stdin, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         send_rc, send_rss = sender.wait()
@@ -265,7 +269,7 @@ class RsyncDaemon:
 def tar_nc_tool(src: Path, dst: Path) -> Sample:
     """``tar c | nc`` into ``nc -l | tar x``: the floor for a tree over one TCP connection."""
     port = free_port()
-    dst.mkdir()
+    dst.mkdir(parents=True)
     return pair(
         ["sh", "-c", f"nc -N -l 127.0.0.1 {port} | tar x -C {dst}"],
         lambda p: ["sh", "-c", f"tar c -C {src.parent} {src.name} | nc -N 127.0.0.1 {p}"],
@@ -472,10 +476,11 @@ def tree_main(args: argparse.Namespace, size: int) -> int:
             for round_no in range(args.warmup + args.runs):
                 order = tools[round_no % len(tools) :] + tools[: round_no % len(tools)]
                 for tool in order:
-                    dst = (rsyncd.dir if tool.name == "rsync" else root / "out") / f"round{round_no}"
+                    label = tool.name.replace("|", "-")
+                    dst = (rsyncd.dir if tool.name == "rsync" else root / "out") / f"{label}-round{round_no}"
                     os.sync()
                     sample = tool.run(src, dst)
-                    got = count_entries(dst / src.name) + 1
+                    got = count_entries(dst / src.name)
                     assert got == entries, f"{tool.name} made {got} entries, expected {entries}"
                     if tool.name == "rtransfer" and round_no == args.warmup + args.runs - 1:
                         last_rtransfer = dst

@@ -12,7 +12,7 @@ file's own whole-file BLAKE3, checked by the receiver before the file gets its n
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from rtransfer.protocol.errors import ProtocolError
 from rtransfer.protocol.frames import DIGEST_BYTES, Buffer
@@ -21,8 +21,9 @@ _COUNT = struct.Struct("!I")
 _ROW = struct.Struct(f"!II{DIGEST_BYTES}s")
 
 
-@dataclass(frozen=True)
-class PackedFile:
+class PackedFile(NamedTuple):
+    """A tuple, not a dataclass: a pack of empty files has thousands, and each is made per pack."""
+
     index: int
     size: int
     digest: bytes
@@ -50,10 +51,10 @@ def read_table(payload: Buffer) -> list[PackedFile]:
     if start > len(payload):
         raise ProtocolError(f"PACK of {len(payload)} bytes cannot hold a table of {count} files")
     files = []
-    for i in range(count):
-        index, size, digest = _ROW.unpack_from(payload, _COUNT.size + i * _ROW.size)
-        files.append(PackedFile(index, size, digest, start))
-        start += size
+    with memoryview(payload) as view:
+        for index, size, digest in _ROW.iter_unpack(view[_COUNT.size : table_bytes(count)]):
+            files.append(PackedFile(index, size, digest, start))
+            start += size
     if start != len(payload):
         raise ProtocolError("PACK sizes do not add up to its length")
     return files

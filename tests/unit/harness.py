@@ -19,7 +19,8 @@ CODE = b"7hk2-m9xq-3wfe"
 
 @dataclass(frozen=True)
 class Listing:
-    """A transfer's manifest and its whole file list, sent as one batch."""
+    """A transfer's manifest and its whole file list, sent as one batch (none, if it is empty:
+    the test lists its own batches)."""
 
     manifest: Manifest
     entries: tuple[Entry, ...]
@@ -67,7 +68,7 @@ class Pair:
         encrypted path has tests of its own.
         """
         pair = cls(
-            SenderMachine(m.manifest, 0.0, timeout_s, sender_code, encrypt, entries=m.entries),
+            SenderMachine(m.manifest, 0.0, timeout_s, sender_code, encrypt, entries=m.entries or None),
             ReceiverMachine(0.0, timeout_s, receiver_code, encrypt, limits),
         )
         for _ in range(3):

@@ -13,10 +13,13 @@ from rtransfer.errors import IntegrityError, LocalIOError, NetworkError
 from rtransfer.protocol.errors import HandshakeRefused, ProtocolError
 from rtransfer.protocol.events import (
     ChunkReady,
+    ChunksAcked,
     DuplicateChunk,
+    EntriesReceived,
     FileComplete,
     FileVerified,
     IntegrityFailure,
+    PackReady,
     Retransmitted,
     TransferComplete,
 )
@@ -27,6 +30,8 @@ from rtransfer.protocol.frames import (
     Confirm,
     Data,
     Done,
+    Entry,
+    EntryBatch,
     ErrorFrame,
     FileEnd,
     FileResult,
@@ -37,6 +42,7 @@ from rtransfer.protocol.frames import (
     Role,
     encode_bytes,
 )
+from rtransfer.protocol.pack import PackedFile, table_bytes, write_table
 from rtransfer.protocol.peer import RemoteError
 from rtransfer.protocol.receiver import ReceiveLimits, ReceiverMachine
 from rtransfer.protocol.sender import MAX_CHUNK_FAILURES
@@ -438,3 +444,77 @@ def test_a_peer_reporting_a_broken_link_is_a_network_error_worth_reconnecting() 
     pair = Pair.accepted(manifest(5))
     with pytest.raises(NetworkError, match="peer: corrupt ACK frame"):
         pair.to_receiver([ErrorFrame(3, "corrupt ACK frame")])
+
+
+def _pack(*files: tuple[int, bytes]) -> bytes:
+    """A pack's payload, as the sender lays it out (protocol/pack.py)."""
+    rows = [PackedFile(i, len(data), blake3.blake3(data).digest()) for i, data in files]
+    buf = bytearray(table_bytes(len(rows)) + sum(len(d) for _, d in files))
+    write_table(memoryview(buf), rows)
+    buf[table_bytes(len(rows)) :] = b"".join(d for _, d in files)
+    return bytes(buf)
+
+
+def test_a_pack_carries_whole_files_each_confirmed_with_one_result() -> None:
+    contents = [b"", b"a", os.urandom(100)]
+    pair = Pair.accepted(manifest(*(len(c) for c in contents)))
+    pair.sender.send_pack((0, 1, 2), _pack(*enumerate(contents)), pair.now)
+    (ready,) = [e for e in pair.to_receiver() if isinstance(e, PackReady)]
+    assert [(f.index, f.size) for f in ready.files] == [(0, 0), (1, 1), (2, 100)]
+    assert [bytes(ready.payload[f.start : f.start + f.size]) for f in ready.files] == contents
+    pair.receiver_events.extend(pair.receiver.pack_written(ready.seq, True, pair.now))
+    pair.to_receiver()
+    events = pair.to_sender()
+    assert sorted(e.file_index for e in events if isinstance(e, FileVerified)) == [0, 1, 2]
+    assert next(e for e in events if isinstance(e, ChunksAcked)).bytes == 101  # the table is not file data
+    pair.sender.finish(pair.now)
+    pair.to_receiver()
+    assert any(isinstance(e, TransferComplete) for e in pair.to_sender())
+
+
+@pytest.mark.parametrize(
+    ("files", "message"),
+    [
+        (((0, b"abc"),), "started or of another size"),  # declared as 5 bytes
+        (((1, b"xy"), (1, b"xy")), "not a file this transfer is receiving"),  # the same file twice
+        (((7, b"xy"),), "not a file this transfer is receiving"),
+    ],
+)
+def test_a_pack_that_does_not_match_the_file_list_is_a_protocol_error(
+    files: tuple[tuple[int, bytes], ...], message: str
+) -> None:
+    pair = Pair.accepted(manifest(5, 2))
+    with pytest.raises(ProtocolError, match=message):
+        pair.to_receiver([Data(0, files[0][0], 0, _pack(*files), packed=True)])
+
+
+def test_the_file_list_streams_in_batches_each_accepted_before_its_data() -> None:
+    listing = manifest()
+    pair = Pair.handshaken(listing)
+    first = pair.sender.send_entries((Entry("a", "file", 1, 0o644, 0.0),), False, pair.now)
+    second = pair.sender.send_entries((Entry("b", "file", 1, 0o644, 0.0),), True, pair.now)
+    batches = [e.batch for e in pair.to_receiver() if isinstance(e, EntriesReceived)]
+    assert [(b.first, b.last) for b in batches] == [(first, False), (second, True)]
+    pair.receiver.accept(first, {}, pair.now)
+    pair.to_sender()
+    with pytest.raises(RuntimeError, match="before their batch was accepted"):
+        pair.sender.send_chunk(second, 0, b"b", pair.now)
+    with pytest.raises(RuntimeError, match="every file was listed, accepted and sent"):
+        pair.sender.finish(pair.now)
+    with pytest.raises(RuntimeError, match="out of order"):
+        pair.receiver.accept(first, {}, pair.now)
+    pair.receiver.accept(second, {}, pair.now, done=(second,))
+    pair.to_sender()
+    send_file(pair, first, b"a")
+    pair.to_receiver()
+    pair.verify_completed_files()
+    pair.sender.finish(pair.now)
+    pair.to_receiver()
+    pair.to_sender()
+    assert pair.sender.complete and pair.receiver.complete
+
+
+def test_an_entries_batch_out_of_sequence_is_a_protocol_error() -> None:
+    pair = Pair.handshaken(manifest())
+    with pytest.raises(ProtocolError, match="ENTRIES starting at 5; expected 0"):
+        pair.to_receiver([EntryBatch(5, (Entry("x", "file", 1),), True)])
