@@ -279,7 +279,7 @@ def tar_nc_tool(src: Path, dst: Path) -> Sample:
 
 def rtransfer_tree_tool(src: Path, dst: Path) -> Sample:
     return pair(
-        [rtransfer_exe(), "recv", str(dst), "--listen", "127.0.0.1:0", "--json"],
+        [rtransfer_exe(), "recv", str(dst), "--listen", "127.0.0.1:0", "--json", "--max-files", "100000000"],
         lambda p: [rtransfer_exe(), "send", str(src), f"127.0.0.1:{p}", "--quiet"],
         rtransfer_listening,
     )
