@@ -9,6 +9,7 @@ shared, noisy machine only these ratios from one run mean much.
     python bench/compare.py --mode pipe --size 4G --runs 5  # head -c SIZE /dev/zero | send -  ->  recv - > /dev/null
     python bench/compare.py --mode tree --files 10000 --size 4K --dirs 50 --runs 3  # vs tar c | nc | tar x, rsync -a
     python bench/compare.py --mode tree --tree /usr/lib/python3.11 --runs 3        # a real tree, checked with rsync -c
+    python bench/compare.py --mode tiny --size 1K --runs 11  # one small file, both start-ups, vs nc and scp (sshd)
 """
 
 from __future__ import annotations
@@ -298,6 +299,110 @@ def rsync_tree_tool(rsyncd: RsyncDaemon) -> Callable[[Path, Path], Sample]:
     return run
 
 
+class LoopbackSshd:
+    """A private sshd on a loopback port with key authentication only, for ``scp`` (openssh-server)."""
+
+    def __init__(self, root: Path) -> None:
+        self.port = free_port()
+        keys = root / "ssh"
+        keys.mkdir()
+        for name in ("host", "user"):
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(keys / name)], check=True)
+        (keys / "authorized_keys").write_text((keys / "user.pub").read_text())
+        config = keys / "sshd_config"
+        config.write_text(
+            f"Port {self.port}\nListenAddress 127.0.0.1\nHostKey {keys / 'host'}\n"
+            f"AuthorizedKeysFile {keys / 'authorized_keys'}\nPidFile {keys / 'pid'}\n"
+            "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n"
+            "PermitRootLogin prohibit-password\n"
+        )
+        Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege separation directory
+        self.proc = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", str(config)], stderr=subprocess.DEVNULL)
+        wait_listening(self.port)
+        self.key = keys / "user"
+
+    def scp(self, src: Path, dst: Path) -> Sample:
+        started = time.perf_counter()
+        client = Measured(
+            ["scp", "-q", "-i", str(self.key), "-P", str(self.port), "-o", "StrictHostKeyChecking=no",
+             "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", str(src), f"root@127.0.0.1:{dst}"]
+        )  # fmt: skip
+        rc, rss = client.wait()
+        if rc:
+            raise RuntimeError(f"scp failed with {rc}")
+        return Sample(time.perf_counter() - started, 0, rss)
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait()
+
+
+Ready = Callable[[subprocess.Popen[bytes]], int]
+
+
+def end_to_end(recv_cmd: list[str], ready: Ready, send: Callable[[int], list[str]], **popen: object) -> Sample:
+    """Timed from the receiver's launch: both start-ups count, as for a script that runs both."""
+    send_stdin = popen.pop("stdin", None)
+    started = time.perf_counter()
+    sample = pair_started(Measured(recv_cmd, stderr=subprocess.DEVNULL, **popen), send, ready, send_stdin)
+    return Sample(time.perf_counter() - started, sample.recv_rss, sample.send_rss)
+
+
+def tiny_nc(src: Path, dst: Path) -> Sample:
+    port = free_port()
+    with open(dst, "wb") as out, open(src, "rb") as inp:
+        nc_listen = ["nc", "-N", "-l", "127.0.0.1", str(port)]
+        return end_to_end(
+            nc_listen, listening_on(port), lambda p: ["nc", "-N", "127.0.0.1", str(p)], stdout=out, stdin=inp
+        )
+
+
+def tiny_rtransfer(src: Path, dst: Path) -> Sample:
+    recv = [rtransfer_exe(), "recv", str(dst.parent), "--listen", "127.0.0.1:0", "--json", "--overwrite"]
+    send = [rtransfer_exe(), "send", str(src)]
+    return end_to_end(recv, rtransfer_listening, lambda p: [*send, f"127.0.0.1:{p}", "--quiet"], stdout=subprocess.PIPE)
+
+
+def tiny_main(args: argparse.Namespace, size: int) -> int:
+    """One small file end to end: rtransfer (both start-ups, handshake, transfer) against nc and scp."""
+    if not Path("/usr/sbin/sshd").exists():
+        print("bench: tiny mode needs sshd (Debian package openssh-server)", file=sys.stderr)
+        return 2
+    byte_compile_rtransfer()
+    os.environ.setdefault("RTRANSFER_SECRET", "bench-" + os.urandom(8).hex())
+    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+        root = Path(tmp)
+        src = root / "small.bin"
+        write_random_file(src, size)
+        (root / "out").mkdir()
+        sshd = LoopbackSshd(root)
+        tools = [Tool("nc", tiny_nc), Tool("scp", sshd.scp), Tool("rtransfer", tiny_rtransfer)]
+        try:
+            for round_no in range(args.warmup + args.runs):
+                order = tools[round_no % len(tools) :] + tools[: round_no % len(tools)]
+                for tool in order:
+                    dst = root / "out" / ("small.bin" if tool.name == "rtransfer" else f"{tool.name}.bin")
+                    sample = tool.run(src, dst)
+                    assert dst.read_bytes() == src.read_bytes(), tool.name
+                    dst.unlink()
+                    if round_no >= args.warmup:
+                        tool.samples.append(sample)
+        finally:
+            sshd.close()
+    scp = statistics.median(s.seconds for s in tools[1].samples)
+    print(f"\n{args.size} file end to end over loopback, both start-ups included, median of {args.runs} runs\n")
+    print("| tool | median s | vs scp |")
+    print("|---|---|---|")
+    results: dict[str, object] = {"size_bytes": size, "runs": args.runs}
+    for tool in tools:
+        med = statistics.median(s.seconds for s in tool.samples)
+        print(f"| {tool.name} | {med:.3f} | {med / scp:.2f} |")
+        results[tool.name] = {"median_s": round(med, 4), "all_s": [round(s.seconds, 4) for s in tool.samples]}
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(results, indent=2))
+    return 0
+
+
 def make_tree(root: Path, files: int, size: int, dirs: int) -> Path:
     """``files`` files of ``size`` random bytes spread over ``dirs`` directories."""
     tree = root / "tree"
@@ -351,7 +456,12 @@ def parse_size(text: str) -> int:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--mode", choices=["file", "pipe", "tree"], default="file", help="file, stdin to stdout, or a tree")
+    ap.add_argument(
+        "--mode",
+        choices=["file", "pipe", "tree", "tiny"],
+        default="file",
+        help="file, stdin to stdout, tree, one small file",
+    )
     ap.add_argument("--size", default="1G", help="bytes to move (K/M/G suffix); in tree mode, per file")
     ap.add_argument("--files", type=int, default=10000, help="tree mode: files to generate")
     ap.add_argument("--dirs", type=int, default=50, help="tree mode: directories to spread them over")
@@ -370,6 +480,8 @@ def main() -> int:
     size = parse_size(args.size)
     if args.mode == "tree":
         return tree_main(args, size)
+    if args.mode == "tiny":
+        return tiny_main(args, size)
     pipe = args.mode == "pipe"
     if args.tools is None:
         args.tools = "nc,rtransfer,rtransfer-plain" if pipe else "nc,socat,rsync,rtransfer,rtransfer-plain"

@@ -512,8 +512,8 @@ async def _send_once(
                 await pool.room(SENDER_ROOM)  # for its ciphertext
             if isinstance(item, Packed):
                 for packed, path in zip(item.files, item.paths, strict=True):
-                    unconfirmed[packed.index] = (path, packed.size, packed.digest.hex())
-                machine.send_pack(tuple(f.index for f in item.files), item.payload, now())
+                    unconfirmed[packed.file_index] = (path, packed.size, packed.digest.hex())
+                machine.send_pack(tuple(f.file_index for f in item.files), item.payload, now())
             else:
                 machine.send_chunk(item.file_index, item.offset, item.payload, now())
             stats.chunks += 1

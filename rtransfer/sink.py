@@ -366,7 +366,7 @@ class DirectorySink:
         """Put a pack's files in place, in PACK_WRITERS worker-thread calls: per file, its digest
         checked, then create, write, mode, mtime, close and rename; no other call. A file whose digest fails
         gets no name; its hex digest comes back None (path, size and hex digest for each)."""
-        entries = [self._files.pop(f.index) for f in files]
+        entries = [self._files.pop(f.file_index) for f in files]
         writers = PACK_WRITERS if len(files) >= 2 * PACK_WRITERS else 1
         outcomes = await asyncio.gather(
             *(in_worker(self._write_pack, files[k::writers], entries[k::writers], payload) for k in range(writers)),
@@ -497,7 +497,7 @@ class StdoutSink:
         hasher = blake3.blake3(data)
         if hasher.digest() != packed.digest:
             return [(self._path, packed.size, None)]
-        await self.write(packed.index, 0, data)
+        await self.write(packed.file_index, 0, data)
         return [(self._path, packed.size, hasher.hexdigest())]
 
     async def finish(self, index: int, ok: bool) -> None:

@@ -24,7 +24,7 @@ _ROW = struct.Struct(f"!II{DIGEST_BYTES}s")
 class PackedFile(NamedTuple):
     """A tuple, not a dataclass: a pack of empty files has thousands, and each is made per pack."""
 
-    index: int
+    file_index: int
     size: int
     digest: bytes
     start: int = 0  # where its bytes begin in the payload
@@ -38,7 +38,7 @@ def table_bytes(count: int) -> int:
 def write_table(buf: memoryview, files: list[PackedFile]) -> None:
     _COUNT.pack_into(buf, 0, len(files))
     for i, f in enumerate(files):
-        _ROW.pack_into(buf, _COUNT.size + i * _ROW.size, f.index, f.size, f.digest)
+        _ROW.pack_into(buf, _COUNT.size + i * _ROW.size, f.file_index, f.size, f.digest)
 
 
 def read_table(payload: Buffer) -> list[PackedFile]:

@@ -251,12 +251,12 @@ class ReceiverMachine(Peer):
         if not files:
             raise ProtocolError("PACK of no files")
         for packed in files:
-            incoming = self._incoming(packed.index)
-            if packed.index == self._current_file or incoming.received or incoming.size != packed.size:
-                raise ProtocolError(f"PACK holds file {packed.index}, which is started or of another size")
-            self._current_file = packed.index
+            incoming = self._incoming(packed.file_index)
+            if packed.file_index == self._current_file or incoming.received or incoming.size != packed.size:
+                raise ProtocolError(f"PACK holds file {packed.file_index}, which is started or of another size")
+            self._current_file = packed.file_index
             self._count_bytes(packed.size)
-            del self._files[packed.index]
+            del self._files[packed.file_index]
         self._packs.add(frame.seq)
         events.append(PackReady(frame.seq, files, frame.payload))
 

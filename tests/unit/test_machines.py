@@ -460,7 +460,7 @@ def test_a_pack_carries_whole_files_each_confirmed_with_one_result() -> None:
     pair = Pair.accepted(manifest(*(len(c) for c in contents)))
     pair.sender.send_pack((0, 1, 2), _pack(*enumerate(contents)), pair.now)
     (ready,) = [e for e in pair.to_receiver() if isinstance(e, PackReady)]
-    assert [(f.index, f.size) for f in ready.files] == [(0, 0), (1, 1), (2, 100)]
+    assert [(f.file_index, f.size) for f in ready.files] == [(0, 0), (1, 1), (2, 100)]
     assert [bytes(ready.payload[f.start : f.start + f.size]) for f in ready.files] == contents
     pair.receiver_events.extend(pair.receiver.pack_written(ready.seq, True, pair.now))
     pair.to_receiver()
