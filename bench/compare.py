@@ -314,7 +314,7 @@ class LoopbackSshd:
             f"Port {self.port}\nListenAddress 127.0.0.1\nHostKey {keys / 'host'}\n"
             f"AuthorizedKeysFile {keys / 'authorized_keys'}\nPidFile {keys / 'pid'}\n"
             "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n"
-            "PermitRootLogin prohibit-password\n"
+            "PermitRootLogin prohibit-password\nSubsystem sftp /usr/lib/openssh/sftp-server\n"
         )
         Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege separation directory
         self.proc = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", str(config)], stderr=subprocess.DEVNULL)

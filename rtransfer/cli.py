@@ -10,6 +10,7 @@ more at import; ``--help`` went from 126.7 to 122.4 ms, median of 41).
 import os
 import re
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
@@ -79,6 +80,22 @@ def _reporter(json_output: bool, quiet: bool, data_on_stdout: bool, verbose: boo
     return ConsoleReporter(quiet=quiet, verbose=verbose)
 
 
+_early_signals: list[Interrupted] = []
+
+
+def _record_signals() -> None:
+    """Until the event loop takes the signals over (in ``_run``), remember one instead of dying mid-import:
+    a script that stops a receiver as soon as it listens still gets the error event and exit code."""
+    import signal
+
+    def record(signum: int, _frame: object) -> None:
+        name = signal.Signals(signum).name
+        _early_signals.append(Interrupted(name, EXIT_SIGINT if signum == signal.SIGINT else EXIT_SIGTERM))
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, record)
+
+
 def _run(work: "Awaitable[TransferStats]", reporter: "Reporter") -> NoReturn:
     import asyncio
     import gc
@@ -97,6 +114,10 @@ def _run(work: "Awaitable[TransferStats]", reporter: "Reporter") -> NoReturn:
 
         for sig, code in ((signal.SIGINT, EXIT_SIGINT), (signal.SIGTERM, EXIT_SIGTERM)):
             loop.add_signal_handler(sig, on_signal, sig.name, code)
+        if _early_signals:  # one came while the receiver was starting, after it said it listens
+            work.close()  # type: ignore[attr-defined]
+            reporter.error(_early_signals[0])
+            return _early_signals[0].exit_code
         try:
             stats = await work
         except (asyncio.CancelledError, RtransferError) as exc:
@@ -266,29 +287,41 @@ def recv(
     """Listen, receive one transfer into DEST, and exit."""
     reporter = _reporter(json_output, quiet, data_on_stdout=dest == "-", verbose=verbose)
     try:
-        from rtransfer.protocol.receiver import ReceiveLimits
-        from rtransfer.session import RecvConfig, run_recv
+        from rtransfer.listen import check_dest, new_code, open_listener
 
         host, port = parse_endpoint(listen, "0.0.0.0")
         if not timeout > 0:
             raise UsageError("--timeout must be positive")
-        if no_encrypt:
-            reporter.warning("--no-encrypt: file contents travel in clear; only the handshake is authenticated")
         if max_files < 1:
             raise UsageError("--max-files must be at least 1")
-        limits = ReceiveLimits(max_entries=max_files, max_total_bytes=parse_size(max_bytes))
+        max_total_bytes = parse_size(max_bytes)
+        if no_encrypt:
+            reporter.warning("--no-encrypt: file contents travel in clear; only the handshake is authenticated")
+        if dest != "-":
+            check_dest(Path(dest))
+        # Listening is announced before the heavy imports below: a sender may connect meanwhile.
+        _record_signals()
+        listener = open_listener(host, port)
+        code = secret if secret is not None else new_code()
+        bound_host, bound_port = listener.getsockname()[:2]
+        reporter.listening(bound_host, bound_port, None if secret is not None else code)
+
+        from rtransfer.protocol.receiver import ReceiveLimits
+        from rtransfer.session import RecvConfig, run_recv
+
         config = RecvConfig(
             dest,
             host,
             port,
             timeout,
             overwrite,
-            limits,
-            code=secret,
+            ReceiveLimits(max_entries=max_files, max_total_bytes=max_total_bytes),
+            code=code,
             encrypt=not no_encrypt,
             wait_s=wait_seconds,
             direct_io=not buffered,
             safe_links=safe_links,
+            listener=listener,
         )
     except RtransferError as exc:
         reporter.error(exc)

@@ -12,7 +12,6 @@ never used twice, across reconnects and resumes included.
 from __future__ import annotations
 
 import hashlib
-import secrets
 import struct
 
 from cryptography.exceptions import InvalidTag
@@ -25,21 +24,10 @@ from rtransfer.protocol.errors import FrameAuthenticationError, HandshakeRefused
 
 TAG_BYTES = 16
 _NONCE = struct.Struct("!IQ")  # direction, frame counter
-_CODE_ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"  # Crockford base32: no i, l, o, u
 _ID_SENDER = b"rtransfer sender"
 _ID_RECEIVER = b"rtransfer receiver"
 SENDER_TO_RECEIVER = 1
 RECEIVER_TO_SENDER = 2
-
-
-def new_code(groups: int = 3, group_len: int = 4) -> str:
-    """A code like ``7hk2-m9xq-3wfe`` (60 bits): easy to read aloud, impossible to guess in one try."""
-    return "-".join("".join(secrets.choice(_CODE_ALPHABET) for _ in range(group_len)) for _ in range(groups))
-
-
-def normalise_code(code: str) -> bytes:
-    """Codes are typed by people: ignore case and surrounding space."""
-    return code.strip().lower().encode("utf-8")
 
 
 class KeyExchange:

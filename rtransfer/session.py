@@ -19,9 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rtransfer.crypto import KeyExchange, new_code, normalise_code
+from rtransfer.crypto import KeyExchange
 from rtransfer.errors import IntegrityError, NetworkError, RtransferError, UnknownHost
 from rtransfer.files import Source, collect_sources, list_batches
+from rtransfer.listen import new_code, normalise_code, open_listener
 from rtransfer.pipeline import (
     QUEUE_CHUNKS,
     SENDER_ROOM,
@@ -100,6 +101,8 @@ class RecvConfig:
     wait_s: float = 60.0  # how long a broken transfer waits for its sender to come back
     direct_io: bool = True  # large files bypass the page cache (see direct_io.py)
     safe_links: bool = False  # refuse links that point outside DEST, instead of making them as they are
+    # Opened, and announced with the code, by the caller before it imported this module (see listen.py).
+    listener: socket.socket | None = None
 
 
 Handler = Callable[[Event], Awaitable[None]]
@@ -592,15 +595,14 @@ async def run_recv(config: RecvConfig, reporter: Reporter) -> TransferStats:
         kex = started_kex.pop() if started_kex else secret
         return ReceiverMachine(now(), config.timeout_s, kex, config.encrypt, config.limits, pool)
 
-    try:
-        server = await loop.create_server(lambda: Link(new_machine(), on_connected, pool), config.host, config.port)
-    except OSError as exc:
-        raise NetworkError(f"cannot listen on {config.host}:{config.port}: {_reason(exc)}") from None
+    listener = config.listener or open_listener(config.host, config.port)
+    server = await loop.create_server(lambda: Link(new_machine(), on_connected, pool), sock=listener)
     stats = TransferStats("recv")
     started = False  # some connection delivered its manifest: the sender may come back
     async with server:
-        host, port = server.sockets[0].getsockname()[:2]
-        reporter.listening(host, port, None if config.code is not None else code)
+        if config.listener is None:
+            host, port = listener.getsockname()[:2]
+            reporter.listening(host, port, None if config.code is not None else code)
         while True:
             link = await arrivals.get()
             try:

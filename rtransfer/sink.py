@@ -29,6 +29,7 @@ from rtransfer.journal import (
     remove_journal,
     write_journal,
 )
+from rtransfer.listen import check_dest
 from rtransfer.protocol.frames import Buffer, Entry, EntryBatch, Manifest
 from rtransfer.protocol.pack import PackedFile
 from rtransfer.stdio import StdStream
@@ -161,11 +162,7 @@ class DirectorySink:
         self._syncing: dict[int, asyncio.Task[None]] = {}
 
     def check(self) -> None:
-        """Fail before listening if DEST can never work."""
-        if self.root.exists() and not self.root.is_dir():
-            raise LocalIOError(f"{self.root}: not a directory")
-        if self.root.is_dir() and not os.access(self.root, os.W_OK | os.X_OK):
-            raise LocalIOError(f"{self.root}: permission denied")
+        check_dest(self.root)
 
     def begin(self, manifest: Manifest) -> None:
         """A connection's transfer begins: make DEST, hold it open (everything below is reached from it)."""

@@ -7,7 +7,8 @@ import re
 
 import pytest
 
-from rtransfer.crypto import KeyExchange, new_code, normalise_code
+from rtransfer.crypto import KeyExchange
+from rtransfer.listen import new_code, normalise_code
 from rtransfer.protocol.errors import HandshakeRefused, ProtocolError
 from rtransfer.protocol.events import IntegrityFailure, ManifestReceived, Retransmitted, TransferComplete
 from rtransfer.protocol.frames import DATA_HEADER, HEADER, FrameDecoder, Hello, encode_bytes

@@ -1,0 +1,61 @@
+"""What a receiver does before anything else: check DEST, open the listening socket, make up the code.
+
+Only the standard library is imported here. The receiver announces that it listens
+before it imports the protocol, the crypto and asyncio, and a sender that connects
+meanwhile waits in the kernel's backlog: the two start-ups overlap instead of adding
+up (for a small file, start-up is most of the time a transfer takes).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+from pathlib import Path
+
+from rtransfer.errors import LocalIOError, NetworkError
+
+CODE_ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"  # Crockford base32: no i, l, o, u
+BACKLOG = 16
+
+
+def new_code(groups: int = 3, group_len: int = 4) -> str:
+    """A code like ``7hk2-m9xq-3wfe`` (60 bits): easy to read aloud, impossible to guess in one try."""
+    return "-".join("".join(secrets.choice(CODE_ALPHABET) for _ in range(group_len)) for _ in range(groups))
+
+
+def normalise_code(code: str) -> bytes:
+    """Codes are typed by people: ignore case and surrounding space."""
+    return code.strip().lower().encode("utf-8")
+
+
+def check_dest(root: Path) -> None:
+    """Fail before listening if DEST can never work."""
+    if root.exists() and not root.is_dir():
+        raise LocalIOError(f"{root}: not a directory")
+    if root.is_dir() and not os.access(root, os.W_OK | os.X_OK):
+        raise LocalIOError(f"{root}: permission denied")
+
+
+def open_listener(host: str, port: int) -> socket.socket:
+    """A listening TCP socket, non-blocking, for the event loop to take over later."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as exc:
+        raise NetworkError(f"cannot listen on {host}:{port}: {_reason(exc)}") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(BACKLOG)
+        sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        raise NetworkError(f"cannot listen on {host}:{port}: {_reason(exc)}") from None
+    return sock
+
+
+def _reason(exc: OSError) -> str:
+    return exc.strerror.lower() if exc.strerror else str(exc)
