@@ -12,7 +12,7 @@ from typing import Any
 import blake3
 import pytest
 
-from rtransfer import session
+from rtransfer import files, session
 from rtransfer.files import Source
 from rtransfer.protocol.frames import Entry
 from rtransfer.protocol.pack import PackedFile
@@ -32,29 +32,17 @@ class Listening(Reporter):
         self.port.set_result(port)
 
 
-def synthetic_batches(entries: int, empty_file: Path) -> Any:
-    """``entries`` empty files in DIRS directories, listed as the walk would list them."""
+def synthetic_walk(entries: int, empty_file: Path) -> Any:
+    """``entries`` empty files in DIRS directories, as the walk would list them (batched by the real lister)."""
 
-    def batches(
-        sources: list[Source], safe_links: bool, warn: Any, batch_entries: int = 1024
-    ) -> Iterator[list[Source]]:
-        def walk() -> Iterator[Source]:
-            yield Source(Entry("root", "dir", None, 0o755, 0.0), None)
-            for d in range(DIRS):
-                yield Source(Entry(f"root/d{d}", "dir", None, 0o755, 0.0), None)
-            for i in range(entries):
-                yield Source(Entry(f"root/d{i % DIRS}/f{i:07}", "file", 0, 0o644, 0.0), str(empty_file))
+    def walk(root: Source, safe_links: bool, warn: Any) -> Iterator[Source]:
+        yield Source(Entry("root", "dir", None, 0o755, 0.0), None)
+        for d in range(DIRS):
+            yield Source(Entry(f"root/d{d}", "dir", None, 0o755, 0.0), None)
+        for i in range(entries):
+            yield Source(Entry(f"root/d{i % DIRS}/f{i:07}", "file", 0, 0o644, 0.0), str(empty_file))
 
-        batch: list[Source] = []
-        for source in walk():
-            batch.append(source)
-            if len(batch) == batch_entries:
-                yield batch
-                batch = []
-        if batch:
-            yield batch
-
-    return batches
+    return walk
 
 
 def no_disk(self: DirectorySink, files: list[PackedFile], entries: list[Entry], payload: Any) -> list[Any]:
@@ -66,7 +54,7 @@ async def peak_bytes_for(entries: int, tmp_path: Path, monkeypatch: pytest.Monke
     (tmp_path / "src").mkdir(parents=True)
     empty = tmp_path / "empty"
     empty.write_bytes(b"")
-    monkeypatch.setattr(session, "list_batches", synthetic_batches(entries, empty))
+    monkeypatch.setattr(files, "_walk", synthetic_walk(entries, empty))
     monkeypatch.setattr(DirectorySink, "_write_pack", no_disk)
     reporter = Listening()
     recv = session.RecvConfig(str(tmp_path / "out"), "127.0.0.1", 0, code="memory-test-secret")
