@@ -9,6 +9,7 @@ back-pressure that reaches all the way to the peer's socket.
 from __future__ import annotations
 
 import asyncio
+import gc
 import mmap
 import sys
 import weakref
@@ -58,6 +59,7 @@ class BufferPool:
     """
 
     MIN_POOLED_BYTES = 64 * 1024
+    ROOM_COLLECT_AFTER_S = 0.5
     # A chunk, its ciphertext (+16 bytes) and a received frame body (+ header) share one size
     # class, so an idle buffer of one serves the others: with separate sizes, the idle ones
     # of one kind sat unused while the other kind mapped fresh memory (a chunk's worth of RSS).
@@ -80,7 +82,13 @@ class BufferPool:
         return self.in_use + count <= self.budget_buffers
 
     async def room(self, count: int = 1) -> None:
-        """Wait until ``has_room(count)``: buffers come back, or dropped ones are unmapped."""
+        """Wait until ``has_room(count)``: buffers come back, or dropped ones are unmapped.
+
+        A buffer dropped by a dead connection can sit in a reference cycle (its tasks' frames,
+        the error's traceback, a transport closing late) until the garbage collector runs, and an
+        idle process may never run it: a reconnect through a rate-capped proxy waited for room
+        forever, 1 run in 3 under load. A wait longer than ROOM_COLLECT_AFTER_S collects, once."""
+        collected = False
         while not self.has_room(count):
             waiter = asyncio.get_running_loop().create_future()
 
@@ -90,7 +98,10 @@ class BufferPool:
 
             self.listen(wake)
             try:
-                await waiter
+                await asyncio.wait_for(waiter, None if collected else self.ROOM_COLLECT_AFTER_S)
+            except TimeoutError:
+                collected = True
+                gc.collect()
             finally:
                 self.unlisten(wake)
 
@@ -277,18 +288,25 @@ async def _read_file(
                 fd = f.fileno()
                 if offset:
                     await digest.hash_prefix(fd, offset, name)
-                buf = await pool.take(chunk_bytes, SENDER_ROOM)
+                buf: WritableBuffer | None = await pool.take(chunk_bytes, SENDER_ROOM)
+                assert buf is not None
                 ahead = digest.read_into(fd, buf, offset)
                 try:
                     while piece := await settle(ahead):
-                        offset = await _queue_chunk(queue, stats, Chunk(index, offset, piece))
+                        buf = None  # the chunk owns it now: queued, or given back if queueing is cancelled
+                        try:
+                            offset = await _queue_chunk(queue, stats, Chunk(index, offset, piece))
+                        except BaseException:
+                            pool.put(piece)
+                            raise
                         buf = await pool.take(chunk_bytes, SENDER_ROOM)
                         ahead = digest.read_into(fd, buf, offset)
                 finally:
                     try:
                         await wait_out(ahead)  # the worker must be done with the fd and buf first
                     finally:  # done, even if a second cancel came meanwhile (wait_out saw to it)
-                        pool.put(buf)  # read to the end, or read but never queued
+                        if buf is not None:
+                            pool.put(buf)  # read to the end, or being read
     except OSError as exc:
         raise local_error(exc, name) from None
     declared = source.entry.size
