@@ -53,3 +53,19 @@ def test_a_buffer_given_back_makes_room_even_while_a_stale_view_of_it_lives_on()
     pool.recycle([first, resend])  # a dead connection's objects may still hold these views
     assert pool.has_room() and pool.in_use == 0
     assert first.obj is not None and resend.obj is not None  # type: ignore[union-attr]
+
+
+async def test_a_producer_waiting_for_room_collects_buffers_dropped_in_a_reference_cycle() -> None:
+    """A dead connection's buffers can sit in a cycle (frames, a traceback) that only the collector
+    frees; an idle process may never run it, and the producer waited forever."""
+    pool = BufferPool(1)
+    cycle: list[object] = [pool.get(BufferPool.MIN_POOLED_BYTES)]
+    cycle.append(cycle)
+    gc.disable()
+    try:
+        del cycle
+        assert not pool.has_room()
+        await asyncio.wait_for(pool.room(), 10 * BufferPool.ROOM_COLLECT_AFTER_S)
+    finally:
+        gc.enable()
+    assert pool.live == 0
