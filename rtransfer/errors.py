@@ -72,3 +72,10 @@ class Interrupted(RtransferError):
     def __init__(self, signal_name: str, exit_code: int) -> None:
         super().__init__(f"interrupted by {signal_name}")
         self.exit_code = exit_code
+
+
+def reason(exc: BaseException) -> str:
+    """What went wrong, as words for a one-line message ("connection refused")."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower()
+    return str(exc) or type(exc).__name__

@@ -13,7 +13,7 @@ import secrets
 import socket
 from pathlib import Path
 
-from rtransfer.errors import LocalIOError, NetworkError
+from rtransfer.errors import LocalIOError, NetworkError, reason
 
 CODE_ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"  # Crockford base32: no i, l, o, u
 BACKLOG = 16
@@ -45,7 +45,7 @@ def open_listener(host: str, port: int) -> socket.socket:
         )[0]
         sock = socket.socket(family, kind, proto)
     except OSError as exc:
-        raise NetworkError(f"cannot listen on {host}:{port}: {_reason(exc)}") from None
+        raise NetworkError(f"cannot listen on {host}:{port}: {reason(exc)}") from None
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(address)
@@ -53,9 +53,5 @@ def open_listener(host: str, port: int) -> socket.socket:
         sock.setblocking(False)
     except OSError as exc:
         sock.close()
-        raise NetworkError(f"cannot listen on {host}:{port}: {_reason(exc)}") from None
+        raise NetworkError(f"cannot listen on {host}:{port}: {reason(exc)}") from None
     return sock
-
-
-def _reason(exc: OSError) -> str:
-    return exc.strerror.lower() if exc.strerror else str(exc)

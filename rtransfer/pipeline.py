@@ -13,7 +13,7 @@ import gc
 import mmap
 import sys
 import weakref
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import aiofiles
@@ -214,35 +214,46 @@ async def read_sources(
 ) -> None:
     """Read each accepted batch's files once, in order: small whole files into packs, the
     others chunk by chunk; ``batch_read`` after each batch, so the lister may list another."""
-    pack_max = min(PACK_FILE_MAX_BYTES, chunk_bytes - table_bytes(1))
     while (batch := await batches.get()) is not None:
-        starts, skip = batch.accepted.start_offsets, set(batch.accepted.done)
-        small: list[tuple[int, str, int]] = []
-        small_bytes = 0
-        for index, source in enumerate(batch.sources, batch.first):
-            entry = source.entry
-            if entry.kind != "file" or index in skip:
-                continue
-            size = entry.size
-            if source.local is not None and size is not None and size <= pack_max and not starts.get(index):
-                if small and table_bytes(len(small) + 1) + small_bytes + size > chunk_bytes:
-                    await _queue_pack(small, chunk_bytes, queue, stats, pool)
-                    small, small_bytes = [], 0
-                small.append((index, source.local, size))
-                small_bytes += size
-                continue
-            if small:
-                await _queue_pack(small, chunk_bytes, queue, stats, pool)
-                small, small_bytes = [], 0
-            await _read_file(index, source, starts.get(index, 0), chunk_bytes, queue, stats, pool)
-        if small:
-            await _queue_pack(small, chunk_bytes, queue, stats, pool)
+        for item in _reading_order(batch, chunk_bytes):
+            if isinstance(item, list):
+                await _queue_pack(item, chunk_bytes, queue, stats, pool)
+            else:
+                await _read_file(*item, chunk_bytes, queue, stats, pool)
         batch_read()
     await queue.put(None)
 
 
+SmallFile = tuple[int, str, int]  # file index, path, size
+
+
+def _reading_order(batch: Listed, chunk_bytes: int) -> Iterator[list[SmallFile] | tuple[int, Source, int]]:
+    """A batch's files to send, in index order: packs of small whole files (as many as fit a chunk)
+    and, one at a time, the others with the offset they resume from."""
+    pack_max = min(PACK_FILE_MAX_BYTES, chunk_bytes - table_bytes(1))
+    starts, skip = batch.accepted.start_offsets, set(batch.accepted.done)
+    small: list[SmallFile] = []
+    small_bytes = 0
+    for index, source in enumerate(batch.sources, batch.first):
+        entry, start = source.entry, starts.get(index, 0)
+        if entry.kind != "file" or index in skip:
+            continue
+        packable = source.local is not None and entry.size is not None and entry.size <= pack_max and not start
+        if small and (not packable or table_bytes(len(small) + 1) + small_bytes + (entry.size or 0) > chunk_bytes):
+            yield small
+            small, small_bytes = [], 0
+        if packable:
+            assert source.local is not None and entry.size is not None
+            small.append((index, source.local, entry.size))
+            small_bytes += entry.size
+        else:
+            yield index, source, start
+    if small:
+        yield small
+
+
 async def _queue_pack(
-    small: list[tuple[int, str, int]],
+    small: list[SmallFile],
     chunk_bytes: int,
     queue: asyncio.Queue[SendItem],
     stats: TransferStats,

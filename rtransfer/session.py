@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from rtransfer.crypto import KeyExchange
-from rtransfer.errors import IntegrityError, NetworkError, RtransferError, UnknownHost
+from rtransfer.errors import IntegrityError, NetworkError, RtransferError, UnknownHost, reason
 from rtransfer.files import Source, collect_sources, list_batches
 from rtransfer.listen import new_code, normalise_code, open_listener
 from rtransfer.pipeline import (
@@ -184,7 +184,7 @@ class Link(asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         if exc is not None and self._error is None:
-            self._error = NetworkError(f"connection lost: {_reason(exc)}")
+            self._error = NetworkError(f"connection lost: {reason(exc)}")
         self._eof = True
         self._wakeup.set()
         if not self._lost.done():
@@ -315,7 +315,7 @@ async def _connect(
     loop = asyncio.get_running_loop()
 
     def failed(exc: BaseException) -> str:
-        return f"could not connect to {host}:{port}: {_reason(exc)}"
+        return f"could not connect to {host}:{port}: {reason(exc)}"
 
     async def attempt() -> Link:
         try:
@@ -330,18 +330,12 @@ async def _connect(
         return link
 
     def on_retry(attempt_no: int, exc: BaseException, delay_s: float) -> None:
-        reporter.warning(f"connect to {host}:{port} failed ({_reason(exc)}); retry {attempt_no} in {delay_s:.1f} s")
+        reporter.warning(f"connect to {host}:{port} failed ({reason(exc)}); retry {attempt_no} in {delay_s:.1f} s")
 
     try:
         return await retry_call(attempt, backoff, (OSError,), on_retry)
     except OSError as exc:
         raise NetworkError(failed(exc)) from None
-
-
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror.lower()
-    return str(exc) or type(exc).__name__
 
 
 def _worth_reconnecting(exc: RtransferError, started: bool) -> bool:
@@ -406,13 +400,6 @@ def _collect_dead_connection() -> None:
     gc.collect()
 
 
-def _skipped(reporter: Reporter, paths: list[str]) -> None:
-    if len(paths) == 1:
-        reporter.warning(f"{paths[0]}: already at the receiver (same size and mtime); skipped")
-    elif paths:
-        reporter.warning(f"{len(paths)} files already at the receiver (same size and mtime); skipped")
-
-
 async def _send_once(
     config: SendConfig,
     reporter: Reporter,
@@ -448,9 +435,11 @@ async def _send_once(
     window_open = asyncio.Event()
     done = asyncio.Event()
     unconfirmed: dict[int, tuple[str, int, str]] = {}  # file index -> path, size, digest, until the receiver confirms
+    skipped, first_skipped = 0, ""  # files the receiver already has whole, said once all are accepted
     stats.start_listing()
 
     async def handle(event: Event) -> None:
+        nonlocal skipped, first_skipped
         if isinstance(event, ChunksAcked):
             stats.bytes_done += event.bytes
             pool.recycle(event.released)
@@ -468,16 +457,26 @@ async def _send_once(
             entries = {i: s.entry for i, s in enumerate(batch, first) if s.entry.kind == "file"}
             stats.files_done += len(event.done)
             stats.bytes_done += sum(event.start_offsets.values()) + sum(entries[i].size or 0 for i in event.done)
-            _skipped(reporter, [entries[i].path for i in event.done])
+            if event.done and not skipped:
+                first_skipped = entries[event.done[0]].path
+            skipped += len(event.done)
             if first == 0:
                 stats.accepted += 1
                 reporter.started(stats)
             accepted.put_nowait(Listed(first, batch, event))
             window_open.set()  # the first ACCEPT opens the window
             if listing_done and not listed:
-                accepted.put_nowait(None)
+                all_accepted()
         elif isinstance(event, TransferComplete):
             done.set()
+
+    def all_accepted() -> None:
+        """Every batch is listed and accepted: the reader's queue ends, and what was skipped is said once."""
+        accepted.put_nowait(None)
+        if skipped == 1:
+            reporter.warning(f"{first_skipped}: already at the receiver (same size and mtime); skipped")
+        elif skipped:
+            reporter.warning(f"{skipped} files already at the receiver (same size and mtime); skipped")
 
     async def list_entries() -> None:
         nonlocal listing_done
@@ -496,7 +495,7 @@ async def _send_once(
             link.flush()
         listing_done = True
         if not listed:
-            accepted.put_nowait(None)
+            all_accepted()
 
     async def send_chunks() -> None:
         while True:

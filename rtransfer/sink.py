@@ -112,13 +112,17 @@ class DestDirs:
         self.close()
 
 
-_rel = safe_relative_path
-
-
-def _split(entry_path: str) -> tuple[str, str]:
-    """A peer's entry path, checked safe, as (parent directory, name)."""
-    parent, _, name = _rel(entry_path).rpartition("/")
+def _placed(entry_path: str) -> tuple[str, str]:
+    """An entry's (parent directory, name), for an entry ``plan`` has already checked."""
+    parent, _, name = entry_path.rpartition("/")
     return parent, name
+
+
+def _check_packed(view: memoryview, packed: PackedFile) -> tuple[memoryview, str | None]:
+    """A packed file's bytes, and their BLAKE3 hex digest if it matches the one the sender sent (else None)."""
+    data = view[packed.start : packed.start + packed.size]
+    hasher = blake3.blake3(data)
+    return data, hasher.hexdigest() if hasher.digest() == packed.digest else None
 
 
 def _lstat(name: str, dir_fd: int) -> os.stat_result | None:
@@ -139,7 +143,8 @@ class DirectorySink:
 
     Large files are prefixes of their source with a journal beside them, so a later
     connection (or a later run) resumes them instead of starting over. Small files
-    arrive whole in packs and are written a pack at a time, in one worker-thread call.
+    arrive whole in packs and are written a pack at a time, in PACK_WRITERS worker threads.
+    Every name is checked once, when its batch is planned.
     What it keeps per file lasts until the file is in place; only directories and links,
     whose times, modes and targets are applied at the end, are kept for the whole transfer.
     """
@@ -189,10 +194,10 @@ class DirectorySink:
             with DestDirs(self._root_fd, self._created) as dirs:
                 for index, entry in enumerate(batch.entries, batch.first):
                     if entry.kind == "dir":
-                        dirs.fd(_rel(entry.path))
+                        dirs.fd(safe_relative_path(entry.path))
                         self._dirs.append(entry)
                         continue
-                    parent, name = _split(entry.path)
+                    parent, name = _placed(safe_relative_path(entry.path))
                     dir_fd = dirs.fd(parent)
                     st = None if parent in self._created else _lstat(name, dir_fd)
                     if entry.kind == "symlink":
@@ -384,12 +389,11 @@ class DirectorySink:
         done: list[tuple[str, int, str | None]] = []
         with memoryview(payload) as view, DestDirs(self._root_fd) as dirs:
             for packed, entry in zip(files, entries, strict=True):
-                data = view[packed.start : packed.start + packed.size]
-                hasher = blake3.blake3(data)
-                if hasher.digest() != packed.digest:
+                data, digest_hex = _check_packed(view, packed)
+                if digest_hex is None:
                     done.append((entry.path, packed.size, None))
                     continue
-                parent, name = _split(entry.path)
+                parent, name = _placed(entry.path)
                 dir_fd = dirs.fd(parent)
                 part = f".{name}{PARTIAL_SUFFIX}"
                 fd = os.open(part, _NEW_FILE_FLAGS, 0o600, dir_fd=dir_fd)
@@ -403,7 +407,7 @@ class DirectorySink:
                 finally:
                     os.close(fd)
                 os.rename(part, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-                done.append((entry.path, packed.size, hasher.hexdigest()))
+                done.append((entry.path, packed.size, digest_hex))
         return done
 
     async def complete(self) -> None:
@@ -418,7 +422,7 @@ class DirectorySink:
     def _complete(self) -> None:
         with DestDirs(self._root_fd) as dirs:
             for entry in self._links:
-                parent, name = _split(entry.path)
+                parent, name = _placed(entry.path)
                 dir_fd = dirs.fd(parent)
                 if _lstat(name, dir_fd) is not None:
                     os.unlink(name, dir_fd=dir_fd)
@@ -427,7 +431,7 @@ class DirectorySink:
                 if entry.mtime is not None:
                     os.utime(name, (entry.mtime, entry.mtime), dir_fd=dir_fd, follow_symlinks=False)
             for entry in reversed(self._dirs):
-                dir_fd = dirs.fd(_rel(entry.path))
+                dir_fd = dirs.fd(entry.path)
                 if entry.mtime is not None:
                     os.utime(dir_fd, (entry.mtime, entry.mtime))
                 os.fchmod(dir_fd, entry.mode)
@@ -490,12 +494,10 @@ class StdoutSink:
 
     async def write_pack(self, files: list[PackedFile], payload: Buffer) -> list[tuple[str, int, str | None]]:
         (packed,) = files
-        data = memoryview(payload)[packed.start : packed.start + packed.size]
-        hasher = blake3.blake3(data)
-        if hasher.digest() != packed.digest:
-            return [(self._path, packed.size, None)]
-        await self.write(packed.file_index, 0, data)
-        return [(self._path, packed.size, hasher.hexdigest())]
+        data, digest_hex = _check_packed(memoryview(payload), packed)
+        if digest_hex is not None:
+            await self.write(packed.file_index, 0, data)
+        return [(self._path, packed.size, digest_hex)]
 
     async def finish(self, index: int, ok: bool) -> None:
         pass
