@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 import aiofiles
 
-from rtransfer.protocol.frames import Buffer
+from rtransfer.protocol.model import Buffer
 from rtransfer.workers import settle
 
 ALIGN = 4096

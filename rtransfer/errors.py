@@ -1,6 +1,7 @@
-"""One exception hierarchy; each class carries the exit code scripts rely on.
+"""What the user is told: one exception hierarchy, each class with the exit code scripts rely on.
 
-The CLI maps outcomes to exit codes in exactly one place by reading ``exit_code``.
+The protocol's own errors carry no exit code; session/outcome.py turns them into
+these, and the CLI exits with ``exit_code``.
 """
 
 from __future__ import annotations
@@ -43,6 +44,17 @@ class UnknownHost(NetworkError):
     """The name does not resolve: no retry will change that (a temporary DNS failure is retried)."""
 
 
+class ProtocolViolation(NetworkError):
+    """The peer, once it had proved its keys, sent something the protocol does not allow:
+    treated as a link that cannot be trusted."""
+
+    kind = "protocol"
+
+
+class GarbledFrame(ProtocolViolation):
+    """A frame failed its checksum: the path damages data."""
+
+
 class IntegrityError(RtransferError):
     """Data failed its check and resending could not fix it."""
 
@@ -57,11 +69,25 @@ class HandshakeError(RtransferError):
     kind = "handshake"
 
 
+class WrongCode(HandshakeError):
+    """The two sides hold different codes. Always final: each code allows one guess."""
+
+
 class LocalIOError(RtransferError):
     """Disk full, permission denied, not found: a problem on this machine."""
 
     exit_code = EXIT_LOCAL_IO
     kind = "local_io"
+
+
+class RemoteError(RtransferError):
+    """The peer gave up; both sides exit with the code its cause maps to."""
+
+    kind = "remote"
+
+    def __init__(self, message: str, exit_code: int = EXIT_FAILURE) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 class Interrupted(RtransferError):

@@ -13,7 +13,8 @@ from pathlib import Path, PurePosixPath
 
 from rtransfer.errors import LocalIOError, UsageError
 from rtransfer.integrity import source_identity
-from rtransfer.protocol.frames import MAX_BATCH_ENTRIES, Entry
+from rtransfer.protocol.frames import MAX_BATCH_ENTRIES
+from rtransfer.protocol.model import Entry
 
 PARTIAL_SUFFIX = ".rtpart"
 _DRIVE = re.compile(r"^[A-Za-z]:")

@@ -15,7 +15,7 @@ import blake3
 import xxhash
 
 from rtransfer.errors import LocalIOError
-from rtransfer.protocol.frames import Buffer, WritableBuffer
+from rtransfer.protocol.model import Buffer, WritableBuffer
 from rtransfer.protocol.pack import PackedFile, table_bytes, write_table
 from rtransfer.workers import in_worker
 

@@ -15,6 +15,7 @@ import sys
 import weakref
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import aiofiles
 
@@ -22,7 +23,8 @@ from rtransfer.errors import LocalIOError
 from rtransfer.files import PACK_FILE_MAX_BYTES, Source, local_error
 from rtransfer.integrity import FileDigest, read_pack
 from rtransfer.protocol.events import Accepted, ChunkReady, FileComplete, PackReady
-from rtransfer.protocol.frames import DATA_HEADER, Buffer, WritableBuffer
+from rtransfer.protocol.frames import DATA_HEADER
+from rtransfer.protocol.model import Buffer, WritableBuffer
 from rtransfer.protocol.pack import PackedFile, table_bytes
 from rtransfer.sink import Sink
 from rtransfer.stats import TransferStats
@@ -165,6 +167,15 @@ class BufferPool:
     def recycle(self, views: Iterable[Buffer]) -> None:
         for view in views:
             self.put(view)
+
+    def reclaim(self, held: Iterable[Buffer], queue: asyncio.Queue[Any]) -> None:
+        """A connection has ended, and its tasks with it: the buffers its machine still held and
+        the chunks left in its queue come back for the next connection."""
+        self.recycle(held)
+        while not queue.empty():
+            item = queue.get_nowait()
+            if isinstance(item, Chunk | ChunkReady | Packed | PackReady):
+                self.put(item.payload)
 
 
 @dataclass(frozen=True)

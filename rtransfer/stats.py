@@ -11,7 +11,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from rtransfer.protocol.frames import Entry
+from rtransfer.protocol.model import Entry
 
 
 def peak_rss_bytes() -> int:

@@ -23,7 +23,7 @@ import os
 import stat
 from collections.abc import Callable
 
-from rtransfer.protocol.frames import Buffer, WritableBuffer
+from rtransfer.protocol.model import Buffer, WritableBuffer
 from rtransfer.workers import settle
 
 PIPE_BYTES = 1024 * 1024  # the default limit for an unprivileged F_SETPIPE_SZ

@@ -22,10 +22,17 @@ from typing import Any, Protocol
 
 import xxhash
 
-from rtransfer.protocol.errors import CorruptFrame, FrameAuthenticationError, HandshakeRefused, ProtocolError
+from rtransfer.protocol.errors import (
+    CorruptFrame,
+    FrameAuthenticationError,
+    HandshakeRefused,
+    LocalProtocolError,
+    RemoteProtocolError,
+)
+from rtransfer.protocol.model import FRESH_BUFFERS, Buffer, Buffers, Entry, Manifest, WritableBuffer
 
 MAGIC = b"RTXF"
-PROTOCOL_VERSION = 3  # 3: the file list streams in batches; small files travel packed
+PROTOCOL_VERSION = 4  # 3: the file list streams in batches, small files travel packed; 4: ERROR says a Cause
 
 MIN_CHUNK_BYTES = 4 * 1024
 MAX_CHUNK_BYTES = 16 * 1024 * 1024
@@ -99,28 +106,6 @@ class Hello:
     version: int = PROTOCOL_VERSION
     capabilities: int = 0
     auth: bytes = b""
-
-
-@dataclass(frozen=True)
-class Entry:
-    """One item of a transfer: a path relative to the transfer root."""
-
-    path: str
-    kind: str  # "file", "dir" or "symlink"
-    size: int | None = None  # None: a stream whose length is known only at its end
-    mode: int = 0o644
-    mtime: float | None = None
-    target: str | None = None  # symlinks only: the link text, relative
-    identity: str | None = None  # version of a file's data (size, mtime, head digest); None: a stream
-
-
-@dataclass(frozen=True)
-class Manifest:
-    """What a transfer is, before its file list: the list follows in EntryBatch frames."""
-
-    transfer_id: str
-    chunk_bytes: int
-    window: int
 
 
 @dataclass(frozen=True)
@@ -212,9 +197,19 @@ class Pong:
     token: int
 
 
+class Cause(IntEnum):
+    """Why a peer gave up, as its ERROR frame says (the session maps it to an exit code)."""
+
+    OTHER = 0
+    LINK = 1  # the connection broke or cannot be trusted: the sender will come back
+    INTEGRITY = 2  # data failed its check beyond what resending fixes
+    AUTH = 3  # the peers cannot talk (another code, another version)
+    LOCAL = 4  # a problem on the peer's own machine: disk full, permissions, its limits
+
+
 @dataclass(frozen=True)
 class ErrorFrame:
-    exit_code: int
+    cause: Cause
     message: str
 
 
@@ -252,28 +247,6 @@ Frame = (
     | ErrorFrame
     | Confirm
 )
-Buffer = bytes | bytearray | memoryview
-WritableBuffer = bytearray | memoryview
-
-
-class Buffers(Protocol):
-    """Where large frame buffers come from and go back to: the driver's pool, or fresh memory."""
-
-    def get(self, size: int) -> WritableBuffer: ...
-    def put(self, buf: WritableBuffer) -> None: ...
-
-
-class FreshBuffers:
-    def get(self, size: int) -> WritableBuffer:
-        return bytearray(size)
-
-    def put(self, buf: WritableBuffer) -> None:
-        pass
-
-
-FRESH_BUFFERS = FreshBuffers()
-
-
 _CHUNKS = (FrameType.DATA, FrameType.PACK)
 
 
@@ -349,12 +322,38 @@ def encode(
             return _frame(FrameType.PING, b"", _U64.pack(token), sealer)
         case Pong(token):
             return _frame(FrameType.PONG, b"", _U64.pack(token), sealer)
-        case ErrorFrame(exit_code, message):
+        case ErrorFrame(cause, message):
             text = message.encode("utf-8")[:MAX_ERROR_MESSAGE_BYTES].decode("utf-8", "ignore")
-            return _frame(FrameType.ERROR, b"", _ERROR.pack(exit_code) + text.encode("utf-8"), sealer)
+            return _frame(FrameType.ERROR, b"", _ERROR.pack(cause) + text.encode("utf-8"), sealer)
         case Confirm():
             return _frame(FrameType.CONFIRM, b"", CONFIRM_BODY, sealer)
-    raise TypeError(f"not a frame: {frame!r}")
+    raise LocalProtocolError(f"not a frame: {frame!r}")
+
+
+_TYPES: dict[type, FrameType] = {
+    Hello: FrameType.HELLO,
+    Manifest: FrameType.MANIFEST,
+    EntryBatch: FrameType.ENTRIES,
+    Accept: FrameType.ACCEPT,
+    CorruptData: FrameType.DATA,
+    Ack: FrameType.ACK,
+    Nack: FrameType.NACK,
+    FileEnd: FrameType.FILE_END,
+    FileResult: FrameType.FILE_RESULT,
+    PackResult: FrameType.PACK_RESULT,
+    Done: FrameType.DONE,
+    Ping: FrameType.PING,
+    Pong: FrameType.PONG,
+    ErrorFrame: FrameType.ERROR,
+    Confirm: FrameType.CONFIRM,
+}
+
+
+def frame_type(frame: Frame | CorruptData) -> FrameType:
+    """The wire type of a decoded frame (a damaged chunk counts as DATA)."""
+    if isinstance(frame, Data):
+        return FrameType.PACK if frame.packed else FrameType.DATA
+    return _TYPES[type(frame)]
 
 
 def encode_bytes(frame: Frame) -> bytes:
@@ -379,7 +378,7 @@ def _entry_to_json(e: Entry) -> dict[str, Any]:
 
 
 class FrameDecoder:
-    """Turns bytes into frames; raises ProtocolError on bad input.
+    """Turns bytes into frames; raises RemoteProtocolError on bad input.
 
     It owns the receive buffers: ``get_buffer`` says where the next bytes go
     (the rest of a 13-byte header, or the rest of the current frame's body) and
@@ -442,10 +441,10 @@ class FrameDecoder:
         try:
             self._ftype = FrameType(raw_type)
         except ValueError:
-            raise ProtocolError(f"unknown frame type 0x{raw_type:02x}") from None
+            raise RemoteProtocolError(f"unknown frame type 0x{raw_type:02x}") from None
         limit = MAX_BODY_BYTES[self._ftype] + (TAG_BYTES if self.opener else 0)
         if length > limit:
-            raise ProtocolError(f"{self._ftype.name} frame of {length} bytes exceeds the limit of {limit}")
+            raise RemoteProtocolError(f"{self._ftype.name} frame of {length} bytes exceeds the limit of {limit}")
         self._body = self._buffers.get(length)
         self._body_n = 0
         if length == 0:
@@ -486,7 +485,7 @@ class FrameDecoder:
         (on success; on failure the caller still owns it)."""
         assert self.opener is not None
         if len(sealed) < clear + TAG_BYTES:
-            raise ProtocolError("sealed frame too short")
+            raise RemoteProtocolError("sealed frame too short")
         plain = self._buffers.get(len(sealed) - TAG_BYTES)
         plain[:clear] = sealed[:clear]
         try:
@@ -501,7 +500,7 @@ class FrameDecoder:
 
 def _need(ok: bool, what: str) -> None:
     if not ok:
-        raise ProtocolError(what)
+        raise RemoteProtocolError(what)
 
 
 def _decode_body(ftype: FrameType, body: WritableBuffer) -> Frame:
@@ -564,7 +563,8 @@ def _decode_body(ftype: FrameType, body: WritableBuffer) -> Frame:
     # ERROR
     _need(n >= _ERROR.size, "ERROR frame too short")
     (code,) = _ERROR.unpack_from(body)
-    return ErrorFrame(code, bytes(body[_ERROR.size :]).decode("utf-8", "replace"))
+    cause = Cause(code) if code in Cause._value2member_map_ else Cause.OTHER
+    return ErrorFrame(cause, bytes(body[_ERROR.size :]).decode("utf-8", "replace"))
 
 
 def _is_uint(value: object) -> bool:
@@ -575,9 +575,9 @@ def _load_json(body: WritableBuffer, what: str) -> Any:
     try:
         return json.loads(bytes(body).decode("utf-8"))
     except UnicodeDecodeError:
-        raise ProtocolError(f"{what} frame is not valid UTF-8") from None
+        raise RemoteProtocolError(f"{what} frame is not valid UTF-8") from None
     except ValueError:
-        raise ProtocolError(f"{what} frame is not valid JSON") from None
+        raise RemoteProtocolError(f"{what} frame is not valid JSON") from None
 
 
 def _decode_manifest(body: WritableBuffer) -> Manifest:
@@ -607,30 +607,30 @@ _KINDS = frozenset(("file", "dir", "symlink"))
 def _decode_entry(obj: object) -> Entry:
     """One entry, every field checked (a tree lists thousands: the checks stay cheap)."""
     if not isinstance(obj, dict):
-        raise ProtocolError("ENTRIES entry is not an object")
+        raise RemoteProtocolError("ENTRIES entry is not an object")
     get = obj.get
     path, kind, size, mode, mtime = get("path"), get("kind", "file"), get("size"), get("mode", 0o644), get("mtime")
     target, identity = get("target"), get("identity")
     if not isinstance(path, str) or not path:
-        raise ProtocolError("ENTRIES entry path malformed")
+        raise RemoteProtocolError("ENTRIES entry path malformed")
     try:
         path.encode("utf-8")
     except UnicodeEncodeError:
-        raise ProtocolError("ENTRIES entry path is not valid UTF-8") from None
+        raise RemoteProtocolError("ENTRIES entry path is not valid UTF-8") from None
     if kind not in _KINDS:
-        raise ProtocolError(f"ENTRIES entry kind {kind!r} unknown")
+        raise RemoteProtocolError(f"ENTRIES entry kind {kind!r} unknown")
     if (kind == "symlink") != isinstance(target, str):
-        raise ProtocolError("ENTRIES symlink entry needs a target, others none")
+        raise RemoteProtocolError("ENTRIES symlink entry needs a target, others none")
     if target is not None and not (0 < len(target) <= 4096 and "\x00" not in target):
-        raise ProtocolError("ENTRIES symlink target malformed")
+        raise RemoteProtocolError("ENTRIES symlink target malformed")
     if size is not None and (kind != "file" or not _is_uint(size)):
-        raise ProtocolError("ENTRIES entry size malformed (or given for what is not a file)")
+        raise RemoteProtocolError("ENTRIES entry size malformed (or given for what is not a file)")
     if not _is_uint(mode) or mode > 0o7777:
-        raise ProtocolError("ENTRIES entry mode malformed")
+        raise RemoteProtocolError("ENTRIES entry mode malformed")
     if mtime is not None:
         if not isinstance(mtime, int | float) or isinstance(mtime, bool) or not math.isfinite(mtime):
-            raise ProtocolError("ENTRIES entry mtime malformed")
+            raise RemoteProtocolError("ENTRIES entry mtime malformed")
         mtime = float(mtime)
     if identity is not None and not (isinstance(identity, str) and len(identity) <= 128):
-        raise ProtocolError("ENTRIES identity malformed")
+        raise RemoteProtocolError("ENTRIES identity malformed")
     return Entry(path, kind, size, mode, mtime, target, identity)

@@ -14,8 +14,9 @@ from __future__ import annotations
 import struct
 from typing import NamedTuple
 
-from rtransfer.protocol.errors import ProtocolError
-from rtransfer.protocol.frames import DIGEST_BYTES, Buffer
+from rtransfer.protocol.errors import RemoteProtocolError
+from rtransfer.protocol.frames import DIGEST_BYTES
+from rtransfer.protocol.model import Buffer
 
 _COUNT = struct.Struct("!I")
 _ROW = struct.Struct(f"!II{DIGEST_BYTES}s")
@@ -42,19 +43,19 @@ def write_table(buf: memoryview, files: list[PackedFile]) -> None:
 
 
 def read_table(payload: Buffer) -> list[PackedFile]:
-    """The files of a pack, each with where its bytes start; ProtocolError if the table
+    """The files of a pack, each with where its bytes start; RemoteProtocolError if the table
     does not describe the payload exactly."""
     if len(payload) < _COUNT.size:
-        raise ProtocolError("PACK too short for its table")
+        raise RemoteProtocolError("PACK too short for its table")
     (count,) = _COUNT.unpack_from(payload)
     start = table_bytes(count)
     if start > len(payload):
-        raise ProtocolError(f"PACK of {len(payload)} bytes cannot hold a table of {count} files")
+        raise RemoteProtocolError(f"PACK of {len(payload)} bytes cannot hold a table of {count} files")
     files = []
     with memoryview(payload) as view:
         for index, size, digest in _ROW.iter_unpack(view[_COUNT.size : table_bytes(count)]):
             files.append(PackedFile(index, size, digest, start))
             start += size
     if start != len(payload):
-        raise ProtocolError("PACK sizes do not add up to its length")
+        raise RemoteProtocolError("PACK sizes do not add up to its length")
     return files

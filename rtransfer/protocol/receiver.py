@@ -9,9 +9,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
-from rtransfer.crypto import KeyExchange
-from rtransfer.errors import LocalIOError
-from rtransfer.protocol.errors import ProtocolError
+from rtransfer.protocol.errors import LimitExceeded, LocalProtocolError, RemoteProtocolError
 from rtransfer.protocol.events import (
     ChunkReady,
     DuplicateChunk,
@@ -24,11 +22,8 @@ from rtransfer.protocol.events import (
     TransferComplete,
 )
 from rtransfer.protocol.frames import (
-    FRESH_BUFFERS,
     Accept,
     Ack,
-    Buffer,
-    Buffers,
     CorruptData,
     Data,
     Done,
@@ -36,13 +31,14 @@ from rtransfer.protocol.frames import (
     FileEnd,
     FileResult,
     Frame,
-    Manifest,
     Nack,
     PackResult,
     Role,
 )
+from rtransfer.protocol.model import FRESH_BUFFERS, Buffer, Buffers, Manifest
 from rtransfer.protocol.pack import read_table
-from rtransfer.protocol.peer import Peer
+from rtransfer.protocol.peer import KeyExchange, Peer, guarded
+from rtransfer.protocol.phases import Phase
 
 
 @dataclass(frozen=True)
@@ -75,16 +71,14 @@ class ReceiverMachine(Peer):
         self,
         now: float,
         timeout_s: float,
-        code: bytes | KeyExchange,
+        kex: KeyExchange,
         encrypt: bool = True,
         limits: ReceiveLimits | None = None,
         buffers: Buffers = FRESH_BUFFERS,
     ) -> None:
-        super().__init__(now, timeout_s, code, encrypt, buffers)
+        super().__init__(now, timeout_s, kex, encrypt, buffers)
         self.limits = limits or ReceiveLimits()
-        self.manifest: Manifest | None = None
-        self.accepted = False
-        self.complete = False
+        self.manifest = Manifest("", 0, 0)  # the sender's, once it arrives (phase PLANNING on)
         self._next_seq = 0
         self._pending: dict[int, Data] = {}
         self._ack_due = False
@@ -96,12 +90,6 @@ class ReceiverMachine(Peer):
         self._packs: set[int] = set()  # seqs of packs handed out, not yet written
         self._current_file = -1
         self._total_bytes = 0
-        self._sender_done = False
-
-    @property
-    def handshake_complete(self) -> bool:
-        """The first batch of the file list is accepted: the sender has proved it speaks the protocol."""
-        return self.accepted
 
     @property
     def reorder_buffered(self) -> int:
@@ -111,39 +99,46 @@ class ReceiverMachine(Peer):
         """Chunks waiting to be reordered and the frame being read (see SenderMachine.held_buffers)."""
         return [frame.payload for frame in self._pending.values()] + super().held_buffers()
 
+    @guarded
     def accept(self, first: int, start_offsets: dict[int, int], now: float, done: tuple[int, ...] = ()) -> list[Event]:
         """The driver checked the batch starting at ``first`` against the disk; its data may flow now.
 
         Files in ``done`` are already here whole; the others resume at ``start_offsets``."""
         if not self._unplanned or self._unplanned[0].first != first:
-            raise RuntimeError(f"accept({first}) out of order")
-        batch = self._unplanned.popleft()
+            raise LocalProtocolError(f"accept({first}) out of order")
         self._now = now
-        self.accepted = True
+        batch = self._unplanned[0]
+        offsets = {i: o for i, o in start_offsets.items() if o and i not in done}
+        self._send_as_told(Accept(first, offsets, done))
+        self._unplanned.popleft()
         skip = set(done)
         for i, entry in enumerate(batch.entries, batch.first):
             if entry.kind == "file" and i not in skip:
                 self._files[i] = _Incoming(entry.size, start_offsets.get(i, 0))
-        offsets = {i: o for i, o in start_offsets.items() if o and i in self._files}
-        self._send(Accept(first, offsets, done))
         events: list[Event] = []
         self._maybe_finish(events)
         return events
 
+    @guarded
     def file_verified(self, file_index: int, ok: bool, now: float) -> list[Event]:
         """The writer finished a file and compared digests; tell the sender."""
+        if file_index not in self._files:
+            raise LocalProtocolError(f"file_verified for file {file_index}, which is not being received")
         self._now = now
+        self._send_as_told(FileResult(file_index, ok))
         del self._files[file_index]
-        self._send(FileResult(file_index, ok))
         events: list[Event] = []
         self._maybe_finish(events)
         return events
 
+    @guarded
     def pack_written(self, seq: int, ok: bool, now: float) -> list[Event]:
         """The writer put every file of a pack in place (``ok``), or found one whose digest failed."""
+        if seq not in self._packs:
+            raise LocalProtocolError(f"pack_written for {seq}, which is not a pack being written")
         self._now = now
+        self._send_as_told(PackResult(seq, ok))
         self._packs.remove(seq)
-        self._send(PackResult(seq, ok))
         events: list[Event] = []
         self._maybe_finish(events)
         return events
@@ -153,52 +148,50 @@ class ReceiverMachine(Peer):
             self._on_data(frame, events)
         elif isinstance(frame, CorruptData):
             self._on_corrupt(frame, events)
-        elif isinstance(frame, Manifest) and self.manifest is None:
+        elif isinstance(frame, Manifest):
             self.manifest = frame
             events.append(ManifestReceived(frame))
-        elif isinstance(frame, EntryBatch) and self.manifest is not None and not self._listed_all:
+        elif isinstance(frame, EntryBatch):
             self._on_entries(frame, events)
-        elif isinstance(frame, FileEnd) and self.accepted:
+        elif isinstance(frame, FileEnd):
             self._on_file_end(frame, events)
-        elif isinstance(frame, Done) and self.accepted and not self._sender_done:
+        elif isinstance(frame, Done):
             if not self._listed_all or self._unplanned or any(f.end is None for f in self._files.values()):
-                raise ProtocolError("sender finished before listing and ending every file")
-            self._sender_done = True
+                raise RemoteProtocolError("sender finished before listing and ending every file")
             self._maybe_finish(events)
         else:
-            raise self._unexpected(frame)
+            raise RemoteProtocolError(f"unexpected {type(frame).__name__} frame from the peer")
 
     def _on_entries(self, batch: EntryBatch, events: list[Event]) -> None:
+        if self._listed_all:
+            raise RemoteProtocolError("ENTRIES after the last batch of the list")
         if batch.first != self._next_entry:
-            raise ProtocolError(f"ENTRIES starting at {batch.first}; expected {self._next_entry}")
+            raise RemoteProtocolError(f"ENTRIES starting at {batch.first}; expected {self._next_entry}")
         self._next_entry += len(batch.entries)
         self._listed_all = batch.last
         if self._next_entry > self.limits.max_entries:
-            raise LocalIOError(
+            raise LimitExceeded(
                 f"transfer declares at least {self._next_entry} entries; the limit is {self.limits.max_entries}"
             )
         self._declared_bytes += sum(e.size or 0 for e in batch.entries)
         if self._declared_bytes > self.limits.max_total_bytes:
-            raise LocalIOError(
+            raise LimitExceeded(
                 f"transfer declares {self._declared_bytes} bytes; the limit is {self.limits.max_total_bytes}"
             )
         self._unplanned.append(batch)
         events.append(EntriesReceived(batch))
 
     def _in_window(self, seq: int) -> bool:
-        assert self.manifest is not None
         return self._next_seq <= seq < self._next_seq + self.manifest.window
 
     def _on_data(self, frame: Data, events: list[Event]) -> None:
-        if not self.accepted:
-            raise ProtocolError("DATA before the transfer was accepted")
         seq = frame.seq
         self._ack_due = True
         if seq < self._next_seq or seq in self._pending:
             events.append(DuplicateChunk(seq))
             return
         if not self._in_window(seq):
-            raise ProtocolError(f"sequence number {seq} is outside the window starting at {self._next_seq}")
+            raise RemoteProtocolError(f"sequence number {seq} is outside the window starting at {self._next_seq}")
         self._pending[seq] = frame
         while self._next_seq in self._pending:
             frame = self._pending.pop(self._next_seq)
@@ -210,34 +203,33 @@ class ReceiverMachine(Peer):
 
     def _on_corrupt(self, frame: CorruptData, events: list[Event]) -> None:
         events.append(IntegrityFailure(frame.seq))
-        if self.accepted and self._in_window(frame.seq) and frame.seq not in self._pending:
+        if self._in_window(frame.seq) and frame.seq not in self._pending:
             self._send(Nack(frame.seq))
 
     def _incoming(self, index: int) -> _Incoming:
         incoming = self._files.get(index)
         if incoming is None:
-            raise ProtocolError(f"DATA for entry {index}, which is not a file this transfer is receiving")
+            raise RemoteProtocolError(f"DATA for entry {index}, which is not a file this transfer is receiving")
         if index < self._current_file or incoming.completed:
-            raise ProtocolError(f"DATA for file {index} after the sender moved past it")
+            raise RemoteProtocolError(f"DATA for file {index} after the sender moved past it")
         return incoming
 
     def _count_bytes(self, size: int) -> None:
         self._total_bytes += size
         if self._total_bytes > self.limits.max_total_bytes:
-            raise LocalIOError(f"transfer exceeds the limit of {self.limits.max_total_bytes} bytes")
+            raise LimitExceeded(f"transfer exceeds the limit of {self.limits.max_total_bytes} bytes")
 
     def _deliver(self, frame: Data, events: list[Event]) -> None:
-        assert self.manifest is not None
         index, size = frame.file_index, len(frame.payload)
         incoming = self._incoming(index)
         if incoming.short_chunk or size == 0 or size > self.manifest.chunk_bytes:
-            raise ProtocolError(f"DATA of {size} bytes for file {index} breaks chunking")
+            raise RemoteProtocolError(f"DATA of {size} bytes for file {index} breaks chunking")
         expected = incoming.received
         if frame.offset != expected:
-            raise ProtocolError(f"DATA for file {index} at offset {frame.offset}; expected {expected}")
+            raise RemoteProtocolError(f"DATA for file {index} at offset {frame.offset}; expected {expected}")
         end = expected + size
         if incoming.size is not None and end > incoming.size:
-            raise ProtocolError(f"DATA runs past the declared size of file {index}")
+            raise RemoteProtocolError(f"DATA runs past the declared size of file {index}")
         self._count_bytes(size)
         incoming.short_chunk = size < self.manifest.chunk_bytes
         self._current_file = index
@@ -249,11 +241,11 @@ class ReceiverMachine(Peer):
         """Every file of a pack must be whole, declared at that size, not yet started, and in order."""
         files = read_table(frame.payload)
         if not files:
-            raise ProtocolError("PACK of no files")
+            raise RemoteProtocolError("PACK of no files")
         for packed in files:
             incoming = self._incoming(packed.file_index)
             if packed.file_index == self._current_file or incoming.received or incoming.size != packed.size:
-                raise ProtocolError(f"PACK holds file {packed.file_index}, which is started or of another size")
+                raise RemoteProtocolError(f"PACK holds file {packed.file_index}, which is started or of another size")
             self._current_file = packed.file_index
             self._count_bytes(packed.size)
             del self._files[packed.file_index]
@@ -264,11 +256,11 @@ class ReceiverMachine(Peer):
         index = frame.file_index
         incoming = self._files.get(index)
         if incoming is None or incoming.end is not None:
-            raise ProtocolError(f"unexpected FILE_END for entry {index}")
+            raise RemoteProtocolError(f"unexpected FILE_END for entry {index}")
         if incoming.size is not None and frame.size != incoming.size:
-            raise ProtocolError(f"file {index} ended at {frame.size} bytes but was declared as {incoming.size}")
+            raise RemoteProtocolError(f"file {index} ended at {frame.size} bytes but was declared as {incoming.size}")
         if incoming.received > frame.size:
-            raise ProtocolError(f"file {index} ended at {frame.size} bytes after {incoming.received} arrived")
+            raise RemoteProtocolError(f"file {index} ended at {frame.size} bytes after {incoming.received} arrived")
         incoming.end = frame
         self._maybe_complete(index, events)
 
@@ -280,10 +272,8 @@ class ReceiverMachine(Peer):
             events.append(FileComplete(index, end.size, end.digest))
 
     def _maybe_finish(self, events: list[Event]) -> None:
-        if self._sender_done and not self.complete and not self._files and not self._packs:
-            self.complete = True
-            self.closed = True
-            self._send(Done())
+        if self.phase is Phase.FINISHING and not self._files and not self._packs:
+            self._send_as_told(Done())
             events.append(TransferComplete())
 
     def _after_batch(self, events: list[Event]) -> None:

@@ -5,8 +5,7 @@ from __future__ import annotations
 from collections import OrderedDict, deque
 from dataclasses import dataclass
 
-from rtransfer.errors import IntegrityError
-from rtransfer.protocol.errors import ProtocolError
+from rtransfer.protocol.errors import IntegrityFailed, LocalProtocolError, RemoteProtocolError
 from rtransfer.protocol.events import (
     Accepted,
     ChunksAcked,
@@ -17,26 +16,24 @@ from rtransfer.protocol.events import (
     TransferComplete,
 )
 from rtransfer.protocol.frames import (
-    FRESH_BUFFERS,
     Accept,
     Ack,
-    Buffer,
-    Buffers,
     CorruptData,
     Data,
     Done,
-    Entry,
     EntryBatch,
     FileEnd,
     FileResult,
     Frame,
-    Manifest,
+    FrameType,
     Nack,
     PackResult,
     Role,
 )
+from rtransfer.protocol.model import FRESH_BUFFERS, Buffer, Buffers, Entry, Manifest
 from rtransfer.protocol.pack import table_bytes
-from rtransfer.protocol.peer import Peer
+from rtransfer.protocol.peer import KeyExchange, Peer, guarded
+from rtransfer.protocol.phases import Phase, after_sent
 from rtransfer.protocol.timing import RetransmitTimer
 
 # A chunk the receiver rejects this many times is not being hit by chance: the path
@@ -81,7 +78,7 @@ class SenderMachine(Peer):
         manifest: Manifest,
         now: float,
         timeout_s: float,
-        code: bytes,
+        kex: KeyExchange,
         encrypt: bool = True,
         timer: RetransmitTimer | None = None,
         buffers: Buffers = FRESH_BUFFERS,
@@ -89,11 +86,8 @@ class SenderMachine(Peer):
     ) -> None:
         """``entries``, when given, is the whole file list, sent as one batch (tests, small transfers)."""
         self.manifest = manifest
-        self._keys_ready = False
         self._early: list[EntryBatch] = []  # batches listed before the keys were agreed
-        super().__init__(now, timeout_s, code, encrypt, buffers)
-        self.accepted = False
-        self.complete = False
+        super().__init__(now, timeout_s, kex, encrypt, buffers)
         self._timer = timer or RetransmitTimer()
         self._next_seq = 0
         self._unacked: OrderedDict[int, _InFlight] = OrderedDict()
@@ -105,20 +99,14 @@ class SenderMachine(Peer):
         self._sendable: set[int] = set()  # accepted files not yet ended or packed
         self._ended: set[int] = set()  # ended, awaiting FILE_RESULT
         self._packs: dict[int, tuple[int, ...]] = {}  # seq -> its files, awaiting PACK_RESULT
-        self._done_sent = False
         if entries is not None:
             self.send_entries(entries, True, now)
 
     def _on_keys(self) -> None:
-        self._keys_ready = True
         self._send(self.manifest)
         for batch in self._early:
             self._send(batch)
         self._early.clear()
-
-    @property
-    def handshake_complete(self) -> bool:
-        return self.accepted
 
     @property
     def in_flight(self) -> int:
@@ -132,11 +120,13 @@ class SenderMachine(Peer):
     def rto_s(self) -> float:
         return self._timer.rto_s
 
+    @guarded
     def send_entries(self, entries: tuple[Entry, ...], last: bool, now: float) -> int:
         """List the next batch of entries (``last``: the list ends with it); returns the index
         of its first entry. Batches listed before the keys are agreed wait for them."""
         if self._listed_all:
-            raise RuntimeError("send_entries called after the last batch")
+            raise LocalProtocolError("send_entries called after the last batch")
+        self.phase = after_sent(self.role, self.phase, FrameType.ENTRIES)
         self._now = now
         first = self._next_entry
         self._next_entry += len(entries)
@@ -145,28 +135,30 @@ class SenderMachine(Peer):
         self._paths.update((i, entries[i - first].path) for i in files)
         self._unaccepted.append(_Listed(first, len(entries), files))
         batch = EntryBatch(first, entries, last)
-        if self._keys_ready:
-            self._send(batch)
-        else:
+        if self.phase is Phase.GREETING:
             self._early.append(batch)
+        else:
+            self._send(batch)
         return first
 
     def _window_base(self) -> int:
         return next(iter(self._unacked)) if self._unacked else self._next_seq
 
     def can_send(self) -> bool:
-        return self.accepted and not self.closed and self._next_seq < self._window_base() + self.manifest.window
+        return self.phase is Phase.TRANSFERRING and self._next_seq < self._window_base() + self.manifest.window
 
     def _take_sendable(self, files: tuple[int, ...]) -> None:
         if not self.can_send():
-            raise RuntimeError("a chunk sent while the window is closed")
+            raise LocalProtocolError("a chunk sent while the window is closed")
         if not self._sendable.issuperset(files):
-            raise RuntimeError(f"data for files {files} before their batch was accepted, or after they ended")
+            raise LocalProtocolError(f"data for files {files} before their batch was accepted, or after they ended")
 
+    @guarded
     def send_chunk(self, file_index: int, offset: int, payload: Buffer, now: float) -> int:
         self._take_sendable((file_index,))
         return self._send_data(Data(self._next_seq, file_index, offset, payload), now, len(payload))
 
+    @guarded
     def send_pack(self, files: tuple[int, ...], payload: Buffer, now: float) -> int:
         """Send whole small files packed in one chunk (``payload`` as protocol/pack.py lays it out)."""
         self._take_sendable(files)
@@ -181,7 +173,7 @@ class SenderMachine(Peer):
         self._next_seq += 1
         if not self._unacked:
             self._timer_armed_at = now
-        self._unacked[frame.seq] = _InFlight(frame, now, self._send(frame)[-1], data_bytes)
+        self._unacked[frame.seq] = _InFlight(frame, now, self._send_as_told(frame)[-1], data_bytes)
         return frame.seq
 
     def take_written(self) -> list[Buffer]:
@@ -203,21 +195,22 @@ class SenderMachine(Peer):
         connection is gone and nothing will send them again)."""
         return [b for item in self._unacked.values() for b in (item.frame.payload, item.wire)] + super().held_buffers()
 
+    @guarded
     def end_file(self, file_index: int, size: int, digest: bytes, now: float) -> None:
         self._now = now
         if file_index not in self._sendable:
-            raise RuntimeError(f"end_file for file {file_index}, which is not being sent")
+            raise LocalProtocolError(f"end_file for file {file_index}, which is not being sent")
+        self._send_as_told(FileEnd(file_index, size, digest))
         self._sendable.discard(file_index)
         self._ended.add(file_index)
-        self._send(FileEnd(file_index, size, digest))
 
+    @guarded
     def finish(self, now: float) -> None:
         """Every file has been ended or packed; tell the receiver nothing else is coming."""
         self._now = now
         if not self._listed_all or self._unaccepted or self._sendable:
-            raise RuntimeError("finish called before every file was listed, accepted and sent")
-        self._done_sent = True
-        self._send(Done())
+            raise LocalProtocolError("finish called before every file was listed, accepted and sent")
+        self._send_as_told(Done())
 
     def _path(self, file_index: int) -> str:
         return self._paths.get(file_index, f"file {file_index}")
@@ -231,23 +224,23 @@ class SenderMachine(Peer):
             self._on_ack(frame, events)
         elif isinstance(frame, Nack):
             if frame.seq >= self._next_seq:
-                raise ProtocolError(f"NACK for sequence number {frame.seq}, which was never sent")
+                raise RemoteProtocolError(f"NACK for sequence number {frame.seq}, which was never sent")
             events.append(IntegrityFailure(frame.seq))
             if frame.seq in self._unacked:
                 item = self._unacked[frame.seq]
                 item.failures += 1
                 if item.failures >= MAX_CHUNK_FAILURES:
                     path = self._path(item.frame.file_index)
-                    raise IntegrityError(
+                    raise IntegrityFailed(
                         f"{path}: the chunk at offset {item.frame.offset} failed its check {item.failures} times "
                         "in a row; the path keeps damaging it"
                     )
                 self._resend(frame.seq, "nack", events)
-        elif isinstance(frame, Accept) and self._unaccepted:
+        elif isinstance(frame, Accept):
             self._on_accept(frame, events)
         elif isinstance(frame, FileResult) and frame.file_index in self._ended:
             if not frame.ok:
-                raise IntegrityError(
+                raise IntegrityFailed(
                     f"{self._path(frame.file_index)}: whole-file BLAKE3 digest mismatch at the receiver"
                 )
             self._ended.discard(frame.file_index)
@@ -256,23 +249,24 @@ class SenderMachine(Peer):
             files = self._packs.pop(frame.seq)
             if not frame.ok:
                 names = ", ".join(self._path(i) for i in files[:3])
-                raise IntegrityError(f"a small file packed with {names}...: BLAKE3 digest mismatch at the receiver")
+                raise IntegrityFailed(f"a small file packed with {names}...: BLAKE3 digest mismatch at the receiver")
             for index in files:
                 self._verified(index, events)
-        elif isinstance(frame, Done) and self._done_sent and not self._paths:
-            self.complete = True
-            self.closed = True
+        elif isinstance(frame, Done):
+            if self._paths:
+                raise RemoteProtocolError(f"receiver finished before confirming {len(self._paths)} files")
             events.append(TransferComplete())
         else:
-            raise self._unexpected(frame)
+            raise RemoteProtocolError(f"unexpected {type(frame).__name__} frame from the peer")
 
     def _on_accept(self, frame: Accept, events: list[Event]) -> None:
+        if not self._unaccepted:
+            raise RemoteProtocolError(f"ACCEPT for the batch at {frame.first}, which was never listed")
         listed = self._unaccepted.popleft()
         if frame.first != listed.first:
-            raise ProtocolError(f"ACCEPT for the batch at {frame.first}; expected the one at {listed.first}")
+            raise RemoteProtocolError(f"ACCEPT for the batch at {frame.first}; expected the one at {listed.first}")
         if not listed.files.issuperset(frame.done) or not listed.files.issuperset(frame.start_offsets):
-            raise ProtocolError("ACCEPT names an entry that is not a file of its batch")
-        self.accepted = True
+            raise RemoteProtocolError("ACCEPT names an entry that is not a file of its batch")
         self._sendable |= listed.files.difference(frame.done)
         for index in frame.done:
             del self._paths[index]
@@ -280,7 +274,7 @@ class SenderMachine(Peer):
 
     def _on_ack(self, ack: Ack, events: list[Event]) -> None:
         if ack.cumulative > self._next_seq or any(s >= self._next_seq for s in ack.selective):
-            raise ProtocolError("ACK for a sequence number that was never sent")
+            raise RemoteProtocolError("ACK for a sequence number that was never sent")
         acked: list[_InFlight] = []
         while self._unacked and next(iter(self._unacked)) < ack.cumulative:
             acked.append(self._unacked.popitem(last=False)[1])

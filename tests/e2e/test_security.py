@@ -11,7 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from rtransfer.protocol.frames import Entry, FrameDecoder, FrameType, Hello, Manifest, _frame
+from rtransfer.crypto import KeyExchange
+from rtransfer.protocol.errors import ProtocolError
+from rtransfer.protocol.frames import FrameDecoder, FrameType, Hello, _frame
+from rtransfer.protocol.model import Entry, Manifest
+from rtransfer.protocol.phases import Phase
 from rtransfer.protocol.sender import SenderMachine
 from tests.conftest import TEST_SECRET, Proc, Receiver, run, write_random
 
@@ -97,29 +101,25 @@ def test_no_encrypt_really_sends_in_clear_so_the_wire_check_can_fail(tmp_path: P
     assert MARKER in wire
 
 
-class RawManifestSender(SenderMachine):
-    """Authenticated, unencrypted, and sends a file list of raw bytes (e.g. invalid UTF-8)."""
-
-    raw_manifest = b""
-
-    def _on_keys(self) -> None:
-        super()._on_keys()
-        self._outbox.extend(_frame(FrameType.ENTRIES, b"", self.raw_manifest, None))
-
-
-def forged_sender(port: int, entries: tuple[Entry, ...], machine: SenderMachine | None = None) -> None:
-    """An authenticated peer that declares whatever names we like."""
-    machine = machine or SenderMachine(Manifest("f" * 32, 65536, 4), 0.0, 30.0, TEST_SECRET.encode(), entries=entries)
+def forged_sender(port: int, entries: tuple[Entry, ...], encrypt: bool = True, raw_after_keys: bytes = b"") -> None:
+    """An authenticated peer that declares whatever names we like, and may follow its keys with
+    a raw frame no honest sender would make (unencrypted, so it goes as written)."""
+    kex = KeyExchange(TEST_SECRET.encode(), True)
+    machine = SenderMachine(Manifest("f" * 32, 65536, 4), 0.0, 30.0, kex, encrypt, entries=entries or None)
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
         for _ in range(50):  # bounded: handshake, then the receiver refuses and closes
-            for piece in machine.data_to_send():
+            pieces = machine.data_to_send()
+            if raw_after_keys and machine.phase is not Phase.GREETING:
+                pieces.append(raw_after_keys)
+                raw_after_keys = b""
+            for piece in pieces:
                 s.sendall(piece)
             data = s.recv(65536)
             if not data:
                 return
             try:
                 machine.receive_data(data, 0.0)
-            except Exception:
+            except ProtocolError:
                 return
 
 
@@ -191,9 +191,9 @@ def test_declared_totals_beyond_the_configured_limits_exit_6(
 
 def test_invalid_utf8_name_is_a_clear_protocol_error(tmp_path: Path, procs: list[Proc]) -> None:
     procs.append(rx := Receiver(tmp_path / "out"))
-    machine = RawManifestSender(Manifest("f" * 32, 65536, 4), 0.0, 30.0, TEST_SECRET.encode(), encrypt=False)
-    machine.raw_manifest = b'{"first":0,"last":true,"entries":[{"path":"\xff\xfe","kind":"file","size":1,"mode":420}]}'
-    forged_sender(rx.port, (), machine)
+    listing = b'{"first":0,"last":true,"entries":[{"path":"\xff\xfe","kind":"file","size":1,"mode":420}]}'
+    raw = b"".join(bytes(p) for p in _frame(FrameType.ENTRIES, b"", listing, None))
+    forged_sender(rx.port, (), encrypt=False, raw_after_keys=raw)
     assert rx.finish() == 3
     assert "not valid UTF-8" in rx.events("error")[0]["message"]
     assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
@@ -203,7 +203,7 @@ def test_frame_before_the_handshake_completes_is_refused_with_exit_5(tmp_path: P
     from rtransfer.protocol.frames import Ack, encode_bytes
 
     procs.append(rx := Receiver(tmp_path / "out"))
-    hello = SenderMachine(Manifest("f" * 32, 65536, 4), 0.0, 30.0, b"x").data_to_send()
+    hello = SenderMachine(Manifest("f" * 32, 65536, 4), 0.0, 30.0, KeyExchange(b"x", True)).data_to_send()
     with socket.create_connection(("127.0.0.1", rx.port)) as s:
         s.sendall(b"".join(bytes(p) for p in hello) + encode_bytes(Ack(0, ())))
         assert rx.finish() == 5

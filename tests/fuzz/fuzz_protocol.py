@@ -2,7 +2,7 @@
 
     python tests/fuzz/fuzz_protocol.py -max_total_time=60
 
-Any input must give frames/events or an RtransferError; any other exception is a finding.
+Any input must give frames/events or a ProtocolError; any other exception is a finding.
 """
 
 from __future__ import annotations
@@ -13,8 +13,10 @@ import sys
 import atheris
 
 with atheris.instrument_imports():
-    from rtransfer.errors import RtransferError
-    from rtransfer.protocol.frames import Entry, FrameDecoder, Manifest
+    from rtransfer.crypto import KeyExchange
+    from rtransfer.protocol.errors import ProtocolError
+    from rtransfer.protocol.frames import FrameDecoder
+    from rtransfer.protocol.model import Entry, Manifest
     from rtransfer.protocol.receiver import ReceiverMachine
     from rtransfer.protocol.sender import SenderMachine
 
@@ -25,8 +27,8 @@ ENTRIES = (Entry("a", "file", 10000, 0o644, 0.0), Entry("b", "file", None))
 
 def handshaken() -> tuple[SenderMachine, ReceiverMachine]:
     """A connected pair past the (unencrypted) handshake, so later frame types are reachable."""
-    sender = SenderMachine(MANIFEST, 0.0, 30.0, CODE, encrypt=False, entries=ENTRIES)
-    receiver = ReceiverMachine(0.0, 30.0, CODE, encrypt=False)
+    sender = SenderMachine(MANIFEST, 0.0, 30.0, KeyExchange(CODE, True), encrypt=False, entries=ENTRIES)
+    receiver = ReceiverMachine(0.0, 30.0, KeyExchange(CODE, False), encrypt=False)
     for _ in range(3):
         receiver.receive_data(b"".join(bytes(p) for p in sender.data_to_send()), 0.0)
         sender.receive_data(b"".join(bytes(p) for p in receiver.data_to_send()), 0.0)
@@ -36,7 +38,7 @@ def handshaken() -> tuple[SenderMachine, ReceiverMachine]:
 
 
 # Key exchanges are slow; build the machines once and fuzz copies of them.
-FRESH_RECEIVER = ReceiverMachine(0.0, 30.0, CODE)
+FRESH_RECEIVER = ReceiverMachine(0.0, 30.0, KeyExchange(CODE, False))
 CONNECTED = handshaken()
 
 
@@ -54,7 +56,7 @@ def test_one_input(data: bytes) -> None:
         else:
             sender, receiver = copy.deepcopy(CONNECTED)
             (receiver if target == 2 else sender).receive_data(raw, 1.0)
-    except RtransferError:
+    except ProtocolError:
         pass
 
 

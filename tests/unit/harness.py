@@ -8,8 +8,10 @@ import blake3
 
 from rtransfer.crypto import KeyExchange
 from rtransfer.protocol.events import ChunkReady, EntriesReceived, Event, FileComplete
-from rtransfer.protocol.frames import Entry, Frame, FrameDecoder, Manifest, encode_bytes
+from rtransfer.protocol.frames import Frame, FrameDecoder, encode_bytes
+from rtransfer.protocol.model import Entry, Manifest
 from rtransfer.protocol.peer import Peer
+from rtransfer.protocol.phases import Phase
 from rtransfer.protocol.receiver import ReceiveLimits, ReceiverMachine
 from rtransfer.protocol.sender import SenderMachine
 
@@ -31,8 +33,17 @@ def manifest(*sizes: int | None, window: int = 4, chunk: int = CHUNK) -> Listing
     return Listing(Manifest("t" * 32, chunk, window), entries)
 
 
+def kex(code: bytes | KeyExchange, is_sender: bool) -> KeyExchange:
+    """The key exchange a machine is handed (the driver makes one per connection)."""
+    return code if isinstance(code, KeyExchange) else KeyExchange(code, is_sender)
+
+
 def new_sender(listing: Listing, code: bytes = CODE, **kwargs: object) -> SenderMachine:
-    return SenderMachine(listing.manifest, 0.0, 30.0, code, entries=listing.entries, **kwargs)  # type: ignore[arg-type]
+    return SenderMachine(listing.manifest, 0.0, 30.0, kex(code, True), entries=listing.entries, **kwargs)  # type: ignore[arg-type]
+
+
+def new_receiver(code: bytes | KeyExchange = CODE, **kwargs: object) -> ReceiverMachine:
+    return ReceiverMachine(0.0, 30.0, kex(code, False), **kwargs)  # type: ignore[arg-type]
 
 
 def frames_of(data: list[bytes | memoryview]) -> list[Frame]:
@@ -68,8 +79,8 @@ class Pair:
         encrypted path has tests of its own.
         """
         pair = cls(
-            SenderMachine(m.manifest, 0.0, timeout_s, sender_code, encrypt, entries=m.entries or None),
-            ReceiverMachine(0.0, timeout_s, receiver_code, encrypt, limits),
+            SenderMachine(m.manifest, 0.0, timeout_s, kex(sender_code, True), encrypt, entries=m.entries or None),
+            ReceiverMachine(0.0, timeout_s, kex(receiver_code, False), encrypt, limits),
         )
         for _ in range(3):
             pair.to_receiver()
@@ -84,7 +95,7 @@ class Pair:
         for batch in batches:
             pair.receiver.accept(batch.first, {}, pair.now)
         pair.to_sender()
-        assert pair.sender.accepted
+        assert pair.sender.phase is Phase.TRANSFERRING
         return pair
 
     def to_receiver(self, frames: list[Frame] | None = None) -> list[Event]:

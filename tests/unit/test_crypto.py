@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 
 import pytest
 
 from rtransfer.crypto import KeyExchange
+from rtransfer.errors import WrongCode
 from rtransfer.listen import new_code, normalise_code
-from rtransfer.protocol.errors import HandshakeRefused, ProtocolError
+from rtransfer.protocol.errors import CorruptFrame, FrameAuthenticationError, LocalProtocolError
 from rtransfer.protocol.events import IntegrityFailure, ManifestReceived, Retransmitted, TransferComplete
 from rtransfer.protocol.frames import DATA_HEADER, HEADER, FrameDecoder, Hello, encode_bytes
-from rtransfer.protocol.receiver import ReceiverMachine
-from tests.unit.harness import CHUNK, CODE, Pair, frames_of, manifest, new_sender, send_file
+from rtransfer.protocol.phases import AUTHENTICATING, Phase
+from rtransfer.session.outcome import to_error
+from tests.unit.harness import CHUNK, CODE, Pair, frames_of, manifest, new_receiver, new_sender, send_file
 
 
 def test_codes_are_short_readable_and_random() -> None:
@@ -48,46 +51,54 @@ def test_encrypted_transfer_delivers_the_bytes_and_never_shows_them_on_the_wire(
     assert b"SECRET-MARKER" not in wire and len(wire) > len(data)
 
 
+def refused_as_a_wrong_code(call: Callable[[], object]) -> None:
+    """The machine fails on the peer's first sealed frame, before CONFIRM: the edge calls that a
+    wrong code (exit 5, never retried)."""
+    with pytest.raises(FrameAuthenticationError) as caught:
+        call()
+    assert caught.value.phase is Phase.CONFIRMING
+    error = to_error(caught.value)
+    assert isinstance(error, WrongCode) and error.exit_code == 5
+    assert error.message == "authentication failed: the codes do not match"
+
+
 def test_wrong_code_is_refused_by_the_receiver() -> None:
-    with pytest.raises(HandshakeRefused, match="codes do not match"):
-        Pair.handshaken(manifest(CHUNK), encrypt=True, sender_code=b"wrong-code")
+    refused_as_a_wrong_code(lambda: Pair.handshaken(manifest(CHUNK), encrypt=True, sender_code=b"wrong-code"))
 
 
 def test_wrong_code_is_refused_by_the_sender_too() -> None:
     sender = new_sender(manifest(CHUNK), b"wrong-code")
-    receiver = ReceiverMachine(0.0, 30.0, b"right-code")
+    receiver = new_receiver(b"right-code")
     receiver.receive_data(b"".join(bytes(p) for p in sender.data_to_send()), 0.0)  # sender HELLO only
-    with pytest.raises(HandshakeRefused, match="codes do not match"):
-        sender.receive_data(b"".join(bytes(p) for p in receiver.data_to_send()), 0.0)
+    refused_as_a_wrong_code(lambda: sender.receive_data(b"".join(bytes(p) for p in receiver.data_to_send()), 0.0))
 
 
 def test_a_key_exchange_started_before_the_connection_serves_the_handshake() -> None:
     """A listener runs SPAKE2's first step before anyone connects; its HELLO carries that message."""
     started = KeyExchange(CODE, is_sender=False)
-    (hello,) = frames_of(ReceiverMachine(0.0, 30.0, started).data_to_send())
+    (hello,) = frames_of(new_receiver(started).data_to_send())
     assert isinstance(hello, Hello) and hello.auth == started.message
     pair = Pair.handshaken(manifest(CHUNK), encrypt=True, receiver_code=KeyExchange(CODE, is_sender=False))
     assert pair.receiver.encrypted and any(isinstance(e, ManifestReceived) for e in pair.receiver_events)
-    with pytest.raises(ValueError, match="other role"):
-        ReceiverMachine(0.0, 30.0, KeyExchange(CODE, is_sender=True))
+    with pytest.raises(LocalProtocolError, match="other role"):
+        new_receiver(KeyExchange(CODE, is_sender=True))
 
 
 def test_downgrading_a_hello_in_transit_fails_key_confirmation() -> None:
     sender = new_sender(manifest(CHUNK), b"code")
-    receiver = ReceiverMachine(0.0, 30.0, b"code")
+    receiver = new_receiver(b"code")
     decoder = FrameDecoder()
     decoder.feed(b"".join(bytes(p) for p in sender.data_to_send()))
     (hello,) = list(decoder.frames())
     assert isinstance(hello, Hello) and hello.capabilities == 1
     forged = Hello(hello.role, hello.version, 0, hello.auth)  # "please don't encrypt"
     receiver.receive_data(encode_bytes(forged), 0.0)
-    with pytest.raises(HandshakeRefused, match="codes do not match"):
-        sender.receive_data(b"".join(bytes(p) for p in receiver.data_to_send()), 0.0)
+    refused_as_a_wrong_code(lambda: sender.receive_data(b"".join(bytes(p) for p in receiver.data_to_send()), 0.0))
 
 
 def test_no_encrypt_on_either_side_sends_frames_in_clear_after_an_authenticated_handshake() -> None:
     pair = Pair.handshaken(manifest(CHUNK), encrypt=False)
-    assert pair.sender.confirmed and pair.receiver.confirmed
+    assert pair.sender.phase not in AUTHENTICATING and pair.receiver.phase not in AUTHENTICATING
     assert not pair.sender.encrypted
     assert any(isinstance(e, ManifestReceived) for e in pair.receiver_events)
 
@@ -120,7 +131,6 @@ def test_a_damaged_sealed_chunk_is_nacked_and_resent_not_fatal(where: str) -> No
     if where == "clear seq":  # seq 4 is outside the window, so no NACK: the timeout resends chunk 0
         pair.now += pair.sender.rto_s
         events += pair.sender.on_timer(pair.now)
-        pair.receiver._liveness.received(pair.now)
     assert any(isinstance(e, Retransmitted) and e.seq == 0 for e in events)
     pair.to_receiver()  # the nonce counters stayed in step: the resent frame opens
     pair.sender.send_chunk(0, CHUNK, second, pair.now)
@@ -134,5 +144,5 @@ def test_a_damaged_sealed_control_frame_is_still_fatal() -> None:
     pair.to_receiver()
     raw = bytearray(b"".join(bytes(p) for p in pair.receiver.data_to_send()))  # its ACK
     raw[-1] ^= 0x01
-    with pytest.raises(ProtocolError, match="corrupt ACK"):
+    with pytest.raises(CorruptFrame, match="corrupt ACK"):
         pair.sender.receive_data(bytes(raw), pair.now)

@@ -12,10 +12,10 @@ from rtransfer.protocol.frames import (
     MAX_BODY_BYTES,
     Accept,
     Ack,
+    Cause,
     CorruptData,
     Data,
     Done,
-    Entry,
     EntryBatch,
     ErrorFrame,
     FileEnd,
@@ -23,7 +23,6 @@ from rtransfer.protocol.frames import (
     FrameDecoder,
     FrameType,
     Hello,
-    Manifest,
     Nack,
     PackResult,
     Ping,
@@ -31,6 +30,7 @@ from rtransfer.protocol.frames import (
     Role,
     encode_bytes,
 )
+from rtransfer.protocol.model import Entry, Manifest
 
 u32 = st.integers(0, 2**32 - 1)
 u64 = st.integers(0, 2**64 - 1)
@@ -75,7 +75,7 @@ frames = st.one_of(
     st.just(Done()),
     st.builds(Ping, u64),
     st.builds(Pong, u64),
-    st.builds(ErrorFrame, st.integers(0, 255), st.text(max_size=100)),
+    st.builds(ErrorFrame, st.sampled_from(Cause), st.text(max_size=100)),
 )
 
 
@@ -168,3 +168,10 @@ def test_ack_count_must_match_length() -> None:
     raw = b"".join(bytes(p) for p in _frame(FrameType.ACK, b"", (1).to_bytes(8, "big") + (3).to_bytes(2, "big"), None))
     with pytest.raises(ProtocolError, match="does not match"):
         decode_all(raw)
+
+
+def test_an_error_frame_with_a_cause_this_side_does_not_know_reads_as_other() -> None:
+    from rtransfer.protocol.frames import _frame
+
+    (frame,) = decode_all(b"".join(bytes(p) for p in _frame(FrameType.ERROR, b"", bytes([200]) + b"x", None)))
+    assert frame == ErrorFrame(Cause.OTHER, "x")

@@ -11,7 +11,7 @@ import pytest
 
 from rtransfer import sink as files
 from rtransfer.journal import JournalRecord, boot_id, journal_path, read_journal, write_journal
-from rtransfer.protocol.frames import Entry
+from rtransfer.protocol.model import Entry
 from rtransfer.sink import DirectorySink, plan_alone
 
 MIB = 1 << 20

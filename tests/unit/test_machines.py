@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import blake3
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rtransfer.errors import IntegrityError, LocalIOError, NetworkError
-from rtransfer.protocol.errors import HandshakeRefused, ProtocolError
+from rtransfer.protocol.errors import (
+    ConnectionFailed,
+    HandshakeRefused,
+    IntegrityFailed,
+    LimitExceeded,
+    LocalProtocolError,
+    PeerFailed,
+    PeerSilent,
+    ProtocolError,
+    RemoteProtocolError,
+)
 from rtransfer.protocol.events import (
     ChunkReady,
     ChunksAcked,
@@ -27,10 +37,10 @@ from rtransfer.protocol.frames import (
     PROTOCOL_VERSION,
     Accept,
     Ack,
+    Cause,
     Confirm,
     Data,
     Done,
-    Entry,
     EntryBatch,
     ErrorFrame,
     FileEnd,
@@ -42,11 +52,12 @@ from rtransfer.protocol.frames import (
     Role,
     encode_bytes,
 )
+from rtransfer.protocol.model import Entry
 from rtransfer.protocol.pack import PackedFile, table_bytes, write_table
-from rtransfer.protocol.peer import RemoteError
-from rtransfer.protocol.receiver import ReceiveLimits, ReceiverMachine
+from rtransfer.protocol.phases import Phase
+from rtransfer.protocol.receiver import ReceiveLimits
 from rtransfer.protocol.sender import MAX_CHUNK_FAILURES
-from tests.unit.harness import CHUNK, CODE, Pair, frames_of, manifest, new_sender, send_file
+from tests.unit.harness import CHUNK, CODE, Pair, frames_of, manifest, new_receiver, new_sender, send_file
 
 
 def finish(pair: Pair) -> None:
@@ -99,13 +110,13 @@ def test_lost_ack_makes_the_sender_resend_the_oldest_chunk_after_the_timeout() -
     pair.sender.send_chunk(0, CHUNK, b"b" * CHUNK, 0.0)
     pair.to_receiver()
     pair.receiver.data_to_send()  # the ACK is lost
-    deadline = pair.sender.next_deadline()
+    deadline, rto_s = pair.sender.next_deadline(), pair.sender.rto_s
     assert pair.sender.on_timer(deadline - 0.01) == []
     events = pair.sender.on_timer(deadline)
     assert events == [Retransmitted(0, "timeout")]
     resent = [f for f in frames_of(pair.sender.data_to_send()) if isinstance(f, Data)]
     assert [f.seq for f in resent] == [0]
-    assert pair.sender.rto_s > 1.0  # backed off
+    assert pair.sender.rto_s == 2 * rto_s  # backed off
 
 
 def test_a_backlogged_transport_restarts_the_retransmission_timer_instead_of_resending() -> None:
@@ -126,8 +137,6 @@ def test_retransmit_timeout_backs_off_exponentially_and_resets_on_progress() -> 
         rtos.append(pair.sender.rto_s)
         pair.now += pair.sender.rto_s
         assert pair.sender.on_timer(pair.now) == [Retransmitted(0, "timeout")]
-        pair.receiver._liveness.received(pair.now)
-        pair.sender._liveness.received(pair.now)
     assert rtos[1] == 2 * rtos[0] and rtos[2] == 2 * rtos[1]
     pair.to_receiver()
     pair.to_sender()
@@ -158,9 +167,8 @@ def test_a_chunk_damaged_every_time_ends_in_an_integrity_error_not_an_endless_re
         raw[-5] ^= 0x10
         assert pair.receiver.receive_data(bytes(raw), 0.0) == [IntegrityFailure(0)]
         if attempt == MAX_CHUNK_FAILURES:
-            with pytest.raises(IntegrityError, match=f"offset 0 failed its check {MAX_CHUNK_FAILURES} times") as caught:
+            with pytest.raises(IntegrityFailed, match=f"offset 0 failed its check {MAX_CHUNK_FAILURES} times"):
                 pair.to_sender()
-            assert caught.value.exit_code == 4
             return
         assert Retransmitted(0, "nack") in pair.to_sender()
     pair.to_receiver()  # one attempt short of the limit, a clean copy still gets through
@@ -172,11 +180,13 @@ def test_window_limits_chunks_in_flight_until_acked() -> None:
     for i in range(3):
         pair.sender.send_chunk(0, i * CHUNK, b"x" * CHUNK, 0.0)
     assert not pair.sender.can_send()
-    with pytest.raises(RuntimeError):
-        pair.sender.send_chunk(0, 3 * CHUNK, b"x" * CHUNK, 0.0)
     pair.to_receiver()
     pair.to_sender()
     assert pair.sender.can_send() and pair.sender.in_flight == 0
+    for i in range(3, 6):
+        pair.sender.send_chunk(0, i * CHUNK, b"x" * CHUNK, 0.0)
+    with pytest.raises(LocalProtocolError, match="window is closed"):
+        pair.sender.send_chunk(0, 6 * CHUNK, b"x" * CHUNK, 0.0)
 
 
 def test_window_is_anchored_at_the_oldest_unacked_chunk() -> None:
@@ -192,13 +202,13 @@ def test_window_is_anchored_at_the_oldest_unacked_chunk() -> None:
 
 def test_sequence_number_outside_the_window_is_a_protocol_error() -> None:
     pair = Pair.accepted(manifest(CHUNK * 10, window=3))
-    with pytest.raises(ProtocolError, match="outside the window"):
+    with pytest.raises(RemoteProtocolError, match="outside the window"):
         pair.to_receiver([Data(3, 0, 3 * CHUNK, b"x" * CHUNK)])
 
 
 def test_data_before_accept_is_a_protocol_error() -> None:
     pair = Pair.handshaken(manifest(CHUNK))
-    with pytest.raises(ProtocolError, match="before the transfer was accepted"):
+    with pytest.raises(RemoteProtocolError, match="unexpected DATA frame from the peer while planning"):
         pair.to_receiver([Data(0, 0, 0, b"x")])
 
 
@@ -223,7 +233,7 @@ def test_data_past_the_declared_size_is_a_protocol_error() -> None:
 
 
 def test_declared_totals_above_the_limits_are_refused() -> None:
-    with pytest.raises(LocalIOError, match="declares 200 bytes"):
+    with pytest.raises(LimitExceeded, match="declares 200 bytes"):
         Pair.handshaken(manifest(100, 100), limits=ReceiveLimits(max_entries=10, max_total_bytes=150))
 
 
@@ -234,7 +244,7 @@ def test_digest_mismatch_at_the_receiver_fails_the_sender_with_an_integrity_erro
     pair.to_receiver()
     pair.verify_completed_files()
     assert pair.receiver_events[-1] == FileComplete(0, 5, blake3.blake3(b"HELLO").digest())
-    with pytest.raises(IntegrityError, match="f0: whole-file BLAKE3 digest mismatch"):
+    with pytest.raises(IntegrityFailed, match="f0: whole-file BLAKE3 digest mismatch"):
         pair.to_sender()
 
 
@@ -253,7 +263,7 @@ def test_idle_peer_gets_pinged_and_silent_peer_is_declared_dead() -> None:
     assert any(isinstance(f, Ping) for f in frames_of(pair.sender.data_to_send()))
     pair.receiver.receive_data(encode_bytes(Ping(1)), pair.now)
     assert Pong(1) in frames_of(pair.receiver.data_to_send())
-    with pytest.raises(NetworkError, match="peer silent for 9 s"):
+    with pytest.raises(PeerSilent, match="peer silent for 9 s"):
         pair.sender.on_timer(9.0)
 
 
@@ -265,28 +275,31 @@ def test_idle_peer_gets_pinged_and_silent_peer_is_declared_dead() -> None:
     ],
 )
 def test_incompatible_hello_is_refused(hello: Hello, message: str) -> None:
-    receiver = ReceiverMachine(0.0, 30.0, CODE)
+    receiver = new_receiver()
     with pytest.raises(HandshakeRefused, match=message):
         receiver.receive_data(encode_bytes(hello), 0.0)
 
 
-def test_garbage_instead_of_a_hello_is_a_handshake_refusal() -> None:
-    with pytest.raises(HandshakeRefused):
-        ReceiverMachine(0.0, 30.0, CODE).receive_data(b"GET / HTTP/1.1\r\n\r\n", 0.0)
+def test_garbage_instead_of_a_hello_fails_the_machine_while_it_greets() -> None:
+    receiver = new_receiver()
+    with pytest.raises(RemoteProtocolError, match="unknown frame type") as caught:
+        receiver.receive_data(b"GET / HTTP/1.1\r\n\r\n", 0.0)
+    assert caught.value.phase is Phase.GREETING  # what makes it a refused handshake (exit 5), see outcome.py
+    assert receiver.phase is Phase.ERROR
 
 
-def test_error_frame_from_peer_surfaces_with_its_exit_code() -> None:
-    from rtransfer.protocol.frames import ErrorFrame
+def test_error_frame_from_peer_surfaces_with_its_cause() -> None:
+    from rtransfer.protocol.frames import Cause, ErrorFrame
 
     pair = Pair.accepted(manifest(5))
-    with pytest.raises(RemoteError, match="disk full") as info:
-        pair.to_sender([ErrorFrame(6, "disk full")])
-    assert info.value.exit_code == 6
+    with pytest.raises(PeerFailed, match="peer: disk full") as info:
+        pair.to_sender([ErrorFrame(Cause.LOCAL, "disk full")])
+    assert info.value.cause is Cause.LOCAL and info.value.phase is Phase.TRANSFERRING
 
 
 def test_file_result_for_a_file_never_ended_is_a_protocol_error() -> None:
     pair = Pair.accepted(manifest(5))
-    with pytest.raises(ProtocolError):
+    with pytest.raises(RemoteProtocolError):
         pair.to_sender([FileResult(0, True)])
 
 
@@ -321,7 +334,7 @@ def test_any_mix_of_loss_reordering_and_duplication_delivers_exact_bytes(
         pair.to_sender()
 
     for _ in range(400):
-        if pair.sender.complete:
+        if pair.sender.phase is Phase.CLOSED:
             break
         while chunks and pair.sender.can_send():
             i, off, data = chunks.pop(0)
@@ -329,14 +342,12 @@ def test_any_mix_of_loss_reordering_and_duplication_delivers_exact_bytes(
             if not chunks or chunks[0][0] != i:
                 pair.sender.end_file(i, len(payloads[i]), blake3.blake3(payloads[i]).digest(), pair.now)
                 ended += 1
-        if not chunks and ended == len(payloads) and not pair.sender._done_sent:
+        if not chunks and ended == len(payloads) and pair.sender.phase is Phase.TRANSFERRING:
             pair.sender.finish(pair.now)
         network_step()
-        pair.now += 5.0
-        pair.sender._liveness.received(pair.now)
-        pair.receiver._liveness.received(pair.now)
+        pair.now += 5.0  # a heartbeat's worth: the sender pings, the receiver's PONG comes back next step
         pair.sender.on_timer(pair.now)
-    assert pair.sender.complete
+    assert pair.sender.phase is Phase.CLOSED
     assert [pair.written().get(i, b"") for i in range(len(payloads))] == payloads
 
 
@@ -358,36 +369,33 @@ FRAME_SAMPLES = [
     Hello(Role.SENDER),
     Confirm(),
     Accept({0: 5}),
-    ErrorFrame(4, "bad"),
+    ErrorFrame(Cause.INTEGRITY, "bad"),
 ]
 
 
 @settings(max_examples=300)
 @given(st.binary(max_size=600), st.sampled_from(["sender", "receiver"]), st.booleans())
-def test_any_bytes_give_events_or_an_rtransfer_error_never_another_exception(
+def test_any_bytes_give_events_or_a_protocol_error_never_another_exception(
     raw: bytes, side: str, after_handshake: bool
 ) -> None:
-    from rtransfer.errors import RtransferError
-
     if after_handshake:
         pair = Pair.accepted(manifest(CHUNK * 3, None))
         machine = pair.sender if side == "sender" else pair.receiver
     else:
-        machine = ReceiverMachine(0.0, 30.0, CODE) if side == "receiver" else None  # type: ignore[assignment]
+        machine = new_receiver() if side == "receiver" else None  # type: ignore[assignment]
         if machine is None:
             machine = new_sender(manifest(CHUNK), CODE)
     try:
         machine.receive_data(raw, 1.0)
-    except RtransferError:
+    except RemoteProtocolError:
+        assert machine.phase is Phase.ERROR
         return
-    assert machine._decoder.get_buffer().nbytes <= 16 * 1024 * 1024 + 64
+    assert machine.get_buffer().nbytes <= 16 * 1024 * 1024 + 64
 
 
 @settings(max_examples=200)
 @given(st.lists(st.sampled_from(range(len(FRAME_SAMPLES))), max_size=12))
-def test_any_sequence_of_well_formed_frames_gives_events_or_an_rtransfer_error(order: list[int]) -> None:
-    from rtransfer.errors import RtransferError
-
+def test_any_sequence_of_well_formed_frames_gives_events_or_a_protocol_error(order: list[int]) -> None:
     pair = Pair.accepted(manifest(CHUNK * 3, None))
     for side in ("receiver", "sender"):
         try:
@@ -395,7 +403,7 @@ def test_any_sequence_of_well_formed_frames_gives_events_or_an_rtransfer_error(o
                 pair.to_receiver([FRAME_SAMPLES[i] for i in order])
             else:
                 pair.to_sender([FRAME_SAMPLES[i] for i in order])
-        except RtransferError:
+        except RemoteProtocolError:
             pass
 
 
@@ -408,7 +416,6 @@ def test_only_buffers_of_chunks_sent_once_are_released_for_reuse(encrypt: bool) 
     pair.sender.send_chunk(0, 0, memoryview(first), 0.0)
     pair.sender.send_chunk(0, CHUNK, memoryview(second), 0.0)
     pair.now = pair.sender.next_deadline()
-    pair.sender._liveness.received(pair.now)
     assert Retransmitted(0, "timeout") in pair.sender.on_timer(pair.now)  # seq 0 now has two copies in flight
     pair.to_receiver()
     (acked,) = [e for e in pair.to_sender() if isinstance(e, ChunksAcked)]
@@ -438,12 +445,13 @@ def test_written_ciphertext_is_taken_back_once_and_never_released_again_by_the_a
     assert len(owners) == (3 if encrypt else 2)  # second's ciphertext was never taken
 
 
-def test_a_peer_reporting_a_broken_link_is_a_network_error_worth_reconnecting() -> None:
-    from rtransfer.protocol.frames import ErrorFrame
+def test_a_peer_reporting_a_broken_link_says_so_in_its_cause() -> None:
+    from rtransfer.protocol.frames import Cause, ErrorFrame
 
     pair = Pair.accepted(manifest(5))
-    with pytest.raises(NetworkError, match="peer: corrupt ACK frame"):
-        pair.to_receiver([ErrorFrame(3, "corrupt ACK frame")])
+    with pytest.raises(PeerFailed, match="peer: corrupt ACK frame") as caught:
+        pair.to_receiver([ErrorFrame(Cause.LINK, "corrupt ACK frame")])
+    assert caught.value.cause is Cause.LINK
 
 
 def _pack(*files: tuple[int, bytes]) -> bytes:
@@ -484,7 +492,7 @@ def test_a_pack_that_does_not_match_the_file_list_is_a_protocol_error(
     files: tuple[tuple[int, bytes], ...], message: str
 ) -> None:
     pair = Pair.accepted(manifest(5, 2))
-    with pytest.raises(ProtocolError, match=message):
+    with pytest.raises(RemoteProtocolError, match=message):
         pair.to_receiver([Data(0, files[0][0], 0, _pack(*files), packed=True)])
 
 
@@ -497,12 +505,7 @@ def test_the_file_list_streams_in_batches_each_accepted_before_its_data() -> Non
     assert [(b.first, b.last) for b in batches] == [(first, False), (second, True)]
     pair.receiver.accept(first, {}, pair.now)
     pair.to_sender()
-    with pytest.raises(RuntimeError, match="before their batch was accepted"):
-        pair.sender.send_chunk(second, 0, b"b", pair.now)
-    with pytest.raises(RuntimeError, match="every file was listed, accepted and sent"):
-        pair.sender.finish(pair.now)
-    with pytest.raises(RuntimeError, match="out of order"):
-        pair.receiver.accept(first, {}, pair.now)
+    assert pair.sender.batches_unaccepted == 1
     pair.receiver.accept(second, {}, pair.now, done=(second,))
     pair.to_sender()
     send_file(pair, first, b"a")
@@ -511,10 +514,39 @@ def test_the_file_list_streams_in_batches_each_accepted_before_its_data() -> Non
     pair.sender.finish(pair.now)
     pair.to_receiver()
     pair.to_sender()
-    assert pair.sender.complete and pair.receiver.complete
+    assert pair.sender.phase is pair.receiver.phase is Phase.CLOSED
+
+
+def _two_batches_one_accepted() -> tuple[Pair, int, int]:
+    pair = Pair.handshaken(manifest())
+    first = pair.sender.send_entries((Entry("a", "file", 1, 0o644, 0.0),), False, pair.now)
+    second = pair.sender.send_entries((Entry("b", "file", 1, 0o644, 0.0),), True, pair.now)
+    pair.to_receiver()
+    pair.receiver.accept(first, {}, pair.now)
+    pair.to_sender()
+    return pair, first, second
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda p, first, second: p.sender.send_chunk(second, 0, b"b", p.now), "before their batch was accepted"),
+        (lambda p, first, second: p.sender.finish(p.now), "every file was listed, accepted and sent"),
+        (lambda p, first, second: p.receiver.accept(first, {}, p.now), "out of order"),
+        (lambda p, first, second: p.receiver.file_verified(second, True, p.now), "not being received"),
+    ],
+)
+def test_a_driver_calling_out_of_turn_is_refused_and_the_machine_stays_failed(call: Any, message: str) -> None:
+    pair, first, second = _two_batches_one_accepted()
+    with pytest.raises(LocalProtocolError, match=message):
+        call(pair, first, second)
+    machine = pair.sender if pair.sender.phase is Phase.ERROR else pair.receiver
+    assert machine.phase is Phase.ERROR
+    with pytest.raises(ConnectionFailed, match="has failed"):
+        machine.on_timer(pair.now)
 
 
 def test_an_entries_batch_out_of_sequence_is_a_protocol_error() -> None:
     pair = Pair.handshaken(manifest())
-    with pytest.raises(ProtocolError, match="ENTRIES starting at 5; expected 0"):
+    with pytest.raises(RemoteProtocolError, match="ENTRIES starting at 5; expected 0"):
         pair.to_receiver([EntryBatch(5, (Entry("x", "file", 1),), True)])

@@ -55,21 +55,6 @@ def test_backoff_gives_up_after_the_policys_time_and_resets_on_progress() -> Non
     assert backoff.next_delay() == 1.0
 
 
-def test_which_failures_are_worth_a_new_connection() -> None:
-    from rtransfer.errors import LocalIOError, NetworkError, UnknownHost
-    from rtransfer.protocol.errors import CorruptFrame, HandshakeRefused, ProtocolError, WrongCode
-    from rtransfer.session import _worth_reconnecting
-
-    assert not _worth_reconnecting(WrongCode("codes differ"), started=True)  # one guess per code, always
-    assert not _worth_reconnecting(HandshakeRefused("garbage"), started=False)  # not a peer we can talk to
-    assert _worth_reconnecting(HandshakeRefused("garbled"), started=True)  # a proven peer on a corrupting link
-    assert _worth_reconnecting(CorruptFrame("bad check"), started=False)
-    assert _worth_reconnecting(ProtocolError("desynced"), started=True)
-    assert _worth_reconnecting(NetworkError("reset"), started=False)
-    assert not _worth_reconnecting(LocalIOError("disk full"), started=True)
-    assert not _worth_reconnecting(UnknownHost("no such name"), started=True)
-
-
 def test_the_default_send_policy_rides_out_a_30_second_outage() -> None:
     """What the README and rtransfer-send(1) promise, even when jitter gives the shortest delays."""
     import inspect
@@ -95,7 +80,7 @@ async def test_a_name_that_does_not_resolve_is_final_a_resolver_failure_is_retri
 ) -> None:
     from rtransfer.errors import NetworkError, UnknownHost
     from rtransfer.report import JsonReporter
-    from rtransfer.session import _connect
+    from rtransfer.session.connection import connect
 
     calls = []
 
@@ -107,6 +92,6 @@ async def test_a_name_that_does_not_resolve_is_final_a_resolver_failure_is_retri
     backoff = Backoff(RetryPolicy(max_attempts=3, base_delay_s=0.001))
     reporter = JsonReporter(io.StringIO())
     with pytest.raises(NetworkError, match=r"could not connect to nowhere\.invalid:9: resolution failed") as raised:
-        await _connect("nowhere.invalid", 9, 1.0, backoff, reporter, lambda: None)  # type: ignore[arg-type,return-value]
+        await connect("nowhere.invalid", 9, 1.0, backoff, reporter, lambda: None)  # type: ignore[arg-type,return-value]
     assert isinstance(raised.value, UnknownHost) is final
     assert len(calls) == calls_made

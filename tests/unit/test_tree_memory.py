@@ -14,7 +14,7 @@ import pytest
 
 from rtransfer import files, session
 from rtransfer.files import Source
-from rtransfer.protocol.frames import Entry
+from rtransfer.protocol.model import Entry
 from rtransfer.protocol.pack import PackedFile
 from rtransfer.report import Reporter
 from rtransfer.retry import RetryPolicy

@@ -1,0 +1,53 @@
+"""What a transfer is made of, shared by the protocol, the file walker and the pipeline.
+
+These types say nothing about the wire: the codec (frames.py) turns them into
+bytes, and files.py, integrity.py and the sinks use them without importing it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+Buffer = bytes | bytearray | memoryview
+WritableBuffer = bytearray | memoryview
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One item of a transfer: a path relative to the transfer root."""
+
+    path: str
+    kind: str  # "file", "dir" or "symlink"
+    size: int | None = None  # None: a stream whose length is known only at its end
+    mode: int = 0o644
+    mtime: float | None = None
+    target: str | None = None  # symlinks only: the link text, relative
+    identity: str | None = None  # version of a file's data (size, mtime, head digest); None: a stream
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """What a transfer is, before its file list: the list follows in batches."""
+
+    transfer_id: str
+    chunk_bytes: int
+    window: int
+
+
+class Buffers(Protocol):
+    """Where large frame buffers come from and go back to: the driver's pool, or fresh memory."""
+
+    def get(self, size: int) -> WritableBuffer: ...
+    def put(self, buf: WritableBuffer) -> None: ...
+
+
+class FreshBuffers:
+    def get(self, size: int) -> WritableBuffer:
+        return bytearray(size)
+
+    def put(self, buf: WritableBuffer) -> None:
+        pass
+
+
+FRESH_BUFFERS = FreshBuffers()

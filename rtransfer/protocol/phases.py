@@ -1,0 +1,108 @@
+"""Every phase of a connection and which frame moves it where, in one table.
+
+As in h11's ``_state.py``, everything that decides whether a frame is legal lives
+here. A machine looks up (its role, its phase, the frame's type): a frame the
+table does not list is a protocol error, and any error moves the machine to
+ERROR, which refuses everything after. The machines check only a frame's
+contents (is this the batch we expected? was this chunk ever sent?).
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+from rtransfer.protocol.errors import LocalProtocolError, RemoteProtocolError
+from rtransfer.protocol.frames import FrameType, Role
+
+
+class Phase(Enum):
+    GREETING = "greeting"  # our HELLO is out; waiting for the peer's
+    CONFIRMING = "confirming"  # keys agreed and our CONFIRM is out; waiting for the peer's
+    OFFERING = "offering"  # sender: manifest and file list going out; waiting for the first ACCEPT
+    AWAITING_MANIFEST = "awaiting manifest"  # receiver: the peer has proved its keys
+    PLANNING = "planning"  # receiver: manifest in; its driver checks the first batch against the disk
+    TRANSFERRING = "transferring"  # the first batch is accepted: data flows
+    FINISHING = "finishing"  # the sender's DONE is out: resends and confirmations only
+    CLOSED = "closed"  # both DONEs: the transfer is complete
+    ERROR = "error"  # this side failed; nothing more is accepted
+
+
+# Before CONFIRM a violation means this side cannot talk to the peer at all (wrong
+# code, another version); after, the peer has proved itself and it means a bad link.
+AUTHENTICATING = frozenset({Phase.GREETING, Phase.CONFIRMING})
+# Data flows over this connection: the peer accepted (or this side accepted) a batch.
+STARTED = frozenset({Phase.TRANSFERRING, Phase.FINISHING, Phase.CLOSED})
+
+F = FrameType
+_HEARTBEAT = {F.PING: None, F.PONG: None}  # None: the phase stays
+_CONTROL = {**_HEARTBEAT, F.ERROR: Phase.ERROR}
+_STAYS = None
+
+# Frames a machine of each role may *receive* in each phase, and the phase each leads to.
+RECEIVED: dict[Role, dict[Phase, dict[FrameType, Phase | None]]] = {
+    Role.SENDER: {
+        Phase.GREETING: {F.HELLO: Phase.CONFIRMING},
+        Phase.CONFIRMING: {F.CONFIRM: Phase.OFFERING},
+        Phase.OFFERING: {F.ACCEPT: Phase.TRANSFERRING, **_CONTROL},
+        Phase.TRANSFERRING: {
+            **dict.fromkeys((F.ACCEPT, F.ACK, F.NACK, F.FILE_RESULT, F.PACK_RESULT), _STAYS),
+            **_CONTROL,
+        },
+        Phase.FINISHING: {
+            **dict.fromkeys((F.ACK, F.NACK, F.FILE_RESULT, F.PACK_RESULT), _STAYS),
+            F.DONE: Phase.CLOSED,
+            **_CONTROL,
+        },
+        Phase.CLOSED: {**_HEARTBEAT},
+        Phase.ERROR: {},
+    },
+    Role.RECEIVER: {
+        Phase.GREETING: {F.HELLO: Phase.CONFIRMING},
+        Phase.CONFIRMING: {F.CONFIRM: Phase.AWAITING_MANIFEST},
+        Phase.AWAITING_MANIFEST: {F.MANIFEST: Phase.PLANNING, **_CONTROL},
+        Phase.PLANNING: {F.ENTRIES: _STAYS, **_CONTROL},
+        Phase.TRANSFERRING: {
+            **dict.fromkeys((F.ENTRIES, F.DATA, F.PACK, F.FILE_END), _STAYS),
+            F.DONE: Phase.FINISHING,
+            **_CONTROL,
+        },
+        Phase.FINISHING: {F.DATA: _STAYS, F.PACK: _STAYS, **_CONTROL},  # resends of NACKed chunks
+        Phase.CLOSED: {**_HEARTBEAT},
+        Phase.ERROR: {},
+    },
+}
+
+# Frames the *driver* has a machine send, in each phase. Frames a machine sends on
+# its own (HELLO, CONFIRM, heartbeats, ACKs, resends) follow from the ones above.
+SENT: dict[Role, dict[Phase, dict[FrameType, Phase | None]]] = {
+    Role.SENDER: {
+        Phase.GREETING: {F.ENTRIES: _STAYS},  # held until the keys are agreed
+        Phase.CONFIRMING: {F.ENTRIES: _STAYS},
+        Phase.OFFERING: {F.ENTRIES: _STAYS},
+        Phase.TRANSFERRING: {
+            **dict.fromkeys((F.ENTRIES, F.DATA, F.PACK, F.FILE_END), _STAYS),
+            F.DONE: Phase.FINISHING,
+        },
+    },
+    Role.RECEIVER: {
+        Phase.PLANNING: {F.ACCEPT: Phase.TRANSFERRING},
+        Phase.TRANSFERRING: {F.ACCEPT: _STAYS, F.FILE_RESULT: _STAYS, F.PACK_RESULT: _STAYS},
+        Phase.FINISHING: {F.FILE_RESULT: _STAYS, F.PACK_RESULT: _STAYS, F.DONE: Phase.CLOSED},
+    },
+}
+
+
+def after_received(role: Role, phase: Phase, ftype: FrameType) -> Phase:
+    """The phase a ``role`` machine in ``phase`` moves to on receiving ``ftype``."""
+    allowed = RECEIVED[role][phase]
+    if ftype not in allowed:
+        raise RemoteProtocolError(f"unexpected {ftype.name} frame from the peer while {phase.value}")
+    return allowed[ftype] or phase
+
+
+def after_sent(role: Role, phase: Phase, ftype: FrameType) -> Phase:
+    """The phase a ``role`` machine in ``phase`` moves to when its driver has it send ``ftype``."""
+    allowed = SENT[role].get(phase, {})
+    if ftype not in allowed:
+        raise LocalProtocolError(f"{role.name.lower()} cannot send {ftype.name} while {phase.value}")
+    return allowed[ftype] or phase

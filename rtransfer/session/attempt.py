@@ -1,0 +1,51 @@
+"""What one connection's attempt at a transfer does on either side: hand each event the
+machine reports to the handler registered for its type, and report progress while
+the connection lives. send.py and recv.py register the handlers."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
+
+from rtransfer.pipeline import BufferPool
+from rtransfer.protocol.events import Event
+from rtransfer.report import Reporter
+from rtransfer.session.connection import Connection
+from rtransfer.stats import TransferStats
+
+
+class Attempt:
+    """Subclasses fill ``handlers`` (event type -> coroutine) and ``refresh`` the live counters."""
+
+    def __init__(self, conn: Connection, stats: TransferStats, reporter: Reporter, pool: BufferPool) -> None:
+        self.conn = conn
+        self.stats = stats
+        self.reporter = reporter
+        self.pool = pool
+        self.done = asyncio.Event()
+        self.queue: asyncio.Queue[Any] = asyncio.Queue()  # replaced by the subclass's bounded queue
+        self.handlers: dict[type, Callable[[Any], Awaitable[None]]] = {}
+
+    async def handle(self, event: Event) -> None:
+        handler = self.handlers.get(type(event))
+        if handler is not None:
+            await handler(event)
+
+    def refresh(self) -> None:
+        """Update the counters the live display shows between events."""
+
+    async def drive(self, *work: Coroutine[Any, Any, None]) -> None:
+        """Run the connection with ``work`` until the transfer is done; whatever happens, the
+        chunk buffers the connection and its queue still hold go back to the pool."""
+        try:
+            await self.conn.run(self.done, self.handle, self._report_progress(), *work)
+            self.refresh()
+        finally:
+            self.pool.reclaim(self.conn.leftover_buffers(), self.queue)
+
+    async def _report_progress(self) -> None:
+        while True:
+            await asyncio.sleep(self.reporter.progress_interval_s)
+            self.refresh()
+            self.reporter.progress(self.stats)

@@ -1,0 +1,41 @@
+"""What the CLI hands the session: one frozen config per command."""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass, field
+
+from rtransfer.protocol.receiver import ReceiveLimits
+from rtransfer.retry import RetryPolicy
+
+
+@dataclass(frozen=True)
+class SendConfig:
+    sources: list[str]
+    host: str
+    port: int
+    stdin_name: str | None = None
+    chunk_bytes: int = 8 * 1024 * 1024
+    window: int = 2
+    timeout_s: float = 30.0
+    connect_policy: RetryPolicy = field(default_factory=RetryPolicy)
+    code: str = ""
+    encrypt: bool = True
+    safe_links: bool = False  # skip links that point outside the transfer, instead of sending them as they are
+
+
+@dataclass(frozen=True)
+class RecvConfig:
+    dest: str
+    host: str
+    port: int
+    timeout_s: float = 30.0
+    overwrite: bool = False
+    limits: ReceiveLimits = field(default_factory=ReceiveLimits)
+    code: str | None = None  # None: make one up and show it
+    encrypt: bool = True
+    wait_s: float = 60.0  # how long a broken transfer waits for its sender to come back
+    direct_io: bool = True  # large files bypass the page cache (see direct_io.py)
+    safe_links: bool = False  # refuse links that point outside DEST, instead of making them as they are
+    # Opened, and announced with the code, by the caller before it imported this module (see listen.py).
+    listener: socket.socket | None = None

@@ -1,0 +1,288 @@
+"""One TCP connection driven by one protocol machine: read loop, writes, timers.
+
+This is the only place bytes move between a socket and a machine. It decides
+nothing about the transfer: the attempt that owns it (send.py, recv.py) handles
+the events it hands up, and outcome.py says what a failure means.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import gc
+import socket
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
+
+from rtransfer.errors import NetworkError, RtransferError, UnknownHost, reason
+from rtransfer.pipeline import BufferPool
+from rtransfer.protocol.errors import ProtocolError
+from rtransfer.protocol.events import ChunkReady, Event, PackReady
+from rtransfer.protocol.model import Buffer
+from rtransfer.protocol.peer import Peer
+from rtransfer.protocol.phases import Phase
+from rtransfer.report import Reporter
+from rtransfer.retry import Backoff, retry_call
+from rtransfer.session.outcome import cause_of, to_error
+
+INBOX_PAUSE_EVENTS = 2  # with QUEUE_CHUNKS, what keeps 8 MiB chunks in the memory budget
+CLOSE_GRACE_S = 2.0  # for the peer to read our ERROR frame before the connection is cut
+TIMER_TICK_S = 0.2  # longest sleep between timer checks; deadlines move as frames flow
+FRAME_BUFFERS = 2  # a DATA frame being read: its body, and the plaintext it is opened into
+
+now = time.monotonic
+Handler = Callable[[Event], Awaitable[None]]
+
+
+class Connection(asyncio.BufferedProtocol):
+    """The transport reads straight into the machine's buffers. Resulting events wait in a
+    small inbox that ``pump`` hands to the attempt; while the inbox is full, reading pauses,
+    which is how a slow disk pushes back on the peer."""
+
+    def __init__(
+        self, machine: Peer, on_connected: Callable[[Connection], bool] | None = None, pool: BufferPool | None = None
+    ) -> None:
+        """With a ``pool``, reading also pauses while a frame's buffers would not fit its budget."""
+        self.machine = machine
+        self._on_connected = on_connected
+        self._pool = pool
+        self._loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self._inbox: deque[Event] = deque()
+        self._wakeup = asyncio.Event()
+        self._error: RtransferError | None = None
+        self._eof = False
+        self._reading_paused = False
+        self._writable: asyncio.Future[None] | None = None
+        self._lost: asyncio.Future[None] = self._loop.create_future()
+
+    # --- asyncio.BufferedProtocol --------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        if self._on_connected is not None and not self._on_connected(self):
+            transport.close()
+            return
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self._pool is not None:
+            self._pool.listen(self._pace_reading)
+        self.flush()
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.machine.get_buffer()
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if self._error is not None:
+            return
+        try:
+            events = self.machine.buffer_updated(nbytes, now())
+        except ProtocolError as exc:
+            self._stop(to_error(exc))
+            return
+        self.flush()
+        if events:
+            self._inbox.extend(events)
+            self._wakeup.set()
+        self._pace_reading()
+
+    def _pace_reading(self) -> None:
+        """Pause reading while the inbox is full or the pool has no room for another frame
+        (its body, and the plaintext it opens into); resume once the inbox has emptied and
+        there is room."""
+        if self.transport is None or self.transport.is_closing():
+            return
+        room = self._pool is None or self._pool.has_room(FRAME_BUFFERS)
+        if not self._reading_paused and (len(self._inbox) >= INBOX_PAUSE_EVENTS or not room):
+            self._reading_paused = True
+            self.transport.pause_reading()
+        elif self._reading_paused and len(self._inbox) < INBOX_PAUSE_EVENTS // 2 and room:
+            self._reading_paused = False
+            self.transport.resume_reading()
+
+    def eof_received(self) -> bool:
+        self._eof = True
+        self._wakeup.set()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if exc is not None and self._error is None:
+            self._error = NetworkError(f"connection lost: {reason(exc)}")
+        self._eof = True
+        self._wakeup.set()
+        if not self._lost.done():
+            self._lost.set_result(None)
+            if self._pool is not None:
+                self._pool.unlisten(self._pace_reading)
+        self.resume_writing()
+
+    def pause_writing(self) -> None:
+        if self._writable is None:
+            self._writable = self._loop.create_future()
+
+    def resume_writing(self) -> None:
+        if self._writable is not None:
+            if not self._writable.done():
+                self._writable.set_result(None)
+            self._writable = None
+
+    # --- used by the attempt ---------------------------------------------------
+    def _stop(self, error: RtransferError) -> None:
+        self._error = error
+        self._wakeup.set()
+
+    def flush(self) -> None:
+        pieces = self.machine.data_to_send()
+        if pieces and self.transport is not None and not self.transport.is_closing():
+            self.transport.writelines(pieces)
+
+    def all_written(self) -> bool:
+        """The kernel has taken every byte handed to the transport: none of those buffers is read again."""
+        return self.transport is not None and self.transport.get_write_buffer_size() == 0
+
+    async def drain(self) -> None:
+        if self._writable is not None:
+            await self._writable
+        if self._lost.done():
+            raise self._error or NetworkError("connection closed by the peer before the transfer finished")
+
+    async def pump(self, handle: Handler) -> None:
+        """Hand received events to the attempt in order; end at EOF or on error."""
+        while True:
+            while self._inbox:
+                event = self._inbox.popleft()
+                self._pace_reading()
+                await handle(event)
+            if self._error is not None:
+                raise self._error
+            if self._eof:
+                if self.machine.phase is Phase.CLOSED:
+                    return
+                raise NetworkError("connection closed by the peer before the transfer finished")
+            self._wakeup.clear()
+            await self._wakeup.wait()
+
+    async def tick(self, handle: Handler) -> None:
+        """Heartbeats, dead-peer detection and retransmission timeouts."""
+        while True:
+            await asyncio.sleep(min(TIMER_TICK_S, max(0.0, self.machine.next_deadline() - now())))
+            if now() >= self.machine.next_deadline():
+                if not self.all_written():
+                    self.machine.backlogged(now())
+                events = self.machine.on_timer(now())
+                self.flush()
+                for event in events:
+                    await handle(event)
+                await self.drain()
+
+    async def run(self, done: asyncio.Event, handle: Handler, *work: Coroutine[Any, Any, None]) -> None:
+        """Drive this connection until ``done``: its read loop and timers beside the attempt's
+        ``work``. On failure, tell the peer why, close, and raise what it means to the user."""
+        error: RtransferError | None = None
+        try:
+            await supervise(done, self.pump(handle), self.tick(handle), *work)
+        except ProtocolError as exc:
+            error = to_error(exc)
+            raise error from None
+        except RtransferError as exc:
+            error = exc
+            raise
+        except asyncio.CancelledError:
+            error = RtransferError("peer was interrupted")
+            raise
+        finally:
+            await self.close(error)
+
+    async def close(self, error: RtransferError | None) -> None:
+        """Close (after telling the peer why, if we failed); once this returns the transport
+        holds none of the machine's buffers, so they can be recycled."""
+        if error is not None:
+            self.machine.fail(cause_of(error), error.message)
+            self.flush()
+        if self.transport is not None:
+            self.transport.close()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._lost), CLOSE_GRACE_S)
+            if not self._lost.done():
+                self.transport.abort()
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(self._lost), CLOSE_GRACE_S)
+
+    def leftover_buffers(self) -> list[Buffer]:
+        """After ``close``: what the dead connection's machine and inbox still hold. Recycled
+        rather than dropped, the next connection maps no fresh memory."""
+        if self.transport is not None and not self._lost.done():
+            return []  # the transport may still be writing from them
+        held = self.machine.held_buffers()
+        held += [event.payload for event in self._inbox if isinstance(event, ChunkReady | PackReady)]
+        self._inbox.clear()
+        return held
+
+
+async def supervise(done: asyncio.Event, *coros: Coroutine[Any, Any, None]) -> None:
+    """Run tasks until ``done`` is set; the first task to fail cancels the rest and raises."""
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    waiter = asyncio.ensure_future(done.wait())
+    pending: set[asyncio.Future[Any]] = {waiter, *tasks}
+    try:
+        while pending:
+            finished, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            if waiter in finished:
+                return
+            for task in finished:
+                if not task.cancelled() and task.exception() is not None:
+                    raise task.exception()  # type: ignore[misc]
+    finally:
+        for task in (waiter, *tasks):
+            task.cancel()
+        await asyncio.gather(waiter, *tasks, return_exceptions=True)
+
+
+_NO_SUCH_NAME = {socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)}
+
+
+async def connect(
+    host: str,
+    port: int,
+    timeout_s: float,
+    backoff: Backoff,
+    reporter: Reporter,
+    make: Callable[[], Connection],
+) -> Connection:
+    """Each attempt gets ``timeout_s``: a host that drops our SYNs would otherwise hold one for
+    minutes. Retries spend the caller's backoff, as reconnects do."""
+    try:
+        return await retry_call(
+            lambda: _connect_once(host, port, timeout_s, make),
+            backoff,
+            (OSError,),
+            lambda attempt, exc, delay_s: reporter.warning(
+                f"connect to {host}:{port} failed ({reason(exc)}); retry {attempt} in {delay_s:.1f} s"
+            ),
+        )
+    except OSError as exc:
+        raise NetworkError(f"could not connect to {host}:{port}: {reason(exc)}") from None
+
+
+async def _connect_once(host: str, port: int, timeout_s: float, make: Callable[[], Connection]) -> Connection:
+    try:
+        async with asyncio.timeout(timeout_s):
+            _, conn = await asyncio.get_running_loop().create_connection(make, host, port)
+    except TimeoutError:
+        raise TimeoutError(errno.ETIMEDOUT, f"no answer within {timeout_s:g} s") from None
+    except socket.gaierror as exc:
+        if exc.errno in _NO_SUCH_NAME:
+            raise UnknownHost(f"could not connect to {host}:{port}: {reason(exc)}") from None
+        raise
+    return conn
+
+
+def collect_dead_connection() -> None:
+    """A failed connection's tasks die with its error, whose traceback holds their frames (and the
+    chunk buffers in them) in a reference cycle. The pool counts those buffers against its budget
+    until they are freed, and an idle process may not run the collector for a long time: a reconnect
+    then waited for room forever (seen after a receiver was killed mid-tree). Collect now."""
+    gc.collect()

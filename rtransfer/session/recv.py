@@ -1,0 +1,208 @@
+"""Receiving: listen, and take one transfer across as many connections as it takes."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from rtransfer.crypto import KeyExchange
+from rtransfer.errors import IntegrityError, NetworkError, RtransferError
+from rtransfer.listen import new_code, normalise_code, open_listener
+from rtransfer.pipeline import QUEUE_CHUNKS, BufferPool, RecvItem, write_chunks
+from rtransfer.protocol.events import (
+    ChunkReady,
+    DuplicateChunk,
+    EntriesReceived,
+    FileComplete,
+    IntegrityFailure,
+    ManifestReceived,
+    PackReady,
+    TransferComplete,
+)
+from rtransfer.protocol.receiver import ReceiverMachine
+from rtransfer.report import Reporter
+from rtransfer.session.attempt import Attempt
+from rtransfer.session.config import RecvConfig
+from rtransfer.session.connection import INBOX_PAUSE_EVENTS, Connection, collect_dead_connection, now
+from rtransfer.session.outcome import worth_reconnecting
+from rtransfer.sink import DirectorySink, Sink, StdoutSink
+from rtransfer.stats import TransferStats
+
+
+def recv_budget(window: int) -> int:
+    """The receiver's budget of chunk buffers: every one that can be in use at once (window, queue,
+    inbox, one being read or written), so steady state never waits for one nor maps fresh memory."""
+    return window + QUEUE_CHUNKS + INBOX_PAUSE_EVENTS + 2
+
+
+async def run_recv(config: RecvConfig, reporter: Reporter) -> TransferStats:
+    return await ReceiveTransfer(config, reporter).run()
+
+
+class ReceiveTransfer:
+    """What outlives a connection: the sink, the counters and the buffer pool. If a connection
+    breaks, wait for the sender to come back; each connection is planned afresh from what is on
+    disk, so a reconnect, a restarted sender and a restarted receiver all resume the same way."""
+
+    def __init__(self, config: RecvConfig, reporter: Reporter) -> None:
+        self.config = config
+        self.reporter = reporter
+        self.sink: Sink = (
+            StdoutSink()
+            if config.dest == "-"
+            else DirectorySink(Path(config.dest), config.overwrite, config.direct_io, config.safe_links)
+        )
+        self.sink.check()
+        self.stats = TransferStats("recv")
+        self.pool = BufferPool(recv_budget(window=0))  # grown once the manifest tells the window
+        self.code = config.code if config.code is not None else new_code()
+        self.secret = normalise_code(self.code)
+        # For the first connection, started before it comes so a sender does not wait for it.
+        self.next_kex = KeyExchange(self.secret, is_sender=False)
+        self.arrivals: asyncio.Queue[Connection] = asyncio.Queue()
+        self.busy = False  # a connection is being served; others are turned away (a sender retries)
+        self.started = False  # some connection got as far as data: the sender may come back
+
+    async def run(self) -> TransferStats:
+        listener = self.config.listener or open_listener(self.config.host, self.config.port)
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(self._connection, sock=listener)
+        async with server:
+            if self.config.listener is None:
+                host, port = listener.getsockname()[:2]
+                self.reporter.listening(host, port, None if self.config.code is not None else self.code)
+            while True:
+                conn = await self.arrivals.get()
+                try:
+                    await ReceiveAttempt(self, conn).run()
+                    return self.stats
+                except RtransferError as exc:
+                    await self.sink.suspend()
+                    resumable = isinstance(self.sink, DirectorySink)  # standard output cannot be rewound
+                    if not worth_reconnecting(exc, started=self.started, resumable=resumable, waits_for_peer=True):
+                        raise
+                    await self._wait_for_sender(exc)
+
+    def _connection(self) -> Connection:
+        kex, self.next_kex = self.next_kex, KeyExchange(self.secret, is_sender=False)
+        c = self.config
+        return Connection(
+            ReceiverMachine(now(), c.timeout_s, kex, c.encrypt, c.limits, self.pool), self._arrived, self.pool
+        )
+
+    def _arrived(self, conn: Connection) -> bool:
+        if self.busy:
+            return False
+        self.busy = True
+        self.arrivals.put_nowait(conn)
+        return True
+
+    async def _wait_for_sender(self, exc: RtransferError) -> None:
+        self.stats.reconnects += 1
+        collect_dead_connection()
+        wait_s = self.config.wait_s
+        self.reporter.warning(f"{exc.message}; waiting up to {wait_s:.0f} s for the sender to come back")
+        self.busy = False
+        try:
+            conn = await asyncio.wait_for(self.arrivals.get(), wait_s)
+        except TimeoutError:
+            raise NetworkError(f"{exc.message}; the sender did not come back within {wait_s:.0f} s") from None
+        self.arrivals.put_nowait(conn)
+
+
+class ReceiveAttempt(Attempt):
+    """One connection's worth of receiving: the connection's events feed the writer's queue, and
+    the writer reports each file it has checked back to the machine."""
+
+    def __init__(self, transfer: ReceiveTransfer, conn: Connection) -> None:
+        super().__init__(conn, transfer.stats, transfer.reporter, transfer.pool)
+        assert isinstance(conn.machine, ReceiverMachine)
+        self.machine = conn.machine
+        self.transfer = transfer
+        self.sink = transfer.sink
+        self.queue: asyncio.Queue[RecvItem] = asyncio.Queue(maxsize=QUEUE_CHUNKS)
+        self.start_offsets: dict[int, int] = {}
+        self.handlers = {
+            ChunkReady: self.to_writer,
+            FileComplete: self.to_writer,
+            PackReady: self.to_writer,
+            IntegrityFailure: self.on_integrity_failure,
+            DuplicateChunk: self.on_duplicate,
+            ManifestReceived: self.on_manifest,
+            EntriesReceived: self.on_entries,
+            TransferComplete: self.on_complete,
+        }
+
+    async def run(self) -> None:
+        writer = write_chunks(
+            self.queue, self.sink, self.stats, self.verified, self.pack_written, self.start_offsets, self.pool
+        )
+        await self.drive(writer)
+
+    def refresh(self) -> None:
+        self.stats.in_flight = self.machine.reorder_buffered
+
+    # --- events ---------------------------------------------------------------
+    async def to_writer(self, event: RecvItem) -> None:
+        if not isinstance(event, FileComplete):
+            self.stats.chunks += 1
+        await self.queue.put(event)
+        self.stats.observe_queue(self.queue.qsize())
+
+    async def on_integrity_failure(self, event: IntegrityFailure) -> None:
+        self.stats.integrity_failures += 1
+
+    async def on_duplicate(self, event: DuplicateChunk) -> None:
+        self.stats.duplicates += 1
+
+    async def on_manifest(self, event: ManifestReceived) -> None:
+        self.pool.budget_buffers = recv_budget(event.manifest.window)
+        self.sink.begin(event.manifest)
+        self.stats.start_listing()
+
+    async def on_entries(self, event: EntriesReceived) -> None:
+        """Plan the batch against the disk and accept it: what is here whole is skipped, what is
+        here in part resumes."""
+        batch = event.batch
+        plan = self.sink.plan(batch)
+        self.start_offsets.update(plan.start_offsets)
+        self.stats.listed(list(batch.entries), batch.last)
+        self.stats.files_done += len(plan.done)
+        self.stats.bytes_done += sum(plan.start_offsets.values())
+        self.stats.bytes_done += sum(batch.entries[i - batch.first].size or 0 for i in plan.done)
+        events = self.machine.accept(batch.first, plan.start_offsets, now(), plan.done)
+        self.conn.flush()
+        self.transfer.started = True
+        if batch.first == 0:
+            self.reporter.started(self.stats)
+        for follow in events:
+            await self.handle(follow)
+
+    async def on_complete(self, event: TransferComplete) -> None:
+        await self.sink.complete()
+        self.done.set()
+
+    # --- the writer's reports ---------------------------------------------------
+    async def verified(self, done_file: FileComplete, ok: bool, digest_hex: str, path: str) -> None:
+        events = self.machine.file_verified(done_file.file_index, ok, now())
+        self.conn.flush()
+        if not ok:
+            raise IntegrityError(f"{path}: whole-file BLAKE3 digest mismatch")
+        self.stats.files_done += 1
+        self.reporter.file_done(path, done_file.size, digest_hex)
+        for event in events:
+            await self.handle(event)
+
+    async def pack_written(self, pack: PackReady, results: list[tuple[str, int, str | None]]) -> None:
+        ok = all(digest_hex is not None for _, _, digest_hex in results)
+        events = self.machine.pack_written(pack.seq, ok, now())
+        self.conn.flush()
+        for path, size, digest_hex in results:
+            if digest_hex is None:
+                self.stats.integrity_failures += 1
+                raise IntegrityError(f"{path}: whole-file BLAKE3 digest mismatch")
+            self.stats.files_done += 1
+            self.stats.bytes_done += size
+            self.reporter.file_done(path, size, digest_hex)
+        for event in events:
+            await self.handle(event)

@@ -1,0 +1,230 @@
+"""Sending: one transfer across as many connections as it takes, one attempt per connection."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections import deque
+
+from rtransfer.crypto import KeyExchange
+from rtransfer.errors import RtransferError
+from rtransfer.files import Source, collect_sources, list_batches
+from rtransfer.listen import normalise_code
+from rtransfer.pipeline import QUEUE_CHUNKS, SENDER_ROOM, BufferPool, EndOfFile, Listed, Packed, SendItem, read_sources
+from rtransfer.protocol.events import (
+    Accepted,
+    ChunksAcked,
+    FileVerified,
+    IntegrityFailure,
+    Retransmitted,
+    TransferComplete,
+)
+from rtransfer.protocol.model import Manifest
+from rtransfer.protocol.sender import SenderMachine
+from rtransfer.report import Reporter
+from rtransfer.retry import Backoff
+from rtransfer.session.attempt import Attempt
+from rtransfer.session.config import SendConfig
+from rtransfer.session.connection import Connection, collect_dead_connection, connect, now
+from rtransfer.session.outcome import worth_reconnecting
+from rtransfer.stats import TransferStats
+from rtransfer.workers import in_worker
+
+# Batches of the file list sent ahead of the reader: enough that the receiver plans the next
+# while the current one's data flows, few enough that memory does not follow the tree's size.
+LIST_AHEAD_BATCHES = 3
+
+
+def send_budget(window: int) -> int:
+    """The sender's chunk buffers: the window's payloads awaiting their ACK, one chunk queued, one
+    being read, one ciphertext on its way to the kernel and one kept for a resend."""
+    return window + QUEUE_CHUNKS + 3
+
+
+async def run_send(config: SendConfig, reporter: Reporter) -> TransferStats:
+    return await SendTransfer(config, reporter).run()
+
+
+class SendTransfer:
+    """What outlives a connection: the sources, the counters, the buffer pool and the backoff.
+    A broken connection is followed by another; the receiver says where to resume."""
+
+    def __init__(self, config: SendConfig, reporter: Reporter) -> None:
+        self.config = config
+        self.reporter = reporter
+        self.sources = collect_sources(config.sources, config.stdin_name)
+        self.manifest = Manifest(uuid.uuid4().hex, config.chunk_bytes, config.window)
+        self.stats = TransferStats("send")
+        self.pool = BufferPool(send_budget(config.window))
+        self.backoff = Backoff(config.connect_policy)
+        self.resumable = all(s.local is not None for s in self.sources)  # standard input cannot be read again
+
+    async def run(self) -> TransferStats:
+        while True:
+            progress_before = self.stats.bytes_done
+            try:
+                await self._attempt()
+                return self.stats
+            except RtransferError as exc:
+                delay = self._reconnect_delay(exc, progress_before)
+                if delay is None:
+                    raise
+                self.stats.reconnects += 1
+                collect_dead_connection()
+                self.reporter.warning(f"{exc.message}; reconnecting in {delay:.1f} s (attempt {self.backoff.attempt})")
+                await asyncio.sleep(delay)
+
+    def _reconnect_delay(self, exc: RtransferError, progress_before: int) -> float | None:
+        started = self.stats.accepted > 0
+        if not worth_reconnecting(exc, started=started, resumable=self.resumable, waits_for_peer=False):
+            return None
+        if self.stats.bytes_done > progress_before:
+            self.backoff.reset()
+        return self.backoff.next_delay()
+
+    async def _attempt(self) -> None:
+        config = self.config
+        conn = await connect(config.host, config.port, config.timeout_s, self.backoff, self.reporter, self._connection)
+        await SendAttempt(self, conn).run()
+
+    def _connection(self) -> Connection:
+        kex = KeyExchange(normalise_code(self.config.code), is_sender=True)
+        c = self.config
+        return Connection(SenderMachine(self.manifest, now(), c.timeout_s, kex, c.encrypt, buffers=self.pool))
+
+
+class SendAttempt(Attempt):
+    """One connection's worth of sending, as three tasks beside the connection's own: the lister
+    walks the sources and lists them a batch at a time, at most LIST_AHEAD_BATCHES ahead of the
+    reader; the reader reads each batch's files once the receiver has accepted it; the send loop
+    hands chunks to the machine. Each connection walks afresh and the receiver skips what it
+    already has whole."""
+
+    def __init__(self, transfer: SendTransfer, conn: Connection) -> None:
+        super().__init__(conn, transfer.stats, transfer.reporter, transfer.pool)
+        assert isinstance(conn.machine, SenderMachine)
+        self.machine = conn.machine
+        self.transfer = transfer
+        self.queue: asyncio.Queue[SendItem] = asyncio.Queue(maxsize=QUEUE_CHUNKS)
+        self.listed: deque[tuple[int, list[Source]]] = deque()  # sent, awaiting the receiver's ACCEPT
+        self.accepted: asyncio.Queue[Listed | None] = asyncio.Queue()  # for the reader, in order
+        self.ahead = asyncio.Semaphore(LIST_AHEAD_BATCHES)
+        self.listing_done = False
+        self.window_open = asyncio.Event()
+        self.unconfirmed: dict[int, tuple[str, int, str]] = {}  # index -> path, size, digest, until confirmed
+        self.skipped, self.first_skipped = 0, ""  # files the receiver already has whole, said once
+        self.handlers = {
+            ChunksAcked: self.on_acked,
+            Retransmitted: self.on_retransmitted,
+            IntegrityFailure: self.on_integrity_failure,
+            FileVerified: self.on_file_verified,
+            Accepted: self.on_accepted,
+            TransferComplete: self.on_complete,
+        }
+
+    async def run(self) -> None:
+        self.stats.start_listing()
+        t = self.transfer
+        reader = read_sources(
+            self.accepted, t.config.chunk_bytes, self.queue, self.stats, self.pool, self.ahead.release
+        )
+        await self.drive(self.list_entries(), reader, self.send_chunks())
+
+    def refresh(self) -> None:
+        self.stats.in_flight = self.machine.in_flight
+
+    # --- events ---------------------------------------------------------------
+    async def on_acked(self, event: ChunksAcked) -> None:
+        self.stats.bytes_done += event.bytes
+        self.pool.recycle(event.released)
+        self.window_open.set()
+
+    async def on_retransmitted(self, event: Retransmitted) -> None:
+        self.stats.retransmits += 1
+        self.reporter.retransmit(event.seq, event.reason)
+
+    async def on_integrity_failure(self, event: IntegrityFailure) -> None:
+        self.stats.integrity_failures += 1
+
+    async def on_file_verified(self, event: FileVerified) -> None:
+        self.stats.files_done += 1
+        self.reporter.file_done(*self.unconfirmed.pop(event.file_index))
+
+    async def on_accepted(self, event: Accepted) -> None:
+        first, batch = self.listed.popleft()
+        self.stats.files_done += len(event.done)
+        self.stats.bytes_done += sum(event.start_offsets.values())
+        self.stats.bytes_done += sum(batch[i - first].entry.size or 0 for i in event.done)
+        if event.done and not self.skipped:
+            self.first_skipped = batch[event.done[0] - first].entry.path
+        self.skipped += len(event.done)
+        if first == 0:
+            self.stats.accepted += 1
+            self.reporter.started(self.stats)
+        self.accepted.put_nowait(Listed(first, batch, event))
+        self.window_open.set()  # the first ACCEPT opens the window
+        if self.listing_done and not self.listed:
+            self.all_accepted()
+
+    async def on_complete(self, event: TransferComplete) -> None:
+        self.done.set()
+
+    def all_accepted(self) -> None:
+        """Every batch is listed and accepted: the reader's queue ends, and what was skipped is said once."""
+        self.accepted.put_nowait(None)
+        if self.skipped == 1:
+            self.reporter.warning(f"{self.first_skipped}: already at the receiver (same size and mtime); skipped")
+        elif self.skipped:
+            self.reporter.warning(f"{self.skipped} files already at the receiver (same size and mtime); skipped")
+
+    # --- tasks ----------------------------------------------------------------
+    async def list_entries(self) -> None:
+        warnings: list[str] = []  # the walk runs in a worker thread; warnings are reported from here
+        batches = list_batches(self.transfer.sources, self.transfer.config.safe_links, warnings.append)
+        upcoming = await in_worker(next, batches, None)
+        while upcoming is not None:
+            await self.ahead.acquire()
+            batch, upcoming = upcoming, await in_worker(next, batches, None)
+            for message in warnings:
+                self.reporter.warning(message)
+            warnings.clear()
+            first = self.machine.send_entries(tuple(s.entry for s in batch), upcoming is None, now())
+            self.listed.append((first, batch))
+            self.stats.listed([s.entry for s in batch], last=upcoming is None)
+            self.conn.flush()
+        self.listing_done = True
+        if not self.listed:
+            self.all_accepted()
+
+    async def send_chunks(self) -> None:
+        while True:
+            # Wait for room in the window before taking a chunk: one waiting here would
+            # hold a buffer the reader then replaces (a chunk's worth of memory).
+            while not self.machine.can_send():
+                self.window_open.clear()
+                await self.window_open.wait()
+            if (item := await self.queue.get()) is None:
+                break
+            await self.send_item(item)
+        self.machine.finish(now())
+        self.conn.flush()
+
+    async def send_item(self, item: SendItem) -> None:
+        machine = self.machine
+        if isinstance(item, EndOfFile):
+            self.unconfirmed[item.file_index] = (item.path, item.size, item.digest.hex())
+            machine.end_file(item.file_index, item.size, item.digest, now())
+            return
+        if machine.encrypted:
+            await self.pool.room(SENDER_ROOM)  # for its ciphertext
+        if isinstance(item, Packed):
+            for packed, path in zip(item.files, item.paths, strict=True):
+                self.unconfirmed[packed.file_index] = (path, packed.size, packed.digest.hex())
+            machine.send_pack(tuple(f.file_index for f in item.files), item.payload, now())
+        elif item is not None:
+            machine.send_chunk(item.file_index, item.offset, item.payload, now())
+        self.stats.chunks += 1
+        self.conn.flush()
+        await self.conn.drain()
+        if self.conn.all_written():
+            self.pool.recycle(machine.take_written())
