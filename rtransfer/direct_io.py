@@ -1,8 +1,8 @@
 """Writing a large incoming file around the page cache (O_DIRECT), with buffered writes as the fallback.
 
 Why: a buffered write copies every byte into freshly allocated page-cache pages,
-and that copy was the receiver's largest cost (30-40% of its CPU for 1 GiB, and
-on a VM whose free memory goes back to the host it varied 3x from run to run).
+and that copy was the receiver's largest cost (and on a VM whose free memory goes
+back to the host, the most variable one).
 A direct write hands the device our own, already-touched buffer instead. It also
 keeps a multi-GB transfer from evicting everything else from the cache.
 

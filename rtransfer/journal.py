@@ -8,8 +8,8 @@ so the journal needs only the source's identity and two byte counts:
   since the page cache does, but not a machine crash.
 - ``durable_bytes``: what an ``fdatasync`` of the file had covered when the journal
   was written. The receiver syncs every ``FSYNC_EVERY_BYTES`` in the background,
-  never holding up its writes (waiting for each sync made a buffered 1 GiB
-  transfer take 2.68 s instead of 2.22 s here). Whichever version of the journal
+  never holding up its writes (waiting for each sync slowed a buffered transfer
+  noticeably). Whichever version of the journal
   a crash leaves, its durable count was true when it was written.
 
 The journal also names the boot it was written in: after a reboot only the
@@ -33,8 +33,8 @@ FSYNC_EVERY_BYTES = 256 * 1024 * 1024
 def journal_interval_bytes(file_bytes: int) -> int:
     """How often to rewrite the journal: 1/32 of the file, within 1 to 32 MiB.
 
-    A rewrite costs ~0.35 ms of CPU and ~0.5 ms of the writer's time (measured),
-    so every 1 MiB would cost ~0.36 s of CPU per GiB, while a journal that lags
+    Each rewrite costs the writer a file write and a rename, so rewriting every chunk
+    would cost a noticeable share of the CPU on a large file, while a journal that lags
     by 1/32 of the file costs at most that much re-sent after a kill."""
     return min(32 << 20, max(1 << 20, file_bytes // 32))
 

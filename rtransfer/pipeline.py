@@ -41,23 +41,21 @@ SENDER_ROOM = 2
 class BufferPool:
     """Recycles chunk-sized buffers, and holds the process to a budget of them.
 
-    Fresh 1 MiB buffers cost page faults and zeroing on every chunk (measured:
-    ~70k minor faults per GiB without the pool, ~17-24k with it). Small buffers
+    Fresh large buffers cost page faults and zeroing on every chunk. Small buffers
     are plain bytearrays, not pooled.
 
     ``budget_buffers`` is a budget on the pooled regions alive at once, idle or in use:
     producers (the sender's reader and send loop, the receiver's socket reads) wait
     for ``room`` before they take one, and an idle region is unmapped before a new
     one would go past it. Tuning alone did not hold memory under faults: resets, resends
-    and a slow writer each held a few more chunks at once, and peak RSS went past
-    100 MiB. A buffer's region is counted until it is unmapped, whoever dropped it.
+    and a slow writer each held a few more chunks at once, and peak RSS left its
+    budget. A buffer's region is counted until it is unmapped, whoever dropped it.
 
     A pooled buffer is a view into its own anonymous mapping, placed so that byte
     ``DATA_HEADER.size`` falls on a page boundary: a DATA frame's payload, whether
     read from the socket or decrypted, is then aligned for direct I/O and reaches
     the disk without another copy. Each mapping is populated when it is made: one
-    populating call costs a third of faulting fresh pages in one at a time (15 vs
-    48 ms for 48 MiB, measured).
+    populating call costs far less than faulting fresh pages in one at a time.
     """
 
     MIN_POOLED_BYTES = 64 * 1024
@@ -296,9 +294,8 @@ async def _read_file(
     ACK can recycle its buffer.
 
     For files, chunk N+1 is read (and hashed) while chunk N waits in the queue for
-    the network; reading further ahead only held more memory (one chunk of RSS,
-    measured). Standard input is not read ahead: a slow pipe must not hold back a
-    chunk already read.
+    the network; reading further ahead only held another chunk of memory. Standard
+    input is not read ahead: a slow pipe must not hold back a chunk already read.
     """
     name = source.local or "standard input"
     digest = FileDigest()

@@ -39,8 +39,8 @@ from rtransfer.workers import in_worker
 PARTIAL_SUFFIX = ".rtpart"
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
-# Threads creating a pack's files: creating a file is the file system's work, and two threads
-# made 10,000 small files in 1.1 s where one took 1.6 s (measured, ext4, 2 cores); three gained nothing.
+# Threads creating a pack's files: creating a file is the file system's work, which a second
+# thread overlaps; a third gained nothing on two cores (bench/README.md).
 PACK_WRITERS = 2
 
 

@@ -19,7 +19,7 @@ def peak_rss_bytes() -> int:
 
     On Linux this is VmHWM, the high-water mark of this program's own memory. ru_maxrss
     is not: it carries over across exec, so a child reports at least the RSS its parent had
-    when it forked (under a 106 MiB pytest, both sides of a transfer reported 106 MiB).
+    when it forked (under pytest, both sides of a transfer reported pytest's own peak).
     Elsewhere, ru_maxrss (KiB on Linux, bytes on macOS)."""
     try:
         with open("/proc/self/status", "rb") as f:

@@ -1,8 +1,8 @@
 """Standard input and output as streams of the event loop, for ``send -`` and ``recv -``.
 
 Why not a worker thread per read: a pipe hands over at most its capacity (64 KiB by
-default) per read, so reading an 8 MiB chunk that way cost ~130 thread hand-offs,
-and the pipe path ran at a quarter of nc's speed. Why not O_NONBLOCK: that flag
+default) per read, so reading a chunk that way cost a thread hand-off per 64 KiB,
+and the pipe path ran far behind nc. Why not O_NONBLOCK: that flag
 belongs to the open file description, which the shell and the other processes of
 a pipeline share, and it would outlive us. ``preadv2``/``pwritev2`` with
 ``RWF_NOWAIT`` make this one call non-blocking instead; when it would block, the

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import gc
 import socket
 import time
@@ -28,7 +29,7 @@ from rtransfer.report import Reporter
 from rtransfer.retry import Backoff, retry_call
 from rtransfer.session.outcome import cause_of, to_error
 
-INBOX_PAUSE_EVENTS = 2  # with QUEUE_CHUNKS, what keeps 8 MiB chunks in the memory budget
+INBOX_PAUSE_EVENTS = 2  # with QUEUE_CHUNKS, what keeps the largest chunks in the memory budget
 CLOSE_GRACE_S = 2.0  # for the peer to read our ERROR frame before the connection is cut
 TIMER_TICK_S = 0.2  # longest sleep between timer checks; deadlines move as frames flow
 FRAME_BUFFERS = 2  # a DATA frame being read: its body, and the plaintext it is opened into
@@ -254,17 +255,16 @@ async def connect(
 ) -> Connection:
     """Each attempt gets ``timeout_s``: a host that drops our SYNs would otherwise hold one for
     minutes. Retries spend the caller's backoff, as reconnects do."""
+    attempt = functools.partial(_connect_once, host, port, timeout_s, make)
+    on_retry = functools.partial(_say_retry, reporter, f"{host}:{port}")
     try:
-        return await retry_call(
-            lambda: _connect_once(host, port, timeout_s, make),
-            backoff,
-            (OSError,),
-            lambda attempt, exc, delay_s: reporter.warning(
-                f"connect to {host}:{port} failed ({reason(exc)}); retry {attempt} in {delay_s:.1f} s"
-            ),
-        )
+        return await retry_call(attempt, backoff, (OSError,), on_retry)
     except OSError as exc:
         raise NetworkError(f"could not connect to {host}:{port}: {reason(exc)}") from None
+
+
+def _say_retry(reporter: Reporter, address: str, attempt: int, exc: BaseException, delay_s: float) -> None:
+    reporter.warning(f"connect to {address} failed ({reason(exc)}); retry {attempt} in {delay_s:.1f} s")
 
 
 async def _connect_once(host: str, port: int, timeout_s: float, make: Callable[[], Connection]) -> Connection:

@@ -77,7 +77,6 @@ def test_receiver_killed_and_restarted_resumes(tmp_path: Path, procs: list[Proc]
         resent = (done["chunks"] + done["retransmits"]) * CHUNK - SIZE
         resent_fractions.append(resent / SIZE)
         assert done["reconnects"] >= 1
-    print(f"re-sent fraction per round: {[round(f, 4) for f in resent_fractions]}")
     assert max(resent_fractions) < 0.10, resent_fractions
 
 
@@ -101,7 +100,6 @@ def test_sender_killed_and_rerun_resumes(tmp_path: Path, procs: list[Proc], sour
         resent_fractions.append(resent / SIZE)
         assert done["reconnects"] >= 1
         assert json.loads(again.stdout.splitlines()[-1])["ok"] is True
-    print(f"re-sent fraction per round: {[round(f, 4) for f in resent_fractions]}")
     assert max(resent_fractions) < 0.10, resent_fractions
 
 

@@ -4,9 +4,9 @@ and a bandwidth cap (tc tbf). Addresses are link-local, inside namespaces this t
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -50,7 +50,7 @@ def lossy_link() -> Iterator[tuple[str, str, str]]:
                 "exec",
                 ns,
                 "nft",
-                "add rule inet chaos input meta l4proto tcp numgen random mod 100 < 2 drop",
+                "add rule inet chaos input meta l4proto tcp numgen random mod 100 < 2 counter drop",
             )
             sh(
                 "ip",
@@ -81,14 +81,12 @@ def in_ns(ns: str, *cmd: str) -> list[str]:
     return ["ip", "netns", "exec", ns, *cmd]
 
 
-def wait_listening(ns: str, port: int) -> None:
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        out = subprocess.run(in_ns(ns, "ss", "-Hltn", f"sport = :{port}"), capture_output=True, text=True).stdout
-        if out.strip():
-            return
-        time.sleep(0.01)
-    raise AssertionError("nc never listened")
+def dropped_packets(ns: str) -> int:
+    """What the loss rule dropped on the way into ``ns``: the test checks the link really was lossy."""
+    listing = subprocess.run(
+        in_ns(ns, "nft", "list", "chain", "inet", "chaos", "input"), capture_output=True, text=True
+    )
+    return sum(int(n) for n in re.findall(r"counter packets (\d+)", listing.stdout))
 
 
 def test_transfer_over_a_lossy_capped_link_is_byte_identical(
@@ -104,26 +102,12 @@ def test_transfer_over_a_lossy_capped_link_is_byte_identical(
         )
     )
     port = int(rx.wait_event("listening")["port"])
-    started = time.perf_counter()
     sent = subprocess.run(
         in_ns(a, *rtransfer_cmd(), "send", str(tmp_path / "f.bin"), f"{addr}:{port}", "--json"),
         capture_output=True,
         timeout=150,
     )
-    rt_seconds = time.perf_counter() - started
     assert sent.returncode == 0, sent.stdout[-1500:]
     assert rx.finish() == 0
     assert blake3.blake3((tmp_path / "out" / "f.bin").read_bytes()).digest() == blake3.blake3(data).digest()
-
-    nc_port = port + 1 if port < 65535 else port - 1
-    with open(tmp_path / "nc.bin", "wb") as out, open(tmp_path / "f.bin", "rb") as inp:
-        listener = subprocess.Popen(in_ns(b, "nc", "-l", "-N", addr, str(nc_port)), stdout=out)
-        wait_listening(b, nc_port)
-        started = time.perf_counter()
-        subprocess.run(in_ns(a, "nc", "-N", addr, str(nc_port)), stdin=inp, check=True, timeout=150)
-        listener.wait(timeout=60)
-        nc_seconds = time.perf_counter() - started
-    print(
-        f"lossy link ({RATE}, 2% loss each way), {SIZE >> 20} MiB: rtransfer {rt_seconds:.2f} s, "
-        f"nc {nc_seconds:.2f} s, rtransfer throughput / nc throughput = {nc_seconds / rt_seconds:.2f}"
-    )
+    assert dropped_packets(b) > 0 and dropped_packets(a) > 0  # both directions lost packets on the way

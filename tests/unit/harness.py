@@ -9,7 +9,7 @@ import blake3
 from rtransfer.crypto import KeyExchange
 from rtransfer.protocol.events import ChunkReady, EntriesReceived, Event, FileComplete
 from rtransfer.protocol.frames import Frame, FrameDecoder, encode_bytes
-from rtransfer.protocol.model import Entry, Manifest
+from rtransfer.protocol.model import Buffer, Entry, Manifest
 from rtransfer.protocol.peer import Peer
 from rtransfer.protocol.phases import Phase
 from rtransfer.protocol.receiver import ReceiveLimits, ReceiverMachine
@@ -46,7 +46,7 @@ def new_receiver(code: bytes | KeyExchange = CODE, **kwargs: object) -> Receiver
     return ReceiverMachine(0.0, 30.0, kex(code, False), **kwargs)  # type: ignore[arg-type]
 
 
-def frames_of(data: list[bytes | memoryview]) -> list[Frame]:
+def frames_of(data: list[Buffer]) -> list[Frame]:
     """Split a machine's output into frames so a test can drop, reorder or corrupt them."""
     decoder = FrameDecoder()
     for piece in data:

@@ -1,0 +1,62 @@
+"""The layering the README describes, checked on the source so it cannot drift."""
+
+from __future__ import annotations
+
+import ast
+import io
+import tokenize
+from pathlib import Path
+
+import rtransfer
+
+PACKAGE = Path(rtransfer.__file__).parent
+PROTOCOL = sorted((PACKAGE / "protocol").glob("*.py"))
+SESSION = sorted((PACKAGE / "session").glob("*.py"))
+MAX_FUNCTION_LINES = 40
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Every module a file imports, wherever the import sits (TYPE_CHECKING blocks and functions too)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+    return found
+
+
+def test_the_protocol_imports_nothing_of_rtransfer_outside_itself() -> None:
+    assert PROTOCOL
+    for path in PROTOCOL:
+        outside = {
+            m for m in imported_modules(path) if m.startswith("rtransfer") and not m.startswith("rtransfer.protocol")
+        }
+        assert not outside, f"{path.name} imports {outside}"
+
+
+def test_the_protocol_never_speaks_of_exit_codes() -> None:
+    """Exit codes are what the user sees; session/outcome.py maps protocol errors to them."""
+    for path in PROTOCOL:
+        tokens = tokenize.generate_tokens(io.StringIO(path.read_text()).readline)
+        names = {t.string for t in tokens if t.type == tokenize.NAME}
+        assert not [n for n in names if "exit" in n.lower()], path.name
+
+
+def test_session_functions_are_short_and_share_no_state_through_closures() -> None:
+    assert SESSION
+    for path in SESSION:
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Nonlocal | ast.Global):
+                raise AssertionError(f"{path.name}:{node.lineno}: {type(node).__name__.lower()} state")
+            if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            lines = (node.end_lineno or node.lineno) - node.lineno + 1
+            assert lines <= MAX_FUNCTION_LINES, f"{path.name}: {node.name} is {lines} lines"
+            inner = [
+                n
+                for n in ast.walk(node)
+                if n is not node and isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda)
+            ]
+            assert not inner, f"{path.name}: {node.name} defines a closure at line {inner[0].lineno}"

@@ -1,0 +1,165 @@
+"""The asyncio layer in-process: the reader and writer tasks, and whole transfers between the
+transfer classes over loopback, with a connection cut under them."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+from pathlib import Path
+
+import blake3
+import pytest
+
+from rtransfer.errors import LocalIOError, RemoteError
+from rtransfer.files import collect_sources, list_batches
+from rtransfer.listen import open_listener
+from rtransfer.pipeline import BufferPool, EndOfFile, Listed, Packed, SendItem, read_sources, write_chunks
+from rtransfer.protocol.events import Accepted, ChunkReady, FileComplete
+from rtransfer.protocol.model import Entry
+from rtransfer.protocol.receiver import ReceiveLimits
+from rtransfer.report import JsonReporter
+from rtransfer.retry import RetryPolicy
+from rtransfer.session.config import RecvConfig, SendConfig
+from rtransfer.session.connection import Connection
+from rtransfer.session.recv import ReceiveTransfer
+from rtransfer.session.send import SendTransfer
+from rtransfer.sink import DirectorySink, plan_alone
+from rtransfer.stats import TransferStats
+
+CHUNK = 4096
+CODE = "in-process-code"
+STEP_TIMEOUT_S = 30.0
+
+
+async def test_the_reader_packs_small_files_resumes_large_ones_and_skips_whole_ones(tmp_path: Path) -> None:
+    (tmp_path / "src").mkdir()
+    contents = {"small": b"s" * 100, "large": os.urandom(3 * CHUNK + 5), "whole": b"w" * 10}
+    for name, data in contents.items():
+        (tmp_path / "src" / name).write_bytes(data)
+    (batch,) = list(list_batches(collect_sources([str(tmp_path / "src")], None), False, print))
+    index = {Path(s.entry.path).name: i for i, s in enumerate(batch)}
+    accepted = Accepted(0, {index["large"]: CHUNK}, (index["whole"],))
+    batches: asyncio.Queue[Listed | None] = asyncio.Queue()
+    batches.put_nowait(Listed(0, batch, accepted))
+    batches.put_nowait(None)
+    pool, queue, read = BufferPool(8), asyncio.Queue[SendItem](maxsize=1), []
+    reader = asyncio.ensure_future(
+        read_sources(batches, CHUNK, queue, TransferStats("send"), pool, lambda: read.append(1))
+    )
+    packs, chunks, ends = [], [], []
+    while (item := await asyncio.wait_for(queue.get(), STEP_TIMEOUT_S)) is not None:
+        if isinstance(item, EndOfFile):
+            ends.append(item)
+            continue
+        (packs if isinstance(item, Packed) else chunks).append(bytes(item.payload))
+        pool.put(item.payload)
+    await reader
+    large = contents["large"]
+    assert len(packs) == 1 and packs[0].endswith(contents["small"]) and contents["whole"] not in packs[0]
+    assert b"".join(chunks) == large[CHUNK:]  # from the resume point on, in order
+    (end,) = ends
+    assert end.file_index == index["large"] and end.digest == blake3.blake3(large).digest()  # the whole file's
+    assert read == [1]
+
+
+@pytest.mark.parametrize("intact", [True, False])
+async def test_the_writer_puts_a_file_in_place_only_when_its_digest_matches(tmp_path: Path, intact: bool) -> None:
+    sink = DirectorySink(tmp_path / "out", overwrite=False, direct_io=False, safe_links=False)
+    plan_alone(sink, CHUNK, Entry("f", "file", 5, 0o644, 0.0))
+    queue: asyncio.Queue[ChunkReady | FileComplete] = asyncio.Queue()
+    queue.put_nowait(ChunkReady(0, 0, b"hello"))
+    queue.put_nowait(FileComplete(0, 5, blake3.blake3(b"hello" if intact else b"HELLO").digest()))
+    verdict: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+
+    async def verified(done: FileComplete, ok: bool, digest_hex: str, path: str) -> None:
+        verdict.set_result(ok)
+
+    async def pack_written(*args: object) -> None:
+        raise AssertionError("no packs here")
+
+    writer = asyncio.ensure_future(write_chunks(queue, sink, TransferStats("recv"), verified, pack_written, {}))  # type: ignore[arg-type]
+    try:
+        assert await asyncio.wait_for(verdict, STEP_TIMEOUT_S) is intact
+    finally:
+        writer.cancel()
+    assert (tmp_path / "out" / "f").exists() is intact
+    if intact:
+        assert (tmp_path / "out" / "f").read_bytes() == b"hello"
+
+
+def make_tree(root: Path) -> dict[str, bytes]:
+    files = {f"d{i % 3}/small{i}": os.urandom(i * 37) for i in range(20)}
+    files["big.bin"] = os.urandom(5 * CHUNK * 16 + 123)
+    for name, data in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(data)
+    return files
+
+
+class CuttingReceiver(ReceiveTransfer):
+    """Aborts its first connection as soon as a file has been written: a reset mid-transfer."""
+
+    def __init__(self, config: RecvConfig, reporter: JsonReporter) -> None:
+        super().__init__(config, reporter)
+        self.connections: list[Connection] = []
+
+    def _connection(self) -> Connection:
+        conn = super()._connection()
+        self.connections.append(conn)
+        return conn
+
+
+class CutOnFirstFile(JsonReporter):
+    def __init__(self) -> None:
+        super().__init__(io.StringIO())
+        self.receiver: CuttingReceiver | None = None
+
+    def file_done(self, path: str, size: int, digest_hex: str) -> None:
+        super().file_done(path, size, digest_hex)
+        conns = self.receiver.connections if self.receiver else []
+        if len(conns) == 1 and conns[0].transport is not None:
+            conns[0].transport.abort()
+
+
+def configs(tmp_path: Path, **recv: object) -> tuple[RecvConfig, SendConfig]:
+    listener = open_listener("127.0.0.1", 0)
+    port = listener.getsockname()[1]
+    rx = RecvConfig(str(tmp_path / "out"), "127.0.0.1", port, code=CODE, listener=listener, direct_io=False, **recv)  # type: ignore[arg-type]
+    policy = RetryPolicy(base_delay_s=0.01, max_delay_s=0.05)
+    tx = SendConfig(
+        [str(tmp_path / "src")], "127.0.0.1", port, chunk_bytes=16 * CHUNK, code=CODE, connect_policy=policy
+    )
+    return rx, tx
+
+
+@pytest.mark.parametrize("cut", [False, True])
+async def test_a_tree_moves_between_the_transfer_classes_and_survives_a_cut_connection(
+    tmp_path: Path, cut: bool
+) -> None:
+    (tmp_path / "src").mkdir()
+    files = make_tree(tmp_path / "src")
+    rx_config, tx_config = configs(tmp_path)
+    reporter = CutOnFirstFile() if cut else JsonReporter(io.StringIO())
+    receiver = CuttingReceiver(rx_config, reporter)  # type: ignore[arg-type]
+    if isinstance(reporter, CutOnFirstFile):
+        reporter.receiver = receiver
+    sender = SendTransfer(tx_config, JsonReporter(io.StringIO()))
+    received, sent = await asyncio.wait_for(asyncio.gather(receiver.run(), sender.run()), STEP_TIMEOUT_S * 2)
+    for name, data in files.items():
+        assert (tmp_path / "out" / "src" / name).read_bytes() == data
+    assert received.reconnects == sent.reconnects == int(cut)
+    assert sent.files_done == received.files_done == len(files)
+
+
+async def test_a_refusal_on_one_side_reaches_the_other_with_the_same_exit_code(tmp_path: Path) -> None:
+    (tmp_path / "src").mkdir()
+    make_tree(tmp_path / "src")
+    rx_config, tx_config = configs(tmp_path, limits=ReceiveLimits(max_entries=5))
+    receiver = ReceiveTransfer(rx_config, JsonReporter(io.StringIO()))
+    sender = SendTransfer(tx_config, JsonReporter(io.StringIO()))
+    received, sent = await asyncio.wait_for(
+        asyncio.gather(receiver.run(), sender.run(), return_exceptions=True), STEP_TIMEOUT_S
+    )
+    assert isinstance(received, LocalIOError) and "the limit is 5" in received.message
+    assert isinstance(sent, RemoteError) and sent.exit_code == received.exit_code == 6
