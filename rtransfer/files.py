@@ -13,8 +13,7 @@ from pathlib import Path, PurePosixPath
 
 from rtransfer.errors import LocalIOError, UsageError
 from rtransfer.integrity import source_identity
-from rtransfer.protocol.frames import MAX_BATCH_ENTRIES
-from rtransfer.protocol.model import Entry
+from rtransfer.protocol.model import MAX_BATCH_ENTRIES, Entry
 
 PARTIAL_SUFFIX = ".rtpart"
 _DRIVE = re.compile(r"^[A-Za-z]:")

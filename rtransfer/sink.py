@@ -30,8 +30,7 @@ from rtransfer.journal import (
     write_journal,
 )
 from rtransfer.listen import check_dest
-from rtransfer.protocol.frames import EntryBatch
-from rtransfer.protocol.model import Buffer, Entry, Manifest
+from rtransfer.protocol.model import Buffer, Entry, EntryBatch, Manifest
 from rtransfer.protocol.pack import PackedFile
 from rtransfer.stdio import StdStream
 from rtransfer.workers import in_worker

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from rtransfer.protocol.frames import EntryBatch
-from rtransfer.protocol.model import Buffer, Manifest
+from rtransfer.protocol.model import Buffer, EntryBatch, Manifest
 from rtransfer.protocol.pack import PackedFile
 
 

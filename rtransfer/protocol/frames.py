@@ -29,7 +29,16 @@ from rtransfer.protocol.errors import (
     LocalProtocolError,
     RemoteProtocolError,
 )
-from rtransfer.protocol.model import FRESH_BUFFERS, Buffer, Buffers, Entry, Manifest, WritableBuffer
+from rtransfer.protocol.model import (
+    FRESH_BUFFERS,
+    MAX_BATCH_ENTRIES,
+    Buffer,
+    Buffers,
+    Entry,
+    EntryBatch,
+    Manifest,
+    WritableBuffer,
+)
 
 MAGIC = b"RTXF"
 PROTOCOL_VERSION = 4  # 3: the file list streams in batches, small files travel packed; 4: ERROR says a Cause
@@ -38,10 +47,8 @@ MIN_CHUNK_BYTES = 4 * 1024
 MAX_CHUNK_BYTES = 16 * 1024 * 1024
 MAX_WINDOW = 1024
 MAX_MANIFEST_BYTES = 4096
-MAX_BATCH_ENTRIES = 1024
 MAX_ENTRIES_BYTES = 8 * 1024 * 1024  # 1024 entries of up to two 4 KiB names each, JSON-quoted
 MAX_ERROR_MESSAGE_BYTES = 1024
-DIGEST_BYTES = 32
 
 HEADER = struct.Struct("!BIQ")
 _PREFIX = struct.Struct("!BI")
@@ -106,18 +113,6 @@ class Hello:
     version: int = PROTOCOL_VERSION
     capabilities: int = 0
     auth: bytes = b""
-
-
-@dataclass(frozen=True)
-class EntryBatch:
-    """Entries ``first``, ``first + 1``, ... of the file list; ``last`` ends the list.
-
-    The list streams while data flows (as rsync's incremental recursion does), so
-    neither side ever holds all of it and the first byte does not wait for the walk."""
-
-    first: int
-    entries: tuple[Entry, ...]
-    last: bool
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,9 @@ from typing import Protocol
 Buffer = bytes | bytearray | memoryview
 WritableBuffer = bytearray | memoryview
 
+DIGEST_BYTES = 32  # a file's BLAKE3 digest
+MAX_BATCH_ENTRIES = 1024  # entries in one batch of the file list
+
 
 @dataclass(frozen=True)
 class Entry:
@@ -33,6 +36,18 @@ class Manifest:
     transfer_id: str
     chunk_bytes: int
     window: int
+
+
+@dataclass(frozen=True)
+class EntryBatch:
+    """Entries ``first``, ``first + 1``, ... of the file list; ``last`` ends the list.
+
+    The list streams while data flows (as rsync's incremental recursion does), so
+    neither side ever holds all of it and the first byte does not wait for the walk."""
+
+    first: int
+    entries: tuple[Entry, ...]
+    last: bool
 
 
 class Buffers(Protocol):

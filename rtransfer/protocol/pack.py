@@ -15,8 +15,7 @@ import struct
 from typing import NamedTuple
 
 from rtransfer.protocol.errors import RemoteProtocolError
-from rtransfer.protocol.frames import DIGEST_BYTES
-from rtransfer.protocol.model import Buffer
+from rtransfer.protocol.model import DIGEST_BYTES, Buffer
 
 _COUNT = struct.Struct("!I")
 _ROW = struct.Struct(f"!II{DIGEST_BYTES}s")

@@ -27,7 +27,6 @@ from rtransfer.protocol.frames import (
     CorruptData,
     Data,
     Done,
-    EntryBatch,
     FileEnd,
     FileResult,
     Frame,
@@ -35,7 +34,7 @@ from rtransfer.protocol.frames import (
     PackResult,
     Role,
 )
-from rtransfer.protocol.model import FRESH_BUFFERS, Buffer, Buffers, Manifest
+from rtransfer.protocol.model import FRESH_BUFFERS, Buffer, Buffers, EntryBatch, Manifest
 from rtransfer.protocol.pack import read_table
 from rtransfer.protocol.peer import KeyExchange, Peer, guarded
 from rtransfer.protocol.phases import Phase

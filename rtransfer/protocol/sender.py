@@ -21,7 +21,6 @@ from rtransfer.protocol.frames import (
     CorruptData,
     Data,
     Done,
-    EntryBatch,
     FileEnd,
     FileResult,
     Frame,
@@ -30,7 +29,7 @@ from rtransfer.protocol.frames import (
     PackResult,
     Role,
 )
-from rtransfer.protocol.model import FRESH_BUFFERS, Buffer, Buffers, Entry, Manifest
+from rtransfer.protocol.model import FRESH_BUFFERS, Buffer, Buffers, Entry, EntryBatch, Manifest
 from rtransfer.protocol.pack import table_bytes
 from rtransfer.protocol.peer import KeyExchange, Peer, guarded
 from rtransfer.protocol.phases import Phase, after_sent

@@ -16,7 +16,10 @@ from rtransfer.stats import TransferStats
 
 
 class Attempt:
-    """Subclasses fill ``handlers`` (event type -> coroutine) and ``refresh`` the live counters."""
+    """Subclasses fill ``handlers`` (event type -> coroutine), set ``queue`` (the bounded queue
+    between the connection and their pipeline task) and ``refresh`` the live counters."""
+
+    queue: asyncio.Queue[Any]
 
     def __init__(self, conn: Connection, stats: TransferStats, reporter: Reporter, pool: BufferPool) -> None:
         self.conn = conn
@@ -24,7 +27,6 @@ class Attempt:
         self.reporter = reporter
         self.pool = pool
         self.done = asyncio.Event()
-        self.queue: asyncio.Queue[Any] = asyncio.Queue()  # replaced by the subclass's bounded queue
         self.handlers: dict[type, Callable[[Any], Awaitable[None]]] = {}
 
     async def handle(self, event: Event) -> None:

@@ -60,3 +60,10 @@ def test_session_functions_are_short_and_share_no_state_through_closures() -> No
                 if n is not node and isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda)
             ]
             assert not inner, f"{path.name}: {node.name} defines a closure at line {inner[0].lineno}"
+
+
+def test_the_file_side_uses_the_model_without_the_wire_codec() -> None:
+    """Walking, hashing and writing files need to know what an entry is, not how a frame is encoded."""
+    for name in ("files.py", "integrity.py", "direct_io.py", "stats.py", "sink.py", "journal.py"):
+        codec = {m for m in imported_modules(PACKAGE / name) if m == "rtransfer.protocol.frames"}
+        assert not codec, f"{name} imports the codec"

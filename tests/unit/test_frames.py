@@ -16,7 +16,6 @@ from rtransfer.protocol.frames import (
     CorruptData,
     Data,
     Done,
-    EntryBatch,
     ErrorFrame,
     FileEnd,
     FileResult,
@@ -30,7 +29,7 @@ from rtransfer.protocol.frames import (
     Role,
     encode_bytes,
 )
-from rtransfer.protocol.model import Entry, Manifest
+from rtransfer.protocol.model import Entry, EntryBatch, Manifest
 
 u32 = st.integers(0, 2**32 - 1)
 u64 = st.integers(0, 2**64 - 1)

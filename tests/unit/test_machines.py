@@ -41,7 +41,6 @@ from rtransfer.protocol.frames import (
     Confirm,
     Data,
     Done,
-    EntryBatch,
     ErrorFrame,
     FileEnd,
     FileResult,
@@ -52,7 +51,7 @@ from rtransfer.protocol.frames import (
     Role,
     encode_bytes,
 )
-from rtransfer.protocol.model import Entry
+from rtransfer.protocol.model import Entry, EntryBatch
 from rtransfer.protocol.pack import PackedFile, table_bytes, write_table
 from rtransfer.protocol.phases import Phase
 from rtransfer.protocol.receiver import ReceiveLimits

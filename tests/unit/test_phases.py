@@ -17,7 +17,6 @@ from rtransfer.protocol.frames import (
     Confirm,
     Data,
     Done,
-    EntryBatch,
     ErrorFrame,
     FileEnd,
     FileResult,
@@ -32,7 +31,7 @@ from rtransfer.protocol.frames import (
     encode,
     encode_bytes,
 )
-from rtransfer.protocol.model import Entry, Manifest
+from rtransfer.protocol.model import Entry, EntryBatch, Manifest
 from rtransfer.protocol.peer import Peer
 from rtransfer.protocol.phases import RECEIVED, SENT, Phase, after_received, after_sent
 from rtransfer.protocol.receiver import ReceiverMachine
