@@ -10,6 +10,7 @@ shared, noisy machine only these ratios from one run mean much.
     python bench/compare.py --mode tree --files 10000 --size 4K --dirs 50 --runs 3  # vs tar c | nc | tar x, rsync -a
     python bench/compare.py --mode tree --tree /usr/lib/python3.11 --runs 3        # a real tree, checked with rsync -c
     python bench/compare.py --mode tiny --size 1K --runs 11  # one small file, both start-ups, vs nc and scp (sshd)
+    python bench/compare.py --mode lossy --size 32M --runs 5 # vs nc between network namespaces, 2% loss, 200mbit (root)
 """
 
 from __future__ import annotations
@@ -55,11 +56,14 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_listening(port: int) -> None:
+def wait_listening(port: int, netns: str | None = None) -> None:
     """Poll the kernel's socket table (never connect: nc would take that as the transfer)."""
     deadline = time.monotonic() + READY_TIMEOUT_S
+    ss = ["ss", "-Hltn", f"sport = :{port}"]
     while time.monotonic() < deadline:
-        out = subprocess.run(["ss", "-Hltn", f"sport = :{port}"], capture_output=True, text=True).stdout
+        out = subprocess.run(
+            ["ip", "netns", "exec", netns, *ss] if netns else ss, capture_output=True, text=True
+        ).stdout
         if out.strip():
             return
         time.sleep(0.01)
@@ -458,10 +462,12 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument(
         "--mode",
-        choices=["file", "pipe", "tree", "tiny"],
+        choices=["file", "pipe", "tree", "tiny", "lossy"],
         default="file",
-        help="file, stdin to stdout, tree, one small file",
+        help="file, stdin to stdout, tree, one small file, one file over a lossy link between network namespaces",
     )
+    ap.add_argument("--rate", default="200mbit", help="lossy mode: the link's cap (tc units)")
+    ap.add_argument("--loss", type=int, default=2, help="lossy mode: percent of packets dropped each way")
     ap.add_argument("--size", default="1G", help="bytes to move (K/M/G suffix); in tree mode, per file")
     ap.add_argument("--files", type=int, default=10000, help="tree mode: files to generate")
     ap.add_argument("--dirs", type=int, default=50, help="tree mode: directories to spread them over")
@@ -482,6 +488,8 @@ def main() -> int:
         return tree_main(args, size)
     if args.mode == "tiny":
         return tiny_main(args, size)
+    if args.mode == "lossy":
+        return lossy_main(args, size)
     pipe = args.mode == "pipe"
     if args.tools is None:
         args.tools = "nc,rtransfer,rtransfer-plain" if pipe else "nc,socat,rsync,rtransfer,rtransfer-plain"
@@ -629,6 +637,70 @@ def tree_main(args: argparse.Namespace, size: int) -> int:
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(results, indent=2))
     return 1 if diff else 0
+
+
+def lossy_main(args: argparse.Namespace, size: int) -> int:
+    """A real lossy link (two network namespaces, tests/chaos/netns.py): rtransfer against nc, alternating."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from tests.chaos.netns import Unavailable, dropped_packets, lossy_link
+
+    byte_compile_rtransfer()
+    os.environ.setdefault("RTRANSFER_SECRET", "bench-" + os.urandom(8).hex())
+    try:
+        with tempfile.TemporaryDirectory(dir=args.dir) as tmp, lossy_link(args.rate, args.loss) as (a, b, addr):
+            root = Path(tmp)
+            src = root / "src.bin"
+            write_random_file(src, size)
+            tools = [Tool(n, lossy_tool(n, a, b, addr)) for n in (args.tools or "nc,rtransfer").split(",")]
+            for round_no in range(args.warmup + args.runs):
+                for tool in tools[round_no % len(tools) :] + tools[: round_no % len(tools)]:
+                    dst = root / "out" / f"{tool.name}.bin"
+                    dst.parent.mkdir(exist_ok=True)
+                    sample = tool.run(src, dst)
+                    for leftover in dst.parent.iterdir():
+                        assert leftover.stat().st_size == size, f"{tool.name} wrote {leftover.stat().st_size} bytes"
+                        leftover.unlink()
+                    if round_no >= args.warmup:
+                        tool.samples.append(sample)
+                    print(f"round {round_no + 1} {tool.name}: {sample.seconds:.2f} s", file=sys.stderr, flush=True)
+            dropped = dropped_packets(a) + dropped_packets(b)
+    except Unavailable as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return 2
+    base = statistics.median(s.seconds for s in tools[0].samples)
+    machine = f"{platform.machine()}, {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}"
+    print(f"\n{args.size} over a {args.rate} link with {args.loss}% loss each way ({dropped} packets dropped)")
+    print(f"median of {args.runs} runs ({machine})\n")
+    print(f"| tool | median s | MiB/s | vs {tools[0].name} |")
+    print("|---|---|---|---|")
+    for tool in tools:
+        med = statistics.median(s.seconds for s in tool.samples)
+        print(f"| {tool.name} | {med:.2f} | {size / med / (1 << 20):.1f} | {med / base:.2f} |")
+    return 0
+
+
+def lossy_tool(name: str, sender_ns: str, receiver_ns: str, addr: str) -> Callable[[Path, Path], Sample]:
+    from tests.chaos.netns import in_ns
+
+    def nc(src: Path, dst: Path) -> Sample:
+        port = free_port()
+        with open(dst, "wb") as out, open(src, "rb") as inp:
+            return pair(
+                in_ns(receiver_ns, "nc", "-N", "-l", addr, str(port)),
+                lambda p: in_ns(sender_ns, "nc", "-N", addr, str(p)),
+                lambda _: wait_listening(port, receiver_ns) or port,
+                recv_stdout=out,
+                send_stdin=inp,
+            )
+
+    def rtransfer(src: Path, dst: Path) -> Sample:
+        return pair(
+            in_ns(receiver_ns, rtransfer_exe(), "recv", str(dst.parent), "--listen", f"{addr}:0", "--json"),
+            lambda p: in_ns(sender_ns, rtransfer_exe(), "send", str(src), f"{addr}:{p}", "--quiet"),
+            rtransfer_listening,
+        )
+
+    return {"nc": nc, "rtransfer": rtransfer}[name]
 
 
 if __name__ == "__main__":

@@ -4,14 +4,23 @@
         --stall-seconds 10 --flip-probability 1e-4 --rate 50M --delay-ms 5 --record wire.bin
 
 Prints one JSON object per line on stdout: {"event": "listening", "port": N} first,
-then one per fault injected ("reset", "stall", "flip"). Serves connection after
-connection (so a client can reconnect through it) until killed or --max-connections.
+then one per connection ("connection", with its number, counted from 1, and its rate
+cap) and one per fault injected ("reset", "stall", "flip", "blackhole"). Serves
+connection after connection (so a client can reconnect through it) until killed or
+--max-connections.
+
+Faults apply to every connection unless aimed at one: ``--rate`` caps each connection
+on its own; ``--slow-connection N --slow-rate R`` caps connection N at R instead;
+``--reset-connection N`` limits ``--reset-every`` to connection N; ``--blackhole-connection N
+--blackhole-after B`` stops forwarding connection N after B bytes without closing it,
+as a dead path does.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import random
 import socket
@@ -38,6 +47,20 @@ class Faults:
     rate: int = 0  # bytes per second, each direction; 0: unlimited
     delay_s: float = 0.0
     seed: int | None = None
+    slow_connection: int = 0  # this connection (counted from 1) gets slow_rate instead of rate
+    slow_rate: int = 0
+    reset_connection: int = 0  # 0: reset_every applies to every connection
+    blackhole_connection: int = 0
+    blackhole_after: int = 0
+
+    def for_connection(self, number: int) -> Faults:
+        """The faults one connection sees."""
+        return dataclasses.replace(
+            self,
+            rate=self.slow_rate if number == self.slow_connection else self.rate,
+            reset_every=self.reset_every if self.reset_connection in (0, number) else 0,
+            blackhole_after=self.blackhole_after if number == self.blackhole_connection else 0,
+        )
 
 
 class Proxy:
@@ -55,6 +78,8 @@ class Proxy:
 
     async def handle(self, c_reader: asyncio.StreamReader, c_writer: asyncio.StreamWriter) -> None:
         self.connections += 1
+        faults = self.faults.for_connection(self.connections)
+        self.say("connection", number=self.connections, rate=faults.rate)
         try:
             s_reader, s_writer = await asyncio.open_connection(*self.target)
         except OSError:
@@ -63,8 +88,8 @@ class Proxy:
         sent = [0]
         reset = asyncio.Event()
         pumps = [
-            asyncio.ensure_future(self.pump(c_reader, s_writer, sent, reset, upstream=True)),
-            asyncio.ensure_future(self.pump(s_reader, c_writer, sent, reset, upstream=False)),
+            asyncio.ensure_future(self.pump(faults, c_reader, s_writer, sent, reset, upstream=True)),
+            asyncio.ensure_future(self.pump(faults, s_reader, c_writer, sent, reset, upstream=False)),
         ]
         waiter = asyncio.ensure_future(reset.wait())
         done, _ = await asyncio.wait([*pumps, waiter], return_when=asyncio.FIRST_COMPLETED)
@@ -81,13 +106,13 @@ class Proxy:
 
     async def pump(
         self,
+        f: Faults,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
         sent: list[int],
         reset: asyncio.Event,
         upstream: bool,
     ) -> None:
-        f = self.faults
         started = time.monotonic()
         moved = 0
         seen = 0
@@ -99,6 +124,10 @@ class Proxy:
                     await writer.drain()
                     self.say("reset", after_bytes=f.reset_every)
                     reset.set()
+                    return
+                if f.blackhole_after and seen + len(data) > f.blackhole_after:
+                    self.say("blackhole", after_bytes=f.blackhole_after, upstream=upstream)
+                    await reset.wait()  # forward nothing more, and keep the connection open
                     return
                 seen += len(data)
                 direction_ok = f.flip_direction == "both" or (f.flip_direction == "up") == upstream
@@ -150,6 +179,11 @@ async def main(args: argparse.Namespace) -> None:
         parse_size(args.rate) if args.rate else 0,
         args.delay_ms / 1000,
         args.seed,
+        args.slow_connection,
+        parse_size(args.slow_rate) if args.slow_rate else 0,
+        args.reset_connection,
+        args.blackhole_connection,
+        parse_size(args.blackhole_after) if args.blackhole_after else 0,
     )
     record = open(args.record, "wb") if args.record else None  # noqa: SIM115 - closed below
     proxy = Proxy((host, int(port)), faults, record)
@@ -176,7 +210,12 @@ if __name__ == "__main__":
     ap.add_argument("--flip-probability", type=float, default=0.0, help="flip one bit per read with this probability")
     ap.add_argument("--flip-after", help="flip only after this many bytes of each connection and direction")
     ap.add_argument("--flip-direction", choices=["up", "down", "both"], default="both")
-    ap.add_argument("--rate", help="bandwidth cap per direction, bytes/s (K/M/G)")
+    ap.add_argument("--rate", help="bandwidth cap of each connection, per direction, bytes/s (K/M/G)")
+    ap.add_argument("--slow-connection", type=int, default=0, help="connection N (from 1) gets --slow-rate instead")
+    ap.add_argument("--slow-rate", help="the slow connection's cap, bytes/s (K/M/G)")
+    ap.add_argument("--reset-connection", type=int, default=0, help="apply --reset-every to connection N only")
+    ap.add_argument("--blackhole-connection", type=int, default=0, help="stop forwarding connection N ...")
+    ap.add_argument("--blackhole-after", help="... after this many bytes, keeping it open (K/M/G)")
     ap.add_argument("--delay-ms", type=float, default=0.0)
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--record", help="write every forwarded byte, both directions, to this file")
