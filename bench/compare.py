@@ -11,6 +11,7 @@ shared, noisy machine only these ratios from one run mean much.
     python bench/compare.py --mode tree --tree /usr/lib/python3.11 --runs 3        # a real tree, checked with rsync -c
     python bench/compare.py --mode tiny --size 1K --runs 11  # one small file, both start-ups, vs nc and scp (sshd)
     python bench/compare.py --mode lossy --size 32M --runs 5 # vs nc between network namespaces, 2% loss, 200mbit (root)
+    python bench/compare.py --mode rate --size 100M --limit-rate 20M --runs 3  # bytes per second through the proxy
 """
 
 from __future__ import annotations
@@ -462,12 +463,13 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument(
         "--mode",
-        choices=["file", "pipe", "tree", "tiny", "lossy"],
+        choices=["file", "pipe", "tree", "tiny", "lossy", "rate"],
         default="file",
         help="file, stdin to stdout, tree, one small file, one file over a lossy link between network namespaces",
     )
     ap.add_argument("--rate", default="200mbit", help="lossy mode: the link's cap (tc units)")
     ap.add_argument("--loss", type=int, default=2, help="lossy mode: percent of packets dropped each way")
+    ap.add_argument("--limit-rate", default="20M", help="rate mode: what send --limit-rate is given")
     ap.add_argument("--size", default="1G", help="bytes to move (K/M/G suffix); in tree mode, per file")
     ap.add_argument("--files", type=int, default=10000, help="tree mode: files to generate")
     ap.add_argument("--dirs", type=int, default=50, help="tree mode: directories to spread them over")
@@ -490,6 +492,8 @@ def main() -> int:
         return tiny_main(args, size)
     if args.mode == "lossy":
         return lossy_main(args, size)
+    if args.mode == "rate":
+        return rate_main(args, size)
     pipe = args.mode == "pipe"
     if args.tools is None:
         args.tools = "nc,rtransfer,rtransfer-plain" if pipe else "nc,socat,rsync,rtransfer,rtransfer-plain"
@@ -677,6 +681,64 @@ def lossy_main(args: argparse.Namespace, size: int) -> int:
         med = statistics.median(s.seconds for s in tool.samples)
         print(f"| {tool.name} | {med:.2f} | {size / med / (1 << 20):.1f} | {med / base:.2f} |")
     return 0
+
+
+def rate_main(args: argparse.Namespace, size: int) -> int:
+    """``send --limit-rate`` through the chaos proxy, which counts the bytes it forwards each second."""
+    byte_compile_rtransfer()
+    os.environ.setdefault("RTRANSFER_SECRET", "bench-" + os.urandom(8).hex())
+    rate = parse_size(args.limit_rate)
+    rows = []
+    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+        root = Path(tmp)
+        src = root / "src.bin"
+        write_random_file(src, size)
+        for run_no in range(args.runs):
+            seconds = limited_run(src, root / f"out{run_no}", args.limit_rate)
+            full = seconds[1:-1] or seconds  # the first and last seconds are partly idle
+            average, peak = sum(full) / len(full), max(seconds)
+            rows.append((average, peak))
+            print(f"run {run_no + 1}: {len(seconds)} s, average {average / rate:.3f}x, peak {peak / rate:.3f}x",
+                  file=sys.stderr, flush=True)  # fmt: skip
+    print(f"\n{args.size} with --limit-rate {args.limit_rate} ({rate} B/s), per second through the proxy")
+    print(f"({platform.machine()}, {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')})\n")
+    print("| run | average B/s | average / rate | busiest second / rate |")
+    print("|---|---|---|---|")
+    for run_no, (average, peak) in enumerate(rows, 1):
+        print(f"| {run_no} | {average:.0f} | {average / rate:.3f} | {peak / rate:.3f} |")
+    return 0
+
+
+def limited_run(src: Path, dst: Path, limit: str) -> list[int]:
+    """Bytes forwarded in each second of one limited transfer, from its first byte to its last."""
+    root = Path(__file__).resolve().parents[1]
+    receiver = subprocess.Popen(
+        [rtransfer_exe(), "recv", str(dst), "--listen", "127.0.0.1:0", "--json"], stdout=subprocess.PIPE
+    )
+    port = rtransfer_listening(receiver)
+    proxy = subprocess.Popen(
+        [sys.executable, "-m", "tests.chaos.proxy", "--target", f"127.0.0.1:{port}", "--tick"],
+        stdout=subprocess.PIPE,
+        cwd=root,
+    )
+    try:
+        assert proxy.stdout is not None
+        proxy_port = json.loads(proxy.stdout.readline())["port"]
+        sent = subprocess.run(
+            [rtransfer_exe(), "send", str(src), f"127.0.0.1:{proxy_port}", "--quiet", "--limit-rate", limit]
+        )
+        if sent.returncode or receiver.wait(timeout=60):
+            raise RuntimeError("the limited transfer failed")
+        proxy.terminate()
+        out, _ = proxy.communicate(timeout=10)
+    finally:
+        for proc in (receiver, proxy):
+            if proc.returncode is None:
+                proc.kill()
+    ticks = [json.loads(line) for line in out.decode().splitlines()]
+    counts = [t["up_bytes"] for t in ticks if t["event"] == "second"]
+    busy = [i for i, n in enumerate(counts) if n > 64 * 1024]  # the handshake alone is a few KiB
+    return counts[busy[0] : busy[-1] + 1]
 
 
 def lossy_tool(name: str, sender_ns: str, receiver_ns: str, addr: str) -> Callable[[Path, Path], Sample]:

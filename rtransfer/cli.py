@@ -206,6 +206,14 @@ def send(
             "--safe-links", help="Skip symbolic links that point outside the tree (sent as they are by default)."
         ),
     ] = False,
+    limit_rate: Annotated[
+        str | None,
+        typer.Option(
+            "--limit-rate",
+            metavar="RATE",
+            help="At most RATE bytes per second over the whole transfer (K/M/G suffixes, as curl's).",
+        ),
+    ] = None,
 ) -> int:
     """Send files, directories or standard input ('-') to a receiver."""
     reporter = _reporter(json_output, quiet, data_on_stdout=False, verbose=verbose)
@@ -220,6 +228,13 @@ def send(
             raise UsageError(f"--chunk-size must be between {MIN_CHUNK_BYTES} and {MAX_CHUNK_BYTES} bytes")
         if not 1 <= window <= MAX_WINDOW:
             raise UsageError(f"--window must be between 1 and {MAX_WINDOW}")
+        rate_bps = parse_size(limit_rate) if limit_rate is not None else None
+        if rate_bps is not None:
+            from rtransfer.ratelimit import chunk_under_limit
+
+            if rate_bps < 1024:
+                raise UsageError("--limit-rate must be at least 1K (bytes per second)")
+            chunk_bytes = chunk_under_limit(chunk_bytes, rate_bps, MIN_CHUNK_BYTES)
         if not timeout > 0:
             raise UsageError("--timeout must be positive")
         if retries < 0 or retry_max_seconds < 0:
@@ -243,6 +258,7 @@ def send(
             code=key,
             encrypt=not no_encrypt,
             safe_links=safe_links,
+            limit_rate_bps=rate_bps,
         )
     except RtransferError as exc:
         reporter.error(exc)

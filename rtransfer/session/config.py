@@ -22,6 +22,7 @@ class SendConfig:
     code: str = ""
     encrypt: bool = True
     safe_links: bool = False  # skip links that point outside the transfer, instead of sending them as they are
+    limit_rate_bps: float | None = None  # hold the whole transfer to this many bytes per second
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from rtransfer.protocol.events import (
 )
 from rtransfer.protocol.model import Manifest
 from rtransfer.protocol.sender import SenderMachine
+from rtransfer.ratelimit import TokenBucket
 from rtransfer.report import Reporter
 from rtransfer.retry import Backoff
 from rtransfer.session.attempt import Attempt
@@ -58,6 +59,8 @@ class SendTransfer:
         self.pool = BufferPool(send_budget(config.window))
         self.backoff = Backoff(config.connect_policy)
         self.resumable = all(s.local is not None for s in self.sources)  # standard input cannot be read again
+        rate = config.limit_rate_bps
+        self.bucket = TokenBucket(rate, now()) if rate else None  # one for the transfer, across reconnects
 
     async def run(self) -> TransferStats:
         while True:
@@ -217,6 +220,9 @@ class SendAttempt(Attempt):
             return
         if machine.encrypted:
             await self.pool.room(SENDER_ROOM)  # for its ciphertext
+        if self.transfer.bucket is not None and item is not None:
+            await asyncio.sleep(self.transfer.bucket.delay_s(now()))
+            self.transfer.bucket.take(len(item.payload), now())
         if isinstance(item, Packed):
             for packed, path in zip(item.files, item.paths, strict=True):
                 self.unconfirmed[packed.file_index] = (path, packed.size, packed.digest.hex())

@@ -5,7 +5,8 @@
 
 Prints one JSON object per line on stdout: {"event": "listening", "port": N} first,
 then one per connection ("connection", with its number, counted from 1, and its rate
-cap) and one per fault injected ("reset", "stall", "flip", "blackhole"). Serves
+cap), one per fault injected ("reset", "stall", "flip", "blackhole") and, with
+``--tick``, one per second ("second", with the bytes forwarded upstream in it). Serves
 connection after connection (so a client can reconnect through it) until killed or
 --max-connections.
 
@@ -72,6 +73,7 @@ class Proxy:
         self.total = 0
         self.stalled = False
         self.connections = 0
+        self.up_bytes = 0  # client to server, all connections: what --tick reports each second
 
     def say(self, event: str, **fields: object) -> None:
         print(json.dumps({"event": event, **fields}), flush=True)
@@ -145,6 +147,7 @@ class Proxy:
                 self.total += len(data)
                 if upstream:
                     sent[0] += len(data)
+                    self.up_bytes += len(data)
                 if f.stall_after and not self.stalled and self.total >= f.stall_after:
                     self.stalled = True
                     self.say("stall", seconds=f.stall_seconds)
@@ -165,6 +168,16 @@ class Proxy:
         finally:
             if not reset.is_set():
                 writer.close()
+
+
+async def tick(proxy: Proxy) -> None:
+    """One "second" event per second: the bytes forwarded client to server in it (for rate limits)."""
+    start, reported, second = time.monotonic(), 0, 0
+    while True:
+        second += 1
+        await asyncio.sleep(max(0.0, start + second - time.monotonic()))
+        proxy.say("second", second=second, up_bytes=proxy.up_bytes - reported)
+        reported = proxy.up_bytes
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -189,6 +202,7 @@ async def main(args: argparse.Namespace) -> None:
     proxy = Proxy((host, int(port)), faults, record)
     server = await asyncio.start_server(proxy.handle, "127.0.0.1", args.listen_port)
     proxy.say("listening", port=server.sockets[0].getsockname()[1])
+    ticker = asyncio.ensure_future(tick(proxy)) if args.tick else None
     deadline = time.monotonic() + args.max_seconds
     async with server:
         while time.monotonic() < deadline:
@@ -196,6 +210,8 @@ async def main(args: argparse.Namespace) -> None:
                 break
             await asyncio.sleep(0.05)
         await asyncio.sleep(0.5 if args.max_connections else 0)
+    if ticker is not None:
+        ticker.cancel()
     if record is not None:
         record.close()
 
@@ -219,6 +235,7 @@ if __name__ == "__main__":
     ap.add_argument("--delay-ms", type=float, default=0.0)
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--record", help="write every forwarded byte, both directions, to this file")
+    ap.add_argument("--tick", action="store_true", help="report the bytes forwarded upstream each second")
     ap.add_argument("--max-connections", type=int, default=0, help="exit after serving this many (0: no limit)")
     ap.add_argument("--max-seconds", type=float, default=600.0, help="exit after this long in any case")
     asyncio.run(main(ap.parse_args()))

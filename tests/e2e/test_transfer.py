@@ -205,3 +205,23 @@ def test_without_a_terminal_there_is_no_progress_display(tmp_path: Path, procs: 
     quiet = Receiver(tmp_path / "out2")
     procs.append(quiet)
     assert run("send", str(tmp_path / "a"), quiet.address, "--quiet").stderr == b""
+
+
+def test_limit_rate_paces_the_transfer_in_chunks_of_an_eighth_of_a_second(tmp_path: Path, procs: list[Proc]) -> None:
+    """What the wire shows, not a time: 2 MiB at 4 MiB/s leaves in 512 KiB chunks (pacing is tested in
+    simulated time in tests/unit/test_ratelimit.py, and measured by bench/compare.py --mode rate)."""
+    data = write_random(tmp_path / "a.bin", 2 << 20)
+    procs.append(rx := Receiver(tmp_path / "out"))
+    result = send(str(tmp_path / "a.bin"), rx.address, "--limit-rate", "4M")
+    assert result.returncode == 0, result.stderr
+    assert rx.finish() == 0
+    assert (tmp_path / "out" / "a.bin").read_bytes() == data
+    (done,) = rx.events("done")
+    assert done["chunks"] == 4
+
+
+@pytest.mark.parametrize("rate", ["fast", "100"])
+def test_a_bad_limit_rate_is_a_usage_error(rate: str) -> None:
+    result = run("send", "x", "127.0.0.1:1", "--limit-rate", rate, "--secret", "s")
+    assert result.returncode == 2
+    assert b"Traceback" not in result.stderr and len(result.stderr.splitlines()) == 1
