@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from rtransfer.protocol.frames import Data
 from rtransfer.protocol.model import Buffer, EntryBatch, Manifest
 from rtransfer.protocol.pack import PackedFile
 
@@ -25,6 +26,31 @@ class ChunksAcked:
     # Buffers nothing will read again (payload and ciphertext of chunks sent exactly once,
     # so no copy can still be queued in the transport): the driver may reuse them.
     released: tuple[Buffer, ...] = ()
+    orders: tuple[int, ...] = ()  # the chunks' numbers in the transfer (for the first connection's window)
+
+
+@dataclass(frozen=True)
+class StreamJoined:
+    """Sender side: a further connection is part of the transfer; chunks may go on it."""
+
+    stream: int
+
+
+@dataclass(frozen=True)
+class JoinRequested:
+    """Receiver side: a further connection says it belongs to ``manifest``'s transfer. The machine
+    has answered JOINED; the driver drops the connection if that is not the running transfer."""
+
+    manifest: Manifest
+    stream: int
+
+
+@dataclass(frozen=True)
+class ChunkArrived:
+    """Receiver side, on a further connection: a chunk, in this connection's order, for the
+    first connection's machine to put in the transfer's order (``ReceiverMachine.deliver``)."""
+
+    chunk: Data
 
 
 @dataclass(frozen=True)
@@ -63,9 +89,9 @@ class EntriesReceived:
 @dataclass(frozen=True)
 class PackReady:
     """Receiver side: a pack of whole small files, in order, its chunk verified; write each
-    file, check its digest, then call ``pack_written``."""
+    file, check its digest, then call ``pack_written`` with its ``order``."""
 
-    seq: int
+    order: int
     files: list[PackedFile]
     payload: Buffer
 
@@ -100,6 +126,9 @@ class TransferComplete:
 
 Event = (
     Accepted
+    | StreamJoined
+    | JoinRequested
+    | ChunkArrived
     | ChunksAcked
     | Retransmitted
     | IntegrityFailure

@@ -41,18 +41,19 @@ from rtransfer.protocol.model import (
 )
 
 MAGIC = b"RTXF"
-PROTOCOL_VERSION = 4  # 3: the file list streams in batches, small files travel packed; 4: ERROR says a Cause
+PROTOCOL_VERSION = 5  # 3: batched file list, packs; 4: ERROR says a Cause; 5: streams (JOIN, chunk order)
 
 MIN_CHUNK_BYTES = 4 * 1024
 MAX_CHUNK_BYTES = 16 * 1024 * 1024
 MAX_WINDOW = 1024
+MAX_STREAMS = 64
 MAX_MANIFEST_BYTES = 4096
 MAX_ENTRIES_BYTES = 8 * 1024 * 1024  # 1024 entries of up to two 4 KiB names each, JSON-quoted
 MAX_ERROR_MESSAGE_BYTES = 1024
 
 HEADER = struct.Struct("!BIQ")
 _PREFIX = struct.Struct("!BI")
-DATA_HEADER = struct.Struct("!QIQ")  # seq, file_index, offset
+DATA_HEADER = struct.Struct("!QIQQ")  # seq (this connection), file_index, offset, order (the transfer)
 _HELLO = struct.Struct("!4sHIB")  # magic, version, capabilities, role
 _ACK = struct.Struct("!QH")  # cumulative, count of selective seqs
 _U64 = struct.Struct("!Q")
@@ -79,6 +80,8 @@ class FrameType(IntEnum):
     ENTRIES = 14  # a batch of the file list
     PACK = 15  # DATA whose payload is several whole small files (see protocol/pack.py)
     PACK_RESULT = 16
+    JOIN = 17  # a further connection of a running transfer: its first frame after CONFIRM
+    JOINED = 18
 
 
 class Role(IntEnum):
@@ -103,6 +106,8 @@ MAX_BODY_BYTES: dict[FrameType, int] = {
     FrameType.PONG: _U64.size,
     FrameType.ERROR: _ERROR.size + MAX_ERROR_MESSAGE_BYTES,
     FrameType.CONFIRM: 64,
+    FrameType.JOIN: MAX_MANIFEST_BYTES,
+    FrameType.JOINED: 0,
 }
 TAG_BYTES = 16  # AEAD tag on sealed frames; limits above are for the plaintext
 
@@ -129,13 +134,31 @@ class Accept:
 @dataclass(frozen=True)
 class Data:
     """A chunk: ``payload`` is file ``file_index`` from ``offset`` on, or, ``packed``, a pack of
-    whole small files (``file_index`` is then the first of them and ``offset`` 0)."""
+    whole small files (``file_index`` is then the first of them and ``offset`` 0).
+
+    ``seq`` numbers it on its connection (ACKs, the window, resends); ``order`` numbers it in
+    the transfer, in the order the writer needs it, whichever stream carries it."""
 
     seq: int
     file_index: int
     offset: int
     payload: Buffer
     packed: bool = False
+    order: int = 0
+
+
+@dataclass(frozen=True)
+class Join:
+    """Sender side, on a further connection: it belongs to the transfer ``manifest`` describes,
+    as stream number ``stream``. The receiver checks the manifest against the running one."""
+
+    manifest: Manifest
+    stream: int
+
+
+@dataclass(frozen=True)
+class Joined:
+    pass
 
 
 @dataclass(frozen=True)
@@ -171,9 +194,9 @@ class FileResult:
 
 @dataclass(frozen=True)
 class PackResult:
-    """Receiver side: every file of the pack sent as ``seq`` is in place (or one failed its digest)."""
+    """Receiver side: every file of the pack sent as ``order`` is in place (or one failed its digest)."""
 
-    seq: int
+    order: int
     ok: bool
 
 
@@ -241,6 +264,8 @@ Frame = (
     | Pong
     | ErrorFrame
     | Confirm
+    | Join
+    | Joined
 )
 _CHUNKS = (FrameType.DATA, FrameType.PACK)
 
@@ -285,9 +310,9 @@ def encode(
 
     The last buffer of a DATA frame is its payload, or its ciphertext when sealed."""
     match frame:
-        case Data(seq, file_index, offset, payload, packed):
+        case Data(seq, file_index, offset, payload, packed, order):
             ftype = FrameType.PACK if packed else FrameType.DATA
-            return _frame(ftype, DATA_HEADER.pack(seq, file_index, offset), payload, sealer, allocate)
+            return _frame(ftype, DATA_HEADER.pack(seq, file_index, offset, order), payload, sealer, allocate)
         case Ack(cumulative, selective):
             body = _ACK.pack(cumulative, len(selective)) + b"".join(_U64.pack(s) for s in selective)
             return _frame(FrameType.ACK, b"", body, sealer)
@@ -295,9 +320,12 @@ def encode(
             return _frame(FrameType.NACK, b"", _U64.pack(seq), sealer)
         case Hello(role, version, capabilities, auth):
             return _frame(FrameType.HELLO, b"", _HELLO.pack(MAGIC, version, capabilities, role) + auth, sealer)
-        case Manifest(transfer_id, chunk_bytes, window):
-            header = {"transfer_id": transfer_id, "chunk_bytes": chunk_bytes, "window": window}
-            return _frame(FrameType.MANIFEST, b"", _json(header), sealer)
+        case Manifest():
+            return _frame(FrameType.MANIFEST, b"", _json(_manifest_to_json(frame)), sealer)
+        case Join(manifest, stream):
+            return _frame(FrameType.JOIN, b"", _json({**_manifest_to_json(manifest), "stream": stream}), sealer)
+        case Joined():
+            return _frame(FrameType.JOINED, b"", b"", sealer)
         case EntryBatch(first, entries, last):
             listing = {"first": first, "last": last, "entries": [_entry_to_json(e) for e in entries]}
             return _frame(FrameType.ENTRIES, b"", _json(listing), sealer)
@@ -305,8 +333,8 @@ def encode(
             offsets = {str(k): v for k, v in start_offsets.items()}
             plan = {"first": first, "start_offsets": offsets, "done": list(done)}
             return _frame(FrameType.ACCEPT, b"", _json(plan), sealer)
-        case PackResult(seq, ok):
-            return _frame(FrameType.PACK_RESULT, b"", _PACK_RESULT.pack(seq, ok), sealer)
+        case PackResult(order, ok):
+            return _frame(FrameType.PACK_RESULT, b"", _PACK_RESULT.pack(order, ok), sealer)
         case FileEnd(file_index, size, digest):
             return _frame(FrameType.FILE_END, b"", _FILE_END.pack(file_index, size, digest), sealer)
         case FileResult(file_index, ok):
@@ -341,6 +369,8 @@ _TYPES: dict[type, FrameType] = {
     Pong: FrameType.PONG,
     ErrorFrame: FrameType.ERROR,
     Confirm: FrameType.CONFIRM,
+    Join: FrameType.JOIN,
+    Joined: FrameType.JOINED,
 }
 
 
@@ -353,6 +383,10 @@ def frame_type(frame: Frame | CorruptData) -> FrameType:
 
 def encode_bytes(frame: Frame) -> bytes:
     return b"".join(bytes(p) for p in encode(frame))
+
+
+def _manifest_to_json(m: Manifest) -> dict[str, Any]:
+    return {"transfer_id": m.transfer_id, "chunk_bytes": m.chunk_bytes, "window": m.window, "streams": m.streams}
 
 
 def _json(obj: object) -> bytes:
@@ -502,8 +536,9 @@ def _decode_body(ftype: FrameType, body: WritableBuffer) -> Frame:
     n = len(body)
     if ftype in _CHUNKS:
         _need(n >= DATA_HEADER.size, f"{ftype.name} frame too short")
-        seq, file_index, offset = DATA_HEADER.unpack_from(body)
-        return Data(seq, file_index, offset, memoryview(body)[DATA_HEADER.size :], ftype is FrameType.PACK)
+        seq, file_index, offset, order = DATA_HEADER.unpack_from(body)
+        payload = memoryview(body)[DATA_HEADER.size :]
+        return Data(seq, file_index, offset, payload, ftype is FrameType.PACK, order)
     if ftype is FrameType.ACK:
         _need(n >= _ACK.size, "ACK frame too short")
         cumulative, count = _ACK.unpack_from(body)
@@ -521,7 +556,13 @@ def _decode_body(ftype: FrameType, body: WritableBuffer) -> Frame:
             raise HandshakeRefused(f"peer announced an unknown role {role}") from None
         return Hello(peer_role, version, caps, bytes(body[_HELLO.size :]))
     if ftype is FrameType.MANIFEST:
-        return _decode_manifest(body)
+        return _decode_manifest(_load_json(body, "MANIFEST"))
+    if ftype is FrameType.JOIN:
+        obj = _load_json(body, "JOIN")
+        _need(isinstance(obj, dict) and _is_uint(obj.get("stream")) and obj["stream"] >= 1, "JOIN stream malformed")
+        return Join(_decode_manifest(obj), obj["stream"])
+    if ftype is FrameType.JOINED:
+        return Joined()
     if ftype is FrameType.ENTRIES:
         return _decode_entries(body)
     if ftype is FrameType.PACK_RESULT:
@@ -575,15 +616,15 @@ def _load_json(body: WritableBuffer, what: str) -> Any:
         raise RemoteProtocolError(f"{what} frame is not valid JSON") from None
 
 
-def _decode_manifest(body: WritableBuffer) -> Manifest:
-    obj = _load_json(body, "MANIFEST")
+def _decode_manifest(obj: Any) -> Manifest:
     _need(isinstance(obj, dict), "MANIFEST is not an object")
-    tid, chunk, window = (obj.get(k) for k in ("transfer_id", "chunk_bytes", "window"))
+    tid, chunk, window, streams = (obj.get(k) for k in ("transfer_id", "chunk_bytes", "window", "streams"))
     _need(isinstance(tid, str) and 0 < len(tid) <= 64, "MANIFEST transfer_id malformed")
     _need(_is_uint(chunk) and MIN_CHUNK_BYTES <= chunk <= MAX_CHUNK_BYTES, "MANIFEST chunk_bytes out of range")
     _need(_is_uint(window) and 1 <= window <= MAX_WINDOW, "MANIFEST window out of range")
-    assert isinstance(tid, str) and isinstance(chunk, int) and isinstance(window, int)
-    return Manifest(tid, chunk, window)
+    _need(_is_uint(streams) and 1 <= streams <= MAX_STREAMS, "MANIFEST streams out of range")
+    assert isinstance(tid, str) and isinstance(chunk, int) and isinstance(window, int) and isinstance(streams, int)
+    return Manifest(tid, chunk, window, streams)
 
 
 def _decode_entries(body: WritableBuffer) -> EntryBatch:

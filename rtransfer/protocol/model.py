@@ -35,7 +35,8 @@ class Manifest:
 
     transfer_id: str
     chunk_bytes: int
-    window: int
+    window: int  # chunks in flight on each connection
+    streams: int = 1  # connections the sender opens for this transfer
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,11 @@ def table_bytes(count: int) -> int:
     return _COUNT.size + count * _ROW.size
 
 
+def table_bytes_of(payload: Buffer) -> int:
+    """Bytes of a pack's payload that are its table, not file data (from the count it starts with)."""
+    return table_bytes(_COUNT.unpack_from(payload)[0])
+
+
 def write_table(buf: memoryview, files: list[PackedFile]) -> None:
     _COUNT.pack_into(buf, 0, len(files))
     for i, f in enumerate(files):

@@ -18,8 +18,8 @@ from rtransfer.protocol.frames import FrameType, Role
 class Phase(Enum):
     GREETING = "greeting"  # our HELLO is out; waiting for the peer's
     CONFIRMING = "confirming"  # keys agreed and our CONFIRM is out; waiting for the peer's
-    OFFERING = "offering"  # sender: manifest and file list going out; waiting for the first ACCEPT
-    AWAITING_MANIFEST = "awaiting manifest"  # receiver: the peer has proved its keys
+    OFFERING = "offering"  # sender: manifest and file list (or JOIN) going out; waiting for ACCEPT (or JOINED)
+    AWAITING_MANIFEST = "awaiting manifest"  # receiver: the peer has proved its keys; MANIFEST or JOIN next
     PLANNING = "planning"  # receiver: manifest in; its driver checks the first batch against the disk
     TRANSFERRING = "transferring"  # the first batch is accepted: data flows
     FINISHING = "finishing"  # the sender's DONE is out: resends and confirmations only
@@ -43,7 +43,7 @@ RECEIVED: dict[Role, dict[Phase, dict[FrameType, Phase | None]]] = {
     Role.SENDER: {
         Phase.GREETING: {F.HELLO: Phase.CONFIRMING},
         Phase.CONFIRMING: {F.CONFIRM: Phase.OFFERING},
-        Phase.OFFERING: {F.ACCEPT: Phase.TRANSFERRING, **_CONTROL},
+        Phase.OFFERING: {F.ACCEPT: Phase.TRANSFERRING, F.JOINED: Phase.TRANSFERRING, **_CONTROL},
         Phase.TRANSFERRING: {
             **dict.fromkeys((F.ACCEPT, F.ACK, F.NACK, F.FILE_RESULT, F.PACK_RESULT), _STAYS),
             **_CONTROL,
@@ -59,7 +59,7 @@ RECEIVED: dict[Role, dict[Phase, dict[FrameType, Phase | None]]] = {
     Role.RECEIVER: {
         Phase.GREETING: {F.HELLO: Phase.CONFIRMING},
         Phase.CONFIRMING: {F.CONFIRM: Phase.AWAITING_MANIFEST},
-        Phase.AWAITING_MANIFEST: {F.MANIFEST: Phase.PLANNING, **_CONTROL},
+        Phase.AWAITING_MANIFEST: {F.MANIFEST: Phase.PLANNING, F.JOIN: Phase.TRANSFERRING, **_CONTROL},
         Phase.PLANNING: {F.ENTRIES: _STAYS, **_CONTROL},
         Phase.TRANSFERRING: {
             **dict.fromkeys((F.ENTRIES, F.DATA, F.PACK, F.FILE_END), _STAYS),

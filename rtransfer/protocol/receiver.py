@@ -11,12 +11,14 @@ from dataclasses import dataclass
 
 from rtransfer.protocol.errors import LimitExceeded, LocalProtocolError, RemoteProtocolError
 from rtransfer.protocol.events import (
+    ChunkArrived,
     ChunkReady,
     DuplicateChunk,
     EntriesReceived,
     Event,
     FileComplete,
     IntegrityFailure,
+    JoinRequested,
     ManifestReceived,
     PackReady,
     TransferComplete,
@@ -30,6 +32,8 @@ from rtransfer.protocol.frames import (
     FileEnd,
     FileResult,
     Frame,
+    Join,
+    Joined,
     Nack,
     PackResult,
     Role,
@@ -38,6 +42,7 @@ from rtransfer.protocol.model import FRESH_BUFFERS, Buffer, Buffers, EntryBatch,
 from rtransfer.protocol.pack import read_table
 from rtransfer.protocol.peer import KeyExchange, Peer, guarded
 from rtransfer.protocol.phases import Phase
+from rtransfer.protocol.reorder import Reorder
 
 
 @dataclass(frozen=True)
@@ -62,7 +67,14 @@ class _Incoming:
 class ReceiverMachine(Peer):
     """Receives the manifest, then the file list batch by batch (the driver plans and accepts
     each), then chunks. Per-file state lasts until the file is confirmed, so memory follows
-    the files in flight, not the size of the tree."""
+    the files in flight, not the size of the tree.
+
+    A transfer over several connections has one such machine per connection. The first
+    connection's machine owns the file list; a further connection's (it sent JOIN instead
+    of a manifest) only acknowledges chunks and hands them on (``ChunkArrived``), and the
+    driver gives them to the first machine's ``deliver``. There, chunks from every
+    connection are put back in the transfer's order (protocol/reorder.py) before they are
+    checked against the file list, so files are still written front to back."""
 
     role = Role.RECEIVER
 
@@ -78,6 +90,8 @@ class ReceiverMachine(Peer):
         super().__init__(now, timeout_s, kex, encrypt, buffers)
         self.limits = limits or ReceiveLimits()
         self.manifest = Manifest("", 0, 0)  # the sender's, once it arrives (phase PLANNING on)
+        self.stream = 0  # a further connection's number, once it has joined
+        self._reorder: Reorder[Data] = Reorder(1)
         self._next_seq = 0
         self._pending: dict[int, Data] = {}
         self._ack_due = False
@@ -92,11 +106,22 @@ class ReceiverMachine(Peer):
 
     @property
     def reorder_buffered(self) -> int:
-        return len(self._pending)
+        return len(self._pending) + self._reorder.waiting
 
     def held_buffers(self) -> list[Buffer]:
         """Chunks waiting to be reordered and the frame being read (see SenderMachine.held_buffers)."""
-        return [frame.payload for frame in self._pending.values()] + super().held_buffers()
+        waiting = [*self._pending.values(), *self._reorder.held()]
+        return [frame.payload for frame in waiting] + super().held_buffers()
+
+    @guarded
+    def deliver(self, chunk: Data, now: float) -> list[Event]:
+        """A chunk that arrived on a further connection of this transfer (its ``ChunkArrived``)."""
+        if self.stream or self.phase not in (Phase.TRANSFERRING, Phase.FINISHING):
+            raise LocalProtocolError("deliver called on a further connection's machine, or out of turn")
+        self._now = now
+        events: list[Event] = []
+        self._arrive(chunk, events)
+        return events
 
     @guarded
     def accept(self, first: int, start_offsets: dict[int, int], now: float, done: tuple[int, ...] = ()) -> list[Event]:
@@ -131,13 +156,13 @@ class ReceiverMachine(Peer):
         return events
 
     @guarded
-    def pack_written(self, seq: int, ok: bool, now: float) -> list[Event]:
+    def pack_written(self, order: int, ok: bool, now: float) -> list[Event]:
         """The writer put every file of a pack in place (``ok``), or found one whose digest failed."""
-        if seq not in self._packs:
-            raise LocalProtocolError(f"pack_written for {seq}, which is not a pack being written")
+        if order not in self._packs:
+            raise LocalProtocolError(f"pack_written for {order}, which is not a pack being written")
         self._now = now
-        self._send_as_told(PackResult(seq, ok))
-        self._packs.remove(seq)
+        self._send_as_told(PackResult(order, ok))
+        self._packs.remove(order)
         events: list[Event] = []
         self._maybe_finish(events)
         return events
@@ -149,13 +174,19 @@ class ReceiverMachine(Peer):
             self._on_corrupt(frame, events)
         elif isinstance(frame, Manifest):
             self.manifest = frame
+            self._reorder = Reorder(frame.window * frame.streams)
             events.append(ManifestReceived(frame))
+        elif isinstance(frame, Join):
+            self.manifest, self.stream = frame.manifest, frame.stream
+            self._send(Joined())
+            events.append(JoinRequested(frame.manifest, frame.stream))
         elif isinstance(frame, EntryBatch):
             self._on_entries(frame, events)
         elif isinstance(frame, FileEnd):
             self._on_file_end(frame, events)
         elif isinstance(frame, Done):
-            if not self._listed_all or self._unplanned or any(f.end is None for f in self._files.values()):
+            unended = any(f.end is None for f in self._files.values())
+            if not self.stream and (not self._listed_all or self._unplanned or unended):
                 raise RemoteProtocolError("sender finished before listing and ending every file")
             self._maybe_finish(events)
         else:
@@ -194,11 +225,22 @@ class ReceiverMachine(Peer):
         self._pending[seq] = frame
         while self._next_seq in self._pending:
             frame = self._pending.pop(self._next_seq)
-            if frame.packed:
-                self._deliver_pack(frame, events)
-            else:
-                self._deliver(frame, events)
             self._next_seq += 1
+            if self.stream:
+                events.append(ChunkArrived(frame))
+            else:
+                self._arrive(frame, events)
+
+    def _arrive(self, frame: Data, events: list[Event]) -> None:
+        """Into the transfer's order; what is next in it goes on to be checked against the files."""
+        ready, duplicate = self._reorder.add(frame.order, frame)
+        if duplicate:
+            events.append(DuplicateChunk(frame.seq))
+        for chunk in ready:
+            if chunk.packed:
+                self._deliver_pack(chunk, events)
+            else:
+                self._deliver(chunk, events)
 
     def _on_corrupt(self, frame: CorruptData, events: list[Event]) -> None:
         events.append(IntegrityFailure(frame.seq))
@@ -248,8 +290,8 @@ class ReceiverMachine(Peer):
             self._current_file = packed.file_index
             self._count_bytes(packed.size)
             del self._files[packed.file_index]
-        self._packs.add(frame.seq)
-        events.append(PackReady(frame.seq, files, frame.payload))
+        self._packs.add(frame.order)
+        events.append(PackReady(frame.order, files, frame.payload))
 
     def _on_file_end(self, frame: FileEnd, events: list[Event]) -> None:
         index = frame.file_index

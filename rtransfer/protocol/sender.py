@@ -13,6 +13,7 @@ from rtransfer.protocol.events import (
     FileVerified,
     IntegrityFailure,
     Retransmitted,
+    StreamJoined,
     TransferComplete,
 )
 from rtransfer.protocol.frames import (
@@ -25,12 +26,14 @@ from rtransfer.protocol.frames import (
     FileResult,
     Frame,
     FrameType,
+    Join,
+    Joined,
     Nack,
     PackResult,
     Role,
 )
 from rtransfer.protocol.model import FRESH_BUFFERS, Buffer, Buffers, Entry, EntryBatch, Manifest
-from rtransfer.protocol.pack import table_bytes
+from rtransfer.protocol.pack import table_bytes_of
 from rtransfer.protocol.peer import KeyExchange, Peer, guarded
 from rtransfer.protocol.phases import Phase, after_sent
 from rtransfer.protocol.timing import RetransmitTimer
@@ -68,6 +71,13 @@ class SenderMachine(Peer):
     chunk, so the receiver never has to hold more than ``window`` chunks out of order.
     What the machine keeps per file lasts only until the receiver has confirmed it, so
     its memory follows the files in flight, not the size of the tree.
+
+    A transfer over several connections has one such machine per connection. The one
+    on the first (``stream`` 0) owns the file list and numbers every chunk of the
+    transfer (``claim_chunk``, ``claim_pack``), holding the transfer to ``window`` x
+    ``streams`` chunks beyond the oldest one not yet acknowledged on any connection
+    (``delivered``), which is what the receiver may hold out of order. A machine on a
+    further connection sends JOIN instead of the manifest and carries only chunks.
     """
 
     role = Role.SENDER
@@ -82,9 +92,11 @@ class SenderMachine(Peer):
         timer: RetransmitTimer | None = None,
         buffers: Buffers = FRESH_BUFFERS,
         entries: tuple[Entry, ...] | None = None,
+        stream: int = 0,
     ) -> None:
         """``entries``, when given, is the whole file list, sent as one batch (tests, small transfers)."""
         self.manifest = manifest
+        self.stream = stream
         self._early: list[EntryBatch] = []  # batches listed before the keys were agreed
         super().__init__(now, timeout_s, kex, encrypt, buffers)
         self._timer = timer or RetransmitTimer()
@@ -97,11 +109,16 @@ class SenderMachine(Peer):
         self._paths: dict[int, str] = {}  # listed files not yet confirmed by the receiver
         self._sendable: set[int] = set()  # accepted files not yet ended or packed
         self._ended: set[int] = set()  # ended, awaiting FILE_RESULT
-        self._packs: dict[int, tuple[int, ...]] = {}  # seq -> its files, awaiting PACK_RESULT
+        self._packs: dict[int, tuple[int, ...]] = {}  # order -> its files, awaiting PACK_RESULT
+        self._next_order = 0
+        self._undelivered: OrderedDict[int, None] = OrderedDict()  # orders claimed, not yet acknowledged anywhere
         if entries is not None:
             self.send_entries(entries, True, now)
 
     def _on_keys(self) -> None:
+        if self.stream:
+            self._send(Join(self.manifest, self.stream))
+            return
         self._send(self.manifest)
         for batch in self._early:
             self._send(batch)
@@ -123,8 +140,8 @@ class SenderMachine(Peer):
     def send_entries(self, entries: tuple[Entry, ...], last: bool, now: float) -> int:
         """List the next batch of entries (``last``: the list ends with it); returns the index
         of its first entry. Batches listed before the keys are agreed wait for them."""
-        if self._listed_all:
-            raise LocalProtocolError("send_entries called after the last batch")
+        if self._listed_all or self.stream:
+            raise LocalProtocolError("send_entries called after the last batch, or on a further connection")
         self.phase = after_sent(self.role, self.phase, FrameType.ENTRIES)
         self._now = now
         first = self._next_entry
@@ -146,34 +163,71 @@ class SenderMachine(Peer):
     def can_send(self) -> bool:
         return self.phase is Phase.TRANSFERRING and self._next_seq < self._window_base() + self.manifest.window
 
-    def _take_sendable(self, files: tuple[int, ...]) -> None:
-        if not self.can_send():
-            raise LocalProtocolError("a chunk sent while the window is closed")
+    def can_claim(self) -> bool:
+        """The next chunk's number is within what the receiver may hold out of order."""
+        oldest = next(iter(self._undelivered), self._next_order)
+        return self._next_order < oldest + self.manifest.window * self.manifest.streams
+
+    def _claim(self, files: tuple[int, ...]) -> int:
+        if self.stream or self.phase is not Phase.TRANSFERRING or not self.can_claim():
+            raise LocalProtocolError(
+                "a chunk claimed out of turn (a further connection, or past the transfer's window)"
+            )
         if not self._sendable.issuperset(files):
             raise LocalProtocolError(f"data for files {files} before their batch was accepted, or after they ended")
+        order = self._next_order
+        self._next_order += 1
+        self._undelivered[order] = None
+        return order
+
+    @guarded
+    def claim_chunk(self, file_index: int) -> int:
+        """Number the next chunk of ``file_index`` in the transfer (the first connection's machine only)."""
+        return self._claim((file_index,))
+
+    @guarded
+    def claim_pack(self, files: tuple[int, ...]) -> int:
+        """Number a pack of whole small files; they count as sent from now on."""
+        order = self._claim(files)
+        self._sendable.difference_update(files)
+        self._packs[order] = files
+        return order
+
+    @guarded
+    def delivered(self, orders: tuple[int, ...]) -> None:
+        """Chunks acknowledged on any connection: the transfer's window moves on."""
+        for order in orders:
+            self._undelivered.pop(order, None)
 
     @guarded
     def send_chunk(self, file_index: int, offset: int, payload: Buffer, now: float) -> int:
-        self._take_sendable((file_index,))
-        return self._send_data(Data(self._next_seq, file_index, offset, payload), now, len(payload))
+        """Claim a chunk and send it on this connection."""
+        order = self._claim((file_index,))
+        return self.send_data(Data(0, file_index, offset, payload, False, order), now)
 
     @guarded
     def send_pack(self, files: tuple[int, ...], payload: Buffer, now: float) -> int:
         """Send whole small files packed in one chunk (``payload`` as protocol/pack.py lays it out)."""
-        self._take_sendable(files)
-        self._sendable.difference_update(files)
-        frame = Data(self._next_seq, files[0], 0, payload, packed=True)
-        seq = self._send_data(frame, now, len(payload) - table_bytes(len(files)))
-        self._packs[seq] = files
-        return seq
+        order = self.claim_pack(files)
+        return self.send_data(Data(0, files[0], 0, payload, True, order), now)
 
-    def _send_data(self, frame: Data, now: float, data_bytes: int) -> int:
+    @guarded
+    def send_data(self, chunk: Data, now: float) -> int:
+        """Send a claimed chunk (``chunk.seq`` is ignored: this connection numbers it); returns its seq."""
+        if not self.can_send():
+            raise LocalProtocolError("a chunk sent while the window is closed")
         self._now = now
+        frame = Data(self._next_seq, chunk.file_index, chunk.offset, chunk.payload, chunk.packed, chunk.order)
+        data_bytes = len(frame.payload) - (table_bytes_of(frame.payload) if frame.packed else 0)
         self._next_seq += 1
         if not self._unacked:
             self._timer_armed_at = now
         self._unacked[frame.seq] = _InFlight(frame, now, self._send_as_told(frame)[-1], data_bytes)
         return frame.seq
+
+    def unacked_chunks(self) -> list[Data]:
+        """What this connection sent and never saw acknowledged (to send on another when it dies)."""
+        return [item.frame for item in self._unacked.values()]
 
     def take_written(self) -> list[Buffer]:
         """Ciphertext buffers nobody needs once the transport has written everything handed to it.
@@ -205,9 +259,10 @@ class SenderMachine(Peer):
 
     @guarded
     def finish(self, now: float) -> None:
-        """Every file has been ended or packed; tell the receiver nothing else is coming."""
+        """Every file has been ended or packed (on a further connection: the transfer is done);
+        tell the receiver nothing else is coming."""
         self._now = now
-        if not self._listed_all or self._unaccepted or self._sendable:
+        if not self.stream and (not self._listed_all or self._unaccepted or self._sendable):
             raise LocalProtocolError("finish called before every file was listed, accepted and sent")
         self._send_as_told(Done())
 
@@ -235,8 +290,10 @@ class SenderMachine(Peer):
                         "in a row; the path keeps damaging it"
                     )
                 self._resend(frame.seq, "nack", events)
-        elif isinstance(frame, Accept):
+        elif isinstance(frame, Accept) and not self.stream:
             self._on_accept(frame, events)
+        elif isinstance(frame, Joined) and self.stream:
+            events.append(StreamJoined(self.stream))
         elif isinstance(frame, FileResult) and frame.file_index in self._ended:
             if not frame.ok:
                 raise IntegrityFailed(
@@ -244,8 +301,8 @@ class SenderMachine(Peer):
                 )
             self._ended.discard(frame.file_index)
             self._verified(frame.file_index, events)
-        elif isinstance(frame, PackResult) and frame.seq in self._packs:
-            files = self._packs.pop(frame.seq)
+        elif isinstance(frame, PackResult) and frame.order in self._packs:
+            files = self._packs.pop(frame.order)
             if not frame.ok:
                 names = ", ".join(self._path(i) for i in files[:3])
                 raise IntegrityFailed(f"a small file packed with {names}...: BLAKE3 digest mismatch at the receiver")
@@ -294,7 +351,10 @@ class SenderMachine(Peer):
             if not a.retransmitted
             for b in ((a.frame.payload,) if a.wire is a.frame.payload else (a.frame.payload, a.wire))
         )
-        events.append(ChunksAcked(len(acked), sum(a.data_bytes for a in acked), released))
+        orders = tuple(a.frame.order for a in acked)
+        if not self.stream:
+            self.delivered(orders)
+        events.append(ChunksAcked(len(acked), sum(a.data_bytes for a in acked), released, orders))
 
     def _resend(self, seq: int, reason: str, events: list[Event]) -> None:
         item = self._unacked[seq]

@@ -195,7 +195,7 @@ class ReceiveAttempt(Attempt):
 
     async def pack_written(self, pack: PackReady, results: list[tuple[str, int, str | None]]) -> None:
         ok = all(digest_hex is not None for _, _, digest_hex in results)
-        events = self.machine.pack_written(pack.seq, ok, now())
+        events = self.machine.pack_written(pack.order, ok, now())
         self.conn.flush()
         for path, size, digest_hex in results:
             if digest_hex is None:

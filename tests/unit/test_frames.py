@@ -22,6 +22,8 @@ from rtransfer.protocol.frames import (
     FrameDecoder,
     FrameType,
     Hello,
+    Join,
+    Joined,
     Nack,
     PackResult,
     Ping,
@@ -55,9 +57,15 @@ frames = st.one_of(
     st.builds(
         Hello, role=st.sampled_from(Role), version=st.integers(0, 65535), capabilities=u32, auth=st.binary(max_size=64)
     ),
-    st.builds(
-        Manifest, st.text("0123456789abcdef", min_size=1, max_size=32), st.integers(4096, 1 << 24), st.integers(1, 1024)
+    manifests := st.builds(
+        Manifest,
+        st.text("0123456789abcdef", min_size=1, max_size=32),
+        st.integers(4096, 1 << 24),
+        st.integers(1, 1024),
+        st.integers(1, 64),
     ),
+    st.builds(Join, manifests, st.integers(1, 64)),
+    st.just(Joined()),
     st.builds(EntryBatch, u32, st.lists(entries, max_size=5).map(tuple), st.booleans()),
     st.builds(
         Accept,
@@ -65,7 +73,7 @@ frames = st.one_of(
         st.dictionaries(st.integers(0, 1000), st.integers(0, 2**50), max_size=5),
         st.lists(u32, max_size=5).map(tuple),
     ),
-    st.builds(Data, u64, u32, u64, st.binary(max_size=3000), st.booleans()),
+    st.builds(Data, u64, u32, u64, st.binary(max_size=3000), st.booleans(), u64),
     st.builds(PackResult, u64, st.booleans()),
     st.builds(Ack, u64, st.lists(u64, max_size=20).map(tuple)),
     st.builds(Nack, u64),
@@ -90,7 +98,7 @@ def decode_all(raw: bytes, split: int = 0) -> list[object]:
 
 def normalise(frame: object) -> object:
     if isinstance(frame, Data):
-        return Data(frame.seq, frame.file_index, frame.offset, bytes(frame.payload), frame.packed)
+        return Data(frame.seq, frame.file_index, frame.offset, bytes(frame.payload), frame.packed, frame.order)
     return frame
 
 

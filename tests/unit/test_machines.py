@@ -184,7 +184,7 @@ def test_window_limits_chunks_in_flight_until_acked() -> None:
     assert pair.sender.can_send() and pair.sender.in_flight == 0
     for i in range(3, 6):
         pair.sender.send_chunk(0, i * CHUNK, b"x" * CHUNK, 0.0)
-    with pytest.raises(LocalProtocolError, match="window is closed"):
+    with pytest.raises(LocalProtocolError, match="window"):
         pair.sender.send_chunk(0, 6 * CHUNK, b"x" * CHUNK, 0.0)
 
 
@@ -469,7 +469,7 @@ def test_a_pack_carries_whole_files_each_confirmed_with_one_result() -> None:
     (ready,) = [e for e in pair.to_receiver() if isinstance(e, PackReady)]
     assert [(f.file_index, f.size) for f in ready.files] == [(0, 0), (1, 1), (2, 100)]
     assert [bytes(ready.payload[f.start : f.start + f.size]) for f in ready.files] == contents
-    pair.receiver_events.extend(pair.receiver.pack_written(ready.seq, True, pair.now))
+    pair.receiver_events.extend(pair.receiver.pack_written(ready.order, True, pair.now))
     pair.to_receiver()
     events = pair.to_sender()
     assert sorted(e.file_index for e in events if isinstance(e, FileVerified)) == [0, 1, 2]

@@ -23,6 +23,8 @@ from rtransfer.protocol.frames import (
     Frame,
     FrameType,
     Hello,
+    Join,
+    Joined,
     Nack,
     PackResult,
     Ping,
@@ -57,6 +59,8 @@ SAMPLES: dict[FrameType, Frame] = {
     FrameType.PING: Ping(1),
     FrameType.PONG: Pong(1),
     FrameType.ERROR: ErrorFrame(Cause.OTHER, "gave up"),
+    FrameType.JOIN: Join(Manifest("t" * 32, 4096, 4, 2), 1),
+    FrameType.JOINED: Joined(),
 }
 
 

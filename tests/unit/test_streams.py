@@ -1,0 +1,105 @@
+"""One transfer over two connections, at the machine level: the first owns the file list and the
+transfer's numbering; the second joins and carries chunks; the receiver puts them back in order."""
+
+from __future__ import annotations
+
+import os
+
+import blake3
+import pytest
+
+from rtransfer.crypto import KeyExchange
+from rtransfer.protocol.errors import LocalProtocolError, RemoteProtocolError
+from rtransfer.protocol.events import ChunkArrived, ChunkReady, JoinRequested, StreamJoined
+from rtransfer.protocol.frames import Data
+from rtransfer.protocol.model import Manifest
+from rtransfer.protocol.phases import Phase
+from rtransfer.protocol.receiver import ReceiverMachine
+from rtransfer.protocol.sender import SenderMachine
+from tests.unit.harness import CHUNK, CODE, Pair, manifest
+
+
+def joined_pair(listing_manifest: Manifest) -> Pair:
+    """A second connection of the transfer ``listing_manifest`` describes, joined."""
+    pair = Pair(
+        SenderMachine(listing_manifest, 0.0, 30.0, KeyExchange(CODE, True), encrypt=False, stream=1),
+        ReceiverMachine(0.0, 30.0, KeyExchange(CODE, False), encrypt=False),
+    )
+    for _ in range(3):
+        pair.to_receiver()
+        pair.to_sender()
+    return pair
+
+
+def two_streams(*sizes: int) -> tuple[Pair, Pair]:
+    listing = manifest(*sizes, window=2)
+    two = Manifest(listing.manifest.transfer_id, listing.manifest.chunk_bytes, 2, streams=2)
+    first = Pair.accepted(type(listing)(two, listing.entries))
+    return first, joined_pair(two)
+
+
+def test_a_joined_connection_carries_chunks_that_the_first_puts_back_in_order() -> None:
+    data = os.urandom(4 * CHUNK)
+    first, second = two_streams(len(data))
+    assert StreamJoined(1) in second.sender_events
+    (join,) = [e for e in second.receiver_events if isinstance(e, JoinRequested)]
+    assert join.manifest == first.sender.manifest and join.stream == 1
+    orders = [first.sender.claim_chunk(0) for _ in range(4)]
+    chunks = [Data(0, 0, i * CHUNK, data[i * CHUNK : (i + 1) * CHUNK], False, o) for i, o in enumerate(orders)]
+    second.sender.send_data(chunks[1], 0.0)  # the second connection carries 1 and 3, ahead of 0 and 2
+    second.sender.send_data(chunks[3], 0.0)
+    arrived = [e.chunk for e in second.to_receiver() if isinstance(e, ChunkArrived)]
+    events = [e for chunk in arrived for e in first.receiver.deliver(chunk, 0.0)]
+    assert not [e for e in events if isinstance(e, ChunkReady)]  # waiting for 0
+    first.sender.send_data(chunks[0], 0.0)
+    first.sender.send_data(chunks[2], 0.0)
+    first.to_receiver()
+    assert first.written()[0] == data  # every chunk once, in file order
+    for pair in (first, second):  # each connection ACKs its own; the first learns of the others' through its driver
+        acked = pair.to_sender()
+        first.sender.delivered(tuple(o for e in acked for o in getattr(e, "orders", ())))
+    assert first.sender.can_claim()
+    first.sender.end_file(0, len(data), blake3.blake3(data).digest(), 0.0)
+    first.to_receiver()
+    first.verify_completed_files()
+    first.sender.finish(0.0)
+    second.sender.finish(0.0)
+    for pair in (first, second):
+        pair.to_receiver()
+        pair.to_sender()
+        assert pair.sender.phase is pair.receiver.phase is Phase.CLOSED
+
+
+def test_the_transfer_holds_at_window_times_streams_chunks_beyond_the_oldest_unacknowledged() -> None:
+    first, _ = two_streams(10 * CHUNK)
+    claimed = [first.sender.claim_chunk(0) for _ in range(4)]  # window 2 x 2 streams
+    assert claimed == [0, 1, 2, 3] and not first.sender.can_claim()
+    with pytest.raises(LocalProtocolError, match="window"):
+        first.sender.claim_chunk(0)
+
+
+def test_a_chunk_dealt_twice_is_written_once() -> None:
+    first, second = two_streams(CHUNK)
+    order = first.sender.claim_chunk(0)
+    chunk = Data(0, 0, 0, b"x" * CHUNK, False, order)
+    first.sender.send_data(chunk, 0.0)
+    second.sender.send_data(chunk, 0.0)  # dealt again: its first connection looked stalled
+    first.to_receiver()
+    (late,) = [e.chunk for e in second.to_receiver() if isinstance(e, ChunkArrived)]
+    assert not [e for e in first.receiver.deliver(late, 0.0) if isinstance(e, ChunkReady)]
+    assert first.written()[0] == b"x" * CHUNK
+
+
+def test_a_joined_connection_cannot_number_chunks() -> None:
+    _, second = two_streams(10 * CHUNK)
+    with pytest.raises(LocalProtocolError, match="further connection"):
+        second.sender.claim_chunk(0)
+
+
+def test_a_chunk_past_the_receivers_reorder_window_is_a_protocol_error() -> None:
+    first, second = two_streams(10 * CHUNK)
+    far = Data(0, 0, 0, b"x" * CHUNK, False, 99)  # a forged order far ahead
+    second.sender.send_data(far, 0.0)
+    (arrived,) = [e.chunk for e in second.to_receiver() if isinstance(e, ChunkArrived)]
+    with pytest.raises(RemoteProtocolError, match="beyond the window"):
+        first.receiver.deliver(arrived, 0.0)
