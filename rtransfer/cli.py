@@ -48,6 +48,16 @@ app = typer.Typer(
 _SIZE = re.compile(r"^(\d+)\s*([kmgt]?)(i?b)?$", re.IGNORECASE)
 
 
+DEFAULT_STREAMS = 1
+STREAMS_IN_FLIGHT_BYTES = 16 << 20  # what a transfer's connections carry at once, whatever their number
+
+
+def stream_chunk_bytes(streams: int) -> int:
+    """With one connection, 8 MiB chunks two at a time; with more, one chunk each, of a size that keeps
+    what they carry together at 16 MiB (and the receiver's buffers with it), never below 1 MiB."""
+    return 8 << 20 if streams <= 2 else max(1 << 20, STREAMS_IN_FLIGHT_BYTES // streams)
+
+
 def parse_size(text: str) -> int:
     """'1M', '64KiB', '4096' -> bytes (binary units)."""
     m = _SIZE.match(text.strip())
@@ -190,9 +200,26 @@ def send(
     verbose: VerboseOpt = False,
     timeout: TimeoutOpt = 30.0,
     chunk_size: Annotated[
-        str, typer.Option("--chunk-size", metavar="SIZE", help="Bytes per chunk (K/M suffixes).")
-    ] = "8M",
-    window: Annotated[int, typer.Option("--window", metavar="CHUNKS", help="Chunks in flight before an ACK.")] = 2,
+        str | None,
+        typer.Option(
+            "--chunk-size",
+            metavar="SIZE",
+            help="Bytes per chunk (K/M suffixes; default 8M, less with --streams).",
+            show_default=False,
+        ),
+    ] = None,
+    window: Annotated[
+        int | None,
+        typer.Option(
+            "--window",
+            metavar="CHUNKS",
+            help="Chunks in flight on each connection before an ACK (default 2, 1 with --streams).",
+            show_default=False,
+        ),
+    ] = None,
+    streams: Annotated[
+        int, typer.Option("--streams", metavar="N", help="Connections to spread the transfer over.")
+    ] = DEFAULT_STREAMS,
     code: Annotated[str | None, typer.Option("--code", metavar="CODE", help="The code the receiver shows.")] = None,
     secret: SecretOpt = None,
     no_encrypt: NoEncryptOpt = False,
@@ -218,14 +245,17 @@ def send(
     """Send files, directories or standard input ('-') to a receiver."""
     reporter = _reporter(json_output, quiet, data_on_stdout=False, verbose=verbose)
     try:
-        from rtransfer.protocol.frames import MAX_CHUNK_BYTES, MAX_WINDOW, MIN_CHUNK_BYTES
+        from rtransfer.protocol.frames import MAX_CHUNK_BYTES, MAX_STREAMS, MAX_WINDOW, MIN_CHUNK_BYTES
         from rtransfer.retry import RetryPolicy
         from rtransfer.session import SendConfig, run_send
 
         host, port = parse_endpoint(destination, None)
-        chunk_bytes = parse_size(chunk_size)
+        if not 1 <= streams <= MAX_STREAMS:
+            raise UsageError(f"--streams must be between 1 and {MAX_STREAMS}")
+        chunk_bytes = parse_size(chunk_size) if chunk_size is not None else stream_chunk_bytes(streams)
         if not MIN_CHUNK_BYTES <= chunk_bytes <= MAX_CHUNK_BYTES:
             raise UsageError(f"--chunk-size must be between {MIN_CHUNK_BYTES} and {MAX_CHUNK_BYTES} bytes")
+        window = window if window is not None else (2 if streams == 1 else 1)
         if not 1 <= window <= MAX_WINDOW:
             raise UsageError(f"--window must be between 1 and {MAX_WINDOW}")
         rate_bps = parse_size(limit_rate) if limit_rate is not None else None
@@ -259,6 +289,7 @@ def send(
             encrypt=not no_encrypt,
             safe_links=safe_links,
             limit_rate_bps=rate_bps,
+            streams=streams,
         )
     except RtransferError as exc:
         reporter.error(exc)
@@ -286,6 +317,9 @@ def recv(
     max_files: Annotated[
         int, typer.Option("--max-files", metavar="N", help="Refuse transfers of more entries.")
     ] = 1_000_000,
+    max_streams: Annotated[
+        int, typer.Option("--max-streams", metavar="N", help="Refuse transfers asking for more connections.")
+    ] = 16,
     wait_seconds: Annotated[
         float,
         typer.Option("--retry-max-seconds", metavar="SECONDS", help="How long a broken transfer waits for its sender."),
@@ -309,6 +343,8 @@ def recv(
             raise UsageError("--timeout must be positive")
         if max_files < 1:
             raise UsageError("--max-files must be at least 1")
+        if max_streams < 1:
+            raise UsageError("--max-streams must be at least 1")
         max_total_bytes = parse_size(max_bytes)
         if no_encrypt:
             reporter.warning("--no-encrypt: file contents travel in clear; only the handshake is authenticated")
@@ -330,7 +366,7 @@ def recv(
             port,
             timeout,
             overwrite,
-            ReceiveLimits(max_entries=max_files, max_total_bytes=max_total_bytes),
+            ReceiveLimits(max_entries=max_files, max_total_bytes=max_total_bytes, max_streams=max_streams),
             code=code,
             encrypt=not no_encrypt,
             wait_s=wait_seconds,

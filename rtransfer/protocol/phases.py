@@ -83,6 +83,7 @@ SENT: dict[Role, dict[Phase, dict[FrameType, Phase | None]]] = {
             **dict.fromkeys((F.ENTRIES, F.DATA, F.PACK, F.FILE_END), _STAYS),
             F.DONE: Phase.FINISHING,
         },
+        Phase.FINISHING: {F.DATA: _STAYS, F.PACK: _STAYS},  # chunks dealt again from a lost connection
     },
     Role.RECEIVER: {
         Phase.PLANNING: {F.ACCEPT: Phase.TRANSFERRING},

@@ -51,6 +51,7 @@ class ReceiveLimits:
 
     max_entries: int = 1_000_000
     max_total_bytes: int = 1 << 50
+    max_streams: int = 16  # connections one transfer may use (each costs a window of chunk buffers)
 
 
 @dataclass
@@ -91,6 +92,7 @@ class ReceiverMachine(Peer):
         self.limits = limits or ReceiveLimits()
         self.manifest = Manifest("", 0, 0)  # the sender's, once it arrives (phase PLANNING on)
         self.stream = 0  # a further connection's number, once it has joined
+        self._handed_on = 0  # on a further connection: chunks up to here are in the transfer's order
         self._reorder: Reorder[Data] = Reorder(1)
         self._next_seq = 0
         self._pending: dict[int, Data] = {}
@@ -113,9 +115,16 @@ class ReceiverMachine(Peer):
         waiting = [*self._pending.values(), *self._reorder.held()]
         return [frame.payload for frame in waiting] + super().held_buffers()
 
+    @property
+    def _routed(self) -> bool:
+        """Over several connections, every connection hands its chunks to the driver (``ChunkArrived``),
+        which gives them to the first connection's ``deliver`` one at a time, in one place, so what
+        comes out of the reorder reaches the writer in order; each is acknowledged once handed on."""
+        return bool(self.stream) or self.manifest.streams > 1
+
     @guarded
     def deliver(self, chunk: Data, now: float) -> list[Event]:
-        """A chunk that arrived on a further connection of this transfer (its ``ChunkArrived``)."""
+        """A chunk of this transfer, from any of its connections (their ``ChunkArrived``)."""
         if self.stream or self.phase not in (Phase.TRANSFERRING, Phase.FINISHING):
             raise LocalProtocolError("deliver called on a further connection's machine, or out of turn")
         self._now = now
@@ -173,6 +182,10 @@ class ReceiverMachine(Peer):
         elif isinstance(frame, CorruptData):
             self._on_corrupt(frame, events)
         elif isinstance(frame, Manifest):
+            if frame.streams > self.limits.max_streams:
+                raise LimitExceeded(
+                    f"transfer asks for {frame.streams} connections; the limit is {self.limits.max_streams}"
+                )
             self.manifest = frame
             self._reorder = Reorder(frame.window * frame.streams)
             events.append(ManifestReceived(frame))
@@ -226,7 +239,7 @@ class ReceiverMachine(Peer):
         while self._next_seq in self._pending:
             frame = self._pending.pop(self._next_seq)
             self._next_seq += 1
-            if self.stream:
+            if self._routed:
                 events.append(ChunkArrived(frame))
             else:
                 self._arrive(frame, events)
@@ -320,4 +333,19 @@ class ReceiverMachine(Peer):
     def _after_batch(self, events: list[Event]) -> None:
         if self._ack_due:
             self._ack_due = False
-            self._send(Ack(self._next_seq, tuple(sorted(self._pending))))
+            if self._routed:
+                self._send(Ack(self._handed_on, ()))
+            else:
+                self._send(Ack(self._next_seq, tuple(sorted(self._pending))))
+
+    @guarded
+    def handed_on(self, seq: int, now: float) -> None:
+        """The driver gave chunk ``seq`` of this connection to the first connection's machine.
+
+        Only now is it acknowledged: the sender's window counts a chunk as done when it is
+        acknowledged, and the receiver's reorder window must hold whatever is not."""
+        if not self._routed or seq >= self._next_seq:
+            raise LocalProtocolError(f"handed_on({seq}) on a transfer of one connection, or for a chunk not yet here")
+        self._now = now
+        self._handed_on = max(self._handed_on, seq + 1)
+        self._send(Ack(self._handed_on, ()))

@@ -225,6 +225,11 @@ class SenderMachine(Peer):
         self._unacked[frame.seq] = _InFlight(frame, now, self._send_as_told(frame)[-1], data_bytes)
         return frame.seq
 
+    @property
+    def undelivered(self) -> frozenset[int]:
+        """Orders claimed and not yet acknowledged on any connection (the first connection's machine)."""
+        return frozenset(self._undelivered)
+
     def unacked_chunks(self) -> list[Data]:
         """What this connection sent and never saw acknowledged (to send on another when it dies)."""
         return [item.frame for item in self._unacked.values()]

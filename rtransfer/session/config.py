@@ -23,6 +23,7 @@ class SendConfig:
     encrypt: bool = True
     safe_links: bool = False  # skip links that point outside the transfer, instead of sending them as they are
     limit_rate_bps: float | None = None  # hold the whole transfer to this many bytes per second
+    streams: int = 1  # connections to spread the chunks over
 
 
 @dataclass(frozen=True)

@@ -3,36 +3,43 @@
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from pathlib import Path
 
 from rtransfer.crypto import KeyExchange
-from rtransfer.errors import IntegrityError, NetworkError, RtransferError
+from rtransfer.errors import HandshakeError, IntegrityError, NetworkError, ProtocolViolation, RtransferError, WrongCode
 from rtransfer.listen import new_code, normalise_code, open_listener
 from rtransfer.pipeline import QUEUE_CHUNKS, BufferPool, RecvItem, write_chunks
 from rtransfer.protocol.events import (
+    ChunkArrived,
     ChunkReady,
     DuplicateChunk,
     EntriesReceived,
+    Event,
     FileComplete,
     IntegrityFailure,
+    JoinRequested,
     ManifestReceived,
     PackReady,
     TransferComplete,
 )
+from rtransfer.protocol.frames import Data
+from rtransfer.protocol.phases import Phase
 from rtransfer.protocol.receiver import ReceiverMachine
 from rtransfer.report import Reporter
 from rtransfer.session.attempt import Attempt
 from rtransfer.session.config import RecvConfig
-from rtransfer.session.connection import INBOX_PAUSE_EVENTS, Connection, collect_dead_connection, now
+from rtransfer.session.connection import FRAME_BUFFERS, INBOX_PAUSE_EVENTS, Connection, collect_dead_connection, now
 from rtransfer.session.outcome import worth_reconnecting
 from rtransfer.sink import DirectorySink, Sink, StdoutSink
 from rtransfer.stats import TransferStats
 
 
-def recv_budget(window: int) -> int:
-    """The receiver's budget of chunk buffers: every one that can be in use at once (window, queue,
-    inbox, one being read or written), so steady state never waits for one nor maps fresh memory."""
-    return window + QUEUE_CHUNKS + INBOX_PAUSE_EVENTS + 2
+def recv_budget(window: int, streams: int = 1) -> int:
+    """The receiver's budget of chunk buffers: every one that can be in use at once (the transfer's
+    window across its connections, the queue, the inbox, one being read or written, and a frame
+    being read on each further connection), so steady state never waits for one nor maps fresh memory."""
+    return window * streams + QUEUE_CHUNKS + INBOX_PAUSE_EVENTS + 2 + FRAME_BUFFERS * (streams - 1)
 
 
 async def run_recv(config: RecvConfig, reporter: Reporter) -> TransferStats:
@@ -60,8 +67,11 @@ class ReceiveTransfer:
         # For the first connection, started before it comes so a sender does not wait for it.
         self.next_kex = KeyExchange(self.secret, is_sender=False)
         self.arrivals: asyncio.Queue[Connection] = asyncio.Queue()
-        self.busy = False  # a connection is being served; others are turned away (a sender retries)
+        self.busy = False  # a transfer's first connection is being served; others may only join it
         self.started = False  # some connection got as far as data: the sender may come back
+        self.control: ReceiveAttempt | None = None
+        self.joins: set[asyncio.Task[None]] = set()
+        self.join_failed: asyncio.Future[RtransferError] = asyncio.get_running_loop().create_future()
 
     async def run(self) -> TransferStats:
         listener = self.config.listener or open_listener(self.config.host, self.config.port)
@@ -74,7 +84,7 @@ class ReceiveTransfer:
             while True:
                 conn = await self.arrivals.get()
                 try:
-                    await ReceiveAttempt(self, conn).run()
+                    await self._serve(conn)
                     return self.stats
                 except RtransferError as exc:
                     await self.sink.suspend()
@@ -90,12 +100,37 @@ class ReceiveTransfer:
             ReceiverMachine(now(), c.timeout_s, kex, c.encrypt, c.limits, self.pool), self._arrived, self.pool
         )
 
+    async def _serve(self, conn: Connection) -> None:
+        self.control = ReceiveAttempt(self, conn)
+        try:
+            await self.control.run()
+        finally:
+            self.control = None
+            for task in list(self.joins):
+                task.cancel()
+            await asyncio.gather(*self.joins, return_exceptions=True)
+
     def _arrived(self, conn: Connection) -> bool:
-        if self.busy:
+        """The first connection of a transfer is served; later ones may join it, up to its streams."""
+        if not self.busy:
+            self.busy = True
+            self.arrivals.put_nowait(conn)
+            return True
+        control = self.control
+        if control is None or len(self.joins) + 1 >= control.machine.manifest.streams:
             return False
-        self.busy = True
-        self.arrivals.put_nowait(conn)
+        task = asyncio.ensure_future(JoinAttempt(self, control, conn).run())
+        self.joins.add(task)
+        task.add_done_callback(self.joins.discard)
         return True
+
+    def fail_from_join(self, error: RtransferError) -> None:
+        """A further connection failed in a way that ends the transfer (a wrong code: one guess per run)."""
+        if not self.join_failed.done():
+            self.join_failed.set_result(error)
+
+    async def watch_joins(self) -> None:
+        raise await asyncio.shield(self.join_failed)
 
     async def _wait_for_sender(self, exc: RtransferError) -> None:
         self.stats.reconnects += 1
@@ -121,6 +156,8 @@ class ReceiveAttempt(Attempt):
         self.transfer = transfer
         self.sink = transfer.sink
         self.queue: asyncio.Queue[RecvItem] = asyncio.Queue(maxsize=QUEUE_CHUNKS)
+        self.in_order: deque[Event] = deque()  # what the reorder released, for the writer, in that order
+        self.in_order_lock = asyncio.Lock()
         self.start_offsets: dict[int, int] = {}
         self.handlers = {
             ChunkReady: self.to_writer,
@@ -131,13 +168,15 @@ class ReceiveAttempt(Attempt):
             ManifestReceived: self.on_manifest,
             EntriesReceived: self.on_entries,
             TransferComplete: self.on_complete,
+            JoinRequested: self.refuse_join,
+            ChunkArrived: self.on_chunk_arrived,
         }
 
     async def run(self) -> None:
         writer = write_chunks(
             self.queue, self.sink, self.stats, self.verified, self.pack_written, self.start_offsets, self.pool
         )
-        await self.drive(writer)
+        await self.drive(writer, self.transfer.watch_joins())
 
     def refresh(self) -> None:
         self.stats.in_flight = self.machine.reorder_buffered
@@ -156,7 +195,7 @@ class ReceiveAttempt(Attempt):
         self.stats.duplicates += 1
 
     async def on_manifest(self, event: ManifestReceived) -> None:
-        self.pool.budget_buffers = recv_budget(event.manifest.window)
+        self.pool.budget_buffers = recv_budget(event.manifest.window, event.manifest.streams)
         self.sink.begin(event.manifest)
         self.stats.start_listing()
 
@@ -182,6 +221,26 @@ class ReceiveAttempt(Attempt):
         await self.sink.complete()
         self.done.set()
 
+    async def on_chunk_arrived(self, event: ChunkArrived) -> None:
+        await self.take_chunk(self.conn, event.chunk)
+
+    async def take_chunk(self, conn: Connection, chunk: Data) -> None:
+        """A chunk from any connection of the transfer: into the transfer's order, then acknowledged.
+        What the reorder releases is queued for the writer under one lock, so two connections'
+        handlers never put it out of order."""
+        self.in_order.extend(self.machine.deliver(chunk, now()))
+        self.conn.flush()
+        routed = conn.machine
+        assert isinstance(routed, ReceiverMachine)
+        routed.handed_on(chunk.seq, now())
+        conn.flush()
+        async with self.in_order_lock:
+            while self.in_order:
+                await self.handle(self.in_order.popleft())
+
+    async def refuse_join(self, event: JoinRequested) -> None:
+        raise ProtocolViolation("a further connection arrived before the transfer's first")
+
     # --- the writer's reports ---------------------------------------------------
     async def verified(self, done_file: FileComplete, ok: bool, digest_hex: str, path: str) -> None:
         events = self.machine.file_verified(done_file.file_index, ok, now())
@@ -206,3 +265,34 @@ class ReceiveAttempt(Attempt):
             self.reporter.file_done(path, size, digest_hex)
         for event in events:
             await self.handle(event)
+
+
+class JoinAttempt:
+    """A further connection of the running transfer: its chunks go to the first connection's machine,
+    which puts them in the transfer's order; what that yields goes to the same writer."""
+
+    def __init__(self, transfer: ReceiveTransfer, control: ReceiveAttempt, conn: Connection) -> None:
+        self.transfer = transfer
+        self.control = control
+        self.conn = conn
+
+    async def run(self) -> None:
+        try:
+            await self.conn.run(self.control.done, self.handle)
+        except (WrongCode, HandshakeError) as exc:
+            self.transfer.fail_from_join(exc)
+        except RtransferError as exc:
+            if self.control.machine.phase is not Phase.CLOSED:  # after the transfer, a closed stream is news to no one
+                self.transfer.reporter.warning(f"a further connection: {exc.message}")
+        finally:
+            self.control.pool.recycle(self.conn.leftover_buffers())
+
+    async def handle(self, event: Event) -> None:
+        if isinstance(event, JoinRequested):
+            running = self.control.machine.manifest
+            if event.manifest != running or not 1 <= event.stream < running.streams:
+                raise ProtocolViolation("a connection tried to join another transfer")
+        elif isinstance(event, ChunkArrived):
+            await self.control.take_chunk(self.conn, event.chunk)
+        else:
+            await self.control.handle(event)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import uuid
 from collections import deque
 
@@ -10,7 +11,7 @@ from rtransfer.crypto import KeyExchange
 from rtransfer.errors import RtransferError
 from rtransfer.files import Source, collect_sources, list_batches
 from rtransfer.listen import normalise_code
-from rtransfer.pipeline import QUEUE_CHUNKS, SENDER_ROOM, BufferPool, EndOfFile, Listed, Packed, SendItem, read_sources
+from rtransfer.pipeline import QUEUE_CHUNKS, BufferPool, EndOfFile, Listed, Packed, SendItem, read_sources
 from rtransfer.protocol.events import (
     Accepted,
     ChunksAcked,
@@ -19,6 +20,7 @@ from rtransfer.protocol.events import (
     Retransmitted,
     TransferComplete,
 )
+from rtransfer.protocol.frames import Data
 from rtransfer.protocol.model import Manifest
 from rtransfer.protocol.sender import SenderMachine
 from rtransfer.ratelimit import TokenBucket
@@ -28,6 +30,7 @@ from rtransfer.session.attempt import Attempt
 from rtransfer.session.config import SendConfig
 from rtransfer.session.connection import Connection, collect_dead_connection, connect, now
 from rtransfer.session.outcome import worth_reconnecting
+from rtransfer.session.streams import Dealer
 from rtransfer.stats import TransferStats
 from rtransfer.workers import in_worker
 
@@ -36,10 +39,10 @@ from rtransfer.workers import in_worker
 LIST_AHEAD_BATCHES = 3
 
 
-def send_budget(window: int) -> int:
-    """The sender's chunk buffers: the window's payloads awaiting their ACK, one chunk queued, one
-    being read, one ciphertext on its way to the kernel and one kept for a resend."""
-    return window + QUEUE_CHUNKS + 3
+def send_budget(window: int, streams: int = 1) -> int:
+    """The sender's chunk buffers: each connection's window of payloads awaiting their ACK and a
+    ciphertext on its way to the kernel, one chunk queued, one being read and one kept for a resend."""
+    return streams * (window + 1) + QUEUE_CHUNKS + 2
 
 
 async def run_send(config: SendConfig, reporter: Reporter) -> TransferStats:
@@ -54,9 +57,9 @@ class SendTransfer:
         self.config = config
         self.reporter = reporter
         self.sources = collect_sources(config.sources, config.stdin_name)
-        self.manifest = Manifest(uuid.uuid4().hex, config.chunk_bytes, config.window)
+        self.manifest = Manifest(uuid.uuid4().hex, config.chunk_bytes, config.window, config.streams)
         self.stats = TransferStats("send")
-        self.pool = BufferPool(send_budget(config.window))
+        self.pool = BufferPool(send_budget(config.window, config.streams))
         self.backoff = Backoff(config.connect_policy)
         self.resumable = all(s.local is not None for s in self.sources)  # standard input cannot be read again
         rate = config.limit_rate_bps
@@ -116,8 +119,9 @@ class SendAttempt(Attempt):
         self.window_open = asyncio.Event()
         self.unconfirmed: dict[int, tuple[str, int, str]] = {}  # index -> path, size, digest, until confirmed
         self.skipped, self.first_skipped = 0, ""  # files the receiver already has whole, said once
+        self.dealer = Dealer(self)
         self.handlers = {
-            ChunksAcked: self.on_acked,
+            ChunksAcked: functools.partial(self.on_stream_acked, 0),
             Retransmitted: self.on_retransmitted,
             IntegrityFailure: self.on_integrity_failure,
             FileVerified: self.on_file_verified,
@@ -131,15 +135,21 @@ class SendAttempt(Attempt):
         reader = read_sources(
             self.accepted, t.config.chunk_bytes, self.queue, self.stats, self.pool, self.ahead.release
         )
-        await self.drive(self.list_entries(), reader, self.send_chunks())
+        try:
+            await self.drive(self.list_entries(), reader, self.send_chunks())
+        finally:
+            await self.dealer.close()
 
     def refresh(self) -> None:
         self.stats.in_flight = self.machine.in_flight
 
     # --- events ---------------------------------------------------------------
-    async def on_acked(self, event: ChunksAcked) -> None:
+    async def on_stream_acked(self, stream: int, event: ChunksAcked) -> None:
         self.stats.bytes_done += event.bytes
         self.pool.recycle(event.released)
+        if stream:
+            self.machine.delivered(event.orders)  # the first connection's machine counts its own
+        self.dealer.acked(stream, event)
         self.window_open.set()
 
     async def on_retransmitted(self, event: Retransmitted) -> None:
@@ -164,6 +174,8 @@ class SendAttempt(Attempt):
         if first == 0:
             self.stats.accepted += 1
             self.reporter.started(self.stats)
+            self.dealer.add(0, self.conn)
+            self.dealer.open_further()
         self.accepted.put_nowait(Listed(first, batch, event))
         self.window_open.set()  # the first ACCEPT opens the window
         if self.listing_done and not self.listed:
@@ -203,7 +215,7 @@ class SendAttempt(Attempt):
         while True:
             # Wait for room in the window before taking a chunk: one waiting here would
             # hold a buffer the reader then replaces (a chunk's worth of memory).
-            while not self.machine.can_send():
+            while not (self.machine.can_claim() and self.dealer.can_take()):
                 self.window_open.clear()
                 await self.window_open.wait()
             if (item := await self.queue.get()) is None:
@@ -218,19 +230,15 @@ class SendAttempt(Attempt):
             self.unconfirmed[item.file_index] = (item.path, item.size, item.digest.hex())
             machine.end_file(item.file_index, item.size, item.digest, now())
             return
-        if machine.encrypted:
-            await self.pool.room(SENDER_ROOM)  # for its ciphertext
         if self.transfer.bucket is not None and item is not None:
             await asyncio.sleep(self.transfer.bucket.delay_s(now()))
             self.transfer.bucket.take(len(item.payload), now())
         if isinstance(item, Packed):
             for packed, path in zip(item.files, item.paths, strict=True):
                 self.unconfirmed[packed.file_index] = (path, packed.size, packed.digest.hex())
-            machine.send_pack(tuple(f.file_index for f in item.files), item.payload, now())
+            files = tuple(f.file_index for f in item.files)
+            chunk = Data(0, files[0], 0, item.payload, True, machine.claim_pack(files))
         elif item is not None:
-            machine.send_chunk(item.file_index, item.offset, item.payload, now())
+            chunk = Data(0, item.file_index, item.offset, item.payload, False, machine.claim_chunk(item.file_index))
+        await self.dealer.deal(chunk)
         self.stats.chunks += 1
-        self.conn.flush()
-        await self.conn.drain()
-        if self.conn.all_written():
-            self.pool.recycle(machine.take_written())

@@ -31,6 +31,19 @@ def joined_pair(listing_manifest: Manifest) -> Pair:
     return pair
 
 
+def hand_on(pair: Pair, first: Pair) -> list[object]:
+    """Play the receiving driver: what ``pair``'s connection received goes to the first machine's
+    ``deliver`` (whose output is the first pair's, as the writer sees it), then is acknowledged."""
+    arrived = [e.chunk for e in pair.to_receiver() if isinstance(e, ChunkArrived)]
+    out: list[object] = []
+    for chunk in arrived:
+        events = first.receiver.deliver(chunk, first.now)
+        first.receiver_events.extend(events)
+        out += events
+        pair.receiver.handed_on(chunk.seq, first.now)
+    return out
+
+
 def two_streams(*sizes: int) -> tuple[Pair, Pair]:
     listing = manifest(*sizes, window=2)
     two = Manifest(listing.manifest.transfer_id, listing.manifest.chunk_bytes, 2, streams=2)
@@ -48,19 +61,25 @@ def test_a_joined_connection_carries_chunks_that_the_first_puts_back_in_order() 
     chunks = [Data(0, 0, i * CHUNK, data[i * CHUNK : (i + 1) * CHUNK], False, o) for i, o in enumerate(orders)]
     second.sender.send_data(chunks[1], 0.0)  # the second connection carries 1 and 3, ahead of 0 and 2
     second.sender.send_data(chunks[3], 0.0)
-    arrived = [e.chunk for e in second.to_receiver() if isinstance(e, ChunkArrived)]
-    events = [e for chunk in arrived for e in first.receiver.deliver(chunk, 0.0)]
-    assert not [e for e in events if isinstance(e, ChunkReady)]  # waiting for 0
+    received = second.to_receiver()
+    assert [e.chunk.order for e in received if isinstance(e, ChunkArrived)] == [1, 3]
+    assert second.to_sender() == []  # not acknowledged until handed on to the first connection's machine
+    second.receiver_events.clear()
+    second.receiver_events.extend(received)
+    for event in received:
+        assert isinstance(event, ChunkArrived)
+        assert not [e for e in first.receiver.deliver(event.chunk, 0.0) if isinstance(e, ChunkReady)]  # wait for 0
+        second.receiver.handed_on(event.chunk.seq, 0.0)
     first.sender.send_data(chunks[0], 0.0)
     first.sender.send_data(chunks[2], 0.0)
-    first.to_receiver()
+    hand_on(first, first)
     assert first.written()[0] == data  # every chunk once, in file order
     for pair in (first, second):  # each connection ACKs its own; the first learns of the others' through its driver
         acked = pair.to_sender()
         first.sender.delivered(tuple(o for e in acked for o in getattr(e, "orders", ())))
     assert first.sender.can_claim()
     first.sender.end_file(0, len(data), blake3.blake3(data).digest(), 0.0)
-    first.to_receiver()
+    hand_on(first, first)
     first.verify_completed_files()
     first.sender.finish(0.0)
     second.sender.finish(0.0)
@@ -84,9 +103,8 @@ def test_a_chunk_dealt_twice_is_written_once() -> None:
     chunk = Data(0, 0, 0, b"x" * CHUNK, False, order)
     first.sender.send_data(chunk, 0.0)
     second.sender.send_data(chunk, 0.0)  # dealt again: its first connection looked stalled
-    first.to_receiver()
-    (late,) = [e.chunk for e in second.to_receiver() if isinstance(e, ChunkArrived)]
-    assert not [e for e in first.receiver.deliver(late, 0.0) if isinstance(e, ChunkReady)]
+    hand_on(first, first)
+    assert not [e for e in hand_on(second, first) if isinstance(e, ChunkReady)]
     assert first.written()[0] == b"x" * CHUNK
 
 
