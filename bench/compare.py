@@ -12,6 +12,7 @@ shared, noisy machine only these ratios from one run mean much.
     python bench/compare.py --mode tiny --size 1K --runs 11  # one small file, both start-ups, vs nc and scp (sshd)
     python bench/compare.py --mode lossy --size 32M --runs 5 # vs nc between network namespaces, 2% loss, 200mbit (root)
     python bench/compare.py --mode rate --size 100M --limit-rate 20M --runs 3  # bytes per second through the proxy
+    python bench/compare.py --mode streams --size 256M --rate 20M --slow-rate 2M --runs 3  # --streams 1 vs 8, capped
 """
 
 from __future__ import annotations
@@ -463,11 +464,19 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument(
         "--mode",
-        choices=["file", "pipe", "tree", "tiny", "lossy", "rate"],
+        choices=["file", "pipe", "tree", "tiny", "lossy", "rate", "streams"],
         default="file",
         help="file, stdin to stdout, tree, one small file, one file over a lossy link between network namespaces",
     )
-    ap.add_argument("--rate", default="200mbit", help="lossy mode: the link's cap (tc units)")
+    ap.add_argument(
+        "--rate",
+        default=None,
+        help="lossy mode: the link's cap (tc units, default 200mbit); streams mode: each connection's",
+    )
+    ap.add_argument(
+        "--slow-rate", default=None, help="streams mode: also run with the second connection capped at this"
+    )
+    ap.add_argument("--streams-list", default="1,8", help="streams mode: the --streams values to compare")
     ap.add_argument("--loss", type=int, default=2, help="lossy mode: percent of packets dropped each way")
     ap.add_argument("--limit-rate", default="20M", help="rate mode: what send --limit-rate is given")
     ap.add_argument("--size", default="1G", help="bytes to move (K/M/G suffix); in tree mode, per file")
@@ -494,6 +503,8 @@ def main() -> int:
         return lossy_main(args, size)
     if args.mode == "rate":
         return rate_main(args, size)
+    if args.mode == "streams":
+        return streams_main(args, size)
     pipe = args.mode == "pipe"
     if args.tools is None:
         args.tools = "nc,rtransfer,rtransfer-plain" if pipe else "nc,socat,rsync,rtransfer,rtransfer-plain"
@@ -651,7 +662,8 @@ def lossy_main(args: argparse.Namespace, size: int) -> int:
     byte_compile_rtransfer()
     os.environ.setdefault("RTRANSFER_SECRET", "bench-" + os.urandom(8).hex())
     try:
-        with tempfile.TemporaryDirectory(dir=args.dir) as tmp, lossy_link(args.rate, args.loss) as (a, b, addr):
+        with tempfile.TemporaryDirectory(dir=args.dir) as tmp, lossy_link(args.rate or "200mbit", args.loss) as links:
+            a, b, addr = links
             root = Path(tmp)
             src = root / "src.bin"
             write_random_file(src, size)
@@ -673,7 +685,7 @@ def lossy_main(args: argparse.Namespace, size: int) -> int:
         return 2
     base = statistics.median(s.seconds for s in tools[0].samples)
     machine = f"{platform.machine()}, {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}"
-    print(f"\n{args.size} over a {args.rate} link with {args.loss}% loss each way ({dropped} packets dropped)")
+    print(f"\n{args.size} over a {args.rate or '200mbit'} link with {args.loss}% loss each way ({dropped} dropped)")
     print(f"median of {args.runs} runs ({machine})\n")
     print(f"| tool | median s | MiB/s | vs {tools[0].name} |")
     print("|---|---|---|---|")
@@ -741,6 +753,83 @@ def limited_run(src: Path, dst: Path, limit: str) -> list[int]:
     return counts[busy[0] : busy[-1] + 1]
 
 
+def streams_main(args: argparse.Namespace, size: int) -> int:
+    """rtransfer with different --streams, each connection through the chaos proxy's own rate cap
+    (``--rate``; ``--slow-rate`` caps its second connection lower; no ``--rate``: plain loopback)."""
+    byte_compile_rtransfer()
+    os.environ.setdefault("RTRANSFER_SECRET", "bench-" + os.urandom(8).hex())
+    configs = [(f"streams {n}", n, None) for n in (int(x) for x in args.streams_list.split(","))]
+    if args.slow_rate:
+        top = max(n for _, n, _ in configs)
+        configs.append((f"streams {top}, one at {args.slow_rate}", top, args.slow_rate))
+    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+        root = Path(tmp)
+        src = root / "src.bin"
+        write_random_file(src, size)
+        tools = [Tool(name, streams_tool(n, args.rate, slow)) for name, n, slow in configs]
+        for round_no in range(args.warmup + args.runs):
+            for tool in tools[round_no % len(tools) :] + tools[: round_no % len(tools)]:
+                dst = root / "out"
+                sample = tool.run(src, dst)
+                assert (dst / "src.bin").read_bytes() == src.read_bytes(), f"{tool.name}: the copy differs"
+                shutil.rmtree(dst)
+                if round_no >= args.warmup:
+                    tool.samples.append(sample)
+                print(f"round {round_no + 1} {tool.name}: {sample.seconds:.2f} s", file=sys.stderr, flush=True)
+    base = statistics.median(s.seconds for s in tools[0].samples)
+    cap = f"each connection capped at {args.rate}/s by the chaos proxy" if args.rate else "loopback, no cap"
+    print(f"\n{args.size}, {cap}, median of {args.runs} runs ({platform.machine()}, {os.cpu_count()} cores, "
+          f"{time.strftime('%Y-%m-%d')})\n")  # fmt: skip
+    print(f"| configuration | median s | MiB/s | time vs {tools[0].name} | peak RSS recv | peak RSS send |")
+    print("|---|---|---|---|---|---|")
+    for tool in tools:
+        med = statistics.median(s.seconds for s in tool.samples)
+        recv_rss = max(s.recv_rss for s in tool.samples) >> 20
+        send_rss = max(s.send_rss for s in tool.samples) >> 20
+        rate = size / med / (1 << 20)
+        print(f"| {tool.name} | {med:.2f} | {rate:.0f} | {med / base:.2f} | {recv_rss} MiB | {send_rss} MiB |")
+    return 0
+
+
+def streams_tool(streams: int, rate: str | None, slow_rate: str | None) -> Callable[[Path, Path], Sample]:
+    def run(src: Path, dst: Path) -> Sample:
+        receiver = Measured(
+            [rtransfer_exe(), "recv", str(dst), "--listen", "127.0.0.1:0", "--json"], stdout=subprocess.PIPE
+        )
+        port = rtransfer_listening(receiver.proc)
+        proxy = None
+        if rate:
+            faults = ["--rate", rate] + (["--slow-connection", "2", "--slow-rate", slow_rate] if slow_rate else [])
+            proxy = subprocess.Popen(
+                [sys.executable, "-m", "tests.chaos.proxy", "--target", f"127.0.0.1:{port}", *faults],
+                stdout=subprocess.PIPE,
+                cwd=Path(__file__).resolve().parents[1],
+            )
+            assert proxy.stdout is not None
+            port = json.loads(proxy.stdout.readline())["port"]
+            threading.Thread(target=proxy.stdout.read, daemon=True).start()
+        try:
+            return pair_started(
+                receiver,
+                lambda p: [
+                    rtransfer_exe(),
+                    "send",
+                    str(src),
+                    f"127.0.0.1:{port}",
+                    "--quiet",
+                    "--streams",
+                    str(streams),
+                ],
+                lambda _: port,
+            )
+        finally:
+            if proxy is not None:
+                proxy.kill()
+                proxy.wait()
+
+    return run
+
+
 def lossy_tool(name: str, sender_ns: str, receiver_ns: str, addr: str) -> Callable[[Path, Path], Sample]:
     from tests.chaos.netns import in_ns
 
@@ -762,7 +851,14 @@ def lossy_tool(name: str, sender_ns: str, receiver_ns: str, addr: str) -> Callab
             rtransfer_listening,
         )
 
-    return {"nc": nc, "rtransfer": rtransfer}[name]
+    def rtransfer_streams(src: Path, dst: Path) -> Sample:
+        return pair(
+            in_ns(receiver_ns, rtransfer_exe(), "recv", str(dst.parent), "--listen", f"{addr}:0", "--json"),
+            lambda p: in_ns(sender_ns, rtransfer_exe(), "send", str(src), f"{addr}:{p}", "--quiet", "--streams", "4"),
+            rtransfer_listening,
+        )
+
+    return {"nc": nc, "rtransfer": rtransfer, "rtransfer-streams4": rtransfer_streams}[name]
 
 
 if __name__ == "__main__":

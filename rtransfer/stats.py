@@ -6,6 +6,7 @@ without bound shows up in the progress events, not in an OOM kill.
 
 from __future__ import annotations
 
+import os
 import resource
 import sys
 import time
@@ -32,6 +33,23 @@ def peak_rss_bytes() -> int:
     return rss if sys.platform == "darwin" else rss * 1024
 
 
+def current_rss_bytes() -> int:
+    """Resident memory now (VmRSS), 0 where the system does not say."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def open_fds() -> int:
+    """Descriptors this process has open, 0 where the system does not say."""
+    try:
+        return len(os.listdir("/proc/self/fd"))
+    except OSError:
+        return 0
+
+
 @dataclass
 class TransferStats:
     role: str
@@ -49,6 +67,7 @@ class TransferStats:
     queue_depth: int = 0
     queue_peak: int = 0
     listing: bool = False  # the file list is still growing: totals are what has been listed so far
+    streams: list[dict[str, object]] = field(default_factory=list)  # per connection, over several (sender)
     started_at: float = field(default_factory=time.monotonic)
 
     def start_listing(self) -> None:
@@ -91,5 +110,8 @@ class TransferStats:
             "queue_depth": self.queue_depth,
             "queue_peak": self.queue_peak,
             "peak_rss_bytes": peak_rss_bytes(),
+            "rss_bytes": current_rss_bytes(),
+            "open_fds": open_fds(),
             "seconds": round(self.seconds, 3),
+            **({"streams": self.streams} if self.streams else {}),
         }

@@ -226,6 +226,10 @@ class SenderMachine(Peer):
         return frame.seq
 
     @property
+    def oldest_undelivered(self) -> int | None:
+        return next(iter(self._undelivered), None)
+
+    @property
     def undelivered(self) -> frozenset[int]:
         """Orders claimed and not yet acknowledged on any connection (the first connection's machine)."""
         return frozenset(self._undelivered)

@@ -156,7 +156,7 @@ class ReceiveAttempt(Attempt):
         self.transfer = transfer
         self.sink = transfer.sink
         self.queue: asyncio.Queue[RecvItem] = asyncio.Queue(maxsize=QUEUE_CHUNKS)
-        self.in_order: deque[Event] = deque()  # what the reorder released, for the writer, in that order
+        self.in_order: deque[RecvItem] = deque()  # what the reorder released, for the writer, in that order
         self.in_order_lock = asyncio.Lock()
         self.start_offsets: dict[int, int] = {}
         self.handlers = {
@@ -183,10 +183,20 @@ class ReceiveAttempt(Attempt):
 
     # --- events ---------------------------------------------------------------
     async def to_writer(self, event: RecvItem) -> None:
-        if not isinstance(event, FileComplete):
-            self.stats.chunks += 1
-        await self.queue.put(event)
-        self.stats.observe_queue(self.queue.qsize())
+        self.in_order.append(event)
+        await self.drain_in_order()
+
+    async def drain_in_order(self) -> None:
+        """Everything for the writer goes through ``in_order``, appended the moment the machine says
+        it, and out under one lock: a FILE_END's check (from this connection's events) must not
+        overtake the file's last chunks (released by another connection's handler)."""
+        async with self.in_order_lock:
+            while self.in_order:
+                event = self.in_order.popleft()
+                if not isinstance(event, FileComplete):
+                    self.stats.chunks += 1
+                await self.queue.put(event)
+                self.stats.observe_queue(self.queue.qsize())
 
     async def on_integrity_failure(self, event: IntegrityFailure) -> None:
         self.stats.integrity_failures += 1
@@ -228,15 +238,19 @@ class ReceiveAttempt(Attempt):
         """A chunk from any connection of the transfer: into the transfer's order, then acknowledged.
         What the reorder releases is queued for the writer under one lock, so two connections'
         handlers never put it out of order."""
-        self.in_order.extend(self.machine.deliver(chunk, now()))
+        events = self.machine.deliver(chunk, now())
+        self.in_order.extend(
+            e for e in events if isinstance(e, ChunkReady | FileComplete | PackReady)
+        )  # before any await
         self.conn.flush()
         routed = conn.machine
         assert isinstance(routed, ReceiverMachine)
         routed.handed_on(chunk.seq, now())
         conn.flush()
-        async with self.in_order_lock:
-            while self.in_order:
-                await self.handle(self.in_order.popleft())
+        for event in events:
+            if not isinstance(event, ChunkReady | FileComplete | PackReady):
+                await self.handle(event)
+        await self.drain_in_order()
 
     async def refuse_join(self, event: JoinRequested) -> None:
         raise ProtocolViolation("a further connection arrived before the transfer's first")

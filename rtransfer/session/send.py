@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import uuid
 from collections import deque
@@ -37,6 +38,7 @@ from rtransfer.workers import in_worker
 # Batches of the file list sent ahead of the reader: enough that the receiver plans the next
 # while the current one's data flows, few enough that memory does not follow the tree's size.
 LIST_AHEAD_BATCHES = 3
+HEDGE_CHECK_S = 0.05  # how often a blocked send loop looks for a chunk stuck behind a slow connection
 
 
 def send_budget(window: int, streams: int = 1) -> int:
@@ -142,6 +144,8 @@ class SendAttempt(Attempt):
 
     def refresh(self) -> None:
         self.stats.in_flight = self.machine.in_flight
+        if len(self.dealer.links) > 1:
+            self.stats.streams = self.dealer.rates()
 
     # --- events ---------------------------------------------------------------
     async def on_stream_acked(self, stream: int, event: ChunksAcked) -> None:
@@ -216,13 +220,23 @@ class SendAttempt(Attempt):
             # Wait for room in the window before taking a chunk: one waiting here would
             # hold a buffer the reader then replaces (a chunk's worth of memory).
             while not (self.machine.can_claim() and self.dealer.can_take()):
-                self.window_open.clear()
-                await self.window_open.wait()
+                await self.wait_for_room()
             if (item := await self.queue.get()) is None:
                 break
             await self.send_item(item)
         self.machine.finish(now())
         self.conn.flush()
+
+    async def wait_for_room(self) -> None:
+        """Until an ACK opens a window; over several connections, also look in now and then for a
+        chunk the transfer waits for that is stuck behind a slow one (Dealer.hedge)."""
+        self.window_open.clear()
+        if len(self.dealer.links) < 2:
+            await self.window_open.wait()
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.window_open.wait(), HEDGE_CHECK_S)
+        await self.dealer.hedge()
 
     async def send_item(self, item: SendItem) -> None:
         machine = self.machine

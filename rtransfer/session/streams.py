@@ -45,6 +45,7 @@ class Dealer:
         self.scheduler = Scheduler(max_in_flight_bytes=manifest.window * manifest.chunk_bytes)
         self.links: dict[int, Connection] = {}
         self.tasks: list[asyncio.Task[None]] = []
+        self.hedged: set[int] = set()  # orders sent a second time because the transfer waited for them
 
     def add(self, stream: int, conn: Connection) -> None:
         self.links[stream] = conn
@@ -57,7 +58,7 @@ class Dealer:
             self.tasks.append(asyncio.ensure_future(FurtherStream(self, stream).run()))
 
     def can_take(self) -> bool:
-        return any(sender(conn).can_send() for conn in self.links.values())
+        return self._pick(1) is not None
 
     async def deal(self, chunk: Data) -> None:
         """Send ``chunk`` on the connection that would deliver it soonest, once one can take it."""
@@ -76,11 +77,33 @@ class Dealer:
             self.attempt.pool.recycle(sender(conn).take_written())
 
     def _pick(self, nbytes: int) -> int | None:
-        ready = {stream for stream, conn in self.links.items() if sender(conn).can_send()}
+        """The scheduler's choice, once its window has room (else wait: see Scheduler.pick)."""
         stream = self.scheduler.pick(nbytes)
-        if stream in ready:
-            return stream
-        return min(ready) if ready else None  # the scheduler's choice has no room in its window yet
+        return stream if stream is not None and sender(self.links[stream]).can_send() else None
+
+    async def hedge(self) -> None:
+        """While the transfer's window is full, the chunk it waits for may be stuck behind a slow
+        connection: once it is late, send a copy on a faster one (the receiver keeps whichever
+        comes first). A copy, so the two connections never share a buffer one of them may recycle."""
+        oldest = self.attempt.machine.oldest_undelivered
+        if oldest is None or oldest in self.hedged:
+            return
+        stream = self.scheduler.late(oldest, now())
+        if stream is None or not sender(self.links[stream]).can_send():
+            return
+        original = next(
+            (c for conn in self.links.values() for c in sender(conn).unacked_chunks() if c.order == oldest), None
+        )
+        if original is None:
+            return
+        self.hedged.add(oldest)
+        copy = self.attempt.pool.get(len(original.payload))
+        copy[:] = original.payload
+        self.attempt.stats.retransmits += 1
+        chunk = Data(0, original.file_index, original.offset, memoryview(copy), original.packed, original.order)
+        sender(self.links[stream]).send_data(chunk, now())
+        self.scheduler.sent(stream, oldest, len(copy), now())
+        self.links[stream].flush()
 
     def acked(self, stream: int, event: ChunksAcked) -> None:
         self.scheduler.acked(stream, event.orders, now())
@@ -95,6 +118,7 @@ class Dealer:
         taken = {id(c.payload) for c in chunks}
         self.attempt.pool.recycle(b for b in conn.leftover_buffers() if id(b) not in taken)
         chunks.sort(key=operator.attrgetter("order"))
+        self.attempt.stats.retransmits += len(chunks)  # sent again, on another connection
         self.tasks.append(asyncio.ensure_future(self._deal_again(chunks)))
 
     async def _deal_again(self, chunks: list[Data]) -> None:

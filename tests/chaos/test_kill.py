@@ -48,8 +48,9 @@ def wait_for_partial(part: Path, at_least: int, timeout_s: float = 30.0) -> None
     raise AssertionError(f"{part} never reached {at_least} bytes")
 
 
-def sender_args(src: Path, port: int) -> list[str]:
-    return ["send", str(src), f"127.0.0.1:{port}", "--json", "--chunk-size", "256K", "--retries", "40"]
+def sender_args(src: Path, port: int, streams: int = 1) -> list[str]:
+    chunking = ["--chunk-size", "256K"] + (["--streams", str(streams)] if streams > 1 else [])
+    return ["send", str(src), f"127.0.0.1:{port}", "--json", *chunking, "--retries", "40"]
 
 
 def check_output(out: Path, digest: str) -> None:
@@ -57,15 +58,18 @@ def check_output(out: Path, digest: str) -> None:
     assert not list(out.glob(".*"))
 
 
-def test_receiver_killed_and_restarted_resumes(tmp_path: Path, procs: list[Proc], source: tuple[Path, str]) -> None:
+@pytest.mark.parametrize("streams", [1, 4])
+def test_receiver_killed_and_restarted_resumes(
+    tmp_path: Path, procs: list[Proc], source: tuple[Path, str], streams: int
+) -> None:
     src, digest = source
     rng = random.Random(1)
     resent_fractions = []
-    for round_no in range(ROUNDS):
+    for round_no in range(ROUNDS if streams == 1 else ROUNDS // 2):
         out = tmp_path / f"out{round_no}"
         port = free_port()
         procs.append(rx := Receiver(out, listen=f"127.0.0.1:{port}"))
-        procs.append(tx := Proc(sender_args(src, port)))
+        procs.append(tx := Proc(sender_args(src, port, streams)))
         wait_for_partial(out / ".data.bin.rtpart", rng.randrange(SIZE // 10, SIZE * 9 // 10))
         rx.proc.kill()
         rx.proc.wait()
@@ -80,18 +84,23 @@ def test_receiver_killed_and_restarted_resumes(tmp_path: Path, procs: list[Proc]
     assert max(resent_fractions) < 0.10, resent_fractions
 
 
-def test_sender_killed_and_rerun_resumes(tmp_path: Path, procs: list[Proc], source: tuple[Path, str]) -> None:
+@pytest.mark.parametrize("streams", [1, 4])
+def test_sender_killed_and_rerun_resumes(
+    tmp_path: Path, procs: list[Proc], source: tuple[Path, str], streams: int
+) -> None:
     src, digest = source
     rng = random.Random(2)
     resent_fractions = []
-    for round_no in range(ROUNDS):
+    for round_no in range(ROUNDS if streams == 1 else ROUNDS // 2):
         out = tmp_path / f"out{round_no}"
         procs.append(rx := Receiver(out))
-        procs.append(first := Proc(sender_args(src, rx.port)))
+        procs.append(first := Proc(sender_args(src, rx.port, streams)))
         wait_for_partial(out / ".data.bin.rtpart", rng.randrange(SIZE // 10, SIZE * 9 // 10))
         first.proc.kill()
         first.proc.wait()
-        again = subprocess.run([*rtransfer_cmd(), *sender_args(src, rx.port)], capture_output=True, timeout=60)
+        again = subprocess.run(
+            [*rtransfer_cmd(), *sender_args(src, rx.port, streams)], capture_output=True, timeout=60
+        )
         assert again.returncode == 0, again.stdout[-2000:]
         assert rx.finish() == 0
         check_output(out, digest)
