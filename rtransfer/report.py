@@ -108,6 +108,16 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
+def _streams_summary(streams: list[dict[str, object]]) -> str:
+    """One line's worth about the connections: how many, their spread of rates, any stalled."""
+    if not streams:
+        return ""
+    rates = sorted(int(str(s["rate_bps"])) for s in streams)
+    stalled = sum(1 for s in streams if s["stalled"])
+    spread = f"{human_bytes(rates[0])}/s–{human_bytes(rates[-1])}/s each"
+    return f" · {len(streams)} streams, {spread}" + (f", {stalled} stalled" if stalled else "")
+
+
 def human_bytes(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if abs(n) < 1024 or unit == "TiB":
@@ -190,6 +200,7 @@ class ConsoleReporter(Reporter):
             f"{stats.files_done}/{stats.files_total}{'+' if stats.listing else ''} files · "
             f"{stats.in_flight} in flight · "
             f"{stats.retransmits} retx · {stats.integrity_failures} bad · {stats.reconnects} reconnects"
+            + _streams_summary(stats.streams)
         )
         self._progress.update(self._task, completed=stats.bytes_done, total=stats.total_bytes, detail=detail)
 

@@ -50,7 +50,8 @@ class Faults:
     seed: int | None = None
     slow_connection: int = 0  # this connection (counted from 1) gets slow_rate instead of rate
     slow_rate: int = 0
-    reset_connection: int = 0  # 0: reset_every applies to every connection
+    reset_connection: int = 0  # 0: reset_every applies to every connection (but the first, with spare_first)
+    spare_first: bool = False
     blackhole_connection: int = 0
     blackhole_after: int = 0
 
@@ -59,7 +60,9 @@ class Faults:
         return dataclasses.replace(
             self,
             rate=self.slow_rate if number == self.slow_connection else self.rate,
-            reset_every=self.reset_every if self.reset_connection in (0, number) else 0,
+            reset_every=self.reset_every
+            if self.reset_connection in (0, number) and not (self.spare_first and number == 1)
+            else 0,
             blackhole_after=self.blackhole_after if number == self.blackhole_connection else 0,
         )
 
@@ -192,11 +195,12 @@ async def main(args: argparse.Namespace) -> None:
         parse_size(args.rate) if args.rate else 0,
         args.delay_ms / 1000,
         args.seed,
-        args.slow_connection,
-        parse_size(args.slow_rate) if args.slow_rate else 0,
-        args.reset_connection,
-        args.blackhole_connection,
-        parse_size(args.blackhole_after) if args.blackhole_after else 0,
+        slow_connection=args.slow_connection,
+        slow_rate=parse_size(args.slow_rate) if args.slow_rate else 0,
+        reset_connection=args.reset_connection,
+        spare_first=args.spare_first,
+        blackhole_connection=args.blackhole_connection,
+        blackhole_after=parse_size(args.blackhole_after) if args.blackhole_after else 0,
     )
     record = open(args.record, "wb") if args.record else None  # noqa: SIM115 - closed below
     proxy = Proxy((host, int(port)), faults, record)
@@ -230,6 +234,7 @@ if __name__ == "__main__":
     ap.add_argument("--slow-connection", type=int, default=0, help="connection N (from 1) gets --slow-rate instead")
     ap.add_argument("--slow-rate", help="the slow connection's cap, bytes/s (K/M/G)")
     ap.add_argument("--reset-connection", type=int, default=0, help="apply --reset-every to connection N only")
+    ap.add_argument("--spare-first", action="store_true", help="never reset the first connection")
     ap.add_argument("--blackhole-connection", type=int, default=0, help="stop forwarding connection N ...")
     ap.add_argument("--blackhole-after", help="... after this many bytes, keeping it open (K/M/G)")
     ap.add_argument("--delay-ms", type=float, default=0.0)

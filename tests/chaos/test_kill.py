@@ -98,9 +98,7 @@ def test_sender_killed_and_rerun_resumes(
         wait_for_partial(out / ".data.bin.rtpart", rng.randrange(SIZE // 10, SIZE * 9 // 10))
         first.proc.kill()
         first.proc.wait()
-        again = subprocess.run(
-            [*rtransfer_cmd(), *sender_args(src, rx.port, streams)], capture_output=True, timeout=60
-        )
+        again = subprocess.run([*rtransfer_cmd(), *sender_args(src, rx.port, streams)], capture_output=True, timeout=60)
         assert again.returncode == 0, again.stdout[-2000:]
         assert rx.finish() == 0
         check_output(out, digest)

@@ -1,0 +1,72 @@
+"""A transfer over several connections through faults aimed at some of them."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import blake3
+import pytest
+
+from tests.conftest import ChaosProxy, Proc, Receiver, run
+
+SIZE = 128 * 1024 * 1024
+CHUNK = 512 * 1024
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    path = tmp_path_factory.mktemp("streams") / "data.bin"
+    data = os.urandom(SIZE)
+    path.write_bytes(data)
+    return path, blake3.blake3(data).hexdigest()
+
+
+def send_through(proxy: ChaosProxy, src: Path, *extra: str) -> dict[str, object]:
+    result = run(
+        "send", str(src), proxy.address, "--json", "--streams", "4", "--chunk-size", "512K", "--retries", "40", *extra,
+        timeout_s=150,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-1500:]
+    assert b"Traceback" not in result.stderr
+    done: dict[str, object] = json.loads(result.stdout.decode().splitlines()[-1])
+    return done
+
+
+def test_further_connections_reset_again_and_again_still_deliver_every_byte_once(
+    tmp_path: Path, procs: list[Proc], source: tuple[Path, str]
+) -> None:
+    src, digest = source
+    procs.append(rx := Receiver(tmp_path / "out"))
+    procs.append(proxy := ChaosProxy(rx.address, "--reset-every", "16M", "--spare-first"))
+    done = send_through(proxy, src)
+    assert rx.finish() == 0
+    assert blake3.blake3((tmp_path / "out" / "data.bin").read_bytes()).hexdigest() == digest
+    resets = proxy.faults("reset")
+    assert resets >= 3 and done["reconnects"] >= resets  # each further connection came back
+    resent = int(done["retransmits"]) * CHUNK  # chunks dealt again after a reset, at most a chunk each
+    assert resent < SIZE * 0.10, (resets, resent)
+
+
+def test_a_connection_that_goes_silent_costs_its_chunks_not_the_transfer(
+    tmp_path: Path, procs: list[Proc], source: tuple[Path, str]
+) -> None:
+    """A further connection stops forwarding (a dead path, no reset): its chunks go out again on the others."""
+    src, digest = source
+    procs.append(rx := Receiver(tmp_path / "out"))
+    procs.append(proxy := ChaosProxy(rx.address, "--blackhole-connection", "2", "--blackhole-after", "4M"))
+    send_through(proxy, src, "--timeout", "5")
+    assert rx.finish() == 0
+    assert blake3.blake3((tmp_path / "out" / "data.bin").read_bytes()).hexdigest() == digest
+    assert proxy.faults("blackhole") == 1
+
+
+def test_a_receiver_limited_to_fewer_connections_refuses_the_transfer(tmp_path: Path, procs: list[Proc]) -> None:
+    (tmp_path / "a.bin").write_bytes(b"x" * 1000)
+    procs.append(rx := Receiver(tmp_path / "out", "--max-streams", "2"))
+    result = run("send", str(tmp_path / "a.bin"), rx.address, "--streams", "4")
+    assert result.returncode == 6
+    assert rx.finish() == 6
+    assert "the limit is 2" in rx.events("error")[0]["message"]
