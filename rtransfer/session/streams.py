@@ -39,6 +39,8 @@ def sender(conn: Connection) -> SenderMachine:
 
 
 class Dealer:
+    """The connections of one attempt at a transfer, and which of them each numbered chunk goes on."""
+
     def __init__(self, attempt: SendAttempt) -> None:
         self.attempt = attempt
         manifest = attempt.machine.manifest
