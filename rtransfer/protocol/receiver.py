@@ -229,10 +229,11 @@ class ReceiverMachine(Peer):
 
     def _on_data(self, frame: Data, events: list[Event]) -> None:
         seq = frame.seq
-        self._ack_due = True
         if seq < self._next_seq or seq in self._pending:
+            self._ack_due = True  # the sender resent it: tell it again where we are
             events.append(DuplicateChunk(seq))
             return
+        self._ack_due = not self._routed  # routed chunks are acknowledged when handed on
         if not self._in_window(seq):
             raise RemoteProtocolError(f"sequence number {seq} is outside the window starting at {self._next_seq}")
         self._pending[seq] = frame
