@@ -11,6 +11,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import blake3
 import pytest
 from hypothesis import settings
 
@@ -130,6 +131,12 @@ def write_random(path: Path, size: int) -> bytes:
     data = os.urandom(size)
     path.write_bytes(data)
     return data
+
+
+def random_source(factory: pytest.TempPathFactory, size: int) -> tuple[Path, str]:
+    """A file of random bytes for a module's tests to share, and its BLAKE3 digest."""
+    path = factory.mktemp("source") / "data.bin"
+    return path, blake3.blake3(write_random(path, size)).hexdigest()
 
 
 class ChaosProxy(Proc):

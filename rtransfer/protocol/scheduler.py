@@ -154,7 +154,7 @@ class Scheduler:
         if not others:
             return None
         fastest = max(self._rate(s) for _, s in others)
-        slower = h.rate_bps is None or h.rate_bps * 2 < fastest  # not just noise between equals
+        slower = h.stalled or h.rate_bps is None or h.rate_bps * 2 < fastest  # not just noise between equals
         if not slower or waited <= max(HEDGE_MIN_S, HEDGE_FACTOR * nbytes / fastest):
             return None
         stream, s = min(others, key=lambda item: (item[1].bytes_in_flight + nbytes) / self._rate(item[1]))

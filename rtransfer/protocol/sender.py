@@ -165,8 +165,9 @@ class SenderMachine(Peer):
 
     def can_claim(self) -> bool:
         """The next chunk's number is within what the receiver may hold out of order."""
-        oldest = next(iter(self._undelivered), self._next_order)
-        return self._next_order < oldest + self.manifest.window * self.manifest.streams
+        oldest = self.oldest_undelivered
+        base = self._next_order if oldest is None else oldest
+        return self._next_order < base + self.manifest.window * self.manifest.streams
 
     def _claim(self, files: tuple[int, ...]) -> int:
         if self.stream or self.phase is not Phase.TRANSFERRING or not self.can_claim():
@@ -362,7 +363,7 @@ class SenderMachine(Peer):
         )
         orders = tuple(a.frame.order for a in acked)
         if not self.stream:
-            self.delivered(orders)
+            self.delivered(orders)  # the driver passes on other connections' (delivered is idempotent)
         events.append(ChunksAcked(len(acked), sum(a.data_bytes for a in acked), released, orders))
 
     def _resend(self, seq: int, reason: str, events: list[Event]) -> None:

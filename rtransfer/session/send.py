@@ -151,8 +151,7 @@ class SendAttempt(Attempt):
     async def on_stream_acked(self, stream: int, event: ChunksAcked) -> None:
         self.stats.bytes_done += event.bytes
         self.pool.recycle(event.released)
-        if stream:
-            self.machine.delivered(event.orders)  # the first connection's machine counts its own
+        self.machine.delivered(event.orders)  # the transfer's window, whichever connection acknowledged
         self.dealer.acked(stream, event)
         self.window_open.set()
 

@@ -86,7 +86,10 @@ class Dealer:
     async def hedge(self) -> None:
         """While the transfer's window is full, the chunk it waits for may be stuck behind a slow
         connection: once it is late, send a copy on a faster one (the receiver keeps whichever
-        comes first). A copy, so the two connections never share a buffer one of them may recycle."""
+        comes first). A copy, so the two connections never share a buffer one of them may recycle.
+        A connection that has stopped acknowledging altogether is marked stalled first, so it gets
+        no new chunks; its own come back this way, one by one, as the transfer waits for each."""
+        self.scheduler.check(now())
         oldest = self.attempt.machine.oldest_undelivered
         if oldest is None or oldest in self.hedged:
             return

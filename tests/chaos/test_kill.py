@@ -13,7 +13,7 @@ from pathlib import Path
 import blake3
 import pytest
 
-from tests.conftest import Proc, Receiver, rtransfer_cmd
+from tests.conftest import Proc, Receiver, random_source, rtransfer_cmd
 
 SIZE = 64 * 1024 * 1024
 CHUNK = 256 * 1024
@@ -23,10 +23,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
 @pytest.fixture(scope="module")
 def source(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    path = tmp_path_factory.mktemp("kill") / "data.bin"
-    data = os.urandom(SIZE)
-    path.write_bytes(data)
-    return path, blake3.blake3(data).hexdigest()
+    return random_source(tmp_path_factory, SIZE)
 
 
 def free_port() -> int:

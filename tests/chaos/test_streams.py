@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import blake3
 import pytest
 
-from tests.conftest import ChaosProxy, Proc, Receiver, run
+from tests.conftest import ChaosProxy, Proc, Receiver, random_source, run
 
 SIZE = 128 * 1024 * 1024
 CHUNK = 512 * 1024
@@ -18,10 +17,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
 @pytest.fixture(scope="module")
 def source(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    path = tmp_path_factory.mktemp("streams") / "data.bin"
-    data = os.urandom(SIZE)
-    path.write_bytes(data)
-    return path, blake3.blake3(data).hexdigest()
+    return random_source(tmp_path_factory, SIZE)
 
 
 def send_through(proxy: ChaosProxy, src: Path, *extra: str) -> dict[str, object]:

@@ -182,13 +182,18 @@ def test_every_chunk_reaches_the_writer_exactly_once_whatever_the_streams_do(
     assert written == list(range(chunks))
 
 
+def measure_once(scheduler: Scheduler, rates: dict[int, float]) -> None:
+    """One chunk delivered on each stream at its rate: each has a measurement."""
+    for stream, rate in rates.items():
+        scheduler.sent(stream, ("probe", stream), CHUNK, 0.0)
+        scheduler.acked(stream, [("probe", stream)], CHUNK / rate)
+
+
 def test_a_stream_ten_times_slower_gets_no_chunk_a_fast_one_would_deliver_sooner() -> None:
     scheduler = Scheduler(max_in_flight_bytes=2 * CHUNK)
     scheduler.add(0, 0.0)
     scheduler.add(1, 0.0)
-    for stream, rate in ((0, 100 * MB), (1, 10 * MB)):  # one measurement each
-        scheduler.sent(stream, ("probe", stream), CHUNK, 0.0)
-        scheduler.acked(stream, [("probe", stream)], CHUNK / rate)
+    measure_once(scheduler, {0: 100 * MB, 1: 10 * MB})
     scheduler.sent(0, "a", CHUNK, 1.0)
     assert scheduler.pick(CHUNK) == 0  # 2 MB at 100 MB/s beats 1 MB at 10 MB/s
     scheduler.sent(0, "b", CHUNK, 1.0)
@@ -197,10 +202,9 @@ def test_a_stream_ten_times_slower_gets_no_chunk_a_fast_one_would_deliver_sooner
 
 def test_streams_about_as_fast_are_all_used_whatever_the_noise_in_their_rates() -> None:
     scheduler = Scheduler(max_in_flight_bytes=2 * CHUNK)
-    for stream, rate in ((0, 30 * MB), (1, 20 * MB)):  # equal links, measured unequally
+    for stream in (0, 1):
         scheduler.add(stream, 0.0)
-        scheduler.sent(stream, ("probe", stream), CHUNK, 0.0)
-        scheduler.acked(stream, [("probe", stream)], CHUNK / rate)
+    measure_once(scheduler, {0: 30 * MB, 1: 20 * MB})  # equal links, measured unequally
     scheduler.sent(0, "a", CHUNK, 1.0)
     scheduler.sent(0, "b", CHUNK, 1.0)
     assert scheduler.pick(CHUNK) == 1  # not worth waiting for the first
