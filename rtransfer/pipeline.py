@@ -98,7 +98,8 @@ class BufferPool:
 
             self.listen(wake)
             try:
-                await asyncio.wait_for(waiter, None if collected else self.ROOM_COLLECT_AFTER_S)
+                async with asyncio.timeout(None if collected else self.ROOM_COLLECT_AFTER_S):
+                    await waiter  # asyncio.timeout, not wait_for: on 3.11 that can swallow a cancel
             except TimeoutError:
                 collected = True
                 gc.collect()

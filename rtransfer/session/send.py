@@ -233,8 +233,11 @@ class SendAttempt(Attempt):
         if len(self.dealer.links) < 2:
             await self.window_open.wait()
             return
+        # asyncio.timeout, not wait_for: on 3.11 a cancel that lands as wait_for times out is
+        # swallowed, and this loop then outlived its cancelled connection (a hang, seen under resets).
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.window_open.wait(), HEDGE_CHECK_S)
+            async with asyncio.timeout(HEDGE_CHECK_S):
+                await self.window_open.wait()
         await self.dealer.hedge()
 
     async def send_item(self, item: SendItem) -> None:
