@@ -13,6 +13,8 @@ shared, noisy machine only these ratios from one run mean much.
     python bench/compare.py --mode lossy --size 32M --runs 5 # vs nc between network namespaces, 2% loss, 200mbit (root)
     python bench/compare.py --mode rate --size 100M --limit-rate 20M --runs 3  # bytes per second through the proxy
     python bench/compare.py --mode streams --size 256M --rate 20M --slow-rate 2M --runs 3  # --streams 1 vs 8, capped
+    python bench/compare.py --mode sync --size 256M --rate 50M --runs 3  # a changed file re-sent, vs rsync, capped
+    python bench/compare.py --mode compress --size 256M --rate 30M --runs 3  # log lines, random, --compress or not
 """
 
 from __future__ import annotations
@@ -464,7 +466,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument(
         "--mode",
-        choices=["file", "pipe", "tree", "tiny", "lossy", "rate", "streams"],
+        choices=["file", "pipe", "tree", "tiny", "lossy", "rate", "streams", "sync", "compress"],
         default="file",
         help="file, stdin to stdout, tree, one small file, one file over a lossy link between network namespaces",
     )
@@ -505,6 +507,10 @@ def main() -> int:
         return rate_main(args, size)
     if args.mode == "streams":
         return streams_main(args, size)
+    if args.mode == "sync":
+        return sync_main(args, size)
+    if args.mode == "compress":
+        return compress_main(args, size)
     pipe = args.mode == "pipe"
     if args.tools is None:
         args.tools = "nc,rtransfer,rtransfer-plain" if pipe else "nc,socat,rsync,rtransfer,rtransfer-plain"
@@ -828,6 +834,208 @@ def streams_tool(streams: int, rate: str | None, slow_rate: str | None) -> Calla
                 proxy.wait()
 
     return run
+
+
+class CountingProxy:
+    """The chaos proxy in front of a port, capping each connection at ``rate``; ``close`` gives the
+    bytes it forwarded both ways over every connection: what went over the wire."""
+
+    def __init__(self, port: int, rate: str | None) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.chaos.proxy", "--target", f"127.0.0.1:{port}"]
+            + (["--rate", rate] if rate else []),
+            stdout=subprocess.PIPE,
+            cwd=Path(__file__).resolve().parents[1],
+        )
+        assert self.proc.stdout is not None
+        self.port = json.loads(self.proc.stdout.readline())["port"]
+        self.lines: list[str] = []
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        self.lines.extend(line.decode() for line in self.proc.stdout)
+
+    def close(self) -> int:
+        """Wait for every connection's "closed" report, then stop; the bytes forwarded."""
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            events = [json.loads(line) for line in list(self.lines)]
+            opened = sum(e["event"] == "connection" for e in events)
+            closed = [e for e in events if e["event"] == "closed"]
+            if len(closed) == opened:
+                break
+            time.sleep(0.01)
+        self.proc.kill()
+        self.proc.wait()
+        return sum(e["up_bytes"] + e["down_bytes"] for e in closed)
+
+
+SYNC_CHANGES = {
+    "new file (no old copy)": None,
+    "1 MiB overwritten in the middle": "overwrite",
+    "1 KiB inserted at one third": "insert",
+}
+
+
+def changed_version(base: bytes, change: str | None) -> bytes:
+    if change == "overwrite":
+        return base[: len(base) // 2] + os.urandom(1 << 20) + base[len(base) // 2 + (1 << 20) :]
+    if change == "insert":
+        return base[: len(base) // 3] + os.urandom(1024) + base[len(base) // 3 :]
+    return base
+
+
+def sync_main(args: argparse.Namespace, size: int) -> int:
+    """A 256 MiB file the receiver holds an old version of, changed and re-sent, by rtransfer
+    (``recv --overwrite``: a delta) and by rsync (to an rsync daemon: its rolling-checksum delta),
+    both through the chaos proxy's rate cap; bytes on the wire as the proxy counts them."""
+    byte_compile_rtransfer()
+    os.environ.setdefault("RTRANSFER_SECRET", "bench-" + os.urandom(8).hex())
+    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+        root = Path(tmp)
+        old = os.urandom(size)
+        rsyncd = RsyncDaemon(root)
+        results: dict[tuple[str, str], list[tuple[float, int]]] = {}
+        try:
+            for change_name, change in SYNC_CHANGES.items():
+                new = changed_version(old, change)
+                src = root / "src" / "f.bin"
+                src.parent.mkdir(exist_ok=True)
+                src.write_bytes(new)
+                tools = {"rtransfer": sync_rtransfer, "rsync": sync_rsync(rsyncd)}
+                for round_no in range(args.warmup + args.runs):
+                    for name in sorted(tools, reverse=round_no % 2 == 1):
+                        dst = rsyncd.dir if name == "rsync" else root / "out"
+                        dst.mkdir(exist_ok=True)
+                        if change is not None:
+                            (dst / "f.bin").write_bytes(old)
+                            os.utime(dst / "f.bin", (1, 1))  # older: the quick check sends it
+                        seconds, wire = tools[name](src, dst, args.rate)
+                        assert (dst / "f.bin").read_bytes() == new, f"{name}: the copy differs"
+                        (dst / "f.bin").unlink()
+                        if round_no >= args.warmup:
+                            results.setdefault((change_name, name), []).append((seconds, wire))
+                        print(f"{change_name}, {name}: {seconds:.2f} s, {wire} bytes", file=sys.stderr, flush=True)
+        finally:
+            rsyncd.close()
+    print(f"\n{args.size}, each connection capped at {args.rate}/s by the chaos proxy, median of {args.runs} runs "
+          f"({platform.machine()}, {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')})\n")  # fmt: skip
+    print("| change | tool | median s | vs the new file's time | on the wire | share of the file |")
+    print("|---|---|---|---|---|---|")
+    for (change_name, name), samples in results.items():
+        med = statistics.median(s for s, _ in samples)
+        full = statistics.median(s for s, _ in results[(next(iter(SYNC_CHANGES)), name)])
+        on_wire = statistics.median(w for _, w in samples)
+        print(f"| {change_name} | {name} | {med:.2f} | {med / full:.2f} | {on_wire / (1 << 20):.2f} MiB | "
+              f"{100 * on_wire / size:.2f}% |")  # fmt: skip
+    return 0
+
+
+def through_proxy(
+    src: Path, dst: Path, rate: str | None, recv_args: tuple[str, ...] = (), send_args: tuple[str, ...] = ()
+) -> tuple[float, int]:
+    """One rtransfer run through a CountingProxy: seconds, and bytes on the wire."""
+    receiver = Measured(
+        [rtransfer_exe(), "recv", str(dst), "--listen", "127.0.0.1:0", "--json", *recv_args], stdout=subprocess.PIPE
+    )
+    proxy = CountingProxy(rtransfer_listening(receiver.proc), rate)
+    try:
+        sample = pair_started(
+            receiver,
+            lambda _: [rtransfer_exe(), "send", str(src), f"127.0.0.1:{proxy.port}", "--quiet", *send_args],
+            lambda _: 0,  # already listening
+        )
+    finally:
+        wire = proxy.close()
+    return sample.seconds, wire
+
+
+def sync_rtransfer(src: Path, dst: Path, rate: str | None) -> tuple[float, int]:
+    return through_proxy(src, dst, rate, recv_args=("--overwrite",))
+
+
+def sync_rsync(rsyncd: RsyncDaemon) -> Callable[[Path, Path, str | None], tuple[float, int]]:
+    def run(src: Path, dst: Path, rate: str | None) -> tuple[float, int]:
+        proxy = CountingProxy(rsyncd.port, rate)
+        try:
+            started = time.perf_counter()
+            rc = subprocess.run(["rsync", str(src), f"rsync://127.0.0.1:{proxy.port}/bench/"]).returncode
+            elapsed = time.perf_counter() - started
+        finally:
+            wire = proxy.close()
+        if rc:
+            raise RuntimeError(f"rsync failed with {rc}")
+        return elapsed, wire
+
+    return run
+
+
+def compress_main(args: argparse.Namespace, size: int) -> int:
+    """``send --compress`` and without, on log-like text and on random bytes, through the proxy's cap
+    (``--rate``) or over plain loopback (no ``--rate``); bytes on the wire as the proxy counts them."""
+    byte_compile_rtransfer()
+    os.environ.setdefault("RTRANSFER_SECRET", "bench-" + os.urandom(8).hex())
+    results: dict[tuple[str, str], list[tuple[float, int]]] = {}
+    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+        root = Path(tmp)
+        for kind in ("log lines", "random"):
+            src = root / "src" / "f.bin"
+            src.parent.mkdir(exist_ok=True)
+            src.write_bytes(log_lines(size) if kind == "log lines" else os.urandom(size))
+            configs: dict[str, tuple[str, ...]] = {"plain": (), "--compress": ("--compress",)}
+            for round_no in range(args.warmup + args.runs):
+                for name in sorted(configs, reverse=round_no % 2 == 1):
+                    dst = root / "out"
+                    if args.rate:
+                        seconds, wire = through_proxy(src, dst, args.rate, send_args=configs[name])
+                    else:  # plain loopback: the proxy would be the bottleneck
+                        seconds, wire = direct_run(src, dst, configs[name]), 0
+                    assert (dst / "f.bin").read_bytes() == src.read_bytes(), f"{name}: the copy differs"
+                    shutil.rmtree(dst)
+                    if round_no >= args.warmup:
+                        results.setdefault((kind, name), []).append((seconds, wire))
+                    print(f"{kind}, {name}: {seconds:.2f} s, {wire} bytes", file=sys.stderr, flush=True)
+    cap = f"each connection capped at {args.rate}/s by the chaos proxy" if args.rate else "loopback, no proxy"
+    print(f"\n{args.size}, {cap}, median of {args.runs} runs "
+          f"({platform.machine()}, {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')})\n")  # fmt: skip
+    print("| data | configuration | median s | time vs plain | on the wire |")
+    print("|---|---|---|---|---|")
+    for (kind, name), samples in results.items():
+        med = statistics.median(s for s, _ in samples)
+        plain = statistics.median(s for s, _ in results[(kind, "plain")])
+        on_wire = statistics.median(w for _, w in samples)
+        wire_col = f"{on_wire / (1 << 20):.1f} MiB" if on_wire else "-"
+        print(f"| {kind} | {name} | {med:.2f} | {med / plain:.2f} | {wire_col} |")
+    return 0
+
+
+def direct_run(src: Path, dst: Path, send_args: tuple[str, ...]) -> float:
+    return pair(
+        [rtransfer_exe(), "recv", str(dst), "--listen", "127.0.0.1:0", "--json"],
+        lambda p: [rtransfer_exe(), "send", str(src), f"127.0.0.1:{p}", "--quiet", *send_args],
+        rtransfer_listening,
+    ).seconds
+
+
+def log_lines(size: int) -> bytes:
+    """Log-like text: timestamps, a few levels and paths, numbers (zstd -3 takes it to about a sixth)."""
+    import random
+
+    rng = random.Random(7)
+    levels, paths = ["INFO", "WARN", "ERROR"], ["/api/v1/users", "/api/v1/items", "/static/app.js", "/login"]
+    out, n, i = [], 0, 0
+    while n < size:
+        line = (
+            f"2026-11-30T12:{i // 60000 % 60:02d}:{i // 1000 % 60:02d}.{i % 1000:03d}Z {rng.choice(levels)} "
+            f"{rng.choice(('GET', 'POST'))} {rng.choice(paths)} {rng.choice((200, 200, 200, 404, 500))} "
+            f"{rng.randint(1, 999)}ms 10.0.{rng.randint(0, 255)}.{rng.randint(0, 255)}\n"
+        ).encode()
+        out.append(line)
+        n += len(line)
+        i += 1
+    return b"".join(out)[:size]
 
 
 def lossy_tool(name: str, sender_ns: str, receiver_ns: str, addr: str) -> Callable[[Path, Path], Sample]:

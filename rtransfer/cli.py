@@ -241,6 +241,22 @@ def send(
             help="At most RATE bytes per second over the whole transfer (K/M/G suffixes, as curl's).",
         ),
     ] = None,
+    compress: Annotated[
+        bool,
+        typer.Option("--compress", "-z", help="Compress chunks with zstd (those that shrink), as rsync -z."),
+    ] = False,
+    checksum: Annotated[
+        bool,
+        typer.Option(
+            "--checksum", "-c", help="Skip files the receiver has by content (BLAKE3), not size and mtime; reads all."
+        ),
+    ] = False,
+    whole_file: Annotated[
+        bool,
+        typer.Option(
+            "--whole-file", "-W", help="Send changed files whole, never as a delta against the receiver's copy."
+        ),
+    ] = False,
 ) -> int:
     """Send files, directories or standard input ('-') to a receiver."""
     reporter = _reporter(json_output, quiet, data_on_stdout=False, verbose=verbose)
@@ -290,6 +306,9 @@ def send(
             safe_links=safe_links,
             limit_rate_bps=rate_bps,
             streams=streams,
+            whole_file=whole_file,
+            checksum=checksum,
+            compress=compress,
         )
     except RtransferError as exc:
         reporter.error(exc)

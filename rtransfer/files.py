@@ -8,11 +8,11 @@ import os
 import re
 import stat
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 
 from rtransfer.errors import LocalIOError, UsageError
-from rtransfer.integrity import source_identity
+from rtransfer.integrity import content_digest, source_identity
 from rtransfer.protocol.model import MAX_BATCH_ENTRIES, Entry
 
 PARTIAL_SUFFIX = ".rtpart"
@@ -78,6 +78,19 @@ def _file_entry(name: str, path: str, st: os.stat_result) -> Entry:
     reading every small file's head for one doubled the walk's cost."""
     identity = source_identity(path, st) if st.st_size > PACK_FILE_MAX_BYTES else None
     return Entry(name, "file", st.st_size, stat.S_IMODE(st.st_mode), st.st_mtime, identity=identity)
+
+
+def with_content_digests(batch: list[Source]) -> list[Source]:
+    """--checksum: each file's entry carries its content digest (one read of every file, as rsync -c)."""
+    try:
+        return [
+            Source(replace(s.entry, digest=content_digest(s.local)), s.local)
+            if s.entry.kind == "file" and s.local is not None
+            else s
+            for s in batch
+        ]
+    except OSError as exc:
+        raise local_error(exc, exc.filename or "a source") from None
 
 
 def list_batches(

@@ -15,7 +15,7 @@ import blake3
 import xxhash
 
 from rtransfer.errors import LocalIOError
-from rtransfer.protocol.model import Buffer, WritableBuffer
+from rtransfer.protocol.model import CONTENT_DIGEST_BYTES, Buffer, WritableBuffer
 from rtransfer.protocol.pack import PackedFile, table_bytes, write_table
 from rtransfer.workers import in_worker
 
@@ -110,6 +110,16 @@ def read_pack(small: list[tuple[int, str, int]], buf: WritableBuffer) -> list[Pa
         start += size
     write_table(view, files)
     return files
+
+
+def content_digest(path: os.PathLike[str] | str) -> str:
+    """--checksum: a file's BLAKE3 in hex, cut to CONTENT_DIGEST_BYTES (it decides a skip, nothing more).
+    Both sides compute it the same way; for a worker thread."""
+    hasher = blake3.blake3()
+    with open(path, "rb", buffering=0) as f:
+        while data := f.read(READ_STEP_BYTES):
+            hasher.update(data)
+    return hasher.hexdigest(length=CONTENT_DIGEST_BYTES)
 
 
 IDENTITY_HEAD_BYTES = 64 * 1024

@@ -11,19 +11,22 @@ from __future__ import annotations
 import asyncio
 import gc
 import mmap
+import os
 import sys
 import weakref
 from collections.abc import Awaitable, Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiofiles
 
-from rtransfer.errors import LocalIOError
+from rtransfer.compress import BadCompressedChunk, Compressor, decompress
+from rtransfer.delta import Fingerprint, Matcher, Piece, fingerprint, match
+from rtransfer.errors import LocalIOError, ProtocolViolation
 from rtransfer.files import PACK_FILE_MAX_BYTES, Source, local_error
 from rtransfer.integrity import FileDigest, read_pack
 from rtransfer.protocol.events import Accepted, ChunkReady, FileComplete, PackReady
-from rtransfer.protocol.frames import DATA_HEADER
+from rtransfer.protocol.frames import DATA_HEADER, MAX_COPY_RANGES, FrameType, copy_payload, copy_ranges
 from rtransfer.protocol.model import Buffer, WritableBuffer
 from rtransfer.protocol.pack import PackedFile, table_bytes
 from rtransfer.sink import Sink
@@ -182,6 +185,7 @@ class Chunk:
     file_index: int
     offset: int
     payload: Buffer
+    kind: FrameType = FrameType.DATA  # what the payload holds (see frames.Data)
 
 
 @dataclass(frozen=True)
@@ -201,6 +205,15 @@ class Packed:
     payload: Buffer
 
 
+@dataclass
+class OldCopy:
+    """The receiver's old copy of a file, as it described it, and the new file's fingerprint if
+    the sender made it while the receiver was describing (``early``)."""
+
+    matcher: Matcher = field(default_factory=Matcher)
+    early: asyncio.Future[Fingerprint] | None = None
+
+
 @dataclass(frozen=True)
 class Listed:
     """A batch of the file list, as the receiver accepted it: what the reader reads next."""
@@ -208,30 +221,67 @@ class Listed:
     first: int
     sources: list[Source]
     accepted: Accepted
+    bases: dict[int, OldCopy] = field(default_factory=dict)  # the receiver's old copies, described
 
 
 SendItem = Chunk | EndOfFile | Packed | None  # None: every source has been read
 RecvItem = ChunkReady | FileComplete | PackReady
 
 
-async def read_sources(
-    batches: asyncio.Queue[Listed | None],
-    chunk_bytes: int,
-    queue: asyncio.Queue[SendItem],
-    stats: TransferStats,
-    pool: BufferPool,
-    batch_read: Callable[[], None],
-) -> None:
+@dataclass
+class Reading:
+    """What the reader needs besides the files: where chunks go, and how to make them."""
+
+    chunk_bytes: int
+    queue: asyncio.Queue[SendItem]
+    stats: TransferStats
+    pool: BufferPool
+    compressor: Compressor | None = None  # send --compress
+
+    async def put(self, item: SendItem) -> None:
+        await self.queue.put(item)
+        self.stats.observe_queue(self.queue.qsize())
+
+    async def put_bytes(self, index: int, offset: int, piece: WritableBuffer | memoryview) -> int:
+        """Queue a chunk of a file's bytes (compressed, if that pays; its buffer then goes back at
+        once), waiting while the network is behind; the offset after it."""
+        size = len(piece)
+        chunk = Chunk(index, offset, piece)
+        if self.compressor is not None:
+            self.compressor.adapt(link_waits=self.queue.full(), cpu_waits=self.queue.empty())
+            try:
+                packed = await in_worker(self.compressor.compress, piece)
+            except BaseException:
+                self.pool.put(piece)
+                raise
+            if packed is not None:
+                self.pool.put(piece)
+                chunk = Chunk(index, offset, packed, FrameType.ZDATA)
+        try:
+            await self.put(chunk)
+        except BaseException:
+            self.pool.put(chunk.payload)
+            raise
+        return offset + size
+
+
+async def read_sources(batches: asyncio.Queue[Listed | None], reading: Reading, batch_read: Callable[[], None]) -> None:
     """Read each accepted batch's files once, in order: small whole files into packs, the
-    others chunk by chunk; ``batch_read`` after each batch, so the lister may list another."""
+    others chunk by chunk (or, where the receiver has an old copy, as a delta against it);
+    ``batch_read`` after each batch, so the lister may list another."""
     while (batch := await batches.get()) is not None:
-        for item in _reading_order(batch, chunk_bytes):
+        for item in _reading_order(batch, reading.chunk_bytes):
             if isinstance(item, list):
-                await _queue_pack(item, chunk_bytes, queue, stats, pool)
+                await _queue_pack(item, reading)
+                continue
+            index, source, start = item
+            old = batch.bases.get(index)
+            if old is not None:
+                await _read_delta(index, source, start, old, reading)
             else:
-                await _read_file(*item, chunk_bytes, queue, stats, pool)
+                await _read_file(index, source, start, reading)
         batch_read()
-    await queue.put(None)
+    await reading.put(None)
 
 
 SmallFile = tuple[int, str, int]  # file index, path, size
@@ -262,35 +312,20 @@ def _reading_order(batch: Listed, chunk_bytes: int) -> Iterator[list[SmallFile] 
         yield small
 
 
-async def _queue_pack(
-    small: list[SmallFile],
-    chunk_bytes: int,
-    queue: asyncio.Queue[SendItem],
-    stats: TransferStats,
-    pool: BufferPool,
-) -> None:
+async def _queue_pack(small: list[SmallFile], reading: Reading) -> None:
     """Read a pack's files in one worker-thread call (open, read, hash, close each): a tree of
     small files costs a thread hop per pack, not per file."""
-    buf = await pool.take(chunk_bytes, SENDER_ROOM)
+    buf = await reading.pool.take(reading.chunk_bytes, SENDER_ROOM)
     try:
         files = await in_worker(read_pack, small, buf)
     except BaseException:
-        pool.put(buf)
+        reading.pool.put(buf)
         raise
     end = files[-1].start + files[-1].size
-    await queue.put(Packed(files, [path for _, path, _ in small], memoryview(buf)[:end]))
-    stats.observe_queue(queue.qsize())
+    await reading.put(Packed(files, [path for _, path, _ in small], memoryview(buf)[:end]))
 
 
-async def _read_file(
-    index: int,
-    source: Source,
-    offset: int,
-    chunk_bytes: int,
-    queue: asyncio.Queue[SendItem],
-    stats: TransferStats,
-    pool: BufferPool,
-) -> None:
+async def _read_file(index: int, source: Source, offset: int, reading: Reading) -> None:
     """One file (or standard input) chunk by chunk; a chunk is queued only once hashed, so an
     ACK can recycle its buffer.
 
@@ -300,9 +335,10 @@ async def _read_file(
     """
     name = source.local or "standard input"
     digest = FileDigest()
+    pool, chunk_bytes = reading.pool, reading.chunk_bytes
     try:
         if source.local is None:
-            offset = await _read_stdin(index, chunk_bytes, queue, stats, pool, digest)
+            offset = await _read_stdin(index, reading, digest)
         else:
             async with aiofiles.open(source.local, "rb") as f:
                 fd = f.fileno()
@@ -314,11 +350,7 @@ async def _read_file(
                 try:
                     while piece := await settle(ahead):
                         buf = None  # the chunk owns it now: queued, or given back if queueing is cancelled
-                        try:
-                            offset = await _queue_chunk(queue, stats, Chunk(index, offset, piece))
-                        except BaseException:
-                            pool.put(piece)
-                            raise
+                        offset = await reading.put_bytes(index, offset, piece)
                         buf = await pool.take(chunk_bytes, SENDER_ROOM)
                         ahead = digest.read_into(fd, buf, offset)
                 finally:
@@ -329,38 +361,79 @@ async def _read_file(
                             pool.put(buf)  # read to the end, or being read
     except OSError as exc:
         raise local_error(exc, name) from None
+    await _end_file(index, source, offset, digest.digest(), reading)
+
+
+async def _end_file(index: int, source: Source, size: int, digest: bytes, reading: Reading) -> None:
     declared = source.entry.size
-    if declared is not None and offset != declared:
-        raise LocalIOError(f"{name}: changed while being sent ({declared} bytes expected, {offset} read)")
-    await queue.put(EndOfFile(index, source.entry.path, offset, digest.digest()))
+    if declared is not None and size != declared:
+        name = source.local or "standard input"
+        raise LocalIOError(f"{name}: changed while being sent ({declared} bytes expected, {size} read)")
+    await reading.put(EndOfFile(index, source.entry.path, size, digest))
 
 
-async def _read_stdin(
-    index: int,
-    chunk_bytes: int,
-    queue: asyncio.Queue[SendItem],
-    stats: TransferStats,
-    pool: BufferPool,
-    digest: FileDigest,
-) -> int:
+async def _read_delta(index: int, source: Source, start: int, old: OldCopy, reading: Reading) -> None:
+    """A file the receiver has an old copy of: cut and hashed in one read (delta.py), matched against
+    the old copy; then what the old copy lacks is read again and sent, the rest named as COPY ranges."""
+    assert source.local is not None
+    try:
+        new = await old.early if old.early is not None else None
+        if new is None or new.start != start:  # a resume starts elsewhere
+            new = await in_worker(fingerprint, source.local, start)
+        pieces = await in_worker(match, new, old.matcher)
+        async with aiofiles.open(source.local, "rb") as f:
+            ranges: list[Piece] = []
+            for piece in pieces:
+                if piece.basis_offset is not None:
+                    ranges.append(piece)
+                    if len(ranges) == MAX_COPY_RANGES:
+                        await _queue_copy(index, ranges, reading)
+                    continue
+                if ranges:
+                    await _queue_copy(index, ranges, reading)
+                await _send_literal(index, f.fileno(), piece, reading)
+            if ranges:
+                await _queue_copy(index, ranges, reading)
+    except OSError as exc:
+        raise local_error(exc, source.local) from None
+    await _end_file(index, source, new.size, new.digest, reading)
+
+
+async def _queue_copy(index: int, ranges: list[Piece], reading: Reading) -> None:
+    payload = copy_payload([(p.basis_offset or 0, p.length) for p in ranges])
+    await reading.put(Chunk(index, ranges[0].offset, payload, FrameType.COPY))
+    ranges.clear()
+
+
+async def _send_literal(index: int, fd: int, piece: Piece, reading: Reading) -> None:
+    """Bytes the old copy lacks, read again (the first read hashed them) and sent chunk by chunk."""
+    offset, end = piece.offset, piece.offset + piece.length
+    while offset < end:
+        buf = await reading.pool.take(reading.chunk_bytes, SENDER_ROOM)
+        want = min(reading.chunk_bytes, end - offset)
+        try:
+            got = await in_worker(os.preadv, fd, [memoryview(buf)[:want]], offset)
+        except BaseException:
+            reading.pool.put(buf)
+            raise
+        if got != want:
+            reading.pool.put(buf)
+            raise LocalIOError(f"file {index} shrank while being sent")
+        offset = await reading.put_bytes(index, offset, memoryview(buf)[:want])
+
+
+async def _read_stdin(index: int, reading: Reading, digest: FileDigest) -> int:
     """Standard input, chunk by chunk, hashed piece by piece as it arrives (still in cache);
     the bytes read so far. Not read ahead: a slow pipe must not hold back a chunk already read."""
     stream = StdStream(sys.stdin.fileno())
     offset = 0
     while True:
-        buf = await pool.take(chunk_bytes, SENDER_ROOM)
+        buf = await reading.pool.take(reading.chunk_bytes, SENDER_ROOM)
         got = await stream.fill(buf, digest.update_now)
         if not got:
-            pool.put(buf)
+            reading.pool.put(buf)
             return offset
-        offset = await _queue_chunk(queue, stats, Chunk(index, offset, memoryview(buf)[:got]))
-
-
-async def _queue_chunk(queue: asyncio.Queue[SendItem], stats: TransferStats, chunk: Chunk) -> int:
-    """Queue a chunk (waiting while the network is behind); the offset after it."""
-    await queue.put(chunk)
-    stats.observe_queue(queue.qsize())
-    return chunk.offset + len(chunk.payload)
+        offset = await reading.put_bytes(index, offset, memoryview(buf)[:got])
 
 
 FileVerifiedCallback = Callable[[FileComplete, bool, str, str], Awaitable[None]]
@@ -401,8 +474,7 @@ async def write_chunks(
             continue
         digest = await digest_for(item.file_index)
         if isinstance(item, ChunkReady):
-            await asyncio.gather(sink.write(item.file_index, item.offset, item.payload), digest.update(item.payload))
-            stats.bytes_done += len(item.payload)
+            stats.bytes_done += await _write_chunk(item, sink, digest)
             if pool is not None:
                 pool.put(item.payload)  # written and hashed: nothing reads this chunk again
         else:
@@ -413,3 +485,17 @@ async def write_chunks(
             path = sink.display_path(item.file_index)
             await sink.finish(item.file_index, ok)
             await verified(item, ok, digest.hexdigest(), path)
+
+
+async def _write_chunk(chunk: ChunkReady, sink: Sink, digest: FileDigest) -> int:
+    """Write and hash one chunk, whatever its payload holds; the file's bytes it stood for."""
+    if chunk.kind is FrameType.COPY:
+        return await sink.copy_from_basis(chunk.file_index, chunk.offset, copy_ranges(chunk.payload), digest)
+    data: Buffer = chunk.payload
+    if chunk.kind is FrameType.ZDATA:
+        try:
+            data = await in_worker(decompress, chunk.payload)
+        except BadCompressedChunk as exc:
+            raise ProtocolViolation(str(exc)) from None
+    await asyncio.gather(sink.write(chunk.file_index, chunk.offset, data), digest.update(data))
+    return len(data)

@@ -225,7 +225,9 @@ class ConsoleReporter(Reporter):
             f"in {seconds:.2f} s ({human_bytes(stats.bytes_done / seconds)}/s); {_count(stats.chunks, 'chunk')}, "
             f"{_count(stats.retransmits, 'retransmit')}, {_count(stats.integrity_failures, 'integrity failure')}, "
             f"{_count(stats.reconnects, 'reconnect')}, "
-            f"peak memory {human_bytes(peak_rss_bytes())}"
+            f"{human_bytes(stats.wire_sent + stats.wire_received)} on the wire"
+            + (f" (compressed {stats.compression:.2f}:1)" if stats.compression is not None else "")
+            + f", peak memory {human_bytes(peak_rss_bytes())}"
         )
 
     def error(self, error: RtransferError) -> None:

@@ -9,17 +9,19 @@ import os
 import shutil
 import stat
 import sys
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import aiofiles
 import aiofiles.os
 import blake3
 
+from rtransfer.delta import DELTA_MIN_BYTES, describe
 from rtransfer.direct_io import PartialWriter, direct_io_suits
 from rtransfer.errors import LocalIOError
 from rtransfer.files import link_stays_inside, local_error, safe_relative_path
-from rtransfer.integrity import FileDigest
+from rtransfer.integrity import FileDigest, content_digest
 from rtransfer.journal import (
     FSYNC_EVERY_BYTES,
     JournalRecord,
@@ -30,7 +32,7 @@ from rtransfer.journal import (
     write_journal,
 )
 from rtransfer.listen import check_dest
-from rtransfer.protocol.model import Buffer, Entry, EntryBatch, Manifest
+from rtransfer.protocol.model import Basis, Buffer, Entry, EntryBatch, Manifest
 from rtransfer.protocol.pack import PackedFile
 from rtransfer.stdio import StdStream
 from rtransfer.workers import in_worker
@@ -47,12 +49,24 @@ def partial_path(final: Path) -> Path:
     return final.with_name(f".{final.name}{PARTIAL_SUFFIX}")
 
 
+# A copied range of the old copy is read, hashed and written in one worker call per this many bytes.
+COPY_STEP_BYTES = 16 * 1024 * 1024
+_COPY_BUFFER_BYTES = 1024 * 1024  # through a buffer this size, so each piece is hashed while in cache
+
+
 @dataclass(frozen=True)
 class Plan:
-    """Where each file starts: bytes already here of the same version, or whole and done."""
+    """Where each file starts: bytes already here of the same version, or whole and done.
+
+    ``plan`` finds what the names and sizes tell; ``examine`` reads what they cannot: files of
+    the same size to compare by content (``compare``, --checksum) and old copies to describe
+    for a delta (``old_copies``, which it turns into ``bases``)."""
 
     start_offsets: dict[int, int]
     done: tuple[int, ...]
+    compare: tuple[int, ...] = ()
+    old_copies: tuple[int, ...] = ()
+    bases: dict[int, Basis] = field(default_factory=dict)
 
 
 class DestDirs:
@@ -125,6 +139,21 @@ def _check_packed(view: memoryview, packed: PackedFile) -> tuple[memoryview, str
     return data, hasher.hexdigest() if hasher.digest() == packed.digest else None
 
 
+def _copy_hashed(src: int, dst: int, offset: int, length: int, hash_update: Callable[[Buffer], None]) -> None:
+    """``length`` bytes of ``src`` from ``offset``, hashed and appended to ``dst`` (for a worker thread)."""
+    buf = memoryview(bytearray(min(length, _COPY_BUFFER_BYTES)))
+    done = 0
+    while done < length:
+        n = os.preadv(src, [buf[: min(len(buf), length - done)]], offset + done)
+        if not n:
+            raise LocalIOError("the old copy shrank during the transfer")
+        hash_update(buf[:n])
+        view = buf[:n]
+        while view:
+            view = view[os.write(dst, view) :]
+        done += n
+
+
 def _lstat(name: str, dir_fd: int) -> os.stat_result | None:
     try:
         return os.lstat(name, dir_fd=dir_fd)
@@ -156,7 +185,10 @@ class DirectorySink:
         self.safe_links = safe_links
         self._root_fd = -1
         self._chunk_bytes = 0
+        self._delta = True  # the sender allows it (send --whole-file does not)
         self._files: dict[int, Entry] = {}  # accepted, not yet in place
+        self._bases: dict[int, int] = {}  # delta: descriptor of the old copy, once a COPY needs it
+        self._described: set[int] = set()  # delta: files whose old copy was described to the sender
         self._dirs: list[Entry] = []
         self._links: list[Entry] = []
         self._created: set[str] = set()  # directories this transfer made: no lstat for what is in them
@@ -180,7 +212,9 @@ class DirectorySink:
         if not os.access(self.root, os.W_OK | os.X_OK):
             raise LocalIOError(f"{self.root}: permission denied")
         self._chunk_bytes = manifest.chunk_bytes
+        self._delta = manifest.delta
         self._files.clear()
+        self._described.clear()
         self._created.clear()  # what an earlier connection wrote in them is there now
         self._dirs.clear()
         self._links.clear()
@@ -189,6 +223,8 @@ class DirectorySink:
         """Check each name, create directories, find what is here already and what can resume."""
         starts: dict[int, int] = {}
         done: list[int] = []
+        compare: list[int] = []
+        old_copies: list[int] = []
         need = 0
         try:
             with DestDirs(self._root_fd, self._created) as dirs:
@@ -213,11 +249,17 @@ class DirectorySink:
                         self._refuse_existing(entry, st)
                         self._links.append(entry)
                         continue
-                    if st is not None and self._already_here(st, entry):
+                    size_here = st.st_size if st is not None and stat.S_ISREG(st.st_mode) else None
+                    if size_here is not None and entry.digest is not None and size_here == entry.size:
+                        compare.append(index)  # --checksum: the content decides (examine)
+                    elif st is not None and entry.digest is None and self._already_here(st, entry):
                         done.append(index)
                         continue
-                    self._refuse_existing(entry, st)
+                    else:
+                        self._refuse_existing(entry, st)
                     self._files[index] = entry
+                    if size_here is not None and self._delta and entry.identity and size_here >= DELTA_MIN_BYTES:
+                        old_copies.append(index)
                     if entry.identity is not None:
                         starts[index], self._durable[index] = self._resume_point(self._final(index), entry)
                     need += (entry.size or 0) - starts.get(index, 0)
@@ -226,7 +268,40 @@ class DirectorySink:
             raise local_error(exc, exc.filename or self.root) from None
         if need > free:
             raise LocalIOError(f"{self.root}: not enough free space ({need} bytes needed, {free} available)")
-        return Plan({i: n for i, n in starts.items() if n}, tuple(done))
+        return Plan({i: n for i, n in starts.items() if n}, tuple(done), tuple(compare), tuple(old_copies))
+
+    async def examine(self, plan: Plan) -> Plan:
+        """Read what ``plan`` left open, in a worker thread: a file whose content is already here is
+        done (and takes the sender's mtime, so the quick check finds it next time); each remaining
+        old copy is described, so the sender can send only what it lacks."""
+        if not plan.compare and not plan.old_copies:
+            return plan
+        try:
+            same = await in_worker(self._same_content, plan.compare)
+            for index in same:
+                del self._files[index]
+            described = [i for i in plan.old_copies if i not in same]
+            bases = dict(zip(described, await in_worker(self._describe, described), strict=True))
+        except OSError as exc:
+            raise local_error(exc, exc.filename or self.root) from None
+        self._described.update(bases)
+        starts = {i: n for i, n in plan.start_offsets.items() if i not in same}
+        return replace(plan, start_offsets=starts, done=plan.done + tuple(same), bases=bases)
+
+    def _same_content(self, indices: tuple[int, ...]) -> list[int]:
+        same = []
+        for index in indices:
+            entry, final = self._files[index], self._final(index)
+            if content_digest(final) == entry.digest:
+                same.append(index)
+                if entry.mtime is not None:
+                    os.utime(final, (entry.mtime, entry.mtime), follow_symlinks=False)
+            elif not self.overwrite:
+                raise LocalIOError(f"{final}: already exists (use --overwrite to replace it)")
+        return same
+
+    def _describe(self, indices: list[int]) -> list[Basis]:
+        return [describe(self._final(index)) for index in indices]
 
     def _refuse_existing(self, entry: Entry, st: os.stat_result | None) -> None:
         if st is None:
@@ -238,7 +313,8 @@ class DirectorySink:
 
     @staticmethod
     def _already_here(st: os.stat_result, entry: Entry) -> bool:
-        """rsync's quick check: same size and mtime means this file arrived before."""
+        """rsync's quick check: same size and mtime means this file arrived before (with --checksum,
+        the entry carries a digest, and the content decides instead: ``examine``)."""
         return (
             stat.S_ISREG(st.st_mode)
             and entry.size == st.st_size
@@ -283,7 +359,9 @@ class DirectorySink:
 
     async def _open_at(self, index: int, offset: int) -> PartialWriter:
         final = self._final(index)
-        direct = self.direct_io and direct_io_suits(self._files[index].size or 0, self._chunk_bytes)
+        # A delta's writes follow the content, not the chunk size that direct I/O aligns to.
+        fixed = index not in self._described
+        direct = fixed and self.direct_io and direct_io_suits(self._files[index].size or 0, self._chunk_bytes)
         handle = await PartialWriter.open(partial_path(final), offset, direct, self._chunk_bytes)
         self._open[index] = handle
         self._written[index] = self._journaled[index] = offset
@@ -293,12 +371,44 @@ class DirectorySink:
         try:
             handle = self._open.get(index) or await self._open_at(index, offset)
             await handle.write(data)
-            self._written[index] += len(data)
-            written = self._written[index]
-            if written - self._journaled[index] >= journal_interval_bytes(self._files[index].size or 0):
-                await self._journal(index)
+            await self._advance(index, len(data))
         except OSError as exc:
             raise local_error(exc, self._final(index)) from None
+
+    async def _advance(self, index: int, n: int) -> None:
+        """``n`` more bytes of the file are written: journal them when due."""
+        self._written[index] += n
+        if self._written[index] - self._journaled[index] >= journal_interval_bytes(self._files[index].size or 0):
+            await self._journal(index)
+
+    async def copy_from_basis(self, index: int, offset: int, ranges: list[tuple[int, int]], digest: FileDigest) -> int:
+        """Take ``ranges`` (offset, length) of the old copy, in order, into the new file from ``offset``,
+        hashing them on the way; the bytes taken. Each step is one worker call that reads, hashes
+        and writes, while the bytes are in cache. An old copy changed since it was described shows
+        in the whole-file digest."""
+        final = self._final(index)
+        taken = 0
+        try:
+            handle = self._open.get(index) or await self._open_at(index, offset)
+            await handle.flush()  # what the writer buffered goes first: the steps write to its descriptor
+            src = self._bases.get(index)
+            if src is None:
+                src = self._bases[index] = os.open(final, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            for start, length in ranges:
+                for step in range(0, length, COPY_STEP_BYTES):
+                    want = min(COPY_STEP_BYTES, length - step)
+                    await in_worker(_copy_hashed, src, handle.fileno(), start + step, want, digest.update_now)
+                    taken += want
+                    await self._advance(index, want)
+        except OSError as exc:
+            raise local_error(exc, final) from None
+        return taken
+
+    def _close_basis(self, index: int) -> None:
+        self._described.discard(index)
+        fd = self._bases.pop(index, None)
+        if fd is not None:
+            os.close(fd)
 
     async def _journal(self, index: int, sync: bool = True) -> None:
         identity = self._files[index].identity
@@ -340,6 +450,7 @@ class DirectorySink:
         final = self._final(index)
         part = partial_path(final)
         entry = self._files.pop(index)
+        self._close_basis(index)
         try:
             handle = self._open.pop(index, None)
             if handle is not None:
@@ -440,6 +551,8 @@ class DirectorySink:
         """The connection failed: keep what can resume (journal it), drop what cannot.
 
         Nothing is ever left under a final name."""
+        for index in list(self._bases):
+            self._close_basis(index)
         for index, handle in list(self._open.items()):
             final = self._final(index)
             resumable = self._files[index].identity is not None
@@ -480,6 +593,12 @@ class StdoutSink:
 
     def display_path(self, index: int) -> str:
         return self._path
+
+    async def examine(self, plan: Plan) -> Plan:
+        return plan
+
+    async def copy_from_basis(self, index: int, offset: int, ranges: list[tuple[int, int]], digest: FileDigest) -> int:
+        raise LocalIOError("standard output has no old copy to take ranges from")
 
     async def hash_prefix(self, index: int, size: int, digest: FileDigest) -> None:
         raise LocalIOError("standard output cannot resume a transfer")

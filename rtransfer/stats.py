@@ -68,6 +68,9 @@ class TransferStats:
     queue_peak: int = 0
     listing: bool = False  # the file list is still growing: totals are what has been listed so far
     streams: list[dict[str, object]] = field(default_factory=list)  # per connection, over several (sender)
+    wire_sent: int = 0  # bytes written to connections, every frame and header included
+    wire_received: int = 0
+    compression: float | None = None  # send --compress: file bytes per byte sent
     started_at: float = field(default_factory=time.monotonic)
 
     def start_listing(self) -> None:
@@ -113,5 +116,8 @@ class TransferStats:
             "rss_bytes": current_rss_bytes(),
             "open_fds": open_fds(),
             "seconds": round(self.seconds, 3),
+            "wire_bytes_sent": self.wire_sent,
+            "wire_bytes_received": self.wire_received,
+            **({"compression_ratio": round(self.compression, 3)} if self.compression is not None else {}),
             **({"streams": self.streams} if self.streams else {}),
         }

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from rtransfer.protocol.frames import Data
-from rtransfer.protocol.model import Buffer, EntryBatch, Manifest
+from rtransfer.protocol.frames import Data, FrameType
+from rtransfer.protocol.model import Buffer, EntryBatch, Manifest, Signature
 from rtransfer.protocol.pack import PackedFile
 
 
@@ -98,11 +98,21 @@ class PackReady:
 
 @dataclass(frozen=True)
 class ChunkReady:
-    """Receiver side: the next chunk, in order, checksum verified, ready to write."""
+    """Receiver side: the next chunk, in order, checksum verified, ready to write. ``kind`` says
+    what ``payload`` holds: the bytes (DATA), the bytes compressed (ZDATA), or ranges of the
+    old copy here to take them from (COPY); see frames.Data."""
 
     file_index: int
     offset: int
     payload: Buffer
+    kind: FrameType = FrameType.DATA
+
+
+@dataclass(frozen=True)
+class SignatureReceived:
+    """Sender side: part of the receiver's old copy of a file, before the ACCEPT of its batch."""
+
+    signature: Signature
 
 
 @dataclass(frozen=True)
@@ -140,4 +150,5 @@ Event = (
     | FileComplete
     | DuplicateChunk
     | TransferComplete
+    | SignatureReceived
 )

@@ -21,6 +21,7 @@ from enum import IntEnum
 from typing import Any, Protocol
 
 import xxhash
+import zstandard
 
 from rtransfer.protocol.errors import (
     CorruptFrame,
@@ -30,6 +31,7 @@ from rtransfer.protocol.errors import (
     RemoteProtocolError,
 )
 from rtransfer.protocol.model import (
+    CONTENT_DIGEST_BYTES,
     FRESH_BUFFERS,
     MAX_BATCH_ENTRIES,
     Buffer,
@@ -37,11 +39,14 @@ from rtransfer.protocol.model import (
     Entry,
     EntryBatch,
     Manifest,
+    Signature,
     WritableBuffer,
 )
+from rtransfer.protocol.pack import table_bytes_of
 
 MAGIC = b"RTXF"
-PROTOCOL_VERSION = 5  # 3: batched file list, packs; 4: ERROR says a Cause; 5: streams (JOIN, chunk order)
+PROTOCOL_VERSION = 6  # 3: batched file list, packs; 4: ERROR says a Cause; 5: streams (JOIN, chunk order);
+# 6: delta (SIGNATURE, COPY), compressed chunks (ZDATA), the file list and ACCEPT compressed
 
 MIN_CHUNK_BYTES = 4 * 1024
 MAX_CHUNK_BYTES = 16 * 1024 * 1024
@@ -49,7 +54,11 @@ MAX_WINDOW = 1024
 MAX_STREAMS = 64
 MAX_MANIFEST_BYTES = 4096
 MAX_ENTRIES_BYTES = 8 * 1024 * 1024  # 1024 entries of up to two 4 KiB names each, JSON-quoted
+MAX_ACCEPT_BYTES = 1024 * 1024
 MAX_ERROR_MESSAGE_BYTES = 1024
+MAX_SIGNATURE_CHUNKS = 16384  # chunk digests in one SIGNATURE frame (a file's may take several)
+MAX_COPY_RANGES = 4096  # ranges of the receiver's old copy in one COPY frame
+SIGNATURE_DIGEST_BYTES = 16
 
 HEADER = struct.Struct("!BIQ")
 _PREFIX = struct.Struct("!BI")
@@ -61,6 +70,10 @@ _FILE_END = struct.Struct("!IQ32s")
 _FILE_RESULT = struct.Struct("!I?")
 _PACK_RESULT = struct.Struct("!Q?")
 _ERROR = struct.Struct("!B")
+_SIGNATURE = struct.Struct("!IQ")  # file index, offset in the receiver's copy of the first chunk
+_SIGNATURE_CHUNK = struct.Struct(f"!I{SIGNATURE_DIGEST_BYTES}s")  # length, digest
+COPY_RANGE = struct.Struct("!QI")  # offset in the receiver's old copy, length
+ZDATA_SIZE = struct.Struct("!I")  # a compressed chunk's length before compression, ahead of the zstd frame
 
 
 class FrameType(IntEnum):
@@ -82,6 +95,9 @@ class FrameType(IntEnum):
     PACK_RESULT = 16
     JOIN = 17  # a further connection of a running transfer: its first frame after CONFIRM
     JOINED = 18
+    COPY = 19  # DATA made of ranges of the receiver's old copy of the file (delta transfer)
+    ZDATA = 20  # DATA compressed with zstd
+    SIGNATURE = 21  # the receiver's old copy of a file, as content-defined chunks (delta transfer)
 
 
 class Role(IntEnum):
@@ -92,7 +108,7 @@ class Role(IntEnum):
 MAX_BODY_BYTES: dict[FrameType, int] = {
     FrameType.HELLO: 4096,
     FrameType.MANIFEST: MAX_MANIFEST_BYTES,
-    FrameType.ACCEPT: 1024 * 1024,
+    FrameType.ACCEPT: MAX_ACCEPT_BYTES,
     FrameType.ENTRIES: MAX_ENTRIES_BYTES,
     FrameType.DATA: DATA_HEADER.size + MAX_CHUNK_BYTES,
     FrameType.PACK: DATA_HEADER.size + MAX_CHUNK_BYTES,
@@ -108,6 +124,9 @@ MAX_BODY_BYTES: dict[FrameType, int] = {
     FrameType.CONFIRM: 64,
     FrameType.JOIN: MAX_MANIFEST_BYTES,
     FrameType.JOINED: 0,
+    FrameType.COPY: DATA_HEADER.size + COPY_RANGE.size * MAX_COPY_RANGES,
+    FrameType.ZDATA: DATA_HEADER.size + ZDATA_SIZE.size + MAX_CHUNK_BYTES,
+    FrameType.SIGNATURE: _SIGNATURE.size + _SIGNATURE_CHUNK.size * MAX_SIGNATURE_CHUNKS,
 }
 TAG_BYTES = 16  # AEAD tag on sealed frames; limits above are for the plaintext
 
@@ -133,8 +152,10 @@ class Accept:
 
 @dataclass(frozen=True)
 class Data:
-    """A chunk: ``payload`` is file ``file_index`` from ``offset`` on, or, ``packed``, a pack of
-    whole small files (``file_index`` is then the first of them and ``offset`` 0).
+    """A chunk of file ``file_index`` from ``offset`` on. ``kind`` says what ``payload`` holds:
+    DATA, the bytes; ZDATA, the bytes compressed (``ZDATA_SIZE``, then a zstd frame); COPY, the
+    ranges of the receiver's old copy that come next (``COPY_RANGE`` rows); PACK, whole small
+    files (protocol/pack.py; ``file_index`` is then the first of them and ``offset`` 0).
 
     ``seq`` numbers it on its connection (ACKs, the window, resends); ``order`` numbers it in
     the transfer, in the order the writer needs it, whichever stream carries it."""
@@ -143,8 +164,41 @@ class Data:
     file_index: int
     offset: int
     payload: Buffer
-    packed: bool = False
+    kind: FrameType = FrameType.DATA
     order: int = 0
+
+    @property
+    def packed(self) -> bool:
+        return self.kind is FrameType.PACK
+
+
+def copy_payload(ranges: list[tuple[int, int]]) -> bytes:
+    """A COPY chunk's payload: (offset in the old copy, length) for each range, in order."""
+    return b"".join(COPY_RANGE.pack(offset, length) for offset, length in ranges)
+
+
+def copy_ranges(payload: Buffer) -> list[tuple[int, int]]:
+    if not payload or len(payload) % COPY_RANGE.size:
+        raise RemoteProtocolError("COPY payload is not a list of ranges")
+    return [(offset, length) for offset, length in COPY_RANGE.iter_unpack(payload)]
+
+
+def file_bytes(chunk: Data) -> int:
+    """The bytes of files a chunk stands for (what progress counts), whatever its payload holds."""
+    if chunk.kind is FrameType.ZDATA:
+        return zdata_size(chunk.payload)
+    if chunk.kind is FrameType.COPY:
+        return sum(length for _, length in copy_ranges(chunk.payload))
+    if chunk.kind is FrameType.PACK:
+        return len(chunk.payload) - table_bytes_of(chunk.payload)
+    return len(chunk.payload)
+
+
+def zdata_size(payload: Buffer) -> int:
+    """A compressed chunk's length once decompressed, as its sender declares it."""
+    if len(payload) <= ZDATA_SIZE.size:
+        raise RemoteProtocolError("ZDATA payload too short")
+    return int(ZDATA_SIZE.unpack_from(payload)[0])
 
 
 @dataclass(frozen=True)
@@ -266,8 +320,9 @@ Frame = (
     | Confirm
     | Join
     | Joined
+    | Signature
 )
-_CHUNKS = (FrameType.DATA, FrameType.PACK)
+_CHUNKS = (FrameType.DATA, FrameType.PACK, FrameType.COPY, FrameType.ZDATA)
 
 
 def _checked_by_tag(ftype: FrameType, sealed: bool) -> bool:
@@ -310,9 +365,11 @@ def encode(
 
     The last buffer of a DATA frame is its payload, or its ciphertext when sealed."""
     match frame:
-        case Data(seq, file_index, offset, payload, packed, order):
-            ftype = FrameType.PACK if packed else FrameType.DATA
-            return _frame(ftype, DATA_HEADER.pack(seq, file_index, offset, order), payload, sealer, allocate)
+        case Data(seq, file_index, offset, payload, kind, order):
+            return _frame(kind, DATA_HEADER.pack(seq, file_index, offset, order), payload, sealer, allocate)
+        case Signature(file_index, offset, chunks):
+            rows = b"".join(_SIGNATURE_CHUNK.pack(length, digest) for length, digest in chunks)
+            return _frame(FrameType.SIGNATURE, b"", _SIGNATURE.pack(file_index, offset) + rows, sealer)
         case Ack(cumulative, selective):
             body = _ACK.pack(cumulative, len(selective)) + b"".join(_U64.pack(s) for s in selective)
             return _frame(FrameType.ACK, b"", body, sealer)
@@ -328,11 +385,11 @@ def encode(
             return _frame(FrameType.JOINED, b"", b"", sealer)
         case EntryBatch(first, entries, last):
             listing = {"first": first, "last": last, "entries": [_entry_to_json(e) for e in entries]}
-            return _frame(FrameType.ENTRIES, b"", _json(listing), sealer)
+            return _frame(FrameType.ENTRIES, b"", _squeezed(listing), sealer)
         case Accept(first, start_offsets, done):
             offsets = {str(k): v for k, v in start_offsets.items()}
             plan = {"first": first, "start_offsets": offsets, "done": list(done)}
-            return _frame(FrameType.ACCEPT, b"", _json(plan), sealer)
+            return _frame(FrameType.ACCEPT, b"", _squeezed(plan), sealer)
         case PackResult(order, ok):
             return _frame(FrameType.PACK_RESULT, b"", _PACK_RESULT.pack(order, ok), sealer)
         case FileEnd(file_index, size, digest):
@@ -371,13 +428,14 @@ _TYPES: dict[type, FrameType] = {
     Confirm: FrameType.CONFIRM,
     Join: FrameType.JOIN,
     Joined: FrameType.JOINED,
+    Signature: FrameType.SIGNATURE,
 }
 
 
 def frame_type(frame: Frame | CorruptData) -> FrameType:
     """The wire type of a decoded frame (a damaged chunk counts as DATA)."""
     if isinstance(frame, Data):
-        return FrameType.PACK if frame.packed else FrameType.DATA
+        return frame.kind
     return _TYPES[type(frame)]
 
 
@@ -386,11 +444,27 @@ def encode_bytes(frame: Frame) -> bytes:
 
 
 def _manifest_to_json(m: Manifest) -> dict[str, Any]:
-    return {"transfer_id": m.transfer_id, "chunk_bytes": m.chunk_bytes, "window": m.window, "streams": m.streams}
+    return {
+        "transfer_id": m.transfer_id,
+        "chunk_bytes": m.chunk_bytes,
+        "window": m.window,
+        "streams": m.streams,
+        "delta": m.delta,
+    }
 
 
 def _json(obj: object) -> bytes:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+# The file list and ACCEPT are most of what a second run of an unchanged tree puts on the wire:
+# paths share their directories and sizes repeat, and zstd takes them to about a fifth (bench/README.md).
+_LIST_COMPRESSOR = zstandard.ZstdCompressor(level=3)
+_LIST_DECOMPRESSOR = zstandard.ZstdDecompressor()
+
+
+def _squeezed(obj: object) -> bytes:
+    return _LIST_COMPRESSOR.compress(_json(obj))
 
 
 def _entry_to_json(e: Entry) -> dict[str, Any]:
@@ -399,7 +473,7 @@ def _entry_to_json(e: Entry) -> dict[str, Any]:
     obj: dict[str, Any] = {"path": e.path}
     if e.kind != "file":
         obj["kind"] = e.kind
-    for key in ("size", "mode", "mtime", "target", "identity"):
+    for key in ("size", "mode", "mtime", "target", "identity", "digest"):
         value = getattr(e, key)
         if value is not None:
             obj[key] = value
@@ -538,7 +612,13 @@ def _decode_body(ftype: FrameType, body: WritableBuffer) -> Frame:
         _need(n >= DATA_HEADER.size, f"{ftype.name} frame too short")
         seq, file_index, offset, order = DATA_HEADER.unpack_from(body)
         payload = memoryview(body)[DATA_HEADER.size :]
-        return Data(seq, file_index, offset, payload, ftype is FrameType.PACK, order)
+        return Data(seq, file_index, offset, payload, ftype, order)
+    if ftype is FrameType.SIGNATURE:
+        _need(n >= _SIGNATURE.size and (n - _SIGNATURE.size) % _SIGNATURE_CHUNK.size == 0, "SIGNATURE malformed")
+        file_index, offset = _SIGNATURE.unpack_from(body)
+        chunks = tuple(_SIGNATURE_CHUNK.iter_unpack(memoryview(body)[_SIGNATURE.size :]))
+        _need(all(length > 0 for length, _ in chunks), "SIGNATURE has an empty chunk")
+        return Signature(file_index, offset, chunks)
     if ftype is FrameType.ACK:
         _need(n >= _ACK.size, "ACK frame too short")
         cumulative, count = _ACK.unpack_from(body)
@@ -564,12 +644,12 @@ def _decode_body(ftype: FrameType, body: WritableBuffer) -> Frame:
     if ftype is FrameType.JOINED:
         return Joined()
     if ftype is FrameType.ENTRIES:
-        return _decode_entries(body)
+        return _decode_entries(_unsqueezed(body, MAX_ENTRIES_BYTES, "ENTRIES"))
     if ftype is FrameType.PACK_RESULT:
         _need(n == _PACK_RESULT.size, "PACK_RESULT frame has the wrong length")
         return PackResult(*_PACK_RESULT.unpack(body))
     if ftype is FrameType.ACCEPT:
-        obj = _load_json(body, "ACCEPT")
+        obj = _load_json(_unsqueezed(body, MAX_ACCEPT_BYTES, "ACCEPT"), "ACCEPT")
         _need(isinstance(obj, dict), "ACCEPT is not an object")
         first, offsets, done = obj.get("first"), obj.get("start_offsets"), obj.get("done", [])
         _need(_is_uint(first) and isinstance(offsets, dict) and isinstance(done, list), "ACCEPT malformed")
@@ -607,7 +687,17 @@ def _is_uint(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
-def _load_json(body: WritableBuffer, what: str) -> Any:
+def _unsqueezed(body: Buffer, limit: int, what: str) -> bytes:
+    """A compressed list, never inflated past ``limit``: a small frame must not become a huge one."""
+    try:
+        # decompress() trusts a size the frame declares over max_output_size: check it first
+        _need(zstandard.frame_content_size(body) <= limit, f"{what} frame inflates past {limit} bytes")
+        return _LIST_DECOMPRESSOR.decompress(body, max_output_size=limit)
+    except zstandard.ZstdError:
+        raise RemoteProtocolError(f"{what} frame is not valid zstd, or inflates past {limit} bytes") from None
+
+
+def _load_json(body: Buffer, what: str) -> Any:
     try:
         return json.loads(bytes(body).decode("utf-8"))
     except UnicodeDecodeError:
@@ -619,15 +709,17 @@ def _load_json(body: WritableBuffer, what: str) -> Any:
 def _decode_manifest(obj: Any) -> Manifest:
     _need(isinstance(obj, dict), "MANIFEST is not an object")
     tid, chunk, window, streams = (obj.get(k) for k in ("transfer_id", "chunk_bytes", "window", "streams"))
+    delta = obj.get("delta", True)
+    _need(isinstance(delta, bool), "MANIFEST delta malformed")
     _need(isinstance(tid, str) and 0 < len(tid) <= 64, "MANIFEST transfer_id malformed")
     _need(_is_uint(chunk) and MIN_CHUNK_BYTES <= chunk <= MAX_CHUNK_BYTES, "MANIFEST chunk_bytes out of range")
     _need(_is_uint(window) and 1 <= window <= MAX_WINDOW, "MANIFEST window out of range")
     _need(_is_uint(streams) and 1 <= streams <= MAX_STREAMS, "MANIFEST streams out of range")
     assert isinstance(tid, str) and isinstance(chunk, int) and isinstance(window, int) and isinstance(streams, int)
-    return Manifest(tid, chunk, window, streams)
+    return Manifest(tid, chunk, window, streams, delta)
 
 
-def _decode_entries(body: WritableBuffer) -> EntryBatch:
+def _decode_entries(body: Buffer) -> EntryBatch:
     obj = _load_json(body, "ENTRIES")
     _need(isinstance(obj, dict), "ENTRIES is not an object")
     first, last, entries = (obj.get(k) for k in ("first", "last", "entries"))
@@ -646,7 +738,7 @@ def _decode_entry(obj: object) -> Entry:
         raise RemoteProtocolError("ENTRIES entry is not an object")
     get = obj.get
     path, kind, size, mode, mtime = get("path"), get("kind", "file"), get("size"), get("mode", 0o644), get("mtime")
-    target, identity = get("target"), get("identity")
+    target, identity, digest = get("target"), get("identity"), get("digest")
     if not isinstance(path, str) or not path:
         raise RemoteProtocolError("ENTRIES entry path malformed")
     try:
@@ -669,4 +761,6 @@ def _decode_entry(obj: object) -> Entry:
         mtime = float(mtime)
     if identity is not None and not (isinstance(identity, str) and len(identity) <= 128):
         raise RemoteProtocolError("ENTRIES identity malformed")
-    return Entry(path, kind, size, mode, mtime, target, identity)
+    if digest is not None and not (isinstance(digest, str) and len(digest) == 2 * CONTENT_DIGEST_BYTES):
+        raise RemoteProtocolError("ENTRIES digest malformed")
+    return Entry(path, kind, size, mode, mtime, target, identity, digest)

@@ -13,6 +13,7 @@ Buffer = bytes | bytearray | memoryview
 WritableBuffer = bytearray | memoryview
 
 DIGEST_BYTES = 32  # a file's BLAKE3 digest
+CONTENT_DIGEST_BYTES = 16  # --checksum: a listed file's BLAKE3, cut to 128 bits (it only decides a skip)
 MAX_BATCH_ENTRIES = 1024  # entries in one batch of the file list
 
 
@@ -27,6 +28,7 @@ class Entry:
     mtime: float | None = None
     target: str | None = None  # symlinks only: the link text, relative
     identity: str | None = None  # version of a file's data (size, mtime, head digest); None: a stream
+    digest: str | None = None  # --checksum: the hex BLAKE3 of its content (CONTENT_DIGEST_BYTES)
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,20 @@ class Manifest:
     chunk_bytes: int
     window: int  # chunks in flight on each connection
     streams: int = 1  # connections the sender opens for this transfer
+    delta: bool = True  # the receiver may describe its old copy of a file, for the sender to send only changes
+
+
+Basis = tuple[tuple[int, bytes], ...]  # delta: the receiver's old copy of a file, (length, digest) per chunk
+
+
+@dataclass(frozen=True)
+class Signature:
+    """Part of the receiver's old copy of file ``file_index``, cut at content-defined boundaries
+    (delta.py): its chunks from ``offset`` on, each as (length, digest). A large copy takes several."""
+
+    file_index: int
+    offset: int
+    chunks: tuple[tuple[int, bytes], ...]
 
 
 @dataclass(frozen=True)

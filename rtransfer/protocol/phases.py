@@ -37,15 +37,16 @@ F = FrameType
 _HEARTBEAT = {F.PING: None, F.PONG: None}  # None: the phase stays
 _CONTROL = {**_HEARTBEAT, F.ERROR: Phase.ERROR}
 _STAYS = None
+_CHUNK_TYPES = (F.DATA, F.ZDATA, F.COPY, F.PACK)
 
 # Frames a machine of each role may *receive* in each phase, and the phase each leads to.
 RECEIVED: dict[Role, dict[Phase, dict[FrameType, Phase | None]]] = {
     Role.SENDER: {
         Phase.GREETING: {F.HELLO: Phase.CONFIRMING},
         Phase.CONFIRMING: {F.CONFIRM: Phase.OFFERING},
-        Phase.OFFERING: {F.ACCEPT: Phase.TRANSFERRING, F.JOINED: Phase.TRANSFERRING, **_CONTROL},
+        Phase.OFFERING: {F.ACCEPT: Phase.TRANSFERRING, F.JOINED: Phase.TRANSFERRING, F.SIGNATURE: _STAYS, **_CONTROL},
         Phase.TRANSFERRING: {
-            **dict.fromkeys((F.ACCEPT, F.ACK, F.NACK, F.FILE_RESULT, F.PACK_RESULT), _STAYS),
+            **dict.fromkeys((F.SIGNATURE, F.ACCEPT, F.ACK, F.NACK, F.FILE_RESULT, F.PACK_RESULT), _STAYS),
             **_CONTROL,
         },
         Phase.FINISHING: {
@@ -62,11 +63,11 @@ RECEIVED: dict[Role, dict[Phase, dict[FrameType, Phase | None]]] = {
         Phase.AWAITING_MANIFEST: {F.MANIFEST: Phase.PLANNING, F.JOIN: Phase.TRANSFERRING, **_CONTROL},
         Phase.PLANNING: {F.ENTRIES: _STAYS, **_CONTROL},
         Phase.TRANSFERRING: {
-            **dict.fromkeys((F.ENTRIES, F.DATA, F.PACK, F.FILE_END), _STAYS),
+            **dict.fromkeys((F.ENTRIES, *_CHUNK_TYPES, F.FILE_END), _STAYS),
             F.DONE: Phase.FINISHING,
             **_CONTROL,
         },
-        Phase.FINISHING: {F.DATA: _STAYS, F.PACK: _STAYS, **_CONTROL},  # resends of NACKed chunks
+        Phase.FINISHING: {**dict.fromkeys(_CHUNK_TYPES, _STAYS), **_CONTROL},  # resends of NACKed chunks
         Phase.CLOSED: {**_HEARTBEAT},
         Phase.ERROR: {},
     },
@@ -80,14 +81,14 @@ SENT: dict[Role, dict[Phase, dict[FrameType, Phase | None]]] = {
         Phase.CONFIRMING: {F.ENTRIES: _STAYS},
         Phase.OFFERING: {F.ENTRIES: _STAYS},
         Phase.TRANSFERRING: {
-            **dict.fromkeys((F.ENTRIES, F.DATA, F.PACK, F.FILE_END), _STAYS),
+            **dict.fromkeys((F.ENTRIES, *_CHUNK_TYPES, F.FILE_END), _STAYS),
             F.DONE: Phase.FINISHING,
         },
-        Phase.FINISHING: {F.DATA: _STAYS, F.PACK: _STAYS},  # chunks dealt again from a lost connection
+        Phase.FINISHING: dict.fromkeys(_CHUNK_TYPES, _STAYS),  # chunks dealt again from a lost connection
     },
     Role.RECEIVER: {
-        Phase.PLANNING: {F.ACCEPT: Phase.TRANSFERRING},
-        Phase.TRANSFERRING: {F.ACCEPT: _STAYS, F.FILE_RESULT: _STAYS, F.PACK_RESULT: _STAYS},
+        Phase.PLANNING: {F.SIGNATURE: _STAYS, F.ACCEPT: Phase.TRANSFERRING},
+        Phase.TRANSFERRING: dict.fromkeys((F.SIGNATURE, F.ACCEPT, F.FILE_RESULT, F.PACK_RESULT), _STAYS),
         Phase.FINISHING: {F.FILE_RESULT: _STAYS, F.PACK_RESULT: _STAYS, F.DONE: Phase.CLOSED},
     },
 }

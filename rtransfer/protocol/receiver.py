@@ -24,6 +24,7 @@ from rtransfer.protocol.events import (
     TransferComplete,
 )
 from rtransfer.protocol.frames import (
+    MAX_SIGNATURE_CHUNKS,
     Accept,
     Ack,
     CorruptData,
@@ -32,13 +33,16 @@ from rtransfer.protocol.frames import (
     FileEnd,
     FileResult,
     Frame,
+    FrameType,
     Join,
     Joined,
     Nack,
     PackResult,
     Role,
+    copy_ranges,
+    zdata_size,
 )
-from rtransfer.protocol.model import FRESH_BUFFERS, Buffer, Buffers, EntryBatch, Manifest
+from rtransfer.protocol.model import FRESH_BUFFERS, Basis, Buffer, Buffers, EntryBatch, Manifest, Signature
 from rtransfer.protocol.pack import read_table
 from rtransfer.protocol.peer import KeyExchange, Peer, guarded
 from rtransfer.protocol.phases import Phase
@@ -63,6 +67,7 @@ class _Incoming:
     short_chunk: bool = False  # its last chunk has been seen
     end: FileEnd | None = None
     completed: bool = False
+    basis_bytes: int | None = None  # delta: the size of the old copy COPY chunks may take ranges of
 
 
 class ReceiverMachine(Peer):
@@ -133,24 +138,53 @@ class ReceiverMachine(Peer):
         return events
 
     @guarded
-    def accept(self, first: int, start_offsets: dict[int, int], now: float, done: tuple[int, ...] = ()) -> list[Event]:
+    def accept(
+        self,
+        first: int,
+        start_offsets: dict[int, int],
+        now: float,
+        done: tuple[int, ...] = (),
+        bases: dict[int, Basis] | None = None,
+    ) -> list[Event]:
         """The driver checked the batch starting at ``first`` against the disk; its data may flow now.
 
-        Files in ``done`` are already here whole; the others resume at ``start_offsets``."""
+        Files in ``done`` are already here whole; the others resume at ``start_offsets``. Files in
+        ``bases`` have an old copy here, described by its signature: their data may come as
+        COPY chunks, ranges of that copy (the signatures go out first, so the sender has them
+        when the ACCEPT arrives)."""
         if not self._unplanned or self._unplanned[0].first != first:
             raise LocalProtocolError(f"accept({first}) out of order")
         self._now = now
         batch = self._unplanned[0]
+        bases = bases or {}
+        for index, basis in bases.items():
+            offset = 0
+            for at in range(0, len(basis), MAX_SIGNATURE_CHUNKS):
+                chunks = basis[at : at + MAX_SIGNATURE_CHUNKS]
+                self._send_as_told(Signature(index, offset, chunks))
+                offset += sum(length for length, _ in chunks)
         offsets = {i: o for i, o in start_offsets.items() if o and i not in done}
         self._send_as_told(Accept(first, offsets, done))
         self._unplanned.popleft()
         skip = set(done)
         for i, entry in enumerate(batch.entries, batch.first):
             if entry.kind == "file" and i not in skip:
-                self._files[i] = _Incoming(entry.size, start_offsets.get(i, 0))
+                described = bases.get(i)
+                basis_bytes = sum(length for length, _ in described) if described is not None else None
+                self._files[i] = _Incoming(entry.size, start_offsets.get(i, 0), basis_bytes=basis_bytes)
         events: list[Event] = []
         self._maybe_finish(events)
         return events
+
+    @guarded
+    def announce_bases(self, indices: tuple[int, ...], now: float) -> None:
+        """Tell the sender, before describing them, which files of the batch being planned have an
+        old copy here (an empty SIGNATURE each): it can fingerprint its own copy meanwhile."""
+        if not self._unplanned:
+            raise LocalProtocolError("announce_bases with no batch being planned")
+        self._now = now
+        for index in indices:
+            self._send_as_told(Signature(index, 0, ()))
 
     @guarded
     def file_verified(self, file_index: int, ok: bool, now: float) -> list[Event]:
@@ -274,10 +308,27 @@ class ReceiverMachine(Peer):
         if self._total_bytes > self.limits.max_total_bytes:
             raise LimitExceeded(f"transfer exceeds the limit of {self.limits.max_total_bytes} bytes")
 
+    def _file_bytes(self, frame: Data, incoming: _Incoming) -> int:
+        """How much of the file a chunk stands for, checked: COPY only where this side sent a
+        signature, and only ranges inside that old copy."""
+        if frame.kind is FrameType.ZDATA:
+            return zdata_size(frame.payload)
+        if frame.kind is not FrameType.COPY:
+            return len(frame.payload)
+        basis = incoming.basis_bytes
+        ranges = copy_ranges(frame.payload)
+        if basis is None or any(length == 0 or offset + length > basis for offset, length in ranges):
+            raise RemoteProtocolError(f"COPY for file {frame.file_index} outside its old copy here")
+        return sum(length for _, length in ranges)
+
     def _deliver(self, frame: Data, events: list[Event]) -> None:
-        index, size = frame.file_index, len(frame.payload)
+        index = frame.file_index
         incoming = self._incoming(index)
-        if incoming.short_chunk or size == 0 or size > self.manifest.chunk_bytes:
+        size = self._file_bytes(frame, incoming)
+        # A delta's chunks follow the content, not a fixed size; a copy may span many chunks.
+        fixed = incoming.basis_bytes is None
+        too_big = frame.kind is not FrameType.COPY and size > self.manifest.chunk_bytes
+        if (fixed and incoming.short_chunk) or size == 0 or too_big:
             raise RemoteProtocolError(f"DATA of {size} bytes for file {index} breaks chunking")
         expected = incoming.received
         if frame.offset != expected:
@@ -289,7 +340,7 @@ class ReceiverMachine(Peer):
         incoming.short_chunk = size < self.manifest.chunk_bytes
         self._current_file = index
         incoming.received = end
-        events.append(ChunkReady(index, frame.offset, frame.payload))
+        events.append(ChunkReady(index, frame.offset, frame.payload, frame.kind))
         self._maybe_complete(index, events)
 
     def _deliver_pack(self, frame: Data, events: list[Event]) -> None:

@@ -13,6 +13,7 @@ from rtransfer.protocol.events import (
     FileVerified,
     IntegrityFailure,
     Retransmitted,
+    SignatureReceived,
     StreamJoined,
     TransferComplete,
 )
@@ -31,9 +32,9 @@ from rtransfer.protocol.frames import (
     Nack,
     PackResult,
     Role,
+    file_bytes,
 )
-from rtransfer.protocol.model import FRESH_BUFFERS, Buffer, Buffers, Entry, EntryBatch, Manifest
-from rtransfer.protocol.pack import table_bytes_of
+from rtransfer.protocol.model import FRESH_BUFFERS, Buffer, Buffers, Entry, EntryBatch, Manifest, Signature
 from rtransfer.protocol.peer import KeyExchange, Peer, guarded
 from rtransfer.protocol.phases import Phase, after_sent
 from rtransfer.protocol.timing import RetransmitTimer
@@ -204,13 +205,13 @@ class SenderMachine(Peer):
     def send_chunk(self, file_index: int, offset: int, payload: Buffer, now: float) -> int:
         """Claim a chunk and send it on this connection."""
         order = self._claim((file_index,))
-        return self.send_data(Data(0, file_index, offset, payload, False, order), now)
+        return self.send_data(Data(0, file_index, offset, payload, order=order), now)
 
     @guarded
     def send_pack(self, files: tuple[int, ...], payload: Buffer, now: float) -> int:
         """Send whole small files packed in one chunk (``payload`` as protocol/pack.py lays it out)."""
         order = self.claim_pack(files)
-        return self.send_data(Data(0, files[0], 0, payload, True, order), now)
+        return self.send_data(Data(0, files[0], 0, payload, FrameType.PACK, order), now)
 
     @guarded
     def send_data(self, chunk: Data, now: float) -> int:
@@ -218,8 +219,8 @@ class SenderMachine(Peer):
         if not self.can_send():
             raise LocalProtocolError("a chunk sent while the window is closed")
         self._now = now
-        frame = Data(self._next_seq, chunk.file_index, chunk.offset, chunk.payload, chunk.packed, chunk.order)
-        data_bytes = len(frame.payload) - (table_bytes_of(frame.payload) if frame.packed else 0)
+        frame = Data(self._next_seq, chunk.file_index, chunk.offset, chunk.payload, chunk.kind, chunk.order)
+        data_bytes = file_bytes(frame)
         self._next_seq += 1
         if not self._unacked:
             self._timer_armed_at = now
@@ -302,6 +303,10 @@ class SenderMachine(Peer):
                 self._resend(frame.seq, "nack", events)
         elif isinstance(frame, Accept) and not self.stream:
             self._on_accept(frame, events)
+        elif isinstance(frame, Signature) and not self.stream:
+            if not any(frame.file_index in listed.files for listed in self._unaccepted):
+                raise RemoteProtocolError(f"SIGNATURE for entry {frame.file_index}, not a file awaiting its ACCEPT")
+            events.append(SignatureReceived(frame))
         elif isinstance(frame, Joined) and self.stream:
             events.append(StreamJoined(self.stream))
         elif isinstance(frame, FileResult) and frame.file_index in self._ended:

@@ -24,6 +24,9 @@ class SendConfig:
     safe_links: bool = False  # skip links that point outside the transfer, instead of sending them as they are
     limit_rate_bps: float | None = None  # hold the whole transfer to this many bytes per second
     streams: int = 1  # connections to spread the chunks over
+    whole_file: bool = False  # never a delta against the receiver's old copy
+    checksum: bool = False  # list each file's content digest: the receiver skips by content, not size and mtime
+    compress: bool = False  # zstd each chunk that shrinks, at a level that follows the bottleneck
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from rtransfer.protocol.phases import Phase
 from rtransfer.report import Reporter
 from rtransfer.retry import Backoff, retry_call
 from rtransfer.session.outcome import cause_of, to_error
+from rtransfer.stats import TransferStats
 
 INBOX_PAUSE_EVENTS = 2  # with QUEUE_CHUNKS, what keeps the largest chunks in the memory budget
 CLOSE_GRACE_S = 2.0  # for the peer to read our ERROR frame before the connection is cut
@@ -44,10 +45,16 @@ class Connection(asyncio.BufferedProtocol):
     which is how a slow disk pushes back on the peer."""
 
     def __init__(
-        self, machine: Peer, on_connected: Callable[[Connection], bool] | None = None, pool: BufferPool | None = None
+        self,
+        machine: Peer,
+        on_connected: Callable[[Connection], bool] | None = None,
+        pool: BufferPool | None = None,
+        stats: TransferStats | None = None,
     ) -> None:
-        """With a ``pool``, reading also pauses while a frame's buffers would not fit its budget."""
+        """With a ``pool``, reading also pauses while a frame's buffers would not fit its budget;
+        ``stats`` counts the bytes on the wire."""
         self.machine = machine
+        self.stats = stats or TransferStats("")
         self._on_connected = on_connected
         self._pool = pool
         self._loop = asyncio.get_running_loop()
@@ -79,6 +86,7 @@ class Connection(asyncio.BufferedProtocol):
     def buffer_updated(self, nbytes: int) -> None:
         if self._error is not None:
             return
+        self.stats.wire_received += nbytes
         try:
             events = self.machine.buffer_updated(nbytes, now())
         except ProtocolError as exc:
@@ -139,6 +147,7 @@ class Connection(asyncio.BufferedProtocol):
         pieces = self.machine.data_to_send()
         if pieces and self.transport is not None and not self.transport.is_closing():
             self.transport.writelines(pieces)
+            self.stats.wire_sent += sum(memoryview(p).nbytes for p in pieces)
 
     def all_written(self) -> bool:
         """The kernel has taken every byte handed to the transport: none of those buffers is read again."""

@@ -97,7 +97,10 @@ class ReceiveTransfer:
         kex, self.next_kex = self.next_kex, KeyExchange(self.secret, is_sender=False)
         c = self.config
         return Connection(
-            ReceiverMachine(now(), c.timeout_s, kex, c.encrypt, c.limits, self.pool), self._arrived, self.pool
+            ReceiverMachine(now(), c.timeout_s, kex, c.encrypt, c.limits, self.pool),
+            self._arrived,
+            self.pool,
+            self.stats,
         )
 
     async def _serve(self, conn: Connection) -> None:
@@ -214,12 +217,17 @@ class ReceiveAttempt(Attempt):
         here in part resumes."""
         batch = event.batch
         plan = self.sink.plan(batch)
+        announced = tuple(i for i in plan.old_copies if i not in plan.compare)  # those surely sent as a delta
+        if announced:
+            self.machine.announce_bases(announced, now())
+            self.conn.flush()
+        plan = await self.sink.examine(plan)
         self.start_offsets.update(plan.start_offsets)
         self.stats.listed(list(batch.entries), batch.last)
         self.stats.files_done += len(plan.done)
         self.stats.bytes_done += sum(plan.start_offsets.values())
         self.stats.bytes_done += sum(batch.entries[i - batch.first].size or 0 for i in plan.done)
-        events = self.machine.accept(batch.first, plan.start_offsets, now(), plan.done)
+        events = self.machine.accept(batch.first, plan.start_offsets, now(), plan.done, plan.bases)
         self.conn.flush()
         self.transfer.started = True
         if batch.first == 0:

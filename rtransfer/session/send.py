@@ -8,20 +8,33 @@ import functools
 import uuid
 from collections import deque
 
+from rtransfer.compress import Compressor
 from rtransfer.crypto import KeyExchange
-from rtransfer.errors import RtransferError
-from rtransfer.files import Source, collect_sources, list_batches
+from rtransfer.delta import Fingerprint, fingerprint
+from rtransfer.errors import ProtocolViolation, RtransferError
+from rtransfer.files import Source, collect_sources, list_batches, with_content_digests
 from rtransfer.listen import normalise_code
-from rtransfer.pipeline import QUEUE_CHUNKS, BufferPool, EndOfFile, Listed, Packed, SendItem, read_sources
+from rtransfer.pipeline import (
+    QUEUE_CHUNKS,
+    BufferPool,
+    EndOfFile,
+    Listed,
+    OldCopy,
+    Packed,
+    Reading,
+    SendItem,
+    read_sources,
+)
 from rtransfer.protocol.events import (
     Accepted,
     ChunksAcked,
     FileVerified,
     IntegrityFailure,
     Retransmitted,
+    SignatureReceived,
     TransferComplete,
 )
-from rtransfer.protocol.frames import Data
+from rtransfer.protocol.frames import Data, FrameType
 from rtransfer.protocol.model import Manifest
 from rtransfer.protocol.sender import SenderMachine
 from rtransfer.ratelimit import TokenBucket
@@ -59,19 +72,24 @@ class SendTransfer:
         self.config = config
         self.reporter = reporter
         self.sources = collect_sources(config.sources, config.stdin_name)
-        self.manifest = Manifest(uuid.uuid4().hex, config.chunk_bytes, config.window, config.streams)
+        self.manifest = Manifest(
+            uuid.uuid4().hex, config.chunk_bytes, config.window, config.streams, delta=not config.whole_file
+        )
         self.stats = TransferStats("send")
         self.pool = BufferPool(send_budget(config.window, config.streams))
         self.backoff = Backoff(config.connect_policy)
         self.resumable = all(s.local is not None for s in self.sources)  # standard input cannot be read again
         rate = config.limit_rate_bps
         self.bucket = TokenBucket(rate, now()) if rate else None  # one for the transfer, across reconnects
+        self.compressor = Compressor() if config.compress else None
 
     async def run(self) -> TransferStats:
         while True:
             progress_before = self.stats.bytes_done
             try:
                 await self._attempt()
+                if self.compressor is not None:
+                    self.stats.compression = self.compressor.ratio
                 return self.stats
             except RtransferError as exc:
                 delay = self._reconnect_delay(exc, progress_before)
@@ -98,7 +116,8 @@ class SendTransfer:
     def _connection(self) -> Connection:
         kex = KeyExchange(normalise_code(self.config.code), is_sender=True)
         c = self.config
-        return Connection(SenderMachine(self.manifest, now(), c.timeout_s, kex, c.encrypt, buffers=self.pool))
+        machine = SenderMachine(self.manifest, now(), c.timeout_s, kex, c.encrypt, buffers=self.pool)
+        return Connection(machine, stats=self.stats)
 
 
 class SendAttempt(Attempt):
@@ -121,6 +140,8 @@ class SendAttempt(Attempt):
         self.window_open = asyncio.Event()
         self.unconfirmed: dict[int, tuple[str, int, str]] = {}  # index -> path, size, digest, until confirmed
         self.skipped, self.first_skipped = 0, ""  # files the receiver already has whole, said once
+        self.bases: dict[int, OldCopy] = {}  # the receiver's old copies, described ahead of their ACCEPT
+        self.early: list[asyncio.Future[Fingerprint]] = []  # new files fingerprinted while they are described
         self.dealer = Dealer(self)
         self.handlers = {
             ChunksAcked: functools.partial(self.on_stream_acked, 0),
@@ -128,19 +149,22 @@ class SendAttempt(Attempt):
             IntegrityFailure: self.on_integrity_failure,
             FileVerified: self.on_file_verified,
             Accepted: self.on_accepted,
+            SignatureReceived: self.on_signature,
             TransferComplete: self.on_complete,
         }
 
     async def run(self) -> None:
         self.stats.start_listing()
         t = self.transfer
-        reader = read_sources(
-            self.accepted, t.config.chunk_bytes, self.queue, self.stats, self.pool, self.ahead.release
-        )
+        reading = Reading(t.config.chunk_bytes, self.queue, self.stats, self.pool, t.compressor)
+        reader = read_sources(self.accepted, reading, self.ahead.release)
         try:
             await self.drive(self.list_entries(), reader, self.send_chunks())
         finally:
             await self.dealer.close()
+            for task in self.early:
+                task.cancel()
+            await asyncio.gather(*self.early, return_exceptions=True)
 
     def refresh(self) -> None:
         self.stats.in_flight = self.machine.in_flight
@@ -179,10 +203,32 @@ class SendAttempt(Attempt):
             self.reporter.started(self.stats)
             self.dealer.add(0, self.conn)
             self.dealer.open_further()
-        self.accepted.put_nowait(Listed(first, batch, event))
+        mine = [i for i in range(first, first + len(batch)) if i in self.bases]
+        self.accepted.put_nowait(Listed(first, batch, event, {i: self.bases.pop(i) for i in mine}))
         self.window_open.set()  # the first ACCEPT opens the window
         if self.listing_done and not self.listed:
             self.all_accepted()
+
+    async def on_signature(self, event: SignatureReceived) -> None:
+        """The receiver has an old copy of a file: it says so first, then describes it. Meanwhile the
+        new file is fingerprinted, so both sides read their copy at once."""
+        signature = event.signature
+        old = self.bases.get(signature.file_index)
+        if old is None:
+            old = self.bases[signature.file_index] = OldCopy()
+            path = self.source_of(signature.file_index).local
+            if path is not None:
+                old.early = asyncio.ensure_future(in_worker(fingerprint, path))
+                self.early.append(old.early)
+        if signature.offset != old.matcher.basis_bytes:
+            raise ProtocolViolation(
+                f"SIGNATURE at {signature.offset}; the description so far ends at {old.matcher.basis_bytes}"
+            )
+        old.matcher.add(signature.chunks)
+
+    def source_of(self, index: int) -> Source:
+        first, batch = next((first, batch) for first, batch in self.listed if first <= index < first + len(batch))
+        return batch[index - first]
 
     async def on_complete(self, event: TransferComplete) -> None:
         self.done.set()
@@ -190,15 +236,19 @@ class SendAttempt(Attempt):
     def all_accepted(self) -> None:
         """Every batch is listed and accepted: the reader's queue ends, and what was skipped is said once."""
         self.accepted.put_nowait(None)
+        same = "same content" if self.transfer.config.checksum else "same size and mtime"
         if self.skipped == 1:
-            self.reporter.warning(f"{self.first_skipped}: already at the receiver (same size and mtime); skipped")
+            self.reporter.warning(f"{self.first_skipped}: already at the receiver ({same}); skipped")
         elif self.skipped:
-            self.reporter.warning(f"{self.skipped} files already at the receiver (same size and mtime); skipped")
+            self.reporter.warning(f"{self.skipped} files already at the receiver ({same}); skipped")
 
     # --- tasks ----------------------------------------------------------------
     async def list_entries(self) -> None:
         warnings: list[str] = []  # the walk runs in a worker thread; warnings are reported from here
-        batches = list_batches(self.transfer.sources, self.transfer.config.safe_links, warnings.append)
+        config = self.transfer.config
+        batches = list_batches(self.transfer.sources, config.safe_links, warnings.append)
+        if config.checksum:
+            batches = map(with_content_digests, batches)
         upcoming = await in_worker(next, batches, None)
         while upcoming is not None:
             await self.ahead.acquire()
@@ -253,8 +303,9 @@ class SendAttempt(Attempt):
             for packed, path in zip(item.files, item.paths, strict=True):
                 self.unconfirmed[packed.file_index] = (path, packed.size, packed.digest.hex())
             files = tuple(f.file_index for f in item.files)
-            chunk = Data(0, files[0], 0, item.payload, True, machine.claim_pack(files))
+            chunk = Data(0, files[0], 0, item.payload, FrameType.PACK, machine.claim_pack(files))
         elif item is not None:
-            chunk = Data(0, item.file_index, item.offset, item.payload, False, machine.claim_chunk(item.file_index))
+            order = machine.claim_chunk(item.file_index)
+            chunk = Data(0, item.file_index, item.offset, item.payload, item.kind, order)
         await self.dealer.deal(chunk)
         self.stats.chunks += 1

@@ -105,7 +105,7 @@ class Dealer:
         copy = self.attempt.pool.get(len(original.payload))
         copy[:] = original.payload
         self.attempt.stats.retransmits += 1
-        chunk = Data(0, original.file_index, original.offset, memoryview(copy), original.packed, original.order)
+        chunk = Data(0, original.file_index, original.offset, memoryview(copy), original.kind, original.order)
         sender(self.links[stream]).send_data(chunk, now())
         self.scheduler.sent(stream, oldest, len(copy), now())
         self.links[stream].flush()
@@ -205,7 +205,7 @@ class FurtherStream:
             buffers=self.attempt.pool,
             stream=self.stream,
         )
-        return Connection(machine)
+        return Connection(machine, stats=self.attempt.stats)
 
     async def handle(self, conn: Connection, event: Event) -> None:
         if isinstance(event, StreamJoined):

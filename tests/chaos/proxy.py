@@ -4,11 +4,11 @@
         --stall-seconds 10 --flip-probability 1e-4 --rate 50M --delay-ms 5 --record wire.bin
 
 Prints one JSON object per line on stdout: {"event": "listening", "port": N} first,
-then one per connection ("connection", with its number, counted from 1, and its rate
-cap), one per fault injected ("reset", "stall", "flip", "blackhole") and, with
-``--tick``, one per second ("second", with the bytes forwarded upstream in it). Serves
-connection after connection (so a client can reconnect through it) until killed or
---max-connections.
+then two per connection ("connection", with its number, counted from 1, and its rate
+cap; "closed", with the bytes it forwarded each way), one per fault injected ("reset",
+"stall", "flip", "blackhole") and, with ``--tick``, one per second ("second", with the
+bytes forwarded upstream in it). Serves connection after connection (so a client can
+reconnect through it) until killed or --max-connections.
 
 Faults apply to every connection unless aimed at one: ``--rate`` caps each connection
 on its own; ``--slow-connection N --slow-rate R`` caps connection N at R instead;
@@ -83,7 +83,8 @@ class Proxy:
 
     async def handle(self, c_reader: asyncio.StreamReader, c_writer: asyncio.StreamWriter) -> None:
         self.connections += 1
-        faults = self.faults.for_connection(self.connections)
+        number = self.connections
+        faults = self.faults.for_connection(number)
         self.say("connection", number=self.connections, rate=faults.rate)
         try:
             s_reader, s_writer = await asyncio.open_connection(*self.target)
@@ -92,9 +93,10 @@ class Proxy:
             return
         sent = [0]
         reset = asyncio.Event()
+        moved = {True: [0], False: [0]}  # bytes forwarded upstream, downstream
         pumps = [
-            asyncio.ensure_future(self.pump(faults, c_reader, s_writer, sent, reset, upstream=True)),
-            asyncio.ensure_future(self.pump(faults, s_reader, c_writer, sent, reset, upstream=False)),
+            asyncio.ensure_future(self.pump(faults, c_reader, s_writer, sent, reset, True, moved[True])),
+            asyncio.ensure_future(self.pump(faults, s_reader, c_writer, sent, reset, False, moved[False])),
         ]
         waiter = asyncio.ensure_future(reset.wait())
         done, _ = await asyncio.wait([*pumps, waiter], return_when=asyncio.FIRST_COMPLETED)
@@ -108,6 +110,7 @@ class Proxy:
             await asyncio.wait(pumps, timeout=30)
         for task in (*pumps, waiter):
             task.cancel()
+        self.say("closed", number=number, up_bytes=moved[True][0], down_bytes=moved[False][0])
 
     async def pump(
         self,
@@ -117,6 +120,7 @@ class Proxy:
         sent: list[int],
         reset: asyncio.Event,
         upstream: bool,
+        forwarded: list[int],
     ) -> None:
         started = time.monotonic()
         moved = 0
@@ -162,6 +166,7 @@ class Proxy:
                 writer.write(data)
                 await writer.drain()
                 moved += len(data)
+                forwarded[0] = moved
                 if f.rate:
                     ahead = moved / f.rate - (time.monotonic() - started)
                     if ahead > 0:

@@ -107,6 +107,43 @@ def test_sender_killed_and_rerun_resumes(
     assert max(resent_fractions) < 0.10, resent_fractions
 
 
+@pytest.mark.parametrize("killed", ["receiver", "sender"])
+def test_a_delta_killed_midway_resumes_and_sends_little_twice(
+    tmp_path: Path, procs: list[Proc], source: tuple[Path, str], killed: str
+) -> None:
+    """The receiver holds an old copy whose second half differs: the first half goes as COPY ranges,
+    the second as bytes. Killed in the second half, the rerun resumes the delta from the journal;
+    the old copy keeps its name until the new version is whole."""
+    src, digest = source
+    data = src.read_bytes()
+    rng = random.Random(3 if killed == "receiver" else 4)
+    for round_no in range(3):
+        out = tmp_path / f"out{round_no}"
+        out.mkdir()
+        old = data[: SIZE // 2] + os.urandom(SIZE // 2)
+        (out / "data.bin").write_bytes(old)
+        port = free_port()
+        procs.append(rx := Receiver(out, "--overwrite", listen=f"127.0.0.1:{port}"))
+        procs.append(first := Proc(sender_args(src, port)))
+        wait_for_partial(out / ".data.bin.rtpart", rng.randrange(SIZE * 6 // 10, SIZE * 9 // 10))
+        victim = rx if killed == "receiver" else first
+        victim.proc.kill()
+        victim.proc.wait()
+        assert (out / "data.bin").read_bytes() == old
+        if killed == "receiver":
+            procs.append(rx := Receiver(out, "--overwrite", listen=f"127.0.0.1:{port}"))
+            assert first.finish() == 0, first.seen[-3:]
+            sent = first.events("done")[0]["wire_bytes_sent"]  # over both connections
+        else:
+            again = subprocess.run([*rtransfer_cmd(), *sender_args(src, port)], capture_output=True, timeout=60)
+            assert again.returncode == 0, again.stdout[-2000:]
+        assert rx.finish() == 0
+        if killed == "sender":
+            sent = rx.events("done")[0]["wire_bytes_received"]  # from both senders
+        check_output(out, digest)
+        assert sent < SIZE // 2 + SIZE // 10, (round_no, sent)  # the changed half, and under 10% again
+
+
 def test_a_changed_source_is_sent_whole_never_spliced_onto_the_old_partial(tmp_path: Path, procs: list[Proc]) -> None:
     src = tmp_path / "data.bin"
     old = os.urandom(SIZE)

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import zstandard
 
 from rtransfer.crypto import KeyExchange
 from rtransfer.protocol.errors import ProtocolError
@@ -192,7 +193,8 @@ def test_declared_totals_beyond_the_configured_limits_exit_6(
 def test_invalid_utf8_name_is_a_clear_protocol_error(tmp_path: Path, procs: list[Proc]) -> None:
     procs.append(rx := Receiver(tmp_path / "out"))
     listing = b'{"first":0,"last":true,"entries":[{"path":"\xff\xfe","kind":"file","size":1,"mode":420}]}'
-    raw = b"".join(bytes(p) for p in _frame(FrameType.ENTRIES, b"", listing, None))
+    squeezed = zstandard.ZstdCompressor().compress(listing)  # the file list travels compressed
+    raw = b"".join(bytes(p) for p in _frame(FrameType.ENTRIES, b"", squeezed, None))
     forged_sender(rx.port, (), encrypt=False, raw_after_keys=raw)
     assert rx.finish() == 3
     assert "not valid UTF-8" in rx.events("error")[0]["message"]

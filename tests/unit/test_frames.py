@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import zstandard
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -31,7 +32,7 @@ from rtransfer.protocol.frames import (
     Role,
     encode_bytes,
 )
-from rtransfer.protocol.model import Entry, EntryBatch, Manifest
+from rtransfer.protocol.model import Entry, EntryBatch, Manifest, Signature
 
 u32 = st.integers(0, 2**32 - 1)
 u64 = st.integers(0, 2**64 - 1)
@@ -44,6 +45,7 @@ files = st.builds(
     mode=st.integers(0, 0o7777),
     mtime=st.none() | st.floats(0, 2e9),
     identity=st.none() | st.text(max_size=40),
+    digest=st.none() | st.text("0123456789abcdef", min_size=32, max_size=32),
 )
 others = st.builds(
     Entry,
@@ -63,6 +65,7 @@ frames = st.one_of(
         st.integers(4096, 1 << 24),
         st.integers(1, 1024),
         st.integers(1, 64),
+        st.booleans(),
     ),
     st.builds(Join, manifests, st.integers(1, 64)),
     st.just(Joined()),
@@ -73,7 +76,21 @@ frames = st.one_of(
         st.dictionaries(st.integers(0, 1000), st.integers(0, 2**50), max_size=5),
         st.lists(u32, max_size=5).map(tuple),
     ),
-    st.builds(Data, u64, u32, u64, st.binary(max_size=3000), st.booleans(), u64),
+    st.builds(
+        Data,
+        u64,
+        u32,
+        u64,
+        st.binary(max_size=3000),
+        st.sampled_from([FrameType.DATA, FrameType.PACK, FrameType.ZDATA, FrameType.COPY]),
+        u64,
+    ),
+    st.builds(
+        Signature,
+        u32,
+        u64,
+        st.lists(st.tuples(st.integers(1, 2**32 - 1), st.binary(min_size=16, max_size=16)), max_size=5).map(tuple),
+    ),
     st.builds(PackResult, u64, st.booleans()),
     st.builds(Ack, u64, st.lists(u64, max_size=20).map(tuple)),
     st.builds(Nack, u64),
@@ -98,7 +115,7 @@ def decode_all(raw: bytes, split: int = 0) -> list[object]:
 
 def normalise(frame: object) -> object:
     if isinstance(frame, Data):
-        return Data(frame.seq, frame.file_index, frame.offset, bytes(frame.payload), frame.packed, frame.order)
+        return Data(frame.seq, frame.file_index, frame.offset, bytes(frame.payload), frame.kind, frame.order)
     return frame
 
 
@@ -159,13 +176,37 @@ def test_flipped_bit_in_control_frame_is_a_protocol_error() -> None:
         (FrameType.MANIFEST, b'{"transfer_id":"a","chunk_bytes":1,"window":4}', "chunk_bytes out of range"),
         (FrameType.MANIFEST, b"\xff\xfe", "not valid UTF-8"),
         (FrameType.ENTRIES, b"[1,", "not valid JSON"),
+        (FrameType.ACCEPT, b'{"first":0,"start_offsets":{"x":1},"done":[]}', "start_offsets malformed"),
     ],
 )
 def test_malformed_file_list_is_a_protocol_error(ftype: FrameType, body: bytes, message: str) -> None:
     from rtransfer.protocol.frames import _frame
 
+    if ftype in (FrameType.ENTRIES, FrameType.ACCEPT):  # compressed on the wire
+        body = zstandard.ZstdCompressor().compress(body)
     raw = b"".join(bytes(p) for p in _frame(ftype, b"", body, None))
     with pytest.raises(ProtocolError, match=message):
+        decode_all(raw)
+
+
+@pytest.mark.parametrize("declares_size", [True, False])
+def test_a_file_list_that_would_inflate_past_its_limit_is_refused(declares_size: bool) -> None:
+    """A few KiB of zstd can stand for gigabytes: the declared size is checked before anything is
+    allocated for it, and without one, decompression stops at the limit."""
+    from rtransfer.protocol.frames import MAX_ENTRIES_BYTES, _frame
+
+    bomb = zstandard.ZstdCompressor(write_content_size=declares_size).compress(b" " * (MAX_ENTRIES_BYTES + 1))
+    assert len(bomb) < 4096
+    raw = b"".join(bytes(p) for p in _frame(FrameType.ENTRIES, b"", bomb, None))
+    with pytest.raises(ProtocolError, match="inflates past"):
+        decode_all(raw)
+
+
+def test_a_file_list_that_is_not_zstd_is_a_protocol_error() -> None:
+    from rtransfer.protocol.frames import _frame
+
+    raw = b"".join(bytes(p) for p in _frame(FrameType.ENTRIES, b"", b'{"first":0}', None))
+    with pytest.raises(ProtocolError, match="not valid zstd"):
         decode_all(raw)
 
 

@@ -44,6 +44,7 @@ from rtransfer.protocol.frames import (
     ErrorFrame,
     FileEnd,
     FileResult,
+    FrameType,
     Hello,
     Nack,
     Ping,
@@ -492,7 +493,7 @@ def test_a_pack_that_does_not_match_the_file_list_is_a_protocol_error(
 ) -> None:
     pair = Pair.accepted(manifest(5, 2))
     with pytest.raises(RemoteProtocolError, match=message):
-        pair.to_receiver([Data(0, files[0][0], 0, _pack(*files), packed=True)])
+        pair.to_receiver([Data(0, files[0][0], 0, _pack(*files), FrameType.PACK)])
 
 
 def test_the_file_list_streams_in_batches_each_accepted_before_its_data() -> None:

@@ -30,10 +30,11 @@ from rtransfer.protocol.frames import (
     Ping,
     Pong,
     Role,
+    copy_payload,
     encode,
     encode_bytes,
 )
-from rtransfer.protocol.model import Entry, EntryBatch, Manifest
+from rtransfer.protocol.model import Entry, EntryBatch, Manifest, Signature
 from rtransfer.protocol.peer import Peer
 from rtransfer.protocol.phases import RECEIVED, SENT, Phase, after_received, after_sent
 from rtransfer.protocol.receiver import ReceiverMachine
@@ -49,7 +50,10 @@ SAMPLES: dict[FrameType, Frame] = {
     FrameType.ENTRIES: EntryBatch(1, (Entry("g", "file", 1),), True),
     FrameType.ACCEPT: Accept(0, {}, ()),
     FrameType.DATA: Data(0, 0, 0, b"x"),
-    FrameType.PACK: Data(0, 0, 0, b"not a pack table", packed=True),
+    FrameType.PACK: Data(0, 0, 0, b"not a pack table", FrameType.PACK),
+    FrameType.ZDATA: Data(0, 0, 0, b"\x00\x00\x00\x01not zstd", FrameType.ZDATA),
+    FrameType.COPY: Data(0, 0, 0, copy_payload([(0, 1)]), FrameType.COPY),
+    FrameType.SIGNATURE: Signature(1, 0, ((1, b"d" * 16),)),
     FrameType.ACK: Ack(0, ()),
     FrameType.NACK: Nack(0),
     FrameType.FILE_END: FileEnd(0, 1, DIGEST),

@@ -16,9 +16,18 @@ from rtransfer.crypto import KeyExchange
 from rtransfer.errors import LocalIOError, NetworkError, ProtocolViolation, RemoteError
 from rtransfer.files import collect_sources, list_batches
 from rtransfer.listen import open_listener
-from rtransfer.pipeline import BufferPool, EndOfFile, Listed, Packed, SendItem, read_sources, write_chunks
+from rtransfer.pipeline import (
+    BufferPool,
+    EndOfFile,
+    Listed,
+    Packed,
+    Reading,
+    SendItem,
+    read_sources,
+    write_chunks,
+)
 from rtransfer.protocol.events import Accepted, ChunkReady, EntriesReceived, FileComplete, ManifestReceived
-from rtransfer.protocol.frames import Ack, encode_bytes
+from rtransfer.protocol.frames import Ack, FrameType, copy_payload, encode_bytes
 from rtransfer.protocol.model import Entry, Manifest
 from rtransfer.protocol.phases import Phase
 from rtransfer.protocol.receiver import ReceiveLimits, ReceiverMachine
@@ -50,7 +59,7 @@ async def test_the_reader_packs_small_files_resumes_large_ones_and_skips_whole_o
     batches.put_nowait(None)
     pool, queue, read = BufferPool(8), asyncio.Queue[SendItem](maxsize=1), []
     reader = asyncio.ensure_future(
-        read_sources(batches, CHUNK, queue, TransferStats("send"), pool, lambda: read.append(1))
+        read_sources(batches, Reading(CHUNK, queue, TransferStats("send"), pool), lambda: read.append(1))
     )
     packs, chunks, ends = [], [], []
     while (item := await asyncio.wait_for(queue.get(), STEP_TIMEOUT_S)) is not None:
@@ -91,6 +100,43 @@ async def test_the_writer_puts_a_file_in_place_only_when_its_digest_matches(tmp_
     assert (tmp_path / "out" / "f").exists() is intact
     if intact:
         assert (tmp_path / "out" / "f").read_bytes() == b"hello"
+
+
+@pytest.mark.parametrize("old_copy_changes", [False, True])
+async def test_a_delta_takes_the_old_copy_and_never_names_a_wrong_file(tmp_path: Path, old_copy_changes: bool) -> None:
+    """Old copy described, then (maybe) changed under the receiver before its ranges are copied: the
+    whole-file digest fails the new version, which never takes the name; the old copy stays."""
+    old = os.urandom(2 * 1024 * 1024)
+    new = old[:1000] + b"new bytes" + old[1000:]
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "f").write_bytes(old)
+    sink = DirectorySink(tmp_path / "out", overwrite=True, direct_io=True, safe_links=False)
+    entry = Entry("f", "file", len(new), 0o644, 0.0, identity="v2")
+    plan = await sink.examine(plan_alone(sink, CHUNK, entry))
+    assert list(plan.bases) == [0] and sum(n for n, _ in plan.bases[0]) == len(old)
+    if old_copy_changes:
+        with open(tmp_path / "out" / "f", "r+b") as f:
+            f.seek(len(old) // 2)
+            f.write(b"rot")
+    queue: asyncio.Queue[ChunkReady | FileComplete] = asyncio.Queue()
+    queue.put_nowait(ChunkReady(0, 0, copy_payload([(0, 1000)]), FrameType.COPY))
+    queue.put_nowait(ChunkReady(0, 1000, b"new bytes"))
+    queue.put_nowait(ChunkReady(0, 1009, copy_payload([(1000, len(old) - 1000)]), FrameType.COPY))
+    queue.put_nowait(FileComplete(0, len(new), blake3.blake3(new).digest()))
+    verdict: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+
+    async def verified(done: FileComplete, ok: bool, digest_hex: str, path: str) -> None:
+        verdict.set_result(ok)
+
+    writer = asyncio.ensure_future(write_chunks(queue, sink, TransferStats("recv"), verified, verified, {}))  # type: ignore[arg-type]
+    try:
+        assert await asyncio.wait_for(verdict, STEP_TIMEOUT_S) is not old_copy_changes
+    finally:
+        writer.cancel()
+    assert (tmp_path / "out" / "f").read_bytes() == (
+        old[: len(old) // 2] + b"rot" + old[len(old) // 2 + 3 :] if old_copy_changes else new
+    )
+    assert not list((tmp_path / "out").glob(".*"))
 
 
 def make_tree(root: Path) -> dict[str, bytes]:

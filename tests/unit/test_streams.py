@@ -58,7 +58,7 @@ def test_a_joined_connection_carries_chunks_that_the_first_puts_back_in_order() 
     (join,) = [e for e in second.receiver_events if isinstance(e, JoinRequested)]
     assert join.manifest == first.sender.manifest and join.stream == 1
     orders = [first.sender.claim_chunk(0) for _ in range(4)]
-    chunks = [Data(0, 0, i * CHUNK, data[i * CHUNK : (i + 1) * CHUNK], False, o) for i, o in enumerate(orders)]
+    chunks = [Data(0, 0, i * CHUNK, data[i * CHUNK : (i + 1) * CHUNK], order=o) for i, o in enumerate(orders)]
     second.sender.send_data(chunks[1], 0.0)  # the second connection carries 1 and 3, ahead of 0 and 2
     second.sender.send_data(chunks[3], 0.0)
     received = second.to_receiver()
@@ -100,7 +100,7 @@ def test_the_transfer_holds_at_window_times_streams_chunks_beyond_the_oldest_una
 def test_a_chunk_dealt_twice_is_written_once() -> None:
     first, second = two_streams(CHUNK)
     order = first.sender.claim_chunk(0)
-    chunk = Data(0, 0, 0, b"x" * CHUNK, False, order)
+    chunk = Data(0, 0, 0, b"x" * CHUNK, order=order)
     first.sender.send_data(chunk, 0.0)
     second.sender.send_data(chunk, 0.0)  # dealt again: its first connection looked stalled
     hand_on(first, first)
@@ -116,7 +116,7 @@ def test_a_joined_connection_cannot_number_chunks() -> None:
 
 def test_a_chunk_past_the_receivers_reorder_window_is_a_protocol_error() -> None:
     first, second = two_streams(10 * CHUNK)
-    far = Data(0, 0, 0, b"x" * CHUNK, False, 99)  # a forged order far ahead
+    far = Data(0, 0, 0, b"x" * CHUNK, order=99)  # a forged order far ahead
     second.sender.send_data(far, 0.0)
     (arrived,) = [e.chunk for e in second.to_receiver() if isinstance(e, ChunkArrived)]
     with pytest.raises(RemoteProtocolError, match="beyond the window"):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from rtransfer.files import collect_sources
 from rtransfer.integrity import FileDigest
-from rtransfer.pipeline import BufferPool, Listed, SendItem, read_sources
+from rtransfer.pipeline import BufferPool, Listed, Reading, SendItem, read_sources
 from rtransfer.protocol.events import Accepted
 from rtransfer.stats import TransferStats
 from rtransfer.workers import settle
@@ -69,7 +69,7 @@ async def test_a_cancelled_reader_never_closes_the_file_under_its_worker(tmp_pat
     batches.put_nowait(Listed(0, collect_sources([str(src)], None), Accepted(0, {})))
     queue: asyncio.Queue[SendItem] = asyncio.Queue(maxsize=1)
     stats = TransferStats("send")
-    reader = asyncio.ensure_future(read_sources(batches, 64 * 1024, queue, stats, BufferPool(4), lambda: None))
+    reader = asyncio.ensure_future(read_sources(batches, Reading(64 * 1024, queue, stats, BufferPool(4)), lambda: None))
     await asyncio.get_running_loop().run_in_executor(None, inside.wait, 10)
     await _cancel_twice(reader)
     done, _ = await asyncio.wait([reader], timeout=NEGATIVE_WAIT_S)
