@@ -480,6 +480,12 @@ def main() -> int:
     )
     ap.add_argument("--streams-list", default="1,8", help="streams mode: the --streams values to compare")
     ap.add_argument("--loss", type=int, default=2, help="lossy mode: percent of packets dropped each way")
+    ap.add_argument(
+        "--delay-ms",
+        type=float,
+        default=0.0,
+        help="lossy mode: also delay each way by this much (through tests/chaos/tunlink.py: no netem needed)",
+    )
     ap.add_argument("--limit-rate", default="20M", help="rate mode: what send --limit-rate is given")
     ap.add_argument("--size", default="1G", help="bytes to move (K/M/G suffix); in tree mode, per file")
     ap.add_argument("--files", type=int, default=10000, help="tree mode: files to generate")
@@ -663,12 +669,17 @@ def tree_main(args: argparse.Namespace, size: int) -> int:
 def lossy_main(args: argparse.Namespace, size: int) -> int:
     """A real lossy link (two network namespaces, tests/chaos/netns.py): rtransfer against nc, alternating."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from tests.chaos.netns import Unavailable, dropped_packets, lossy_link
+    from tests.chaos.netns import Unavailable, delayed_link, dropped_packets, lossy_link
 
     byte_compile_rtransfer()
     os.environ.setdefault("RTRANSFER_SECRET", "bench-" + os.urandom(8).hex())
     try:
-        with tempfile.TemporaryDirectory(dir=args.dir) as tmp, lossy_link(args.rate or "200mbit", args.loss) as links:
+        link = (
+            delayed_link(args.delay_ms, args.rate or "200mbit", args.loss)
+            if args.delay_ms
+            else lossy_link(args.rate or "200mbit", args.loss)
+        )
+        with tempfile.TemporaryDirectory(dir=args.dir) as tmp, link as links:
             a, b, addr = links
             root = Path(tmp)
             src = root / "src.bin"
@@ -685,13 +696,16 @@ def lossy_main(args: argparse.Namespace, size: int) -> int:
                     if round_no >= args.warmup:
                         tool.samples.append(sample)
                     print(f"round {round_no + 1} {tool.name}: {sample.seconds:.2f} s", file=sys.stderr, flush=True)
-            dropped = dropped_packets(a) + dropped_packets(b)
+            dropped = "the relay's" if args.delay_ms else dropped_packets(a) + dropped_packets(b)
     except Unavailable as exc:
         print(f"bench: {exc}", file=sys.stderr)
         return 2
     base = statistics.median(s.seconds for s in tools[0].samples)
     machine = f"{platform.machine()}, {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}"
-    print(f"\n{args.size} over a {args.rate or '200mbit'} link with {args.loss}% loss each way ({dropped} dropped)")
+    delay = f", {args.delay_ms:g} ms each way" if args.delay_ms else ""
+    print(
+        f"\n{args.size} over a {args.rate or '200mbit'} link with {args.loss}% loss each way{delay} ({dropped} dropped)"
+    )
     print(f"median of {args.runs} runs ({machine})\n")
     print(f"| tool | median s | MiB/s | vs {tools[0].name} |")
     print("|---|---|---|---|")

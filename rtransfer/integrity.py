@@ -17,7 +17,7 @@ import xxhash
 from rtransfer.errors import LocalIOError
 from rtransfer.protocol.model import CONTENT_DIGEST_BYTES, Buffer, WritableBuffer
 from rtransfer.protocol.pack import PackedFile, table_bytes, write_table
-from rtransfer.workers import in_worker
+from rtransfer.workers import in_cpu, on_cpu
 
 # Larger updates are hashed in a worker thread so they do not stall the event loop; below
 # this, the thread hop costs more than the stall it saves (bench/loop_stall.py measures both).
@@ -36,7 +36,7 @@ class FileDigest:
 
     async def update(self, data: Buffer) -> None:
         if self._in_thread and len(data) >= HASH_IN_THREAD_BYTES:
-            await in_worker(self._hasher.update, data)
+            await in_cpu(self._hasher.update, data)
         else:
             self._hasher.update(data)
 
@@ -50,7 +50,7 @@ class FileDigest:
         The sender's event loop then only seals and sends, and the hash reads bytes
         still in the cache of the core that just read them.
         """
-        return asyncio.get_running_loop().run_in_executor(None, self._read_hashed, fd, buf, offset)
+        return on_cpu(self._read_hashed, fd, buf, offset)
 
     def _read_hashed(self, fd: int, buf: WritableBuffer, offset: int) -> memoryview:
         view = memoryview(buf)
@@ -64,7 +64,7 @@ class FileDigest:
         """Feed the first ``size`` bytes of a file: on resume the whole-file digest must still
         cover the part sent (or received) before. One worker call, through one small buffer:
         reading a large prefix in fresh chunk-sized objects grew each side's memory by tens of MiB."""
-        await in_worker(self._hash_range, fd, size, name)
+        await in_cpu(self._hash_range, fd, size, name)
 
     def _hash_range(self, fd: int, size: int, name: object) -> None:
         step = memoryview(bytearray(READ_STEP_BYTES))

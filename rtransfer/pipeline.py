@@ -32,7 +32,7 @@ from rtransfer.protocol.pack import PackedFile, table_bytes
 from rtransfer.sink import Sink
 from rtransfer.stats import TransferStats
 from rtransfer.stdio import StdStream
-from rtransfer.workers import in_worker, settle, wait_out
+from rtransfer.workers import in_cpu, in_worker, settle, wait_out
 
 _POPULATED = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_POPULATE", 0)  # Linux only
 QUEUE_CHUNKS = 1  # one chunk ready while another is read or written is enough to overlap them
@@ -250,7 +250,7 @@ class Reading:
         if self.compressor is not None:
             self.compressor.adapt(link_waits=self.queue.full(), cpu_waits=self.queue.empty())
             try:
-                packed = await in_worker(self.compressor.compress, piece)
+                packed = await in_cpu(self.compressor.compress, piece)
             except BaseException:
                 self.pool.put(piece)
                 raise
@@ -379,8 +379,8 @@ async def _read_delta(index: int, source: Source, start: int, old: OldCopy, read
     try:
         new = await old.early if old.early is not None else None
         if new is None or new.start != start:  # a resume starts elsewhere
-            new = await in_worker(fingerprint, source.local, start)
-        pieces = await in_worker(match, new, old.matcher)
+            new = await in_cpu(fingerprint, source.local, start)
+        pieces = await in_cpu(match, new, old.matcher)
         async with aiofiles.open(source.local, "rb") as f:
             ranges: list[Piece] = []
             for piece in pieces:
@@ -494,7 +494,7 @@ async def _write_chunk(chunk: ChunkReady, sink: Sink, digest: FileDigest) -> int
     data: Buffer = chunk.payload
     if chunk.kind is FrameType.ZDATA:
         try:
-            data = await in_worker(decompress, chunk.payload)
+            data = await in_cpu(decompress, chunk.payload)
         except BadCompressedChunk as exc:
             raise ProtocolViolation(str(exc)) from None
     await asyncio.gather(sink.write(chunk.file_index, chunk.offset, data), digest.update(data))

@@ -114,8 +114,13 @@ def _streams_summary(streams: list[dict[str, object]]) -> str:
         return ""
     rates = sorted(int(str(s["rate_bps"])) for s in streams)
     stalled = sum(1 for s in streams if s["stalled"])
+    paused = sum(1 for s in streams if s.get("paused"))
     spread = f"{human_bytes(rates[0])}/s–{human_bytes(rates[-1])}/s each"
-    return f" · {len(streams)} streams, {spread}" + (f", {stalled} stalled" if stalled else "")
+    return (
+        f" · {len(streams)} streams, {spread}"
+        + (f", {stalled} stalled" if stalled else "")
+        + (f", {paused} backed up" if paused else "")
+    )
 
 
 def human_bytes(n: float) -> str:

@@ -35,7 +35,7 @@ from rtransfer.listen import check_dest
 from rtransfer.protocol.model import Basis, Buffer, Entry, EntryBatch, Manifest
 from rtransfer.protocol.pack import PackedFile
 from rtransfer.stdio import StdStream
-from rtransfer.workers import in_worker
+from rtransfer.workers import in_cpu, in_worker
 
 PARTIAL_SUFFIX = ".rtpart"
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -277,11 +277,11 @@ class DirectorySink:
         if not plan.compare and not plan.old_copies:
             return plan
         try:
-            same = await in_worker(self._same_content, plan.compare)
+            same = await in_cpu(self._same_content, plan.compare)
             for index in same:
                 del self._files[index]
             described = [i for i in plan.old_copies if i not in same]
-            bases = dict(zip(described, await in_worker(self._describe, described), strict=True))
+            bases = dict(zip(described, await in_cpu(self._describe, described), strict=True))
         except OSError as exc:
             raise local_error(exc, exc.filename or self.root) from None
         self._described.update(bases)
@@ -397,7 +397,7 @@ class DirectorySink:
             for start, length in ranges:
                 for step in range(0, length, COPY_STEP_BYTES):
                     want = min(COPY_STEP_BYTES, length - step)
-                    await in_worker(_copy_hashed, src, handle.fileno(), start + step, want, digest.update_now)
+                    await in_cpu(_copy_hashed, src, handle.fileno(), start + step, want, digest.update_now)
                     taken += want
                     await self._advance(index, want)
         except OSError as exc:

@@ -13,10 +13,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+
+# CPU-bound work (hashing, compressing, cutting and matching a delta) has a pool of its own, one
+# thread per core: it never waits behind file I/O in the default pool (an fdatasync can take
+# seconds), and never runs more threads than there are cores to run them.
+_CPU_POOL = ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="rtransfer-cpu")
 
 
 async def settle(work: Awaitable[T]) -> T:
@@ -34,8 +41,18 @@ async def settle(work: Awaitable[T]) -> T:
 
 
 def in_worker(fn: Callable[..., T], *args: Any) -> Awaitable[T]:
-    """``fn(*args)`` in the default executor, settled (see ``settle``)."""
+    """``fn(*args)`` in the default executor (file I/O), settled (see ``settle``)."""
     return settle(asyncio.get_running_loop().run_in_executor(None, fn, *args))
+
+
+def on_cpu(fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+    """``fn(*args)`` on the CPU pool, started now (callers settle it, or ``in_cpu`` does)."""
+    return asyncio.get_running_loop().run_in_executor(_CPU_POOL, fn, *args)
+
+
+def in_cpu(fn: Callable[..., T], *args: Any) -> Awaitable[T]:
+    """``fn(*args)`` on the CPU pool, settled (see ``settle``)."""
+    return settle(on_cpu(fn, *args))
 
 
 async def wait_out(future: asyncio.Future[Any]) -> None:

@@ -42,7 +42,16 @@ from rtransfer.protocol.frames import (
     copy_ranges,
     zdata_size,
 )
-from rtransfer.protocol.model import FRESH_BUFFERS, Basis, Buffer, Buffers, EntryBatch, Manifest, Signature
+from rtransfer.protocol.model import (
+    FRESH_BUFFERS,
+    Basis,
+    Buffer,
+    Buffers,
+    EntryBatch,
+    Manifest,
+    Signature,
+    reorder_span,
+)
 from rtransfer.protocol.pack import read_table
 from rtransfer.protocol.peer import KeyExchange, Peer, guarded
 from rtransfer.protocol.phases import Phase
@@ -221,7 +230,7 @@ class ReceiverMachine(Peer):
                     f"transfer asks for {frame.streams} connections; the limit is {self.limits.max_streams}"
                 )
             self.manifest = frame
-            self._reorder = Reorder(frame.window * frame.streams)
+            self._reorder = Reorder(reorder_span(frame))
             events.append(ManifestReceived(frame))
         elif isinstance(frame, Join):
             self.manifest, self.stream = frame.manifest, frame.stream

@@ -34,7 +34,16 @@ from rtransfer.protocol.frames import (
     Role,
     file_bytes,
 )
-from rtransfer.protocol.model import FRESH_BUFFERS, Buffer, Buffers, Entry, EntryBatch, Manifest, Signature
+from rtransfer.protocol.model import (
+    FRESH_BUFFERS,
+    Buffer,
+    Buffers,
+    Entry,
+    EntryBatch,
+    Manifest,
+    Signature,
+    reorder_span,
+)
 from rtransfer.protocol.peer import KeyExchange, Peer, guarded
 from rtransfer.protocol.phases import Phase, after_sent
 from rtransfer.protocol.timing import RetransmitTimer
@@ -168,7 +177,7 @@ class SenderMachine(Peer):
         """The next chunk's number is within what the receiver may hold out of order."""
         oldest = self.oldest_undelivered
         base = self._next_order if oldest is None else oldest
-        return self._next_order < base + self.manifest.window * self.manifest.streams
+        return self._next_order < base + reorder_span(self.manifest)
 
     def _claim(self, files: tuple[int, ...]) -> int:
         if self.stream or self.phase is not Phase.TRANSFERRING or not self.can_claim():
@@ -240,14 +249,19 @@ class SenderMachine(Peer):
         """What this connection sent and never saw acknowledged (to send on another when it dies)."""
         return [item.frame for item in self._unacked.values()]
 
-    def take_written(self) -> list[Buffer]:
-        """Ciphertext buffers nobody needs once the transport has written everything handed to it.
+    def take_written(self, pending: int = 0) -> list[Buffer]:
+        """Ciphertext buffers nobody needs any more: those the transport has written to the kernel.
 
-        The driver calls this when the transport's buffer is empty, so a chunk's
-        ciphertext can be reused before its ACK (a resend seals the payload again);
-        that halves the buffers held for a window of sealed chunks."""
+        ``pending`` is what the transport still holds: the last bytes handed to it, so every chunk
+        sent before the newest ``pending`` bytes' worth has gone (counting only chunks errs on the
+        side of keeping: frames sent between them made those bytes older still). A chunk's
+        ciphertext can then be reused before its ACK (a resend seals the payload again), which
+        halves the buffers held for a window of sealed chunks."""
         taken = []
-        for item in self._unacked.values():
+        for item in reversed(self._unacked.values()):
+            if pending > 0:
+                pending -= len(item.wire)
+                continue
             if item.wire is not item.frame.payload:
                 if not item.retransmitted:
                     taken.append(item.wire)

@@ -55,6 +55,7 @@ class Connection(asyncio.BufferedProtocol):
         ``stats`` counts the bytes on the wire."""
         self.machine = machine
         self.stats = stats or TransferStats("")
+        self.on_writable: Callable[[], None] | None = None  # the transport takes more again
         self._on_connected = on_connected
         self._pool = pool
         self._loop = asyncio.get_running_loop()
@@ -137,6 +138,18 @@ class Connection(asyncio.BufferedProtocol):
             if not self._writable.done():
                 self._writable.set_result(None)
             self._writable = None
+            if self.on_writable is not None:
+                self.on_writable()
+
+    @property
+    def queued_bytes(self) -> int:
+        """Written to the transport, not yet taken by the kernel."""
+        return self.transport.get_write_buffer_size() if self.transport is not None else 0
+
+    @property
+    def writable(self) -> bool:
+        """The transport's buffer is below its high-water mark: what is written now goes out soon."""
+        return self._writable is None
 
     # --- used by the attempt ---------------------------------------------------
     def _stop(self, error: RtransferError) -> None:

@@ -24,6 +24,7 @@ from rtransfer.protocol.events import (
     TransferComplete,
 )
 from rtransfer.protocol.frames import Data
+from rtransfer.protocol.model import reorder_span
 from rtransfer.protocol.phases import Phase
 from rtransfer.protocol.receiver import ReceiverMachine
 from rtransfer.report import Reporter
@@ -35,11 +36,12 @@ from rtransfer.sink import DirectorySink, Sink, StdoutSink
 from rtransfer.stats import TransferStats
 
 
-def recv_budget(window: int, streams: int = 1) -> int:
-    """The receiver's budget of chunk buffers: every one that can be in use at once (the transfer's
-    window across its connections, the queue, the inbox, one being read or written, and a frame
-    being read on each further connection), so steady state never waits for one nor maps fresh memory."""
-    return window * streams + QUEUE_CHUNKS + INBOX_PAUSE_EVENTS + 2 + FRAME_BUFFERS * (streams - 1)
+def recv_budget(span: int, streams: int = 1) -> int:
+    """The receiver's budget of chunk buffers: every one that can be in use at once (the chunks the
+    transfer may hold out of order, ``reorder_span``; the queue, the inbox, one being read or written,
+    and a frame being read on each further connection), so steady state never waits for one nor maps
+    fresh memory."""
+    return span + QUEUE_CHUNKS + INBOX_PAUSE_EVENTS + 2 + FRAME_BUFFERS * (streams - 1)
 
 
 async def run_recv(config: RecvConfig, reporter: Reporter) -> TransferStats:
@@ -61,7 +63,7 @@ class ReceiveTransfer:
         )
         self.sink.check()
         self.stats = TransferStats("recv")
-        self.pool = BufferPool(recv_budget(window=0))  # grown once the manifest tells the window
+        self.pool = BufferPool(recv_budget(span=0))  # grown once the manifest tells the window
         self.code = config.code if config.code is not None else new_code()
         self.secret = normalise_code(self.code)
         # For the first connection, started before it comes so a sender does not wait for it.
@@ -208,7 +210,7 @@ class ReceiveAttempt(Attempt):
         self.stats.duplicates += 1
 
     async def on_manifest(self, event: ManifestReceived) -> None:
-        self.pool.budget_buffers = recv_budget(event.manifest.window, event.manifest.streams)
+        self.pool.budget_buffers = recv_budget(reorder_span(event.manifest), event.manifest.streams)
         self.sink.begin(event.manifest)
         self.stats.start_listing()
 

@@ -46,7 +46,7 @@ from rtransfer.session.connection import Connection, collect_dead_connection, co
 from rtransfer.session.outcome import worth_reconnecting
 from rtransfer.session.streams import Dealer
 from rtransfer.stats import TransferStats
-from rtransfer.workers import in_worker
+from rtransfer.workers import in_cpu, in_worker
 
 # Batches of the file list sent ahead of the reader: enough that the receiver plans the next
 # while the current one's data flows, few enough that memory does not follow the tree's size.
@@ -55,9 +55,13 @@ HEDGE_CHECK_S = 0.05  # how often a blocked send loop looks for a chunk stuck be
 
 
 def send_budget(window: int, streams: int = 1) -> int:
-    """The sender's chunk buffers: each connection's window of payloads awaiting their ACK and a
-    ciphertext on its way to the kernel, one chunk queued, one being read and one kept for a resend."""
-    return streams * (window + 1) + QUEUE_CHUNKS + 2
+    """The sender's chunk buffers: each connection's window of payloads awaiting their ACK and the
+    ciphertexts on their way to the kernel, one chunk queued, one being read and one kept for a
+    resend. One connection waits for its transport to drain after each chunk, so one ciphertext
+    at a time is on its way; several never wait for one another (Dealer.deal), so each may have
+    its whole window's ciphertexts queued."""
+    in_transport = 1 if streams == 1 else window
+    return streams * (window + in_transport) + QUEUE_CHUNKS + 2
 
 
 async def run_send(config: SendConfig, reporter: Reporter) -> TransferStats:
@@ -218,7 +222,7 @@ class SendAttempt(Attempt):
             old = self.bases[signature.file_index] = OldCopy()
             path = self.source_of(signature.file_index).local
             if path is not None:
-                old.early = asyncio.ensure_future(in_worker(fingerprint, path))
+                old.early = asyncio.ensure_future(in_cpu(fingerprint, path))
                 self.early.append(old.early)
         if signature.offset != old.matcher.basis_bytes:
             raise ProtocolViolation(

@@ -51,7 +51,12 @@ class Dealer:
 
     def add(self, stream: int, conn: Connection) -> None:
         self.links[stream] = conn
+        conn.on_writable = functools.partial(self._writable_again, conn)
         self.scheduler.add(stream, now())
+        self.attempt.window_open.set()
+
+    def _writable_again(self, conn: Connection) -> None:
+        self.attempt.pool.recycle(sender(conn).take_written(conn.queued_bytes))
         self.attempt.window_open.set()
 
     def open_further(self) -> None:
@@ -74,12 +79,17 @@ class Dealer:
         sender(conn).send_data(chunk, now())
         self.scheduler.sent(stream, chunk.order, nbytes, now())
         conn.flush()
-        await conn.drain()
-        if conn.all_written():
-            self.attempt.pool.recycle(sender(conn).take_written())
+        if len(self.links) == 1:
+            await conn.drain()  # the only connection: wait here, holding one ciphertext, not a window of them
+        self.attempt.pool.recycle(sender(conn).take_written(conn.queued_bytes))
 
     def _pick(self, nbytes: int) -> int | None:
-        """The scheduler's choice, once its window has room (else wait: see Scheduler.pick)."""
+        """The scheduler's choice among the connections whose transport takes more now, once its
+        window has room (else wait: see Scheduler.pick). Waiting for one connection's transport to
+        drain would hold every other back: on a long path a fresh connection's first chunk sits in
+        its buffer for many round trips of slow start."""
+        for number, conn in self.links.items():
+            self.scheduler.pause(number, not conn.writable)
         stream = self.scheduler.pick(nbytes)
         return stream if stream is not None and sender(self.links[stream]).can_send() else None
 
@@ -136,15 +146,19 @@ class Dealer:
         await asyncio.gather(*self.tasks, return_exceptions=True)
 
     def rates(self) -> list[dict[str, object]]:
-        """Per connection, for the progress events: measured rate, bytes in flight, stalled or not."""
+        """Per connection, for the progress events: measured rate, bytes in flight, bytes queued in its
+        transport (not yet taken by the kernel), and whether it is fed: not while stalled, nor while
+        its queue is above the transport's high-water mark."""
         return [
             {
                 "stream": stream,
                 "rate_bps": round(self.scheduler.rate_bps(stream) or 0.0),
                 "in_flight_bytes": self.scheduler.bytes_in_flight(stream),
+                "queued_bytes": conn.queued_bytes,
                 "stalled": self.scheduler.is_stalled(stream),
+                "paused": not conn.writable,
             }
-            for stream in sorted(self.links)
+            for stream, conn in sorted(self.links.items())
         ]
 
 

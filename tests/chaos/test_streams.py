@@ -81,3 +81,25 @@ def test_a_receiver_limited_to_fewer_connections_refuses_the_transfer(tmp_path: 
     assert result.returncode == 6
     assert rx.finish() == 6
     assert "the limit is 2" in rx.events("error")[0]["message"]
+
+
+def test_progress_reports_each_connection_its_rate_load_and_whether_it_is_fed(
+    tmp_path: Path, procs: list[Proc], source: tuple[Path, str]
+) -> None:
+    """Capped at 12 MiB/s a connection, the 128 MiB take about three seconds: progress events (one a
+    second) come in between."""
+    src, digest = source
+    procs.append(rx := Receiver(tmp_path / "out"))
+    procs.append(proxy := ChaosProxy(rx.address, "--rate", "12M"))
+    result = run(
+        "send", str(src), proxy.address, "--json", "--streams", "4", "--chunk-size", "512K", timeout_s=150
+    )  # fmt: skip
+    assert result.returncode == 0 and rx.finish() == 0
+    assert blake3.blake3((tmp_path / "out" / "data.bin").read_bytes()).hexdigest() == digest
+    progress = [e for e in map(json.loads, result.stdout.decode().splitlines()) if e["event"] == "progress"]
+    per_stream = [e["streams"] for e in progress if len(e.get("streams", ())) == 4]
+    assert per_stream, progress
+    fields = {"stream", "rate_bps", "in_flight_bytes", "queued_bytes", "stalled", "paused"}
+    assert all(set(s) == fields for streams in per_stream for s in streams)
+    assert any(s["rate_bps"] > 0 for s in per_stream[-1])
+    assert all(e["rss_bytes"] > 0 and e["open_fds"] > 0 for e in progress)
