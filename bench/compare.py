@@ -911,7 +911,7 @@ def sync_main(args: argparse.Namespace, size: int) -> int:
         root = Path(tmp)
         old = os.urandom(size)
         rsyncd = RsyncDaemon(root)
-        results: dict[tuple[str, str], list[tuple[float, int]]] = {}
+        results: Samples = {}
         try:
             for change_name, change in SYNC_CHANGES.items():
                 new = changed_version(old, change)
@@ -929,22 +929,37 @@ def sync_main(args: argparse.Namespace, size: int) -> int:
                         seconds, wire = tools[name](src, dst, args.rate)
                         assert (dst / "f.bin").read_bytes() == new, f"{name}: the copy differs"
                         (dst / "f.bin").unlink()
-                        if round_no >= args.warmup:
-                            results.setdefault((change_name, name), []).append((seconds, wire))
-                        print(f"{change_name}, {name}: {seconds:.2f} s, {wire} bytes", file=sys.stderr, flush=True)
+                        record(results, (change_name, name), round_no >= args.warmup, seconds, wire)
         finally:
             rsyncd.close()
-    print(f"\n{args.size}, each connection capped at {args.rate}/s by the chaos proxy, median of {args.runs} runs "
-          f"({platform.machine()}, {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')})\n")  # fmt: skip
+    print_heading(args, f"each connection capped at {args.rate}/s by the chaos proxy")
     print("| change | tool | median s | vs the new file's time | on the wire | share of the file |")
     print("|---|---|---|---|---|---|")
     for (change_name, name), samples in results.items():
-        med = statistics.median(s for s, _ in samples)
-        full = statistics.median(s for s, _ in results[(next(iter(SYNC_CHANGES)), name)])
-        on_wire = statistics.median(w for _, w in samples)
+        med, on_wire = medians(samples)
+        full, _ = medians(results[(next(iter(SYNC_CHANGES)), name)])
         print(f"| {change_name} | {name} | {med:.2f} | {med / full:.2f} | {on_wire / (1 << 20):.2f} MiB | "
               f"{100 * on_wire / size:.2f}% |")  # fmt: skip
     return 0
+
+
+Samples = dict[tuple[str, str], list[tuple[float, int]]]
+
+
+def record(results: Samples, key: tuple[str, str], counted: bool, seconds: float, wire: int) -> None:
+    """Keep a measured round's (seconds, bytes on the wire) under ``key``; say it either way."""
+    if counted:
+        results.setdefault(key, []).append((seconds, wire))
+    print(f"{', '.join(key)}: {seconds:.2f} s, {wire} bytes", file=sys.stderr, flush=True)
+
+
+def medians(samples: list[tuple[float, int]]) -> tuple[float, float]:
+    return statistics.median(s for s, _ in samples), statistics.median(w for _, w in samples)
+
+
+def print_heading(args: argparse.Namespace, conditions: str) -> None:
+    print(f"\n{args.size}, {conditions}, median of {args.runs} runs "
+          f"({platform.machine()}, {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')})\n")  # fmt: skip
 
 
 def through_proxy(
@@ -991,7 +1006,7 @@ def compress_main(args: argparse.Namespace, size: int) -> int:
     (``--rate``) or over plain loopback (no ``--rate``); bytes on the wire as the proxy counts them."""
     byte_compile_rtransfer()
     os.environ.setdefault("RTRANSFER_SECRET", "bench-" + os.urandom(8).hex())
-    results: dict[tuple[str, str], list[tuple[float, int]]] = {}
+    results: Samples = {}
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         root = Path(tmp)
         for kind in ("log lines", "random"):
@@ -1008,18 +1023,13 @@ def compress_main(args: argparse.Namespace, size: int) -> int:
                         seconds, wire = direct_run(src, dst, configs[name]), 0
                     assert (dst / "f.bin").read_bytes() == src.read_bytes(), f"{name}: the copy differs"
                     shutil.rmtree(dst)
-                    if round_no >= args.warmup:
-                        results.setdefault((kind, name), []).append((seconds, wire))
-                    print(f"{kind}, {name}: {seconds:.2f} s, {wire} bytes", file=sys.stderr, flush=True)
-    cap = f"each connection capped at {args.rate}/s by the chaos proxy" if args.rate else "loopback, no proxy"
-    print(f"\n{args.size}, {cap}, median of {args.runs} runs "
-          f"({platform.machine()}, {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')})\n")  # fmt: skip
+                    record(results, (kind, name), round_no >= args.warmup, seconds, wire)
+    print_heading(args, f"each connection capped at {args.rate}/s by the chaos proxy" if args.rate else "loopback")
     print("| data | configuration | median s | time vs plain | on the wire |")
     print("|---|---|---|---|---|")
     for (kind, name), samples in results.items():
-        med = statistics.median(s for s, _ in samples)
-        plain = statistics.median(s for s, _ in results[(kind, "plain")])
-        on_wire = statistics.median(w for _, w in samples)
+        med, on_wire = medians(samples)
+        plain, _ = medians(results[(kind, "plain")])
         wire_col = f"{on_wire / (1 << 20):.1f} MiB" if on_wire else "-"
         print(f"| {kind} | {name} | {med:.2f} | {med / plain:.2f} | {wire_col} |")
     return 0
