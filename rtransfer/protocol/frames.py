@@ -458,7 +458,7 @@ def _json(obj: object) -> bytes:
 
 
 # The file list and ACCEPT are most of what a second run of an unchanged tree puts on the wire:
-# paths share their directories and sizes repeat, and zstd takes them to about a fifth (bench/README.md).
+# paths share their directories and sizes repeat, and zstd shrinks them about elevenfold (bench/README.md).
 _LIST_COMPRESSOR = zstandard.ZstdCompressor(level=3)
 _LIST_DECOMPRESSOR = zstandard.ZstdDecompressor()
 

@@ -40,7 +40,7 @@ from rtransfer.protocol.frames import (
     PackResult,
     Role,
     copy_ranges,
-    zdata_size,
+    file_bytes,
 )
 from rtransfer.protocol.model import (
     FRESH_BUFFERS,
@@ -320,15 +320,12 @@ class ReceiverMachine(Peer):
     def _file_bytes(self, frame: Data, incoming: _Incoming) -> int:
         """How much of the file a chunk stands for, checked: COPY only where this side sent a
         signature, and only ranges inside that old copy."""
-        if frame.kind is FrameType.ZDATA:
-            return zdata_size(frame.payload)
-        if frame.kind is not FrameType.COPY:
-            return len(frame.payload)
-        basis = incoming.basis_bytes
-        ranges = copy_ranges(frame.payload)
-        if basis is None or any(length == 0 or offset + length > basis for offset, length in ranges):
-            raise RemoteProtocolError(f"COPY for file {frame.file_index} outside its old copy here")
-        return sum(length for _, length in ranges)
+        if frame.kind is FrameType.COPY:
+            basis = incoming.basis_bytes
+            ranges = copy_ranges(frame.payload)
+            if basis is None or any(length == 0 or offset + length > basis for offset, length in ranges):
+                raise RemoteProtocolError(f"COPY for file {frame.file_index} outside its old copy here")
+        return file_bytes(frame)
 
     def _deliver(self, frame: Data, events: list[Event]) -> None:
         index = frame.file_index
