@@ -146,6 +146,7 @@ class SendAttempt(Attempt):
         self.skipped, self.first_skipped = 0, ""  # files the receiver already has whole, said once
         self.bases: dict[int, OldCopy] = {}  # the receiver's old copies, described ahead of their ACCEPT
         self.early: list[asyncio.Future[Fingerprint]] = []  # new files fingerprinted while they are described
+        self.fingerprinting = asyncio.Semaphore(1)
         self.dealer = Dealer(self)
         self.handlers = {
             ChunksAcked: functools.partial(self.on_stream_acked, 0),
@@ -222,13 +223,19 @@ class SendAttempt(Attempt):
             old = self.bases[signature.file_index] = OldCopy()
             path = self.source_of(signature.file_index).local
             if path is not None:
-                old.early = asyncio.ensure_future(in_cpu(fingerprint, path))
+                old.early = asyncio.ensure_future(self.fingerprint_early(path))
                 self.early.append(old.early)
         if signature.offset != old.matcher.basis_bytes:
             raise ProtocolViolation(
                 f"SIGNATURE at {signature.offset}; the description so far ends at {old.matcher.basis_bytes}"
             )
         old.matcher.add(signature.chunks)
+
+    async def fingerprint_early(self, path: str) -> Fingerprint:
+        """One at a time, in the order announced: several at once would hold every CPU thread, and
+        the reader, hashing the files before them, would wait for them."""
+        async with self.fingerprinting:
+            return await in_cpu(fingerprint, path)
 
     def source_of(self, index: int) -> Source:
         first, batch = next((first, batch) for first, batch in self.listed if first <= index < first + len(batch))
