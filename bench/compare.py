@@ -145,9 +145,9 @@ def pair_started(
     return Sample(elapsed, recv_rss, send_rss)
 
 
-def listening_on(port: int) -> Callable[[subprocess.Popen[bytes]], int]:
+def listening_on(port: int, netns: str | None = None) -> Callable[[subprocess.Popen[bytes]], int]:
     def ready(_: subprocess.Popen[bytes]) -> int:
-        wait_listening(port)
+        wait_listening(port, netns)
         return port
 
     return ready
@@ -503,20 +503,17 @@ def main() -> int:
             print(f"bench: {needed} not found on PATH", file=sys.stderr)
             return 2
     size = parse_size(args.size)
-    if args.mode == "tree":
-        return tree_main(args, size)
-    if args.mode == "tiny":
-        return tiny_main(args, size)
-    if args.mode == "lossy":
-        return lossy_main(args, size)
-    if args.mode == "rate":
-        return rate_main(args, size)
-    if args.mode == "streams":
-        return streams_main(args, size)
-    if args.mode == "sync":
-        return sync_main(args, size)
-    if args.mode == "compress":
-        return compress_main(args, size)
+    modes = {
+        "tree": tree_main,
+        "tiny": tiny_main,
+        "lossy": lossy_main,
+        "rate": rate_main,
+        "streams": streams_main,
+        "sync": sync_main,
+        "compress": compress_main,
+    }
+    if args.mode in modes:
+        return modes[args.mode](args, size)
     pipe = args.mode == "pipe"
     if args.tools is None:
         args.tools = "nc,rtransfer,rtransfer-plain" if pipe else "nc,socat,rsync,rtransfer,rtransfer-plain"
@@ -1071,7 +1068,7 @@ def lossy_tool(name: str, sender_ns: str, receiver_ns: str, addr: str) -> Callab
             return pair(
                 in_ns(receiver_ns, "nc", "-N", "-l", addr, str(port)),
                 lambda p: in_ns(sender_ns, "nc", "-N", addr, str(p)),
-                lambda _: wait_listening(port, receiver_ns) or port,
+                listening_on(port, receiver_ns),
                 recv_stdout=out,
                 send_stdin=inp,
             )

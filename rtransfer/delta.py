@@ -20,10 +20,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-import blake3
 import pyfastcdc
 import xxhash
 
+from rtransfer.integrity import FileDigest
 from rtransfer.protocol.model import Basis, WritableBuffer
 
 # Chunks average ~80 KiB (pyfastcdc's average is avg + min): a 256 MiB file is ~3,300
@@ -33,7 +33,6 @@ CDC_AVG_BYTES = 64 * 1024
 CDC_MAX_BYTES = 256 * 1024
 # Below this an old copy is not worth describing: reading it costs more than its bytes on the wire.
 DELTA_MIN_BYTES = 1024 * 1024
-_READ_BYTES = 4 * 1024 * 1024
 
 
 def _chunker() -> pyfastcdc.FastCDC:
@@ -47,15 +46,15 @@ def chunk_digest(data: memoryview) -> bytes:
 class _Reader:
     """A file from an offset, for the chunker's ``readinto``; what it reads can be hashed on the way."""
 
-    def __init__(self, fd: int, offset: int, hasher: blake3.blake3 | None = None) -> None:
+    def __init__(self, fd: int, offset: int, digest: FileDigest | None = None) -> None:
         self._fd = fd
         self.offset = offset
-        self._hasher = hasher
+        self._digest = digest
 
     def readinto(self, buf: WritableBuffer) -> int:
         n = os.preadv(self._fd, [buf], self.offset)
-        if self._hasher is not None and n:
-            self._hasher.update(memoryview(buf)[:n])
+        if self._digest is not None and n:
+            self._digest.update_now(memoryview(buf)[:n])
         self.offset += n
         return n
 
@@ -116,13 +115,13 @@ class Fingerprint:
 def fingerprint(path: str, start: int = 0) -> Fingerprint:
     """One read of the new file from ``start`` (a resume's offset): cut, each chunk hashed, and the
     whole file hashed in the same read (the part before ``start`` too). For a worker thread."""
-    hasher = blake3.blake3()
+    digest = FileDigest()
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
-        _hash_range(fd, start, hasher)
-        reader = _Reader(fd, start, hasher)
+        digest.hash_prefix_now(fd, start, path)
+        reader = _Reader(fd, start, digest)
         chunks = [(c.length, chunk_digest(c.data)) for c in _chunker().cut_stream(reader)]
-        return Fingerprint(start, chunks, reader.offset, hasher.digest())
+        return Fingerprint(start, chunks, reader.offset, digest.digest())
     finally:
         os.close(fd)
 
@@ -151,14 +150,3 @@ def _append(pieces: list[Piece], piece: Piece) -> None:
             pieces[-1] = Piece(last.offset, last.length + piece.length, last.basis_offset)
             return
     pieces.append(piece)
-
-
-def _hash_range(fd: int, size: int, hasher: blake3.blake3) -> None:
-    buf = memoryview(bytearray(min(size, _READ_BYTES)))
-    done = 0
-    while done < size:
-        n = os.preadv(fd, [buf[: min(len(buf), size - done)]], done)
-        if not n:
-            raise OSError(f"shorter than the {size} bytes already transferred")
-        hasher.update(buf[:n])
-        done += n

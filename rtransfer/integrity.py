@@ -50,9 +50,10 @@ class FileDigest:
         The sender's event loop then only seals and sends, and the hash reads bytes
         still in the cache of the core that just read them.
         """
-        return on_cpu(self._read_hashed, fd, buf, offset)
+        return on_cpu(self.read_now, fd, buf, offset)
 
-    def _read_hashed(self, fd: int, buf: WritableBuffer, offset: int) -> memoryview:
+    def read_now(self, fd: int, buf: WritableBuffer, offset: int) -> memoryview:
+        """``read_into`` on the calling thread: ``buf`` filled from ``offset`` (or to the file's end), hashed."""
         view = memoryview(buf)
         got = 0
         while got < len(buf) and (n := os.preadv(fd, [view[got : got + READ_STEP_BYTES]], offset + got)):
@@ -64,13 +65,14 @@ class FileDigest:
         """Feed the first ``size`` bytes of a file: on resume the whole-file digest must still
         cover the part sent (or received) before. One worker call, through one small buffer:
         reading a large prefix in fresh chunk-sized objects grew each side's memory by tens of MiB."""
-        await in_cpu(self._hash_range, fd, size, name)
+        await in_cpu(self.hash_prefix_now, fd, size, name)
 
-    def _hash_range(self, fd: int, size: int, name: object) -> None:
+    def hash_prefix_now(self, fd: int, size: int, name: object) -> None:
+        """``hash_prefix`` on the calling thread (one already in a worker)."""
         step = memoryview(bytearray(READ_STEP_BYTES))
         got = 0
         while got < size:
-            n = len(self._read_hashed(fd, step[: min(READ_STEP_BYTES, size - got)], got))
+            n = len(self.read_now(fd, step[: min(READ_STEP_BYTES, size - got)], got))
             if not n:
                 raise LocalIOError(f"{name}: shorter than the part already transferred")
             got += n

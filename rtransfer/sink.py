@@ -9,7 +9,6 @@ import os
 import shutil
 import stat
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -139,19 +138,17 @@ def _check_packed(view: memoryview, packed: PackedFile) -> tuple[memoryview, str
     return data, hasher.hexdigest() if hasher.digest() == packed.digest else None
 
 
-def _copy_hashed(src: int, dst: int, offset: int, length: int, hash_update: Callable[[Buffer], None]) -> None:
+def _copy_hashed(src: int, dst: int, offset: int, length: int, digest: FileDigest) -> None:
     """``length`` bytes of ``src`` from ``offset``, hashed and appended to ``dst`` (for a worker thread)."""
     buf = memoryview(bytearray(min(length, _COPY_BUFFER_BYTES)))
     done = 0
     while done < length:
-        n = os.preadv(src, [buf[: min(len(buf), length - done)]], offset + done)
-        if not n:
+        view = digest.read_now(src, buf[: min(len(buf), length - done)], offset + done)
+        if not view:
             raise LocalIOError("the old copy shrank during the transfer")
-        hash_update(buf[:n])
-        view = buf[:n]
+        done += len(view)
         while view:
             view = view[os.write(dst, view) :]
-        done += n
 
 
 def _lstat(name: str, dir_fd: int) -> os.stat_result | None:
@@ -397,7 +394,7 @@ class DirectorySink:
             for start, length in ranges:
                 for step in range(0, length, COPY_STEP_BYTES):
                     want = min(COPY_STEP_BYTES, length - step)
-                    await in_cpu(_copy_hashed, src, handle.fileno(), start + step, want, digest.update_now)
+                    await in_cpu(_copy_hashed, src, handle.fileno(), start + step, want, digest)
                     taken += want
                     await self._advance(index, want)
         except OSError as exc:

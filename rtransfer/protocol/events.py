@@ -21,12 +21,15 @@ class Accepted:
 
 @dataclass(frozen=True)
 class ChunksAcked:
-    chunks: int
-    bytes: int
+    orders: tuple[int, ...]  # the chunks' numbers in the transfer (for the first connection's window)
+    sizes: tuple[int, ...]  # the file bytes each stands for, in the same order
     # Buffers nothing will read again (payload and ciphertext of chunks sent exactly once,
     # so no copy can still be queued in the transport): the driver may reuse them.
     released: tuple[Buffer, ...] = ()
-    orders: tuple[int, ...] = ()  # the chunks' numbers in the transfer (for the first connection's window)
+
+    @property
+    def bytes(self) -> int:
+        return sum(self.sizes)
 
 
 @dataclass(frozen=True)

@@ -383,7 +383,7 @@ class SenderMachine(Peer):
         orders = tuple(a.frame.order for a in acked)
         if not self.stream:
             self.delivered(orders)  # the driver passes on other connections' (delivered is idempotent)
-        events.append(ChunksAcked(len(acked), sum(a.data_bytes for a in acked), released, orders))
+        events.append(ChunksAcked(orders, tuple(a.data_bytes for a in acked), released))
 
     def _resend(self, seq: int, reason: str, events: list[Event]) -> None:
         item = self._unacked[seq]

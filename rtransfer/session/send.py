@@ -114,13 +114,14 @@ class SendTransfer:
 
     async def _attempt(self) -> None:
         config = self.config
-        conn = await connect(config.host, config.port, config.timeout_s, self.backoff, self.reporter, self._connection)
+        conn = await connect(config.host, config.port, config.timeout_s, self.backoff, self.reporter, self.connection)
         await SendAttempt(self, conn).run()
 
-    def _connection(self) -> Connection:
+    def connection(self, stream: int = 0) -> Connection:
+        """A connection of this transfer, with its own key exchange: the first (``stream`` 0), or a further one."""
         kex = KeyExchange(normalise_code(self.config.code), is_sender=True)
         c = self.config
-        machine = SenderMachine(self.manifest, now(), c.timeout_s, kex, c.encrypt, buffers=self.pool)
+        machine = SenderMachine(self.manifest, now(), c.timeout_s, kex, c.encrypt, buffers=self.pool, stream=stream)
         return Connection(machine, stats=self.stats)
 
 
@@ -178,7 +179,7 @@ class SendAttempt(Attempt):
 
     # --- events ---------------------------------------------------------------
     async def on_stream_acked(self, stream: int, event: ChunksAcked) -> None:
-        self.stats.bytes_done += event.bytes
+        self.stats.bytes_done += self.dealer.first_acks(event)
         self.pool.recycle(event.released)
         self.machine.delivered(event.orders)  # the transfer's window, whichever connection acknowledged
         self.dealer.acked(stream, event)

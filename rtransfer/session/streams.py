@@ -17,9 +17,7 @@ import functools
 import operator
 from typing import TYPE_CHECKING
 
-from rtransfer.crypto import KeyExchange
 from rtransfer.errors import RtransferError
-from rtransfer.listen import normalise_code
 from rtransfer.pipeline import SENDER_ROOM
 from rtransfer.protocol.events import ChunksAcked, Event, IntegrityFailure, Retransmitted, StreamJoined
 from rtransfer.protocol.frames import Data
@@ -47,7 +45,9 @@ class Dealer:
         self.scheduler = Scheduler(max_in_flight_bytes=manifest.window * manifest.chunk_bytes)
         self.links: dict[int, Connection] = {}
         self.tasks: list[asyncio.Task[None]] = []
-        self.hedged: set[int] = set()  # orders sent a second time because the transfer waited for them
+        # Orders sent a second time because the transfer waited for them, and whether a copy has been
+        # acknowledged yet: the second acknowledgement is not progress.
+        self.hedged: dict[int, bool] = {}
 
     def add(self, stream: int, conn: Connection) -> None:
         self.links[stream] = conn
@@ -111,7 +111,7 @@ class Dealer:
         )
         if original is None:
             return
-        self.hedged.add(oldest)
+        self.hedged[oldest] = False
         copy = self.attempt.pool.get(len(original.payload))
         copy[:] = original.payload
         self.attempt.stats.retransmits += 1
@@ -119,6 +119,17 @@ class Dealer:
         sender(self.links[stream]).send_data(chunk, now())
         self.scheduler.sent(stream, oldest, len(copy), now())
         self.links[stream].flush()
+
+    def first_acks(self, event: ChunksAcked) -> int:
+        """The file bytes ``event`` acknowledges for the first time (not a hedged chunk's second copy)."""
+        total = 0
+        for order, size in zip(event.orders, event.sizes, strict=True):
+            if self.hedged.get(order) is True:
+                continue
+            if order in self.hedged:
+                self.hedged[order] = True
+            total += size
+        return total
 
     def acked(self, stream: int, event: ChunksAcked) -> None:
         self.scheduler.acked(stream, event.orders, now())
@@ -181,7 +192,7 @@ class FurtherStream:
                     self.config.timeout_s,
                     backoff,
                     self.attempt.reporter,
-                    functools.partial(self._connection),
+                    functools.partial(self.attempt.transfer.connection, self.stream),
                 )
             except RtransferError as exc:
                 self.attempt.reporter.warning(f"stream {self.stream}: {exc.message}; going on without it")
@@ -206,20 +217,6 @@ class FurtherStream:
             self.attempt.reporter.warning(f"stream {self.stream}: {exc.message}; reconnecting in {delay:.1f} s")
             await asyncio.sleep(delay)
             return True
-
-    def _connection(self) -> Connection:
-        c = self.config
-        kex = KeyExchange(normalise_code(c.code), is_sender=True)
-        machine = SenderMachine(
-            self.attempt.machine.manifest,
-            now(),
-            c.timeout_s,
-            kex,
-            c.encrypt,
-            buffers=self.attempt.pool,
-            stream=self.stream,
-        )
-        return Connection(machine, stats=self.attempt.stats)
 
     async def handle(self, conn: Connection, event: Event) -> None:
         if isinstance(event, StreamJoined):

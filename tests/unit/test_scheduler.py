@@ -26,14 +26,20 @@ def deal(scheduler: Scheduler, counts: dict[int, int], now: float, nbytes: int =
     return stream
 
 
+def streams_of(max_chunks: int, *streams: int) -> Scheduler:
+    """A scheduler holding ``max_chunks`` chunks in flight per stream, with ``streams`` added at time 0."""
+    scheduler = Scheduler(max_in_flight_bytes=max_chunks * CHUNK)
+    for stream in streams:
+        scheduler.add(stream, 0.0)
+    return scheduler
+
+
 def test_weights_follow_measured_rates() -> None:
     """Two streams, one three times faster: both are measured, the fast one gets most of the chunks,
     and the slow one only those it would deliver first (a chunk never waits behind a slow stream when a
     fast one would be done sooner)."""
     rates = {0: 60 * MB, 1: 20 * MB}
-    scheduler = Scheduler(max_in_flight_bytes=4 * CHUNK)
-    for stream in rates:
-        scheduler.add(stream, 0.0)
+    scheduler = streams_of(4, *rates)
     pipes: dict[int, deque[tuple[int, float]]] = {s: deque() for s in rates}  # key, when it will be acked
     counts: dict[int, int] = {}
     now, step = 0.0, 0.001
@@ -56,9 +62,7 @@ def test_weights_follow_measured_rates() -> None:
 
 
 def test_a_stalled_stream_gets_no_more_chunks_and_gives_its_own_back() -> None:
-    scheduler = Scheduler(max_in_flight_bytes=2 * CHUNK)
-    scheduler.add(0, 0.0)
-    scheduler.add(1, 0.0)
+    scheduler = streams_of(2, 0, 1)
     scheduler.sent(0, "a", CHUNK, 0.0)
     scheduler.sent(1, "b", CHUNK, 0.0)
     scheduler.acked(1, ["b"], 0.01)
@@ -71,8 +75,7 @@ def test_a_stalled_stream_gets_no_more_chunks_and_gives_its_own_back() -> None:
 
 
 def test_limits_stop_feeding_a_stream() -> None:
-    scheduler = Scheduler(max_in_flight_bytes=2 * CHUNK)
-    scheduler.add(0, 0.0)
+    scheduler = streams_of(2, 0)
     scheduler.sent(0, 1, CHUNK, 0.0)
     scheduler.sent(0, 2, CHUNK, 0.0)
     assert scheduler.pick(CHUNK) is None  # its in-flight bytes are at the limit
@@ -85,9 +88,7 @@ def test_limits_stop_feeding_a_stream() -> None:
 
 
 def test_a_dead_streams_chunks_come_back_to_be_dealt_again() -> None:
-    scheduler = Scheduler(max_in_flight_bytes=4 * CHUNK)
-    scheduler.add(0, 0.0)
-    scheduler.add(1, 0.0)
+    scheduler = streams_of(4, 0, 1)
     scheduler.sent(0, "x", CHUNK, 0.0)
     scheduler.sent(0, "y", CHUNK, 0.0)
     assert scheduler.remove(0) == ["x", "y"]
@@ -139,9 +140,7 @@ def test_every_chunk_reaches_the_writer_exactly_once_whatever_the_streams_do(
         )
         for i, (rate, dies, stall) in enumerate(spec)
     }
-    scheduler = Scheduler(max_in_flight_bytes=2 * CHUNK)
-    for i in sims:
-        scheduler.add(i, 0.0)
+    scheduler = streams_of(2, *sims)
     todo: deque[int] = deque(range(chunks))
     acked: set[int] = set()
     reorder: Reorder[int] = Reorder(window)
@@ -190,9 +189,7 @@ def measure_once(scheduler: Scheduler, rates: dict[int, float]) -> None:
 
 
 def test_a_stream_ten_times_slower_gets_no_chunk_a_fast_one_would_deliver_sooner() -> None:
-    scheduler = Scheduler(max_in_flight_bytes=2 * CHUNK)
-    scheduler.add(0, 0.0)
-    scheduler.add(1, 0.0)
+    scheduler = streams_of(2, 0, 1)
     measure_once(scheduler, {0: 100 * MB, 1: 10 * MB})
     scheduler.sent(0, "a", CHUNK, 1.0)
     assert scheduler.pick(CHUNK) == 0  # 2 MB at 100 MB/s beats 1 MB at 10 MB/s
@@ -201,9 +198,7 @@ def test_a_stream_ten_times_slower_gets_no_chunk_a_fast_one_would_deliver_sooner
 
 
 def test_streams_about_as_fast_are_all_used_whatever_the_noise_in_their_rates() -> None:
-    scheduler = Scheduler(max_in_flight_bytes=2 * CHUNK)
-    for stream in (0, 1):
-        scheduler.add(stream, 0.0)
+    scheduler = streams_of(2, 0, 1)
     measure_once(scheduler, {0: 30 * MB, 1: 20 * MB})  # equal links, measured unequally
     scheduler.sent(0, "a", CHUNK, 1.0)
     scheduler.sent(0, "b", CHUNK, 1.0)

@@ -121,3 +121,16 @@ def test_a_chunk_past_the_receivers_reorder_window_is_a_protocol_error() -> None
     (arrived,) = [e.chunk for e in second.to_receiver() if isinstance(e, ChunkArrived)]
     with pytest.raises(RemoteProtocolError, match="beyond the window"):
         first.receiver.deliver(arrived, 0.0)
+
+
+def test_a_hedged_chunk_counts_as_progress_once_whichever_copy_is_acknowledged_first() -> None:
+    from types import SimpleNamespace
+
+    from rtransfer.protocol.events import ChunksAcked
+    from rtransfer.session.streams import Dealer
+
+    attempt = SimpleNamespace(machine=SimpleNamespace(manifest=Manifest("t" * 32, CHUNK, 2, 2)))
+    dealer = Dealer(attempt)  # type: ignore[arg-type]
+    dealer.hedged[5] = False  # order 5 went out on two connections
+    assert dealer.first_acks(ChunksAcked((4, 5), (CHUNK, 10))) == CHUNK + 10
+    assert dealer.first_acks(ChunksAcked((5, 6), (10, CHUNK))) == CHUNK  # the second copy of 5

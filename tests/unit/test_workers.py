@@ -51,7 +51,7 @@ async def test_a_cancelled_reader_never_closes_the_file_under_its_worker(tmp_pat
     src.write_bytes(os.urandom(2 * 1024 * 1024))  # large enough to go chunk by chunk, not packed
     inside, release = threading.Event(), threading.Event()
     fd_state: list[str] = []
-    real_read = FileDigest._read_hashed
+    real_read = FileDigest.read_now
 
     def blocked_read(self: FileDigest, fd: int, buf: memoryview, offset: int) -> memoryview:
         inside.set()
@@ -64,7 +64,7 @@ async def test_a_cancelled_reader_never_closes_the_file_under_its_worker(tmp_pat
             return memoryview(buf)[:0]
         return real_read(self, fd, buf, offset)
 
-    monkeypatch.setattr(FileDigest, "_read_hashed", blocked_read)  # type: ignore[attr-defined]
+    monkeypatch.setattr(FileDigest, "read_now", blocked_read)  # type: ignore[attr-defined]
     batches: asyncio.Queue[Listed | None] = asyncio.Queue()
     batches.put_nowait(Listed(0, collect_sources([str(src)], None), Accepted(0, {})))
     queue: asyncio.Queue[SendItem] = asyncio.Queue(maxsize=1)
