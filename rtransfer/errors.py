@@ -44,15 +44,17 @@ class UnknownHost(NetworkError):
     """The name does not resolve: no retry will change that (a temporary DNS failure is retried)."""
 
 
-class ProtocolViolation(NetworkError):
-    """The peer, once it had proved its keys, sent something the protocol does not allow:
-    treated as a link that cannot be trusted."""
+class ProtocolViolation(RtransferError):
+    """The peer, once it had proved its keys, sent something the protocol does not allow: a bug
+    in the peer, which another connection would only repeat. Never retried."""
 
+    exit_code = EXIT_NETWORK
     kind = "protocol"
 
 
-class GarbledFrame(ProtocolViolation):
-    """A frame failed its checksum: the path damages data."""
+class GarbledFrame(NetworkError):
+    """A frame failed its checksum or its tag after the keys were proved: the path damages data,
+    and another connection may do better."""
 
 
 class IntegrityError(RtransferError):

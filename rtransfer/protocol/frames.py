@@ -277,6 +277,7 @@ class Cause(IntEnum):
     INTEGRITY = 2  # data failed its check beyond what resending fixes
     AUTH = 3  # the peers cannot talk (another code, another version)
     LOCAL = 4  # a problem on the peer's own machine: disk full, permissions, its limits
+    PROTOCOL = 5  # we broke the protocol (a bug): retrying cannot help (an older peer reads OTHER)
 
 
 @dataclass(frozen=True)

@@ -352,6 +352,8 @@ class SenderMachine(Peer):
             raise RemoteProtocolError(f"ACCEPT for the batch at {frame.first}; expected the one at {listed.first}")
         if not listed.files.issuperset(frame.done) or not listed.files.issuperset(frame.start_offsets):
             raise RemoteProtocolError("ACCEPT names an entry that is not a file of its batch")
+        if len(set(frame.done)) != len(frame.done) or not set(frame.done).isdisjoint(frame.start_offsets):
+            raise RemoteProtocolError("ACCEPT names a file twice")
         self._sendable |= listed.files.difference(frame.done)
         for index in frame.done:
             del self._paths[index]

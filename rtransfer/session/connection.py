@@ -20,7 +20,7 @@ from typing import Any
 
 from rtransfer.errors import NetworkError, RtransferError, UnknownHost, reason
 from rtransfer.pipeline import BufferPool
-from rtransfer.protocol.errors import ProtocolError
+from rtransfer.protocol.errors import PeerFailed, ProtocolError
 from rtransfer.protocol.events import ChunkReady, Event, PackReady
 from rtransfer.protocol.model import Buffer
 from rtransfer.protocol.peer import Peer
@@ -33,6 +33,7 @@ from rtransfer.stats import TransferStats
 INBOX_PAUSE_EVENTS = 2  # with QUEUE_CHUNKS, what keeps the largest chunks in the memory budget
 CLOSE_GRACE_S = 2.0  # for the peer to read our ERROR frame before the connection is cut
 TIMER_TICK_S = 0.2  # longest sleep between timer checks; deadlines move as frames flow
+DISCARD_BYTES = 256 * 1024  # what a closing connection reads the peer's last bytes into
 FRAME_BUFFERS = 2  # a DATA frame being read: its body, and the plaintext it is opened into
 
 now = time.monotonic
@@ -67,6 +68,8 @@ class Connection(asyncio.BufferedProtocol):
         self._reading_paused = False
         self._writable: asyncio.Future[None] | None = None
         self._lost: asyncio.Future[None] = self._loop.create_future()
+        self._peer_failed = False  # the peer's ERROR frame arrived: it closes, we need not wait for it
+        self._discard: memoryview | None = None  # after our ERROR frame: where the peer's bytes go unread
 
     # --- asyncio.BufferedProtocol --------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -82,15 +85,18 @@ class Connection(asyncio.BufferedProtocol):
         self.flush()
 
     def get_buffer(self, sizehint: int) -> memoryview:
+        if self._discard is not None:
+            return self._discard
         return self.machine.get_buffer()
 
     def buffer_updated(self, nbytes: int) -> None:
-        if self._error is not None:
-            return
         self.stats.wire_received += nbytes
+        if self._error is not None or self._discard is not None:
+            return
         try:
             events = self.machine.buffer_updated(nbytes, now())
         except ProtocolError as exc:
+            self._peer_failed = isinstance(exc, PeerFailed)
             self._stop(to_error(exc))
             return
         self.flush()
@@ -103,7 +109,7 @@ class Connection(asyncio.BufferedProtocol):
         """Pause reading while the inbox is full or the pool has no room for another frame
         (its body, and the plaintext it opens into); resume once the inbox has emptied and
         there is room."""
-        if self.transport is None or self.transport.is_closing():
+        if self.transport is None or self.transport.is_closing() or self._discard is not None:
             return
         room = self._pool is None or self._pool.has_room(FRAME_BUFFERS)
         if not self._reading_paused and (len(self._inbox) >= INBOX_PAUSE_EVENTS or not room):
@@ -222,10 +228,13 @@ class Connection(asyncio.BufferedProtocol):
     async def close(self, error: RtransferError | None) -> None:
         """Close (after telling the peer why, if we failed); once this returns the transport
         holds none of the machine's buffers, so they can be recycled."""
+        told = error is not None and not self._peer_failed
         if error is not None:
             self.machine.fail(cause_of(error), error.message)
             self.flush()
         if self.transport is not None:
+            if told:
+                await self._linger()
             self.transport.close()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(asyncio.shield(self._lost), CLOSE_GRACE_S)
@@ -233,6 +242,24 @@ class Connection(asyncio.BufferedProtocol):
                 self.transport.abort()
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(asyncio.shield(self._lost), CLOSE_GRACE_S)
+
+    async def _linger(self) -> None:
+        """After our ERROR frame, read and drop what the peer sends until it closes (or the grace
+        period ends). Closing with unread data makes the kernel send a reset, which can destroy
+        the ERROR frame before the peer reads it; and a path that cannot half-close (a relay)
+        would drop it with the connection. The peer closes once it has read why."""
+        assert self.transport is not None
+        if self._lost.done() or self._eof:
+            return
+        self._discard = memoryview(bytearray(DISCARD_BYTES))
+        if self._reading_paused:
+            self._reading_paused = False
+            self.transport.resume_reading()
+        with contextlib.suppress(asyncio.TimeoutError):
+            async with asyncio.timeout(CLOSE_GRACE_S):
+                while not (self._eof or self._lost.done()):
+                    self._wakeup.clear()
+                    await self._wakeup.wait()
 
     def leftover_buffers(self) -> list[Buffer]:
         """After ``close``: what the dead connection's machine and inbox still hold. Recycled

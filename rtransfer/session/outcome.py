@@ -8,6 +8,7 @@ from rtransfer.errors import (
     EXIT_AUTH,
     EXIT_INTEGRITY,
     EXIT_LOCAL_IO,
+    EXIT_NETWORK,
     GarbledFrame,
     HandshakeError,
     IntegrityError,
@@ -34,7 +35,12 @@ from rtransfer.protocol.errors import (
 from rtransfer.protocol.frames import Cause
 from rtransfer.protocol.phases import AUTHENTICATING
 
-_PEER_EXIT_CODES = {Cause.INTEGRITY: EXIT_INTEGRITY, Cause.AUTH: EXIT_AUTH, Cause.LOCAL: EXIT_LOCAL_IO}
+_PEER_EXIT_CODES = {
+    Cause.INTEGRITY: EXIT_INTEGRITY,
+    Cause.AUTH: EXIT_AUTH,
+    Cause.LOCAL: EXIT_LOCAL_IO,
+    Cause.PROTOCOL: EXIT_NETWORK,
+}
 
 
 def to_error(exc: ProtocolError) -> RtransferError:
@@ -53,10 +59,10 @@ def to_error(exc: ProtocolError) -> RtransferError:
         return LocalIOError(exc.message)
     if isinstance(exc, PeerSilent):
         return NetworkError(exc.message)
-    if isinstance(exc, CorruptFrame):
-        return GarbledFrame(exc.message)
     if isinstance(exc, FrameAuthenticationError) and authenticating:
         return WrongCode("authentication failed: the codes do not match")
+    if isinstance(exc, CorruptFrame | FrameAuthenticationError):
+        return GarbledFrame(exc.message)
     if isinstance(exc, HandshakeRefused):
         return HandshakeError(exc.message)
     if isinstance(exc, LocalProtocolError):
@@ -70,6 +76,8 @@ def cause_of(error: RtransferError) -> Cause:
     """What our ERROR frame tells the peer about ``error``."""
     if isinstance(error, NetworkError):
         return Cause.LINK
+    if isinstance(error, ProtocolViolation):
+        return Cause.PROTOCOL
     if isinstance(error, IntegrityError) or error.exit_code == EXIT_INTEGRITY:
         return Cause.INTEGRITY
     if isinstance(error, HandshakeError) or error.exit_code == EXIT_AUTH:

@@ -45,10 +45,10 @@ G, C, T = Phase.GREETING, Phase.CONFIRMING, Phase.TRANSFERRING
 # before the transfer started, after it started; the receiver waits: before, after)
 CASES = [
     (FrameAuthenticationError("tag"), C, WrongCode, 5, (False, False), (False, False)),
-    (FrameAuthenticationError("tag"), T, ProtocolViolation, 3, (True, True), (False, True)),
+    (FrameAuthenticationError("tag"), T, GarbledFrame, 3, (True, True), (True, True)),
     (HandshakeRefused("version 9"), G, HandshakeError, 5, (False, True), (False, True)),
     (RemoteProtocolError("DATA while greeting"), G, HandshakeError, 5, (False, True), (False, True)),
-    (RemoteProtocolError("offset 7; expected 0"), T, ProtocolViolation, 3, (True, True), (False, True)),
+    (RemoteProtocolError("offset 7; expected 0"), T, ProtocolViolation, 3, (False, False), (False, False)),
     (CorruptFrame("checksum"), G, GarbledFrame, 3, (True, True), (True, True)),
     (PeerSilent("silent for 31 s"), T, NetworkError, 3, (True, True), (False, True)),
     (IntegrityFailed("16 times"), T, IntegrityError, 4, (False, False), (False, False)),
@@ -99,6 +99,7 @@ def test_nothing_is_retried_when_the_data_cannot_be_read_again_or_the_name_does_
         (WrongCode("codes"), Cause.AUTH),
         (LocalIOError("disk full"), Cause.LOCAL),
         (RemoteError("peer: disk full", 6), Cause.LOCAL),
+        (ProtocolViolation("ACCEPT names a file twice"), Cause.PROTOCOL),
         (RtransferError("bug"), Cause.OTHER),
     ],
 )

@@ -4,6 +4,7 @@ transfer classes over loopback, with a connection cut under them."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 import os
 import socket
@@ -13,7 +14,7 @@ import blake3
 import pytest
 
 from rtransfer.crypto import KeyExchange
-from rtransfer.errors import LocalIOError, NetworkError, ProtocolViolation, RemoteError
+from rtransfer.errors import LocalIOError, ProtocolViolation, RemoteError
 from rtransfer.files import collect_sources, list_batches
 from rtransfer.listen import open_listener
 from rtransfer.pipeline import (
@@ -38,7 +39,7 @@ from rtransfer.session.config import RecvConfig, SendConfig
 from rtransfer.session.connection import Connection, now
 from rtransfer.session.recv import ReceiveTransfer
 from rtransfer.session.send import SendTransfer
-from rtransfer.sink import DirectorySink, plan_alone
+from rtransfer.sink import DirectorySink, Plan, plan_alone
 from rtransfer.stats import TransferStats
 
 CHUNK = 4096
@@ -245,7 +246,62 @@ async def test_two_connections_over_a_socket_pair_handshake_and_a_violation_reac
         await asyncio.wait_for(rx.run(asyncio.Event(), on_receiver_event), STEP_TIMEOUT_S)
     assert listed.is_set() and [type(e) for e in seen] == [ManifestReceived, EntriesReceived]
     assert receiver.phase is Phase.ERROR
-    with pytest.raises(NetworkError, match="peer: sealed frame too short"):  # our ERROR frame said: the link
+    with pytest.raises(RemoteError, match="peer: sealed frame too short") as told:  # our ERROR frame: a peer's bug
         await asyncio.wait_for(tx.pump(on_sender_event), STEP_TIMEOUT_S)
-    assert sender.phase is Phase.ERROR
+    assert told.value.exit_code == 3 and sender.phase is Phase.ERROR
     await tx.close(None)
+
+
+async def test_a_receiver_disk_filling_mid_stream_reaches_the_sender_as_exit_6(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The receiver fails while the sender streams and its own reads are paused: its ERROR frame
+    must reach the sender (never lost to a reset from a close with unread data)."""
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "big.bin").write_bytes(os.urandom(64 * 16 * CHUNK))
+    real_write = DirectorySink.write
+    written: list[int] = []
+
+    async def filling_write(self: DirectorySink, index: int, offset: int, data: bytes) -> None:
+        if len(written) >= 6:
+            raise LocalIOError(f"{self.root}: no space left on device")
+        written.append(len(data))
+        await real_write(self, index, offset, data)
+
+    monkeypatch.setattr(DirectorySink, "write", filling_write)
+    rx_config, tx_config = configs(tmp_path)
+    receiver = ReceiveTransfer(rx_config, JsonReporter(io.StringIO()))
+    sender = SendTransfer(tx_config, JsonReporter(io.StringIO()))
+    received, sent = await asyncio.wait_for(
+        asyncio.gather(receiver.run(), sender.run(), return_exceptions=True), STEP_TIMEOUT_S
+    )
+    assert isinstance(received, LocalIOError) and "no space left" in received.message
+    assert isinstance(sent, RemoteError), sent
+    assert sent.exit_code == received.exit_code == 6
+    assert not (tmp_path / "out" / "src" / "big.bin").exists()
+
+
+async def test_an_accept_naming_a_file_twice_ends_the_transfer_at_once_with_exit_3(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An authenticated frame that breaks the protocol is the peer's bug: no reconnect repeats it."""
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "a").write_bytes(b"a")
+    real_examine = DirectorySink.examine
+
+    async def twice(self: DirectorySink, plan: Plan) -> Plan:
+        plan = await real_examine(self, plan)
+        return dataclasses.replace(plan, done=(0, 0))
+
+    monkeypatch.setattr(DirectorySink, "examine", twice)
+    rx_config, tx_config = configs(tmp_path)
+    sender = SendTransfer(tx_config, JsonReporter(io.StringIO()))
+    received, sent = await asyncio.wait_for(
+        asyncio.gather(
+            ReceiveTransfer(rx_config, JsonReporter(io.StringIO())).run(), sender.run(), return_exceptions=True
+        ),
+        STEP_TIMEOUT_S,
+    )
+    assert isinstance(sent, ProtocolViolation) and "ACCEPT" in sent.message and sent.exit_code == 3
+    assert isinstance(received, RemoteError) and received.exit_code == 3
+    assert sender.stats.reconnects == 0
