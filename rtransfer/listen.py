@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import os
 import secrets
+import signal
 import socket
 from pathlib import Path
 
-from rtransfer.errors import LocalIOError, NetworkError, reason
+from rtransfer.errors import EXIT_SIGINT, EXIT_SIGTERM, Interrupted, LocalIOError, NetworkError, reason
 
 CODE_ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"  # Crockford base32: no i, l, o, u
 BACKLOG = 16
@@ -30,11 +31,17 @@ def normalise_code(code: str) -> bytes:
 
 
 def check_dest(root: Path) -> None:
-    """Fail before listening if DEST can never work."""
+    """Fail before listening if DEST can never work: not a directory, or neither it nor (when it
+    does not exist yet) the nearest directory above it that does can be written."""
     if root.exists() and not root.is_dir():
         raise LocalIOError(f"{root}: not a directory")
-    if root.is_dir() and not os.access(root, os.W_OK | os.X_OK):
-        raise LocalIOError(f"{root}: permission denied")
+    existing = root
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        raise LocalIOError(f"{root}: {existing} is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise LocalIOError(f"{root}: permission denied" + ("" if existing == root else f" (in {existing})"))
 
 
 def open_listener(host: str, port: int) -> socket.socket:
@@ -55,3 +62,19 @@ def open_listener(host: str, port: int) -> socket.socket:
         sock.close()
         raise NetworkError(f"cannot listen on {host}:{port}: {reason(exc)}") from None
     return sock
+
+
+early_signals: list[Interrupted] = []
+
+
+def record_signals() -> None:
+    """Until the event loop takes the signals over (runner.py), remember one instead of dying
+    mid-import: a script that stops a receiver as soon as it listens still gets the error event
+    and exit code."""
+
+    def record(signum: int, _frame: object) -> None:
+        code = EXIT_SIGINT if signum == signal.SIGINT else EXIT_SIGTERM
+        early_signals.append(Interrupted(signal.Signals(signum).name, code))
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, record)

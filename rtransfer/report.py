@@ -6,6 +6,7 @@ rich is imported only when a live display is actually shown.
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from typing import IO, Any, Protocol
@@ -164,11 +165,13 @@ class ConsoleReporter(Reporter):
             print(line, file=self.stream, flush=True)
 
     def listening(self, host: str, port: int, code: str | None) -> None:
-        self._say(f"rtransfer: listening on {host}:{port}")
+        """Said even with ``quiet``: without the address and code no sender can connect."""
+        say = functools.partial(print, file=self.stream, flush=True)
+        say(f"rtransfer: listening on {host}:{port}")
         if code is not None:
             where = "HOST" if host in ("0.0.0.0", "::") else host
-            self._say(f"rtransfer: code {code}; on the sending machine run:")
-            self._say(f"  rtransfer send FILE... {where}:{port} --code {code}")
+            say(f"rtransfer: code {code}; on the sending machine run:")
+            say(f"  rtransfer send FILE... {where}:{port} --code {code}")
 
     def started(self, stats: TransferStats) -> None:
         self._per_file = self.verbose or (not stats.listing and stats.files_total <= 1)
@@ -181,14 +184,13 @@ class ConsoleReporter(Reporter):
             Progress,
             TextColumn,
             TimeRemainingColumn,
-            TransferSpeedColumn,
         )
 
         self._progress = Progress(
             TextColumn("{task.description}"),
             BarColumn(),
             DownloadColumn(binary_units=True),
-            TransferSpeedColumn(),
+            TextColumn("{task.fields[rate]}"),  # binary units, as the sizes and the summary say
             TimeRemainingColumn(),
             TextColumn("{task.fields[detail]}"),
             console=Console(file=self.stream, force_terminal=True, width=self.width),
@@ -196,7 +198,7 @@ class ConsoleReporter(Reporter):
         )
         self._progress.start()
         verb = "sending" if stats.role == "send" else "receiving"
-        self._task = self._progress.add_task(verb, total=stats.total_bytes, detail="")
+        self._task = self._progress.add_task(verb, total=stats.total_bytes, detail="", rate="")
 
     def progress(self, stats: TransferStats) -> None:
         if self._progress is None:
@@ -207,7 +209,9 @@ class ConsoleReporter(Reporter):
             f"{stats.retransmits} retx · {stats.integrity_failures} bad · {stats.reconnects} reconnects"
             + _streams_summary(stats.streams)
         )
-        self._progress.update(self._task, completed=stats.bytes_done, total=stats.total_bytes, detail=detail)
+        speed = self._progress.tasks[0].speed if self._progress.tasks else None
+        rate = f"{human_bytes(speed)}/s" if speed else ""
+        self._progress.update(self._task, completed=stats.bytes_done, total=stats.total_bytes, detail=detail, rate=rate)
 
     def file_done(self, path: str, size: int, blake3_hex: str) -> None:
         if self._per_file:
@@ -225,11 +229,18 @@ class ConsoleReporter(Reporter):
         self._stop()
         seconds = max(stats.seconds, 1e-9)
         verb = "sent" if stats.role == "send" else "received"
+        moved = stats.bytes_done - stats.bytes_skipped
+        skipped = (
+            f" ({_count(stats.files_skipped, 'file')} of {human_bytes(stats.bytes_skipped)} already there, skipped)"
+            if stats.files_skipped
+            else ""
+        )
+        repaired = " (all repaired and verified)" if stats.integrity_failures else ""
         self._say(
-            f"rtransfer: {verb} {human_bytes(stats.bytes_done)} in {_count(stats.files_done, 'file')} "
-            f"in {seconds:.2f} s ({human_bytes(stats.bytes_done / seconds)}/s); {_count(stats.chunks, 'chunk')}, "
-            f"{_count(stats.retransmits, 'retransmit')}, {_count(stats.integrity_failures, 'integrity failure')}, "
-            f"{_count(stats.reconnects, 'reconnect')}, "
+            f"rtransfer: {verb} {human_bytes(moved)} in {_count(stats.files_done - stats.files_skipped, 'file')}"
+            f"{skipped} in {seconds:.2f} s ({human_bytes(moved / seconds)}/s); {_count(stats.chunks, 'chunk')}, "
+            f"{_count(stats.retransmits, 'retransmit')}, {_count(stats.integrity_failures, 'integrity failure')}"
+            f"{repaired}, {_count(stats.reconnects, 'reconnect')}, "
             f"{human_bytes(stats.wire_sent + stats.wire_received)} on the wire"
             + (f" (compressed {stats.compression:.2f}:1)" if stats.compression is not None else "")
             + f", peak memory {human_bytes(peak_rss_bytes())}"

@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
-
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    max_attempts: int = 8
-    max_total_s: float = 30.0
+    max_attempts: int = 21  # 20 retries after the first attempt: the CLI's --retries default
+    max_total_s: float = 60.0
     base_delay_s: float = 0.1
     max_delay_s: float = 5.0
     jitter: float = 0.5  # each delay is scaled by a random factor in [1 - jitter, 1]
@@ -54,6 +50,12 @@ class Backoff:
         self.attempt = 0
         self._started = None
 
+    def remaining_s(self) -> float | None:
+        """Time left in this outage; None before it started (nothing has failed yet)."""
+        if self._started is None:
+            return None
+        return max(0.0, self.policy.max_total_s - (self._clock() - self._started))
+
     def next_delay(self) -> float | None:
         now = self._clock()
         if self._started is None:
@@ -63,26 +65,3 @@ class Backoff:
         if self.attempt >= self.policy.max_attempts or now - self._started + delay > self.policy.max_total_s:
             return None
         return delay
-
-
-async def retry_call(
-    operation: Callable[[], Awaitable[T]],
-    backoff: Backoff,
-    retry_on: tuple[type[BaseException], ...],
-    on_retry: Callable[[int, BaseException, float], None] | None = None,
-) -> T:
-    """Run ``operation`` until it succeeds or ``backoff`` is spent.
-
-    The caller owns the backoff, so that every attempt during one outage counts
-    against one budget, however many layers retry.
-    """
-    while True:
-        try:
-            return await operation()
-        except retry_on as exc:
-            delay = backoff.next_delay()
-            if delay is None:
-                raise
-            if on_retry is not None:
-                on_retry(backoff.attempt, exc, delay)
-            await asyncio.sleep(delay)

@@ -331,7 +331,7 @@ class DirectorySink:
             except OSError:
                 on_disk = -1
             resumable = record.resumable_bytes(boot_id())
-            if record.chunk_bytes == self._chunk_bytes and 0 <= resumable <= on_disk:
+            if 0 <= resumable <= on_disk:  # a prefix of the file, whatever chunk size wrote it
                 keep = resumable - resumable % self._chunk_bytes
         if keep == 0:
             with contextlib.suppress(FileNotFoundError):

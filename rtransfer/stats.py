@@ -57,6 +57,8 @@ class TransferStats:
     bytes_done: int = 0
     files_total: int = 0
     files_done: int = 0
+    files_skipped: int = 0  # already at the receiver whole: counted in files_done, not moved
+    bytes_skipped: int = 0
     chunks: int = 0
     retransmits: int = 0
     integrity_failures: int = 0
@@ -72,11 +74,22 @@ class TransferStats:
     wire_received: int = 0
     compression: float | None = None  # send --compress: file bytes per byte sent
     started_at: float = field(default_factory=time.monotonic)
+    clock_started: bool = False  # the time runs from the first connection's start, not the wait for it
 
     def start_listing(self) -> None:
         """A connection lists the transfer afresh; counts restart (the receiver tells what it has)."""
         self.total_bytes, self.files_total, self.files_done, self.bytes_done = 0, 0, 0, 0
+        self.files_skipped, self.bytes_skipped = 0, 0
         self.listing = True
+        if not self.clock_started:
+            self.started_at, self.clock_started = time.monotonic(), True
+
+    def skipped(self, files: int, nbytes: int) -> None:
+        """Files the receiver already has whole: done, but nothing moved for them."""
+        self.files_done += files
+        self.bytes_done += nbytes
+        self.files_skipped += files
+        self.bytes_skipped += nbytes
 
     def listed(self, entries: list[Entry], last: bool) -> None:
         """Totals grow batch by batch, as rsync's do while it is still checking files ("to-chk")."""
@@ -103,6 +116,7 @@ class TransferStats:
             "total_bytes": self.total_bytes,
             "files": self.files_done,
             "files_total": self.files_total,
+            "files_skipped": self.files_skipped,
             "listing": self.listing,
             "chunks": self.chunks,
             "retransmits": self.retransmits,

@@ -12,8 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from rtransfer.protocol.frames import Cause
-    from rtransfer.protocol.phases import Phase
+    from rtransfer.protocol.constants import Cause, Phase
 
 
 class ProtocolError(Exception):

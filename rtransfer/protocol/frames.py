@@ -17,12 +17,27 @@ import math
 import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from enum import IntEnum
 from typing import Any, Protocol
 
 import xxhash
 import zstandard
 
+from rtransfer.protocol.constants import (
+    MAX_ACCEPT_BYTES,
+    MAX_CHUNK_BYTES,
+    MAX_COPY_RANGES,
+    MAX_ENTRIES_BYTES,
+    MAX_ERROR_MESSAGE_BYTES,
+    MAX_MANIFEST_BYTES,
+    MAX_SIGNATURE_CHUNKS,
+    MAX_STREAMS,
+    MAX_WINDOW,
+    MIN_CHUNK_BYTES,
+    SIGNATURE_DIGEST_BYTES,
+    Cause,
+    FrameType,
+    Role,
+)
 from rtransfer.protocol.errors import (
     CorruptFrame,
     FrameAuthenticationError,
@@ -48,18 +63,6 @@ MAGIC = b"RTXF"
 PROTOCOL_VERSION = 6  # 3: batched file list, packs; 4: ERROR says a Cause; 5: streams (JOIN, chunk order);
 # 6: delta (SIGNATURE, COPY), compressed chunks (ZDATA), the file list and ACCEPT compressed
 
-MIN_CHUNK_BYTES = 4 * 1024
-MAX_CHUNK_BYTES = 16 * 1024 * 1024
-MAX_WINDOW = 1024
-MAX_STREAMS = 64
-MAX_MANIFEST_BYTES = 4096
-MAX_ENTRIES_BYTES = 8 * 1024 * 1024  # 1024 entries of up to two 4 KiB names each, JSON-quoted
-MAX_ACCEPT_BYTES = 1024 * 1024
-MAX_ERROR_MESSAGE_BYTES = 1024
-MAX_SIGNATURE_CHUNKS = 16384  # chunk digests in one SIGNATURE frame (a file's may take several)
-MAX_COPY_RANGES = 4096  # ranges of the receiver's old copy in one COPY frame
-SIGNATURE_DIGEST_BYTES = 16
-
 HEADER = struct.Struct("!BIQ")
 _PREFIX = struct.Struct("!BI")
 DATA_HEADER = struct.Struct("!QIQQ")  # seq (this connection), file_index, offset, order (the transfer)
@@ -74,35 +77,6 @@ _SIGNATURE = struct.Struct("!IQ")  # file index, offset in the receiver's copy o
 _SIGNATURE_CHUNK = struct.Struct(f"!I{SIGNATURE_DIGEST_BYTES}s")  # length, digest
 COPY_RANGE = struct.Struct("!QI")  # offset in the receiver's old copy, length
 ZDATA_SIZE = struct.Struct("!I")  # a compressed chunk's length before compression, ahead of the zstd frame
-
-
-class FrameType(IntEnum):
-    HELLO = 1
-    MANIFEST = 2
-    ACCEPT = 3
-    DATA = 4
-    ACK = 5
-    NACK = 6
-    FILE_END = 7
-    FILE_RESULT = 8
-    DONE = 9
-    PING = 10
-    PONG = 11
-    ERROR = 12
-    CONFIRM = 13  # first sealed frame each way: proves both sides derived the same keys
-    ENTRIES = 14  # a batch of the file list
-    PACK = 15  # DATA whose payload is several whole small files (see protocol/pack.py)
-    PACK_RESULT = 16
-    JOIN = 17  # a further connection of a running transfer: its first frame after CONFIRM
-    JOINED = 18
-    COPY = 19  # DATA made of ranges of the receiver's old copy of the file (delta transfer)
-    ZDATA = 20  # DATA compressed with zstd
-    SIGNATURE = 21  # the receiver's old copy of a file, as content-defined chunks (delta transfer)
-
-
-class Role(IntEnum):
-    SENDER = 1
-    RECEIVER = 2
 
 
 MAX_BODY_BYTES: dict[FrameType, int] = {
@@ -267,17 +241,6 @@ class Ping:
 @dataclass(frozen=True)
 class Pong:
     token: int
-
-
-class Cause(IntEnum):
-    """Why a peer gave up, as its ERROR frame says (the session maps it to an exit code)."""
-
-    OTHER = 0
-    LINK = 1  # the connection broke or cannot be trusted: the sender will come back
-    INTEGRITY = 2  # data failed its check beyond what resending fixes
-    AUTH = 3  # the peers cannot talk (another code, another version)
-    LOCAL = 4  # a problem on the peer's own machine: disk full, permissions, its limits
-    PROTOCOL = 5  # we broke the protocol (a bug): retrying cannot help (an older peer reads OTHER)
 
 
 @dataclass(frozen=True)

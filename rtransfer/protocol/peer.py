@@ -14,6 +14,7 @@ import functools
 from collections.abc import Callable
 from typing import Concatenate, ParamSpec, Protocol, TypeVar
 
+from rtransfer.protocol.constants import Cause, Phase, Role
 from rtransfer.protocol.errors import (
     ConnectionFailed,
     HandshakeRefused,
@@ -25,7 +26,6 @@ from rtransfer.protocol.errors import (
 from rtransfer.protocol.events import Event
 from rtransfer.protocol.frames import (
     PROTOCOL_VERSION,
-    Cause,
     Confirm,
     CorruptData,
     ErrorFrame,
@@ -35,14 +35,13 @@ from rtransfer.protocol.frames import (
     Opener,
     Ping,
     Pong,
-    Role,
     Sealer,
     encode,
     encode_bytes,
     frame_type,
 )
 from rtransfer.protocol.model import FRESH_BUFFERS, Buffer, Buffers
-from rtransfer.protocol.phases import AUTHENTICATING, STARTED, Phase, after_received, after_sent
+from rtransfer.protocol.phases import AUTHENTICATING, STARTED, after_received, after_sent
 from rtransfer.protocol.timing import Liveness
 
 CAP_ENCRYPT = 1

@@ -9,23 +9,8 @@ contents (is this the batch we expected? was this chunk ever sent?).
 
 from __future__ import annotations
 
-from enum import Enum
-
+from rtransfer.protocol.constants import FrameType, Phase, Role
 from rtransfer.protocol.errors import LocalProtocolError, RemoteProtocolError
-from rtransfer.protocol.frames import FrameType, Role
-
-
-class Phase(Enum):
-    GREETING = "greeting"  # our HELLO is out; waiting for the peer's
-    CONFIRMING = "confirming"  # keys agreed and our CONFIRM is out; waiting for the peer's
-    OFFERING = "offering"  # sender: manifest and file list (or JOIN) going out; waiting for ACCEPT (or JOINED)
-    AWAITING_MANIFEST = "awaiting manifest"  # receiver: the peer has proved its keys; MANIFEST or JOIN next
-    PLANNING = "planning"  # receiver: manifest in; its driver checks the first batch against the disk
-    TRANSFERRING = "transferring"  # the first batch is accepted: data flows
-    FINISHING = "finishing"  # the sender's DONE is out: resends and confirmations only
-    CLOSED = "closed"  # both DONEs: the transfer is complete
-    ERROR = "error"  # this side failed; nothing more is accepted
-
 
 # Before CONFIRM a violation means this side cannot talk to the peer at all (wrong
 # code, another version); after, the peer has proved itself and it means a bad link.

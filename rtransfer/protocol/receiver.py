@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
+from rtransfer.protocol.constants import MAX_SIGNATURE_CHUNKS, FrameType, Phase, Role
 from rtransfer.protocol.errors import LimitExceeded, LocalProtocolError, RemoteProtocolError
 from rtransfer.protocol.events import (
     ChunkArrived,
@@ -24,7 +25,6 @@ from rtransfer.protocol.events import (
     TransferComplete,
 )
 from rtransfer.protocol.frames import (
-    MAX_SIGNATURE_CHUNKS,
     Accept,
     Ack,
     CorruptData,
@@ -33,12 +33,10 @@ from rtransfer.protocol.frames import (
     FileEnd,
     FileResult,
     Frame,
-    FrameType,
     Join,
     Joined,
     Nack,
     PackResult,
-    Role,
     copy_ranges,
     file_bytes,
 )
@@ -54,7 +52,6 @@ from rtransfer.protocol.model import (
 )
 from rtransfer.protocol.pack import read_table
 from rtransfer.protocol.peer import KeyExchange, Peer, guarded
-from rtransfer.protocol.phases import Phase
 from rtransfer.protocol.reorder import Reorder
 
 

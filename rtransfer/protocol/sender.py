@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import OrderedDict, deque
 from dataclasses import dataclass
 
+from rtransfer.protocol.constants import FrameType, Phase, Role
 from rtransfer.protocol.errors import IntegrityFailed, LocalProtocolError, RemoteProtocolError
 from rtransfer.protocol.events import (
     Accepted,
@@ -26,12 +27,10 @@ from rtransfer.protocol.frames import (
     FileEnd,
     FileResult,
     Frame,
-    FrameType,
     Join,
     Joined,
     Nack,
     PackResult,
-    Role,
     file_bytes,
 )
 from rtransfer.protocol.model import (
@@ -45,7 +44,7 @@ from rtransfer.protocol.model import (
     reorder_span,
 )
 from rtransfer.protocol.peer import KeyExchange, Peer, guarded
-from rtransfer.protocol.phases import Phase, after_sent
+from rtransfer.protocol.phases import after_sent
 from rtransfer.protocol.timing import RetransmitTimer
 
 # A chunk the receiver rejects this many times is not being hit by chance: the path

@@ -39,7 +39,7 @@ class RecvConfig:
     limits: ReceiveLimits = field(default_factory=ReceiveLimits)
     code: str | None = None  # None: make one up and show it
     encrypt: bool = True
-    wait_s: float = 60.0  # how long a broken transfer waits for its sender to come back
+    connect_policy: RetryPolicy = field(default_factory=RetryPolicy)  # how long a broken transfer waits for its sender
     direct_io: bool = True  # large files bypass the page cache (see direct_io.py)
     safe_links: bool = False  # refuse links that point outside DEST, instead of making them as they are
     # Opened, and announced with the code, by the caller before it imported this module (see listen.py).

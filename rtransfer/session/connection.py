@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
-import functools
 import gc
 import socket
 import time
@@ -18,15 +16,13 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
-from rtransfer.errors import NetworkError, RtransferError, UnknownHost, reason
+from rtransfer.errors import NetworkError, RtransferError, reason
 from rtransfer.pipeline import BufferPool
+from rtransfer.protocol.constants import Phase
 from rtransfer.protocol.errors import PeerFailed, ProtocolError
 from rtransfer.protocol.events import ChunkReady, Event, PackReady
 from rtransfer.protocol.model import Buffer
 from rtransfer.protocol.peer import Peer
-from rtransfer.protocol.phases import Phase
-from rtransfer.report import Reporter
-from rtransfer.retry import Backoff, retry_call
 from rtransfer.session.outcome import cause_of, to_error
 from rtransfer.stats import TransferStats
 
@@ -48,7 +44,6 @@ class Connection(asyncio.BufferedProtocol):
     def __init__(
         self,
         machine: Peer,
-        on_connected: Callable[[Connection], bool] | None = None,
         pool: BufferPool | None = None,
         stats: TransferStats | None = None,
     ) -> None:
@@ -57,7 +52,6 @@ class Connection(asyncio.BufferedProtocol):
         self.machine = machine
         self.stats = stats or TransferStats("")
         self.on_writable: Callable[[], None] | None = None  # the transport takes more again
-        self._on_connected = on_connected
         self._pool = pool
         self._loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
@@ -74,9 +68,6 @@ class Connection(asyncio.BufferedProtocol):
     # --- asyncio.BufferedProtocol --------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        if self._on_connected is not None and not self._on_connected(self):
-            transport.close()
-            return
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -291,42 +282,11 @@ async def supervise(done: asyncio.Event, *coros: Coroutine[Any, Any, None]) -> N
         await asyncio.gather(waiter, *tasks, return_exceptions=True)
 
 
-_NO_SUCH_NAME = {socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)}
-
-
-async def connect(
-    host: str,
-    port: int,
-    timeout_s: float,
-    backoff: Backoff,
-    reporter: Reporter,
-    make: Callable[[], Connection],
-) -> Connection:
-    """Each attempt gets ``timeout_s``: a host that drops our SYNs would otherwise hold one for
-    minutes. Retries spend the caller's backoff, as reconnects do."""
-    attempt = functools.partial(_connect_once, host, port, timeout_s, make)
-    on_retry = functools.partial(_say_retry, reporter, f"{host}:{port}")
-    try:
-        return await retry_call(attempt, backoff, (OSError,), on_retry)
-    except OSError as exc:
-        raise NetworkError(f"could not connect to {host}:{port}: {reason(exc)}") from None
-
-
-def _say_retry(reporter: Reporter, address: str, attempt: int, exc: BaseException, delay_s: float) -> None:
-    reporter.warning(f"connect to {address} failed ({reason(exc)}); retry {attempt} in {delay_s:.1f} s")
-
-
-async def _connect_once(host: str, port: int, timeout_s: float, make: Callable[[], Connection]) -> Connection:
-    try:
-        async with asyncio.timeout(timeout_s):
-            _, conn = await asyncio.get_running_loop().create_connection(make, host, port)
-    except TimeoutError:
-        raise TimeoutError(errno.ETIMEDOUT, f"no answer within {timeout_s:g} s") from None
-    except socket.gaierror as exc:
-        if exc.errno in _NO_SUCH_NAME:
-            raise UnknownHost(f"could not connect to {host}:{port}: {reason(exc)}") from None
-        raise
-    return conn
+async def cancel_all(tasks: list[asyncio.Task[None]] | list[asyncio.Future[Any]]) -> None:
+    """Cancel ``tasks`` and wait until each has finished (a task still unwinding holds buffers)."""
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def collect_dead_connection() -> None:

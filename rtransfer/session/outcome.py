@@ -20,6 +20,7 @@ from rtransfer.errors import (
     UnknownHost,
     WrongCode,
 )
+from rtransfer.protocol.constants import Cause
 from rtransfer.protocol.errors import (
     ConnectionFailed,
     CorruptFrame,
@@ -32,7 +33,6 @@ from rtransfer.protocol.errors import (
     PeerSilent,
     ProtocolError,
 )
-from rtransfer.protocol.frames import Cause
 from rtransfer.protocol.phases import AUTHENTICATING
 
 _PEER_EXIT_CODES = {

@@ -7,9 +7,10 @@ from collections import deque
 from pathlib import Path
 
 from rtransfer.crypto import KeyExchange
-from rtransfer.errors import HandshakeError, IntegrityError, NetworkError, ProtocolViolation, RtransferError, WrongCode
+from rtransfer.errors import HandshakeError, IntegrityError, ProtocolViolation, RtransferError, WrongCode
 from rtransfer.listen import new_code, normalise_code, open_listener
 from rtransfer.pipeline import QUEUE_CHUNKS, BufferPool, RecvItem, write_chunks
+from rtransfer.protocol.constants import Phase
 from rtransfer.protocol.events import (
     ChunkArrived,
     ChunkReady,
@@ -25,15 +26,23 @@ from rtransfer.protocol.events import (
 )
 from rtransfer.protocol.frames import Data
 from rtransfer.protocol.model import reorder_span
-from rtransfer.protocol.phases import Phase
 from rtransfer.protocol.receiver import ReceiverMachine
 from rtransfer.report import Reporter
+from rtransfer.retry import Backoff
 from rtransfer.session.attempt import Attempt
 from rtransfer.session.config import RecvConfig
-from rtransfer.session.connection import FRAME_BUFFERS, INBOX_PAUSE_EVENTS, Connection, collect_dead_connection, now
+from rtransfer.session.connection import (
+    FRAME_BUFFERS,
+    INBOX_PAUSE_EVENTS,
+    Connection,
+    cancel_all,
+    collect_dead_connection,
+    now,
+)
 from rtransfer.session.outcome import worth_reconnecting
 from rtransfer.sink import DirectorySink, Sink, StdoutSink
 from rtransfer.stats import TransferStats
+from rtransfer.transport import Accept, ConnectionSource, Outage, keep_connected
 
 
 def recv_budget(span: int, streams: int = 1) -> int:
@@ -53,7 +62,7 @@ class ReceiveTransfer:
     breaks, wait for the sender to come back; each connection is planned afresh from what is on
     disk, so a reconnect, a restarted sender and a restarted receiver all resume the same way."""
 
-    def __init__(self, config: RecvConfig, reporter: Reporter) -> None:
+    def __init__(self, config: RecvConfig, reporter: Reporter, source: ConnectionSource | None = None) -> None:
         self.config = config
         self.reporter = reporter
         self.sink: Sink = (
@@ -68,66 +77,62 @@ class ReceiveTransfer:
         self.secret = normalise_code(self.code)
         # For the first connection, started before it comes so a sender does not wait for it.
         self.next_kex = KeyExchange(self.secret, is_sender=False)
-        self.arrivals: asyncio.Queue[Connection] = asyncio.Queue()
-        self.busy = False  # a transfer's first connection is being served; others may only join it
+        self.source = source or Accept(config.listener or open_listener(config.host, config.port))
+        self.outage = Outage(Backoff(config.connect_policy), reporter.warning, "the sender")
         self.started = False  # some connection got as far as data: the sender may come back
-        self.control: ReceiveAttempt | None = None
         self.joins: set[asyncio.Task[None]] = set()
         self.join_failed: asyncio.Future[RtransferError] = asyncio.get_running_loop().create_future()
 
     async def run(self) -> TransferStats:
-        listener = self.config.listener or open_listener(self.config.host, self.config.port)
-        loop = asyncio.get_running_loop()
-        server = await loop.create_server(self._connection, sock=listener)
-        async with server:
-            if self.config.listener is None:
-                host, port = listener.getsockname()[:2]
-                self.reporter.listening(host, port, None if self.config.code is not None else self.code)
-            while True:
-                conn = await self.arrivals.get()
-                try:
-                    await self._serve(conn)
-                    return self.stats
-                except RtransferError as exc:
-                    await self.sink.suspend()
-                    resumable = isinstance(self.sink, DirectorySink)  # standard output cannot be rewound
-                    if not worth_reconnecting(exc, started=self.started, resumable=resumable, waits_for_peer=True):
-                        raise
-                    await self._wait_for_sender(exc)
+        if self.config.listener is None and isinstance(self.source, Accept):
+            host, port = self.source.listener.getsockname()[:2]
+            self.reporter.listening(host, port, None if self.config.code is not None else self.code)
+        try:
+            await keep_connected(
+                self.source, self._connection, self._serve, self.outage, self._worth_another, self.config.timeout_s
+            )
+        finally:
+            self.source.close()
+        return self.stats
+
+    def _worth_another(self, exc: RtransferError) -> bool:
+        resumable = isinstance(self.sink, DirectorySink)  # standard output cannot be rewound
+        if not worth_reconnecting(exc, started=self.started, resumable=resumable, waits_for_peer=True):
+            return False
+        self.stats.reconnects += 1
+        collect_dead_connection()
+        return True
 
     def _connection(self) -> Connection:
         kex, self.next_kex = self.next_kex, KeyExchange(self.secret, is_sender=False)
         c = self.config
         return Connection(
-            ReceiverMachine(now(), c.timeout_s, kex, c.encrypt, c.limits, self.pool),
-            self._arrived,
-            self.pool,
-            self.stats,
+            ReceiverMachine(now(), c.timeout_s, kex, c.encrypt, c.limits, self.pool), self.pool, self.stats
         )
 
     async def _serve(self, conn: Connection) -> None:
-        self.control = ReceiveAttempt(self, conn)
+        """The transfer's first connection; while it runs, further ones may join it."""
+        control = ReceiveAttempt(self, conn)
+        joining = asyncio.ensure_future(self._take_joins(control))
         try:
-            await self.control.run()
+            await control.run()
+        except RtransferError:
+            await self.sink.suspend()
+            raise
         finally:
-            self.control = None
-            for task in list(self.joins):
-                task.cancel()
-            await asyncio.gather(*self.joins, return_exceptions=True)
+            await cancel_all([joining, *self.joins])
 
-    def _arrived(self, conn: Connection) -> bool:
-        """The first connection of a transfer is served; later ones may join it, up to its streams."""
-        if not self.busy:
-            self.busy = True
-            self.arrivals.put_nowait(conn)
-            return True
-        control = self.control
-        if control is None or len(self.joins) + 1 >= control.machine.manifest.streams:
-            return False
-        task = asyncio.ensure_future(JoinAttempt(self, control, conn).run())
-        self.joins.add(task)
-        task.add_done_callback(self.joins.discard)
-        return True
+    async def _take_joins(self, control: ReceiveAttempt) -> None:
+        """Connections arriving while a transfer runs may join it, up to its streams."""
+        while True:
+            conn = await self.source.open(self._connection, None)
+            if len(self.joins) + 1 >= control.machine.manifest.streams:
+                if conn.transport is not None:
+                    conn.transport.close()
+                continue
+            task = asyncio.ensure_future(JoinAttempt(self, control, conn).run())
+            self.joins.add(task)
+            task.add_done_callback(self.joins.discard)
 
     def fail_from_join(self, error: RtransferError) -> None:
         """A further connection failed in a way that ends the transfer (a wrong code: one guess per run)."""
@@ -136,18 +141,6 @@ class ReceiveTransfer:
 
     async def watch_joins(self) -> None:
         raise await asyncio.shield(self.join_failed)
-
-    async def _wait_for_sender(self, exc: RtransferError) -> None:
-        self.stats.reconnects += 1
-        collect_dead_connection()
-        wait_s = self.config.wait_s
-        self.reporter.warning(f"{exc.message}; waiting up to {wait_s:.0f} s for the sender to come back")
-        self.busy = False
-        try:
-            conn = await asyncio.wait_for(self.arrivals.get(), wait_s)
-        except TimeoutError:
-            raise NetworkError(f"{exc.message}; the sender did not come back within {wait_s:.0f} s") from None
-        self.arrivals.put_nowait(conn)
 
 
 class ReceiveAttempt(Attempt):
@@ -226,9 +219,8 @@ class ReceiveAttempt(Attempt):
         plan = await self.sink.examine(plan)
         self.start_offsets.update(plan.start_offsets)
         self.stats.listed(list(batch.entries), batch.last)
-        self.stats.files_done += len(plan.done)
         self.stats.bytes_done += sum(plan.start_offsets.values())
-        self.stats.bytes_done += sum(batch.entries[i - batch.first].size or 0 for i in plan.done)
+        self.stats.skipped(len(plan.done), sum(batch.entries[i - batch.first].size or 0 for i in plan.done))
         events = self.machine.accept(batch.first, plan.start_offsets, now(), plan.done, plan.bases)
         self.conn.flush()
         self.transfer.started = True

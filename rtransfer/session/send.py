@@ -25,6 +25,7 @@ from rtransfer.pipeline import (
     SendItem,
     read_sources,
 )
+from rtransfer.protocol.constants import FrameType
 from rtransfer.protocol.events import (
     Accepted,
     ChunksAcked,
@@ -34,7 +35,7 @@ from rtransfer.protocol.events import (
     SignatureReceived,
     TransferComplete,
 )
-from rtransfer.protocol.frames import Data, FrameType
+from rtransfer.protocol.frames import Data
 from rtransfer.protocol.model import Manifest
 from rtransfer.protocol.sender import SenderMachine
 from rtransfer.ratelimit import TokenBucket
@@ -42,15 +43,17 @@ from rtransfer.report import Reporter
 from rtransfer.retry import Backoff
 from rtransfer.session.attempt import Attempt
 from rtransfer.session.config import SendConfig
-from rtransfer.session.connection import Connection, collect_dead_connection, connect, now
+from rtransfer.session.connection import Connection, cancel_all, collect_dead_connection, now
 from rtransfer.session.outcome import worth_reconnecting
-from rtransfer.session.streams import Dealer
+from rtransfer.session.streams import Dealer, FurtherStream, StreamLinks
 from rtransfer.stats import TransferStats
+from rtransfer.transport import ConnectionSource, Dial, Outage, keep_connected
 from rtransfer.workers import in_cpu, in_worker
 
 # Batches of the file list sent ahead of the reader: enough that the receiver plans the next
 # while the current one's data flows, few enough that memory does not follow the tree's size.
 LIST_AHEAD_BATCHES = 3
+UNREACHABLE_HINT = " (is `rtransfer recv` running there?)"
 HEDGE_CHECK_S = 0.05  # how often a blocked send loop looks for a chunk stuck behind a slow connection
 
 
@@ -72,50 +75,54 @@ class SendTransfer:
     """What outlives a connection: the sources, the counters, the buffer pool and the backoff.
     A broken connection is followed by another; the receiver says where to resume."""
 
-    def __init__(self, config: SendConfig, reporter: Reporter) -> None:
+    def __init__(self, config: SendConfig, reporter: Reporter, source: ConnectionSource | None = None) -> None:
         self.config = config
         self.reporter = reporter
+        self.source = source or Dial(config.host, config.port)
         self.sources = collect_sources(config.sources, config.stdin_name)
         self.manifest = Manifest(
             uuid.uuid4().hex, config.chunk_bytes, config.window, config.streams, delta=not config.whole_file
         )
         self.stats = TransferStats("send")
         self.pool = BufferPool(send_budget(config.window, config.streams))
-        self.backoff = Backoff(config.connect_policy)
+        self.outage = Outage(Backoff(config.connect_policy), reporter.warning, "the receiver", UNREACHABLE_HINT)
+        self.progress_before = 0
         self.resumable = all(s.local is not None for s in self.sources)  # standard input cannot be read again
         rate = config.limit_rate_bps
         self.bucket = TokenBucket(rate, now()) if rate else None  # one for the transfer, across reconnects
         self.compressor = Compressor() if config.compress else None
 
     async def run(self) -> TransferStats:
-        while True:
-            progress_before = self.stats.bytes_done
-            try:
-                await self._attempt()
-                if self.compressor is not None:
-                    self.stats.compression = self.compressor.ratio
-                return self.stats
-            except RtransferError as exc:
-                delay = self._reconnect_delay(exc, progress_before)
-                if delay is None:
-                    raise
-                self.stats.reconnects += 1
-                collect_dead_connection()
-                self.reporter.warning(f"{exc.message}; reconnecting in {delay:.1f} s (attempt {self.backoff.attempt})")
-                await asyncio.sleep(delay)
+        try:
+            await keep_connected(
+                self.source,
+                self.connection,
+                self._serve,
+                self.outage,
+                self._worth_another,
+                self.config.timeout_s,
+                self._progressed,
+            )
+        finally:
+            self.source.close()
+        if self.compressor is not None:
+            self.stats.compression = self.compressor.ratio
+        return self.stats
 
-    def _reconnect_delay(self, exc: RtransferError, progress_before: int) -> float | None:
+    def _progressed(self) -> bool:
+        return self.stats.bytes_done > self.progress_before
+
+    async def _serve(self, conn: Connection) -> None:
+        self.progress_before = self.stats.bytes_done
+        await SendAttempt(self, conn).run()
+
+    def _worth_another(self, exc: RtransferError) -> bool:
         started = self.stats.accepted > 0
         if not worth_reconnecting(exc, started=started, resumable=self.resumable, waits_for_peer=False):
-            return None
-        if self.stats.bytes_done > progress_before:
-            self.backoff.reset()
-        return self.backoff.next_delay()
-
-    async def _attempt(self) -> None:
-        config = self.config
-        conn = await connect(config.host, config.port, config.timeout_s, self.backoff, self.reporter, self.connection)
-        await SendAttempt(self, conn).run()
+            return False
+        self.stats.reconnects += 1
+        collect_dead_connection()
+        return True
 
     def connection(self, stream: int = 0) -> Connection:
         """A connection of this transfer, with its own key exchange: the first (``stream`` 0), or a further one."""
@@ -148,7 +155,8 @@ class SendAttempt(Attempt):
         self.bases: dict[int, OldCopy] = {}  # the receiver's old copies, described ahead of their ACCEPT
         self.early: list[asyncio.Future[Fingerprint]] = []  # new files fingerprinted while they are described
         self.fingerprinting = asyncio.Semaphore(1)
-        self.dealer = Dealer(self)
+        self.dealer = Dealer(self.machine, self.pool, self.stats, self.window_open)
+        self.further: list[asyncio.Task[None]] = []
         self.handlers = {
             ChunksAcked: functools.partial(self.on_stream_acked, 0),
             Retransmitted: self.on_retransmitted,
@@ -167,10 +175,9 @@ class SendAttempt(Attempt):
         try:
             await self.drive(self.list_entries(), reader, self.send_chunks())
         finally:
+            await cancel_all(self.further)
             await self.dealer.close()
-            for task in self.early:
-                task.cancel()
-            await asyncio.gather(*self.early, return_exceptions=True)
+            await cancel_all(self.early)
 
     def refresh(self) -> None:
         self.stats.in_flight = self.machine.in_flight
@@ -198,9 +205,8 @@ class SendAttempt(Attempt):
 
     async def on_accepted(self, event: Accepted) -> None:
         first, batch = self.listed.popleft()
-        self.stats.files_done += len(event.done)
         self.stats.bytes_done += sum(event.start_offsets.values())
-        self.stats.bytes_done += sum(batch[i - first].entry.size or 0 for i in event.done)
+        self.stats.skipped(len(event.done), sum(batch[i - first].entry.size or 0 for i in event.done))
         if event.done and not self.skipped:
             self.first_skipped = batch[event.done[0] - first].entry.path
         self.skipped += len(event.done)
@@ -208,12 +214,29 @@ class SendAttempt(Attempt):
             self.stats.accepted += 1
             self.reporter.started(self.stats)
             self.dealer.add(0, self.conn)
-            self.dealer.open_further()
+            self.open_further()
         mine = [i for i in range(first, first + len(batch)) if i in self.bases]
         self.accepted.put_nowait(Listed(first, batch, event, {i: self.bases.pop(i) for i in mine}))
         self.window_open.set()  # the first ACCEPT opens the window
         if self.listing_done and not self.listed:
             self.all_accepted()
+
+    def open_further(self) -> None:
+        """Open the further connections, all at once, once the transfer has started on the first:
+        the first byte never waits for them."""
+        t, config = self.transfer, self.transfer.config
+        links = StreamLinks(
+            source=t.source,
+            make=t.connection,
+            done=self.done,
+            on_acked=self.on_stream_acked,
+            on_event=self.handle,
+            reporter=t.reporter,
+            policy=config.connect_policy,
+            timeout_s=config.timeout_s,
+        )
+        for stream in range(1, self.machine.manifest.streams):
+            self.further.append(asyncio.ensure_future(FurtherStream(self.dealer, links, stream).run()))
 
     async def on_signature(self, event: SignatureReceived) -> None:
         """The receiver has an old copy of a file: it says so first, then describes it. Meanwhile the

@@ -15,20 +15,21 @@ from __future__ import annotations
 import asyncio
 import functools
 import operator
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 from rtransfer.errors import RtransferError
-from rtransfer.pipeline import SENDER_ROOM
+from rtransfer.pipeline import SENDER_ROOM, BufferPool
 from rtransfer.protocol.events import ChunksAcked, Event, IntegrityFailure, Retransmitted, StreamJoined
 from rtransfer.protocol.frames import Data
 from rtransfer.protocol.scheduler import Scheduler
 from rtransfer.protocol.sender import SenderMachine
-from rtransfer.retry import Backoff
-from rtransfer.session.connection import Connection, connect, now
+from rtransfer.report import Reporter
+from rtransfer.retry import Backoff, RetryPolicy
+from rtransfer.session.connection import Connection, cancel_all, now
 from rtransfer.session.outcome import worth_reconnecting
-
-if TYPE_CHECKING:
-    from rtransfer.session.send import SendAttempt
+from rtransfer.stats import TransferStats
+from rtransfer.transport import ConnectionSource, Outage, keep_connected
 
 
 def sender(conn: Connection) -> SenderMachine:
@@ -37,11 +38,17 @@ def sender(conn: Connection) -> SenderMachine:
 
 
 class Dealer:
-    """The connections of one attempt at a transfer, and which of them each numbered chunk goes on."""
+    """The connections of one attempt at a transfer, and which of them each numbered chunk goes on.
 
-    def __init__(self, attempt: SendAttempt) -> None:
-        self.attempt = attempt
-        manifest = attempt.machine.manifest
+    ``machine`` is the first connection's (it numbers the chunks); ``wake`` is set whenever a
+    connection may take more (an ACK, a drained transport, a new connection)."""
+
+    def __init__(self, machine: SenderMachine, pool: BufferPool, stats: TransferStats, wake: asyncio.Event) -> None:
+        self.machine = machine
+        self.pool = pool
+        self.stats = stats
+        self.wake = wake
+        manifest = machine.manifest
         self.scheduler = Scheduler(max_in_flight_bytes=manifest.window * manifest.chunk_bytes)
         self.links: dict[int, Connection] = {}
         self.tasks: list[asyncio.Task[None]] = []
@@ -53,16 +60,11 @@ class Dealer:
         self.links[stream] = conn
         conn.on_writable = functools.partial(self._writable_again, conn)
         self.scheduler.add(stream, now())
-        self.attempt.window_open.set()
+        self.wake.set()
 
     def _writable_again(self, conn: Connection) -> None:
-        self.attempt.pool.recycle(sender(conn).take_written(conn.queued_bytes))
-        self.attempt.window_open.set()
-
-    def open_further(self) -> None:
-        """Open the further connections, all at once, once the transfer has started on the first."""
-        for stream in range(1, self.attempt.machine.manifest.streams):
-            self.tasks.append(asyncio.ensure_future(FurtherStream(self, stream).run()))
+        self.pool.recycle(sender(conn).take_written(conn.queued_bytes))
+        self.wake.set()
 
     def can_take(self) -> bool:
         return self._pick(1) is not None
@@ -70,18 +72,18 @@ class Dealer:
     async def deal(self, chunk: Data) -> None:
         """Send ``chunk`` on the connection that would deliver it soonest, once one can take it."""
         nbytes = len(chunk.payload)
-        if self.attempt.machine.encrypted:
-            await self.attempt.pool.room(SENDER_ROOM)  # for its ciphertext
+        if self.machine.encrypted:
+            await self.pool.room(SENDER_ROOM)  # for its ciphertext
         while (stream := self._pick(nbytes)) is None:
-            self.attempt.window_open.clear()
-            await self.attempt.window_open.wait()
+            self.wake.clear()
+            await self.wake.wait()
         conn = self.links[stream]  # nothing awaited since the pick: it still has room
         sender(conn).send_data(chunk, now())
         self.scheduler.sent(stream, chunk.order, nbytes, now())
         conn.flush()
         if len(self.links) == 1:
             await conn.drain()  # the only connection: wait here, holding one ciphertext, not a window of them
-        self.attempt.pool.recycle(sender(conn).take_written(conn.queued_bytes))
+        self.pool.recycle(sender(conn).take_written(conn.queued_bytes))
 
     def _pick(self, nbytes: int) -> int | None:
         """The scheduler's choice among the connections whose transport takes more now, once its
@@ -100,7 +102,7 @@ class Dealer:
         A connection that has stopped acknowledging altogether is marked stalled first, so it gets
         no new chunks; its own come back this way, one by one, as the transfer waits for each."""
         self.scheduler.check(now())
-        oldest = self.attempt.machine.oldest_undelivered
+        oldest = self.machine.oldest_undelivered
         if oldest is None or oldest in self.hedged:
             return
         stream = self.scheduler.late(oldest, now())
@@ -112,9 +114,9 @@ class Dealer:
         if original is None:
             return
         self.hedged[oldest] = False
-        copy = self.attempt.pool.get(len(original.payload))
+        copy = self.pool.get(len(original.payload))
         copy[:] = original.payload
-        self.attempt.stats.retransmits += 1
+        self.stats.retransmits += 1
         chunk = Data(0, original.file_index, original.offset, memoryview(copy), original.kind, original.order)
         sender(self.links[stream]).send_data(chunk, now())
         self.scheduler.sent(stream, oldest, len(copy), now())
@@ -139,12 +141,12 @@ class Dealer:
         if self.links.get(stream) is conn:
             del self.links[stream]
             self.scheduler.remove(stream)
-        undelivered = self.attempt.machine.undelivered
+        undelivered = self.machine.undelivered
         chunks = [c for c in sender(conn).unacked_chunks() if c.order in undelivered]
         taken = {id(c.payload) for c in chunks}
-        self.attempt.pool.recycle(b for b in conn.leftover_buffers() if id(b) not in taken)
+        self.pool.recycle(b for b in conn.leftover_buffers() if id(b) not in taken)
         chunks.sort(key=operator.attrgetter("order"))
-        self.attempt.stats.retransmits += len(chunks)  # sent again, on another connection
+        self.stats.retransmits += len(chunks)  # sent again, on another connection
         self.tasks.append(asyncio.ensure_future(self._deal_again(chunks)))
 
     async def _deal_again(self, chunks: list[Data]) -> None:
@@ -152,9 +154,7 @@ class Dealer:
             await self.deal(chunk)
 
     async def close(self) -> None:
-        for task in self.tasks:
-            task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await cancel_all(self.tasks)
 
     def rates(self) -> list[dict[str, object]]:
         """Per connection, for the progress events: measured rate, bytes in flight, bytes queued in its
@@ -173,55 +173,64 @@ class Dealer:
         ]
 
 
+@dataclass(frozen=True)
+class StreamLinks:
+    """What a further connection needs from its transfer: where connections come from and how
+    one is made for a stream, when the transfer is done, where its events go, and the policy."""
+
+    source: ConnectionSource
+    make: Callable[[int], Connection]
+    done: asyncio.Event
+    on_acked: Callable[[int, ChunksAcked], Awaitable[None]]
+    on_event: Callable[[Event], Awaitable[None]]
+    reporter: Reporter
+    policy: RetryPolicy
+    timeout_s: float
+
+
 class FurtherStream:
     """One further connection of a transfer, reconnected under the transfer's retry policy."""
 
-    def __init__(self, dealer: Dealer, stream: int) -> None:
+    def __init__(self, dealer: Dealer, links: StreamLinks, stream: int) -> None:
         self.dealer = dealer
+        self.links = links
         self.stream = stream
-        self.attempt = dealer.attempt
-        self.config = dealer.attempt.transfer.config
 
     async def run(self) -> None:
-        backoff = Backoff(self.config.connect_policy)
-        while not self.attempt.done.is_set():
-            try:
-                conn = await connect(
-                    self.config.host,
-                    self.config.port,
-                    self.config.timeout_s,
-                    backoff,
-                    self.attempt.reporter,
-                    functools.partial(self.attempt.transfer.connection, self.stream),
-                )
-            except RtransferError as exc:
-                self.attempt.reporter.warning(f"stream {self.stream}: {exc.message}; going on without it")
-                return
-            if not await self._carry(conn, backoff):
-                return
-
-    async def _carry(self, conn: Connection, backoff: Backoff) -> bool:
-        """Run one connection of this stream; whether to try another after it."""
+        links = self.links
+        outage = Outage(Backoff(links.policy), self._say)
         try:
-            await conn.run(self.attempt.done, functools.partial(self.handle, conn))
-            return False
+            await keep_connected(
+                links.source,
+                functools.partial(links.make, self.stream),
+                self._carry,
+                outage,
+                self._worth_another,
+                links.timeout_s,
+            )
         except RtransferError as exc:
+            self._say(f"{exc.message}; going on without it")
+
+    @staticmethod
+    def _worth_another(error: RtransferError) -> bool:
+        return worth_reconnecting(error, started=True, resumable=True, waits_for_peer=False)
+
+    def _say(self, message: str) -> None:
+        self.links.reporter.warning(f"stream {self.stream}: {message}")
+
+    async def _carry(self, conn: Connection) -> None:
+        """Run one connection of this stream; if it breaks, its chunks go to the others."""
+        try:
+            await conn.run(self.links.done, functools.partial(self.handle, conn))
+        except RtransferError:
             self.dealer.lost(self.stream, conn)
-            self.attempt.stats.reconnects += 1
-            if not worth_reconnecting(exc, started=True, resumable=True, waits_for_peer=False):
-                self.attempt.reporter.warning(f"stream {self.stream}: {exc.message}; going on without it")
-                return False
-            delay = backoff.next_delay()
-            if delay is None:
-                return False
-            self.attempt.reporter.warning(f"stream {self.stream}: {exc.message}; reconnecting in {delay:.1f} s")
-            await asyncio.sleep(delay)
-            return True
+            self.dealer.stats.reconnects += 1
+            raise
 
     async def handle(self, conn: Connection, event: Event) -> None:
         if isinstance(event, StreamJoined):
             self.dealer.add(self.stream, conn)
         elif isinstance(event, ChunksAcked):
-            await self.attempt.on_stream_acked(self.stream, event)
+            await self.links.on_acked(self.stream, event)
         elif isinstance(event, Retransmitted | IntegrityFailure):
-            await self.attempt.handle(event)
+            await self.links.on_event(event)

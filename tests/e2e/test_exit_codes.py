@@ -28,7 +28,10 @@ def one_error_line(stderr: bytes) -> str:
     [
         (["send", "x", "nohostport"], "expected HOST:PORT"),
         (["send", "x", "host:99999"], "invalid port"),
-        (["send", "x"], "Missing argument"),
+        (["send", "x"], "missing HOST:PORT after 'x'"),
+        (["send"], "missing SOURCE... and HOST:PORT"),
+        (["send", "x", "localhost:0"], "port 0"),
+        (["send", "x", "h:1", "--code", "c", "--streams", "0"], "--streams"),
         (["send", "x", "h:1", "--chunk-size", "12Q"], "invalid size"),
         (["send", "x", "h:1", "--window", "0"], "--window"),
         (["send", "x", "h:1", "--frobnicate"], "No such option"),
@@ -40,6 +43,27 @@ def test_usage_errors_exit_2_with_one_line(args: list[str], needle: str) -> None
     result = run(*args)
     assert result.returncode == 2
     assert needle in one_error_line(result.stderr)
+
+
+def test_an_option_error_with_json_is_an_error_event() -> None:
+    result = run("send", "x", "h:1", "--frobnicate", "--json")
+    assert result.returncode == 2
+    events = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [e["event"] for e in events] == ["error", "done"] and "No such option" in events[0]["message"]
+
+
+@pytest.mark.parametrize("shell", ["bash", "zsh", "fish"])
+def test_completion_is_for_the_shell_named(shell: str) -> None:
+    result = run("--show-completion", shell)
+    marks = {"bash": "complete -o", "zsh": "#compdef rtransfer", "fish": "complete --command rtransfer"}
+    assert result.returncode == 0 and marks[shell] in result.stdout.decode()
+
+
+def test_dest_under_a_file_is_refused_before_listening(tmp_path: Path) -> None:
+    (tmp_path / "f").write_bytes(b"")
+    result = run("recv", str(tmp_path / "f" / "sub"), "--listen", "127.0.0.1:0")
+    assert result.returncode == 6
+    assert "is not a directory" in one_error_line(result.stderr) and b"listening" not in result.stderr
 
 
 def test_missing_source_exits_6_before_connecting(tmp_path: Path) -> None:
@@ -99,15 +123,20 @@ def test_connection_refused_exits_3(tmp_path: Path) -> None:
 
 
 def test_connect_retries_are_the_ones_asked_for_not_retries_of_retries(tmp_path: Path) -> None:
-    """Connecting and reconnecting share one backoff: --retries 2 means three attempts in all."""
+    """Connecting and reconnecting share one backoff: --retries 2 means three attempts in all, said
+    once, with what to check; the final error says it again."""
     write_random(tmp_path / "a", 10)
     port = free_port()
     result = run("send", str(tmp_path / "a"), f"127.0.0.1:{port}", "--retries", "2", "--json")
     assert result.returncode == 3
     events = [json.loads(line) for line in result.stdout.splitlines()]
     warnings = [e["message"] for e in events if e["event"] == "warning"]
-    assert len(warnings) == 2 and all(f"connect to 127.0.0.1:{port} failed" in w for w in warnings), warnings
-    assert events[-2]["event"] == "error" and "could not connect" in events[-2]["message"]
+    assert len(warnings) == 1 and f"waiting for the receiver at 127.0.0.1:{port}" in warnings[0], warnings
+    assert "2 retries" in warnings[0] and "is `rtransfer recv` running there?" in warnings[0]
+    error = events[-2]
+    assert (
+        error["event"] == "error" and "could not connect" in error["message"] and "rtransfer recv" in error["message"]
+    )
 
 
 def test_a_connect_that_gets_no_answer_times_out_and_exits_3(tmp_path: Path) -> None:

@@ -13,10 +13,10 @@ import pytest
 import zstandard
 
 from rtransfer.crypto import KeyExchange
+from rtransfer.protocol.constants import FrameType, Phase
 from rtransfer.protocol.errors import ProtocolError
-from rtransfer.protocol.frames import FrameDecoder, FrameType, Hello, _frame
+from rtransfer.protocol.frames import FrameDecoder, Hello, _frame
 from rtransfer.protocol.model import Entry, Manifest
-from rtransfer.protocol.phases import Phase
 from rtransfer.protocol.sender import SenderMachine
 from tests.conftest import TEST_SECRET, Proc, Receiver, run, write_random
 

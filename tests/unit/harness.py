@@ -7,11 +7,11 @@ from dataclasses import dataclass, field
 import blake3
 
 from rtransfer.crypto import KeyExchange
+from rtransfer.protocol.constants import Phase
 from rtransfer.protocol.events import ChunkReady, EntriesReceived, Event, FileComplete
 from rtransfer.protocol.frames import Frame, FrameDecoder, encode_bytes
 from rtransfer.protocol.model import Buffer, Entry, Manifest
 from rtransfer.protocol.peer import Peer
-from rtransfer.protocol.phases import Phase
 from rtransfer.protocol.receiver import ReceiveLimits, ReceiverMachine
 from rtransfer.protocol.sender import SenderMachine
 

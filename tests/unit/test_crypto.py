@@ -11,10 +11,11 @@ import pytest
 from rtransfer.crypto import KeyExchange
 from rtransfer.errors import WrongCode
 from rtransfer.listen import new_code, normalise_code
+from rtransfer.protocol.constants import Phase
 from rtransfer.protocol.errors import CorruptFrame, FrameAuthenticationError, LocalProtocolError
 from rtransfer.protocol.events import IntegrityFailure, ManifestReceived, Retransmitted, TransferComplete
 from rtransfer.protocol.frames import DATA_HEADER, HEADER, FrameDecoder, Hello, encode_bytes
-from rtransfer.protocol.phases import AUTHENTICATING, Phase
+from rtransfer.protocol.phases import AUTHENTICATING
 from rtransfer.session.outcome import to_error
 from tests.unit.harness import CHUNK, CODE, Pair, frames_of, manifest, new_receiver, new_sender, send_file
 

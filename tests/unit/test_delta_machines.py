@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
+from rtransfer.protocol.constants import MAX_SIGNATURE_CHUNKS, FrameType, Phase
 from rtransfer.protocol.errors import ProtocolError, RemoteProtocolError
 from rtransfer.protocol.events import ChunkReady, EntriesReceived, FileComplete, SignatureReceived
-from rtransfer.protocol.frames import MAX_SIGNATURE_CHUNKS, Data, FrameType, Signature, copy_payload
-from rtransfer.protocol.phases import Phase
+from rtransfer.protocol.frames import Data, Signature, copy_payload
 from tests.unit.harness import CHUNK, Pair, manifest
 
 OLD_BYTES = 3 * CHUNK

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from rtransfer.errors import LocalIOError
@@ -34,3 +36,18 @@ def test_unsafe_names_are_refused(name: str) -> None:
 )
 def test_link_targets_must_stay_inside_the_transfer(link: str, target: str, inside: bool) -> None:
     assert link_stays_inside(link, target) is inside
+
+
+def test_a_dest_whose_nearest_existing_parent_cannot_be_written_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Checked before listening (as root every directory is writable, so the refusal is simulated)."""
+    import os
+
+    from rtransfer.listen import check_dest
+
+    (tmp_path / "ro").mkdir()
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != tmp_path / "ro")
+    with pytest.raises(LocalIOError, match=r"permission denied \(in .*ro\)"):
+        check_dest(tmp_path / "ro" / "sub" / "deeper")
+    check_dest(tmp_path / "rw" / "sub")

@@ -7,13 +7,13 @@ import zstandard
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from rtransfer.protocol.constants import Cause, FrameType, Role
 from rtransfer.protocol.errors import ProtocolError
 from rtransfer.protocol.frames import (
     HEADER,
     MAX_BODY_BYTES,
     Accept,
     Ack,
-    Cause,
     CorruptData,
     Data,
     Done,
@@ -21,7 +21,6 @@ from rtransfer.protocol.frames import (
     FileEnd,
     FileResult,
     FrameDecoder,
-    FrameType,
     Hello,
     Join,
     Joined,
@@ -29,7 +28,6 @@ from rtransfer.protocol.frames import (
     PackResult,
     Ping,
     Pong,
-    Role,
     encode_bytes,
 )
 from rtransfer.protocol.model import Entry, EntryBatch, Manifest, Signature
@@ -193,7 +191,8 @@ def test_malformed_file_list_is_a_protocol_error(ftype: FrameType, body: bytes, 
 def test_a_file_list_that_would_inflate_past_its_limit_is_refused(declares_size: bool) -> None:
     """A few KiB of zstd can stand for gigabytes: the declared size is checked before anything is
     allocated for it, and without one, decompression stops at the limit."""
-    from rtransfer.protocol.frames import MAX_ENTRIES_BYTES, _frame
+    from rtransfer.protocol.constants import MAX_ENTRIES_BYTES
+    from rtransfer.protocol.frames import _frame
 
     bomb = zstandard.ZstdCompressor(write_content_size=declares_size).compress(b" " * (MAX_ENTRIES_BYTES + 1))
     assert len(bomb) < 4096

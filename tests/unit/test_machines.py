@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from rtransfer.protocol.constants import Cause, FrameType, Phase, Role
 from rtransfer.protocol.errors import (
     ConnectionFailed,
     HandshakeRefused,
@@ -37,24 +38,20 @@ from rtransfer.protocol.frames import (
     PROTOCOL_VERSION,
     Accept,
     Ack,
-    Cause,
     Confirm,
     Data,
     Done,
     ErrorFrame,
     FileEnd,
     FileResult,
-    FrameType,
     Hello,
     Nack,
     Ping,
     Pong,
-    Role,
     encode_bytes,
 )
 from rtransfer.protocol.model import Entry, EntryBatch
 from rtransfer.protocol.pack import PackedFile, table_bytes, write_table
-from rtransfer.protocol.phases import Phase
 from rtransfer.protocol.receiver import ReceiveLimits
 from rtransfer.protocol.sender import MAX_CHUNK_FAILURES
 from tests.unit.harness import CHUNK, CODE, Pair, frames_of, manifest, new_receiver, new_sender, send_file
@@ -289,7 +286,8 @@ def test_garbage_instead_of_a_hello_fails_the_machine_while_it_greets() -> None:
 
 
 def test_error_frame_from_peer_surfaces_with_its_cause() -> None:
-    from rtransfer.protocol.frames import Cause, ErrorFrame
+    from rtransfer.protocol.constants import Cause
+    from rtransfer.protocol.frames import ErrorFrame
 
     pair = Pair.accepted(manifest(5))
     with pytest.raises(PeerFailed, match="peer: disk full") as info:
@@ -446,7 +444,8 @@ def test_written_ciphertext_is_taken_back_once_and_never_released_again_by_the_a
 
 
 def test_a_peer_reporting_a_broken_link_says_so_in_its_cause() -> None:
-    from rtransfer.protocol.frames import Cause, ErrorFrame
+    from rtransfer.protocol.constants import Cause
+    from rtransfer.protocol.frames import ErrorFrame
 
     pair = Pair.accepted(manifest(5))
     with pytest.raises(PeerFailed, match="peer: corrupt ACK frame") as caught:

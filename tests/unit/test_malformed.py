@@ -7,11 +7,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from rtransfer.protocol.constants import Cause, FrameType, Phase, Role
 from rtransfer.protocol.errors import ProtocolError
 from rtransfer.protocol.frames import (
     Accept,
     Ack,
-    Cause,
     Confirm,
     Data,
     Done,
@@ -19,7 +19,6 @@ from rtransfer.protocol.frames import (
     FileEnd,
     FileResult,
     Frame,
-    FrameType,
     Hello,
     Join,
     Joined,
@@ -27,11 +26,10 @@ from rtransfer.protocol.frames import (
     PackResult,
     Ping,
     Pong,
-    Role,
     copy_payload,
 )
 from rtransfer.protocol.model import Entry, EntryBatch, Manifest, Signature
-from rtransfer.protocol.phases import RECEIVED, Phase
+from rtransfer.protocol.phases import RECEIVED
 from tests.unit.test_phases import MACHINES
 
 small = st.integers(min_value=0, max_value=1)  # near the indices and numbers a real transfer uses

@@ -16,6 +16,7 @@ from rtransfer.errors import (
     UnknownHost,
     WrongCode,
 )
+from rtransfer.protocol.constants import Cause, Phase
 from rtransfer.protocol.errors import (
     ConnectionFailed,
     CorruptFrame,
@@ -29,8 +30,6 @@ from rtransfer.protocol.errors import (
     ProtocolError,
     RemoteProtocolError,
 )
-from rtransfer.protocol.frames import Cause
-from rtransfer.protocol.phases import Phase
 from rtransfer.session.outcome import cause_of, to_error, worth_reconnecting
 
 

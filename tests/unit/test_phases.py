@@ -9,11 +9,11 @@ import blake3
 import pytest
 
 from rtransfer.crypto import KeyExchange
+from rtransfer.protocol.constants import Cause, FrameType, Phase, Role
 from rtransfer.protocol.errors import ConnectionFailed, LocalProtocolError, ProtocolError, RemoteProtocolError
 from rtransfer.protocol.frames import (
     Accept,
     Ack,
-    Cause,
     Confirm,
     Data,
     Done,
@@ -21,7 +21,6 @@ from rtransfer.protocol.frames import (
     FileEnd,
     FileResult,
     Frame,
-    FrameType,
     Hello,
     Join,
     Joined,
@@ -29,14 +28,13 @@ from rtransfer.protocol.frames import (
     PackResult,
     Ping,
     Pong,
-    Role,
     copy_payload,
     encode,
     encode_bytes,
 )
 from rtransfer.protocol.model import Entry, EntryBatch, Manifest, Signature
 from rtransfer.protocol.peer import Peer
-from rtransfer.protocol.phases import RECEIVED, SENT, Phase, after_received, after_sent
+from rtransfer.protocol.phases import RECEIVED, SENT, after_received, after_sent
 from rtransfer.protocol.receiver import ReceiverMachine
 from rtransfer.protocol.sender import SenderMachine
 from tests.unit.harness import CODE, frames_of

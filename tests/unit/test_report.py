@@ -40,10 +40,9 @@ def test_console_without_terminal_prints_no_progress_but_a_summary() -> None:
     assert out.getvalue().startswith("rtransfer: sent 5.0 MiB")
 
 
-def test_quiet_console_prints_only_errors() -> None:
+def test_quiet_console_prints_only_errors_and_how_to_connect() -> None:
     out = io.StringIO()
     reporter = ConsoleReporter(stream=out, quiet=True)
-    reporter.listening("127.0.0.1", 1, "abcd")
     reporter.file_done("a", 1, "00")
     reporter.done(sample_stats())
     reporter.error(IntegrityError("a: digest mismatch"))
@@ -115,3 +114,28 @@ def test_a_tree_prints_no_line_per_file_unless_verbose_and_a_single_file_prints_
     assert lines(3, verbose=False) == []
     assert len(lines(3, verbose=True)) == 3
     assert lines(1, verbose=False) == [f"{'ab' * 32}  f0  (1 B)"]
+
+
+def test_the_summary_counts_skipped_files_apart_and_says_failures_were_repaired() -> None:
+    out = io.StringIO()
+    stats = TransferStats("send", bytes_done=3 << 20, files_done=3, integrity_failures=2)
+    stats.files_skipped, stats.bytes_skipped = 2, 2 << 20
+    ConsoleReporter(stream=out).done(stats)
+    line = out.getvalue()
+    assert "sent 1.0 MiB in 1 file (2 files of 2.0 MiB already there, skipped)" in line
+    assert "2 integrity failures (all repaired and verified)" in line
+
+
+def test_the_time_runs_from_the_transfers_start_not_the_wait_for_the_peer() -> None:
+    stats = TransferStats("recv")
+    stats.started_at -= 100.0  # a receiver that listened for 100 s before anyone came
+    stats.start_listing()
+    assert stats.seconds < 50.0
+    stats.start_listing()  # a reconnect keeps the clock
+    assert stats.clock_started
+
+
+def test_quiet_still_says_where_it_listens_and_the_code() -> None:
+    out = io.StringIO()
+    ConsoleReporter(stream=out, quiet=True).listening("0.0.0.0", 9060, "7hk2-m9xq-3wfe")
+    assert "listening on 0.0.0.0:9060" in out.getvalue() and "--code 7hk2-m9xq-3wfe" in out.getvalue()

@@ -1,12 +1,14 @@
 from __future__ import annotations
 
 import asyncio
-import io
 import socket
+from collections.abc import Awaitable, Callable
 
 import pytest
 
-from rtransfer.retry import Backoff, RetryPolicy, retry_call
+from rtransfer.errors import NetworkError, UnknownHost
+from rtransfer.retry import Backoff, RetryPolicy
+from rtransfer.transport import Dial, Outage, keep_connected
 
 
 def test_delays_grow_exponentially_up_to_the_cap_with_jitter_below() -> None:
@@ -15,28 +17,71 @@ def test_delays_grow_exponentially_up_to_the_cap_with_jitter_below() -> None:
     assert policy.delay_s(3, 0.999) == pytest.approx(0.4 * 0.5, rel=0.01)
 
 
-async def test_retry_call_stops_after_max_attempts() -> None:
-    calls = []
+class Refusing:
+    """A source whose first ``failures`` opens are refused, then hands out ``conn``."""
 
-    async def failing() -> None:
-        calls.append(1)
-        raise ConnectionRefusedError
+    dials = True
+    where = "peer.example:9"
 
-    with pytest.raises(ConnectionRefusedError):
-        await retry_call(failing, Backoff(RetryPolicy(max_attempts=3, base_delay_s=0.001)), (OSError,))
-    assert len(calls) == 3
+    def __init__(self, failures: int, conn: object = "conn") -> None:
+        self.failures = failures
+        self.conn = conn
+        self.opens = 0
+
+    async def open(self, make: object, timeout_s: float | None) -> object:
+        self.opens += 1
+        if self.opens <= self.failures:
+            raise ConnectionRefusedError(111, "Connection refused")
+        return self.conn
+
+    def close(self) -> None:
+        pass
 
 
-async def test_retry_call_returns_the_first_success() -> None:
-    results = iter([OSError(), OSError(), "ok"])
+def outage(said: list[str], **policy: float) -> Outage:
+    return Outage(Backoff(RetryPolicy(base_delay_s=0.001, **policy)), said.append, "the receiver", " (hint)")  # type: ignore[arg-type]
 
-    async def flaky() -> str:
-        r = next(results)
-        if isinstance(r, Exception):
-            raise r
-        return r
 
-    assert await retry_call(flaky, Backoff(RetryPolicy(base_delay_s=0.001)), (OSError,)) == "ok"
+async def serve_ok(conn: object) -> str:
+    return f"served {conn}"
+
+
+async def test_an_unreachable_peer_is_said_once_and_the_final_error_carries_the_hint() -> None:
+    said: list[str] = []
+    source = Refusing(failures=10)
+    with pytest.raises(NetworkError, match=r"could not connect to peer\.example:9: connection refused \(hint\)"):
+        await keep_connected(source, object, serve_ok, outage(said, max_attempts=3), lambda e: True, 1.0)  # type: ignore[arg-type]
+    assert source.opens == 3
+    assert said == [
+        "waiting for the receiver at peer.example:9: connection refused; retrying for up to 60 s (2 retries) (hint)"
+    ]
+
+
+async def test_the_loop_returns_the_first_served_connection() -> None:
+    source = Refusing(failures=2)
+    assert await keep_connected(source, object, serve_ok, outage([]), lambda e: True, 1.0) == "served conn"  # type: ignore[arg-type]
+
+
+async def test_a_broken_connection_is_served_again_only_when_worth_it() -> None:
+    breaks = iter([NetworkError("reset"), NetworkError("reset")])
+
+    async def serve(conn: object) -> str:
+        if (error := next(breaks, None)) is not None:
+            raise error
+        return "done"
+
+    said: list[str] = []
+    assert await keep_connected(Refusing(0), object, serve, outage(said), lambda e: True, 1.0) == "done"  # type: ignore[arg-type]
+    assert len(said) == 2 and all("reset; reconnecting in" in s for s in said)
+    with pytest.raises(NetworkError, match="reset"):
+        await keep_connected(Refusing(0), object, serve_again(), outage([]), lambda e: False, 1.0)  # type: ignore[arg-type]
+
+
+def serve_again() -> Callable[[object], Awaitable[str]]:
+    async def serve(conn: object) -> str:
+        raise NetworkError("reset")
+
+    return serve
 
 
 def test_backoff_gives_up_after_the_policys_time_and_resets_on_progress() -> None:
@@ -78,10 +123,6 @@ def test_the_default_send_policy_rides_out_a_30_second_outage() -> None:
 async def test_a_name_that_does_not_resolve_is_final_a_resolver_failure_is_retried(
     monkeypatch: pytest.MonkeyPatch, error: int, calls_made: int, final: bool
 ) -> None:
-    from rtransfer.errors import NetworkError, UnknownHost
-    from rtransfer.report import JsonReporter
-    from rtransfer.session.connection import connect
-
     calls = []
 
     async def resolve_fails(*args: object, **kwargs: object) -> None:
@@ -89,9 +130,15 @@ async def test_a_name_that_does_not_resolve_is_final_a_resolver_failure_is_retri
         raise socket.gaierror(error, "resolution failed")
 
     monkeypatch.setattr(asyncio.get_running_loop(), "create_connection", resolve_fails)
-    backoff = Backoff(RetryPolicy(max_attempts=3, base_delay_s=0.001))
-    reporter = JsonReporter(io.StringIO())
     with pytest.raises(NetworkError, match=r"could not connect to nowhere\.invalid:9: resolution failed") as raised:
-        await connect("nowhere.invalid", 9, 1.0, backoff, reporter, lambda: None)  # type: ignore[arg-type,return-value]
+        await keep_connected(
+            Dial("nowhere.invalid", 9), object, serve_ok, outage([], max_attempts=3), lambda e: True, 1.0
+        )  # type: ignore[arg-type]
     assert isinstance(raised.value, UnknownHost) is final
     assert len(calls) == calls_made
+
+
+def test_the_retry_defaults_live_in_one_place() -> None:
+    from rtransfer.options import DEFAULT_RETRIES, DEFAULT_RETRY_MAX_S
+
+    assert RetryPolicy() == RetryPolicy.for_retries(DEFAULT_RETRIES, DEFAULT_RETRY_MAX_S)

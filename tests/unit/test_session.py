@@ -27,10 +27,10 @@ from rtransfer.pipeline import (
     read_sources,
     write_chunks,
 )
+from rtransfer.protocol.constants import FrameType, Phase
 from rtransfer.protocol.events import Accepted, ChunkReady, EntriesReceived, FileComplete, ManifestReceived
-from rtransfer.protocol.frames import Ack, FrameType, copy_payload, encode_bytes
+from rtransfer.protocol.frames import Ack, copy_payload, encode_bytes
 from rtransfer.protocol.model import Entry, Manifest
-from rtransfer.protocol.phases import Phase
 from rtransfer.protocol.receiver import ReceiveLimits, ReceiverMachine
 from rtransfer.protocol.sender import SenderMachine
 from rtransfer.report import JsonReporter
@@ -305,3 +305,18 @@ async def test_an_accept_naming_a_file_twice_ends_the_transfer_at_once_with_exit
     assert isinstance(sent, ProtocolViolation) and "ACCEPT" in sent.message and sent.exit_code == 3
     assert isinstance(received, RemoteError) and received.exit_code == 3
     assert sender.stats.reconnects == 0
+
+
+async def test_a_resume_keeps_the_partial_file_when_only_the_chunk_size_changed(tmp_path: Path) -> None:
+    """The chunk size follows --limit-rate and --streams: a rerun with another must not start over."""
+    data = os.urandom(64 * CHUNK)
+    entry = Entry("f", "file", len(data), 0o644, 0.0, identity="v1")
+    sink = DirectorySink(tmp_path / "out", overwrite=False, direct_io=False, safe_links=False)
+    plan_alone(sink, 2 * CHUNK, entry)
+    for offset in range(0, 10 * CHUNK, 2 * CHUNK):
+        await sink.write(0, offset, data[offset : offset + 2 * CHUNK])
+    await sink.suspend()  # 10 chunks' worth kept, journalled at 2 * CHUNK per chunk
+    again = DirectorySink(tmp_path / "out", overwrite=False, direct_io=False, safe_links=False)
+    plan = await again.examine(plan_alone(again, 4 * CHUNK, entry))
+    assert plan.start_offsets == {0: 8 * CHUNK}  # what was written, down to the new chunk size
+    assert (tmp_path / "out" / ".f.rtpart").read_bytes()[: 8 * CHUNK] == data[: 8 * CHUNK]

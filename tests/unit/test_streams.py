@@ -9,11 +9,11 @@ import blake3
 import pytest
 
 from rtransfer.crypto import KeyExchange
+from rtransfer.protocol.constants import Phase
 from rtransfer.protocol.errors import LocalProtocolError, RemoteProtocolError
 from rtransfer.protocol.events import ChunkArrived, ChunkReady, JoinRequested, StreamJoined
 from rtransfer.protocol.frames import Data
 from rtransfer.protocol.model import Manifest
-from rtransfer.protocol.phases import Phase
 from rtransfer.protocol.receiver import ReceiverMachine
 from rtransfer.protocol.sender import SenderMachine
 from tests.unit.harness import CHUNK, CODE, Pair, manifest
@@ -124,13 +124,15 @@ def test_a_chunk_past_the_receivers_reorder_window_is_a_protocol_error() -> None
 
 
 def test_a_hedged_chunk_counts_as_progress_once_whichever_copy_is_acknowledged_first() -> None:
-    from types import SimpleNamespace
+    import asyncio
 
+    from rtransfer.pipeline import BufferPool
     from rtransfer.protocol.events import ChunksAcked
     from rtransfer.session.streams import Dealer
+    from rtransfer.stats import TransferStats
 
-    attempt = SimpleNamespace(machine=SimpleNamespace(manifest=Manifest("t" * 32, CHUNK, 2, 2)))
-    dealer = Dealer(attempt)  # type: ignore[arg-type]
+    first, _ = two_streams(10 * CHUNK)
+    dealer = Dealer(first.sender, BufferPool(4), TransferStats("send"), asyncio.Event())
     dealer.hedged[5] = False  # order 5 went out on two connections
     assert dealer.first_acks(ChunksAcked((4, 5), (CHUNK, 10))) == CHUNK + 10
     assert dealer.first_acks(ChunksAcked((5, 6), (10, CHUNK))) == CHUNK  # the second copy of 5

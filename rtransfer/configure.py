@@ -1,0 +1,91 @@
+"""Options -> config: the checks that need the protocol's limits, kept apart from the typer
+layer (cli.py) and from running (runner.py)."""
+
+from __future__ import annotations
+
+from rtransfer.errors import UsageError
+from rtransfer.options import (
+    DEFAULT_WINDOW,
+    RecvOptions,
+    SendOptions,
+    parse_size,
+    peer_endpoint,
+    split_send_arguments,
+    stream_chunk_bytes,
+)
+from rtransfer.protocol.constants import MAX_CHUNK_BYTES, MAX_STREAMS, MAX_WINDOW, MIN_CHUNK_BYTES
+from rtransfer.protocol.receiver import ReceiveLimits
+from rtransfer.retry import RetryPolicy
+from rtransfer.session.config import RecvConfig, SendConfig
+
+
+def _chunk_bytes(options: SendOptions) -> int:
+    chunk_bytes = parse_size(options.chunk_size) if options.chunk_size is not None else None
+    chunk_bytes = chunk_bytes or stream_chunk_bytes(options.streams)
+    if not MIN_CHUNK_BYTES <= chunk_bytes <= MAX_CHUNK_BYTES:
+        raise UsageError(f"--chunk-size must be between {MIN_CHUNK_BYTES} and {MAX_CHUNK_BYTES} bytes")
+    return chunk_bytes
+
+
+def _rate_bps(options: SendOptions) -> int | None:
+    rate_bps = parse_size(options.limit_rate) if options.limit_rate is not None else None
+    if rate_bps is not None and rate_bps < 1024:
+        raise UsageError("--limit-rate must be at least 1K (bytes per second)")
+    return rate_bps
+
+
+def send_config(options: SendOptions) -> SendConfig:
+    sources, destination = split_send_arguments(options.arguments)
+    host, port = peer_endpoint(destination)
+    if not 1 <= options.streams <= MAX_STREAMS:
+        raise UsageError(f"--streams must be between 1 and {MAX_STREAMS}")
+    window = options.window if options.window is not None else DEFAULT_WINDOW
+    if not 1 <= window <= MAX_WINDOW:
+        raise UsageError(f"--window must be between 1 and {MAX_WINDOW}")
+    chunk_bytes, rate_bps = _chunk_bytes(options), _rate_bps(options)
+    if rate_bps is not None:
+        from rtransfer.ratelimit import chunk_under_limit
+
+        chunk_bytes = chunk_under_limit(chunk_bytes, rate_bps, MIN_CHUNK_BYTES)
+    options.retry.check()
+    key = options.code if options.code is not None else options.secret
+    if key is None:
+        raise UsageError("pass the code the receiver shows with --code (or a shared --secret)")
+    return SendConfig(
+        sources,
+        host,
+        port,
+        options.name,
+        chunk_bytes,
+        window,
+        options.retry.timeout_s,
+        RetryPolicy.for_retries(options.retry.retries, options.retry.retry_max_s),
+        code=key,
+        encrypt=not options.no_encrypt,
+        safe_links=options.safe_links,
+        limit_rate_bps=rate_bps,
+        streams=options.streams,
+        whole_file=options.whole_file,
+        checksum=options.checksum,
+        compress=options.compress,
+    )
+
+
+def recv_config(options: RecvOptions, host: str, port: int, code: str, listener: object) -> RecvConfig:
+    limits = ReceiveLimits(
+        max_entries=options.max_files, max_total_bytes=parse_size(options.max_bytes), max_streams=options.max_streams
+    )
+    return RecvConfig(
+        options.dest,
+        host,
+        port,
+        options.retry.timeout_s,
+        options.overwrite,
+        limits,
+        code=code,
+        encrypt=not options.no_encrypt,
+        connect_policy=RetryPolicy.for_retries(options.retry.retries, options.retry.retry_max_s),
+        direct_io=not options.buffered,
+        safe_links=options.safe_links,
+        listener=listener,  # type: ignore[arg-type]
+    )

@@ -1,0 +1,101 @@
+"""The one reconnect loop: open a connection from the source, serve it, and when it breaks
+decide whether another is worth it and when, under the transfer's one RetryPolicy.
+
+Every caller (the sender's first connection and its further ones, the receiver) goes through
+here, whatever the source: so the policy, the messages and the give-up rule are the same
+for a dial, a listener, and the sources to come.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from rtransfer.errors import NetworkError, RtransferError, reason
+from rtransfer.retry import Backoff
+from rtransfer.transport.source import ConnectionSource
+
+C = TypeVar("C", bound=asyncio.BaseProtocol)
+T = TypeVar("T")
+
+
+class Outage:
+    """One outage under the policy, and what the user is told of it: each broken connection
+    (``broken``), and once per outage that the peer cannot be reached (``unreachable``),
+    instead of a line per attempt. ``peer`` names the other side; ``hint`` says what to check
+    when it cannot be reached."""
+
+    def __init__(self, backoff: Backoff, say: Callable[[str], None], peer: str = "the peer", hint: str = "") -> None:
+        self.backoff = backoff
+        self.say = say
+        self.peer = peer
+        self.hint = hint
+        self.told_unreachable = False
+        self.last: RtransferError | None = None  # what broke the last connection
+
+    def broken(self, error: RtransferError, delay_s: float, dials: bool) -> None:
+        self.last = error
+        if dials:
+            self.say(f"{error.message}; reconnecting in {delay_s:.1f} s (attempt {self.backoff.attempt})")
+        else:
+            wait_s = self.backoff.remaining_s() or 0.0
+            self.say(f"{error.message}; waiting up to {wait_s:.0f} s for {self.peer} to come back")
+
+    def unreachable(self, source: ConnectionSource, error: OSError) -> None:
+        if self.told_unreachable:
+            return
+        self.told_unreachable = True
+        policy = self.backoff.policy
+        self.say(
+            f"waiting for {self.peer} at {source.where}: {reason(error)}; retrying for up to "
+            f"{policy.max_total_s:g} s ({policy.max_attempts - 1} retries){self.hint}"
+        )
+
+    def gave_up(self, source: ConnectionSource, error: OSError) -> NetworkError:
+        """The final error when no connection came: what went wrong, where, and the hint."""
+        if not source.dials:
+            waited = f"{self.peer} did not come back within {self.backoff.policy.max_total_s:.0f} s"
+            return NetworkError(f"{self.last.message}; {waited}" if self.last else f"{waited} to {source.where}")
+        return NetworkError(f"could not connect to {source.where}: {reason(error)}{self.hint}")
+
+    def reset(self) -> None:
+        self.backoff.reset()
+        self.told_unreachable = False
+
+
+async def keep_connected(
+    source: ConnectionSource,
+    make: Callable[[], C],
+    serve: Callable[[C], Awaitable[T]],
+    outage: Outage,
+    worth_another: Callable[[RtransferError], bool],
+    open_timeout_s: float,
+    progressed: Callable[[], bool] = lambda: False,
+) -> T:
+    """Serve connections from ``source`` until one finishes the work. A failure that
+    ``worth_another`` does not forgive, or one past the policy, is raised; ``progressed`` says
+    whether the broken connection moved the transfer on (a new outage then starts afresh)."""
+    backoff = outage.backoff
+    while True:
+        timeout_s = open_timeout_s if source.dials else backoff.remaining_s()
+        try:
+            conn = await source.open(make, timeout_s)
+        except OSError as exc:
+            # A listener's open waits out the outage's time itself: when it fails, that is spent.
+            if not source.dials or (delay := backoff.next_delay()) is None:
+                raise outage.gave_up(source, exc) from None
+            outage.unreachable(source, exc)
+        else:
+            try:
+                return await serve(conn)
+            except RtransferError as exc:
+                if not worth_another(exc):
+                    raise
+                if progressed():
+                    outage.reset()
+                if (delay := backoff.next_delay()) is None:
+                    raise
+                outage.broken(exc, delay, source.dials)
+        if source.dials:
+            await asyncio.sleep(delay)
