@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import zstandard
 
-from rtransfer.protocol.frames import ZDATA_SIZE
+from rtransfer.protocol.messages import ZDATA_SIZE
 from rtransfer.protocol.model import Buffer
 
 MIN_LEVEL = -5  # zstd's fast levels: less shrinking for much less CPU

@@ -27,7 +27,7 @@ from rtransfer.files import PACK_FILE_MAX_BYTES, Source, local_error
 from rtransfer.integrity import FileDigest, read_pack
 from rtransfer.protocol.constants import MAX_COPY_RANGES, FrameType
 from rtransfer.protocol.events import Accepted, ChunkReady, FileComplete, PackReady
-from rtransfer.protocol.frames import DATA_HEADER, copy_payload, copy_ranges
+from rtransfer.protocol.messages import DATA_HEADER, copy_payload, copy_ranges
 from rtransfer.protocol.model import Buffer, WritableBuffer
 from rtransfer.protocol.pack import PackedFile, table_bytes
 from rtransfer.sink import Sink

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from rtransfer.protocol.constants import FrameType
-from rtransfer.protocol.frames import Data
+from rtransfer.protocol.messages import Data
 from rtransfer.protocol.model import Buffer, EntryBatch, Manifest, Signature
 from rtransfer.protocol.pack import PackedFile
 

@@ -1,6 +1,6 @@
 """What a transfer is made of, shared by the protocol, the file walker and the pipeline.
 
-These types say nothing about the wire: the codec (frames.py) turns them into
+These types say nothing about the wire: the codec (writing.py, reading.py) turns them into
 bytes, and files.py, integrity.py and the sinks use them without importing it.
 """
 

@@ -24,25 +24,24 @@ from rtransfer.protocol.errors import (
     ProtocolError,
 )
 from rtransfer.protocol.events import Event
-from rtransfer.protocol.frames import (
+from rtransfer.protocol.messages import (
     PROTOCOL_VERSION,
     Confirm,
     CorruptData,
     ErrorFrame,
     Frame,
-    FrameDecoder,
     Hello,
     Opener,
     Ping,
     Pong,
     Sealer,
-    encode,
-    encode_bytes,
     frame_type,
 )
 from rtransfer.protocol.model import FRESH_BUFFERS, Buffer, Buffers
 from rtransfer.protocol.phases import AUTHENTICATING, STARTED, after_received, after_sent
+from rtransfer.protocol.reading import FrameDecoder
 from rtransfer.protocol.timing import Liveness
+from rtransfer.protocol.writing import encode, encode_bytes
 
 CAP_ENCRYPT = 1
 HANDSHAKE_TIMEOUT_S = 10.0

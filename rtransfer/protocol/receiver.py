@@ -24,7 +24,7 @@ from rtransfer.protocol.events import (
     PackReady,
     TransferComplete,
 )
-from rtransfer.protocol.frames import (
+from rtransfer.protocol.messages import (
     Accept,
     Ack,
     CorruptData,

@@ -18,7 +18,7 @@ from rtransfer.protocol.events import (
     StreamJoined,
     TransferComplete,
 )
-from rtransfer.protocol.frames import (
+from rtransfer.protocol.messages import (
     Accept,
     Ack,
     CorruptData,

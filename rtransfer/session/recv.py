@@ -24,7 +24,7 @@ from rtransfer.protocol.events import (
     PackReady,
     TransferComplete,
 )
-from rtransfer.protocol.frames import Data
+from rtransfer.protocol.messages import Data
 from rtransfer.protocol.model import reorder_span
 from rtransfer.protocol.receiver import ReceiverMachine
 from rtransfer.report import Reporter

@@ -35,7 +35,7 @@ from rtransfer.protocol.events import (
     SignatureReceived,
     TransferComplete,
 )
-from rtransfer.protocol.frames import Data
+from rtransfer.protocol.messages import Data
 from rtransfer.protocol.model import Manifest
 from rtransfer.protocol.sender import SenderMachine
 from rtransfer.ratelimit import TokenBucket

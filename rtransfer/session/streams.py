@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from rtransfer.errors import RtransferError
 from rtransfer.pipeline import SENDER_ROOM, BufferPool
 from rtransfer.protocol.events import ChunksAcked, Event, IntegrityFailure, Retransmitted, StreamJoined
-from rtransfer.protocol.frames import Data
+from rtransfer.protocol.messages import Data
 from rtransfer.protocol.scheduler import Scheduler
 from rtransfer.protocol.sender import SenderMachine
 from rtransfer.report import Reporter

@@ -15,9 +15,11 @@ import zstandard
 from rtransfer.crypto import KeyExchange
 from rtransfer.protocol.constants import FrameType, Phase
 from rtransfer.protocol.errors import ProtocolError
-from rtransfer.protocol.frames import FrameDecoder, Hello, _frame
+from rtransfer.protocol.messages import Hello
 from rtransfer.protocol.model import Entry, Manifest
+from rtransfer.protocol.reading import FrameDecoder
 from rtransfer.protocol.sender import SenderMachine
+from rtransfer.protocol.writing import _frame
 from tests.conftest import TEST_SECRET, Proc, Receiver, run, write_random
 
 MARKER = b"PLAINTEXT-MARKER-7f3a"
@@ -202,7 +204,8 @@ def test_invalid_utf8_name_is_a_clear_protocol_error(tmp_path: Path, procs: list
 
 
 def test_frame_before_the_handshake_completes_is_refused_with_exit_5(tmp_path: Path, procs: list[Proc]) -> None:
-    from rtransfer.protocol.frames import Ack, encode_bytes
+    from rtransfer.protocol.messages import Ack
+    from rtransfer.protocol.writing import encode_bytes
 
     procs.append(rx := Receiver(tmp_path / "out"))
     hello = SenderMachine(Manifest("f" * 32, 65536, 4), 0.0, 30.0, KeyExchange(b"x", True)).data_to_send()

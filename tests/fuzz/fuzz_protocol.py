@@ -15,8 +15,8 @@ import atheris
 with atheris.instrument_imports():
     from rtransfer.crypto import KeyExchange
     from rtransfer.protocol.errors import ProtocolError
-    from rtransfer.protocol.frames import FrameDecoder
     from rtransfer.protocol.model import Entry, Manifest
+    from rtransfer.protocol.reading import FrameDecoder
     from rtransfer.protocol.receiver import ReceiverMachine
     from rtransfer.protocol.sender import SenderMachine
 

@@ -9,11 +9,13 @@ import blake3
 from rtransfer.crypto import KeyExchange
 from rtransfer.protocol.constants import Phase
 from rtransfer.protocol.events import ChunkReady, EntriesReceived, Event, FileComplete
-from rtransfer.protocol.frames import Frame, FrameDecoder, encode_bytes
+from rtransfer.protocol.messages import Frame
 from rtransfer.protocol.model import Buffer, Entry, Manifest
 from rtransfer.protocol.peer import Peer
+from rtransfer.protocol.reading import FrameDecoder
 from rtransfer.protocol.receiver import ReceiveLimits, ReceiverMachine
 from rtransfer.protocol.sender import SenderMachine
+from rtransfer.protocol.writing import encode_bytes
 
 CHUNK = 4096
 CODE = b"7hk2-m9xq-3wfe"

@@ -8,7 +8,7 @@ import pytest
 import zstandard
 
 from rtransfer.compress import MAX_LEVEL, MAX_SKIPPED_CHUNKS, OFF, BadCompressedChunk, Compressor, decompress
-from rtransfer.protocol.frames import ZDATA_SIZE
+from rtransfer.protocol.messages import ZDATA_SIZE
 
 TEXT = b"".join(b"2026-11-30T12:00:%02d INFO GET /api/v1/users 200 %dms\n" % (i % 60, i % 997) for i in range(20000))
 

@@ -14,8 +14,10 @@ from rtransfer.listen import new_code, normalise_code
 from rtransfer.protocol.constants import Phase
 from rtransfer.protocol.errors import CorruptFrame, FrameAuthenticationError, LocalProtocolError
 from rtransfer.protocol.events import IntegrityFailure, ManifestReceived, Retransmitted, TransferComplete
-from rtransfer.protocol.frames import DATA_HEADER, HEADER, FrameDecoder, Hello, encode_bytes
+from rtransfer.protocol.messages import DATA_HEADER, HEADER, Hello
 from rtransfer.protocol.phases import AUTHENTICATING
+from rtransfer.protocol.reading import FrameDecoder
+from rtransfer.protocol.writing import encode_bytes
 from rtransfer.session.outcome import to_error
 from tests.unit.harness import CHUNK, CODE, Pair, frames_of, manifest, new_receiver, new_sender, send_file
 

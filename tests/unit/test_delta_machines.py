@@ -8,7 +8,8 @@ import pytest
 from rtransfer.protocol.constants import MAX_SIGNATURE_CHUNKS, FrameType, Phase
 from rtransfer.protocol.errors import ProtocolError, RemoteProtocolError
 from rtransfer.protocol.events import ChunkReady, EntriesReceived, FileComplete, SignatureReceived
-from rtransfer.protocol.frames import Data, Signature, copy_payload
+from rtransfer.protocol.messages import Data, copy_payload
+from rtransfer.protocol.model import Signature
 from tests.unit.harness import CHUNK, Pair, manifest
 
 OLD_BYTES = 3 * CHUNK

@@ -14,7 +14,7 @@ import pytest
 from rtransfer import direct_io
 from rtransfer.direct_io import ALIGN, DIRECT_MIN_BYTES, PartialWriter, direct_io_suits
 from rtransfer.pipeline import BufferPool
-from rtransfer.protocol.frames import DATA_HEADER
+from rtransfer.protocol.messages import DATA_HEADER
 from rtransfer.protocol.model import Entry
 from rtransfer.sink import DirectorySink, plan_alone
 

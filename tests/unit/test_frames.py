@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from rtransfer.protocol.constants import Cause, FrameType, Role
 from rtransfer.protocol.errors import ProtocolError
-from rtransfer.protocol.frames import (
+from rtransfer.protocol.messages import (
     HEADER,
     MAX_BODY_BYTES,
     Accept,
@@ -20,7 +20,6 @@ from rtransfer.protocol.frames import (
     ErrorFrame,
     FileEnd,
     FileResult,
-    FrameDecoder,
     Hello,
     Join,
     Joined,
@@ -28,9 +27,10 @@ from rtransfer.protocol.frames import (
     PackResult,
     Ping,
     Pong,
-    encode_bytes,
 )
 from rtransfer.protocol.model import Entry, EntryBatch, Manifest, Signature
+from rtransfer.protocol.reading import FrameDecoder
+from rtransfer.protocol.writing import encode_bytes
 
 u32 = st.integers(0, 2**32 - 1)
 u64 = st.integers(0, 2**64 - 1)
@@ -178,7 +178,7 @@ def test_flipped_bit_in_control_frame_is_a_protocol_error() -> None:
     ],
 )
 def test_malformed_file_list_is_a_protocol_error(ftype: FrameType, body: bytes, message: str) -> None:
-    from rtransfer.protocol.frames import _frame
+    from rtransfer.protocol.writing import _frame
 
     if ftype in (FrameType.ENTRIES, FrameType.ACCEPT):  # compressed on the wire
         body = zstandard.ZstdCompressor().compress(body)
@@ -192,7 +192,7 @@ def test_a_file_list_that_would_inflate_past_its_limit_is_refused(declares_size:
     """A few KiB of zstd can stand for gigabytes: the declared size is checked before anything is
     allocated for it, and without one, decompression stops at the limit."""
     from rtransfer.protocol.constants import MAX_ENTRIES_BYTES
-    from rtransfer.protocol.frames import _frame
+    from rtransfer.protocol.writing import _frame
 
     bomb = zstandard.ZstdCompressor(write_content_size=declares_size).compress(b" " * (MAX_ENTRIES_BYTES + 1))
     assert len(bomb) < 4096
@@ -202,7 +202,7 @@ def test_a_file_list_that_would_inflate_past_its_limit_is_refused(declares_size:
 
 
 def test_a_file_list_that_is_not_zstd_is_a_protocol_error() -> None:
-    from rtransfer.protocol.frames import _frame
+    from rtransfer.protocol.writing import _frame
 
     raw = b"".join(bytes(p) for p in _frame(FrameType.ENTRIES, b"", b'{"first":0}', None))
     with pytest.raises(ProtocolError, match="not valid zstd"):
@@ -210,7 +210,7 @@ def test_a_file_list_that_is_not_zstd_is_a_protocol_error() -> None:
 
 
 def test_ack_count_must_match_length() -> None:
-    from rtransfer.protocol.frames import _frame
+    from rtransfer.protocol.writing import _frame
 
     raw = b"".join(bytes(p) for p in _frame(FrameType.ACK, b"", (1).to_bytes(8, "big") + (3).to_bytes(2, "big"), None))
     with pytest.raises(ProtocolError, match="does not match"):
@@ -218,7 +218,7 @@ def test_ack_count_must_match_length() -> None:
 
 
 def test_an_error_frame_with_a_cause_this_side_does_not_know_reads_as_other() -> None:
-    from rtransfer.protocol.frames import _frame
+    from rtransfer.protocol.writing import _frame
 
     (frame,) = decode_all(b"".join(bytes(p) for p in _frame(FrameType.ERROR, b"", bytes([200]) + b"x", None)))
     assert frame == ErrorFrame(Cause.OTHER, "x")

@@ -34,7 +34,7 @@ from rtransfer.protocol.events import (
     Retransmitted,
     TransferComplete,
 )
-from rtransfer.protocol.frames import (
+from rtransfer.protocol.messages import (
     PROTOCOL_VERSION,
     Accept,
     Ack,
@@ -48,12 +48,12 @@ from rtransfer.protocol.frames import (
     Nack,
     Ping,
     Pong,
-    encode_bytes,
 )
 from rtransfer.protocol.model import Entry, EntryBatch
 from rtransfer.protocol.pack import PackedFile, table_bytes, write_table
 from rtransfer.protocol.receiver import ReceiveLimits
 from rtransfer.protocol.sender import MAX_CHUNK_FAILURES
+from rtransfer.protocol.writing import encode_bytes
 from tests.unit.harness import CHUNK, CODE, Pair, frames_of, manifest, new_receiver, new_sender, send_file
 
 
@@ -287,7 +287,7 @@ def test_garbage_instead_of_a_hello_fails_the_machine_while_it_greets() -> None:
 
 def test_error_frame_from_peer_surfaces_with_its_cause() -> None:
     from rtransfer.protocol.constants import Cause
-    from rtransfer.protocol.frames import ErrorFrame
+    from rtransfer.protocol.messages import ErrorFrame
 
     pair = Pair.accepted(manifest(5))
     with pytest.raises(PeerFailed, match="peer: disk full") as info:
@@ -445,7 +445,7 @@ def test_written_ciphertext_is_taken_back_once_and_never_released_again_by_the_a
 
 def test_a_peer_reporting_a_broken_link_says_so_in_its_cause() -> None:
     from rtransfer.protocol.constants import Cause
-    from rtransfer.protocol.frames import ErrorFrame
+    from rtransfer.protocol.messages import ErrorFrame
 
     pair = Pair.accepted(manifest(5))
     with pytest.raises(PeerFailed, match="peer: corrupt ACK frame") as caught:

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from rtransfer.protocol.constants import Cause, FrameType, Phase, Role
 from rtransfer.protocol.errors import ProtocolError
-from rtransfer.protocol.frames import (
+from rtransfer.protocol.messages import (
     Accept,
     Ack,
     Confirm,

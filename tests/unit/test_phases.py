@@ -11,7 +11,7 @@ import pytest
 from rtransfer.crypto import KeyExchange
 from rtransfer.protocol.constants import Cause, FrameType, Phase, Role
 from rtransfer.protocol.errors import ConnectionFailed, LocalProtocolError, ProtocolError, RemoteProtocolError
-from rtransfer.protocol.frames import (
+from rtransfer.protocol.messages import (
     Accept,
     Ack,
     Confirm,
@@ -29,14 +29,13 @@ from rtransfer.protocol.frames import (
     Ping,
     Pong,
     copy_payload,
-    encode,
-    encode_bytes,
 )
 from rtransfer.protocol.model import Entry, EntryBatch, Manifest, Signature
 from rtransfer.protocol.peer import Peer
 from rtransfer.protocol.phases import RECEIVED, SENT, after_received, after_sent
 from rtransfer.protocol.receiver import ReceiverMachine
 from rtransfer.protocol.sender import SenderMachine
+from rtransfer.protocol.writing import encode, encode_bytes
 from tests.unit.harness import CODE, frames_of
 
 M = TypeVar("M", bound=Peer)

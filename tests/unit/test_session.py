@@ -29,10 +29,11 @@ from rtransfer.pipeline import (
 )
 from rtransfer.protocol.constants import FrameType, Phase
 from rtransfer.protocol.events import Accepted, ChunkReady, EntriesReceived, FileComplete, ManifestReceived
-from rtransfer.protocol.frames import Ack, copy_payload, encode_bytes
+from rtransfer.protocol.messages import Ack, copy_payload
 from rtransfer.protocol.model import Entry, Manifest
 from rtransfer.protocol.receiver import ReceiveLimits, ReceiverMachine
 from rtransfer.protocol.sender import SenderMachine
+from rtransfer.protocol.writing import encode_bytes
 from rtransfer.report import JsonReporter
 from rtransfer.retry import RetryPolicy
 from rtransfer.session.config import RecvConfig, SendConfig

@@ -12,7 +12,7 @@ from rtransfer.crypto import KeyExchange
 from rtransfer.protocol.constants import Phase
 from rtransfer.protocol.errors import LocalProtocolError, RemoteProtocolError
 from rtransfer.protocol.events import ChunkArrived, ChunkReady, JoinRequested, StreamJoined
-from rtransfer.protocol.frames import Data
+from rtransfer.protocol.messages import Data
 from rtransfer.protocol.model import Manifest
 from rtransfer.protocol.receiver import ReceiverMachine
 from rtransfer.protocol.sender import SenderMachine

@@ -1,0 +1,310 @@
+"""The frames: what each message holds, and the wire layouts and bounds both the writer
+(writing.py) and the reader (reading.py) follow.
+
+Wire format: typed, length-prefixed, checksummed frames.
+
+Every frame is ``type:u8 | body_length:u32 | check:u64 | body``. ``check`` is
+xxh3-64 over type, length and body, so a flipped bit anywhere in a frame is
+caught; for DATA frames that is the per-chunk checksum. Once a connection is
+encrypted, a DATA frame's check is its AES-GCM tag instead (``check`` is 0): the
+tag already covers every byte, header included, and hashing each chunk a second
+time cost both sides CPU for nothing. Control frames keep xxh3, which is what
+tells a corrupting path from a wrong key during the handshake. Every length is
+bounded per frame type *before* anything is buffered for it.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import xxhash
+
+from rtransfer.protocol.constants import (
+    MAX_ACCEPT_BYTES,
+    MAX_CHUNK_BYTES,
+    MAX_COPY_RANGES,
+    MAX_ENTRIES_BYTES,
+    MAX_ERROR_MESSAGE_BYTES,
+    MAX_MANIFEST_BYTES,
+    MAX_SIGNATURE_CHUNKS,
+    MAX_WINDOW,
+    SIGNATURE_DIGEST_BYTES,
+    Cause,
+    FrameType,
+    Role,
+)
+from rtransfer.protocol.errors import RemoteProtocolError
+from rtransfer.protocol.model import Buffer, EntryBatch, Manifest, Signature, WritableBuffer
+from rtransfer.protocol.pack import table_bytes_of
+
+MAGIC = b"RTXF"
+PROTOCOL_VERSION = 6  # 3: batched file list, packs; 4: ERROR says a Cause; 5: streams (JOIN, chunk order);
+# 6: delta (SIGNATURE, COPY), compressed chunks (ZDATA), the file list and ACCEPT compressed
+
+HEADER = struct.Struct("!BIQ")
+PREFIX = struct.Struct("!BI")
+DATA_HEADER = struct.Struct("!QIQQ")  # seq (this connection), file_index, offset, order (the transfer)
+HELLO_LAYOUT = struct.Struct("!4sHIB")  # magic, version, capabilities, role
+ACK_LAYOUT = struct.Struct("!QH")  # cumulative, count of selective seqs
+U64 = struct.Struct("!Q")
+FILE_END_LAYOUT = struct.Struct("!IQ32s")
+FILE_RESULT_LAYOUT = struct.Struct("!I?")
+PACK_RESULT_LAYOUT = struct.Struct("!Q?")
+ERROR_LAYOUT = struct.Struct("!B")
+SIGNATURE_LAYOUT = struct.Struct("!IQ")  # file index, offset in the receiver's copy of the first chunk
+SIGNATURE_CHUNK_LAYOUT = struct.Struct(f"!I{SIGNATURE_DIGEST_BYTES}s")  # length, digest
+COPY_RANGE = struct.Struct("!QI")  # offset in the receiver's old copy, length
+ZDATA_SIZE = struct.Struct("!I")  # a compressed chunk's length before compression, ahead of the zstd frame
+
+
+MAX_BODY_BYTES: dict[FrameType, int] = {
+    FrameType.HELLO: 4096,
+    FrameType.MANIFEST: MAX_MANIFEST_BYTES,
+    FrameType.ACCEPT: MAX_ACCEPT_BYTES,
+    FrameType.ENTRIES: MAX_ENTRIES_BYTES,
+    FrameType.DATA: DATA_HEADER.size + MAX_CHUNK_BYTES,
+    FrameType.PACK: DATA_HEADER.size + MAX_CHUNK_BYTES,
+    FrameType.PACK_RESULT: PACK_RESULT_LAYOUT.size,
+    FrameType.ACK: ACK_LAYOUT.size + 8 * MAX_WINDOW,
+    FrameType.NACK: U64.size,
+    FrameType.FILE_END: FILE_END_LAYOUT.size,
+    FrameType.FILE_RESULT: FILE_RESULT_LAYOUT.size,
+    FrameType.DONE: 0,
+    FrameType.PING: U64.size,
+    FrameType.PONG: U64.size,
+    FrameType.ERROR: ERROR_LAYOUT.size + MAX_ERROR_MESSAGE_BYTES,
+    FrameType.CONFIRM: 64,
+    FrameType.JOIN: MAX_MANIFEST_BYTES,
+    FrameType.JOINED: 0,
+    FrameType.COPY: DATA_HEADER.size + COPY_RANGE.size * MAX_COPY_RANGES,
+    FrameType.ZDATA: DATA_HEADER.size + ZDATA_SIZE.size + MAX_CHUNK_BYTES,
+    FrameType.SIGNATURE: SIGNATURE_LAYOUT.size + SIGNATURE_CHUNK_LAYOUT.size * MAX_SIGNATURE_CHUNKS,
+}
+TAG_BYTES = 16  # AEAD tag on sealed frames; limits above are for the plaintext
+
+
+@dataclass(frozen=True)
+class Hello:
+    role: Role
+    version: int = PROTOCOL_VERSION
+    capabilities: int = 0
+    auth: bytes = b""
+
+
+@dataclass(frozen=True)
+class Accept:
+    """Receiver's go-ahead for the batch starting at ``first``: ``start_offsets`` maps file
+    index to bytes it already has of that version of the file; files in ``done`` it already
+    has whole."""
+
+    first: int = 0
+    start_offsets: dict[int, int] = field(default_factory=dict)
+    done: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class Data:
+    """A chunk of file ``file_index`` from ``offset`` on. ``kind`` says what ``payload`` holds:
+    DATA, the bytes; ZDATA, the bytes compressed (``ZDATA_SIZE``, then a zstd frame); COPY, the
+    ranges of the receiver's old copy that come next (``COPY_RANGE`` rows); PACK, whole small
+    files (protocol/pack.py; ``file_index`` is then the first of them and ``offset`` 0).
+
+    ``seq`` numbers it on its connection (ACKs, the window, resends); ``order`` numbers it in
+    the transfer, in the order the writer needs it, whichever stream carries it."""
+
+    seq: int
+    file_index: int
+    offset: int
+    payload: Buffer
+    kind: FrameType = FrameType.DATA
+    order: int = 0
+
+    @property
+    def packed(self) -> bool:
+        return self.kind is FrameType.PACK
+
+
+def copy_payload(ranges: list[tuple[int, int]]) -> bytes:
+    """A COPY chunk's payload: (offset in the old copy, length) for each range, in order."""
+    return b"".join(COPY_RANGE.pack(offset, length) for offset, length in ranges)
+
+
+def copy_ranges(payload: Buffer) -> list[tuple[int, int]]:
+    if not payload or len(payload) % COPY_RANGE.size:
+        raise RemoteProtocolError("COPY payload is not a list of ranges")
+    return [(offset, length) for offset, length in COPY_RANGE.iter_unpack(payload)]
+
+
+def file_bytes(chunk: Data) -> int:
+    """The bytes of files a chunk stands for (what progress counts), whatever its payload holds."""
+    if chunk.kind is FrameType.ZDATA:
+        return zdata_size(chunk.payload)
+    if chunk.kind is FrameType.COPY:
+        return sum(length for _, length in copy_ranges(chunk.payload))
+    if chunk.kind is FrameType.PACK:
+        return len(chunk.payload) - table_bytes_of(chunk.payload)
+    return len(chunk.payload)
+
+
+def zdata_size(payload: Buffer) -> int:
+    """A compressed chunk's length once decompressed, as its sender declares it."""
+    if len(payload) <= ZDATA_SIZE.size:
+        raise RemoteProtocolError("ZDATA payload too short")
+    return int(ZDATA_SIZE.unpack_from(payload)[0])
+
+
+@dataclass(frozen=True)
+class Join:
+    """Sender side, on a further connection: it belongs to the transfer ``manifest`` describes,
+    as stream number ``stream``. The receiver checks the manifest against the running one."""
+
+    manifest: Manifest
+    stream: int
+
+
+@dataclass(frozen=True)
+class Joined:
+    pass
+
+
+@dataclass(frozen=True)
+class CorruptData:
+    """A DATA frame whose checksum or tag failed; ``seq`` is as read, so may itself be wrong."""
+
+    seq: int
+
+
+@dataclass(frozen=True)
+class Ack:
+    cumulative: int  # every seq below this has arrived
+    selective: tuple[int, ...] = ()  # seqs above ``cumulative`` that arrived too
+
+
+@dataclass(frozen=True)
+class Nack:
+    seq: int
+
+
+@dataclass(frozen=True)
+class FileEnd:
+    file_index: int
+    size: int
+    digest: bytes
+
+
+@dataclass(frozen=True)
+class FileResult:
+    file_index: int
+    ok: bool
+
+
+@dataclass(frozen=True)
+class PackResult:
+    """Receiver side: every file of the pack sent as ``order`` is in place (or one failed its digest)."""
+
+    order: int
+    ok: bool
+
+
+@dataclass(frozen=True)
+class Done:
+    pass
+
+
+@dataclass(frozen=True)
+class Ping:
+    token: int
+
+
+@dataclass(frozen=True)
+class Pong:
+    token: int
+
+
+@dataclass(frozen=True)
+class ErrorFrame:
+    cause: Cause
+    message: str
+
+
+@dataclass(frozen=True)
+class Confirm:
+    pass
+
+
+CONFIRM_BODY = b"rtransfer key confirmation"
+
+
+class Sealer(Protocol):
+    def seal(self, header_prefix: bytes, body: Buffer, out: WritableBuffer | None = None) -> Buffer: ...
+
+
+class Opener(Protocol):
+    def skip(self) -> None: ...
+    def open_into(self, header_prefix: bytes, ciphertext: memoryview, out: memoryview) -> None: ...
+
+
+Frame = (
+    Hello
+    | Manifest
+    | EntryBatch
+    | Accept
+    | Data
+    | Ack
+    | Nack
+    | FileEnd
+    | FileResult
+    | PackResult
+    | Done
+    | Ping
+    | Pong
+    | ErrorFrame
+    | Confirm
+    | Join
+    | Joined
+    | Signature
+)
+CHUNK_TYPES = (FrameType.DATA, FrameType.PACK, FrameType.COPY, FrameType.ZDATA)
+
+
+def checked_by_tag(ftype: FrameType, sealed: bool) -> bool:
+    """Sealed DATA and PACK frames carry check 0: their GCM tag covers every byte (see above)."""
+    return sealed and ftype in CHUNK_TYPES
+
+
+def frame_check(prefix: Buffer, *parts: Buffer) -> int:
+    h = xxhash.xxh3_64(prefix)
+    for part in parts:
+        h.update(part)
+    return h.intdigest()
+
+
+_TYPES: dict[type, FrameType] = {
+    Hello: FrameType.HELLO,
+    Manifest: FrameType.MANIFEST,
+    EntryBatch: FrameType.ENTRIES,
+    Accept: FrameType.ACCEPT,
+    CorruptData: FrameType.DATA,
+    Ack: FrameType.ACK,
+    Nack: FrameType.NACK,
+    FileEnd: FrameType.FILE_END,
+    FileResult: FrameType.FILE_RESULT,
+    PackResult: FrameType.PACK_RESULT,
+    Done: FrameType.DONE,
+    Ping: FrameType.PING,
+    Pong: FrameType.PONG,
+    ErrorFrame: FrameType.ERROR,
+    Confirm: FrameType.CONFIRM,
+    Join: FrameType.JOIN,
+    Joined: FrameType.JOINED,
+    Signature: FrameType.SIGNATURE,
+}
+
+
+def frame_type(frame: Frame | CorruptData) -> FrameType:
+    """The wire type of a decoded frame (a damaged chunk counts as DATA)."""
+    if isinstance(frame, Data):
+        return frame.kind
+    return _TYPES[type(frame)]
