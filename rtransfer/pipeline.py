@@ -451,41 +451,58 @@ async def write_chunks(
     pool: BufferPool | None = None,
 ) -> None:
     """Append each in-order chunk to its file while hashing it; check the digest at the end.
-    A pack's files go into place together (see DirectorySink.write_pack).
-
-    A resumed file's digest first takes in the part already on disk."""
-    digests: dict[int, FileDigest] = {}
-
-    async def digest_for(index: int) -> FileDigest:
-        if index not in digests:
-            digests[index] = FileDigest()
-            start = start_offsets.pop(index, 0)
-            if start:
-                await sink.hash_prefix(index, start, digests[index])
-        return digests[index]
-
+    A pack's files go into place together (see DirectorySink.write_pack)."""
+    writer = _Writer(sink, stats, start_offsets, pool)
     while True:
         item = await queue.get()
         stats.observe_queue(queue.qsize())
         if isinstance(item, PackReady):
             results = await sink.write_pack(item.files, item.payload)
-            if pool is not None:
-                pool.put(item.payload)
+            writer.recycle(item.payload)
             await pack_written(item, results)
-            continue
-        digest = await digest_for(item.file_index)
-        if isinstance(item, ChunkReady):
-            stats.bytes_done += await _write_chunk(item, sink, digest)
-            if pool is not None:
-                pool.put(item.payload)  # written and hashed: nothing reads this chunk again
+        elif isinstance(item, ChunkReady):
+            stats.bytes_done += await _write_chunk(item, sink, await writer.digest_for(item.file_index))
+            writer.recycle(item.payload)  # written and hashed: nothing reads this chunk again
         else:
-            del digests[item.file_index]
-            ok = digest.digest() == item.digest
-            if not ok:
-                stats.integrity_failures += 1
+            ok, digest_hex = await writer.check(item)
             path = sink.display_path(item.file_index)
             await sink.finish(item.file_index, ok)
-            await verified(item, ok, digest.hexdigest(), path)
+            await verified(item, ok, digest_hex, path)
+
+
+class _Writer:
+    """The writer's running digests, one per file being written."""
+
+    def __init__(
+        self, sink: Sink, stats: TransferStats, start_offsets: dict[int, int], pool: BufferPool | None
+    ) -> None:
+        self.sink = sink
+        self.stats = stats
+        self.start_offsets = start_offsets
+        self.pool = pool
+        self.digests: dict[int, FileDigest] = {}
+
+    async def digest_for(self, index: int) -> FileDigest:
+        """A resumed file's digest first takes in the part already on disk."""
+        if index not in self.digests:
+            self.digests[index] = FileDigest()
+            start = self.start_offsets.pop(index, 0)
+            if start:
+                await self.sink.hash_prefix(index, start, self.digests[index])
+        return self.digests[index]
+
+    async def check(self, end: FileComplete) -> tuple[bool, str]:
+        """The file's digest against its sender's (a file resumed whole gets no chunk: its digest is of the disk)."""
+        digest = await self.digest_for(end.file_index)
+        del self.digests[end.file_index]
+        ok = digest.digest() == end.digest
+        if not ok:
+            self.stats.integrity_failures += 1
+        return ok, digest.hexdigest()
+
+    def recycle(self, payload: Buffer) -> None:
+        if self.pool is not None:
+            self.pool.put(payload)
 
 
 async def _write_chunk(chunk: ChunkReady, sink: Sink, digest: FileDigest) -> int:

@@ -68,6 +68,17 @@ class Plan:
     bases: dict[int, Basis] = field(default_factory=dict)
 
 
+@dataclass
+class _Draft:
+    """A plan while a batch is walked: what resumes where, what is done, what to read first."""
+
+    starts: dict[int, int] = field(default_factory=dict)
+    done: list[int] = field(default_factory=list)
+    compare: list[int] = field(default_factory=list)
+    old_copies: list[int] = field(default_factory=list)
+    need: int = 0  # bytes still to write, against the free space
+
+
 class DestDirs:
     """Directories under DEST, opened one name at a time from DEST's own descriptor, never
     following a link (``O_NOFOLLOW``): a link planted inside DEST, by an earlier transfer or
@@ -218,11 +229,7 @@ class DirectorySink:
 
     def plan(self, batch: EntryBatch) -> Plan:
         """Check each name, create directories, find what is here already and what can resume."""
-        starts: dict[int, int] = {}
-        done: list[int] = []
-        compare: list[int] = []
-        old_copies: list[int] = []
-        need = 0
+        draft = _Draft()
         try:
             with DestDirs(self._root_fd, self._created) as dirs:
                 for index, entry in enumerate(batch.entries, batch.first):
@@ -234,38 +241,41 @@ class DirectorySink:
                     dir_fd = dirs.fd(parent)
                     st = None if parent in self._created else _lstat(name, dir_fd)
                     if entry.kind == "symlink":
-                        if self.safe_links and not link_stays_inside(entry.path, entry.target or ""):
-                            link = f"{entry.path!r} -> {entry.target!r}"
-                            raise LocalIOError(f"refusing link {link}: it points outside DEST (--safe-links)")
-                        if (
-                            st is not None
-                            and stat.S_ISLNK(st.st_mode)
-                            and os.readlink(name, dir_fd=dir_fd) == entry.target
-                        ):
-                            continue  # already here
-                        self._refuse_existing(entry, st)
-                        self._links.append(entry)
-                        continue
-                    size_here = st.st_size if st is not None and stat.S_ISREG(st.st_mode) else None
-                    if size_here is not None and entry.digest is not None and size_here == entry.size:
-                        compare.append(index)  # --checksum: the content decides (examine)
-                    elif st is not None and entry.digest is None and self._already_here(st, entry):
-                        done.append(index)
-                        continue
+                        self._plan_link(entry, st, name, dir_fd)
                     else:
-                        self._refuse_existing(entry, st)
-                    self._files[index] = entry
-                    if size_here is not None and self._delta and entry.identity and size_here >= DELTA_MIN_BYTES:
-                        old_copies.append(index)
-                    if entry.identity is not None:
-                        starts[index], self._durable[index] = self._resume_point(self._final(index), entry)
-                    need += (entry.size or 0) - starts.get(index, 0)
+                        self._plan_file(index, entry, st, draft)
             free = shutil.disk_usage(self.root).free
         except OSError as exc:
             raise local_error(exc, exc.filename or self.root) from None
-        if need > free:
-            raise LocalIOError(f"{self.root}: not enough free space ({need} bytes needed, {free} available)")
-        return Plan({i: n for i, n in starts.items() if n}, tuple(done), tuple(compare), tuple(old_copies))
+        if draft.need > free:
+            raise LocalIOError(f"{self.root}: not enough free space ({draft.need} bytes needed, {free} available)")
+        starts = {i: n for i, n in draft.starts.items() if n}
+        return Plan(starts, tuple(draft.done), tuple(draft.compare), tuple(draft.old_copies))
+
+    def _plan_link(self, entry: Entry, st: os.stat_result | None, name: str, dir_fd: int) -> None:
+        if self.safe_links and not link_stays_inside(entry.path, entry.target or ""):
+            link = f"{entry.path!r} -> {entry.target!r}"
+            raise LocalIOError(f"refusing link {link}: it points outside DEST (--safe-links)")
+        if st is not None and stat.S_ISLNK(st.st_mode) and os.readlink(name, dir_fd=dir_fd) == entry.target:
+            return  # already here
+        self._refuse_existing(entry, st)
+        self._links.append(entry)
+
+    def _plan_file(self, index: int, entry: Entry, st: os.stat_result | None, draft: _Draft) -> None:
+        size_here = st.st_size if st is not None and stat.S_ISREG(st.st_mode) else None
+        if size_here is not None and entry.digest is not None and size_here == entry.size:
+            draft.compare.append(index)  # --checksum: the content decides (examine)
+        elif st is not None and entry.digest is None and self._already_here(st, entry):
+            draft.done.append(index)
+            return
+        else:
+            self._refuse_existing(entry, st)
+        self._files[index] = entry
+        if size_here is not None and self._delta and entry.identity and size_here >= DELTA_MIN_BYTES:
+            draft.old_copies.append(index)
+        if entry.identity is not None:
+            draft.starts[index], self._durable[index] = self._resume_point(self._final(index), entry)
+        draft.need += (entry.size or 0) - draft.starts.get(index, 0)
 
     async def examine(self, plan: Plan) -> Plan:
         """Read what ``plan`` left open, in a worker thread: a file whose content is already here is

@@ -301,19 +301,7 @@ class SenderMachine(Peer):
         if isinstance(frame, Ack):
             self._on_ack(frame, events)
         elif isinstance(frame, Nack):
-            if frame.seq >= self._next_seq:
-                raise RemoteProtocolError(f"NACK for sequence number {frame.seq}, which was never sent")
-            events.append(IntegrityFailure(frame.seq))
-            if frame.seq in self._unacked:
-                item = self._unacked[frame.seq]
-                item.failures += 1
-                if item.failures >= MAX_CHUNK_FAILURES:
-                    path = self._path(item.frame.file_index)
-                    raise IntegrityFailed(
-                        f"{path}: the chunk at offset {item.frame.offset} failed its check {item.failures} times "
-                        "in a row; the path keeps damaging it"
-                    )
-                self._resend(frame.seq, "nack", events)
+            self._on_nack(frame, events)
         elif isinstance(frame, Accept) and not self.stream:
             self._on_accept(frame, events)
         elif isinstance(frame, Signature) and not self.stream:
@@ -323,25 +311,44 @@ class SenderMachine(Peer):
         elif isinstance(frame, Joined) and self.stream:
             events.append(StreamJoined(self.stream))
         elif isinstance(frame, FileResult) and frame.file_index in self._ended:
-            if not frame.ok:
-                raise IntegrityFailed(
-                    f"{self._path(frame.file_index)}: whole-file BLAKE3 digest mismatch at the receiver"
-                )
-            self._ended.discard(frame.file_index)
-            self._verified(frame.file_index, events)
+            self._on_file_result(frame, events)
         elif isinstance(frame, PackResult) and frame.order in self._packs:
-            files = self._packs.pop(frame.order)
-            if not frame.ok:
-                names = ", ".join(self._path(i) for i in files[:3])
-                raise IntegrityFailed(f"a small file packed with {names}...: BLAKE3 digest mismatch at the receiver")
-            for index in files:
-                self._verified(index, events)
+            self._on_pack_result(frame, events)
         elif isinstance(frame, Done):
             if self._paths:
                 raise RemoteProtocolError(f"receiver finished before confirming {len(self._paths)} files")
             events.append(TransferComplete())
         else:
             raise RemoteProtocolError(f"unexpected {type(frame).__name__} frame from the peer")
+
+    def _on_nack(self, frame: Nack, events: list[Event]) -> None:
+        if frame.seq >= self._next_seq:
+            raise RemoteProtocolError(f"NACK for sequence number {frame.seq}, which was never sent")
+        events.append(IntegrityFailure(frame.seq))
+        if frame.seq in self._unacked:
+            item = self._unacked[frame.seq]
+            item.failures += 1
+            if item.failures >= MAX_CHUNK_FAILURES:
+                path = self._path(item.frame.file_index)
+                raise IntegrityFailed(
+                    f"{path}: the chunk at offset {item.frame.offset} failed its check {item.failures} times "
+                    "in a row; the path keeps damaging it"
+                )
+            self._resend(frame.seq, "nack", events)
+
+    def _on_file_result(self, frame: FileResult, events: list[Event]) -> None:
+        if not frame.ok:
+            raise IntegrityFailed(f"{self._path(frame.file_index)}: whole-file BLAKE3 digest mismatch at the receiver")
+        self._ended.discard(frame.file_index)
+        self._verified(frame.file_index, events)
+
+    def _on_pack_result(self, frame: PackResult, events: list[Event]) -> None:
+        files = self._packs.pop(frame.order)
+        if not frame.ok:
+            names = ", ".join(self._path(i) for i in files[:3])
+            raise IntegrityFailed(f"a small file packed with {names}...: BLAKE3 digest mismatch at the receiver")
+        for index in files:
+            self._verified(index, events)
 
     def _on_accept(self, frame: Accept, events: list[Event]) -> None:
         if not self._unaccepted:

@@ -44,7 +44,43 @@ def test_the_protocol_never_speaks_of_exit_codes() -> None:
         assert not [n for n in names if "exit" in n.lower()], path.name
 
 
-def test_session_functions_are_short_and_share_no_state_through_closures() -> None:
+def test_every_function_is_short() -> None:
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                lines = (node.end_lineno or node.lineno) - node.lineno + 1
+                assert lines <= MAX_FUNCTION_LINES, f"{path.relative_to(PACKAGE)}: {node.name} is {lines} lines"
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def test_no_import_circle_not_even_for_type_checking() -> None:
+    """A circle makes the order of imports matter and the layers meaningless; TYPE_CHECKING imports count."""
+    modules = {module_name(p): p for p in PACKAGE.rglob("*.py")}
+    graph = {
+        name: {m for m in imported_modules(path) if m in modules and m != name and not name.startswith(m + ".")}
+        for name, path in modules.items()
+    }
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def visit(name: str, path: list[str]) -> None:
+        state[name] = 1
+        for nxt in sorted(graph[name]):
+            if state.get(nxt) == 1:
+                raise AssertionError(" -> ".join([*path[path.index(nxt) :], nxt]))
+            if nxt not in state:
+                visit(nxt, [*path, nxt])
+        state[name] = 2
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name, [name])
+
+
+def test_session_functions_share_no_state_through_closures() -> None:
     assert SESSION
     for path in SESSION:
         tree = ast.parse(path.read_text())
@@ -53,8 +89,6 @@ def test_session_functions_are_short_and_share_no_state_through_closures() -> No
                 raise AssertionError(f"{path.name}:{node.lineno}: {type(node).__name__.lower()} state")
             if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
                 continue
-            lines = (node.end_lineno or node.lineno) - node.lineno + 1
-            assert lines <= MAX_FUNCTION_LINES, f"{path.name}: {node.name} is {lines} lines"
             inner = [
                 n
                 for n in ast.walk(node)
