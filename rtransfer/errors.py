@@ -52,7 +52,7 @@ class ProtocolViolation(RtransferError):
     kind = "protocol"
 
 
-class GarbledFrame(NetworkError):
+class CorruptLink(NetworkError):
     """A frame failed its checksum or its tag after the keys were proved: the path damages data,
     and another connection may do better."""
 

@@ -57,7 +57,7 @@ class PeerSilent(RemoteProtocolError):
     """Nothing arrived for the timeout, or the handshake did not finish in time."""
 
 
-class IntegrityFailed(RemoteProtocolError):
+class Unrepairable(RemoteProtocolError):
     """Data failed its check and resending cannot fix it."""
 
 

@@ -64,7 +64,7 @@ class Retransmitted:
 
 
 @dataclass(frozen=True)
-class IntegrityFailure:
+class ChunkRejected:
     """A chunk failed its checksum (seen by the receiver, or NACKed to the sender)."""
 
     seq: int
@@ -145,7 +145,7 @@ Event = (
     | ChunkArrived
     | ChunksAcked
     | Retransmitted
-    | IntegrityFailure
+    | ChunkRejected
     | FileVerified
     | ManifestReceived
     | EntriesReceived

@@ -170,7 +170,7 @@ class Joined:
 
 
 @dataclass(frozen=True)
-class CorruptData:
+class CorruptChunk:
     """A DATA frame whose checksum or tag failed; ``seq`` is as read, so may itself be wrong."""
 
     seq: int
@@ -286,7 +286,7 @@ _TYPES: dict[type, FrameType] = {
     Manifest: FrameType.MANIFEST,
     EntryBatch: FrameType.ENTRIES,
     Accept: FrameType.ACCEPT,
-    CorruptData: FrameType.DATA,
+    CorruptChunk: FrameType.DATA,
     Ack: FrameType.ACK,
     Nack: FrameType.NACK,
     FileEnd: FrameType.FILE_END,
@@ -303,7 +303,7 @@ _TYPES: dict[type, FrameType] = {
 }
 
 
-def frame_type(frame: Frame | CorruptData) -> FrameType:
+def frame_type(frame: Frame | CorruptChunk) -> FrameType:
     """The wire type of a decoded frame (a damaged chunk counts as DATA)."""
     if isinstance(frame, Data):
         return frame.kind

@@ -27,7 +27,7 @@ from rtransfer.protocol.events import Event
 from rtransfer.protocol.messages import (
     PROTOCOL_VERSION,
     Confirm,
-    CorruptData,
+    CorruptChunk,
     ErrorFrame,
     Frame,
     Hello,
@@ -179,7 +179,7 @@ class Peer:
                 exc.phase = exc.phase or arrived_in
                 raise
 
-    def _dispatch(self, frame: Frame | CorruptData, events: list[Event]) -> None:
+    def _dispatch(self, frame: Frame | CorruptChunk, events: list[Event]) -> None:
         if isinstance(frame, Hello):
             self._on_hello(frame)
         elif isinstance(frame, Confirm):
@@ -212,7 +212,7 @@ class Peer:
     def _on_keys(self) -> None:
         """Hook: keys are agreed and our CONFIRM is queued (the sender sends its manifest)."""
 
-    def _handle(self, frame: Frame | CorruptData, events: list[Event]) -> None:
+    def _handle(self, frame: Frame | CorruptChunk, events: list[Event]) -> None:
         """The frames only one role receives; the phase table has already allowed the type."""
         raise NotImplementedError
 

@@ -44,7 +44,7 @@ from rtransfer.protocol.messages import (
     Accept,
     Ack,
     Confirm,
-    CorruptData,
+    CorruptChunk,
     Data,
     Done,
     ErrorFrame,
@@ -102,7 +102,7 @@ class FrameDecoder:
         self._body_n = 0
         self._ftype = FrameType.DONE
         self._check = 0
-        self._ready: list[Frame | CorruptData] = []
+        self._ready: list[Frame | CorruptChunk] = []
 
     def get_buffer(self) -> memoryview:
         if self._body is None:
@@ -133,7 +133,7 @@ class FrameDecoder:
         """The body buffer of a frame still being read, if any."""
         return [] if self._body is None else [self._body]
 
-    def frames(self) -> Iterator[Frame | CorruptData]:
+    def frames(self) -> Iterator[Frame | CorruptChunk]:
         ready, self._ready = self._ready, []
         yield from ready
 
@@ -178,7 +178,7 @@ class FrameDecoder:
 
     def _corrupt_data(self, body: WritableBuffer) -> None:
         """A damaged chunk is not fatal: the receiver NACKs it and the sender resends."""
-        self._ready.append(CorruptData(U64.unpack_from(body)[0]))
+        self._ready.append(CorruptChunk(U64.unpack_from(body)[0]))
         self._buffers.put(body)
 
     def _open(self, prefix: bytes, sealed: WritableBuffer, clear: int) -> WritableBuffer:

@@ -14,11 +14,11 @@ from rtransfer.protocol.errors import LimitExceeded, LocalProtocolError, RemoteP
 from rtransfer.protocol.events import (
     ChunkArrived,
     ChunkReady,
+    ChunkRejected,
     DuplicateChunk,
     EntriesReceived,
     Event,
     FileComplete,
-    IntegrityFailure,
     JoinRequested,
     ManifestReceived,
     PackReady,
@@ -27,7 +27,7 @@ from rtransfer.protocol.events import (
 from rtransfer.protocol.messages import (
     Accept,
     Ack,
-    CorruptData,
+    CorruptChunk,
     Data,
     Done,
     FileEnd,
@@ -216,10 +216,10 @@ class ReceiverMachine(Peer):
         self._maybe_finish(events)
         return events
 
-    def _handle(self, frame: Frame | CorruptData, events: list[Event]) -> None:
+    def _handle(self, frame: Frame | CorruptChunk, events: list[Event]) -> None:
         if isinstance(frame, Data):
             self._on_data(frame, events)
-        elif isinstance(frame, CorruptData):
+        elif isinstance(frame, CorruptChunk):
             self._on_corrupt(frame, events)
         elif isinstance(frame, Manifest):
             if frame.streams > self.limits.max_streams:
@@ -292,12 +292,12 @@ class ReceiverMachine(Peer):
             events.append(DuplicateChunk(frame.seq))
         for chunk in ready:
             if chunk.packed:
-                self._deliver_pack(chunk, events)
+                self._release_pack(chunk, events)
             else:
-                self._deliver(chunk, events)
+                self._release_chunk(chunk, events)
 
-    def _on_corrupt(self, frame: CorruptData, events: list[Event]) -> None:
-        events.append(IntegrityFailure(frame.seq))
+    def _on_corrupt(self, frame: CorruptChunk, events: list[Event]) -> None:
+        events.append(ChunkRejected(frame.seq))
         if self._in_window(frame.seq) and frame.seq not in self._pending:
             self._send(Nack(frame.seq))
 
@@ -324,7 +324,7 @@ class ReceiverMachine(Peer):
                 raise RemoteProtocolError(f"COPY for file {frame.file_index} outside its old copy here")
         return file_bytes(frame)
 
-    def _deliver(self, frame: Data, events: list[Event]) -> None:
+    def _release_chunk(self, frame: Data, events: list[Event]) -> None:
         index = frame.file_index
         incoming = self._incoming(index)
         size = self._file_bytes(frame, incoming)
@@ -346,7 +346,7 @@ class ReceiverMachine(Peer):
         events.append(ChunkReady(index, frame.offset, frame.payload, frame.kind))
         self._maybe_complete(index, events)
 
-    def _deliver_pack(self, frame: Data, events: list[Event]) -> None:
+    def _release_pack(self, frame: Data, events: list[Event]) -> None:
         """Every file of a pack must be whole, declared at that size, not yet started, and in order."""
         files = read_table(frame.payload)
         if not files:

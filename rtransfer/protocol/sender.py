@@ -6,13 +6,13 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass
 
 from rtransfer.protocol.constants import FrameType, Phase, Role
-from rtransfer.protocol.errors import IntegrityFailed, LocalProtocolError, RemoteProtocolError
+from rtransfer.protocol.errors import LocalProtocolError, RemoteProtocolError, Unrepairable
 from rtransfer.protocol.events import (
     Accepted,
+    ChunkRejected,
     ChunksAcked,
     Event,
     FileVerified,
-    IntegrityFailure,
     Retransmitted,
     SignatureReceived,
     StreamJoined,
@@ -21,7 +21,7 @@ from rtransfer.protocol.events import (
 from rtransfer.protocol.messages import (
     Accept,
     Ack,
-    CorruptData,
+    CorruptChunk,
     Data,
     Done,
     FileEnd,
@@ -297,7 +297,7 @@ class SenderMachine(Peer):
         del self._paths[file_index]
         events.append(FileVerified(file_index, True))
 
-    def _handle(self, frame: Frame | CorruptData, events: list[Event]) -> None:
+    def _handle(self, frame: Frame | CorruptChunk, events: list[Event]) -> None:
         if isinstance(frame, Ack):
             self._on_ack(frame, events)
         elif isinstance(frame, Nack):
@@ -324,13 +324,13 @@ class SenderMachine(Peer):
     def _on_nack(self, frame: Nack, events: list[Event]) -> None:
         if frame.seq >= self._next_seq:
             raise RemoteProtocolError(f"NACK for sequence number {frame.seq}, which was never sent")
-        events.append(IntegrityFailure(frame.seq))
+        events.append(ChunkRejected(frame.seq))
         if frame.seq in self._unacked:
             item = self._unacked[frame.seq]
             item.failures += 1
             if item.failures >= MAX_CHUNK_FAILURES:
                 path = self._path(item.frame.file_index)
-                raise IntegrityFailed(
+                raise Unrepairable(
                     f"{path}: the chunk at offset {item.frame.offset} failed its check {item.failures} times "
                     "in a row; the path keeps damaging it"
                 )
@@ -338,7 +338,7 @@ class SenderMachine(Peer):
 
     def _on_file_result(self, frame: FileResult, events: list[Event]) -> None:
         if not frame.ok:
-            raise IntegrityFailed(f"{self._path(frame.file_index)}: whole-file BLAKE3 digest mismatch at the receiver")
+            raise Unrepairable(f"{self._path(frame.file_index)}: whole-file BLAKE3 digest mismatch at the receiver")
         self._ended.discard(frame.file_index)
         self._verified(frame.file_index, events)
 
@@ -346,7 +346,7 @@ class SenderMachine(Peer):
         files = self._packs.pop(frame.order)
         if not frame.ok:
             names = ", ".join(self._path(i) for i in files[:3])
-            raise IntegrityFailed(f"a small file packed with {names}...: BLAKE3 digest mismatch at the receiver")
+            raise Unrepairable(f"a small file packed with {names}...: BLAKE3 digest mismatch at the receiver")
         for index in files:
             self._verified(index, events)
 

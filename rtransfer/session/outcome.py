@@ -9,7 +9,7 @@ from rtransfer.errors import (
     EXIT_INTEGRITY,
     EXIT_LOCAL_IO,
     EXIT_NETWORK,
-    GarbledFrame,
+    CorruptLink,
     HandshakeError,
     IntegrityError,
     LocalIOError,
@@ -26,12 +26,12 @@ from rtransfer.protocol.errors import (
     CorruptFrame,
     FrameAuthenticationError,
     HandshakeRefused,
-    IntegrityFailed,
     LimitExceeded,
     LocalProtocolError,
     PeerFailed,
     PeerSilent,
     ProtocolError,
+    Unrepairable,
 )
 from rtransfer.protocol.phases import AUTHENTICATING
 
@@ -53,7 +53,7 @@ def to_error(exc: ProtocolError) -> RtransferError:
         if exc.cause is Cause.LINK:  # the peer lost the link too and will reconnect
             return NetworkError(exc.message)
         return RemoteError(exc.message, _PEER_EXIT_CODES.get(exc.cause, RemoteError.exit_code))
-    if isinstance(exc, IntegrityFailed):
+    if isinstance(exc, Unrepairable):
         return IntegrityError(exc.message)
     if isinstance(exc, LimitExceeded):
         return LocalIOError(exc.message)
@@ -62,7 +62,7 @@ def to_error(exc: ProtocolError) -> RtransferError:
     if isinstance(exc, FrameAuthenticationError) and authenticating:
         return WrongCode("authentication failed: the codes do not match")
     if isinstance(exc, CorruptFrame | FrameAuthenticationError):
-        return GarbledFrame(exc.message)
+        return CorruptLink(exc.message)
     if isinstance(exc, HandshakeRefused):
         return HandshakeError(exc.message)
     if isinstance(exc, LocalProtocolError):
@@ -101,4 +101,4 @@ def worth_reconnecting(error: RtransferError, *, started: bool, resumable: bool,
         return started
     if not isinstance(error, NetworkError):
         return False
-    return started or not waits_for_peer or isinstance(error, GarbledFrame)
+    return started or not waits_for_peer or isinstance(error, CorruptLink)

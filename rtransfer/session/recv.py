@@ -14,11 +14,11 @@ from rtransfer.protocol.constants import Phase
 from rtransfer.protocol.events import (
     ChunkArrived,
     ChunkReady,
+    ChunkRejected,
     DuplicateChunk,
     EntriesReceived,
     Event,
     FileComplete,
-    IntegrityFailure,
     JoinRequested,
     ManifestReceived,
     PackReady,
@@ -161,7 +161,7 @@ class ReceiveAttempt(Attempt):
             ChunkReady: self.to_writer,
             FileComplete: self.to_writer,
             PackReady: self.to_writer,
-            IntegrityFailure: self.on_integrity_failure,
+            ChunkRejected: self.on_chunk_rejected,
             DuplicateChunk: self.on_duplicate,
             ManifestReceived: self.on_manifest,
             EntriesReceived: self.on_entries,
@@ -196,7 +196,7 @@ class ReceiveAttempt(Attempt):
                 await self.queue.put(event)
                 self.stats.observe_queue(self.queue.qsize())
 
-    async def on_integrity_failure(self, event: IntegrityFailure) -> None:
+    async def on_chunk_rejected(self, event: ChunkRejected) -> None:
         self.stats.integrity_failures += 1
 
     async def on_duplicate(self, event: DuplicateChunk) -> None:

@@ -28,9 +28,9 @@ from rtransfer.pipeline import (
 from rtransfer.protocol.constants import FrameType
 from rtransfer.protocol.events import (
     Accepted,
+    ChunkRejected,
     ChunksAcked,
     FileVerified,
-    IntegrityFailure,
     Retransmitted,
     SignatureReceived,
     TransferComplete,
@@ -160,7 +160,7 @@ class SendAttempt(Attempt):
         self.handlers = {
             ChunksAcked: functools.partial(self.on_stream_acked, 0),
             Retransmitted: self.on_retransmitted,
-            IntegrityFailure: self.on_integrity_failure,
+            ChunkRejected: self.on_chunk_rejected,
             FileVerified: self.on_file_verified,
             Accepted: self.on_accepted,
             SignatureReceived: self.on_signature,
@@ -196,7 +196,7 @@ class SendAttempt(Attempt):
         self.stats.retransmits += 1
         self.reporter.retransmit(event.seq, event.reason)
 
-    async def on_integrity_failure(self, event: IntegrityFailure) -> None:
+    async def on_chunk_rejected(self, event: ChunkRejected) -> None:
         self.stats.integrity_failures += 1
 
     async def on_file_verified(self, event: FileVerified) -> None:

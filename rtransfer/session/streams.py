@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from rtransfer.errors import RtransferError
 from rtransfer.pipeline import SENDER_ROOM, BufferPool
-from rtransfer.protocol.events import ChunksAcked, Event, IntegrityFailure, Retransmitted, StreamJoined
+from rtransfer.protocol.events import ChunkRejected, ChunksAcked, Event, Retransmitted, StreamJoined
 from rtransfer.protocol.messages import Data
 from rtransfer.protocol.scheduler import Scheduler
 from rtransfer.protocol.sender import SenderMachine
@@ -232,5 +232,5 @@ class FurtherStream:
             self.dealer.add(self.stream, conn)
         elif isinstance(event, ChunksAcked):
             await self.links.on_acked(self.stream, event)
-        elif isinstance(event, Retransmitted | IntegrityFailure):
+        elif isinstance(event, Retransmitted | ChunkRejected):
             await self.links.on_event(event)

@@ -13,7 +13,7 @@ from rtransfer.errors import WrongCode
 from rtransfer.listen import new_code, normalise_code
 from rtransfer.protocol.constants import Phase
 from rtransfer.protocol.errors import CorruptFrame, FrameAuthenticationError, LocalProtocolError
-from rtransfer.protocol.events import IntegrityFailure, ManifestReceived, Retransmitted, TransferComplete
+from rtransfer.protocol.events import ChunkRejected, ManifestReceived, Retransmitted, TransferComplete
 from rtransfer.protocol.messages import DATA_HEADER, HEADER, Hello
 from rtransfer.protocol.phases import AUTHENTICATING
 from rtransfer.protocol.reading import FrameDecoder
@@ -129,7 +129,7 @@ def test_a_damaged_sealed_chunk_is_nacked_and_resent_not_fatal(where: str) -> No
     assert HEADER.unpack_from(raw)[2] == 0
     position = {"ciphertext": HEADER.size + DATA_HEADER.size + 100, "tag": -1, "clear seq": HEADER.size + 7}[where]
     raw[position] ^= 0x04
-    assert pair.receiver.receive_data(bytes(raw), pair.now) == [IntegrityFailure(0 if where != "clear seq" else 4)]
+    assert pair.receiver.receive_data(bytes(raw), pair.now) == [ChunkRejected(0 if where != "clear seq" else 4)]
     events = pair.to_sender()
     if where == "clear seq":  # seq 4 is outside the window, so no NACK: the timeout resends chunk 0
         pair.now += pair.sender.rto_s

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import json
 import re
 import shutil
 import subprocess
@@ -11,6 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from rtransfer.cli import app
+from rtransfer.errors import RtransferError
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -76,3 +79,24 @@ def test_every_module_the_architecture_names_exists() -> None:
     for name in named:
         path = ROOT / (name if name.split("/")[0] in ("rtransfer", "bench", "tests") else f"rtransfer/{name}")
         assert path.exists(), f"docs/architecture.md names {name}, which does not exist"
+
+
+def test_every_json_field_is_documented() -> None:
+    from rtransfer.report import JsonReporter
+    from rtransfer.stats import TransferStats
+
+    out = io.StringIO()
+    reporter = JsonReporter(out)
+    stats = TransferStats("send", compression=2.0, streams=[{"stream": 0}])
+    reporter.listening("h", 1, "c")
+    reporter.started(stats)
+    reporter.progress(stats)
+    reporter.retransmit(1, "nack")
+    reporter.file_done("p", 1, "ab")
+    reporter.warning("w")
+    reporter.error(RtransferError("x"))
+    man = (ROOT / "man" / "rtransfer.1").read_text()
+    fields = {key for line in out.getvalue().splitlines() for key in json.loads(line)}
+    events = {json.loads(line)["event"] for line in out.getvalue().splitlines()}
+    for name in fields | events | {"rate_bps", "in_flight_bytes", "queued_bytes", "stalled", "paused"}:
+        assert re.search(rf"\b{name}\b", man), f"{name} is not in rtransfer.1's JSON EVENTS"

@@ -14,7 +14,7 @@ from rtransfer.protocol.messages import (
     MAX_BODY_BYTES,
     Accept,
     Ack,
-    CorruptData,
+    CorruptChunk,
     Data,
     Done,
     ErrorFrame,
@@ -149,7 +149,7 @@ def test_unknown_frame_type_is_a_protocol_error() -> None:
 def test_flipped_payload_bit_in_data_frame_yields_corrupt_data_with_its_seq() -> None:
     raw = bytearray(encode_bytes(Data(7, 0, 0, b"x" * 100)))
     raw[-1] ^= 0x01
-    assert decode_all(bytes(raw)) == [CorruptData(7)]
+    assert decode_all(bytes(raw)) == [CorruptChunk(7)]
 
 
 def test_flipped_bit_in_control_frame_is_a_protocol_error() -> None:

@@ -14,22 +14,22 @@ from rtransfer.protocol.constants import Cause, FrameType, Phase, Role
 from rtransfer.protocol.errors import (
     ConnectionFailed,
     HandshakeRefused,
-    IntegrityFailed,
     LimitExceeded,
     LocalProtocolError,
     PeerFailed,
     PeerSilent,
     ProtocolError,
     RemoteProtocolError,
+    Unrepairable,
 )
 from rtransfer.protocol.events import (
     ChunkReady,
+    ChunkRejected,
     ChunksAcked,
     DuplicateChunk,
     EntriesReceived,
     FileComplete,
     FileVerified,
-    IntegrityFailure,
     PackReady,
     Retransmitted,
     TransferComplete,
@@ -147,9 +147,9 @@ def test_nack_for_corrupt_chunk_triggers_immediate_resend() -> None:
     raw = bytearray(b"".join(bytes(p) for p in pair.sender.data_to_send()))
     raw[-5] ^= 0x10
     events = pair.receiver.receive_data(bytes(raw), 0.0)
-    assert events == [IntegrityFailure(0)]
+    assert events == [ChunkRejected(0)]
     events = pair.to_sender()
-    assert Retransmitted(0, "nack") in events and IntegrityFailure(0) in events
+    assert Retransmitted(0, "nack") in events and ChunkRejected(0) in events
     pair.to_receiver()
     assert pair.written()[0] == data
 
@@ -162,9 +162,9 @@ def test_a_chunk_damaged_every_time_ends_in_an_integrity_error_not_an_endless_re
     for attempt in range(1, failures + 1):
         raw = bytearray(b"".join(bytes(p) for p in pair.sender.data_to_send()))
         raw[-5] ^= 0x10
-        assert pair.receiver.receive_data(bytes(raw), 0.0) == [IntegrityFailure(0)]
+        assert pair.receiver.receive_data(bytes(raw), 0.0) == [ChunkRejected(0)]
         if attempt == MAX_CHUNK_FAILURES:
-            with pytest.raises(IntegrityFailed, match=f"offset 0 failed its check {MAX_CHUNK_FAILURES} times"):
+            with pytest.raises(Unrepairable, match=f"offset 0 failed its check {MAX_CHUNK_FAILURES} times"):
                 pair.to_sender()
             return
         assert Retransmitted(0, "nack") in pair.to_sender()
@@ -241,7 +241,7 @@ def test_digest_mismatch_at_the_receiver_fails_the_sender_with_an_integrity_erro
     pair.to_receiver()
     pair.verify_completed_files()
     assert pair.receiver_events[-1] == FileComplete(0, 5, blake3.blake3(b"HELLO").digest())
-    with pytest.raises(IntegrityFailed, match="f0: whole-file BLAKE3 digest mismatch"):
+    with pytest.raises(Unrepairable, match="f0: whole-file BLAKE3 digest mismatch"):
         pair.to_sender()
 
 
@@ -395,14 +395,16 @@ def test_any_bytes_give_events_or_a_protocol_error_never_another_exception(
 @given(st.lists(st.sampled_from(range(len(FRAME_SAMPLES))), max_size=12))
 def test_any_sequence_of_well_formed_frames_gives_events_or_a_protocol_error(order: list[int]) -> None:
     pair = Pair.accepted(manifest(CHUNK * 3, None))
-    for side in ("receiver", "sender"):
+    frames = [FRAME_SAMPLES[i] for i in order]
+    for machine, deliver in ((pair.receiver, pair.to_receiver), (pair.sender, pair.to_sender)):
         try:
-            if side == "receiver":
-                pair.to_receiver([FRAME_SAMPLES[i] for i in order])
-            else:
-                pair.to_sender([FRAME_SAMPLES[i] for i in order])
-        except RemoteProtocolError:
-            pass
+            deliver(frames)
+        except RemoteProtocolError as exc:
+            assert machine.phase is Phase.ERROR and exc.phase is not None  # failed, where it was
+            with pytest.raises(ConnectionFailed):  # and stays failed
+                machine.on_timer(pair.now)
+        else:
+            assert machine.phase is not Phase.ERROR
 
 
 @pytest.mark.parametrize("encrypt", [False, True])

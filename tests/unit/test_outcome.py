@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from rtransfer.errors import (
-    GarbledFrame,
+    CorruptLink,
     HandshakeError,
     IntegrityError,
     LocalIOError,
@@ -22,13 +22,13 @@ from rtransfer.protocol.errors import (
     CorruptFrame,
     FrameAuthenticationError,
     HandshakeRefused,
-    IntegrityFailed,
     LimitExceeded,
     LocalProtocolError,
     PeerFailed,
     PeerSilent,
     ProtocolError,
     RemoteProtocolError,
+    Unrepairable,
 )
 from rtransfer.session.outcome import cause_of, to_error, worth_reconnecting
 
@@ -44,13 +44,13 @@ G, C, T = Phase.GREETING, Phase.CONFIRMING, Phase.TRANSFERRING
 # before the transfer started, after it started; the receiver waits: before, after)
 CASES = [
     (FrameAuthenticationError("tag"), C, WrongCode, 5, (False, False), (False, False)),
-    (FrameAuthenticationError("tag"), T, GarbledFrame, 3, (True, True), (True, True)),
+    (FrameAuthenticationError("tag"), T, CorruptLink, 3, (True, True), (True, True)),
     (HandshakeRefused("version 9"), G, HandshakeError, 5, (False, True), (False, True)),
     (RemoteProtocolError("DATA while greeting"), G, HandshakeError, 5, (False, True), (False, True)),
     (RemoteProtocolError("offset 7; expected 0"), T, ProtocolViolation, 3, (False, False), (False, False)),
-    (CorruptFrame("checksum"), G, GarbledFrame, 3, (True, True), (True, True)),
+    (CorruptFrame("checksum"), G, CorruptLink, 3, (True, True), (True, True)),
     (PeerSilent("silent for 31 s"), T, NetworkError, 3, (True, True), (False, True)),
-    (IntegrityFailed("16 times"), T, IntegrityError, 4, (False, False), (False, False)),
+    (Unrepairable("16 times"), T, IntegrityError, 4, (False, False), (False, False)),
     (LimitExceeded("too many entries"), Phase.PLANNING, LocalIOError, 6, (False, False), (False, False)),
     (PeerFailed(Cause.LINK, "peer: reset"), T, NetworkError, 3, (True, True), (False, True)),
     (PeerFailed(Cause.LOCAL, "peer: disk full"), T, RemoteError, 6, (False, False), (False, False)),
