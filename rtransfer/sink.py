@@ -1,22 +1,21 @@
-"""Where a transfer lands: DEST on disk (DirectorySink) or standard output (StdoutSink)."""
+"""Where a transfer lands: DEST on disk (DirectorySink: planning each batch, partial files and
+their journal, packs, the finishing touches) or standard output (stdout_sink.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import os
 import shutil
 import stat
-import sys
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
 import aiofiles
 import aiofiles.os
-import blake3
 
 from rtransfer.delta import DELTA_MIN_BYTES, describe
+from rtransfer.dest import DIR_FLAGS, DestDirs, lstat_or_none, partial_path, placed
 from rtransfer.direct_io import PartialWriter, direct_io_suits
 from rtransfer.errors import LocalIOError
 from rtransfer.files import link_stays_inside, local_error, safe_relative_path
@@ -31,122 +30,21 @@ from rtransfer.journal import (
     write_journal,
 )
 from rtransfer.listen import check_dest
+from rtransfer.packs import write_packed
+from rtransfer.plan import Draft, Plan
 from rtransfer.protocol.model import Basis, Buffer, Entry, EntryBatch, Manifest
 from rtransfer.protocol.pack import PackedFile
-from rtransfer.stdio import StdStream
+from rtransfer.stdout_sink import StdoutSink
 from rtransfer.workers import in_cpu, in_worker
 
-PARTIAL_SUFFIX = ".rtpart"
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
 # Threads creating a pack's files: creating a file is the file system's work, which a second
 # thread overlaps; a third gained nothing on two cores (bench/README.md).
 PACK_WRITERS = 2
 
 
-def partial_path(final: Path) -> Path:
-    return final.with_name(f".{final.name}{PARTIAL_SUFFIX}")
-
-
 # A copied range of the old copy is read, hashed and written in one worker call per this many bytes.
 COPY_STEP_BYTES = 16 * 1024 * 1024
 _COPY_BUFFER_BYTES = 1024 * 1024  # through a buffer this size, so each piece is hashed while in cache
-
-
-@dataclass(frozen=True)
-class Plan:
-    """Where each file starts: bytes already here of the same version, or whole and done.
-
-    ``plan`` finds what the names and sizes tell; ``examine`` reads what they cannot: files of
-    the same size to compare by content (``compare``, --checksum) and old copies to describe
-    for a delta (``old_copies``, which it turns into ``bases``)."""
-
-    start_offsets: dict[int, int]
-    done: tuple[int, ...]
-    compare: tuple[int, ...] = ()
-    old_copies: tuple[int, ...] = ()
-    bases: dict[int, Basis] = field(default_factory=dict)
-
-
-@dataclass
-class _Draft:
-    """A plan while a batch is walked: what resumes where, what is done, what to read first."""
-
-    starts: dict[int, int] = field(default_factory=dict)
-    done: list[int] = field(default_factory=list)
-    compare: list[int] = field(default_factory=list)
-    old_copies: list[int] = field(default_factory=list)
-    need: int = 0  # bytes still to write, against the free space
-
-
-class DestDirs:
-    """Directories under DEST, opened one name at a time from DEST's own descriptor, never
-    following a link (``O_NOFOLLOW``): a link planted inside DEST, by an earlier transfer or
-    anyone else, cannot lead a write outside it. Missing directories are created."""
-
-    MAX_OPEN = 256  # descriptors kept open at once; past that the cache starts over
-
-    def __init__(self, root_fd: int, created: set[str] | None = None) -> None:
-        """``created`` collects the directories made here: nothing in them predates the transfer."""
-        self._fds: dict[str, int] = {"": root_fd}
-        self._created = created if created is not None else set()
-
-    def fd(self, rel_dir: str) -> int:
-        """The directory ``rel_dir`` ("a/b", or "" for DEST), created if missing."""
-        fd = self._fds.get(rel_dir)
-        if fd is not None:
-            return fd
-        parent, _, name = rel_dir.rpartition("/")
-        parent_fd = self.fd(parent)
-        try:
-            fd = self._open(name, parent_fd)
-        except FileNotFoundError:
-            try:
-                os.mkdir(name, 0o777, dir_fd=parent_fd)
-                self._created.add(rel_dir)
-            except FileExistsError:
-                pass
-            fd = self._open(name, parent_fd)
-        if len(self._fds) > self.MAX_OPEN:
-            self.close()
-        self._fds[rel_dir] = fd
-        return fd
-
-    @staticmethod
-    def _open(name: str, parent_fd: int) -> int:
-        try:
-            return os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
-        except OSError as exc:
-            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-                raise LocalIOError(
-                    f"{name}: is a symbolic link or not a directory; refusing to write through it"
-                ) from None
-            raise
-
-    def close(self) -> None:
-        root = self._fds.pop("")
-        for fd in self._fds.values():
-            os.close(fd)
-        self._fds = {"": root}
-
-    def __enter__(self) -> DestDirs:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def _placed(entry_path: str) -> tuple[str, str]:
-    """An entry's (parent directory, name), for an entry ``plan`` has already checked."""
-    parent, _, name = entry_path.rpartition("/")
-    return parent, name
-
-
-def _check_packed(view: memoryview, packed: PackedFile) -> tuple[memoryview, str | None]:
-    """A packed file's bytes, and their BLAKE3 hex digest if it matches the one the sender sent (else None)."""
-    data = view[packed.start : packed.start + packed.size]
-    hasher = blake3.blake3(data)
-    return data, hasher.hexdigest() if hasher.digest() == packed.digest else None
 
 
 def _copy_hashed(src: int, dst: int, offset: int, length: int, digest: FileDigest) -> None:
@@ -160,13 +58,6 @@ def _copy_hashed(src: int, dst: int, offset: int, length: int, digest: FileDiges
         done += len(view)
         while view:
             view = view[os.write(dst, view) :]
-
-
-def _lstat(name: str, dir_fd: int) -> os.stat_result | None:
-    try:
-        return os.lstat(name, dir_fd=dir_fd)
-    except FileNotFoundError:
-        return None
 
 
 def plan_alone(sink: DirectorySink | StdoutSink, chunk_bytes: int, *entries: Entry) -> Plan:
@@ -214,7 +105,7 @@ class DirectorySink:
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             if self._root_fd < 0:
-                self._root_fd = os.open(self.root, _DIR_FLAGS & ~os.O_NOFOLLOW)
+                self._root_fd = os.open(self.root, DIR_FLAGS & ~os.O_NOFOLLOW)
         except OSError as exc:
             raise local_error(exc, self.root) from None
         if not os.access(self.root, os.W_OK | os.X_OK):
@@ -229,7 +120,7 @@ class DirectorySink:
 
     def plan(self, batch: EntryBatch) -> Plan:
         """Check each name, create directories, find what is here already and what can resume."""
-        draft = _Draft()
+        draft = Draft()
         try:
             with DestDirs(self._root_fd, self._created) as dirs:
                 for index, entry in enumerate(batch.entries, batch.first):
@@ -237,9 +128,9 @@ class DirectorySink:
                         dirs.fd(safe_relative_path(entry.path))
                         self._dirs.append(entry)
                         continue
-                    parent, name = _placed(safe_relative_path(entry.path))
+                    parent, name = placed(safe_relative_path(entry.path))
                     dir_fd = dirs.fd(parent)
-                    st = None if parent in self._created else _lstat(name, dir_fd)
+                    st = None if parent in self._created else lstat_or_none(name, dir_fd)
                     if entry.kind == "symlink":
                         self._plan_link(entry, st, name, dir_fd)
                     else:
@@ -261,7 +152,7 @@ class DirectorySink:
         self._refuse_existing(entry, st)
         self._links.append(entry)
 
-    def _plan_file(self, index: int, entry: Entry, st: os.stat_result | None, draft: _Draft) -> None:
+    def _plan_file(self, index: int, entry: Entry, st: os.stat_result | None, draft: Draft) -> None:
         size_here = st.st_size if st is not None and stat.S_ISREG(st.st_mode) else None
         if size_here is not None and entry.digest is not None and size_here == entry.size:
             draft.compare.append(index)  # --checksum: the content decides (examine)
@@ -489,7 +380,10 @@ class DirectorySink:
         entries = [self._files.pop(f.file_index) for f in files]
         writers = PACK_WRITERS if len(files) >= 2 * PACK_WRITERS else 1
         outcomes = await asyncio.gather(
-            *(in_worker(self._write_pack, files[k::writers], entries[k::writers], payload) for k in range(writers)),
+            *(
+                in_worker(write_packed, self._root_fd, files[k::writers], entries[k::writers], payload)
+                for k in range(writers)
+            ),
             return_exceptions=True,  # both threads are done with the payload before anyone reuses it
         )
         done: list[tuple[str, int, str | None]] = []
@@ -499,33 +393,6 @@ class DirectorySink:
             if isinstance(outcome, BaseException):
                 raise outcome
             done.extend(outcome)
-        return done
-
-    def _write_pack(
-        self, files: list[PackedFile], entries: list[Entry], payload: Buffer
-    ) -> list[tuple[str, int, str | None]]:
-        done: list[tuple[str, int, str | None]] = []
-        with memoryview(payload) as view, DestDirs(self._root_fd) as dirs:
-            for packed, entry in zip(files, entries, strict=True):
-                data, digest_hex = _check_packed(view, packed)
-                if digest_hex is None:
-                    done.append((entry.path, packed.size, None))
-                    continue
-                parent, name = _placed(entry.path)
-                dir_fd = dirs.fd(parent)
-                part = f".{name}{PARTIAL_SUFFIX}"
-                fd = os.open(part, _NEW_FILE_FLAGS, 0o600, dir_fd=dir_fd)
-                try:
-                    written = 0
-                    while written < len(data):
-                        written += os.write(fd, data[written:])
-                    os.fchmod(fd, entry.mode)
-                    if entry.mtime is not None:
-                        os.utime(fd, (entry.mtime, entry.mtime))
-                finally:
-                    os.close(fd)
-                os.rename(part, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-                done.append((entry.path, packed.size, digest_hex))
         return done
 
     async def complete(self) -> None:
@@ -540,9 +407,9 @@ class DirectorySink:
     def _complete(self) -> None:
         with DestDirs(self._root_fd) as dirs:
             for entry in self._links:
-                parent, name = _placed(entry.path)
+                parent, name = placed(entry.path)
                 dir_fd = dirs.fd(parent)
-                if _lstat(name, dir_fd) is not None:
+                if lstat_or_none(name, dir_fd) is not None:
                     os.unlink(name, dir_fd=dir_fd)
                 assert entry.target is not None
                 os.symlink(entry.target, name, dir_fd=dir_fd)
@@ -572,67 +439,6 @@ class DirectorySink:
                 if not resumable:
                     partial_path(final).unlink()
         self._open.clear()
-
-
-class StdoutSink:
-    """Writes the single incoming stream to standard output, in order, straight from the chunk buffers.
-
-    Bytes reach stdout before the whole-file digest can be checked (as with curl);
-    a mismatch still fails the run with exit 4. A small file arrives packed, and is
-    checked before its bytes are written.
-    """
-
-    def __init__(self) -> None:
-        self._path = ""
-        self._out: StdStream | None = None
-
-    def check(self) -> None:
-        pass
-
-    def begin(self, manifest: Manifest) -> None:
-        pass
-
-    def plan(self, batch: EntryBatch) -> Plan:
-        if batch.first != 0 or not batch.last or len(batch.entries) != 1 or batch.entries[0].kind != "file":
-            raise LocalIOError("DEST '-' (standard output) takes exactly one incoming file")
-        self._path = batch.entries[0].path
-        return Plan({}, ())
-
-    def display_path(self, index: int) -> str:
-        return self._path
-
-    async def examine(self, plan: Plan) -> Plan:
-        return plan
-
-    async def copy_from_basis(self, index: int, offset: int, ranges: list[tuple[int, int]], digest: FileDigest) -> int:
-        raise LocalIOError("standard output has no old copy to take ranges from")
-
-    async def hash_prefix(self, index: int, size: int, digest: FileDigest) -> None:
-        raise LocalIOError("standard output cannot resume a transfer")
-
-    async def write(self, index: int, offset: int, data: Buffer) -> None:
-        try:
-            if self._out is None:
-                self._out = StdStream(sys.stdout.fileno())
-            await self._out.write_all(data)
-        except OSError as exc:
-            raise local_error(exc, "standard output") from None
-
-    async def write_pack(self, files: list[PackedFile], payload: Buffer) -> list[tuple[str, int, str | None]]:
-        (packed,) = files
-        data, digest_hex = _check_packed(memoryview(payload), packed)
-        if digest_hex is not None:
-            await self.write(packed.file_index, 0, data)
-        return [(self._path, packed.size, digest_hex)]
-
-    async def finish(self, index: int, ok: bool) -> None:
-        pass
-
-    async def complete(self) -> None:
-        pass
-
-    async def suspend(self) -> None:
-        pass
 
 
 Sink = DirectorySink | StdoutSink

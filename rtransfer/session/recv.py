@@ -40,8 +40,9 @@ from rtransfer.session.connection import (
     now,
 )
 from rtransfer.session.outcome import worth_reconnecting
-from rtransfer.sink import DirectorySink, Sink, StdoutSink
+from rtransfer.sink import DirectorySink, Sink
 from rtransfer.stats import TransferStats
+from rtransfer.stdout_sink import StdoutSink
 from rtransfer.transport import Accept, ConnectionSource, Outage, keep_connected
 
 

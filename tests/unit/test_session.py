@@ -27,6 +27,7 @@ from rtransfer.pipeline import (
     read_sources,
     write_chunks,
 )
+from rtransfer.plan import Plan
 from rtransfer.protocol.constants import FrameType, Phase
 from rtransfer.protocol.events import Accepted, ChunkReady, EntriesReceived, FileComplete, ManifestReceived
 from rtransfer.protocol.messages import Ack, copy_payload
@@ -40,7 +41,7 @@ from rtransfer.session.config import RecvConfig, SendConfig
 from rtransfer.session.connection import Connection, now
 from rtransfer.session.recv import ReceiveTransfer
 from rtransfer.session.send import SendTransfer
-from rtransfer.sink import DirectorySink, Plan, plan_alone
+from rtransfer.sink import DirectorySink, plan_alone
 from rtransfer.stats import TransferStats
 
 CHUNK = 4096

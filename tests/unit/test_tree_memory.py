@@ -12,13 +12,12 @@ from typing import Any
 import blake3
 import pytest
 
-from rtransfer import files, session
+from rtransfer import files, session, sink
 from rtransfer.files import Source
 from rtransfer.protocol.model import Entry
 from rtransfer.protocol.pack import PackedFile
 from rtransfer.report import Reporter
 from rtransfer.retry import RetryPolicy
-from rtransfer.sink import DirectorySink
 
 EMPTY_DIGEST = blake3.blake3(b"").hexdigest()
 DIRS = 10
@@ -45,7 +44,7 @@ def synthetic_walk(entries: int, empty_file: Path) -> Any:
     return walk
 
 
-def no_disk(self: DirectorySink, files: list[PackedFile], entries: list[Entry], payload: Any) -> list[Any]:
+def no_disk(root_fd: int, files: list[PackedFile], entries: list[Entry], payload: Any) -> list[Any]:
     """Every check up to the file system, but no file made: a million files would take minutes."""
     return [(entry.path, f.size, EMPTY_DIGEST) for f, entry in zip(files, entries, strict=True)]
 
@@ -55,7 +54,7 @@ async def peak_bytes_for(entries: int, tmp_path: Path, monkeypatch: pytest.Monke
     empty = tmp_path / "empty"
     empty.write_bytes(b"")
     monkeypatch.setattr(files, "_walk", synthetic_walk(entries, empty))
-    monkeypatch.setattr(DirectorySink, "_write_pack", no_disk)
+    monkeypatch.setattr(sink, "write_packed", no_disk)
     reporter = Listening()
     recv = session.RecvConfig(str(tmp_path / "out"), "127.0.0.1", 0, code="memory-test-secret")
     gc.collect()
