@@ -20,6 +20,7 @@ shared, noisy machine only these ratios from one run mean much.
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import platform
@@ -43,6 +44,20 @@ def rtransfer_exe() -> str:
     """The installed entry point itself: a version manager's shim on PATH would add its own startup."""
     beside = Path(sys.executable).with_name("rtransfer")
     return str(beside) if beside.exists() else shutil.which("rtransfer") or "rtransfer"
+
+
+BASELINE: list[str] = []  # --baseline: another rtransfer to run beside this one, as "rtransfer-base"
+
+
+def baseline_checkout(commit: str, root: Path) -> list[str]:
+    """This repository at ``commit``, run by the installed entry point with that checkout first on the path."""
+    tree = root / f"base-{commit}"
+    subprocess.run(["git", "worktree", "add", "--detach", "-f", str(tree), commit], check=True, capture_output=True)
+    import compileall
+
+    compileall.compile_dir(str(tree / "rtransfer"), quiet=1)
+    atexit.register(subprocess.run, ["git", "worktree", "remove", "--force", str(tree)], capture_output=True)
+    return ["env", f"PYTHONPATH={tree}", rtransfer_exe()]
 
 
 def byte_compile_rtransfer() -> None:
@@ -208,15 +223,17 @@ def nc_pipe_tool(size: int) -> Callable[[Path, Path], Sample]:
     return run
 
 
-def rtransfer_pipe_tool(size: int, *extra: str) -> Callable[[Path, Path], Sample]:
+def rtransfer_pipe_tool(size: int, *extra: str, exe: list[str] | None = None) -> Callable[[Path, Path], Sample]:
+    cmd = exe or [rtransfer_exe()]
+
     def run(src: Path, dst: Path) -> Sample:
         head = from_zeros(size)
-        recv = [rtransfer_exe(), "recv", "-", "--listen", "127.0.0.1:0", "--json", *extra]
+        recv = [*cmd, "recv", "-", "--listen", "127.0.0.1:0", "--json", *extra]
         try:
             receiver = Measured(recv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
             return pair_started(
                 receiver,
-                lambda p: [rtransfer_exe(), "send", "-", f"127.0.0.1:{p}", "--name", "zeros", "--quiet", *extra],
+                lambda p: [*cmd, "send", "-", f"127.0.0.1:{p}", "--name", "zeros", "--quiet", *extra],
                 rtransfer_listening_on_stderr,
                 send_stdin=head.stdout,
             )
@@ -236,11 +253,13 @@ def rtransfer_listening_on_stderr(receiver: subprocess.Popen[bytes]) -> int:
     raise RuntimeError("rtransfer recv exited before listening")
 
 
-def rtransfer_tool(*extra: str) -> Callable[[Path, Path], Sample]:
+def rtransfer_tool(*extra: str, exe: list[str] | None = None) -> Callable[[Path, Path], Sample]:
+    cmd = exe or [rtransfer_exe()]
+
     def run(src: Path, dst: Path) -> Sample:
         return pair(
-            [rtransfer_exe(), "recv", str(dst.parent), "--listen", "127.0.0.1:0", "--json", "--overwrite", *extra],
-            lambda p: [rtransfer_exe(), "send", str(src), f"127.0.0.1:{p}", "--quiet", *extra],
+            [*cmd, "recv", str(dst.parent), "--listen", "127.0.0.1:0", "--json", "--overwrite", *extra],
+            lambda p: [*cmd, "send", str(src), f"127.0.0.1:{p}", "--quiet", *extra],
             rtransfer_listening,
         )
 
@@ -286,12 +305,17 @@ def tar_nc_tool(src: Path, dst: Path) -> Sample:
     )
 
 
-def rtransfer_tree_tool(src: Path, dst: Path) -> Sample:
-    return pair(
-        [rtransfer_exe(), "recv", str(dst), "--listen", "127.0.0.1:0", "--json", "--max-files", "100000000"],
-        lambda p: [rtransfer_exe(), "send", str(src), f"127.0.0.1:{p}", "--quiet"],
-        rtransfer_listening,
-    )
+def rtransfer_tree_tool(exe: list[str] | None = None) -> Callable[[Path, Path], Sample]:
+    cmd = exe or [rtransfer_exe()]
+
+    def run(src: Path, dst: Path) -> Sample:
+        return pair(
+            [*cmd, "recv", str(dst), "--listen", "127.0.0.1:0", "--json", "--max-files", "100000000"],
+            lambda p: [*cmd, "send", str(src), f"127.0.0.1:{p}", "--quiet"],
+            rtransfer_listening,
+        )
+
+    return run
 
 
 def rsync_tree_tool(rsyncd: RsyncDaemon) -> Callable[[Path, Path], Sample]:
@@ -496,6 +520,11 @@ def main() -> int:
     ap.add_argument("--tools", default=None, help="comma-separated subset (default: every tool of the mode)")
     ap.add_argument("--dir", default=None, help="work directory (default: a temporary one)")
     ap.add_argument("--json-out", default=None, help="also write results as JSON here")
+    ap.add_argument(
+        "--baseline",
+        default=None,
+        help="file, pipe and tree modes: also run this repository at this commit, as tool rtransfer-base",
+    )
     args = ap.parse_args()
 
     for needed in ("nc", "socat", "rsync", "ss", "rtransfer", "/usr/bin/time"):
@@ -503,6 +532,9 @@ def main() -> int:
             print(f"bench: {needed} not found on PATH", file=sys.stderr)
             return 2
     size = parse_size(args.size)
+    if args.baseline:
+        base_root = Path(tempfile.mkdtemp(prefix="rtransfer-base-"))
+        BASELINE[:] = baseline_checkout(args.baseline, base_root)
     modes = {
         "tree": tree_main,
         "tiny": tiny_main,
@@ -531,6 +563,7 @@ def main() -> int:
                 "nc": nc_pipe_tool(size),
                 "rtransfer": rtransfer_pipe_tool(size),
                 "rtransfer-plain": rtransfer_pipe_tool(size, "--no-encrypt"),
+                "rtransfer-base": rtransfer_pipe_tool(size, exe=BASELINE) if BASELINE else None,
             }
             if pipe
             else {
@@ -539,6 +572,7 @@ def main() -> int:
                 "rsync": rsyncd.run if rsyncd else None,
                 "rtransfer": rtransfer_tool(),
                 "rtransfer-plain": rtransfer_tool("--no-encrypt"),
+                "rtransfer-base": rtransfer_tool(exe=BASELINE) if BASELINE else None,
             }
         )
         tools = [Tool(n, available[n]) for n in args.tools.split(",") if available.get(n)]  # type: ignore[arg-type]
@@ -612,7 +646,9 @@ def tree_main(args: argparse.Namespace, size: int) -> int:
         src = Path(args.tree).resolve() if args.tree else make_tree(root, args.files, size, args.dirs)
         entries = count_entries(src)
         rsyncd = RsyncDaemon(root)
-        available = {"tar|nc": tar_nc_tool, "rsync": rsync_tree_tool(rsyncd), "rtransfer": rtransfer_tree_tool}
+        available = {"tar|nc": tar_nc_tool, "rsync": rsync_tree_tool(rsyncd), "rtransfer": rtransfer_tree_tool()}
+        if BASELINE:
+            available["rtransfer-base"] = rtransfer_tree_tool(BASELINE)
         names = (args.tools or "tar|nc,rsync,rtransfer").split(",")
         tools = [Tool(n, available[n]) for n in names]
         last_rtransfer: Path | None = None
