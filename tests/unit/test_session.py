@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import errno
 import io
 import os
 import socket
@@ -14,6 +15,7 @@ import blake3
 import pytest
 
 from rtransfer.crypto import KeyExchange
+from rtransfer.direct_io import PartialWriter
 from rtransfer.errors import LocalIOError, ProtocolViolation, RemoteError
 from rtransfer.files import collect_sources, list_batches
 from rtransfer.listen import open_listener
@@ -254,33 +256,60 @@ async def test_two_connections_over_a_socket_pair_handshake_and_a_violation_reac
     await tx.close(None)
 
 
-async def test_a_receiver_disk_filling_mid_stream_reaches_the_sender_as_exit_6(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("error", "said"),
+    [
+        (OSError(errno.ENOSPC, "No space left on device"), "no space left"),
+        (OSError(errno.EACCES, "Permission denied"), "permission denied"),
+        (OSError(errno.EDQUOT, "Disk quota exceeded"), "quota"),
+    ],
+)
+async def test_a_receiver_failing_mid_stream_reaches_the_sender_with_its_exit_code(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, error: OSError, said: str
 ) -> None:
-    """The receiver fails while the sender streams and its own reads are paused: its ERROR frame
-    must reach the sender (never lost to a reset from a close with unread data)."""
+    """The receiver's disk fails while the sender streams and its own reads are paused: its ERROR
+    frame must reach the sender (never lost to a reset from a close with unread data)."""
     (tmp_path / "src").mkdir()
     (tmp_path / "src" / "big.bin").write_bytes(os.urandom(64 * 16 * CHUNK))
-    real_write = DirectorySink.write
     written: list[int] = []
 
-    async def filling_write(self: DirectorySink, index: int, offset: int, data: bytes) -> None:
+    async def failing_write(self: PartialWriter, data: bytes) -> None:
         if len(written) >= 6:
-            raise LocalIOError(f"{self.root}: no space left on device")
+            raise error
         written.append(len(data))
-        await real_write(self, index, offset, data)
+        await real_write(self, data)
 
-    monkeypatch.setattr(DirectorySink, "write", filling_write)
+    real_write = PartialWriter.write
+    monkeypatch.setattr(PartialWriter, "write", failing_write)
     rx_config, tx_config = configs(tmp_path)
     receiver = ReceiveTransfer(rx_config, JsonReporter(io.StringIO()))
     sender = SendTransfer(tx_config, JsonReporter(io.StringIO()))
     received, sent = await asyncio.wait_for(
         asyncio.gather(receiver.run(), sender.run(), return_exceptions=True), STEP_TIMEOUT_S
     )
-    assert isinstance(received, LocalIOError) and "no space left" in received.message
+    assert isinstance(received, LocalIOError) and said in received.message.lower()
     assert isinstance(sent, RemoteError), sent
     assert sent.exit_code == received.exit_code == 6
     assert not (tmp_path / "out" / "src" / "big.bin").exists()
+
+
+async def test_a_refused_overwrite_reaches_the_sender_with_exit_6(tmp_path: Path) -> None:
+    (tmp_path / "src").mkdir()
+    make_tree(tmp_path / "src")
+    (tmp_path / "out" / "src").mkdir(parents=True)
+    (tmp_path / "out" / "src" / "big.bin").write_bytes(b"another version")
+    rx_config, tx_config = configs(tmp_path)
+    received, sent = await asyncio.wait_for(
+        asyncio.gather(
+            ReceiveTransfer(rx_config, JsonReporter(io.StringIO())).run(),
+            SendTransfer(tx_config, JsonReporter(io.StringIO())).run(),
+            return_exceptions=True,
+        ),
+        STEP_TIMEOUT_S,
+    )
+    assert isinstance(received, LocalIOError) and "exists" in received.message
+    assert isinstance(sent, RemoteError) and sent.exit_code == received.exit_code == 6
+    assert (tmp_path / "out" / "src" / "big.bin").read_bytes() == b"another version"
 
 
 async def test_an_accept_naming_a_file_twice_ends_the_transfer_at_once_with_exit_3(
