@@ -20,7 +20,6 @@ import typer.main
 from rtransfer import __version__
 from rtransfer.errors import EXIT_FAILURE, EXIT_SIGINT, EXIT_USAGE, RtransferError, UsageError
 from rtransfer.options import (
-    DEFAULT_PORT,
     DEFAULT_RETRIES,
     DEFAULT_RETRY_MAX_S,
     DEFAULT_STREAMS,
@@ -31,6 +30,7 @@ from rtransfer.options import (
 
 if TYPE_CHECKING:
     from rtransfer.report import Reporter
+    from rtransfer.session.config import SendConfig
 
 app = typer.Typer(
     add_completion=True,
@@ -48,7 +48,11 @@ _opt = typer.Option
 
 Arguments = Annotated[
     list[str] | None,
-    typer.Argument(metavar="SOURCE... HOST:PORT", show_default=False, help="What to send ('-': stdin), and where."),
+    typer.Argument(
+        metavar="SOURCE... [HOST:PORT]",
+        show_default=False,
+        help="What to send ('-': stdin), and where (not with --listen).",
+    ),
 ]
 Dest = Annotated[str, typer.Argument(metavar="DEST", help="Directory to write into, or '-' for stdout.")]
 Name = Annotated[str | None, _opt("--name", metavar="NAME", help="Name the receiver stores standard input under.")]
@@ -92,7 +96,22 @@ Checksum = Annotated[
     bool, _opt("--checksum", "-c", help="Skip files the receiver has by content (BLAKE3), not size and mtime.")
 ]
 WholeFile = Annotated[bool, _opt("--whole-file", "-W", help="Send changed files whole, never as a delta.")]
-Listen = Annotated[str, _opt("--listen", "-l", metavar="[HOST:]PORT", help="Address to listen on; port 0 picks one.")]
+Listen = Annotated[
+    str | None,
+    _opt(
+        "--listen", "-l", metavar="[HOST:]PORT", help="Address to listen on (default 0.0.0.0:7373); port 0 picks one."
+    ),
+]
+SendListen = Annotated[
+    str | None,
+    _opt(
+        "--listen", "-l", metavar="[HOST:]PORT", help="Wait for the receiver here (recv --connect) instead of dialing."
+    ),
+]
+Connect = Annotated[
+    str | None, _opt("--connect", metavar="HOST:PORT", help="Dial a sender that listens (send --listen).")
+]
+RecvCode = Annotated[str | None, _opt("--code", metavar="CODE", help="With --connect: the code the sender shows.")]
 Overwrite = Annotated[bool, _opt("--overwrite", help="Replace files that already exist in DEST.")]
 MaxBytes = Annotated[str, _opt("--max-bytes", metavar="SIZE", help="Refuse transfers declaring more (K/M/G/T).")]
 MaxFiles = Annotated[int, _opt("--max-files", metavar="N", help="Refuse transfers of more entries.")]
@@ -135,13 +154,15 @@ def send(
     compress: Compress = False,
     checksum: Checksum = False,
     whole_file: WholeFile = False,
+    listen: SendListen = None,
 ) -> int:
-    """Send files, directories or standard input ('-') to a receiver: SOURCE... HOST:PORT."""
+    """Send files, directories or standard input ('-') to a receiver: SOURCE... HOST:PORT, or
+    SOURCE... --listen [HOST:]PORT to let the receiver connect."""
     reporter = make_reporter(json_output, quiet, data_on_stdout=False, verbose=verbose)
     retry = RetryOptions(retries, retry_max_seconds, timeout)
     options = SendOptions(arguments or [], name, chunk_size, window, streams, code, secret, no_encrypt, retry)
     options = replace(options, safe_links=safe_links, limit_rate=limit_rate, compress=compress, checksum=checksum)
-    return _send(replace(options, whole_file=whole_file), reporter)
+    return _send(replace(options, whole_file=whole_file, listen=listen), reporter)
 
 
 def _send(options: SendOptions, reporter: "Reporter") -> int:
@@ -153,16 +174,32 @@ def _send(options: SendOptions, reporter: "Reporter") -> int:
         return fail(reporter, exc)
     if not config.encrypt:
         reporter.warning("--no-encrypt: file contents travel in clear; only the handshake is authenticated")
+    if options.listen is not None:
+        try:
+            config = _listening_sender(config, reporter)
+        except RtransferError as exc:
+            return fail(reporter, exc)
     from rtransfer.runner import run
     from rtransfer.session import run_send
 
     run(run_send(config, reporter), reporter)
 
 
+def _listening_sender(config: "SendConfig", reporter: "Reporter") -> "SendConfig":
+    """send --listen: the socket opened and announced with the code, made up unless given."""
+    from rtransfer.listen import new_code, open_listener
+
+    listener = open_listener(config.host, config.port)
+    code = config.code or new_code()
+    host, port = listener.getsockname()[:2]
+    reporter.listening(host, port, None if config.code else code, role="send")
+    return replace(config, listener=listener, code=code)
+
+
 @app.command()
 def recv(
     dest: Dest = ".",
-    listen: Listen = f"0.0.0.0:{DEFAULT_PORT}",
+    listen: Listen = None,
     json_output: Json = False,
     quiet: Quiet = False,
     verbose: Verbose = False,
@@ -177,12 +214,15 @@ def recv(
     retry_max_seconds: RetryMax = DEFAULT_RETRY_MAX_S,
     buffered: Buffered = False,
     safe_links: SafeLinksRecv = False,
+    connect: Connect = None,
+    code: RecvCode = None,
 ) -> int:
-    """Listen, receive one transfer into DEST, and exit."""
+    """Listen (or, with --connect, dial a listening sender), receive one transfer into DEST, and exit."""
     reporter = make_reporter(json_output, quiet, data_on_stdout=dest == "-", verbose=verbose)
     retry = RetryOptions(retries, retry_max_seconds, timeout)
     options = RecvOptions(dest, listen, overwrite, secret, no_encrypt, max_bytes, max_files, max_streams, retry)
-    return _recv(replace(options, buffered=buffered, safe_links=safe_links), reporter)
+    options = replace(options, buffered=buffered, safe_links=safe_links, connect=connect, code=code)
+    return _recv(options, reporter)
 
 
 def _recv(options: RecvOptions, reporter: "Reporter") -> int:
@@ -195,12 +235,13 @@ def _recv(options: RecvOptions, reporter: "Reporter") -> int:
         if options.no_encrypt:
             reporter.warning("--no-encrypt: file contents travel in clear; only the handshake is authenticated")
         record_signals()
-        listener = open_listener(host, port)
+        listener = open_listener(host, port) if options.connect is None else None
     except RtransferError as exc:
         return fail(reporter, exc)
-    code = options.secret if options.secret is not None else new_code()
-    bound_host, bound_port = listener.getsockname()[:2]
-    reporter.listening(bound_host, bound_port, None if options.secret is not None else code)
+    code = options.code or options.secret or new_code()
+    if listener is not None:
+        bound_host, bound_port = listener.getsockname()[:2]
+        reporter.listening(bound_host, bound_port, None if options.secret is not None else code)
     from rtransfer.configure import recv_config
     from rtransfer.runner import run
     from rtransfer.session import run_recv

@@ -8,6 +8,7 @@ from rtransfer.options import (
     DEFAULT_WINDOW,
     RecvOptions,
     SendOptions,
+    parse_endpoint,
     parse_size,
     peer_endpoint,
     split_send_arguments,
@@ -35,8 +36,11 @@ def _rate_bps(options: SendOptions) -> int | None:
 
 
 def send_config(options: SendOptions) -> SendConfig:
-    sources, destination = split_send_arguments(options.arguments)
-    host, port = peer_endpoint(destination)
+    sources, destination = split_send_arguments(options.arguments, listen=options.listen is not None)
+    if destination is not None:
+        host, port = peer_endpoint(destination)
+    else:
+        host, port = parse_endpoint(options.listen or "", "0.0.0.0")
     if not 1 <= options.streams <= MAX_STREAMS:
         raise UsageError(f"--streams must be between 1 and {MAX_STREAMS}")
     window = options.window if options.window is not None else DEFAULT_WINDOW
@@ -49,7 +53,7 @@ def send_config(options: SendOptions) -> SendConfig:
         chunk_bytes = chunk_under_limit(chunk_bytes, rate_bps, MIN_CHUNK_BYTES)
     options.retry.check()
     key = options.code if options.code is not None else options.secret
-    if key is None:
+    if key is None and options.listen is None:
         raise UsageError("pass the code the receiver shows with --code (or a shared --secret)")
     return SendConfig(
         sources,
@@ -60,7 +64,7 @@ def send_config(options: SendOptions) -> SendConfig:
         window,
         options.retry.timeout_s,
         RetryPolicy.for_retries(options.retry.retries, options.retry.retry_max_s),
-        code=key,
+        code=key or "",
         encrypt=not options.no_encrypt,
         safe_links=options.safe_links,
         limit_rate_bps=rate_bps,
@@ -88,4 +92,5 @@ def recv_config(options: RecvOptions, host: str, port: int, code: str, listener:
         direct_io=not options.buffered,
         safe_links=options.safe_links,
         listener=listener,  # type: ignore[arg-type]
+        dial=options.connect is not None,
     )

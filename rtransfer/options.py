@@ -12,6 +12,7 @@ from rtransfer.errors import UsageError
 from rtransfer.listen import check_dest
 
 DEFAULT_PORT = 7373
+DEFAULT_LISTEN = f"0.0.0.0:{DEFAULT_PORT}"
 DEFAULT_STREAMS = 1
 DEFAULT_WINDOW = 2
 DEFAULT_RETRIES = 20  # the one retry policy's defaults (retry.RetryPolicy agrees: a test checks)
@@ -57,8 +58,12 @@ def peer_endpoint(text: str) -> tuple[str, int]:
     return host, port
 
 
-def split_send_arguments(arguments: list[str]) -> tuple[list[str], str]:
-    """``SOURCE... HOST:PORT``: the last argument is where they go."""
+def split_send_arguments(arguments: list[str], listen: bool = False) -> tuple[list[str], str | None]:
+    """``SOURCE... HOST:PORT``: the last argument is where they go (with --listen, nowhere: all are sources)."""
+    if listen:
+        if not arguments:
+            raise UsageError("missing SOURCE...: what to send")
+        return arguments, None
     if not arguments:
         raise UsageError("missing SOURCE... and HOST:PORT: what to send, and where")
     if len(arguments) == 1:
@@ -97,12 +102,13 @@ class SendOptions:
     compress: bool = False
     checksum: bool = False
     whole_file: bool = False
+    listen: str | None = None  # take the receiver's connection here instead of dialing it
 
 
 @dataclass(frozen=True)
 class RecvOptions:
     dest: str = "."
-    listen: str = f"0.0.0.0:{DEFAULT_PORT}"
+    listen: str | None = None  # default: DEFAULT_LISTEN, unless --connect
     overwrite: bool = False
     secret: str | None = None
     no_encrypt: bool = False
@@ -112,11 +118,22 @@ class RecvOptions:
     retry: RetryOptions = field(default_factory=RetryOptions)
     buffered: bool = False
     safe_links: bool = False
+    connect: str | None = None  # dial a listening sender instead of listening
+    code: str | None = None  # the code that sender shows (with --connect)
 
 
 def recv_listen(options: RecvOptions) -> tuple[str, int]:
-    """Checked before listening: the address, the limits, and DEST."""
-    host, port = parse_endpoint(options.listen, "0.0.0.0")
+    """Checked before listening (or dialing): the address, the limits, and DEST."""
+    if options.connect is not None:
+        if options.listen is not None:
+            raise UsageError("--listen and --connect: a receiver either listens or dials its sender")
+        if options.code is None and options.secret is None:
+            raise UsageError("--connect needs the code the sender shows (--code) or a shared --secret")
+        host, port = peer_endpoint(options.connect)
+    else:
+        if options.code is not None:
+            raise UsageError("--code is for --connect: a listening receiver makes up its own code")
+        host, port = parse_endpoint(options.listen or DEFAULT_LISTEN, "0.0.0.0")
     options.retry.check()
     if options.max_files < 1:
         raise UsageError("--max-files must be at least 1")

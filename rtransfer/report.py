@@ -20,7 +20,7 @@ class Reporter:
 
     progress_interval_s = 0.5
 
-    def listening(self, host: str, port: int, code: str | None) -> None: ...
+    def listening(self, host: str, port: int, code: str | None, role: str = "recv") -> None: ...
     def started(self, stats: TransferStats) -> None: ...
     def progress(self, stats: TransferStats) -> None: ...
     def retransmit(self, seq: int, reason: str) -> None: ...
@@ -74,8 +74,8 @@ class JsonReporter(Reporter):
     def close(self, timeout_s: float | None) -> None:
         self._out.flush(timeout_s)
 
-    def listening(self, host: str, port: int, code: str | None) -> None:
-        self._emit("listening", host=host, port=port, code=code)
+    def listening(self, host: str, port: int, code: str | None, role: str = "recv") -> None:
+        self._emit("listening", role=role, host=host, port=port, code=code)
 
     def started(self, stats: TransferStats) -> None:
         self._stats = stats
@@ -164,14 +164,18 @@ class ConsoleReporter(Reporter):
         else:
             print(line, file=self.stream, flush=True)
 
-    def listening(self, host: str, port: int, code: str | None) -> None:
-        """Said even with ``quiet``: without the address and code no sender can connect."""
+    def listening(self, host: str, port: int, code: str | None, role: str = "recv") -> None:
+        """Said even with ``quiet``: without the address and code the peer cannot connect."""
         say = functools.partial(print, file=self.stream, flush=True)
         say(f"rtransfer: listening on {host}:{port}")
         if code is not None:
             where = "HOST" if host in ("0.0.0.0", "::") else host
-            say(f"rtransfer: code {code}; on the sending machine run:")
-            say(f"  rtransfer send FILE... {where}:{port} --code {code}")
+            if role == "recv":
+                say(f"rtransfer: code {code}; on the sending machine run:")
+                say(f"  rtransfer send FILE... {where}:{port} --code {code}")
+            else:
+                say(f"rtransfer: code {code}; on the receiving machine run:")
+                say(f"  rtransfer recv DEST --connect {where}:{port} --code {code}")
 
     def started(self, stats: TransferStats) -> None:
         self._per_file = self.verbose or (not stats.listing and stats.files_total <= 1)

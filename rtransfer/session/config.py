@@ -27,6 +27,8 @@ class SendConfig:
     whole_file: bool = False  # never a delta against the receiver's old copy
     checksum: bool = False  # list each file's content digest: the receiver skips by content, not size and mtime
     compress: bool = False  # zstd each chunk that shrinks, at a level that follows the bottleneck
+    # send --listen: take the receiver's connections on this socket (opened by the caller) instead of dialing
+    listener: socket.socket | None = None
 
 
 @dataclass(frozen=True)
@@ -44,3 +46,4 @@ class RecvConfig:
     safe_links: bool = False  # refuse links that point outside DEST, instead of making them as they are
     # Opened, and announced with the code, by the caller before it imported this module (see listen.py).
     listener: socket.socket | None = None
+    dial: bool = False  # recv --connect: dial the sender at host:port instead of listening

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections import deque
 from pathlib import Path
 
@@ -43,7 +44,7 @@ from rtransfer.session.outcome import worth_reconnecting
 from rtransfer.sink import DirectorySink, Sink
 from rtransfer.stats import TransferStats
 from rtransfer.stdout_sink import StdoutSink
-from rtransfer.transport import Accept, ConnectionSource, Outage, keep_connected
+from rtransfer.transport import Accept, ConnectionSource, Dial, Outage, keep_connected
 
 
 def recv_budget(span: int, streams: int = 1) -> int:
@@ -78,8 +79,9 @@ class ReceiveTransfer:
         self.secret = normalise_code(self.code)
         # For the first connection, started before it comes so a sender does not wait for it.
         self.next_kex = KeyExchange(self.secret, is_sender=False)
-        self.source = source or Accept(config.listener or open_listener(config.host, config.port))
-        self.outage = Outage(Backoff(config.connect_policy), reporter.warning, "the sender")
+        self.source = source or self._source(config)
+        hint = "" if not self.source.dials else " (is `rtransfer send --listen` running there?)"
+        self.outage = Outage(Backoff(config.connect_policy), reporter.warning, "the sender", hint)
         self.started = False  # some connection got as far as data: the sender may come back
         self.joins: set[asyncio.Task[None]] = set()
         self.join_failed: asyncio.Future[RtransferError] = asyncio.get_running_loop().create_future()
@@ -96,9 +98,16 @@ class ReceiveTransfer:
             self.source.close()
         return self.stats
 
+    @staticmethod
+    def _source(config: RecvConfig) -> ConnectionSource:
+        if config.dial:
+            return Dial(config.host, config.port)
+        return Accept(config.listener or open_listener(config.host, config.port))
+
     def _worth_another(self, exc: RtransferError) -> bool:
         resumable = isinstance(self.sink, DirectorySink)  # standard output cannot be rewound
-        if not worth_reconnecting(exc, started=self.started, resumable=resumable, waits_for_peer=True):
+        waits = not self.source.dials
+        if not worth_reconnecting(exc, started=self.started, resumable=resumable, waits_for_peer=waits):
             return False
         self.stats.reconnects += 1
         collect_dead_connection()
@@ -114,7 +123,7 @@ class ReceiveTransfer:
     async def _serve(self, conn: Connection) -> None:
         """The transfer's first connection; while it runs, further ones may join it."""
         control = ReceiveAttempt(self, conn)
-        joining = asyncio.ensure_future(self._take_joins(control))
+        joining = asyncio.ensure_future(self._dial_joins(control) if self.source.dials else self._take_joins(control))
         try:
             await control.run()
         except RtransferError:
@@ -135,6 +144,27 @@ class ReceiveTransfer:
             self.joins.add(task)
             task.add_done_callback(self.joins.discard)
 
+    async def _dial_joins(self, control: ReceiveAttempt) -> None:
+        """Dialing the sender, this side opens the further connections the manifest asks for."""
+        await control.manifest_known.wait()
+        streams = control.machine.manifest.streams
+        await asyncio.gather(*(self._dial_join(control, stream) for stream in range(1, streams)))
+
+    async def _dial_join(self, control: ReceiveAttempt, stream: int) -> None:
+        """One further connection, dialed again under the retry policy while the transfer runs."""
+        say = functools.partial(_say_for_stream, self.reporter, stream)
+        outage = Outage(Backoff(self.config.connect_policy), say, "the sender")
+        serve = functools.partial(self._joined, control)
+        try:
+            await keep_connected(
+                self.source, self._connection, serve, outage, _join_worth_another, self.config.timeout_s
+            )
+        except RtransferError as exc:
+            say(f"{exc.message}; going on without it")
+
+    async def _joined(self, control: ReceiveAttempt, conn: Connection) -> None:
+        await JoinAttempt(self, control, conn, redial=True).run()
+
     def fail_from_join(self, error: RtransferError) -> None:
         """A further connection failed in a way that ends the transfer (a wrong code: one guess per run)."""
         if not self.join_failed.done():
@@ -142,6 +172,14 @@ class ReceiveTransfer:
 
     async def watch_joins(self) -> None:
         raise await asyncio.shield(self.join_failed)
+
+
+def _say_for_stream(reporter: Reporter, stream: int, message: str) -> None:
+    reporter.warning(f"stream {stream}: {message}")
+
+
+def _join_worth_another(error: RtransferError) -> bool:
+    return worth_reconnecting(error, started=True, resumable=True, waits_for_peer=False)
 
 
 class ReceiveAttempt(Attempt):
@@ -158,6 +196,7 @@ class ReceiveAttempt(Attempt):
         self.in_order: deque[RecvItem] = deque()  # what the reorder released, for the writer, in that order
         self.in_order_lock = asyncio.Lock()
         self.start_offsets: dict[int, int] = {}
+        self.manifest_known = asyncio.Event()
         self.handlers = {
             ChunkReady: self.to_writer,
             FileComplete: self.to_writer,
@@ -207,6 +246,7 @@ class ReceiveAttempt(Attempt):
         self.pool.budget_buffers = recv_budget(reorder_span(event.manifest), event.manifest.streams)
         self.sink.begin(event.manifest)
         self.stats.start_listing()
+        self.manifest_known.set()
 
     async def on_entries(self, event: EntriesReceived) -> None:
         """Plan the batch against the disk and accept it: what is here whole is skipped, what is
@@ -288,10 +328,15 @@ class JoinAttempt:
     """A further connection of the running transfer: its chunks go to the first connection's machine,
     which puts them in the transfer's order; what that yields goes to the same writer."""
 
-    def __init__(self, transfer: ReceiveTransfer, control: ReceiveAttempt, conn: Connection) -> None:
+    def __init__(
+        self, transfer: ReceiveTransfer, control: ReceiveAttempt, conn: Connection, redial: bool = False
+    ) -> None:
+        """``redial``: this side dialed the connection, and a broken one is raised for the
+        reconnect loop to dial again (an accepted one is only reported)."""
         self.transfer = transfer
         self.control = control
         self.conn = conn
+        self.redial = redial
 
     async def run(self) -> None:
         try:
@@ -299,8 +344,11 @@ class JoinAttempt:
         except (WrongCode, HandshakeError) as exc:
             self.transfer.fail_from_join(exc)
         except RtransferError as exc:
-            if self.control.machine.phase is not Phase.CLOSED:  # after the transfer, a closed stream is news to no one
-                self.transfer.reporter.warning(f"a further connection: {exc.message}")
+            if self.control.machine.phase is Phase.CLOSED:  # after the transfer, a closed stream is news to no one
+                return
+            if self.redial:
+                raise
+            self.transfer.reporter.warning(f"a further connection: {exc.message}")
         finally:
             self.control.pool.recycle(self.conn.leftover_buffers())
 
@@ -311,5 +359,7 @@ class JoinAttempt:
                 raise ProtocolViolation("a connection tried to join another transfer")
         elif isinstance(event, ChunkArrived):
             await self.control.take_chunk(self.conn, event.chunk)
+        elif isinstance(event, ManifestReceived | EntriesReceived):
+            raise ProtocolViolation("a further connection carried a transfer's file list")
         else:
             await self.control.handle(event)

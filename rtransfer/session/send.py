@@ -47,7 +47,7 @@ from rtransfer.session.connection import Connection, cancel_all, collect_dead_co
 from rtransfer.session.outcome import worth_reconnecting
 from rtransfer.session.streams import Dealer, FurtherStream, StreamLinks
 from rtransfer.stats import TransferStats
-from rtransfer.transport import ConnectionSource, Dial, Outage, keep_connected
+from rtransfer.transport import Accept, ConnectionSource, Dial, Outage, keep_connected
 from rtransfer.workers import in_cpu, in_worker
 
 # Batches of the file list sent ahead of the reader: enough that the receiver plans the next
@@ -78,14 +78,15 @@ class SendTransfer:
     def __init__(self, config: SendConfig, reporter: Reporter, source: ConnectionSource | None = None) -> None:
         self.config = config
         self.reporter = reporter
-        self.source = source or Dial(config.host, config.port)
+        self.source = source or (Accept(config.listener) if config.listener else Dial(config.host, config.port))
         self.sources = collect_sources(config.sources, config.stdin_name)
         self.manifest = Manifest(
             uuid.uuid4().hex, config.chunk_bytes, config.window, config.streams, delta=not config.whole_file
         )
         self.stats = TransferStats("send")
         self.pool = BufferPool(send_budget(config.window, config.streams))
-        self.outage = Outage(Backoff(config.connect_policy), reporter.warning, "the receiver", UNREACHABLE_HINT)
+        hint = UNREACHABLE_HINT if self.source.dials else ""
+        self.outage = Outage(Backoff(config.connect_policy), reporter.warning, "the receiver", hint)
         self.progress_before = 0
         self.resumable = all(s.local is not None for s in self.sources)  # standard input cannot be read again
         rate = config.limit_rate_bps
@@ -118,7 +119,8 @@ class SendTransfer:
 
     def _worth_another(self, exc: RtransferError) -> bool:
         started = self.stats.accepted > 0
-        if not worth_reconnecting(exc, started=started, resumable=self.resumable, waits_for_peer=False):
+        waits = not self.source.dials
+        if not worth_reconnecting(exc, started=started, resumable=self.resumable, waits_for_peer=waits):
             return False
         self.stats.reconnects += 1
         collect_dead_connection()
@@ -308,6 +310,11 @@ class SendAttempt(Attempt):
             if (item := await self.queue.get()) is None:
                 break
             await self.send_item(item)
+        # Over several connections DONE could overtake the last chunks or packs on another one,
+        # and the receiver would see the transfer end with files it has not had: DONE waits for
+        # every chunk to be acknowledged (one connection keeps its frames in order by itself).
+        while self.machine.manifest.streams > 1 and self.machine.undelivered:
+            await self.wait_for_room()
         self.machine.finish(now())
         self.conn.flush()
 

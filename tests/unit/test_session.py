@@ -351,3 +351,31 @@ async def test_a_resume_keeps_the_partial_file_when_only_the_chunk_size_changed(
     plan = await again.examine(plan_alone(again, 4 * CHUNK, entry))
     assert plan.start_offsets == {0: 8 * CHUNK}  # what was written, down to the new chunk size
     assert (tmp_path / "out" / ".f.rtpart").read_bytes()[: 8 * CHUNK] == data[: 8 * CHUNK]
+
+
+@pytest.mark.parametrize("sender_listens", [False, True])
+@pytest.mark.parametrize("round_no", range(3))
+async def test_a_tree_over_four_connections_ends_only_once_everything_arrived(
+    tmp_path: Path, sender_listens: bool, round_no: int
+) -> None:
+    """DONE travels on the first connection: it must not overtake a pack or chunk still on another one
+    (the receiver would end the transfer with a file it never had). Either side may listen."""
+    (tmp_path / "src" / "d").mkdir(parents=True)
+    files = {"big.bin": os.urandom(40 * 16 * CHUNK), "d/small": b"small"}
+    for name, data in files.items():
+        (tmp_path / "src" / name).write_bytes(data)
+    rx_config, tx_config = configs(tmp_path)
+    tx_config = dataclasses.replace(tx_config, streams=4)
+    if sender_listens:  # the receiver dials the sender's socket instead
+        tx_config = dataclasses.replace(tx_config, listener=rx_config.listener)
+        rx_config = dataclasses.replace(rx_config, listener=None, dial=True)
+    received, sent = await asyncio.wait_for(
+        asyncio.gather(
+            ReceiveTransfer(rx_config, JsonReporter(io.StringIO())).run(),
+            SendTransfer(tx_config, JsonReporter(io.StringIO())).run(),
+        ),
+        STEP_TIMEOUT_S,
+    )
+    for name, data in files.items():
+        assert (tmp_path / "out" / "src" / name).read_bytes() == data
+    assert received.files_done == sent.files_done == 2
