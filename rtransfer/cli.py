@@ -105,7 +105,7 @@ Listen = Annotated[
 SendListen = Annotated[
     str | None,
     _opt(
-        "--listen", "-l", metavar="[HOST:]PORT", help="Wait for the receiver here (recv --connect) instead of dialing."
+        "--listen", "-l", metavar="[HOST:]PORT", help="Wait here for the receiver to dial in, instead of dialing it."
     ),
 ]
 Connect = Annotated[

@@ -56,7 +56,13 @@ def test_json_events_are_one_object_per_line() -> None:
     reporter.retransmit(7, "timeout")
     reporter.error(IntegrityError("bad"))
     events = [json.loads(line) for line in out.getvalue().splitlines()]
-    assert events[0] == {"event": "listening", "host": "127.0.0.1", "port": 4242, "code": "7hk2-m9xq-3wfe"}
+    assert events[0] == {
+        "event": "listening",
+        "role": "recv",
+        "host": "127.0.0.1",
+        "port": 4242,
+        "code": "7hk2-m9xq-3wfe",
+    }
     assert events[1] == {"event": "retransmit", "seq": 7, "reason": "timeout"}
     assert events[2] == {"event": "error", "code": 4, "kind": "integrity", "message": "bad"}
     assert events[3]["event"] == "done" and events[3]["ok"] is False and events[3]["code"] == 4
