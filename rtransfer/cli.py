@@ -104,9 +104,7 @@ Listen = Annotated[
 ]
 SendListen = Annotated[
     str | None,
-    _opt(
-        "--listen", "-l", metavar="[HOST:]PORT", help="Wait here for the receiver to dial in, instead of dialing it."
-    ),
+    _opt("--listen", "-l", metavar="[HOST:]PORT", help="Wait here for the receiver to dial in, instead of dialing it."),
 ]
 Connect = Annotated[
     str | None, _opt("--connect", metavar="HOST:PORT", help="Dial a sender that listens (send --listen).")
