@@ -139,6 +139,15 @@ def test_connect_retries_are_the_ones_asked_for_not_retries_of_retries(tmp_path:
     )
 
 
+def test_a_receiver_dialing_nobody_says_so_once_with_the_hint_and_exits_3(tmp_path: Path) -> None:
+    port = free_port()
+    result = run("recv", str(tmp_path / "out"), "--connect", f"127.0.0.1:{port}", "--code", "c", "--retries", "2")
+    assert result.returncode == 3
+    lines = result.stderr.decode().splitlines()
+    assert len([line for line in lines if "warning" in line]) == 1
+    assert "rtransfer send --listen" in one_error_line(result.stderr)
+
+
 def test_a_connect_that_gets_no_answer_times_out_and_exits_3(tmp_path: Path) -> None:
     """A listener whose backlog is full drops further SYNs: the kernel alone would keep retrying for ~2 minutes."""
     write_random(tmp_path / "a", 10)

@@ -54,6 +54,28 @@ def test_wrong_code_fails_on_both_sides_with_exit_5_and_writes_nothing(tmp_path:
 
 
 @pytest.mark.usefixtures("no_secret")
+def test_wrong_code_given_to_a_dialing_receiver_fails_both_sides_with_exit_5(tmp_path: Path, procs: list[Proc]) -> None:
+    write_random(tmp_path / "a", 50_000)
+    procs.append(tx := Proc(["send", str(tmp_path / "a"), "--listen", "127.0.0.1:0", "--json"]))
+    listening = tx.wait_event("listening")
+    assert listening["role"] == "send" and listening["code"]
+    result = run(
+        "recv", str(tmp_path / "out"), "--connect", f"127.0.0.1:{listening['port']}", "--code", "0000-0000-0000"
+    )
+    assert result.returncode == 5 and "codes do not match" in result.stderr.decode()
+    assert tx.finish() == 5
+    assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
+
+
+@pytest.mark.usefixtures("no_secret")
+def test_a_dialing_receiver_needs_the_code_and_never_listens_too() -> None:
+    result = run("recv", "out", "--connect", "127.0.0.1:9")
+    assert result.returncode == 2 and "--code" in result.stderr.decode()
+    result = run("recv", "out", "--connect", "127.0.0.1:9", "--listen", "9", "--code", "c")
+    assert result.returncode == 2 and "either listens or dials" in result.stderr.decode()
+
+
+@pytest.mark.usefixtures("no_secret")
 def test_sender_without_a_code_is_a_usage_error() -> None:
     result = run("send", "x", "127.0.0.1:9")
     assert result.returncode == 2
