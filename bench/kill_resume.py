@@ -44,7 +44,8 @@ def one_run(args: argparse.Namespace, src: Path, work: Path) -> dict[str, float]
     dest, port = work / "out", free_port()
     rx = receiver(dest, port)
     spare = ["--spare-first"] if args.spare_first else []
-    proxy = ChaosProxy(f"127.0.0.1:{port}", "--rate", args.rate, "--reset-every", args.reset_every, *spare)
+    limit = ["--max-resets", str(args.max_resets)] if args.max_resets else []
+    proxy = ChaosProxy(f"127.0.0.1:{port}", "--rate", args.rate, "--reset-every", args.reset_every, *spare, *limit)
     tx = Proc(["send", str(src), proxy.address, "--json", "--streams", str(args.streams), "--retries", "60"])
     tx.wait_event("start", timeout_s=60)
     if args.kill_after > 0:
@@ -77,6 +78,7 @@ def main() -> None:
     ap.add_argument("--kill-after", type=float, default=1.5, help="0: no kill")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--spare-first", action="store_true", help="never reset the transfer's first connection")
+    ap.add_argument("--max-resets", type=int, default=0, help="reset no more connections than this in all")
     args = ap.parse_args()
     os.environ.setdefault("RTRANSFER_SECRET", "bench-kill-resume")
     with tempfile.TemporaryDirectory() as tmp:

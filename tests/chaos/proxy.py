@@ -54,6 +54,7 @@ class Faults:
     spare_first: bool = False
     blackhole_connection: int = 0
     blackhole_after: int = 0
+    max_resets: int = 0  # resets in all, over every connection (0: no limit)
 
     def for_connection(self, number: int) -> Faults:
         """The faults one connection sees."""
@@ -77,6 +78,7 @@ class Proxy:
         self.stalled = False
         self.connections = 0
         self.up_bytes = 0  # client to server, all connections: what --tick reports each second
+        self.resets = 0
 
     def say(self, event: str, **fields: object) -> None:
         print(json.dumps({"event": event, **fields}), flush=True)
@@ -127,7 +129,9 @@ class Proxy:
         seen = 0
         try:
             while data := await reader.read(256 * 1024):
-                if upstream and f.reset_every and sent[0] + len(data) >= f.reset_every:
+                resets_left = not f.max_resets or self.resets < f.max_resets
+                if upstream and f.reset_every and resets_left and sent[0] + len(data) >= f.reset_every:
+                    self.resets += 1
                     keep = f.reset_every - sent[0]
                     writer.write(data[:keep])
                     await writer.drain()
@@ -206,6 +210,7 @@ async def main(args: argparse.Namespace) -> None:
         spare_first=args.spare_first,
         blackhole_connection=args.blackhole_connection,
         blackhole_after=parse_size(args.blackhole_after) if args.blackhole_after else 0,
+        max_resets=args.max_resets,
     )
     record = open(args.record, "wb") if args.record else None  # noqa: SIM115 - closed below
     proxy = Proxy((host, int(port)), faults, record)
@@ -242,6 +247,7 @@ if __name__ == "__main__":
     ap.add_argument("--spare-first", action="store_true", help="never reset the first connection")
     ap.add_argument("--blackhole-connection", type=int, default=0, help="stop forwarding connection N ...")
     ap.add_argument("--blackhole-after", help="... after this many bytes, keeping it open (K/M/G)")
+    ap.add_argument("--max-resets", type=int, default=0, help="reset no more connections than this in all")
     ap.add_argument("--delay-ms", type=float, default=0.0)
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--record", help="write every forwarded byte, both directions, to this file")
