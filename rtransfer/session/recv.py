@@ -154,7 +154,7 @@ class ReceiveTransfer:
         """One further connection, dialed again under the retry policy while the transfer runs."""
         say = functools.partial(_say_for_stream, self.reporter, stream)
         outage = Outage(Backoff(self.config.connect_policy), say, "the sender")
-        serve = functools.partial(self._joined, control)
+        serve = functools.partial(self._joined, control, outage)
         try:
             await keep_connected(
                 self.source, self._connection, serve, outage, _join_worth_another, self.config.timeout_s
@@ -162,8 +162,8 @@ class ReceiveTransfer:
         except RtransferError as exc:
             say(f"{exc.message}; going on without it")
 
-    async def _joined(self, control: ReceiveAttempt, conn: Connection) -> None:
-        await JoinAttempt(self, control, conn, redial=True).run()
+    async def _joined(self, control: ReceiveAttempt, outage: Outage, conn: Connection) -> None:
+        await JoinAttempt(self, control, conn, redial=outage).run()
 
     def fail_from_join(self, error: RtransferError) -> None:
         """A further connection failed in a way that ends the transfer (a wrong code: one guess per run)."""
@@ -233,6 +233,7 @@ class ReceiveAttempt(Attempt):
                 event = self.in_order.popleft()
                 if not isinstance(event, FileComplete):
                     self.stats.chunks += 1
+                    self.transfer.outage.progress += 1
                 await self.queue.put(event)
                 self.stats.observe_queue(self.queue.qsize())
 
@@ -329,10 +330,10 @@ class JoinAttempt:
     which puts them in the transfer's order; what that yields goes to the same writer."""
 
     def __init__(
-        self, transfer: ReceiveTransfer, control: ReceiveAttempt, conn: Connection, redial: bool = False
+        self, transfer: ReceiveTransfer, control: ReceiveAttempt, conn: Connection, redial: Outage | None = None
     ) -> None:
-        """``redial``: this side dialed the connection, and a broken one is raised for the
-        reconnect loop to dial again (an accepted one is only reported)."""
+        """``redial``: this side dialed the connection, under that outage: a broken one is raised
+        for the reconnect loop to dial again (an accepted one is only reported)."""
         self.transfer = transfer
         self.control = control
         self.conn = conn
@@ -346,7 +347,7 @@ class JoinAttempt:
         except RtransferError as exc:
             if self.control.machine.phase is Phase.CLOSED:  # after the transfer, a closed stream is news to no one
                 return
-            if self.redial:
+            if self.redial is not None:
                 raise
             self.transfer.reporter.warning(f"a further connection: {exc.message}")
         finally:
@@ -358,6 +359,8 @@ class JoinAttempt:
             if event.manifest != running or not 1 <= event.stream < running.streams:
                 raise ProtocolViolation("a connection tried to join another transfer")
         elif isinstance(event, ChunkArrived):
+            if self.redial is not None:
+                self.redial.progress += 1
             await self.control.take_chunk(self.conn, event.chunk)
         elif isinstance(event, ManifestReceived | EntriesReceived):
             raise ProtocolViolation("a further connection carried a transfer's file list")

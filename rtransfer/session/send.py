@@ -87,7 +87,6 @@ class SendTransfer:
         self.pool = BufferPool(send_budget(config.window, config.streams))
         hint = UNREACHABLE_HINT if self.source.dials else ""
         self.outage = Outage(Backoff(config.connect_policy), reporter.warning, "the receiver", hint)
-        self.progress_before = 0
         self.resumable = all(s.local is not None for s in self.sources)  # standard input cannot be read again
         rate = config.limit_rate_bps
         self.bucket = TokenBucket(rate, now()) if rate else None  # one for the transfer, across reconnects
@@ -102,7 +101,6 @@ class SendTransfer:
                 self.outage,
                 self._worth_another,
                 self.config.timeout_s,
-                self._progressed,
             )
         finally:
             self.source.close()
@@ -110,11 +108,7 @@ class SendTransfer:
             self.stats.compression = self.compressor.ratio
         return self.stats
 
-    def _progressed(self) -> bool:
-        return self.stats.bytes_done > self.progress_before
-
     async def _serve(self, conn: Connection) -> None:
-        self.progress_before = self.stats.bytes_done
         await SendAttempt(self, conn).run()
 
     def _worth_another(self, exc: RtransferError) -> bool:
@@ -189,6 +183,7 @@ class SendAttempt(Attempt):
     # --- events ---------------------------------------------------------------
     async def on_stream_acked(self, stream: int, event: ChunksAcked) -> None:
         self.stats.bytes_done += self.dealer.first_acks(event)
+        self.transfer.outage.progress += 1
         self.pool.recycle(event.released)
         self.machine.delivered(event.orders)  # the transfer's window, whichever connection acknowledged
         self.dealer.acked(stream, event)

@@ -195,16 +195,16 @@ class FurtherStream:
         self.dealer = dealer
         self.links = links
         self.stream = stream
+        self.outage = Outage(Backoff(links.policy), self._say)
 
     async def run(self) -> None:
         links = self.links
-        outage = Outage(Backoff(links.policy), self._say)
         try:
             await keep_connected(
                 links.source,
                 functools.partial(links.make, self.stream),
                 self._carry,
-                outage,
+                self.outage,
                 self._worth_another,
                 links.timeout_s,
             )
@@ -231,6 +231,7 @@ class FurtherStream:
         if isinstance(event, StreamJoined):
             self.dealer.add(self.stream, conn)
         elif isinstance(event, ChunksAcked):
+            self.outage.progress += 1
             await self.links.on_acked(self.stream, event)
         elif isinstance(event, Retransmitted | ChunkRejected):
             await self.links.on_event(event)

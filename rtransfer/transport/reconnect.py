@@ -33,6 +33,10 @@ class Outage:
         self.hint = hint
         self.told_unreachable = False
         self.last: RtransferError | None = None  # what broke the last connection
+        # Bumped by the caller as the work moves on: a connection that broke after moving it on
+        # starts a new outage, so a long transfer's separate breaks never add up to the policy's limit.
+        self.progress = 0
+        self.progress_at_open = 0
 
     def broken(self, error: RtransferError, delay_s: float, dials: bool) -> None:
         self.last = error
@@ -71,11 +75,9 @@ async def keep_connected(
     outage: Outage,
     worth_another: Callable[[RtransferError], bool],
     open_timeout_s: float,
-    progressed: Callable[[], bool] = lambda: False,
 ) -> T:
     """Serve connections from ``source`` until one finishes the work. A failure that
-    ``worth_another`` does not forgive, or one past the policy, is raised; ``progressed`` says
-    whether the broken connection moved the transfer on (a new outage then starts afresh)."""
+    ``worth_another`` does not forgive, or one past the policy, is raised."""
     backoff = outage.backoff
     while True:
         timeout_s = open_timeout_s if source.dials else backoff.remaining_s()
@@ -87,12 +89,13 @@ async def keep_connected(
                 raise outage.gave_up(source, exc) from None
             outage.unreachable(source, exc)
         else:
+            outage.progress_at_open = outage.progress
             try:
                 return await serve(conn)
             except RtransferError as exc:
                 if not worth_another(exc):
                     raise
-                if progressed():
+                if outage.progress > outage.progress_at_open:
                     outage.reset()
                 if (delay := backoff.next_delay()) is None:
                     raise

@@ -77,6 +77,22 @@ async def test_a_broken_connection_is_served_again_only_when_worth_it() -> None:
         await keep_connected(Refusing(0), object, serve_again(), outage([]), lambda e: False, 1.0)  # type: ignore[arg-type]
 
 
+async def test_breaks_that_each_moved_the_work_on_never_add_up_to_the_policys_limit() -> None:
+    """A long transfer may break many times; only breaks without progress between them are one outage."""
+    said: list[str] = []
+    lasting = outage(said, max_attempts=3)
+    breaks = iter(range(5))
+
+    async def moves_then_breaks(conn: object) -> str:
+        if next(breaks, None) is None:
+            return "done"
+        lasting.progress += 1
+        raise NetworkError("reset")
+
+    assert await keep_connected(Refusing(0), object, moves_then_breaks, lasting, lambda e: True, 1.0) == "done"  # type: ignore[arg-type]
+    assert all("(attempt 1)" in line for line in said) and len(said) == 5
+
+
 def serve_again() -> Callable[[object], Awaitable[str]]:
     async def serve(conn: object) -> str:
         raise NetworkError("reset")
