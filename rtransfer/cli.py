@@ -23,9 +23,12 @@ from rtransfer.options import (
     DEFAULT_RETRIES,
     DEFAULT_RETRY_MAX_S,
     DEFAULT_STREAMS,
+    RELAY_ENV,
     RecvOptions,
     RetryOptions,
     SendOptions,
+    choose_relay,
+    looks_like_endpoint,
 )
 
 if TYPE_CHECKING:
@@ -85,7 +88,9 @@ Window = Annotated[
     _opt("--window", metavar="CHUNKS", help="Chunks in flight on each connection (default 2).", show_default=False),
 ]
 Streams = Annotated[int, _opt("--streams", metavar="N", help="Connections to spread the transfer over.")]
-Code = Annotated[str | None, _opt("--code", metavar="CODE", help="The code the receiver shows.")]
+Code = Annotated[
+    str | None, _opt("--code", metavar="CODE", help="The code the receiver shows (with --relay: made up if not given).")
+]
 SafeLinksSend = Annotated[bool, _opt("--safe-links", help="Skip symbolic links that point outside the tree.")]
 SafeLinksRecv = Annotated[bool, _opt("--safe-links", help="Refuse a symbolic link that points outside DEST.")]
 LimitRate = Annotated[
@@ -109,7 +114,18 @@ SendListen = Annotated[
 Connect = Annotated[
     str | None, _opt("--connect", metavar="HOST:PORT", help="Dial a sender that listens (send --listen).")
 ]
-RecvCode = Annotated[str | None, _opt("--code", metavar="CODE", help="With --connect: the code the sender shows.")]
+Relay = Annotated[
+    str | None,
+    _opt(
+        "--relay",
+        metavar="HOST:PORT",
+        help=f"Meet the peer at this transit relay, when neither side can accept a connection (also {RELAY_ENV}).",
+        show_default=False,
+    ),
+]
+RecvCode = Annotated[
+    str | None, _opt("--code", metavar="CODE", help="With --connect or --relay: the code the sender shows.")
+]
 Overwrite = Annotated[bool, _opt("--overwrite", help="Replace files that already exist in DEST.")]
 MaxBytes = Annotated[str, _opt("--max-bytes", metavar="SIZE", help="Refuse transfers declaring more (K/M/G/T).")]
 MaxFiles = Annotated[int, _opt("--max-files", metavar="N", help="Refuse transfers of more entries.")]
@@ -153,6 +169,7 @@ def send(
     checksum: Checksum = False,
     whole_file: WholeFile = False,
     listen: SendListen = None,
+    relay: Relay = None,
 ) -> int:
     """Send files, directories or standard input ('-') to a receiver: SOURCE... HOST:PORT, or
     SOURCE... --listen [HOST:]PORT to let the receiver connect."""
@@ -160,7 +177,9 @@ def send(
     retry = RetryOptions(retries, retry_max_seconds, timeout)
     options = SendOptions(arguments or [], name, chunk_size, window, streams, code, secret, no_encrypt, retry)
     options = replace(options, safe_links=safe_links, limit_rate=limit_rate, compress=compress, checksum=checksum)
-    return _send(replace(options, whole_file=whole_file, listen=listen), reporter)
+    direct = listen is not None or bool(arguments and looks_like_endpoint(arguments[-1]))
+    relay = choose_relay(relay, os.environ.get(RELAY_ENV), other_way=direct)
+    return _send(replace(options, whole_file=whole_file, listen=listen, relay=relay), reporter)
 
 
 def _send(options: SendOptions, reporter: "Reporter") -> int:
@@ -172,7 +191,7 @@ def _send(options: SendOptions, reporter: "Reporter") -> int:
         return fail(reporter, exc)
     if not config.encrypt:
         reporter.warning("--no-encrypt: file contents travel in clear; only the handshake is authenticated")
-    if options.listen is not None:
+    if options.listen is not None or config.relay is not None:
         try:
             config = _listening_sender(config, reporter)
         except RtransferError as exc:
@@ -184,13 +203,18 @@ def _send(options: SendOptions, reporter: "Reporter") -> int:
 
 
 def _listening_sender(config: "SendConfig", reporter: "Reporter") -> "SendConfig":
-    """send --listen: the socket opened and announced with the code, made up unless given."""
+    """send --listen: the socket opened and announced with the code, made up unless given; with
+    a relay, the code alone."""
     from rtransfer.listen import new_code, open_listener
 
-    listener = open_listener(config.host, config.port)
     code = config.code or new_code()
+    shown = None if config.code else code
+    if config.relay is not None:
+        reporter.listening(config.host, config.port, shown, role="send", relay=True)
+        return replace(config, code=code, made_code=shown is not None)
+    listener = open_listener(config.host, config.port)
     host, port = listener.getsockname()[:2]
-    reporter.listening(host, port, None if config.code else code, role="send")
+    reporter.listening(host, port, shown, role="send")
     return replace(config, listener=listener, code=code)
 
 
@@ -214,12 +238,14 @@ def recv(
     safe_links: SafeLinksRecv = False,
     connect: Connect = None,
     code: RecvCode = None,
+    relay: Relay = None,
 ) -> int:
     """Listen (or, with --connect, dial a listening sender), receive one transfer into DEST, and exit."""
     reporter = make_reporter(json_output, quiet, data_on_stdout=dest == "-", verbose=verbose)
     retry = RetryOptions(retries, retry_max_seconds, timeout)
     options = RecvOptions(dest, listen, overwrite, secret, no_encrypt, max_bytes, max_files, max_streams, retry)
-    options = replace(options, buffered=buffered, safe_links=safe_links, connect=connect, code=code)
+    relay = choose_relay(relay, os.environ.get(RELAY_ENV), other_way=listen is not None or connect is not None)
+    options = replace(options, buffered=buffered, safe_links=safe_links, connect=connect, code=code, relay=relay)
     return _recv(options, reporter)
 
 
@@ -233,13 +259,17 @@ def _recv(options: RecvOptions, reporter: "Reporter") -> int:
         if options.no_encrypt:
             reporter.warning("--no-encrypt: file contents travel in clear; only the handshake is authenticated")
         record_signals()
-        listener = open_listener(host, port) if options.connect is None else None
+        elsewhere = options.connect is not None or options.relay is not None
+        listener = None if elsewhere else open_listener(host, port)
     except RtransferError as exc:
         return fail(reporter, exc)
     code = options.code or options.secret or new_code()
+    shown = None if options.secret is not None or options.code is not None else code
     if listener is not None:
         bound_host, bound_port = listener.getsockname()[:2]
-        reporter.listening(bound_host, bound_port, None if options.secret is not None else code)
+        reporter.listening(bound_host, bound_port, shown)
+    elif options.relay is not None:
+        reporter.listening(host, port, shown, relay=True)
     from rtransfer.configure import recv_config
     from rtransfer.runner import run
     from rtransfer.session import run_recv

@@ -8,6 +8,8 @@ from rtransfer.options import (
     DEFAULT_WINDOW,
     RecvOptions,
     SendOptions,
+    check_relay,
+    looks_like_endpoint,
     parse_endpoint,
     parse_size,
     peer_endpoint,
@@ -35,12 +37,21 @@ def _rate_bps(options: SendOptions) -> int | None:
     return rate_bps
 
 
-def send_config(options: SendOptions) -> SendConfig:
-    sources, destination = split_send_arguments(options.arguments, listen=options.listen is not None)
+def _send_reach(options: SendOptions) -> tuple[list[str], tuple[str, int], tuple[str, int] | None]:
+    """The sources, the address (the receiver's, ours with --listen, or the relay's) and the relay."""
+    relay = check_relay(options.relay, options.no_encrypt, ("--listen", options.listen))
+    if relay is not None and options.arguments and looks_like_endpoint(options.arguments[-1]):
+        raise UsageError(f"--relay and {options.arguments[-1]!r}: through a relay, the code finds the receiver")
+    sources, destination = split_send_arguments(options.arguments, options.listen is not None or relay is not None)
+    if relay is not None:
+        return sources, relay, relay
     if destination is not None:
-        host, port = peer_endpoint(destination)
-    else:
-        host, port = parse_endpoint(options.listen or "", "0.0.0.0")
+        return sources, peer_endpoint(destination), None
+    return sources, parse_endpoint(options.listen or "", "0.0.0.0"), None
+
+
+def send_config(options: SendOptions) -> SendConfig:
+    sources, (host, port), relay = _send_reach(options)
     if not 1 <= options.streams <= MAX_STREAMS:
         raise UsageError(f"--streams must be between 1 and {MAX_STREAMS}")
     window = options.window if options.window is not None else DEFAULT_WINDOW
@@ -53,7 +64,7 @@ def send_config(options: SendOptions) -> SendConfig:
         chunk_bytes = chunk_under_limit(chunk_bytes, rate_bps, MIN_CHUNK_BYTES)
     options.retry.check()
     key = options.code if options.code is not None else options.secret
-    if key is None and options.listen is None:
+    if key is None and options.listen is None and relay is None:
         raise UsageError("pass the code the receiver shows with --code (or a shared --secret)")
     return SendConfig(
         sources,
@@ -72,6 +83,7 @@ def send_config(options: SendOptions) -> SendConfig:
         whole_file=options.whole_file,
         checksum=options.checksum,
         compress=options.compress,
+        relay=relay,
     )
 
 
@@ -93,4 +105,6 @@ def recv_config(options: RecvOptions, host: str, port: int, code: str, listener:
         safe_links=options.safe_links,
         listener=listener,  # type: ignore[arg-type]
         dial=options.connect is not None,
+        relay=(host, port) if options.relay is not None else None,
+        made_code=options.code is None,
     )

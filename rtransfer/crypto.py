@@ -38,6 +38,7 @@ class KeyExchange:
         self._spake = cls(code, idA=_ID_SENDER, idB=_ID_RECEIVER)
         self.is_sender = is_sender
         self.message = self._spake.start()
+        self.session_key: bytes | None = None  # after ``finish``: what the connections that join this one derive from
 
     def finish(self, peer_message: bytes, transcript: bytes) -> tuple[Sealer, Opener]:
         try:
@@ -48,6 +49,9 @@ class KeyExchange:
             (SENDER_TO_RECEIVER, RECEIVER_TO_SENDER) if self.is_sender else (RECEIVER_TO_SENDER, SENDER_TO_RECEIVER)
         )
         digest = hashlib.sha256(transcript).digest()
+        self.session_key = HKDF(hashes.SHA256(), 32, salt=None, info=b"rtransfer v1 session key" + digest).derive(
+            shared
+        )
         return Sealer(_derive(shared, mine, digest), mine), Opener(_derive(shared, theirs, digest), theirs)
 
 

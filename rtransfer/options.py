@@ -18,6 +18,8 @@ DEFAULT_WINDOW = 2
 DEFAULT_RETRIES = 20  # the one retry policy's defaults (retry.RetryPolicy agrees: a test checks)
 DEFAULT_RETRY_MAX_S = 60.0
 _SIZE = re.compile(r"^(\d+)\s*([kmgt]?)(i?b)?$", re.IGNORECASE)
+_ENDPOINT = re.compile(r"^(\[[^\]]*\]|[^/:\[\]]+):\d+$")
+RELAY_ENV = "RTRANSFER_RELAY"
 
 
 def stream_chunk_bytes(streams: int) -> int:
@@ -58,8 +60,35 @@ def peer_endpoint(text: str) -> tuple[str, int]:
     return host, port
 
 
+def looks_like_endpoint(text: str) -> bool:
+    """HOST:PORT, and no local file of that name."""
+    return bool(_ENDPOINT.match(text)) and not Path(text).exists()
+
+
+def choose_relay(flag: str | None, env: str | None, other_way: bool) -> str | None:
+    """``--relay``, or else the environment's relay, unless the command names another way to the
+    peer (an address to dial, --listen, --connect): a relay set for every transfer in a shell's
+    profile does not stop a direct one."""
+    if flag is not None:
+        return flag
+    return None if other_way or not env else env
+
+
+def check_relay(relay: str | None, no_encrypt: bool, *others: tuple[str, object]) -> tuple[str, int] | None:
+    """The relay's address; it excludes the other ways to the peer, and clear file contents."""
+    if relay is None:
+        return None
+    for flag, value in others:
+        if value:
+            raise UsageError(f"--relay and {flag}: through a relay, neither side listens nor dials the other")
+    if no_encrypt:
+        raise UsageError("--no-encrypt is refused with --relay: whoever runs the relay would read the files")
+    return peer_endpoint(relay)
+
+
 def split_send_arguments(arguments: list[str], listen: bool = False) -> tuple[list[str], str | None]:
-    """``SOURCE... HOST:PORT``: the last argument is where they go (with --listen, nowhere: all are sources)."""
+    """``SOURCE... HOST:PORT``: the last argument is where they go (with --listen or a relay,
+    nowhere: all are sources)."""
     if listen:
         if not arguments:
             raise UsageError("missing SOURCE...: what to send")
@@ -103,6 +132,7 @@ class SendOptions:
     checksum: bool = False
     whole_file: bool = False
     listen: str | None = None  # take the receiver's connection here instead of dialing it
+    relay: str | None = None  # meet the receiver at this relay (from --relay or the environment)
 
 
 @dataclass(frozen=True)
@@ -119,12 +149,16 @@ class RecvOptions:
     buffered: bool = False
     safe_links: bool = False
     connect: str | None = None  # dial a listening sender instead of listening
-    code: str | None = None  # the code that sender shows (with --connect)
+    code: str | None = None  # the code that sender shows (with --connect or --relay)
+    relay: str | None = None  # meet the sender at this relay (from --relay or the environment)
 
 
 def recv_listen(options: RecvOptions) -> tuple[str, int]:
     """Checked before listening (or dialing): the address, the limits, and DEST."""
-    if options.connect is not None:
+    relay = check_relay(options.relay, options.no_encrypt, ("--listen", options.listen), ("--connect", options.connect))
+    if relay is not None:
+        host, port = relay
+    elif options.connect is not None:
         if options.listen is not None:
             raise UsageError("--listen and --connect: a receiver either listens or dials its sender")
         if options.code is None and options.secret is None:
@@ -132,7 +166,7 @@ def recv_listen(options: RecvOptions) -> tuple[str, int]:
         host, port = peer_endpoint(options.connect)
     else:
         if options.code is not None:
-            raise UsageError("--code is for --connect: a listening receiver makes up its own code")
+            raise UsageError("--code is for --connect or --relay: a listening receiver makes up its own code")
         host, port = parse_endpoint(options.listen or DEFAULT_LISTEN, "0.0.0.0")
     options.retry.check()
     if options.max_files < 1:

@@ -20,7 +20,9 @@ class Reporter:
 
     progress_interval_s = 0.5
 
-    def listening(self, host: str, port: int, code: str | None, role: str = "recv") -> None: ...
+    def listening(self, host: str, port: int, code: str | None, role: str = "recv", relay: bool = False) -> None:
+        """Where the peer finds this side: at HOST:PORT, or (``relay``) at the relay there, by the code."""
+
     def started(self, stats: TransferStats) -> None: ...
     def progress(self, stats: TransferStats) -> None: ...
     def retransmit(self, seq: int, reason: str) -> None: ...
@@ -74,8 +76,11 @@ class JsonReporter(Reporter):
     def close(self, timeout_s: float | None) -> None:
         self._out.flush(timeout_s)
 
-    def listening(self, host: str, port: int, code: str | None, role: str = "recv") -> None:
-        self._emit("listening", role=role, host=host, port=port, code=code)
+    def listening(self, host: str, port: int, code: str | None, role: str = "recv", relay: bool = False) -> None:
+        if relay:
+            self._emit("listening", role=role, relay=f"{host}:{port}", code=code)
+        else:
+            self._emit("listening", role=role, host=host, port=port, code=code)
 
     def started(self, stats: TransferStats) -> None:
         self._stats = stats
@@ -164,18 +169,26 @@ class ConsoleReporter(Reporter):
         else:
             print(line, file=self.stream, flush=True)
 
-    def listening(self, host: str, port: int, code: str | None, role: str = "recv") -> None:
+    def listening(self, host: str, port: int, code: str | None, role: str = "recv", relay: bool = False) -> None:
         """Said even with ``quiet``: without the address and code the peer cannot connect."""
         say = functools.partial(print, file=self.stream, flush=True)
-        say(f"rtransfer: listening on {host}:{port}")
-        if code is not None:
-            where = "HOST" if host in ("0.0.0.0", "::") else host
-            if role == "recv":
-                say(f"rtransfer: code {code}; on the sending machine run:")
-                say(f"  rtransfer send FILE... {where}:{port} --code {code}")
-            else:
-                say(f"rtransfer: code {code}; on the receiving machine run:")
-                say(f"  rtransfer recv DEST --connect {where}:{port} --code {code}")
+        other, machine = ("sender", "sending") if role == "recv" else ("receiver", "receiving")
+        say(
+            f"rtransfer: waiting for the {other} at relay {host}:{port}"
+            if relay
+            else f"rtransfer: listening on {host}:{port}"
+        )
+        if code is None:
+            return
+        where = "HOST" if host in ("0.0.0.0", "::") else host
+        reach = (
+            f"--relay {host}:{port}"
+            if relay
+            else (f"{where}:{port}" if role == "recv" else f"--connect {where}:{port}")
+        )
+        say(f"rtransfer: code {code}; on the {machine} machine run:")
+        command = "send FILE..." if role == "recv" else "recv DEST"
+        say(f"  rtransfer {command} {reach} --code {code}")
 
     def started(self, stats: TransferStats) -> None:
         self._per_file = self.verbose or (not stats.listing and stats.files_total <= 1)

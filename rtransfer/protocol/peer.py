@@ -53,6 +53,7 @@ class KeyExchange(Protocol):
 
     is_sender: bool
     message: bytes  # what goes into our HELLO
+    session_key: bytes | None  # once finished: a secret of this connection's, for what joins it
 
     def finish(self, peer_message: bytes, transcript: bytes) -> tuple[Sealer, Opener]: ...
 
@@ -128,6 +129,11 @@ class Peer:
     def held_buffers(self) -> list[Buffer]:
         """Buffers the driver may recycle once the connection is gone (see the subclasses)."""
         return list(self._decoder.held_buffers())
+
+    @property
+    def session_key(self) -> bytes | None:
+        """Known once the HELLOs are exchanged; the relay tokens of further connections derive from it."""
+        return self._kex.session_key
 
     def fail(self, cause: Cause, message: str) -> None:
         """Tell the peer why we are giving up (best effort; the driver closes after)."""

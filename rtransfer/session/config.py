@@ -29,6 +29,8 @@ class SendConfig:
     compress: bool = False  # zstd each chunk that shrinks, at a level that follows the bottleneck
     # send --listen: take the receiver's connections on this socket (opened by the caller) instead of dialing
     listener: socket.socket | None = None
+    relay: tuple[str, int] | None = None  # meet the receiver at this relay instead (host and port are the relay's)
+    made_code: bool = False  # this side made up the code and showed it: at a relay it waits as long as it takes
 
 
 @dataclass(frozen=True)
@@ -47,3 +49,5 @@ class RecvConfig:
     # Opened, and announced with the code, by the caller before it imported this module (see listen.py).
     listener: socket.socket | None = None
     dial: bool = False  # recv --connect: dial the sender at host:port instead of listening
+    relay: tuple[str, int] | None = None  # meet the sender at this relay instead
+    made_code: bool = True  # see SendConfig

@@ -44,7 +44,7 @@ from rtransfer.session.outcome import worth_reconnecting
 from rtransfer.sink import DirectorySink, Sink
 from rtransfer.stats import TransferStats
 from rtransfer.stdout_sink import StdoutSink
-from rtransfer.transport import Accept, ConnectionSource, Dial, Outage, keep_connected
+from rtransfer.transport import Accept, ConnectionSource, Dial, Outage, Relay, keep_connected
 
 
 def recv_budget(span: int, streams: int = 1) -> int:
@@ -80,7 +80,7 @@ class ReceiveTransfer:
         # For the first connection, started before it comes so a sender does not wait for it.
         self.next_kex = KeyExchange(self.secret, is_sender=False)
         self.source = source or self._source(config)
-        hint = "" if not self.source.dials else " (is `rtransfer send --listen` running there?)"
+        hint = " (is `rtransfer send --listen` running there?)" if isinstance(self.source, Dial) else ""
         self.outage = Outage(Backoff(config.connect_policy), reporter.warning, "the sender", hint)
         self.started = False  # some connection got as far as data: the sender may come back
         self.joins: set[asyncio.Task[None]] = set()
@@ -98,8 +98,10 @@ class ReceiveTransfer:
             self.source.close()
         return self.stats
 
-    @staticmethod
-    def _source(config: RecvConfig) -> ConnectionSource:
+    def _source(self, config: RecvConfig) -> ConnectionSource:
+        if config.relay is not None:
+            window_s = config.connect_policy.max_total_s
+            return Relay(*config.relay, self.code, window_s, patient=config.made_code)
         if config.dial:
             return Dial(config.host, config.port)
         return Accept(config.listener or open_listener(config.host, config.port))
@@ -135,7 +137,7 @@ class ReceiveTransfer:
     async def _take_joins(self, control: ReceiveAttempt) -> None:
         """Connections arriving while a transfer runs may join it, up to its streams."""
         while True:
-            conn = await self.source.open(self._connection, None)
+            conn = await self.source.open(self._connection, None, None)
             if len(self.joins) + 1 >= control.machine.manifest.streams:
                 if conn.transport is not None:
                     conn.transport.close()
@@ -155,9 +157,16 @@ class ReceiveTransfer:
         say = functools.partial(_say_for_stream, self.reporter, stream)
         outage = Outage(Backoff(self.config.connect_policy), say, "the sender")
         serve = functools.partial(self._joined, control, outage)
+        key = control.machine.session_key
+        assert key is not None
         try:
             await keep_connected(
-                self.source, self._connection, serve, outage, _join_worth_another, self.config.timeout_s
+                self.source.further(key, stream),
+                self._connection,
+                serve,
+                outage,
+                _join_worth_another,
+                self.config.timeout_s,
             )
         except RtransferError as exc:
             say(f"{exc.message}; going on without it")

@@ -47,7 +47,7 @@ from rtransfer.session.connection import Connection, cancel_all, collect_dead_co
 from rtransfer.session.outcome import worth_reconnecting
 from rtransfer.session.streams import Dealer, FurtherStream, StreamLinks
 from rtransfer.stats import TransferStats
-from rtransfer.transport import Accept, ConnectionSource, Dial, Outage, keep_connected
+from rtransfer.transport import Accept, ConnectionSource, Dial, Outage, Relay, keep_connected
 from rtransfer.workers import in_cpu, in_worker
 
 # Batches of the file list sent ahead of the reader: enough that the receiver plans the next
@@ -78,19 +78,26 @@ class SendTransfer:
     def __init__(self, config: SendConfig, reporter: Reporter, source: ConnectionSource | None = None) -> None:
         self.config = config
         self.reporter = reporter
-        self.source = source or (Accept(config.listener) if config.listener else Dial(config.host, config.port))
+        self.source = source or self._source(config)
         self.sources = collect_sources(config.sources, config.stdin_name)
         self.manifest = Manifest(
             uuid.uuid4().hex, config.chunk_bytes, config.window, config.streams, delta=not config.whole_file
         )
         self.stats = TransferStats("send")
         self.pool = BufferPool(send_budget(config.window, config.streams))
-        hint = UNREACHABLE_HINT if self.source.dials else ""
+        hint = UNREACHABLE_HINT if isinstance(self.source, Dial) else ""
         self.outage = Outage(Backoff(config.connect_policy), reporter.warning, "the receiver", hint)
         self.resumable = all(s.local is not None for s in self.sources)  # standard input cannot be read again
         rate = config.limit_rate_bps
         self.bucket = TokenBucket(rate, now()) if rate else None  # one for the transfer, across reconnects
         self.compressor = Compressor() if config.compress else None
+
+    @staticmethod
+    def _source(config: SendConfig) -> ConnectionSource:
+        if config.relay is not None:
+            window_s = config.connect_policy.max_total_s
+            return Relay(*config.relay, config.code, window_s, patient=config.made_code)
+        return Accept(config.listener) if config.listener else Dial(config.host, config.port)
 
     async def run(self) -> TransferStats:
         try:
@@ -222,8 +229,11 @@ class SendAttempt(Attempt):
         """Open the further connections, all at once, once the transfer has started on the first:
         the first byte never waits for them."""
         t, config = self.transfer, self.transfer.config
+        key = self.machine.session_key
+        assert key is not None
         links = StreamLinks(
             source=t.source,
+            key=key,
             make=t.connection,
             done=self.done,
             on_acked=self.on_stream_acked,

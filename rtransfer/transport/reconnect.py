@@ -14,7 +14,7 @@ from typing import TypeVar
 
 from rtransfer.errors import NetworkError, RtransferError, reason
 from rtransfer.retry import Backoff
-from rtransfer.transport.source import ConnectionSource
+from rtransfer.transport.source import ConnectionSource, WaitedOut
 
 C = TypeVar("C", bound=asyncio.BaseProtocol)
 T = TypeVar("T")
@@ -58,9 +58,13 @@ class Outage:
 
     def gave_up(self, source: ConnectionSource, error: OSError) -> NetworkError:
         """The final error when no connection came: what went wrong, where, and the hint."""
-        if not source.dials:
+        if isinstance(error, WaitedOut) or not source.dials:
             waited = f"{self.peer} did not come back within {self.backoff.policy.max_total_s:.0f} s"
-            return NetworkError(f"{self.last.message}; {waited}" if self.last else f"{waited} to {source.where}")
+            if self.last is not None:
+                return NetworkError(f"{self.last.message}; {waited}")
+            if source.dials:  # reached a relay, where the peer never came
+                return NetworkError(f"no {self.peer.removeprefix('the ')} is waiting for that code at {source.where}")
+            return NetworkError(f"{waited} to {source.where}")
         return NetworkError(f"could not connect to {source.where}: {reason(error)}{self.hint}")
 
     def reset(self) -> None:
@@ -80,12 +84,11 @@ async def keep_connected(
     ``worth_another`` does not forgive, or one past the policy, is raised."""
     backoff = outage.backoff
     while True:
-        timeout_s = open_timeout_s if source.dials else backoff.remaining_s()
         try:
-            conn = await source.open(make, timeout_s)
+            conn = await source.open(make, open_timeout_s, backoff.remaining_s())
         except OSError as exc:
-            # A listener's open waits out the outage's time itself: when it fails, that is spent.
-            if not source.dials or (delay := backoff.next_delay()) is None:
+            # An open that waited for the peer waited out the outage's time itself: that is spent.
+            if isinstance(exc, WaitedOut) or not source.dials or (delay := backoff.next_delay()) is None:
                 raise outage.gave_up(source, exc) from None
             outage.unreachable(source, exc)
         else:

@@ -6,9 +6,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import os
 import socket
 from collections.abc import Callable
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from rtransfer.errors import UnknownHost, reason
 
@@ -16,40 +17,87 @@ P = TypeVar("P", bound=asyncio.BaseProtocol)
 _NO_SUCH_NAME = {socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)}
 
 
+class WaitedOut(OSError):
+    """The peer did not come within the time ``open`` was given to wait for it: that time is spent."""
+
+
 class ConnectionSource(Protocol):
     """One way of reaching the peer. ``dials``: a failed ``open`` is worth a pause before the
-    next (a listener's ``open`` is itself the wait). ``where`` names the peer in messages."""
+    next (a listener's ``open`` is itself the wait). ``where`` names the peer in messages;
+    ``path`` says how the bytes travel ("direct" or "relay").
+
+    ``open`` gets ``timeout_s`` to reach the source and ``wait_s`` to wait there for the peer
+    (None: as long as it takes), the time left in the reconnect loop's outage."""
 
     dials: bool
     where: str
+    path: str
 
-    async def open(self, make: Callable[[], P], timeout_s: float | None) -> P: ...
+    async def open(self, make: Callable[[], P], timeout_s: float | None, wait_s: float | None) -> P: ...
+
+    def further(self, session_key: bytes, stream: int) -> ConnectionSource:
+        """Where further connection number ``stream`` of a transfer comes from."""
+        ...
 
     def close(self) -> None: ...
 
 
+async def connect_socket(host: str, port: int, timeout_s: float | None) -> socket.socket:
+    """A TCP connection to HOST:PORT, given ``timeout_s``: a host that drops our SYNs would
+    otherwise hold an attempt for minutes. A name that does not exist is UnknownHost (final)."""
+    loop = asyncio.get_running_loop()
+    try:
+        async with asyncio.timeout(timeout_s):
+            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            for family, kind, proto, _, address in infos[:-1]:
+                with contextlib.suppress(OSError):
+                    return await _connect_to(family, kind, proto, address)
+            family, kind, proto, _, address = infos[-1]
+            return await _connect_to(family, kind, proto, address)
+    except TimeoutError:
+        raise TimeoutError(errno.ETIMEDOUT, f"no answer within {timeout_s or 0:g} s") from None
+    except socket.gaierror as exc:
+        if exc.errno in _NO_SUCH_NAME:
+            raise UnknownHost(f"could not connect to {host}:{port}: {reason(exc)}") from None
+        raise
+
+
+async def _connect_to(family: int, kind: int, proto: int, address: Any) -> socket.socket:
+    """Each of a name's addresses in turn, as ``create_connection`` does."""
+    sock = socket.socket(family, kind, proto)
+    sock.setblocking(False)
+    try:
+        await asyncio.get_running_loop().sock_connect(sock, address)
+    except BaseException as exc:
+        sock.close()
+        if isinstance(exc, OSError) and exc.errno:  # the words, not "Connect call failed (address)"
+            raise type(exc)(exc.errno, os.strerror(exc.errno)) from None
+        raise
+    return sock
+
+
+async def driven(make: Callable[[], P], sock: socket.socket) -> P:
+    """Hand a connected socket to the protocol ``make`` builds."""
+    _, proto = await asyncio.get_running_loop().connect_accepted_socket(make, sock)
+    return proto
+
+
 class Dial:
-    """Connect to HOST:PORT. Each attempt gets ``timeout_s``: a host that drops our SYNs would
-    otherwise hold one for minutes."""
+    """Connect to HOST:PORT."""
 
     dials = True
+    path = "direct"
 
     def __init__(self, host: str, port: int) -> None:
         self.host = host
         self.port = port
         self.where = f"{host}:{port}"
 
-    async def open(self, make: Callable[[], P], timeout_s: float | None) -> P:
-        try:
-            async with asyncio.timeout(timeout_s):
-                _, proto = await asyncio.get_running_loop().create_connection(make, self.host, self.port)
-        except TimeoutError:
-            raise TimeoutError(errno.ETIMEDOUT, f"no answer within {timeout_s or 0:g} s") from None
-        except socket.gaierror as exc:
-            if exc.errno in _NO_SUCH_NAME:
-                raise UnknownHost(f"could not connect to {self.where}: {reason(exc)}") from None
-            raise
-        return proto
+    async def open(self, make: Callable[[], P], timeout_s: float | None, wait_s: float | None = None) -> P:
+        return await driven(make, await connect_socket(self.host, self.port, timeout_s))
+
+    def further(self, session_key: bytes, stream: int) -> Dial:
+        return self
 
     def close(self) -> None:
         pass
@@ -57,10 +105,11 @@ class Dial:
 
 class Accept:
     """Take connections arriving on a listening socket (opened early by the CLI, see listen.py).
-    One task accepts; ``open`` takes the next arrival, waiting at most ``timeout_s``, and wraps
+    One task accepts; ``open`` takes the next arrival, waiting at most ``wait_s``, and wraps
     it in ``make``'s protocol, so a listener's key exchange can start before anyone connects."""
 
     dials = False
+    path = "direct"
 
     def __init__(self, listener: socket.socket) -> None:
         self.listener = listener
@@ -75,16 +124,18 @@ class Accept:
             sock, _ = await loop.sock_accept(self.listener)
             self._arrivals.put_nowait(sock)
 
-    async def open(self, make: Callable[[], P], timeout_s: float | None) -> P:
+    async def open(self, make: Callable[[], P], timeout_s: float | None, wait_s: float | None) -> P:
         if self._pump is None:
             self._pump = asyncio.ensure_future(self._accept_forever())
         try:
-            async with asyncio.timeout(timeout_s):
+            async with asyncio.timeout(wait_s):
                 sock = await self._arrivals.get()
         except TimeoutError:
-            raise TimeoutError(errno.ETIMEDOUT, f"nobody came back within {timeout_s or 0:.0f} s") from None
-        _, proto = await asyncio.get_running_loop().connect_accepted_socket(make, sock)
-        return proto
+            raise WaitedOut(errno.ETIMEDOUT, f"nobody came back within {wait_s or 0:.0f} s") from None
+        return await driven(make, sock)
+
+    def further(self, session_key: bytes, stream: int) -> Accept:
+        return self
 
     def close(self) -> None:
         if self._pump is not None:

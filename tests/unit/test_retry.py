@@ -22,13 +22,14 @@ class Refusing:
 
     dials = True
     where = "peer.example:9"
+    path = "direct"
 
     def __init__(self, failures: int, conn: object = "conn") -> None:
         self.failures = failures
         self.conn = conn
         self.opens = 0
 
-    async def open(self, make: object, timeout_s: float | None) -> object:
+    async def open(self, make: object, timeout_s: float | None, wait_s: float | None) -> object:
         self.opens += 1
         if self.opens <= self.failures:
             raise ConnectionRefusedError(111, "Connection refused")
@@ -145,7 +146,7 @@ async def test_a_name_that_does_not_resolve_is_final_a_resolver_failure_is_retri
         calls.append(1)
         raise socket.gaierror(error, "resolution failed")
 
-    monkeypatch.setattr(asyncio.get_running_loop(), "create_connection", resolve_fails)
+    monkeypatch.setattr(asyncio.get_running_loop(), "getaddrinfo", resolve_fails)
     with pytest.raises(NetworkError, match=r"could not connect to nowhere\.invalid:9: resolution failed") as raised:
         await keep_connected(
             Dial("nowhere.invalid", 9), object, serve_ok, outage([], max_attempts=3), lambda e: True, 1.0

@@ -1,0 +1,104 @@
+"""Reaching the peer through a magic-wormhole transit relay, when neither side can accept a
+connection. Both sides dial the relay and write one line, ``please relay TOKEN for side
+SIDE``; when two connections with the same token (from different sides) are there, the relay
+answers ``ok`` to both and copies bytes between them until either closes. From then on the
+connection is the same as a direct one: the same handshake and AEAD run over it, so the relay
+sees the HELLOs and ciphertext, nothing else.
+
+Tokens: the first connection's comes from the code's nameplate (listen.nameplate), never from
+its secret part; a ``--secret`` of the user's own goes through scrypt first, so that whoever
+runs the relay can't cheaply test guesses at it. A further connection's token derives from the
+first's session key, which the relay cannot know.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import hashlib
+import hmac
+import secrets
+import socket
+from collections.abc import Callable
+
+from rtransfer.listen import nameplate
+from rtransfer.transport.source import P, WaitedOut, connect_socket, driven
+from rtransfer.workers import in_cpu
+
+SCRYPT_N = 2**15  # 32 MiB and about 0.1 s per guess
+_LINE_MAX = 64
+
+
+def code_token(code: str) -> str:
+    """The token of a transfer's first connection through a relay: 64 hex digits."""
+    plate = nameplate(code)
+    if plate is not None:
+        return hashlib.sha256(b"rtransfer relay nameplate v1:" + plate.encode()).hexdigest()
+    from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+
+    kdf = Scrypt(salt=b"rtransfer relay secret v1", length=32, n=SCRYPT_N, r=8, p=1)
+    return kdf.derive(code.strip().lower().encode()).hex()
+
+
+def stream_token(session_key: bytes, stream: int) -> str:
+    return hmac.new(session_key, b"rtransfer relay stream %d" % stream, hashlib.sha256).hexdigest()
+
+
+class Relay:
+    """Pair with the peer at a relay under ``token``. The first connection waits there for the
+    peer up to ``window_s``, or as long as it takes when ``patient`` (the side that made up the
+    code, as a listener would); a reconnect waits what is left of the outage."""
+
+    dials = True
+    path = "relay"
+
+    def __init__(self, host: str, port: int, code: str, window_s: float, patient: bool = False) -> None:
+        self.host = host
+        self.port = port
+        self.window_s = window_s
+        self.first_wait_s = None if patient else window_s
+        self.side = secrets.token_hex(8)
+        self.where = f"relay {host}:{port}"
+        self._code = code
+        self._token: str | None = None  # derived on the first open: scrypt's time is spent off the event loop
+
+    async def open(self, make: Callable[[], P], timeout_s: float | None, wait_s: float | None) -> P:
+        if self._token is None:
+            self._token = await in_cpu(code_token, self._code)
+        sock = await connect_socket(self.host, self.port, timeout_s)
+        wait = wait_s if wait_s is not None else self.first_wait_s
+        try:
+            loop = asyncio.get_running_loop()
+            await loop.sock_sendall(sock, f"please relay {self._token} for side {self.side}\n".encode())
+            try:
+                async with asyncio.timeout(wait):
+                    answer = await _read_line(sock)
+            except TimeoutError:
+                raise WaitedOut(errno.ETIMEDOUT, f"waited {wait or 0:.0f} s") from None
+            if answer != b"ok\n":
+                raise ConnectionRefusedError(errno.ECONNREFUSED, f"the relay answered {answer!r}")
+        except BaseException:
+            sock.close()
+            raise
+        return await driven(make, sock)
+
+    def further(self, session_key: bytes, stream: int) -> Relay:
+        joining = Relay(self.host, self.port, "", self.window_s)
+        joining.side = self.side
+        joining._token = stream_token(session_key, stream)
+        return joining
+
+    def close(self) -> None:
+        pass
+
+
+async def _read_line(sock: socket.socket) -> bytes:
+    """The relay's answer, a byte at a time: what follows it is the peer's, for the protocol."""
+    loop = asyncio.get_running_loop()
+    line = b""
+    while not line.endswith(b"\n") and len(line) < _LINE_MAX:
+        byte = await loop.sock_recv(sock, 1)
+        if not byte:
+            raise ConnectionResetError(errno.ECONNRESET, "the relay closed the connection")
+        line += byte
+    return line
