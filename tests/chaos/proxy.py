@@ -214,7 +214,7 @@ async def main(args: argparse.Namespace) -> None:
     )
     record = open(args.record, "wb") if args.record else None  # noqa: SIM115 - closed below
     proxy = Proxy((host, int(port)), faults, record)
-    server = await asyncio.start_server(proxy.handle, "127.0.0.1", args.listen_port)
+    server = await asyncio.start_server(proxy.handle, args.bind, args.listen_port)
     proxy.say("listening", port=server.sockets[0].getsockname()[1])
     ticker = asyncio.ensure_future(tick(proxy)) if args.tick else None
     deadline = time.monotonic() + args.max_seconds
@@ -234,6 +234,7 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--target", required=True, help="HOST:PORT to forward to")
     ap.add_argument("--listen-port", type=int, default=0)
+    ap.add_argument("--bind", default="127.0.0.1", help="address to listen on")
     ap.add_argument("--reset-every", help="reset each connection after this many client bytes (K/M/G)")
     ap.add_argument("--stall-after", help="stall once after this many bytes in all (K/M/G)")
     ap.add_argument("--stall-seconds", type=float, default=10.0)
