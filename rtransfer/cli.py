@@ -123,6 +123,9 @@ Relay = Annotated[
         show_default=False,
     ),
 ]
+NoDirect = Annotated[
+    bool, _opt("--no-direct", help="Through a relay, keep every byte on it: share no address, try no direct path.")
+]
 RecvCode = Annotated[
     str | None, _opt("--code", metavar="CODE", help="With --connect or --relay: the code the sender shows.")
 ]
@@ -170,6 +173,7 @@ def send(
     whole_file: WholeFile = False,
     listen: SendListen = None,
     relay: Relay = None,
+    no_direct: NoDirect = False,
 ) -> int:
     """Send files, directories or standard input ('-') to a receiver: SOURCE... HOST:PORT, or
     SOURCE... --listen [HOST:]PORT to let the receiver connect."""
@@ -179,7 +183,8 @@ def send(
     options = replace(options, safe_links=safe_links, limit_rate=limit_rate, compress=compress, checksum=checksum)
     direct = listen is not None or bool(arguments and looks_like_endpoint(arguments[-1]))
     relay = choose_relay(relay, os.environ.get(RELAY_ENV), other_way=direct)
-    return _send(replace(options, whole_file=whole_file, listen=listen, relay=relay), reporter)
+    options = replace(options, whole_file=whole_file, listen=listen, relay=relay, direct=not no_direct)
+    return _send(options, reporter)
 
 
 def _send(options: SendOptions, reporter: "Reporter") -> int:
@@ -239,6 +244,7 @@ def recv(
     connect: Connect = None,
     code: RecvCode = None,
     relay: Relay = None,
+    no_direct: NoDirect = False,
 ) -> int:
     """Listen (or, with --connect, dial a listening sender), receive one transfer into DEST, and exit."""
     reporter = make_reporter(json_output, quiet, data_on_stdout=dest == "-", verbose=verbose)
@@ -246,6 +252,7 @@ def recv(
     options = RecvOptions(dest, listen, overwrite, secret, no_encrypt, max_bytes, max_files, max_streams, retry)
     relay = choose_relay(relay, os.environ.get(RELAY_ENV), other_way=listen is not None or connect is not None)
     options = replace(options, buffered=buffered, safe_links=safe_links, connect=connect, code=code, relay=relay)
+    options = replace(options, direct=not no_direct)
     return _recv(options, reporter)
 
 

@@ -84,6 +84,7 @@ def send_config(options: SendOptions) -> SendConfig:
         checksum=options.checksum,
         compress=options.compress,
         relay=relay,
+        direct=options.direct,
     )
 
 
@@ -107,4 +108,5 @@ def recv_config(options: RecvOptions, host: str, port: int, code: str, listener:
         dial=options.connect is not None,
         relay=(host, port) if options.relay is not None else None,
         made_code=options.code is None,
+        direct=options.direct,
     )

@@ -133,6 +133,7 @@ class SendOptions:
     whole_file: bool = False
     listen: str | None = None  # take the receiver's connection here instead of dialing it
     relay: str | None = None  # meet the receiver at this relay (from --relay or the environment)
+    direct: bool = True  # through a relay, try a direct path too
 
 
 @dataclass(frozen=True)
@@ -151,6 +152,7 @@ class RecvOptions:
     connect: str | None = None  # dial a listening sender instead of listening
     code: str | None = None  # the code that sender shows (with --connect or --relay)
     relay: str | None = None  # meet the sender at this relay (from --relay or the environment)
+    direct: bool = True  # through a relay, try a direct path too
 
 
 def recv_listen(options: RecvOptions) -> tuple[str, int]:

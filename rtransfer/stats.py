@@ -72,6 +72,8 @@ class TransferStats:
     streams: list[dict[str, object]] = field(default_factory=list)  # per connection, over several (sender)
     wire_sent: int = 0  # bytes written to connections, every frame and header included
     wire_received: int = 0
+    relay_bytes: int = 0  # of the wire's bytes, those through a relay (both ways)
+    path: str = "direct"  # how the first connection's bytes travel now: "direct", or "relay"
     compression: float | None = None  # send --compress: file bytes per byte sent
     started_at: float = field(default_factory=time.monotonic)
     clock_started: bool = False  # the time runs from the first connection's start, not the wait for it
@@ -132,6 +134,8 @@ class TransferStats:
             "seconds": round(self.seconds, 3),
             "wire_bytes_sent": self.wire_sent,
             "wire_bytes_received": self.wire_received,
+            "path": self.path,
+            "relay_bytes": self.relay_bytes,
             **({"compression_ratio": round(self.compression, 3)} if self.compression is not None else {}),
             **({"streams": self.streams} if self.streams else {}),
         }

@@ -19,6 +19,8 @@ MAX_ERROR_MESSAGE_BYTES = 1024
 MAX_SIGNATURE_CHUNKS = 16384  # chunk digests in one SIGNATURE frame (a file's may take several)
 MAX_COPY_RANGES = 4096  # ranges of the receiver's old copy in one COPY frame
 SIGNATURE_DIGEST_BYTES = 16
+MAX_HINTS = 8  # addresses in one HINTS frame
+MAX_HINTS_BYTES = 1024
 
 
 class FrameType(IntEnum):
@@ -43,6 +45,8 @@ class FrameType(IntEnum):
     COPY = 19  # DATA made of ranges of the receiver's old copy of the file (delta transfer)
     ZDATA = 20  # DATA compressed with zstd
     SIGNATURE = 21  # the receiver's old copy of a file, as content-defined chunks (delta transfer)
+    HINTS = 22  # where this side can be reached directly, said inside the session (through a relay)
+    GO_DIRECT = 23  # sender: the transfer moves to the direct connection named here
 
 
 class Role(IntEnum):

@@ -138,6 +138,20 @@ class TransferComplete:
     pass
 
 
+@dataclass(frozen=True)
+class HintsReceived:
+    """The peer says where it listens for a direct connection (see transport/direct.py)."""
+
+    addresses: tuple[tuple[str, int], ...]
+
+
+@dataclass(frozen=True)
+class DirectChosen:
+    """Receiver side: the sender moves the transfer to the direct connection with this id."""
+
+    ident: bytes
+
+
 Event = (
     Accepted
     | StreamJoined
@@ -155,4 +169,6 @@ Event = (
     | DuplicateChunk
     | TransferComplete
     | SignatureReceived
+    | HintsReceived
+    | DirectChosen
 )

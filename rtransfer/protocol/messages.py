@@ -27,6 +27,7 @@ from rtransfer.protocol.constants import (
     MAX_COPY_RANGES,
     MAX_ENTRIES_BYTES,
     MAX_ERROR_MESSAGE_BYTES,
+    MAX_HINTS_BYTES,
     MAX_MANIFEST_BYTES,
     MAX_SIGNATURE_CHUNKS,
     MAX_WINDOW,
@@ -58,6 +59,8 @@ SIGNATURE_CHUNK_LAYOUT = struct.Struct(f"!I{SIGNATURE_DIGEST_BYTES}s")  # length
 COPY_RANGE = struct.Struct("!QI")  # offset in the receiver's old copy, length
 ZDATA_SIZE = struct.Struct("!I")  # a compressed chunk's length before compression, ahead of the zstd frame
 
+DIRECT_ID_BYTES = 32  # a direct connection's id: both nonces of its proof (transport/direct.py)
+
 
 MAX_BODY_BYTES: dict[FrameType, int] = {
     FrameType.HELLO: 4096,
@@ -81,6 +84,8 @@ MAX_BODY_BYTES: dict[FrameType, int] = {
     FrameType.COPY: DATA_HEADER.size + COPY_RANGE.size * MAX_COPY_RANGES,
     FrameType.ZDATA: DATA_HEADER.size + ZDATA_SIZE.size + MAX_CHUNK_BYTES,
     FrameType.SIGNATURE: SIGNATURE_LAYOUT.size + SIGNATURE_CHUNK_LAYOUT.size * MAX_SIGNATURE_CHUNKS,
+    FrameType.HINTS: MAX_HINTS_BYTES,
+    FrameType.GO_DIRECT: DIRECT_ID_BYTES,
 }
 TAG_BYTES = 16  # AEAD tag on sealed frames; limits above are for the plaintext
 
@@ -224,6 +229,20 @@ class Pong:
 
 
 @dataclass(frozen=True)
+class Hints:
+    """Where the sending side listens for a direct connection, while it tries one (HOST, PORT)."""
+
+    addresses: tuple[tuple[str, int], ...]
+
+
+@dataclass(frozen=True)
+class GoDirect:
+    """The transfer moves to the direct connection with this id (transport/direct.py)."""
+
+    ident: bytes
+
+
+@dataclass(frozen=True)
 class ErrorFrame:
     cause: Cause
     message: str
@@ -265,6 +284,8 @@ Frame = (
     | Join
     | Joined
     | Signature
+    | Hints
+    | GoDirect
 )
 CHUNK_TYPES = (FrameType.DATA, FrameType.PACK, FrameType.COPY, FrameType.ZDATA)
 
@@ -300,6 +321,8 @@ _TYPES: dict[type, FrameType] = {
     Join: FrameType.JOIN,
     Joined: FrameType.JOINED,
     Signature: FrameType.SIGNATURE,
+    Hints: FrameType.HINTS,
+    GoDirect: FrameType.GO_DIRECT,
 }
 
 

@@ -23,14 +23,16 @@ from rtransfer.protocol.errors import (
     PeerSilent,
     ProtocolError,
 )
-from rtransfer.protocol.events import Event
+from rtransfer.protocol.events import DirectChosen, Event, HintsReceived
 from rtransfer.protocol.messages import (
     PROTOCOL_VERSION,
     Confirm,
     CorruptChunk,
     ErrorFrame,
     Frame,
+    GoDirect,
     Hello,
+    Hints,
     Opener,
     Ping,
     Pong,
@@ -135,6 +137,21 @@ class Peer:
         """Known once the HELLOs are exchanged; the relay tokens of further connections derive from it."""
         return self._kex.session_key
 
+    @guarded
+    def send_hints(self, addresses: tuple[tuple[str, int], ...]) -> None:
+        """Say where this side listens for a direct connection: only inside the session, once both
+        sides have proved their keys, so nobody else learns or forges them."""
+        if self.phase in AUTHENTICATING or not self.encrypted:
+            raise LocalProtocolError(f"HINTS need an encrypted session; this connection is {self.phase.value}")
+        self._send(Hints(addresses))
+
+    @guarded
+    def go_direct(self, ident: bytes) -> None:
+        """Sender: name the direct connection the transfer moves to (the last frame on this one)."""
+        if self.role is not Role.SENDER or self.phase in AUTHENTICATING:
+            raise LocalProtocolError(f"{self.role.name.lower()} cannot move the transfer while {self.phase.value}")
+        self._send(GoDirect(ident))
+
     def fail(self, cause: Cause, message: str) -> None:
         """Tell the peer why we are giving up (best effort; the driver closes after)."""
         if self.phase is not Phase.CLOSED:
@@ -195,6 +212,10 @@ class Peer:
             self._send(Pong(frame.token))
         elif isinstance(frame, ErrorFrame):
             raise PeerFailed(frame.cause, f"peer: {frame.message}")
+        elif isinstance(frame, Hints):
+            events.append(HintsReceived(frame.addresses))
+        elif isinstance(frame, GoDirect):
+            events.append(DirectChosen(frame.ident))
         elif not isinstance(frame, Pong):
             self._handle(frame, events)
 

@@ -20,8 +20,9 @@ STARTED = frozenset({Phase.TRANSFERRING, Phase.FINISHING, Phase.CLOSED})
 
 F = FrameType
 _HEARTBEAT = {F.PING: None, F.PONG: None}  # None: the phase stays
-_CONTROL = {**_HEARTBEAT, F.ERROR: Phase.ERROR}
+_CONTROL = {**_HEARTBEAT, F.ERROR: Phase.ERROR, F.HINTS: None}  # HINTS: sealed, so only once keys are proved
 _STAYS = None
+_MOVES = {**_CONTROL, F.GO_DIRECT: None}  # the receiver's control frames: the sender may move the transfer
 _CHUNK_TYPES = (F.DATA, F.ZDATA, F.COPY, F.PACK)
 
 # Frames a machine of each role may *receive* in each phase, and the phase each leads to.
@@ -45,14 +46,14 @@ RECEIVED: dict[Role, dict[Phase, dict[FrameType, Phase | None]]] = {
     Role.RECEIVER: {
         Phase.GREETING: {F.HELLO: Phase.CONFIRMING},
         Phase.CONFIRMING: {F.CONFIRM: Phase.AWAITING_MANIFEST},
-        Phase.AWAITING_MANIFEST: {F.MANIFEST: Phase.PLANNING, F.JOIN: Phase.TRANSFERRING, **_CONTROL},
-        Phase.PLANNING: {F.ENTRIES: _STAYS, **_CONTROL},
+        Phase.AWAITING_MANIFEST: {F.MANIFEST: Phase.PLANNING, F.JOIN: Phase.TRANSFERRING, **_MOVES},
+        Phase.PLANNING: {F.ENTRIES: _STAYS, **_MOVES},
         Phase.TRANSFERRING: {
             **dict.fromkeys((F.ENTRIES, *_CHUNK_TYPES, F.FILE_END), _STAYS),
             F.DONE: Phase.FINISHING,
-            **_CONTROL,
+            **_MOVES,
         },
-        Phase.FINISHING: {**dict.fromkeys(_CHUNK_TYPES, _STAYS), **_CONTROL},  # resends of NACKed chunks
+        Phase.FINISHING: {**dict.fromkeys(_CHUNK_TYPES, _STAYS), **_MOVES},  # resends of NACKed chunks
         Phase.CLOSED: {**_HEARTBEAT},
         Phase.ERROR: {},
     },

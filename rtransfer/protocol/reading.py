@@ -15,6 +15,7 @@ from rtransfer.protocol.constants import (
     MAX_ACCEPT_BYTES,
     MAX_CHUNK_BYTES,
     MAX_ENTRIES_BYTES,
+    MAX_HINTS,
     MAX_STREAMS,
     MAX_WINDOW,
     MIN_CHUNK_BYTES,
@@ -28,6 +29,7 @@ from rtransfer.protocol.messages import (
     CHUNK_TYPES,
     CONFIRM_BODY,
     DATA_HEADER,
+    DIRECT_ID_BYTES,
     ERROR_LAYOUT,
     FILE_END_LAYOUT,
     FILE_RESULT_LAYOUT,
@@ -51,7 +53,9 @@ from rtransfer.protocol.messages import (
     FileEnd,
     FileResult,
     Frame,
+    GoDirect,
     Hello,
+    Hints,
     Join,
     Joined,
     Nack,
@@ -248,6 +252,24 @@ def _decode_join(ftype: FrameType, body: WritableBuffer) -> Join:
     return Join(_decode_manifest(obj), obj["stream"])
 
 
+def _sized(body: WritableBuffer, size: int, name: str) -> bytes:
+    _need(len(body) == size, f"{name} frame has the wrong length")
+    return bytes(body)
+
+
+def _decode_hints(ftype: FrameType, body: WritableBuffer) -> Hints:
+    obj = _load_json(body, "HINTS")
+    _need(isinstance(obj, list) and len(obj) <= MAX_HINTS, "HINTS malformed")
+    addresses = []
+    for item in obj:
+        _need(isinstance(item, list) and len(item) == 2, "HINTS address malformed")
+        host, port = item
+        _need(isinstance(host, str) and 0 < len(host) <= 64, "HINTS host malformed")
+        _need(_is_uint(port) and 0 < port < 65536, "HINTS port malformed")
+        addresses.append((host, port))
+    return Hints(tuple(addresses))
+
+
 def _decode_accept(ftype: FrameType, body: WritableBuffer) -> Accept:
     obj = _load_json(_unsqueezed(body, MAX_ACCEPT_BYTES, "ACCEPT"), "ACCEPT")
     _need(isinstance(obj, dict), "ACCEPT is not an object")
@@ -294,6 +316,8 @@ _DECODERS: dict[FrameType, Callable[[FrameType, WritableBuffer], Frame]] = {
     FrameType.HELLO: _decode_hello,
     FrameType.MANIFEST: lambda ftype, body: _decode_manifest(_load_json(body, "MANIFEST")),
     FrameType.JOIN: _decode_join,
+    FrameType.HINTS: _decode_hints,
+    FrameType.GO_DIRECT: lambda ftype, body: GoDirect(_sized(body, DIRECT_ID_BYTES, "GO_DIRECT")),
     FrameType.JOINED: _empty(Joined),
     FrameType.ENTRIES: lambda ftype, body: _decode_entries(_unsqueezed(body, MAX_ENTRIES_BYTES, "ENTRIES")),
     FrameType.PACK_RESULT: _fixed(PACK_RESULT_LAYOUT, PackResult),

@@ -35,7 +35,9 @@ from rtransfer.protocol.messages import (
     FileEnd,
     FileResult,
     Frame,
+    GoDirect,
     Hello,
+    Hints,
     Join,
     Joined,
     Nack,
@@ -128,6 +130,8 @@ _BODIES: dict[type, Callable[[Any], bytes]] = {
     Pong: lambda f: U64.pack(f.token),
     ErrorFrame: _error_body,
     Confirm: lambda f: CONFIRM_BODY,
+    Hints: lambda f: _json([[host, port] for host, port in f.addresses]),
+    GoDirect: lambda f: f.ident,
 }
 
 

@@ -31,6 +31,7 @@ class SendConfig:
     listener: socket.socket | None = None
     relay: tuple[str, int] | None = None  # meet the receiver at this relay instead (host and port are the relay's)
     made_code: bool = False  # this side made up the code and showed it: at a relay it waits as long as it takes
+    direct: bool = True  # through a relay, try a direct path too (--no-direct: never, and share no address)
 
 
 @dataclass(frozen=True)
@@ -51,3 +52,4 @@ class RecvConfig:
     dial: bool = False  # recv --connect: dial the sender at host:port instead of listening
     relay: tuple[str, int] | None = None  # meet the sender at this relay instead
     made_code: bool = True  # see SendConfig
+    direct: bool = True  # see SendConfig

@@ -25,6 +25,7 @@ from rtransfer.protocol.model import Buffer
 from rtransfer.protocol.peer import Peer
 from rtransfer.session.outcome import cause_of, to_error
 from rtransfer.stats import TransferStats
+from rtransfer.transport import Moved
 
 INBOX_PAUSE_EVENTS = 2  # with QUEUE_CHUNKS, what keeps the largest chunks in the memory budget
 CLOSE_GRACE_S = 2.0  # for the peer to read our ERROR frame before the connection is cut
@@ -46,11 +47,14 @@ class Connection(asyncio.BufferedProtocol):
         machine: Peer,
         pool: BufferPool | None = None,
         stats: TransferStats | None = None,
+        path: str = "direct",
     ) -> None:
         """With a ``pool``, reading also pauses while a frame's buffers would not fit its budget;
-        ``stats`` counts the bytes on the wire."""
+        ``stats`` counts the bytes on the wire (and apart, those through a relay: ``path``)."""
         self.machine = machine
         self.stats = stats or TransferStats("")
+        self.path = path
+        self._relayed = path == "relay"
         self.on_writable: Callable[[], None] | None = None  # the transport takes more again
         self._pool = pool
         self._loop = asyncio.get_running_loop()
@@ -82,6 +86,8 @@ class Connection(asyncio.BufferedProtocol):
 
     def buffer_updated(self, nbytes: int) -> None:
         self.stats.wire_received += nbytes
+        if self._relayed:
+            self.stats.relay_bytes += nbytes
         if self._error is not None or self._discard is not None:
             return
         try:
@@ -157,7 +163,10 @@ class Connection(asyncio.BufferedProtocol):
         pieces = self.machine.data_to_send()
         if pieces and self.transport is not None and not self.transport.is_closing():
             self.transport.writelines(pieces)
-            self.stats.wire_sent += sum(memoryview(p).nbytes for p in pieces)
+            nbytes = sum(memoryview(p).nbytes for p in pieces)
+            self.stats.wire_sent += nbytes
+            if self._relayed:
+                self.stats.relay_bytes += nbytes
 
     def all_written(self) -> bool:
         """The kernel has taken every byte handed to the transport: none of those buffers is read again."""
@@ -219,6 +228,8 @@ class Connection(asyncio.BufferedProtocol):
     async def close(self, error: RtransferError | None) -> None:
         """Close (after telling the peer why, if we failed); once this returns the transport
         holds none of the machine's buffers, so they can be recycled."""
+        if isinstance(error, Moved):  # the peer moves too, at the same frame: nothing to tell it
+            error = None
         told = error is not None and not self._peer_failed
         if error is not None:
             self.machine.fail(cause_of(error), error.message)

@@ -16,10 +16,12 @@ from rtransfer.protocol.events import (
     ChunkArrived,
     ChunkReady,
     ChunkRejected,
+    DirectChosen,
     DuplicateChunk,
     EntriesReceived,
     Event,
     FileComplete,
+    HintsReceived,
     JoinRequested,
     ManifestReceived,
     PackReady,
@@ -40,6 +42,7 @@ from rtransfer.session.connection import (
     collect_dead_connection,
     now,
 )
+from rtransfer.session.going_direct import GoingDirect
 from rtransfer.session.outcome import worth_reconnecting
 from rtransfer.sink import DirectorySink, Sink
 from rtransfer.stats import TransferStats
@@ -116,16 +119,20 @@ class ReceiveTransfer:
         return True
 
     def _connection(self) -> Connection:
-        kex, self.next_kex = self.next_kex, KeyExchange(self.secret, is_sender=False)
+        """Keyed by the code (the exchange started ahead, see __init__), or on a direct path found
+        through a relay, by that session."""
+        if self.source.secret is not None:
+            kex = KeyExchange(self.source.secret, is_sender=False)
+        else:
+            kex, self.next_kex = self.next_kex, KeyExchange(self.secret, is_sender=False)
         c = self.config
-        return Connection(
-            ReceiverMachine(now(), c.timeout_s, kex, c.encrypt, c.limits, self.pool), self.pool, self.stats
-        )
+        machine = ReceiverMachine(now(), c.timeout_s, kex, c.encrypt, c.limits, self.pool)
+        return Connection(machine, self.pool, self.stats, self.source.path)
 
     async def _serve(self, conn: Connection) -> None:
         """The transfer's first connection; while it runs, further ones may join it."""
         control = ReceiveAttempt(self, conn)
-        joining = asyncio.ensure_future(self._dial_joins(control) if self.source.dials else self._take_joins(control))
+        joining = asyncio.ensure_future(self._joins(control))
         try:
             await control.run()
         except RtransferError:
@@ -134,10 +141,22 @@ class ReceiveTransfer:
         finally:
             await cancel_all([joining, *self.joins])
 
-    async def _take_joins(self, control: ReceiveAttempt) -> None:
+    async def _joins(self, control: ReceiveAttempt) -> None:
+        """The further connections the manifest asks for: dialed, or taken as they arrive,
+        whichever the source of this side's further connections does."""
+        await control.manifest_known.wait()
+        key = control.machine.session_key
+        assert key is not None
+        if self.source.further(key, 1).dials:
+            streams = control.machine.manifest.streams
+            await asyncio.gather(*(self._dial_join(control, stream, key) for stream in range(1, streams)))
+        else:
+            await self._take_joins(control, self.source.further(key, 1))
+
+    async def _take_joins(self, control: ReceiveAttempt, source: ConnectionSource) -> None:
         """Connections arriving while a transfer runs may join it, up to its streams."""
         while True:
-            conn = await self.source.open(self._connection, None, None)
+            conn = await source.open(self._connection, None, None)
             if len(self.joins) + 1 >= control.machine.manifest.streams:
                 if conn.transport is not None:
                     conn.transport.close()
@@ -146,19 +165,11 @@ class ReceiveTransfer:
             self.joins.add(task)
             task.add_done_callback(self.joins.discard)
 
-    async def _dial_joins(self, control: ReceiveAttempt) -> None:
-        """Dialing the sender, this side opens the further connections the manifest asks for."""
-        await control.manifest_known.wait()
-        streams = control.machine.manifest.streams
-        await asyncio.gather(*(self._dial_join(control, stream) for stream in range(1, streams)))
-
-    async def _dial_join(self, control: ReceiveAttempt, stream: int) -> None:
+    async def _dial_join(self, control: ReceiveAttempt, stream: int, key: bytes) -> None:
         """One further connection, dialed again under the retry policy while the transfer runs."""
         say = functools.partial(_say_for_stream, self.reporter, stream)
         outage = Outage(Backoff(self.config.connect_policy), say, "the sender")
         serve = functools.partial(self._joined, control, outage)
-        key = control.machine.session_key
-        assert key is not None
         try:
             await keep_connected(
                 self.source.further(key, stream),
@@ -206,7 +217,11 @@ class ReceiveAttempt(Attempt):
         self.in_order_lock = asyncio.Lock()
         self.start_offsets: dict[int, int] = {}
         self.manifest_known = asyncio.Event()
+        self.direct = GoingDirect(transfer.source, conn, transfer.config.direct)
+        self.stats.path = conn.path
         self.handlers = {
+            HintsReceived: self.direct.on_hints,
+            DirectChosen: self.direct.on_chosen,
             ChunkReady: self.to_writer,
             FileComplete: self.to_writer,
             PackReady: self.to_writer,
@@ -223,7 +238,10 @@ class ReceiveAttempt(Attempt):
         writer = write_chunks(
             self.queue, self.sink, self.stats, self.verified, self.pack_written, self.start_offsets, self.pool
         )
-        await self.drive(writer, self.transfer.watch_joins())
+        try:
+            await self.drive(writer, self.transfer.watch_joins())
+        finally:
+            self.direct.close()
 
     def refresh(self) -> None:
         self.stats.in_flight = self.machine.reorder_buffered
@@ -257,6 +275,7 @@ class ReceiveAttempt(Attempt):
         self.sink.begin(event.manifest)
         self.stats.start_listing()
         self.manifest_known.set()
+        self.direct.offer()
 
     async def on_entries(self, event: EntriesReceived) -> None:
         """Plan the batch against the disk and accept it: what is here whole is skipped, what is

@@ -31,6 +31,7 @@ from rtransfer.protocol.events import (
     ChunkRejected,
     ChunksAcked,
     FileVerified,
+    HintsReceived,
     Retransmitted,
     SignatureReceived,
     TransferComplete,
@@ -44,6 +45,7 @@ from rtransfer.retry import Backoff
 from rtransfer.session.attempt import Attempt
 from rtransfer.session.config import SendConfig
 from rtransfer.session.connection import Connection, cancel_all, collect_dead_connection, now
+from rtransfer.session.going_direct import GoingDirect
 from rtransfer.session.outcome import worth_reconnecting
 from rtransfer.session.streams import Dealer, FurtherStream, StreamLinks
 from rtransfer.stats import TransferStats
@@ -128,11 +130,12 @@ class SendTransfer:
         return True
 
     def connection(self, stream: int = 0) -> Connection:
-        """A connection of this transfer, with its own key exchange: the first (``stream`` 0), or a further one."""
-        kex = KeyExchange(normalise_code(self.config.code), is_sender=True)
+        """A connection of this transfer, with its own key exchange: the first (``stream`` 0), or a
+        further one; on a direct path found through a relay, keyed by that session, not the code."""
+        kex = KeyExchange(self.source.secret or normalise_code(self.config.code), is_sender=True)
         c = self.config
         machine = SenderMachine(self.manifest, now(), c.timeout_s, kex, c.encrypt, buffers=self.pool, stream=stream)
-        return Connection(machine, stats=self.stats)
+        return Connection(machine, stats=self.stats, path=self.source.path)
 
 
 class SendAttempt(Attempt):
@@ -160,7 +163,10 @@ class SendAttempt(Attempt):
         self.fingerprinting = asyncio.Semaphore(1)
         self.dealer = Dealer(self.machine, self.pool, self.stats, self.window_open)
         self.further: list[asyncio.Task[None]] = []
+        self.direct = GoingDirect(transfer.source, conn, transfer.config.direct)
+        self.stats.path = conn.path
         self.handlers = {
+            HintsReceived: self.direct.on_hints,
             ChunksAcked: functools.partial(self.on_stream_acked, 0),
             Retransmitted: self.on_retransmitted,
             ChunkRejected: self.on_chunk_rejected,
@@ -176,8 +182,9 @@ class SendAttempt(Attempt):
         reading = Reading(t.config.chunk_bytes, self.queue, self.stats, self.pool, t.compressor)
         reader = read_sources(self.accepted, reading, self.ahead.release)
         try:
-            await self.drive(self.list_entries(), reader, self.send_chunks())
+            await self.drive(self.list_entries(), reader, self.send_chunks(), self.direct.run())
         finally:
+            self.direct.close()
             await cancel_all(self.further)
             await self.dealer.close()
             await cancel_all(self.early)
@@ -288,6 +295,7 @@ class SendAttempt(Attempt):
     async def list_entries(self) -> None:
         warnings: list[str] = []  # the walk runs in a worker thread; warnings are reported from here
         config = self.transfer.config
+        await self.direct.first_byte()
         batches = list_batches(self.transfer.sources, config.safe_links, warnings.append)
         if config.checksum:
             batches = map(with_content_digests, batches)

@@ -163,6 +163,7 @@ class Dealer:
         return [
             {
                 "stream": stream,
+                "path": conn.path,
                 "rate_bps": round(self.scheduler.rate_bps(stream) or 0.0),
                 "in_flight_bytes": self.scheduler.bytes_in_flight(stream),
                 "queued_bytes": conn.queued_bytes,

@@ -6,8 +6,8 @@ never knows which source it has.
 A new way to reach a machine (ssh) is one new class with ``open``, ``further`` and ``close``.
 """
 
-from rtransfer.transport.reconnect import Outage, keep_connected
+from rtransfer.transport.reconnect import Moved, Outage, keep_connected
 from rtransfer.transport.relay import Relay, code_token
 from rtransfer.transport.source import Accept, ConnectionSource, Dial
 
-__all__ = ["Accept", "ConnectionSource", "Dial", "Outage", "Relay", "code_token", "keep_connected"]
+__all__ = ["Accept", "ConnectionSource", "Dial", "Moved", "Outage", "Relay", "code_token", "keep_connected"]

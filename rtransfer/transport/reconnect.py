@@ -20,6 +20,14 @@ C = TypeVar("C", bound=asyncio.BaseProtocol)
 T = TypeVar("T")
 
 
+class Moved(RtransferError):
+    """Not a failure: the work goes on over another path, which the source now has (a relayed
+    connection found a direct one). The loop opens the next connection at once, untold."""
+
+    def __init__(self) -> None:
+        super().__init__("the transfer moved to a direct connection")
+
+
 class Outage:
     """One outage under the policy, and what the user is told of it: each broken connection
     (``broken``), and once per outage that the peer cannot be reached (``unreachable``),
@@ -95,6 +103,8 @@ async def keep_connected(
             outage.progress_at_open = outage.progress
             try:
                 return await serve(conn)
+            except Moved:
+                continue
             except RtransferError as exc:
                 if not worth_another(exc):
                     raise

@@ -22,7 +22,8 @@ import socket
 from collections.abc import Callable
 
 from rtransfer.listen import nameplate
-from rtransfer.transport.source import P, WaitedOut, connect_socket, driven
+from rtransfer.transport.direct import DirectPath
+from rtransfer.transport.source import ConnectionSource, P, WaitedOut, connect_socket, driven
 from rtransfer.workers import in_cpu
 
 SCRYPT_N = 2**15  # 32 MiB and about 0.1 s per guess
@@ -50,7 +51,6 @@ class Relay:
     code, as a listener would); a reconnect waits what is left of the outage."""
 
     dials = True
-    path = "relay"
 
     def __init__(self, host: str, port: int, code: str, window_s: float, patient: bool = False) -> None:
         self.host = host
@@ -61,8 +61,28 @@ class Relay:
         self.where = f"relay {host}:{port}"
         self._code = code
         self._token: str | None = None  # derived on the first open: scrypt's time is spent off the event loop
+        self.direct: DirectPath | None = None  # the path the transfer's connections take, once found
+        self._moving = False  # the next open takes ``direct``
+
+    @property
+    def path(self) -> str:
+        return "direct" if self.direct is not None else "relay"
+
+    @property
+    def secret(self) -> bytes | None:
+        return self.direct.secret if self.direct is not None else None
+
+    def go_direct(self, path: DirectPath) -> None:
+        """A relayed connection found a direct path: the next open takes it, and further
+        connections follow it. When it breaks, the open after is at the relay again."""
+        self.close()
+        self.direct, self._moving = path, True
 
     async def open(self, make: Callable[[], P], timeout_s: float | None, wait_s: float | None) -> P:
+        if self._moving and self.direct is not None:
+            self._moving = False
+            return await self.direct.open(make, timeout_s, wait_s)
+        self.close()
         if self._token is None:
             self._token = await in_cpu(code_token, self._code)
         sock = await connect_socket(self.host, self.port, timeout_s)
@@ -82,14 +102,18 @@ class Relay:
             raise
         return await driven(make, sock)
 
-    def further(self, session_key: bytes, stream: int) -> Relay:
+    def further(self, session_key: bytes, stream: int) -> ConnectionSource:
+        if self.direct is not None:
+            return self.direct
         joining = Relay(self.host, self.port, "", self.window_s)
         joining.side = self.side
         joining._token = stream_token(session_key, stream)
         return joining
 
     def close(self) -> None:
-        pass
+        if self.direct is not None:
+            self.direct.close()
+            self.direct = None
 
 
 async def _read_line(sock: socket.socket) -> bytes:

@@ -24,14 +24,20 @@ class WaitedOut(OSError):
 class ConnectionSource(Protocol):
     """One way of reaching the peer. ``dials``: a failed ``open`` is worth a pause before the
     next (a listener's ``open`` is itself the wait). ``where`` names the peer in messages;
-    ``path`` says how the bytes travel ("direct" or "relay").
+    ``path`` says how the bytes travel ("direct" or "relay"); ``secret``, when not None, is
+    what the next connection's key exchange runs on instead of the code (direct.py).
 
     ``open`` gets ``timeout_s`` to reach the source and ``wait_s`` to wait there for the peer
     (None: as long as it takes), the time left in the reconnect loop's outage."""
 
-    dials: bool
-    where: str
-    path: str
+    @property
+    def dials(self) -> bool: ...
+    @property
+    def where(self) -> str: ...
+    @property
+    def path(self) -> str: ...
+    @property
+    def secret(self) -> bytes | None: ...
 
     async def open(self, make: Callable[[], P], timeout_s: float | None, wait_s: float | None) -> P: ...
 
@@ -87,6 +93,7 @@ class Dial:
 
     dials = True
     path = "direct"
+    secret = None
 
     def __init__(self, host: str, port: int) -> None:
         self.host = host
@@ -110,6 +117,7 @@ class Accept:
 
     dials = False
     path = "direct"
+    secret = None
 
     def __init__(self, listener: socket.socket) -> None:
         self.listener = listener

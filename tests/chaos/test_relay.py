@@ -213,3 +213,34 @@ def test_either_side_killed_while_relayed_resumes_when_run_again(
     assert (tmp_path / "out" / "plain.bin").read_bytes() == source.read_bytes()
     into_relay, _ = relay.stop_proxy()
     assert into_relay <= 1.5 * 4 * SIZE  # resumed, not started again
+
+
+@pytest.mark.parametrize("public", ["receiver", "sender"])
+def test_with_one_side_public_the_transfer_goes_direct_and_the_relay_carries_little(
+    tmp_path: Path, procs: list[Proc], relay: internet.Internet, public: str
+) -> None:
+    """The side behind NAT dials the public one's address (said inside the session); the relay
+    carries the handshake and the addresses, and nothing of the file."""
+    source = payload(tmp_path)
+    rx_ns, tx_ns = (relay.public, relay.home_a) if public == "receiver" else (relay.home_a, relay.public)
+    rx = at(rx_ns, procs, "recv", str(tmp_path / "out"), "--relay", relay.relay_address)
+    code = shows_code(rx, relay)
+    tx = at(tx_ns, procs, "send", str(source), "--relay", relay.relay_address, "--code", code)
+    assert tx.finish() == 0 and rx.finish() == 0
+    assert (tmp_path / "out" / "plain.bin").read_bytes() == source.read_bytes()
+    into_relay, _ = relay.stop_proxy()
+    assert into_relay <= 0.10 * SIZE
+    for side in (tx, rx):
+        done = side.events("done")[0]
+        assert done["path"] == "direct" and done["reconnects"] == 0 and done["relay_bytes"] < 0.10 * SIZE
+
+
+def test_no_direct_keeps_every_byte_on_the_relay(tmp_path: Path, procs: list[Proc], relay: internet.Internet) -> None:
+    source = payload(tmp_path)
+    rx = at(relay.public, procs, "recv", str(tmp_path / "out"), "--relay", relay.relay_address, "--no-direct")
+    code = shows_code(rx, relay)
+    tx = at(relay.home_a, procs, "send", str(source), "--relay", relay.relay_address, "--code", code)
+    assert tx.finish() == 0 and rx.finish() == 0
+    into_relay, _ = relay.stop_proxy()
+    assert into_relay >= SIZE
+    assert tx.events("done")[0]["path"] == "relay" and rx.events("done")[0]["relay_bytes"] >= SIZE

@@ -19,7 +19,9 @@ from rtransfer.protocol.messages import (
     FileEnd,
     FileResult,
     Frame,
+    GoDirect,
     Hello,
+    Hints,
     Join,
     Joined,
     Nack,
@@ -80,6 +82,13 @@ FRAMES: dict[FrameType, st.SearchStrategy[Frame]] = {
     FrameType.ERROR: st.builds(ErrorFrame, st.sampled_from(Cause), st.text(max_size=20)),
     FrameType.JOIN: st.builds(Join, manifests, small),
     FrameType.JOINED: st.just(Joined()),
+    FrameType.HINTS: st.builds(
+        Hints,
+        st.lists(st.tuples(st.sampled_from(["10.0.0.1", "::1", "x" * 64]), st.integers(1, 65535)), max_size=9).map(
+            tuple
+        ),
+    ),
+    FrameType.GO_DIRECT: st.builds(GoDirect, st.binary(min_size=32, max_size=32)),
 }
 for _kind in (FrameType.DATA, FrameType.PACK, FrameType.ZDATA, FrameType.COPY):
     FRAMES[_kind] = st.builds(Data, uint64, uint32, uint64, chunk_payloads, st.just(_kind), uint64)

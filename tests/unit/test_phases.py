@@ -21,7 +21,9 @@ from rtransfer.protocol.messages import (
     FileEnd,
     FileResult,
     Frame,
+    GoDirect,
     Hello,
+    Hints,
     Join,
     Joined,
     Nack,
@@ -62,6 +64,8 @@ SAMPLES: dict[FrameType, Frame] = {
     FrameType.ERROR: ErrorFrame(Cause.OTHER, "gave up"),
     FrameType.JOIN: Join(Manifest("t" * 32, 4096, 4, 2), 1),
     FrameType.JOINED: Joined(),
+    FrameType.HINTS: Hints((("10.0.0.1", 4000),)),
+    FrameType.GO_DIRECT: GoDirect(b"i" * 32),
 }
 
 

@@ -1,0 +1,138 @@
+"""A relayed connection's try at a direct path (transport/direct.py), for either side.
+
+The receiver says where it listens as soon as it has the manifest (its keys are proved by
+then); the sender answers with where it listens, both dial, and the sender moves the transfer
+to the first connection that proves the session's key, naming it inside the relayed session.
+Both sides then end the relayed connection quietly (Moved) and resume over the direct one, as
+after a reconnect. The sender's first byte waits for this at most DIRECT_WAIT_S; the try goes
+on until DIRECT_TRY_S, and a direct path found that late still takes the transfer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from rtransfer.errors import NetworkError, ProtocolViolation
+from rtransfer.protocol.constants import Phase, Role
+from rtransfer.protocol.events import DirectChosen, HintsReceived
+from rtransfer.session.connection import Connection
+from rtransfer.transport import ConnectionSource, Moved, Relay
+from rtransfer.transport.direct import PROVE_TIMEOUT_S, DirectTry
+
+DIRECT_WAIT_S = 2.0  # the most the sender's first byte waits for a direct path
+DIRECT_TRY_S = 5.0  # how long a relayed connection looks for one
+_MOVABLE = (Phase.OFFERING, Phase.TRANSFERRING)  # once the sender's DONE is out, moving is pointless
+
+
+class GoingDirect:
+    """One relayed connection's try. ``enabled``: this side may go direct (not --no-direct);
+    a side that may not still answers, with no addresses, so the other stops trying."""
+
+    def __init__(self, source: ConnectionSource, conn: Connection, enabled: bool) -> None:
+        self.relay = source if isinstance(source, Relay) and conn.path == "relay" else None
+        self.conn = conn
+        self.machine = conn.machine
+        self.enabled = enabled
+        self.found: DirectTry | None = None
+        self.watching: asyncio.Future[None] | None = None
+        self.settled = asyncio.Event()  # the sender knows whether it moves at once
+        self.peer_hints: asyncio.Future[tuple[tuple[str, int], ...]] = asyncio.get_running_loop().create_future()
+        if self.relay is None:
+            self.settled.set()
+
+    def _say_hints(self, start: bool) -> None:
+        addresses: tuple[tuple[str, int], ...] = ()
+        if start:
+            key = self.machine.session_key
+            assert key is not None and self.conn.transport is not None
+            host = self.conn.transport.get_extra_info("sockname")[0]
+            self.found = DirectTry(key, self.machine.role is Role.SENDER, host)
+            addresses = self.found.hints()
+        self.machine.send_hints(addresses)
+        self.conn.flush()
+
+    # --- the receiver ---------------------------------------------------------
+    def offer(self) -> None:
+        """Receiver, once the manifest is in: listen, and say where (or that it won't)."""
+        if self.relay is not None:
+            self._say_hints(self.enabled)
+
+    async def on_hints(self, event: HintsReceived) -> None:
+        if self.machine.role is Role.SENDER:
+            if not self.peer_hints.done():
+                self.peer_hints.set_result(event.addresses)
+            elif self.found is not None:  # the second, empty: the receiver's dials all failed
+                self.found.gave_up()
+        elif not event.addresses:
+            self.close()
+        elif self.found is not None:
+            self.found.dial(event.addresses)
+            self.watching = asyncio.ensure_future(self._give_up_when_dials_fail(self.found))
+
+    async def _give_up_when_dials_fail(self, found: DirectTry) -> None:
+        """Receiver: say so when none of our dials worked, so that the sender, whose dials may
+        have failed as fast, starts on the relay at once instead of at DIRECT_WAIT_S."""
+        if await found.dials_failed() and self.machine.phase not in (Phase.CLOSED, Phase.ERROR):
+            self.machine.send_hints(())
+            self.conn.flush()
+
+    async def on_chosen(self, event: DirectChosen) -> None:
+        """Receiver: the sender moved the transfer to a direct connection, named by its id."""
+        if self.found is None or self.relay is None:
+            raise ProtocolViolation("the sender chose a direct connection this side never offered")
+        try:
+            async with asyncio.timeout(PROVE_TIMEOUT_S):
+                await self.found.named(event.ident)
+        except TimeoutError:
+            raise NetworkError("the direct connection the sender chose never reached this side") from None
+        self.relay.go_direct(self.found.take(event.ident))
+        raise Moved()
+
+    # --- the sender -----------------------------------------------------------
+    async def run(self) -> None:
+        """Sender, beside the attempt's other tasks: answer the receiver's addresses and try them;
+        move the transfer to the first direct connection found, if the transfer is not ending."""
+        if self.relay is None:
+            return
+        try:
+            async with asyncio.timeout(DIRECT_TRY_S):
+                ident = await self._find()
+        except TimeoutError:
+            ident = None
+        finally:
+            self.settled.set()
+        if self.found is None or self.machine.phase not in _MOVABLE:
+            return
+        if ident is None:
+            self.machine.send_hints(())  # the receiver may stop trying
+            self.conn.flush()
+            return
+        self.machine.go_direct(ident)
+        self.conn.flush()
+        self.relay.go_direct(self.found.take(ident))
+        raise Moved()
+
+    async def _find(self) -> bytes | None:
+        hints = await self.peer_hints
+        if not (hints and self.enabled):
+            if hints:
+                self._say_hints(False)
+            return None
+        self._say_hints(True)
+        assert self.found is not None
+        self.found.dial(hints)
+        return await self.found.first()
+
+    async def first_byte(self) -> None:
+        """Sender: hold the first batch until the try has settled, for at most DIRECT_WAIT_S."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(DIRECT_WAIT_S):
+                await self.settled.wait()
+
+    def close(self) -> None:
+        if self.watching is not None:
+            self.watching.cancel()
+        if self.found is not None:
+            self.found.close()
+            self.found = None
