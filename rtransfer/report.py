@@ -114,6 +114,13 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
+def _path(stats: TransferStats) -> str:
+    """Through a relay, whether the bytes go through it now or direct; nothing when no relay is used."""
+    if stats.path == "relay":
+        return "via relay"
+    return "direct" if stats.relay_bytes else ""
+
+
 def _streams_summary(streams: list[dict[str, object]]) -> str:
     """One line's worth about the connections: how many, their spread of rates, any stalled."""
     if not streams:
@@ -228,7 +235,10 @@ class ConsoleReporter(Reporter):
         )
         speed = self._progress.tasks[0].speed if self._progress.tasks else None
         rate = f"{human_bytes(speed)}/s" if speed else ""
-        self._progress.update(self._task, completed=stats.bytes_done, total=stats.total_bytes, detail=detail, rate=rate)
+        verb = "sending" if stats.role == "send" else "receiving"
+        description = f"{verb} {_path(stats)}".rstrip()
+        self._progress.update(self._task, description=description, completed=stats.bytes_done, total=stats.total_bytes)
+        self._progress.update(self._task, detail=detail, rate=rate)
 
     def file_done(self, path: str, size: int, blake3_hex: str) -> None:
         if self._per_file:
@@ -260,6 +270,7 @@ class ConsoleReporter(Reporter):
             f"{repaired}, {_count(stats.reconnects, 'reconnect')}, "
             f"{human_bytes(stats.wire_sent + stats.wire_received)} on the wire"
             + (f" (compressed {stats.compression:.2f}:1)" if stats.compression is not None else "")
+            + (f" ({human_bytes(stats.relay_bytes)} through the relay)" if stats.relay_bytes else "")
             + f", peak memory {human_bytes(peak_rss_bytes())}"
         )
 

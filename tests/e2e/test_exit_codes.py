@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Proc, Receiver, run, write_random
+from tests.conftest import Proc, Receiver, rtransfer_cmd, run, write_random
 
 
 def one_error_line(stderr: bytes) -> str:
@@ -36,6 +37,13 @@ def one_error_line(stderr: bytes) -> str:
         (["send", "x", "h:1", "--window", "0"], "--window"),
         (["send", "x", "h:1", "--frobnicate"], "No such option"),
         (["recv", "--listen", "host:port"], "invalid port"),
+        (["send", "x", "--relay", "r:1", "--no-encrypt"], "--no-encrypt is refused with --relay"),
+        (["send", "x", "--relay", "r:1", "--listen", "9"], "--relay and --listen"),
+        (["send", "x", "h:9", "--relay", "r:1"], "--relay and 'h:9'"),
+        (["send", "x", "--relay", "r"], "expected HOST:PORT"),
+        (["recv", "out", "--relay", "r:1", "--connect", "h:1", "--code", "c"], "--relay and --connect"),
+        (["recv", "out", "--relay", "r:1", "--listen", "9"], "--relay and --listen"),
+        (["recv", "out", "--relay", "r:1", "--no-encrypt"], "--no-encrypt is refused with --relay"),
         (["bogus"], "No such command"),
     ],
 )
@@ -43,6 +51,28 @@ def test_usage_errors_exit_2_with_one_line(args: list[str], needle: str) -> None
     result = run(*args)
     assert result.returncode == 2
     assert needle in one_error_line(result.stderr)
+
+
+def test_the_relay_from_the_environment_yields_to_an_address_given(tmp_path: Path) -> None:
+    """RTRANSFER_RELAY, set for every transfer, does not take over a command that names its peer:
+    this send dials HOST:PORT (refused) instead of waiting at the relay."""
+    (tmp_path / "x").write_bytes(b"x")
+    refused = free_port()
+    env = {**os.environ, "RTRANSFER_RELAY": f"127.0.0.1:{free_port()}"}
+    result = subprocess.run(
+        [*rtransfer_cmd(), "send", str(tmp_path / "x"), f"127.0.0.1:{refused}", "--retries", "0"],
+        capture_output=True,
+        env=env,
+        timeout=60,
+    )
+    assert result.returncode == 3 and f"could not connect to 127.0.0.1:{refused}" in result.stderr.decode()
+    result = subprocess.run(
+        [*rtransfer_cmd(), "send", str(tmp_path / "x"), "--code", "7hk2-m9xq-3wfe", "--retries", "0"],
+        capture_output=True,
+        env=env,
+        timeout=60,
+    )
+    assert result.returncode == 3 and "could not connect to relay 127.0.0.1:" in result.stderr.decode()
 
 
 def test_an_option_error_with_json_is_an_error_event() -> None:

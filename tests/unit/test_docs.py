@@ -89,6 +89,7 @@ def test_every_json_field_is_documented() -> None:
     reporter = JsonReporter(out)
     stats = TransferStats("send", compression=2.0, streams=[{"stream": 0}])
     reporter.listening("h", 1, "c")
+    reporter.listening("h", 1, "c", relay=True)
     reporter.started(stats)
     reporter.progress(stats)
     reporter.retransmit(1, "nack")
@@ -98,5 +99,5 @@ def test_every_json_field_is_documented() -> None:
     man = (ROOT / "man" / "rtransfer.1").read_text()
     fields = {key for line in out.getvalue().splitlines() for key in json.loads(line)}
     events = {json.loads(line)["event"] for line in out.getvalue().splitlines()}
-    for name in fields | events | {"rate_bps", "in_flight_bytes", "queued_bytes", "stalled", "paused"}:
+    for name in fields | events | {"rate_bps", "in_flight_bytes", "queued_bytes", "stalled", "paused", "path"}:
         assert re.search(rf"\b{name}\b", man), f"{name} is not in rtransfer.1's JSON EVENTS"

@@ -6,6 +6,8 @@ import io
 import json
 import re
 
+import pytest
+
 from rtransfer.errors import IntegrityError
 from rtransfer.report import ConsoleReporter, JsonReporter
 from rtransfer.stats import TransferStats
@@ -28,6 +30,24 @@ def test_live_display_shows_bytes_retransmits_and_in_flight() -> None:
     assert "3 retx" in text and "4 in flight" in text and "5.0/10.0 MiB" in text and "0/2 files" in text
     reporter.done(stats)
     assert "3 retransmits" in out.getvalue().splitlines()[-1]
+
+
+@pytest.mark.parametrize(
+    ("path", "relay_bytes", "shown"),
+    [("relay", 10, "receiving via relay"), ("direct", 10, "receiving direct"), ("direct", 0, "receiving ")],
+)
+def test_live_display_says_whether_the_bytes_go_through_the_relay(path: str, relay_bytes: int, shown: str) -> None:
+    out = io.StringIO()
+    reporter = ConsoleReporter(stream=out, live=True, width=200)
+    stats = sample_stats()
+    stats.role, stats.path, stats.relay_bytes = "recv", path, relay_bytes
+    reporter.started(stats)
+    reporter.progress(stats)
+    reporter._progress.refresh()
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out.getvalue())
+    assert shown in text and ("via relay" in text) == (path == "relay")
+    reporter.done(stats)
+    assert ("through the relay" in out.getvalue().splitlines()[-1]) == bool(relay_bytes)
 
 
 def test_console_without_terminal_prints_no_progress_but_a_summary() -> None:
@@ -139,6 +159,15 @@ def test_the_time_runs_from_the_transfers_start_not_the_wait_for_the_peer() -> N
     assert stats.seconds < 50.0
     stats.start_listing()  # a reconnect keeps the clock
     assert stats.clock_started
+
+
+@pytest.mark.parametrize(("role", "command"), [("recv", "rtransfer send FILE..."), ("send", "rtransfer recv DEST")])
+def test_at_a_relay_the_code_comes_with_the_command_for_the_other_machine(role: str, command: str) -> None:
+    out = io.StringIO()
+    ConsoleReporter(stream=out, quiet=True).listening("relay.example", 4001, "7hk2-m9xq-3wfe", role=role, relay=True)
+    text = out.getvalue()
+    assert "at relay relay.example:4001" in text and "listening" not in text
+    assert f"{command} --relay relay.example:4001 --code 7hk2-m9xq-3wfe" in text
 
 
 def test_quiet_still_says_where_it_listens_and_the_code() -> None:

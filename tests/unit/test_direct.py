@@ -1,0 +1,125 @@
+"""Going direct: what a connection must prove before it carries a transfer, the relay's tokens,
+and how codes split into what the relay may learn and what it may not."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import pytest
+
+from rtransfer.listen import CODE_ALPHABET, nameplate, new_code
+from rtransfer.transport.direct import DirectTry, Refused, direct_secret, prove
+from rtransfer.transport.relay import code_token, stream_token
+
+KEY = b"k" * 32
+
+
+def pair() -> tuple[socket.socket, socket.socket]:
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    b.setblocking(False)
+    return a, b
+
+
+async def both(dialer_key: bytes, acceptor_key: bytes, dialer_sender: bool, acceptor_sender: bool) -> list[object]:
+    """Each end proves over a socket pair; an end that fails closes its socket, as DirectTry does."""
+    a, b = pair()
+
+    async def end(sock: socket.socket, key: bytes, dialer: bool, is_sender: bool) -> bytes:
+        try:
+            return await prove(sock, key, dialer, is_sender)
+        finally:
+            sock.close()
+
+    return await asyncio.gather(
+        end(a, dialer_key, True, dialer_sender), end(b, acceptor_key, False, acceptor_sender), return_exceptions=True
+    )
+
+
+async def test_both_ends_prove_the_key_and_agree_on_the_connection_id() -> None:
+    dialer, acceptor = await both(KEY, KEY, True, False)
+    assert isinstance(dialer, bytes) and dialer == acceptor and len(dialer) == 32
+
+
+async def test_a_stranger_without_the_key_is_refused_either_way() -> None:
+    dialer, acceptor = await both(b"x" * 32, KEY, True, False)
+    assert isinstance(acceptor, Refused)
+    dialer, acceptor = await both(KEY, b"x" * 32, True, False)
+    assert isinstance(acceptor, Refused) and isinstance(dialer, ConnectionError)  # refused, then cut off
+
+
+async def test_a_proof_reflected_back_by_the_same_role_is_refused() -> None:
+    """Our own proof played back to us (both ends claiming one role) does not pass."""
+    dialer, acceptor = await both(KEY, KEY, True, True)
+    assert isinstance(acceptor, Refused) or isinstance(dialer, Refused)
+
+
+async def test_the_sender_picks_a_connection_that_proved_itself_on_both_sides() -> None:
+    receiver = DirectTry(KEY, is_sender=False, local_host="127.0.0.1")
+    sender = DirectTry(KEY, is_sender=True, local_host="127.0.0.1")
+    stranger = socket.create_connection(receiver.hints()[0])  # proves nothing: never picked
+    try:
+        sender.dial(receiver.hints())
+        async with asyncio.timeout(10):
+            ident = await sender.first()
+            assert ident is not None
+            await receiver.named(ident)
+        chosen, mine = sender.take(ident), receiver.take(ident)
+        assert chosen.dials and not mine.dials and chosen.secret == mine.secret == direct_secret(KEY)
+        chosen.close()
+        mine.close()
+    finally:
+        stranger.close()
+        sender.close()
+        receiver.close()
+
+
+async def test_when_every_dial_fails_and_the_peer_gave_up_there_is_no_pick() -> None:
+    sender = DirectTry(KEY, is_sender=True, local_host="127.0.0.1")
+    closed = socket.create_server(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()
+    try:
+        sender.dial((("127.0.0.1", port),))
+        sender.gave_up()
+        async with asyncio.timeout(10):
+            assert await sender.first() is None
+    finally:
+        sender.close()
+
+
+def test_the_relay_learns_the_nameplate_of_a_code_and_never_its_secret_part() -> None:
+    code = new_code()
+    plate = nameplate(code)
+    assert plate is not None and code.startswith(plate + "-")
+    secret_bits = 4 * 5  # the last group, of 32 symbols
+    assert secret_bits >= 16 and len(plate.replace("-", "")) * 5 == 40
+    same_plate = plate + "-" + ("zzzz" if not code.endswith("zzzz") else "yyyy")
+    assert code_token(code) == code_token(same_plate)  # a wrong secret still meets at the relay, and fails there
+    assert code_token(code) != code_token(new_code())
+    assert len(code_token(code)) == 64 and int(code_token(code), 16) >= 0
+
+
+def test_a_secret_of_the_users_own_is_stretched_not_split() -> None:
+    assert nameplate("correct-horse-battery-staple") is None and nameplate("7hk2-m9xq") is None
+    assert nameplate("7HK2-M9XQ-3WFE ") == "7hk2-m9xq"
+    assert code_token("correct horse") != code_token("correct horse!")
+    assert set(CODE_ALPHABET) >= set(nameplate(new_code()) or "") - {"-"}
+
+
+def test_further_connections_meet_under_tokens_only_the_session_knows() -> None:
+    assert stream_token(KEY, 1) != stream_token(KEY, 2) != stream_token(b"j" * 32, 1)
+    assert len(stream_token(KEY, 1)) == 64
+
+
+@pytest.mark.parametrize("side", ["dialer", "acceptor"])
+async def test_a_silent_connection_is_dropped_after_the_proof_timeout(
+    monkeypatch: pytest.MonkeyPatch, side: str
+) -> None:
+    monkeypatch.setattr("rtransfer.transport.direct.PROVE_TIMEOUT_S", 0.2)
+    a, _b = pair()
+    with pytest.raises(TimeoutError):
+        await prove(a, KEY, side == "dialer", True)
+    a.close()
+    _b.close()
