@@ -15,12 +15,14 @@ shared, noisy machine only these ratios from one run mean much.
     python bench/compare.py --mode streams --size 256M --rate 20M --slow-rate 2M --runs 3  # --streams 1 vs 8, capped
     python bench/compare.py --mode sync --size 256M --rate 50M --runs 3  # a changed file re-sent, vs rsync, capped
     python bench/compare.py --mode compress --size 256M --rate 30M --runs 3  # log lines, random, --compress or not
+    python bench/compare.py --mode relay --size 512M --runs 3  # through the transit relay, NAT to NAT (root; relay.py)
 """
 
 from __future__ import annotations
 
 import argparse
 import atexit
+import functools
 import json
 import os
 import platform
@@ -35,6 +37,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from relay import relay_main
 
 READY_TIMEOUT_S = 20.0
 STARTUP_RUNS = 11
@@ -490,7 +494,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument(
         "--mode",
-        choices=["file", "pipe", "tree", "tiny", "lossy", "rate", "streams", "sync", "compress"],
+        choices=["file", "pipe", "tree", "tiny", "lossy", "rate", "streams", "sync", "compress", "relay"],
         default="file",
         help="file, stdin to stdout, tree, one small file, one file over a lossy link between network namespaces",
     )
@@ -543,6 +547,7 @@ def main() -> int:
         "streams": streams_main,
         "sync": sync_main,
         "compress": compress_main,
+        "relay": functools.partial(relay_main, write_random=write_random_file),
     }
     if args.mode in modes:
         return modes[args.mode](args, size)

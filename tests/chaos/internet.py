@@ -45,7 +45,13 @@ class Internet:
 
     @property
     def relay_address(self) -> str:
+        """The relay behind its recording proxy (start_proxy)."""
         return f"{RELAY_ADDR}:{RELAY_PORT}"
+
+    @property
+    def bare_relay_address(self) -> str:
+        """The relay itself, with no proxy in the way (for the bench's timings)."""
+        return f"{RELAY_ADDR}:{RELAY_BACKEND_PORT}"
 
     def start_relay(self) -> None:
         """The transit relay, as its operator runs it; returns once it accepts connections."""
