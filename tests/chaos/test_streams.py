@@ -99,7 +99,7 @@ def test_progress_reports_each_connection_its_rate_load_and_whether_it_is_fed(
     progress = [e for e in map(json.loads, result.stdout.decode().splitlines()) if e["event"] == "progress"]
     per_stream = [e["streams"] for e in progress if len(e.get("streams", ())) == 4]
     assert per_stream, progress
-    fields = {"stream", "rate_bps", "in_flight_bytes", "queued_bytes", "stalled", "paused"}
+    fields = {"stream", "path", "rate_bps", "in_flight_bytes", "queued_bytes", "stalled", "paused"}
     assert all(set(s) == fields for streams in per_stream for s in streams)
     assert any(s["rate_bps"] > 0 for s in per_stream[-1])
     assert all(e["rss_bytes"] > 0 and e["open_fds"] > 0 for e in progress)
