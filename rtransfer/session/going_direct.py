@@ -4,14 +4,14 @@ The receiver says where it listens as soon as it has the manifest (its keys are 
 then); the sender answers with where it listens, both dial, and the sender moves the transfer
 to the first connection that proves the session's key, naming it inside the relayed session.
 Both sides then end the relayed connection quietly (Moved) and resume over the direct one, as
-after a reconnect. The sender's first byte waits for this at most DIRECT_WAIT_S; the try goes
-on until DIRECT_TRY_S, and a direct path found that late still takes the transfer.
+after a reconnect. The sender's first byte waits for this, at most DIRECT_WAIT_S. A path found
+later is not taken: by then standard input may be partly read, or standard output partly
+written, and neither can be resumed.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 from rtransfer.errors import NetworkError, ProtocolViolation
 from rtransfer.protocol.constants import Phase, Role
@@ -20,8 +20,7 @@ from rtransfer.session.connection import Connection
 from rtransfer.transport import ConnectionSource, Moved, Relay
 from rtransfer.transport.direct import PROVE_TIMEOUT_S, DirectTry
 
-DIRECT_WAIT_S = 2.0  # the most the sender's first byte waits for a direct path
-DIRECT_TRY_S = 5.0  # how long a relayed connection looks for one
+DIRECT_WAIT_S = 2.0  # the most the sender's first byte waits for a direct path; the try ends then
 _MOVABLE = (Phase.OFFERING, Phase.TRANSFERRING)  # once the sender's DONE is out, moving is pointless
 
 
@@ -96,7 +95,7 @@ class GoingDirect:
         if self.relay is None:
             return
         try:
-            async with asyncio.timeout(DIRECT_TRY_S):
+            async with asyncio.timeout(DIRECT_WAIT_S):
                 ident = await self._find()
         except TimeoutError:
             ident = None
@@ -125,10 +124,8 @@ class GoingDirect:
         return await self.found.first()
 
     async def first_byte(self) -> None:
-        """Sender: hold the first batch until the try has settled, for at most DIRECT_WAIT_S."""
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(DIRECT_WAIT_S):
-                await self.settled.wait()
+        """Sender: hold the first batch until the try has settled (``run`` gives it DIRECT_WAIT_S)."""
+        await self.settled.wait()
 
     def close(self) -> None:
         if self.watching is not None:

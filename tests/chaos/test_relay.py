@@ -215,18 +215,20 @@ def test_either_side_killed_while_relayed_resumes_when_run_again(
     assert into_relay <= 1.5 * 4 * SIZE  # resumed, not started again
 
 
-@pytest.mark.parametrize("public", ["receiver", "sender"])
+@pytest.mark.parametrize(("public", "streams"), [("receiver", "1"), ("sender", "3")])
 def test_with_one_side_public_the_transfer_goes_direct_and_the_relay_carries_little(
-    tmp_path: Path, procs: list[Proc], relay: internet.Internet, public: str
+    tmp_path: Path, procs: list[Proc], relay: internet.Internet, public: str, streams: str
 ) -> None:
-    """The side behind NAT dials the public one's address (said inside the session); the relay
-    carries the handshake and the addresses, and nothing of the file."""
+    """The side behind NAT dials the public one's address (said inside the session), and its
+    further connections too; the relay carries the handshake and the addresses, nothing of the file."""
     source = payload(tmp_path)
     rx_ns, tx_ns = (relay.public, relay.home_a) if public == "receiver" else (relay.home_a, relay.public)
     rx = at(rx_ns, procs, "recv", str(tmp_path / "out"), "--relay", relay.relay_address)
     code = shows_code(rx, relay)
-    tx = at(tx_ns, procs, "send", str(source), "--relay", relay.relay_address, "--code", code)
+    tx = at(tx_ns, procs, "send", str(source), "--relay", relay.relay_address, "--code", code, "--streams", streams)
     assert tx.finish() == 0 and rx.finish() == 0
+    per_stream = [e["streams"] for e in tx.seen if e.get("event") in ("progress", "done") and e.get("streams")]
+    assert streams == "1" or (per_stream and all(s["path"] == "direct" for s in per_stream[-1]))
     assert (tmp_path / "out" / "plain.bin").read_bytes() == source.read_bytes()
     into_relay, _ = relay.stop_proxy()
     assert into_relay <= 0.10 * SIZE
