@@ -175,8 +175,9 @@ def send(
     relay: Relay = None,
     no_direct: NoDirect = False,
 ) -> int:
-    """Send files, directories or standard input ('-') to a receiver: SOURCE... HOST:PORT, or
-    SOURCE... --listen [HOST:]PORT to let the receiver connect."""
+    """Send files, directories or standard input ('-') to a receiver: SOURCE... HOST:PORT,
+    SOURCE... --listen [HOST:]PORT to let the receiver connect, or SOURCE... --relay HOST:PORT
+    to meet it at a relay."""
     reporter = make_reporter(json_output, quiet, data_on_stdout=False, verbose=verbose)
     retry = RetryOptions(retries, retry_max_seconds, timeout)
     options = SendOptions(arguments or [], name, chunk_size, window, streams, code, secret, no_encrypt, retry)
@@ -246,7 +247,8 @@ def recv(
     relay: Relay = None,
     no_direct: NoDirect = False,
 ) -> int:
-    """Listen (or, with --connect, dial a listening sender), receive one transfer into DEST, and exit."""
+    """Listen (or dial a listening sender with --connect, or meet it at a relay with --relay),
+    receive one transfer into DEST, and exit."""
     reporter = make_reporter(json_output, quiet, data_on_stdout=dest == "-", verbose=verbose)
     retry = RetryOptions(retries, retry_max_seconds, timeout)
     options = RecvOptions(dest, listen, overwrite, secret, no_encrypt, max_bytes, max_files, max_streams, retry)
