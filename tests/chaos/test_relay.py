@@ -246,3 +246,24 @@ def test_no_direct_keeps_every_byte_on_the_relay(tmp_path: Path, procs: list[Pro
     into_relay, _ = relay.stop_proxy()
     assert into_relay >= SIZE
     assert tx.events("done")[0]["path"] == "relay" and rx.events("done")[0]["relay_bytes"] >= SIZE
+
+
+def test_a_shared_secret_meets_at_the_relay_through_scrypt_and_never_shows(
+    tmp_path: Path, procs: list[Proc], relay: internet.Internet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--secret (here from the environment) on both sides: no code is shown, the token the relay
+    sees is the secret stretched by scrypt, and neither appears on the wire."""
+    from rtransfer.transport.relay import code_token
+
+    secret = "relay-test-secret-" + os.urandom(4).hex()
+    monkeypatch.setenv("RTRANSFER_SECRET", secret)
+    source = payload(tmp_path)
+    rx = at(relay.home_b, procs, "recv", str(tmp_path / "out"), "--relay", relay.relay_address)
+    assert rx.wait_event("listening")["code"] is None
+    tx = at(relay.home_a, procs, "send", str(source), "--relay", relay.relay_address, "--streams", "2")
+    assert tx.finish() == 0 and rx.finish() == 0
+    assert (tmp_path / "out" / "plain.bin").read_bytes() == source.read_bytes()
+    relay.stop_proxy()
+    recorded = (tmp_path / "relay.bin").read_bytes()
+    assert code_token(secret).encode() in recorded  # what the relay learns: the stretched secret
+    assert secret.encode() not in recorded and b"PLAINTEXT-MARKER" not in recorded
