@@ -29,6 +29,8 @@ from rtransfer.options import (
     SendOptions,
     choose_relay,
     looks_like_endpoint,
+    remote_path,
+    split_recv_arguments,
 )
 
 if TYPE_CHECKING:
@@ -52,12 +54,38 @@ _opt = typer.Option
 Arguments = Annotated[
     list[str] | None,
     typer.Argument(
-        metavar="SOURCE... [HOST:PORT]",
+        metavar="SOURCE... [HOST:PORT | [USER@]HOST:DEST]",
         show_default=False,
-        help="What to send ('-': stdin), and where (not with --listen).",
+        help="What to send ('-': stdin), and where: a receiver's address, or over ssh a directory there.",
     ),
 ]
-Dest = Annotated[str, typer.Argument(metavar="DEST", help="Directory to write into, or '-' for stdout.")]
+RecvArguments = Annotated[
+    list[str] | None,
+    typer.Argument(
+        metavar="[[USER@]HOST:SOURCE...] [DEST]",
+        show_default=False,
+        help="Directory to write into ('-': stdout; default: here); before it, what to pull over ssh.",
+    ),
+]
+Rsh = Annotated[
+    str,
+    _opt(
+        "--rsh",
+        "-e",
+        metavar="COMMAND",
+        envvar="RTRANSFER_RSH",
+        help="The ssh command and its options (as rsync's -e).",
+    ),
+]
+RemoteProgram = Annotated[
+    str,
+    _opt(
+        "--remote-path", metavar="PATH", help="The rtransfer program on the far side of ssh (as rsync's --rsync-path)."
+    ),
+]
+Stdio = Annotated[
+    bool, _opt("--stdio", hidden=True, help="Be the far side of an ssh transfer: the protocol on stdin/stdout.")
+]
 Name = Annotated[str | None, _opt("--name", metavar="NAME", help="Name the receiver stores standard input under.")]
 Json = Annotated[bool, _opt("--json", help="Newline-delimited JSON events on stdout (stderr if stdout carries data).")]
 Quiet = Annotated[bool, _opt("--quiet", "-q", help="Print nothing but errors (and, listening, the code).")]
@@ -174,15 +202,20 @@ def send(
     listen: SendListen = None,
     relay: Relay = None,
     no_direct: NoDirect = False,
+    rsh: Rsh = "ssh",
+    remote_program: RemoteProgram = "rtransfer",
+    stdio: Stdio = False,
 ) -> int:
     """Send files, directories or standard input ('-') to a receiver: SOURCE... HOST:PORT,
     SOURCE... --listen [HOST:]PORT to let the receiver connect, or SOURCE... --relay HOST:PORT
     to meet it at a relay."""
-    reporter = make_reporter(json_output, quiet, data_on_stdout=False, verbose=verbose)
+    reporter = make_reporter(json_output, quiet, data_on_stdout=stdio, verbose=verbose)
     retry = RetryOptions(retries, retry_max_seconds, timeout)
     options = SendOptions(arguments or [], name, chunk_size, window, streams, code, secret, no_encrypt, retry)
+    options = replace(options, rsh=rsh, remote_path=remote_program, stdio=stdio)
     options = replace(options, safe_links=safe_links, limit_rate=limit_rate, compress=compress, checksum=checksum)
-    direct = listen is not None or bool(arguments and looks_like_endpoint(arguments[-1]))
+    named = bool(arguments and (looks_like_endpoint(arguments[-1]) or remote_path(arguments[-1])))
+    direct = listen is not None or stdio or named
     relay = choose_relay(relay, os.environ.get(RELAY_ENV), other_way=direct)
     options = replace(options, whole_file=whole_file, listen=listen, relay=relay, direct=not no_direct)
     return _send(options, reporter)
@@ -195,7 +228,7 @@ def _send(options: SendOptions, reporter: "Reporter") -> int:
         config = send_config(options)
     except RtransferError as exc:
         return fail(reporter, exc)
-    if not config.encrypt:
+    if options.no_encrypt and config.ssh is None and not config.stdio:
         reporter.warning("--no-encrypt: file contents travel in clear; only the handshake is authenticated")
     if options.listen is not None or config.relay is not None:
         try:
@@ -226,7 +259,7 @@ def _listening_sender(config: "SendConfig", reporter: "Reporter") -> "SendConfig
 
 @app.command()
 def recv(
-    dest: Dest = ".",
+    arguments: RecvArguments = None,
     listen: Listen = None,
     json_output: Json = False,
     quiet: Quiet = False,
@@ -246,15 +279,23 @@ def recv(
     code: RecvCode = None,
     relay: Relay = None,
     no_direct: NoDirect = False,
+    rsh: Rsh = "ssh",
+    remote_program: RemoteProgram = "rtransfer",
+    stdio: Stdio = False,
 ) -> int:
     """Listen (or dial a listening sender with --connect, or meet it at a relay with --relay),
     receive one transfer into DEST, and exit."""
-    reporter = make_reporter(json_output, quiet, data_on_stdout=dest == "-", verbose=verbose)
+    try:
+        pull, dest = split_recv_arguments(arguments or [])
+    except UsageError as exc:
+        return fail(make_reporter(json_output, quiet, data_on_stdout=False), exc)
+    reporter = make_reporter(json_output, quiet, data_on_stdout=dest == "-" or stdio, verbose=verbose)
     retry = RetryOptions(retries, retry_max_seconds, timeout)
     options = RecvOptions(dest, listen, overwrite, secret, no_encrypt, max_bytes, max_files, max_streams, retry)
-    relay = choose_relay(relay, os.environ.get(RELAY_ENV), other_way=listen is not None or connect is not None)
+    elsewhere = listen is not None or connect is not None or bool(pull) or stdio
+    relay = choose_relay(relay, os.environ.get(RELAY_ENV), other_way=elsewhere)
     options = replace(options, buffered=buffered, safe_links=safe_links, connect=connect, code=code, relay=relay)
-    options = replace(options, direct=not no_direct)
+    options = replace(options, direct=not no_direct, rsh=rsh, remote_path=remote_program, stdio=stdio, pull=tuple(pull))
     return _recv(options, reporter)
 
 
@@ -268,7 +309,7 @@ def _recv(options: RecvOptions, reporter: "Reporter") -> int:
         if options.no_encrypt:
             reporter.warning("--no-encrypt: file contents travel in clear; only the handshake is authenticated")
         record_signals()
-        elsewhere = options.connect is not None or options.relay is not None
+        elsewhere = options.connect is not None or options.relay is not None or options.pull or options.stdio
         listener = None if elsewhere else open_listener(host, port)
     except RtransferError as exc:
         return fail(reporter, exc)

@@ -3,6 +3,9 @@ layer (cli.py) and from running (runner.py)."""
 
 from __future__ import annotations
 
+import shlex
+from dataclasses import replace
+
 from rtransfer.errors import UsageError
 from rtransfer.options import (
     DEFAULT_WINDOW,
@@ -13,13 +16,15 @@ from rtransfer.options import (
     parse_endpoint,
     parse_size,
     peer_endpoint,
+    remote_path,
     split_send_arguments,
     stream_chunk_bytes,
 )
 from rtransfer.protocol.constants import MAX_CHUNK_BYTES, MAX_STREAMS, MAX_WINDOW, MIN_CHUNK_BYTES
 from rtransfer.protocol.receiver import ReceiveLimits
 from rtransfer.retry import RetryPolicy
-from rtransfer.session.config import RecvConfig, SendConfig
+from rtransfer.session.config import RecvConfig, SendConfig, SshCommand
+from rtransfer.transport.ssh import SSH_CODE
 
 
 def _chunk_bytes(options: SendOptions) -> int:
@@ -37,8 +42,34 @@ def _rate_bps(options: SendOptions) -> int | None:
     return rate_bps
 
 
-def _send_reach(options: SendOptions) -> tuple[list[str], tuple[str, int], tuple[str, int] | None]:
+def ssh_command(options: SendOptions | RecvOptions, host: str, command: str, paths: list[str]) -> SshCommand:
+    """What runs the far side: ``-e``'s words, HOST, and the remote program's ``command`` with ``paths``."""
+    rsh = tuple(shlex.split(options.rsh))
+    if not rsh:
+        raise UsageError("-e/--rsh is empty: give the ssh command, as rsync's -e")
+    timeout = f"{options.retry.timeout_s:g}"
+    far = (options.remote_path, command, "--stdio", "--json", "--timeout", timeout, "--", *paths)
+    return SshCommand(rsh, host, far)
+
+
+def _push(options: SendOptions) -> SshCommand | None:
+    """``send SOURCE... [USER@]HOST:DEST``: the receiver runs there, started over ssh."""
+    if options.listen is not None or options.relay is not None or options.stdio or len(options.arguments) < 2:
+        return None
+    remote = remote_path(options.arguments[-1])
+    if remote is None:
+        return None
+    if options.streams != 1:
+        raise UsageError("--streams over ssh is not supported yet: one ssh session carries the transfer")
+    return ssh_command(options, remote.host, "recv", [remote.path or "."])
+
+
+def _send_reach(
+    options: SendOptions, ssh: SshCommand | None
+) -> tuple[list[str], tuple[str, int], tuple[str, int] | None]:
     """The sources, the address (the receiver's, ours with --listen, or the relay's) and the relay."""
+    if options.stdio or ssh is not None:
+        return options.arguments[:-1] if ssh is not None else options.arguments, ("", 0), None
     relay = check_relay(options.relay, options.no_encrypt, ("--listen", options.listen))
     if relay is not None and options.arguments and looks_like_endpoint(options.arguments[-1]):
         raise UsageError(f"--relay and {options.arguments[-1]!r}: through a relay, the code finds the receiver")
@@ -50,13 +81,21 @@ def _send_reach(options: SendOptions) -> tuple[list[str], tuple[str, int], tuple
     return sources, parse_endpoint(options.listen or "", "0.0.0.0"), None
 
 
-def send_config(options: SendOptions) -> SendConfig:
-    sources, (host, port), relay = _send_reach(options)
+def _checked_window(options: SendOptions) -> int:
     if not 1 <= options.streams <= MAX_STREAMS:
         raise UsageError(f"--streams must be between 1 and {MAX_STREAMS}")
     window = options.window if options.window is not None else DEFAULT_WINDOW
     if not 1 <= window <= MAX_WINDOW:
         raise UsageError(f"--window must be between 1 and {MAX_WINDOW}")
+    return window
+
+
+def send_config(options: SendOptions) -> SendConfig:
+    ssh = _push(options)
+    sources, (host, port), relay = _send_reach(options, ssh)
+    if ssh is not None or options.stdio:  # over ssh, which authenticates and encrypts: no code, no second cipher
+        options = replace(options, code=SSH_CODE, no_encrypt=True)
+    window = _checked_window(options)
     chunk_bytes, rate_bps = _chunk_bytes(options), _rate_bps(options)
     if rate_bps is not None:
         from rtransfer.ratelimit import chunk_under_limit
@@ -85,10 +124,17 @@ def send_config(options: SendOptions) -> SendConfig:
         compress=options.compress,
         relay=relay,
         direct=options.direct,
+        ssh=ssh,
+        stdio=options.stdio,
     )
 
 
 def recv_config(options: RecvOptions, host: str, port: int, code: str, listener: object) -> RecvConfig:
+    ssh = None
+    if options.pull:
+        ssh = ssh_command(options, options.pull[0].host, "send", [r.path or "." for r in options.pull])
+    if ssh is not None or options.stdio:
+        code, options = SSH_CODE, replace(options, no_encrypt=True)
     limits = ReceiveLimits(
         max_entries=options.max_files, max_total_bytes=parse_size(options.max_bytes), max_streams=options.max_streams
     )
@@ -109,4 +155,6 @@ def recv_config(options: RecvOptions, host: str, port: int, code: str, listener:
         relay=(host, port) if options.relay is not None else None,
         made_code=options.code is None,
         direct=options.direct,
+        ssh=ssh,
+        stdio=options.stdio,
     )

@@ -60,6 +60,57 @@ def peer_endpoint(text: str) -> tuple[str, int]:
     return host, port
 
 
+@dataclass(frozen=True)
+class RemotePath:
+    """``[USER@]HOST:PATH``, reached over ssh: ``host`` as ssh takes it, ``path`` "" for the home."""
+
+    host: str
+    path: str
+
+
+def remote_path(text: str) -> RemotePath | None:
+    """rsync's rule: an argument is remote when a colon comes before any slash (``./a:b`` is a
+    local file). ``HOST:PORT`` with an all-digit PORT stays the direct TCP form (None here);
+    ``host:./9000`` names a digit-only path. IPv6 in brackets: ``[addr]:PATH``, ``user@[addr]:PATH``."""
+    user, at, rest = text.rpartition("@") if "@[" in text else ("", "", text)
+    if rest.startswith("["):
+        close = rest.find("]")
+        if close < 0 or rest[close + 1 : close + 2] != ":":
+            return None
+        host, path = rest[1:close], rest[close + 2 :]
+    else:
+        colon, slash = text.find(":"), text.find("/")
+        if colon <= 0 or -1 < slash < colon:
+            return None
+        user, at, host, path = "", "", text[:colon], text[colon + 1 :]
+    if not host or path.isdigit():
+        return None
+    return RemotePath(f"{user}{at}{host}", path)
+
+
+def split_recv_arguments(arguments: list[str]) -> tuple[list[RemotePath], str]:
+    """``recv [DEST]`` receives; ``recv HOST:SOURCE... DEST`` pulls: with two or more arguments
+    the last is DEST, and every other one must be remote, on one host."""
+    if len(arguments) <= 1:
+        dest = arguments[0] if arguments else "."
+        if remote_path(dest) is not None:
+            raise UsageError(f"{dest!r} is remote: to pull it, say where it goes (rtransfer recv {dest} DEST)")
+        return [], dest
+    *sources, dest = arguments
+    if remote_path(dest) is not None:
+        raise UsageError(f"DEST {dest!r} is remote: recv writes here (to push there, use send)")
+    remotes = []
+    for text in sources:
+        remote = remote_path(text)
+        if remote is None:
+            hint = f"; to dial a sender listening there, use --connect {text}" if _ENDPOINT.match(text) else ""
+            raise UsageError(f"{text!r} is not a remote HOST:PATH to pull from (a digit-only path: host:./9000){hint}")
+        remotes.append(remote)
+    if len({r.host for r in remotes}) > 1:
+        raise UsageError("remote sources on different hosts: pull from one host at a time")
+    return remotes, dest
+
+
 def looks_like_endpoint(text: str) -> bool:
     """HOST:PORT, and no local file of that name."""
     return bool(_ENDPOINT.match(text)) and not Path(text).exists()
@@ -134,6 +185,9 @@ class SendOptions:
     listen: str | None = None  # take the receiver's connection here instead of dialing it
     relay: str | None = None  # meet the receiver at this relay (from --relay or the environment)
     direct: bool = True  # through a relay, try a direct path too
+    rsh: str = "ssh"  # -e: the ssh command and its options
+    remote_path: str = "rtransfer"  # the program to run on the far side
+    stdio: bool = False  # run as the far side of an ssh transfer
 
 
 @dataclass(frozen=True)
@@ -153,12 +207,20 @@ class RecvOptions:
     code: str | None = None  # the code that sender shows (with --connect or --relay)
     relay: str | None = None  # meet the sender at this relay (from --relay or the environment)
     direct: bool = True  # through a relay, try a direct path too
+    rsh: str = "ssh"
+    remote_path: str = "rtransfer"
+    stdio: bool = False
+    pull: tuple[RemotePath, ...] = ()  # recv HOST:SOURCE... DEST
 
 
 def recv_listen(options: RecvOptions) -> tuple[str, int]:
     """Checked before listening (or dialing): the address, the limits, and DEST."""
     relay = check_relay(options.relay, options.no_encrypt, ("--listen", options.listen), ("--connect", options.connect))
-    if relay is not None:
+    if options.pull or options.stdio:
+        if options.listen is not None or options.connect is not None:
+            raise UsageError("pulling over ssh, this side neither listens nor dials: ssh reaches the sender")
+        host, port = "", 0
+    elif relay is not None:
         host, port = relay
     elif options.connect is not None:
         if options.listen is not None:

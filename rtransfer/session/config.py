@@ -10,6 +10,15 @@ from rtransfer.retry import RetryPolicy
 
 
 @dataclass(frozen=True)
+class SshCommand:
+    """Run ``command`` on ``host`` with ``rsh`` (ssh and its options), for each connection."""
+
+    rsh: tuple[str, ...]
+    host: str
+    command: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class SendConfig:
     sources: list[str]
     host: str
@@ -32,6 +41,8 @@ class SendConfig:
     relay: tuple[str, int] | None = None  # meet the receiver at this relay instead (host and port are the relay's)
     made_code: bool = False  # this side made up the code and showed it: at a relay it waits as long as it takes
     direct: bool = True  # through a relay, try a direct path too (--no-direct: never, and share no address)
+    ssh: SshCommand | None = None  # push over ssh: each connection is an ssh session running the receiver there
+    stdio: bool = False  # the far side of an ssh transfer: the one connection is standard input and output
 
 
 @dataclass(frozen=True)
@@ -53,3 +64,5 @@ class RecvConfig:
     relay: tuple[str, int] | None = None  # meet the sender at this relay instead
     made_code: bool = True  # see SendConfig
     direct: bool = True  # see SendConfig
+    ssh: SshCommand | None = None  # pull over ssh: each connection is an ssh session running the sender there
+    stdio: bool = False  # see SendConfig

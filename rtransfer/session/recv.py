@@ -47,7 +47,7 @@ from rtransfer.session.outcome import worth_reconnecting
 from rtransfer.sink import DirectorySink, Sink
 from rtransfer.stats import TransferStats
 from rtransfer.stdout_sink import StdoutSink
-from rtransfer.transport import Accept, ConnectionSource, Dial, Outage, Relay, keep_connected
+from rtransfer.transport import Accept, ConnectionSource, Dial, Outage, Relay, Ssh, StdioLink, keep_connected
 
 
 def recv_budget(span: int, streams: int = 1) -> int:
@@ -90,7 +90,7 @@ class ReceiveTransfer:
         self.join_failed: asyncio.Future[RtransferError] = asyncio.get_running_loop().create_future()
 
     async def run(self) -> TransferStats:
-        if self.config.listener is None and isinstance(self.source, Accept):
+        if self.config.listener is None and isinstance(self.source, Accept) and not self.config.stdio:
             host, port = self.source.listener.getsockname()[:2]
             self.reporter.listening(host, port, None if self.config.code is not None else self.code)
         try:
@@ -102,6 +102,10 @@ class ReceiveTransfer:
         return self.stats
 
     def _source(self, config: RecvConfig) -> ConnectionSource:
+        if config.ssh is not None:
+            return Ssh(list(config.ssh.rsh), config.ssh.host, list(config.ssh.command), self.reporter.warning)
+        if config.stdio:
+            return StdioLink()
         if config.relay is not None:
             window_s = config.connect_policy.max_total_s
             return Relay(*config.relay, self.code, window_s, patient=config.made_code)

@@ -49,7 +49,7 @@ from rtransfer.session.going_direct import GoingDirect
 from rtransfer.session.outcome import worth_reconnecting
 from rtransfer.session.streams import Dealer, FurtherStream, StreamLinks
 from rtransfer.stats import TransferStats
-from rtransfer.transport import Accept, ConnectionSource, Dial, Outage, Relay, keep_connected
+from rtransfer.transport import Accept, ConnectionSource, Dial, Outage, Relay, Ssh, StdioLink, keep_connected
 from rtransfer.workers import in_cpu, in_worker
 
 # Batches of the file list sent ahead of the reader: enough that the receiver plans the next
@@ -80,7 +80,7 @@ class SendTransfer:
     def __init__(self, config: SendConfig, reporter: Reporter, source: ConnectionSource | None = None) -> None:
         self.config = config
         self.reporter = reporter
-        self.source = source or self._source(config)
+        self.source = source or self._source(config, reporter)
         self.sources = collect_sources(config.sources, config.stdin_name)
         self.manifest = Manifest(
             uuid.uuid4().hex, config.chunk_bytes, config.window, config.streams, delta=not config.whole_file
@@ -95,7 +95,11 @@ class SendTransfer:
         self.compressor = Compressor() if config.compress else None
 
     @staticmethod
-    def _source(config: SendConfig) -> ConnectionSource:
+    def _source(config: SendConfig, reporter: Reporter) -> ConnectionSource:
+        if config.ssh is not None:
+            return Ssh(list(config.ssh.rsh), config.ssh.host, list(config.ssh.command), reporter.warning)
+        if config.stdio:
+            return StdioLink()
         if config.relay is not None:
             window_s = config.connect_policy.max_total_s
             return Relay(*config.relay, config.code, window_s, patient=config.made_code)

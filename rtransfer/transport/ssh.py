@@ -1,0 +1,154 @@
+"""Reaching a machine over ssh, as rsync and scp do: each connection is an ssh session running
+``rtransfer send|recv --stdio`` there, its standard input and output one end of a socket pair
+here. ssh authenticates and encrypts, so the protocol runs with no code and no encryption of
+its own; the per-chunk checks and the BLAKE3 digests stay.
+
+``open`` returns once the far side has answered (its first bytes arrive): until then ssh may be
+asking for a password on the terminal, and nothing is drawn over it. A session that ends
+before answering is judged by what ssh and the far side said on standard error and by ssh's
+exit status: a lost connection is worth another (OSError), anything else is said once, final.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import errno
+import json
+import shlex
+import socket
+import subprocess
+import threading
+from collections.abc import Callable
+
+from rtransfer.errors import EXIT_AUTH, HandshakeError, RemoteError, RtransferError, UsageError
+from rtransfer.transport.source import P, driven
+
+SSH_CODE = "rtransfer over ssh"  # the handshake's code: ssh has authenticated both ends already
+_KEPT_LINES = 40
+_FINAL = ("permission denied", "host key verification failed", "remote host identification has changed",
+          "could not resolve hostname", "no such identity", "too many authentication failures")  # fmt: skip
+_RETRIED = ("connection refused", "connection timed out", "connection reset", "closed by remote host",
+            "broken pipe", "network is unreachable", "no route to host", "connection closed")  # fmt: skip
+
+
+class Ssh:
+    """Sessions of ``rsh`` (ssh and its options, as ``-e`` gives them) to ``host``, each running
+    ``command`` there. ``say`` reports what the far side warns about."""
+
+    dials = True
+    path = "ssh"
+    secret = None
+
+    def __init__(self, rsh: list[str], host: str, command: list[str], say: Callable[[str], None]) -> None:
+        self.rsh = rsh
+        self.host = host
+        self.command = command
+        self.say = say
+        self.where = host
+        self.program = command[0]
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._reader: threading.Thread | None = None
+        self._lines: collections.deque[str] = collections.deque(maxlen=_KEPT_LINES)
+
+    async def open(self, make: Callable[[], P], timeout_s: float | None, wait_s: float | None) -> P:
+        self.close()
+        ours, theirs = socket.socketpair()
+        try:
+            proc = subprocess.Popen(
+                [*self.rsh, self.host, shlex.join(self.command)],
+                stdin=theirs.fileno(),
+                stdout=theirs.fileno(),
+                stderr=subprocess.PIPE,
+            )
+        except OSError as exc:
+            ours.close()
+            raise UsageError(f"cannot run {self.rsh[0]}: {exc.strerror or exc}") from None
+        finally:
+            theirs.close()
+        self._proc = proc
+        self._lines.clear()
+        self._reader = threading.Thread(target=self._read_stderr, args=(proc, asyncio.get_running_loop()), daemon=True)
+        self._reader.start()
+        ours.setblocking(False)
+        try:
+            async with asyncio.timeout(wait_s):
+                await _readable(ours)
+            answered = ours.recv(1, socket.MSG_PEEK) != b""
+        except BaseException:
+            ours.close()
+            raise
+        if not answered:
+            ours.close()
+            rc = await asyncio.to_thread(proc.wait)
+            await asyncio.to_thread(self._reader.join, 5)
+            raise self._failure(rc)
+        return await driven(make, ours)
+
+    def _read_stderr(self, proc: subprocess.Popen[bytes], loop: asyncio.AbstractEventLoop) -> None:
+        """A thread: keep what the session says; pass on the far side's warnings as they come."""
+        assert proc.stderr is not None
+        for raw in proc.stderr:
+            line = raw.decode("utf-8", "replace").rstrip()
+            self._lines.append(line)
+            with contextlib.suppress(ValueError, AttributeError, RuntimeError):
+                event = json.loads(line)
+                if event.get("event") == "warning":
+                    loop.call_soon_threadsafe(self.say, f"{self.host}: {event['message']}")
+
+    def _failure(self, rc: int) -> RtransferError | OSError:
+        """Why a session ended before the far side answered."""
+        for line in reversed(self._lines):
+            with contextlib.suppress(ValueError, AttributeError, KeyError):
+                event = json.loads(line)
+                if event.get("event") == "error":
+                    return _remote_error(self.host, event)
+        said = next((line for line in reversed(self._lines) if line and not line.startswith("{")), "")
+        lowered = said.lower()
+        if rc == 127 or "command not found" in lowered or (rc != 255 and "no such file" in lowered):
+            return HandshakeError(f"{self.program} not found on {self.host}: install it there or pass --remote-path")
+        if rc == 255 and any(mark in lowered for mark in _FINAL):
+            return HandshakeError(said if said.startswith("ssh") or self.host in said else f"ssh {self.host}: {said}")
+        if rc == 255 and (not said or any(mark in lowered for mark in _RETRIED)):
+            return ConnectionResetError(errno.ECONNRESET, said or "the ssh connection ended")
+        return HandshakeError(f"ssh {self.host} ended (status {rc}) before rtransfer answered there: {said}")
+
+    def further(self, session_key: bytes, stream: int) -> Ssh:
+        return self
+
+    def close(self) -> None:
+        """End the session: its far side has finished, or its connection broke."""
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            if proc.poll() is None:
+                proc.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=5)
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+def _remote_error(host: str, event: dict[str, object]) -> RemoteError:
+    """The far side's own error event, with its exit code, named for its host."""
+    message = str(event.get("message", "failed"))
+    if "No such option: --stdio" in message:
+        message = "its rtransfer is older than this one and cannot run over ssh: upgrade it there"
+    code = event.get("code")
+    return RemoteError(f"{host}: {message}", code if isinstance(code, int) else EXIT_AUTH)
+
+
+async def _readable(sock: socket.socket) -> None:
+    loop = asyncio.get_running_loop()
+    ready: asyncio.Future[None] = loop.create_future()
+
+    def wake() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    loop.add_reader(sock.fileno(), wake)
+    try:
+        await ready
+    finally:
+        loop.remove_reader(sock.fileno())
