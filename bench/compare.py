@@ -40,6 +40,8 @@ from pathlib import Path
 
 from relay import relay_main
 
+import tests.sshd  # relay.py put the repository on sys.path
+
 READY_TIMEOUT_S = 20.0
 STARTUP_RUNS = 11
 
@@ -335,42 +337,16 @@ def rsync_tree_tool(rsyncd: RsyncDaemon) -> Callable[[Path, Path], Sample]:
     return run
 
 
-class LoopbackSshd:
-    """A private sshd on a loopback port with key authentication only, for ``scp`` (openssh-server)."""
-
-    def __init__(self, root: Path) -> None:
-        self.port = free_port()
-        keys = root / "ssh"
-        keys.mkdir()
-        for name in ("host", "user"):
-            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(keys / name)], check=True)
-        (keys / "authorized_keys").write_text((keys / "user.pub").read_text())
-        config = keys / "sshd_config"
-        config.write_text(
-            f"Port {self.port}\nListenAddress 127.0.0.1\nHostKey {keys / 'host'}\n"
-            f"AuthorizedKeysFile {keys / 'authorized_keys'}\nPidFile {keys / 'pid'}\n"
-            "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n"
-            "PermitRootLogin prohibit-password\nSubsystem sftp /usr/lib/openssh/sftp-server\n"
-        )
-        Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege separation directory
-        self.proc = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", str(config)], stderr=subprocess.DEVNULL)
-        wait_listening(self.port)
-        self.key = keys / "user"
+class LoopbackSshd(tests.sshd.LoopbackSshd):
+    """The tests' private sshd, with ``scp`` as a bench tool."""
 
     def scp(self, src: Path, dst: Path) -> Sample:
         started = time.perf_counter()
-        client = Measured(
-            ["scp", "-q", "-i", str(self.key), "-P", str(self.port), "-o", "StrictHostKeyChecking=no",
-             "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", str(src), f"root@127.0.0.1:{dst}"]
-        )  # fmt: skip
+        client = Measured(["scp", "-q", *self.options("-P"), str(src), f"root@127.0.0.1:{dst}"])
         rc, rss = client.wait()
         if rc:
             raise RuntimeError(f"scp failed with {rc}")
         return Sample(time.perf_counter() - started, 0, rss)
-
-    def close(self) -> None:
-        self.proc.terminate()
-        self.proc.wait()
 
 
 Ready = Callable[[subprocess.Popen[bytes]], int]

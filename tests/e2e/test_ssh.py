@@ -1,0 +1,140 @@
+"""Over ssh, against a private sshd on a loopback port (tests/sshd.py), with the working tree's
+rtransfer as the remote program: push, pull, stdin and stdout, the far side killed -9, and the
+failures ssh itself can have."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Proc, rtransfer_cmd
+from tests.sshd import LoopbackSshd, Unavailable
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(scope="module")
+def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LoopbackSshd]:
+    try:
+        server = LoopbackSshd(tmp_path_factory.mktemp("sshd"))
+    except Unavailable as exc:
+        pytest.skip(str(exc))
+    yield server
+    server.close()
+
+
+def remote_program() -> str:
+    """The working tree's rtransfer, named absolutely: the remote shell's PATH may not hold it."""
+    return " ".join(rtransfer_cmd())
+
+
+def ssh_args(sshd: LoopbackSshd) -> list[str]:
+    return ["-e", sshd.rsh(), "--remote-path", remote_program()]
+
+
+def run(*args: str, input_bytes: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([*rtransfer_cmd(), *args], input=input_bytes, capture_output=True, timeout=100)
+
+
+def make_tree(root: Path) -> Path:
+    tree = root / "tree"
+    (tree / "empty").mkdir(parents=True)
+    (tree / "d").mkdir()
+    (tree / "d" / "big.bin").write_bytes(os.urandom(3 << 20))
+    (tree / "d" / "exec.sh").write_text("#!/bin/sh\n")
+    (tree / "d" / "exec.sh").chmod(0o751)
+    (tree / "none").write_bytes(b"")
+    (tree / "link").symlink_to("d/exec.sh")
+    os.utime(tree / "d" / "big.bin", (1_600_000_000, 1_600_000_000))
+    return tree
+
+
+def differences(a: Path, b: Path) -> list[str]:
+    """What rsync -a -n -i -c would change to make b like a (nothing, when identical)."""
+    out = subprocess.run(["rsync", "-a", "-n", "-i", "-c", f"{a}/", f"{b}/"], capture_output=True, text=True)
+    return [line for line in out.stdout.splitlines() if line]
+
+
+@pytest.mark.parametrize("direction", ["push", "pull"])
+def test_a_tree_goes_over_ssh_either_way_identical(tmp_path: Path, sshd: LoopbackSshd, direction: str) -> None:
+    tree = make_tree(tmp_path / "src")
+    dest = tmp_path / "dest"
+    if direction == "push":
+        result = run("send", str(tree), f"root@127.0.0.1:{dest}", *ssh_args(sshd))
+    else:
+        result = run("recv", f"root@127.0.0.1:{tree}", str(dest), *ssh_args(sshd))
+    assert result.returncode == 0, result.stderr.decode()
+    assert differences(tree, dest / "tree") == []
+    assert (dest / "tree" / "link").is_symlink() and (dest / "tree" / "empty").is_dir()
+
+
+def test_standard_input_pushed_and_a_file_pulled_to_standard_output(tmp_path: Path, sshd: LoopbackSshd) -> None:
+    data = os.urandom(1 << 20)
+    pushed = run(
+        "send", "-", f"root@127.0.0.1:{tmp_path / 'backup'}", "--name", "s.bin", *ssh_args(sshd), input_bytes=data
+    )
+    assert pushed.returncode == 0, pushed.stderr.decode()
+    assert (tmp_path / "backup" / "s.bin").read_bytes() == data
+    pulled = run("recv", f"root@127.0.0.1:{tmp_path / 'backup' / 's.bin'}", "-", *ssh_args(sshd))
+    assert pulled.returncode == 0 and pulled.stdout == data
+
+
+def test_the_far_side_killed_mid_push_is_started_again_and_the_push_resumes(
+    tmp_path: Path, sshd: LoopbackSshd, procs: list[Proc]
+) -> None:
+    size = 24 << 20
+    (tmp_path / "f.bin").write_bytes(os.urandom(size))
+    args = ["send", str(tmp_path / "f.bin"), f"root@127.0.0.1:{tmp_path / 'out'}", "--limit-rate", "8M", "--json"]
+    procs.append(tx := Proc([*args, *ssh_args(sshd)]))
+    while int(tx.wait_event("progress")["bytes"]) < size // 4:
+        pass  # bounded by wait_event's timeout: a progress event a second
+    subprocess.run(["pkill", "-9", "-f", f"recv --stdio --json --timeout 30 -- {tmp_path / 'out'}"], check=True)
+    assert tx.finish() == 0
+    done = tx.events("done")[0]
+    assert done["reconnects"] >= 1 and done["wire_bytes_sent"] <= 1.5 * size
+    assert (tmp_path / "out" / "f.bin").read_bytes() == (tmp_path / "f.bin").read_bytes()
+
+
+def test_a_missing_remote_source_is_one_line_naming_it_and_nothing_is_written(
+    tmp_path: Path, sshd: LoopbackSshd
+) -> None:
+    result = run("recv", f"root@127.0.0.1:{tmp_path / 'nope'}", str(tmp_path / "dest"), *ssh_args(sshd))
+    lines = result.stderr.decode().strip().splitlines()
+    assert result.returncode == 6 and len(lines) == 1 and f"{tmp_path / 'nope'}" in lines[0], lines
+    assert "root@127.0.0.1" in lines[0] and not (tmp_path / "dest").exists()
+
+
+def test_a_missing_remote_program_is_said_once_not_retried(tmp_path: Path, sshd: LoopbackSshd) -> None:
+    (tmp_path / "f").write_bytes(b"x")
+    result = run("send", str(tmp_path / "f"), "root@127.0.0.1:x", "-e", sshd.rsh(), "--remote-path", "/no/rtransfer")
+    assert result.returncode == 5
+    assert result.stderr.decode().strip() == (
+        "rtransfer: error: /no/rtransfer not found on root@127.0.0.1: install it there or pass --remote-path"
+    )
+
+
+def test_refused_authentication_is_final(tmp_path: Path, sshd: LoopbackSshd) -> None:
+    (tmp_path / "f").write_bytes(b"x")
+    rsh = sshd.rsh().replace(str(sshd.key), "/dev/null")
+    result = run("send", str(tmp_path / "f"), "root@127.0.0.1:x", "-e", rsh, "--remote-path", remote_program())
+    assert result.returncode == 5 and "Permission denied" in result.stderr.decode()
+    assert "reconnecting" not in result.stderr.decode()
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["recv", "host:9000", "d"], "use --connect host:9000"),
+        (["recv", "host:file"], "to pull it, say where it goes"),
+        (["recv", "a:x", "b:y", "d"], "one host at a time"),
+        (["recv", "a:x", "b:y"], "DEST 'b:y' is remote"),
+        (["send", "f", "host:dir", "--streams", "2"], "--streams over ssh"),
+    ],
+)
+def test_address_mistakes_are_clear_usage_errors(args: list[str], needle: str) -> None:
+    result = run(*args)
+    assert result.returncode == 2 and needle in result.stderr.decode()

@@ -1,0 +1,40 @@
+"""Which argument is a TCP address, which a path over ssh, which a local file (rsync's rule)."""
+
+from __future__ import annotations
+
+import pytest
+
+from rtransfer.errors import UsageError
+from rtransfer.options import RemotePath, remote_path, split_recv_arguments
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("host:9000", None),  # HOST:PORT, the TCP form
+        ("host:./9000", RemotePath("host", "./9000")),
+        ("host:", RemotePath("host", "")),  # the remote home
+        ("user@host:/srv/x", RemotePath("user@host", "/srv/x")),
+        ("./a:b", None),  # a slash before the colon: local
+        ("dir/a:b", None),
+        ("[::1]:9000", None),
+        ("[::1]:dir", RemotePath("::1", "dir")),
+        ("user@[::1]:dir", RemotePath("user@::1", "dir")),
+        ("user@[::1]:22", None),
+        ("host:9000/x", RemotePath("host", "9000/x")),
+        ("plain", None),
+        ("-", None),
+        (":x", None),
+    ],
+)
+def test_remote_when_a_colon_comes_before_any_slash(text: str, expected: RemotePath | None) -> None:
+    assert remote_path(text) == expected
+
+
+def test_recv_with_one_argument_receives_and_with_more_pulls() -> None:
+    assert split_recv_arguments([]) == ([], ".")
+    assert split_recv_arguments(["out"]) == ([], "out")
+    assert split_recv_arguments(["h:a", "h:b", "out"]) == ([RemotePath("h", "a"), RemotePath("h", "b")], "out")
+    for bad in (["h:9000", "d"], ["h:a"], ["h:a", "g:b", "d"], ["local", "d"], ["h:a", "g:b"]):
+        with pytest.raises(UsageError):
+            split_recv_arguments(bad)
