@@ -16,6 +16,7 @@ shared, noisy machine only these ratios from one run mean much.
     python bench/compare.py --mode sync --size 256M --rate 50M --runs 3  # a changed file re-sent, vs rsync, capped
     python bench/compare.py --mode compress --size 256M --rate 30M --runs 3  # log lines, random, --compress or not
     python bench/compare.py --mode relay --size 512M --runs 3  # through the transit relay, NAT to NAT (root; relay.py)
+    python bench/compare.py --mode ssh --size 1G --files 2000 --runs 5  # pushes over ssh vs scp, rsync -e ssh (ssh.py)
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from relay import relay_main
+from ssh import ssh_main
 
 import tests.sshd  # relay.py put the repository on sys.path
 
@@ -470,7 +472,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument(
         "--mode",
-        choices=["file", "pipe", "tree", "tiny", "lossy", "rate", "streams", "sync", "compress", "relay"],
+        choices=["file", "pipe", "tree", "tiny", "lossy", "rate", "streams", "sync", "compress", "relay", "ssh"],
         default="file",
         help="file, stdin to stdout, tree, one small file, one file over a lossy link between network namespaces",
     )
@@ -524,6 +526,7 @@ def main() -> int:
         "sync": sync_main,
         "compress": compress_main,
         "relay": functools.partial(relay_main, write_random=write_random_file),
+        "ssh": functools.partial(ssh_main, write_random=write_random_file),
     }
     if args.mode in modes:
         return modes[args.mode](args, size)

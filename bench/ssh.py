@@ -1,0 +1,120 @@
+"""``compare.py --mode ssh``: pushes over ssh to a private sshd on a loopback port (tests/sshd.py;
+root), each tool with the same ssh options, into a fresh destination each round, alternating,
+median. Three measurements, each printed as a table:
+
+1. one file of SIZE: rtransfer against ``scp`` and ``rsync -a -e ssh``;
+2. a tree of FILES x 4 KiB: rtransfer against ``rsync -a -e ssh``;
+3. 128 MiB at --limit-rate 16M, the far side killed -9 KILL_AT_S in: the sender starts ssh
+   again by itself; its exit, whether the file is identical, and wire_bytes_sent over the file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.sshd import LoopbackSshd, Unavailable
+
+KILL_AT_S = 3.0
+HOST = "root@127.0.0.1"
+Pushers = dict[str, Callable[[Path, Path], list[str]]]
+
+
+def rtransfer_cmd() -> list[str]:
+    return [shutil.which("rtransfer") or "rtransfer"]
+
+
+def pushers(sshd: LoopbackSshd) -> Pushers:
+    rsh = sshd.rsh()
+    remote = " ".join(rtransfer_cmd())
+    return {
+        "scp": lambda src, dst: ["scp", "-q", "-r", *sshd.options("-P"), str(src), f"{HOST}:{dst}/"],
+        "rsync": lambda src, dst: ["rsync", "-a", "-e", rsh, str(src), f"{HOST}:{dst}/"],
+        "rtransfer": lambda src, dst: [*rtransfer_cmd(), "send", str(src), f"{HOST}:{dst}", "-e", rsh,
+                                       "--remote-path", remote, "--quiet"],
+    }  # fmt: skip
+
+
+def timed(cmd: list[str]) -> float:
+    started = time.perf_counter()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - started
+
+
+def rounds(
+    src: Path, root: Path, tools: dict[str, Callable[[Path, Path], list[str]]], args: argparse.Namespace
+) -> dict[str, float]:
+    times: dict[str, list[float]] = {name: [] for name in tools}
+    names = list(tools)
+    for round_no in range(args.warmup + args.runs):
+        for name in names[round_no % len(names) :] + names[: round_no % len(names)]:
+            dst = root / f"dst-{name}"
+            shutil.rmtree(dst, ignore_errors=True)
+            dst.mkdir()
+            seconds = timed(tools[name](src, dst))
+            check = subprocess.run(
+                ["rsync", "-a", "-n", "-i", "-c", f"{src}", f"{dst}/"], capture_output=True, text=True
+            )
+            assert name == "scp" or not check.stdout.strip(), f"{name}: {check.stdout[:300]}"
+            if round_no >= args.warmup:
+                times[name].append(seconds)
+            print(f"round {round_no + 1} {name}: {seconds:.2f} s", file=sys.stderr, flush=True)
+    return {name: statistics.median(samples) for name, samples in times.items()}
+
+
+def table(title: str, medians: dict[str, float]) -> None:
+    base = medians["rtransfer"]
+    print(f"\n{title}\n\n| tool | median s | rtransfer / tool |\n|---|---|---|")
+    for name, med in medians.items():
+        print(f"| {name} | {med:.2f} | {base / med:.2f} |")
+
+
+def killed(sshd: LoopbackSshd, root: Path, write_random: Callable[[Path, int], None]) -> None:
+    size = 128 << 20
+    src, dst = root / "killed.bin", root / "dst-killed"
+    write_random(src, size)
+    cmd = pushers(sshd)["rtransfer"](src, dst)
+    sender = subprocess.Popen([*cmd[:-1], "--limit-rate", "16M", "--json"], stdout=subprocess.PIPE)
+    time.sleep(KILL_AT_S)  # the bench's schedule, as the issue sets it
+    subprocess.run(["pkill", "-9", "-f", "--", f"--stdio --json --timeout 30 -- {dst}"], check=False)
+    out, _ = sender.communicate(timeout=600)
+    done = next(e for e in map(json.loads, out.splitlines()) if e.get("event") == "done")
+    same = subprocess.run(["cmp", "-s", str(src), str(dst / src.name)]).returncode == 0
+    print(f"\n128 MiB at --limit-rate 16M, the far side killed -9 {KILL_AT_S:g} s in\n")
+    print("| exit | identical | reconnects | wire_bytes_sent | vs the file |\n|---|---|---|---|---|")
+    sent = int(done["wire_bytes_sent"])
+    print(f"| {sender.returncode} | {same} | {done['reconnects']} | {sent} | {sent / size:.3f} |")
+
+
+def ssh_main(args: argparse.Namespace, size: int, write_random: Callable[[Path, int], None]) -> int:
+    try:
+        with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+            root = Path(tmp)
+            sshd = LoopbackSshd(root)
+            try:
+                src = root / "src.bin"
+                write_random(src, size)
+                table(f"Push of {args.size} over ssh, median of {args.runs}", rounds(src, root, pushers(sshd), args))
+                tree = root / "tree"
+                for i in range(args.files):
+                    (tree / f"d{i % 20}").mkdir(parents=True, exist_ok=True)
+                    write_random(tree / f"d{i % 20}" / f"f{i}", 4096)
+                tools = {k: v for k, v in pushers(sshd).items() if k != "scp"}
+                table(f"Push of {args.files} x 4 KiB over ssh, median of {args.runs}", rounds(tree, root, tools, args))
+                killed(sshd, root, write_random)
+            finally:
+                sshd.close()
+    except Unavailable as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return 2
+    return 0
