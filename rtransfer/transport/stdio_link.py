@@ -10,6 +10,7 @@ else.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import socket
 import stat
@@ -53,6 +54,9 @@ def stdio_socket() -> socket.socket:
         with contextlib.suppress(OSError):
             os.close(1)
 
+    for fd in (0, 1):  # fewer, larger reads and writes: a pipe holds 64 KiB unless asked
+        with contextlib.suppress(OSError, AttributeError):
+            fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, _COPY_BYTES)
     for src, dst, done in ((0, theirs.fileno(), stdin_ended), (theirs.fileno(), 1, socket_ended)):
         threading.Thread(target=_pump, args=(src, dst, done), daemon=True).start()
     return ours
