@@ -158,6 +158,10 @@ RecvCode = Annotated[
     str | None, _opt("--code", metavar="CODE", help="With --connect or --relay: the code the sender shows.")
 ]
 Overwrite = Annotated[bool, _opt("--overwrite", help="Replace files that already exist in DEST.")]
+PushOverwrite = Annotated[bool, _opt("--overwrite", help="Pushing over ssh: replace files already at DEST there.")]
+PullChecksum = Annotated[bool, _opt("--checksum", "-c", help="Pulling over ssh: skip files here by content.")]
+PullCompress = Annotated[bool, _opt("--compress", "-z", help="Pulling over ssh: the far side compresses chunks.")]
+PullWholeFile = Annotated[bool, _opt("--whole-file", "-W", help="Pulling over ssh: changed files whole, no delta.")]
 MaxBytes = Annotated[str, _opt("--max-bytes", metavar="SIZE", help="Refuse transfers declaring more (K/M/G/T).")]
 MaxFiles = Annotated[int, _opt("--max-files", metavar="N", help="Refuse transfers of more entries.")]
 MaxStreams = Annotated[int, _opt("--max-streams", metavar="N", help="Refuse transfers asking for more connections.")]
@@ -205,14 +209,14 @@ def send(
     rsh: Rsh = "ssh",
     remote_program: RemoteProgram = "rtransfer",
     stdio: Stdio = False,
+    overwrite: PushOverwrite = False,
 ) -> int:
-    """Send files, directories or standard input ('-') to a receiver: SOURCE... HOST:PORT,
-    SOURCE... --listen [HOST:]PORT to let the receiver connect, or SOURCE... --relay HOST:PORT
-    to meet it at a relay."""
+    """Send files, directories or standard input ('-'): to SOURCE... HOST:PORT, [USER@]HOST:DEST
+    over ssh, --listen [HOST:]PORT for the receiver to connect, or --relay HOST:PORT."""
     reporter = make_reporter(json_output, quiet, data_on_stdout=stdio, verbose=verbose)
     retry = RetryOptions(retries, retry_max_seconds, timeout)
     options = SendOptions(arguments or [], name, chunk_size, window, streams, code, secret, no_encrypt, retry)
-    options = replace(options, rsh=rsh, remote_path=remote_program, stdio=stdio)
+    options = replace(options, rsh=rsh, remote_path=remote_program, stdio=stdio, overwrite=overwrite)
     options = replace(options, safe_links=safe_links, limit_rate=limit_rate, compress=compress, checksum=checksum)
     named = bool(arguments and (looks_like_endpoint(arguments[-1]) or remote_path(arguments[-1])))
     direct = listen is not None or stdio or named
@@ -282,9 +286,11 @@ def recv(
     rsh: Rsh = "ssh",
     remote_program: RemoteProgram = "rtransfer",
     stdio: Stdio = False,
+    checksum: PullChecksum = False,
+    compress: PullCompress = False,
+    whole_file: PullWholeFile = False,
 ) -> int:
-    """Listen (or dial a listening sender with --connect, or meet it at a relay with --relay),
-    receive one transfer into DEST, and exit."""
+    """Receive one transfer into DEST: listening, --connect, --relay, or pulling HOST:SOURCE over ssh."""
     try:
         pull, dest = split_recv_arguments(arguments or [])
     except UsageError as exc:
@@ -292,11 +298,16 @@ def recv(
     reporter = make_reporter(json_output, quiet, data_on_stdout=dest == "-" or stdio, verbose=verbose)
     retry = RetryOptions(retries, retry_max_seconds, timeout)
     options = RecvOptions(dest, listen, overwrite, secret, no_encrypt, max_bytes, max_files, max_streams, retry)
-    elsewhere = listen is not None or connect is not None or bool(pull) or stdio
-    relay = choose_relay(relay, os.environ.get(RELAY_ENV), other_way=elsewhere)
+    relay = choose_relay(relay, os.environ.get(RELAY_ENV), other_way=bool(listen or connect or pull or stdio))
     options = replace(options, buffered=buffered, safe_links=safe_links, connect=connect, code=code, relay=relay)
     options = replace(options, direct=not no_direct, rsh=rsh, remote_path=remote_program, stdio=stdio, pull=tuple(pull))
-    return _recv(options, reporter)
+    return _recv(replace(options, sender_flags=_sender_flags(checksum, compress, whole_file)), reporter)
+
+
+def _sender_flags(checksum: bool, compress: bool, whole_file: bool) -> tuple[str, ...]:
+    """A pull's options, for the far sender."""
+    given = {"--checksum": checksum, "--compress": compress, "--whole-file": whole_file}
+    return tuple(flag for flag, on in given.items() if on)
 
 
 def _recv(options: RecvOptions, reporter: "Reporter") -> int:

@@ -42,26 +42,32 @@ def _rate_bps(options: SendOptions) -> int | None:
     return rate_bps
 
 
-def ssh_command(options: SendOptions | RecvOptions, host: str, command: str, paths: list[str]) -> SshCommand:
-    """What runs the far side: ``-e``'s words, HOST, and the remote program's ``command`` with ``paths``."""
+def ssh_command(
+    options: SendOptions | RecvOptions, host: str, command: str, paths: list[str], flags: tuple[str, ...] = ()
+) -> SshCommand:
+    """What runs the far side: ``-e``'s words, HOST, and the remote program's ``command`` with
+    ``flags`` and ``paths``."""
     rsh = tuple(shlex.split(options.rsh))
     if not rsh:
         raise UsageError("-e/--rsh is empty: give the ssh command, as rsync's -e")
     timeout = f"{options.retry.timeout_s:g}"
-    far = (options.remote_path, command, "--stdio", "--json", "--timeout", timeout, "--", *paths)
+    far = (options.remote_path, command, "--stdio", "--json", "--timeout", timeout, *flags, "--", *paths)
     return SshCommand(rsh, host, far)
 
 
 def _push(options: SendOptions) -> SshCommand | None:
     """``send SOURCE... [USER@]HOST:DEST``: the receiver runs there, started over ssh."""
-    if options.listen is not None or options.relay is not None or options.stdio or len(options.arguments) < 2:
-        return None
-    remote = remote_path(options.arguments[-1])
+    push = not (options.listen is not None or options.relay is not None or options.stdio or len(options.arguments) < 2)
+    remote = remote_path(options.arguments[-1]) if push else None
     if remote is None:
+        if options.overwrite:
+            raise UsageError("--overwrite on send is for a push over ssh (the receiver decides otherwise)")
         return None
     if options.streams != 1:
         raise UsageError("--streams over ssh is not supported yet: one ssh session carries the transfer")
-    return ssh_command(options, remote.host, "recv", [remote.path or "."])
+    return ssh_command(
+        options, remote.host, "recv", [remote.path or "."], ("--overwrite",) if options.overwrite else ()
+    )
 
 
 def _send_reach(
@@ -132,7 +138,8 @@ def send_config(options: SendOptions) -> SendConfig:
 def recv_config(options: RecvOptions, host: str, port: int, code: str, listener: object) -> RecvConfig:
     ssh = None
     if options.pull:
-        ssh = ssh_command(options, options.pull[0].host, "send", [r.path or "." for r in options.pull])
+        paths = [r.path or "." for r in options.pull]
+        ssh = ssh_command(options, options.pull[0].host, "send", paths, options.sender_flags)
     if ssh is not None or options.stdio:
         code, options = SSH_CODE, replace(options, no_encrypt=True)
     limits = ReceiveLimits(

@@ -188,6 +188,7 @@ class SendOptions:
     rsh: str = "ssh"  # -e: the ssh command and its options
     remote_path: str = "rtransfer"  # the program to run on the far side
     stdio: bool = False  # run as the far side of an ssh transfer
+    overwrite: bool = False  # a push's option for the far receiver
 
 
 @dataclass(frozen=True)
@@ -211,11 +212,14 @@ class RecvOptions:
     remote_path: str = "rtransfer"
     stdio: bool = False
     pull: tuple[RemotePath, ...] = ()  # recv HOST:SOURCE... DEST
+    sender_flags: tuple[str, ...] = ()  # a pull's options for the far sender (--checksum, --compress, --whole-file)
 
 
 def recv_listen(options: RecvOptions) -> tuple[str, int]:
     """Checked before listening (or dialing): the address, the limits, and DEST."""
     relay = check_relay(options.relay, options.no_encrypt, ("--listen", options.listen), ("--connect", options.connect))
+    if options.sender_flags and not options.pull:
+        raise UsageError(f"{options.sender_flags[0]} on recv is for a pull over ssh (the sender decides otherwise)")
     if options.pull or options.stdio:
         if options.listen is not None or options.connect is not None:
             raise UsageError("pulling over ssh, this side neither listens nor dials: ssh reaches the sender")

@@ -4,6 +4,7 @@ failures ssh itself can have."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from collections.abc import Iterator
@@ -136,5 +137,40 @@ def test_refused_authentication_is_final(tmp_path: Path, sshd: LoopbackSshd) -> 
     ],
 )
 def test_address_mistakes_are_clear_usage_errors(args: list[str], needle: str) -> None:
+    result = run(*args)
+    assert result.returncode == 2 and needle in result.stderr.decode()
+
+
+def test_a_pull_gives_the_far_sender_its_options_and_a_push_its_receiver_overwrite(
+    tmp_path: Path, sshd: LoopbackSshd
+) -> None:
+    """--compress and --checksum on a pull reach the far sender (the wire shrinks; a touched but
+    unchanged file is skipped); --overwrite on a push lets a changed file be replaced there."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "log.txt").write_bytes(b"the same line, again and again\n" * 200_000)
+    dest = tmp_path / "dest"
+    first = run("recv", f"root@127.0.0.1:{src}", str(dest), "--compress", "--json", *ssh_args(sshd))
+    assert first.returncode == 0, first.stderr.decode()
+    done = [json.loads(line) for line in first.stdout.splitlines()][-1]
+    assert done["wire_bytes_received"] < (src / "log.txt").stat().st_size // 10
+    os.utime(src / "log.txt", (1_700_000_000, 1_700_000_000))  # same content, another mtime
+    again = run("recv", f"root@127.0.0.1:{src}", str(dest), "--checksum", "--json", *ssh_args(sshd))
+    assert again.returncode == 0 and [json.loads(line) for line in again.stdout.splitlines()][-1]["files_skipped"] == 1
+    (src / "log.txt").write_bytes(b"changed\n")
+    refused = run("send", str(src / "log.txt"), f"root@127.0.0.1:{dest / 'src'}", *ssh_args(sshd))
+    assert refused.returncode == 6 and "exists" in refused.stderr.decode()
+    replaced = run("send", str(src / "log.txt"), f"root@127.0.0.1:{dest / 'src'}", "--overwrite", *ssh_args(sshd))
+    assert replaced.returncode == 0 and (dest / "src" / "log.txt").read_bytes() == b"changed\n"
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["recv", "out", "--checksum"], "for a pull over ssh"),
+        (["send", "f", "h:1", "--overwrite"], "for a push over ssh"),
+    ],
+)
+def test_the_options_for_the_far_side_need_a_far_side(args: list[str], needle: str) -> None:
     result = run(*args)
     assert result.returncode == 2 and needle in result.stderr.decode()
