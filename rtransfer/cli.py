@@ -338,6 +338,23 @@ def _recv(options: RecvOptions, reporter: "Reporter") -> int:
     run(run_recv(recv_config(options, host, port, code, listener), reporter), reporter)
 
 
+@app.command(hidden=True)
+def join(
+    path: Annotated[str, typer.Argument(metavar="SOCKET")],
+    stdio: Stdio = False,
+    json_output: Json = False,
+    timeout: Timeout = 30.0,
+) -> int:
+    """The far side of a further ssh session (--streams): join the running transfer at SOCKET."""
+    from rtransfer.transport.stdio_link import join as join_transfer
+
+    try:
+        join_transfer(path)
+    except RtransferError as exc:
+        return fail(make_reporter(json_output, False, data_on_stdout=True), exc)
+    return 0
+
+
 def _version(value: bool) -> None:
     if value:
         print(f"rtransfer {__version__}")

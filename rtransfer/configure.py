@@ -63,8 +63,6 @@ def _push(options: SendOptions) -> SshCommand | None:
         if options.overwrite:
             raise UsageError("--overwrite on send is for a push over ssh (the receiver decides otherwise)")
         return None
-    if options.streams != 1:
-        raise UsageError("--streams over ssh is not supported yet: one ssh session carries the transfer")
     return ssh_command(
         options, remote.host, "recv", [remote.path or "."], ("--overwrite",) if options.overwrite else ()
     )

@@ -28,6 +28,9 @@ class Reporter:
     def retransmit(self, seq: int, reason: str) -> None: ...
     def file_done(self, path: str, size: int, blake3_hex: str) -> None: ...
     def warning(self, message: str) -> None: ...
+    def joinable(self, socket: str) -> None:
+        """The far side of an ssh transfer: where its further ssh sessions join it (``--streams``)."""
+
     def done(self, stats: TransferStats) -> None: ...
     def error(self, error: RtransferError) -> None: ...
     def close(self, timeout_s: float | None) -> None:
@@ -100,6 +103,9 @@ class JsonReporter(Reporter):
 
     def warning(self, message: str) -> None:
         self._emit("warning", message=message)
+
+    def joinable(self, socket: str) -> None:
+        self._emit("joinable", socket=socket)
 
     def done(self, stats: TransferStats) -> None:
         self._emit("done", ok=True, **stats.as_event())

@@ -105,7 +105,7 @@ class ReceiveTransfer:
         if config.ssh is not None:
             return Ssh(list(config.ssh.rsh), config.ssh.host, list(config.ssh.command), self.reporter.warning)
         if config.stdio:
-            return StdioLink()
+            return StdioLink(self.reporter.joinable)
         if config.relay is not None:
             window_s = config.connect_policy.max_total_s
             return Relay(*config.relay, self.code, window_s, patient=config.made_code)

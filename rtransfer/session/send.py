@@ -99,7 +99,7 @@ class SendTransfer:
         if config.ssh is not None:
             return Ssh(list(config.ssh.rsh), config.ssh.host, list(config.ssh.command), reporter.warning)
         if config.stdio:
-            return StdioLink()
+            return StdioLink(reporter.joinable)
         if config.relay is not None:
             window_s = config.connect_policy.max_total_s
             return Relay(*config.relay, config.code, window_s, patient=config.made_code)

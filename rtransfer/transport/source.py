@@ -121,8 +121,8 @@ class Accept:
 
     def __init__(self, listener: socket.socket) -> None:
         self.listener = listener
-        host, port = listener.getsockname()[:2]
-        self.where = f"{host}:{port}"
+        name = listener.getsockname()
+        self.where = name if isinstance(name, str) else f"{name[0]}:{name[1]}"  # a Unix socket's path, or HOST:PORT
         self._arrivals: asyncio.Queue[socket.socket] = asyncio.Queue()
         self._pump: asyncio.Task[None] | None = None
 

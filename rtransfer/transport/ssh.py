@@ -27,6 +27,7 @@ from rtransfer.transport.source import P, driven
 
 SSH_CODE = "rtransfer over ssh"  # the handshake's code: ssh has authenticated both ends already
 _KEPT_LINES = 40
+_JOINABLE_WAIT_S = 10.0
 _FINAL = ("permission denied", "host key verification failed", "remote host identification has changed",
           "could not resolve hostname", "no such identity", "too many authentication failures")  # fmt: skip
 _RETRIED = ("connection refused", "connection timed out", "connection reset", "closed by remote host",
@@ -41,7 +42,13 @@ class Ssh:
     path = "ssh"
     secret = None
 
-    def __init__(self, rsh: list[str], host: str, command: list[str], say: Callable[[str], None]) -> None:
+    def __init__(
+        self, rsh: list[str], host: str, command: list[str], say: Callable[[str], None], joining: Ssh | None = None
+    ) -> None:
+        """``joining``: this source's sessions are further connections of that one's transfer."""
+        self.joining = joining
+        self.joinable: str | None = None  # the far side's socket that further sessions join through
+        self._joinable_said = threading.Event()
         self.rsh = rsh
         self.host = host
         self.command = command
@@ -54,10 +61,11 @@ class Ssh:
 
     async def open(self, make: Callable[[], P], timeout_s: float | None, wait_s: float | None) -> P:
         self.close()
+        command = self.command if self.joining is None else await self.joining.join_command()
         ours, theirs = socket.socketpair()
         try:
             proc = subprocess.Popen(
-                [*self.rsh, self.host, shlex.join(self.command)],
+                [*self.rsh, self.host, shlex.join(command)],
                 stdin=theirs.fileno(),
                 stdout=theirs.fileno(),
                 stderr=subprocess.PIPE,
@@ -69,6 +77,8 @@ class Ssh:
             theirs.close()
         self._proc = proc
         self._lines.clear()
+        self.joinable = None
+        self._joinable_said.clear()
         self._reader = threading.Thread(target=self._read_stderr, args=(proc, asyncio.get_running_loop()), daemon=True)
         self._reader.start()
         ours.setblocking(False)
@@ -96,6 +106,9 @@ class Ssh:
                 event = json.loads(line)
                 if event.get("event") == "warning":
                     loop.call_soon_threadsafe(self.say, f"{self.host}: {event['message']}")
+                elif event.get("event") == "joinable":
+                    self.joinable = str(event["socket"])
+                    self._joinable_said.set()
 
     def _failure(self, rc: int) -> RtransferError | OSError:
         """Why a session ended before the far side answered."""
@@ -114,8 +127,18 @@ class Ssh:
             return ConnectionResetError(errno.ECONNRESET, said or "the ssh connection ended")
         return HandshakeError(f"ssh {self.host} ended (status {rc}) before rtransfer answered there: {said}")
 
+    async def join_command(self) -> list[str]:
+        """What a further session runs: ``rtransfer join`` on the socket this session's far side
+        announced (it does so before it answers; the wait covers its line still in the pipe)."""
+        if not await asyncio.to_thread(self._joinable_said.wait, _JOINABLE_WAIT_S) or self.joinable is None:
+            raise ConnectionResetError(errno.ECONNRESET, f"{self.host}: the transfer there said nowhere to join it")
+        program, _, *options = self.command[: self.command.index("--")]
+        return [program, "join", *options[:4], "--", self.joinable]
+
     def further(self, session_key: bytes, stream: int) -> Ssh:
-        return self
+        """A further ssh session, whose far side joins this one's (each its own TCP connection;
+        with a ControlMaster in the user's ssh config, ssh shares one instead)."""
+        return Ssh(self.rsh, self.host, self.command, self.say, joining=self)
 
     def close(self) -> None:
         """End the session: its far side has finished, or its connection broke."""

@@ -12,13 +12,15 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import shutil
 import socket
 import stat
+import tempfile
 import threading
 from collections.abc import Callable
 
 from rtransfer.errors import NetworkError
-from rtransfer.transport.source import P, driven
+from rtransfer.transport.source import Accept, P, driven
 
 _COPY_BYTES = 1 << 20
 
@@ -62,16 +64,48 @@ def stdio_socket() -> socket.socket:
     return ours
 
 
+def join(path: str) -> None:
+    """``rtransfer join --stdio PATH``: a further ssh session of a transfer, which joins the first
+    session's process through its private socket (``StdioLink.further``) and copies both ways."""
+    try:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.connect(path)
+    except OSError as exc:
+        raise NetworkError(f"{path}: the transfer to join is gone ({exc.strerror or exc})") from None
+
+    def sent() -> None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_WR)
+
+    pumps = [
+        threading.Thread(target=_pump, args=(0, sock.fileno(), sent), daemon=True),
+        threading.Thread(target=_pump, args=(sock.fileno(), 1, lambda: None), daemon=True),
+    ]
+    for pump in pumps:
+        pump.start()
+    pumps[1].join()
+
+
 class StdioLink:
-    """The one connection ssh carries, as a source: a second ``open`` is final (see above)."""
+    """The one connection ssh carries, as a source: a second ``open`` is final (see above).
+    Further connections (``--streams``) come as further ssh sessions running ``rtransfer join``,
+    through a Unix socket in a directory only this user can enter, announced on standard error
+    (``joinable``) for the side that started ssh."""
 
     dials = True
     path = "ssh"
     secret = None
     where = "the ssh connection"
 
-    def __init__(self) -> None:
+    def __init__(self, announce: Callable[[str], None]) -> None:
         self._sock: socket.socket | None = stdio_socket()
+        self._dir = tempfile.mkdtemp(prefix="rtransfer-")  # 0700
+        self._joins = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._joins.bind(os.path.join(self._dir, "join"))
+        self._joins.listen(16)
+        self._joins.setblocking(False)
+        self._further = Accept(self._joins)
+        announce(self._further.where)
 
     async def open(self, make: Callable[[], P], timeout_s: float | None, wait_s: float | None) -> P:
         if self._sock is None:
@@ -80,9 +114,11 @@ class StdioLink:
         sock.setblocking(False)
         return await driven(make, sock)
 
-    def further(self, session_key: bytes, stream: int) -> StdioLink:
-        return self
+    def further(self, session_key: bytes, stream: int) -> Accept:
+        return self._further
 
     def close(self) -> None:
         if self._sock is not None:
             self._sock.close()
+        self._further.close()
+        shutil.rmtree(self._dir, ignore_errors=True)

@@ -84,6 +84,18 @@ def test_standard_input_pushed_and_a_file_pulled_to_standard_output(tmp_path: Pa
     assert pulled.returncode == 0 and pulled.stdout == data
 
 
+def test_a_push_over_three_ssh_sessions_joins_them_into_one_transfer(tmp_path: Path, sshd: LoopbackSshd) -> None:
+    data = os.urandom(24 << 20)
+    (tmp_path / "f.bin").write_bytes(data)
+    args = ["send", str(tmp_path / "f.bin"), f"root@127.0.0.1:{tmp_path / 'out'}", "--streams", "3", "--json"]
+    result = run(*args, "--limit-rate", "12M", *ssh_args(sshd))
+    assert result.returncode == 0, result.stderr.decode()
+    events = [json.loads(line) for line in result.stdout.splitlines()]
+    assert max(len(e.get("streams", ())) for e in events) == 3
+    assert (tmp_path / "out" / "f.bin").read_bytes() == data
+    assert not list(Path("/tmp").glob("rtransfer-*/join"))  # the far side removed its socket
+
+
 def test_the_far_side_killed_mid_push_is_started_again_and_the_push_resumes(
     tmp_path: Path, sshd: LoopbackSshd, procs: list[Proc]
 ) -> None:
@@ -133,7 +145,6 @@ def test_refused_authentication_is_final(tmp_path: Path, sshd: LoopbackSshd) -> 
         (["recv", "host:file"], "to pull it, say where it goes"),
         (["recv", "a:x", "b:y", "d"], "one host at a time"),
         (["recv", "a:x", "b:y"], "DEST 'b:y' is remote"),
-        (["send", "f", "host:dir", "--streams", "2"], "--streams over ssh"),
     ],
 )
 def test_address_mistakes_are_clear_usage_errors(args: list[str], needle: str) -> None:

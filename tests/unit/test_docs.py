@@ -95,6 +95,7 @@ def test_every_json_field_is_documented() -> None:
     reporter.retransmit(1, "nack")
     reporter.file_done("p", 1, "ab")
     reporter.warning("w")
+    reporter.joinable("/run/s")
     reporter.error(RtransferError("x"))
     man = (ROOT / "man" / "rtransfer.1").read_text()
     fields = {key for line in out.getvalue().splitlines() for key in json.loads(line)}
