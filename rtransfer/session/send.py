@@ -80,8 +80,8 @@ class SendTransfer:
     def __init__(self, config: SendConfig, reporter: Reporter, source: ConnectionSource | None = None) -> None:
         self.config = config
         self.reporter = reporter
+        self.sources = collect_sources(config.sources, config.stdin_name)  # first: a missing one opens nothing
         self.source = source or self._source(config, reporter)
-        self.sources = collect_sources(config.sources, config.stdin_name)
         self.manifest = Manifest(
             uuid.uuid4().hex, config.chunk_bytes, config.window, config.streams, delta=not config.whole_file
         )

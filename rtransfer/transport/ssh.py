@@ -28,6 +28,7 @@ from rtransfer.transport.source import P, driven
 SSH_CODE = "rtransfer over ssh"  # the handshake's code: ssh has authenticated both ends already
 _KEPT_LINES = 40
 _JOINABLE_WAIT_S = 10.0
+_EXIT_GRACE_S = 2.0
 _FINAL = ("permission denied", "host key verification failed", "remote host identification has changed",
           "could not resolve hostname", "no such identity", "too many authentication failures")  # fmt: skip
 _RETRIED = ("connection refused", "connection timed out", "connection reset", "closed by remote host",
@@ -141,9 +142,12 @@ class Ssh:
         return Ssh(self.rsh, self.host, self.command, self.say, joining=self)
 
     def close(self) -> None:
-        """End the session: its far side has finished, or its connection broke."""
+        """End the session: its far side has finished (it exits once our end of the socket pair
+        is closed, and is given a moment to tidy up), or its connection broke."""
         proc, self._proc = self._proc, None
         if proc is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=_EXIT_GRACE_S)
             if proc.poll() is None:
                 proc.terminate()
             with contextlib.suppress(subprocess.TimeoutExpired):
