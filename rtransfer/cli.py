@@ -161,6 +161,9 @@ Overwrite = Annotated[bool, _opt("--overwrite", help="Replace files that already
 PushOverwrite = Annotated[bool, _opt("--overwrite", help="Pushing over ssh: replace files already at DEST there.")]
 PullChecksum = Annotated[bool, _opt("--checksum", "-c", help="Pulling over ssh: skip files here by content.")]
 PullCompress = Annotated[bool, _opt("--compress", "-z", help="Pulling over ssh: the far side compresses chunks.")]
+PullStreams = Annotated[
+    int, _opt("--streams", metavar="N", help="Pulling over ssh: ssh sessions to spread the transfer over.")
+]
 PullWholeFile = Annotated[bool, _opt("--whole-file", "-W", help="Pulling over ssh: changed files whole, no delta.")]
 MaxBytes = Annotated[str, _opt("--max-bytes", metavar="SIZE", help="Refuse transfers declaring more (K/M/G/T).")]
 MaxFiles = Annotated[int, _opt("--max-files", metavar="N", help="Refuse transfers of more entries.")]
@@ -289,6 +292,7 @@ def recv(
     checksum: PullChecksum = False,
     compress: PullCompress = False,
     whole_file: PullWholeFile = False,
+    streams: PullStreams = 1,
 ) -> int:
     """Receive one transfer into DEST: listening, --connect, --relay, or pulling HOST:SOURCE over ssh."""
     try:
@@ -298,20 +302,21 @@ def recv(
     reporter = make_reporter(json_output, quiet, data_on_stdout=dest == "-" or stdio, verbose=verbose)
     retry = RetryOptions(retries, retry_max_seconds, timeout)
     options = RecvOptions(dest, listen, overwrite, secret, no_encrypt, max_bytes, max_files, max_streams, retry)
-    relay = choose_relay(relay, os.environ.get(RELAY_ENV), other_way=bool(listen or connect or pull or stdio))
     options = replace(options, buffered=buffered, safe_links=safe_links, connect=connect, code=code, relay=relay)
     options = replace(options, direct=not no_direct, rsh=rsh, remote_path=remote_program, stdio=stdio, pull=tuple(pull))
-    return _recv(replace(options, sender_flags=_sender_flags(checksum, compress, whole_file)), reporter)
+    return _recv(replace(options, sender_flags=_sender_flags(checksum, compress, whole_file, streams)), reporter)
 
 
-def _sender_flags(checksum: bool, compress: bool, whole_file: bool) -> tuple[str, ...]:
+def _sender_flags(checksum: bool, compress: bool, whole_file: bool, streams: int) -> tuple[str, ...]:
     """A pull's options, for the far sender."""
     given = {"--checksum": checksum, "--compress": compress, "--whole-file": whole_file}
-    return tuple(flag for flag, on in given.items() if on)
+    return tuple(flag for flag, on in given.items() if on) + (("--streams", str(streams)) if streams != 1 else ())
 
 
 def _recv(options: RecvOptions, reporter: "Reporter") -> int:
     """Listening is announced before the heavy imports: a sender may connect meanwhile."""
+    named = bool(options.listen or options.connect or options.pull or options.stdio)  # another way to the peer
+    options = replace(options, relay=choose_relay(options.relay, os.environ.get(RELAY_ENV), other_way=named))
     from rtransfer.listen import new_code, open_listener, record_signals
     from rtransfer.options import recv_listen
 

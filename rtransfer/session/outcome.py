@@ -72,6 +72,12 @@ def to_error(exc: ProtocolError) -> RtransferError:
     return ProtocolViolation(exc.message)
 
 
+def named_for(error: RemoteError, where: str) -> RemoteError:
+    """The peer's own words, said as coming from ``where`` (over ssh, its host) instead of "peer"."""
+    message = error.message.removeprefix("peer: ")
+    return error if message == error.message else RemoteError(f"{where}: {message}", error.exit_code)
+
+
 def cause_of(error: RtransferError) -> Cause:
     """What our ERROR frame tells the peer about ``error``."""
     if isinstance(error, NetworkError):

@@ -8,7 +8,7 @@ from collections import deque
 from pathlib import Path
 
 from rtransfer.crypto import KeyExchange
-from rtransfer.errors import HandshakeError, IntegrityError, ProtocolViolation, RtransferError, WrongCode
+from rtransfer.errors import HandshakeError, IntegrityError, ProtocolViolation, RemoteError, RtransferError, WrongCode
 from rtransfer.listen import new_code, normalise_code, open_listener
 from rtransfer.pipeline import QUEUE_CHUNKS, BufferPool, RecvItem, write_chunks
 from rtransfer.protocol.constants import Phase
@@ -43,7 +43,7 @@ from rtransfer.session.connection import (
     now,
 )
 from rtransfer.session.going_direct import GoingDirect
-from rtransfer.session.outcome import worth_reconnecting
+from rtransfer.session.outcome import named_for, worth_reconnecting
 from rtransfer.sink import DirectorySink, Sink
 from rtransfer.stats import TransferStats
 from rtransfer.stdout_sink import StdoutSink
@@ -97,6 +97,8 @@ class ReceiveTransfer:
             await keep_connected(
                 self.source, self._connection, self._serve, self.outage, self._worth_another, self.config.timeout_s
             )
+        except RemoteError as exc:
+            raise (named_for(exc, self.source.where) if self.source.path == "ssh" else exc) from None
         finally:
             self.source.close()
         return self.stats

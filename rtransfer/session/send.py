@@ -11,7 +11,7 @@ from collections import deque
 from rtransfer.compress import Compressor
 from rtransfer.crypto import KeyExchange
 from rtransfer.delta import Fingerprint, fingerprint
-from rtransfer.errors import ProtocolViolation, RtransferError
+from rtransfer.errors import ProtocolViolation, RemoteError, RtransferError
 from rtransfer.files import Source, collect_sources, list_batches, with_content_digests
 from rtransfer.listen import normalise_code
 from rtransfer.pipeline import (
@@ -46,7 +46,7 @@ from rtransfer.session.attempt import Attempt
 from rtransfer.session.config import SendConfig
 from rtransfer.session.connection import Connection, cancel_all, collect_dead_connection, now
 from rtransfer.session.going_direct import GoingDirect
-from rtransfer.session.outcome import worth_reconnecting
+from rtransfer.session.outcome import named_for, worth_reconnecting
 from rtransfer.session.streams import Dealer, FurtherStream, StreamLinks
 from rtransfer.stats import TransferStats
 from rtransfer.transport import Accept, ConnectionSource, Dial, Outage, Relay, Ssh, StdioLink, keep_connected
@@ -115,6 +115,8 @@ class SendTransfer:
                 self._worth_another,
                 self.config.timeout_s,
             )
+        except RemoteError as exc:
+            raise (named_for(exc, self.source.where) if self.source.path == "ssh" else exc) from None
         finally:
             self.source.close()
         if self.compressor is not None:

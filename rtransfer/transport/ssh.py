@@ -22,6 +22,7 @@ import subprocess
 import threading
 from collections.abc import Callable
 
+from rtransfer import __version__
 from rtransfer.errors import EXIT_AUTH, HandshakeError, RemoteError, RtransferError, UsageError
 from rtransfer.transport.source import P, driven
 
@@ -94,7 +95,8 @@ class Ssh:
             ours.close()
             rc = await asyncio.to_thread(proc.wait)
             await asyncio.to_thread(self._reader.join, 5)
-            raise self._failure(rc)
+            failure = self._failure(rc)
+            raise await self._too_old() if isinstance(failure, TooOld) else failure
         return await driven(make, ours)
 
     def _read_stderr(self, proc: subprocess.Popen[bytes], loop: asyncio.AbstractEventLoop) -> None:
@@ -136,6 +138,17 @@ class Ssh:
         program, _, *options = self.command[: self.command.index("--")]
         return [program, "join", *options[:4], "--", self.joinable]
 
+    async def _too_old(self) -> HandshakeError:
+        """Say both versions: the far side's, as its --version prints it, and ours."""
+        asked = [*self.rsh, self.host, shlex.join([self.program, "--version"])]
+        theirs = "an older rtransfer"
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            answer = await asyncio.to_thread(subprocess.run, asked, capture_output=True, text=True, timeout=30)
+            theirs = answer.stdout.strip() or theirs
+        return HandshakeError(
+            f"{self.host} has {theirs}, which cannot run over ssh; this is rtransfer {__version__}: upgrade it there"
+        )
+
     def further(self, session_key: bytes, stream: int) -> Ssh:
         """A further ssh session, whose far side joins this one's (each its own TCP connection;
         with a ControlMaster in the user's ssh config, ssh shares one instead)."""
@@ -157,11 +170,15 @@ class Ssh:
                 proc.wait()
 
 
+class TooOld(RemoteError):
+    """The far side's rtransfer predates ssh transfers (it has no --stdio)."""
+
+
 def _remote_error(host: str, event: dict[str, object]) -> RemoteError:
     """The far side's own error event, with its exit code, named for its host."""
     message = str(event.get("message", "failed"))
     if "No such option: --stdio" in message:
-        message = "its rtransfer is older than this one and cannot run over ssh: upgrade it there"
+        return TooOld(message)
     code = event.get("code")
     return RemoteError(f"{host}: {message}", code if isinstance(code, int) else EXIT_AUTH)
 

@@ -187,3 +187,42 @@ def test_a_pull_gives_the_far_sender_its_options_and_a_push_its_receiver_overwri
 def test_the_options_for_the_far_side_need_a_far_side(args: list[str], needle: str) -> None:
     result = run(*args)
     assert result.returncode == 2 and needle in result.stderr.decode()
+
+
+def test_a_far_rtransfer_too_old_for_ssh_is_named_with_both_versions(tmp_path: Path, sshd: LoopbackSshd) -> None:
+    old = tmp_path / "old-rtransfer"
+    old.write_text(
+        "#!/bin/sh\n"
+        'if [ "$1" = --version ]; then echo "rtransfer 0.9.0"; exit 0; fi\n'
+        'echo \'{"event": "error", "code": 2, "kind": "usage", "message": "No such option: --stdio"}\' >&2\n'
+        "exit 2\n"
+    )
+    old.chmod(0o755)
+    (tmp_path / "f").write_bytes(b"x")
+    result = run("send", str(tmp_path / "f"), "root@127.0.0.1:x", "-e", sshd.rsh(), "--remote-path", str(old))
+    said = result.stderr.decode()
+    assert result.returncode == 5 and "rtransfer 0.9.0" in said and "this is rtransfer " in said, said
+
+
+def test_a_pull_over_two_ssh_sessions(tmp_path: Path, sshd: LoopbackSshd) -> None:
+    data = os.urandom(16 << 20)
+    (tmp_path / "f.bin").write_bytes(data)
+    result = run("recv", f"root@127.0.0.1:{tmp_path / 'f.bin'}", str(tmp_path / "out"), "--streams", "2", "--json",
+                 *ssh_args(sshd))  # fmt: skip
+    assert result.returncode == 0, result.stderr.decode()
+    assert (tmp_path / "out" / "f.bin").read_bytes() == data
+
+
+def test_a_far_disk_that_fills_is_named_by_its_host(tmp_path: Path, sshd: LoopbackSshd) -> None:
+    small = tmp_path / "small"
+    small.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(small)], capture_output=True).returncode:
+        pytest.skip("cannot mount a small tmpfs here")
+    try:
+        (tmp_path / "big.bin").write_bytes(os.urandom(8 << 20))
+        result = run("send", str(tmp_path / "big.bin"), f"root@127.0.0.1:{small}", *ssh_args(sshd))
+        lines = result.stderr.decode().strip().splitlines()
+        assert result.returncode == 6 and lines[-1].startswith("rtransfer: error: root@127.0.0.1: "), lines
+        assert not (small / "big.bin").exists()
+    finally:
+        subprocess.run(["umount", str(small)], check=False)
