@@ -23,8 +23,8 @@ from rtransfer.options import (
 from rtransfer.protocol.constants import MAX_CHUNK_BYTES, MAX_STREAMS, MAX_WINDOW, MIN_CHUNK_BYTES
 from rtransfer.protocol.receiver import ReceiveLimits
 from rtransfer.retry import RetryPolicy
-from rtransfer.session.config import RecvConfig, SendConfig, SshCommand
-from rtransfer.transport.ssh import SSH_CODE
+from rtransfer.session.config import RecvConfig, SendConfig
+from rtransfer.transport.ssh import SSH_CODE, SshCommand
 
 
 def _chunk_bytes(options: SendOptions) -> int:
@@ -50,9 +50,9 @@ def ssh_command(
     rsh = tuple(shlex.split(options.rsh))
     if not rsh:
         raise UsageError("-e/--rsh is empty: give the ssh command, as rsync's -e")
-    timeout = f"{options.retry.timeout_s:g}"
-    far = (options.remote_path, command, "--stdio", "--json", "--timeout", timeout, *flags, "--", *paths)
-    return SshCommand(rsh, host, far)
+    common = ("--stdio", "--json", "--timeout", f"{options.retry.timeout_s:g}")
+    far = (options.remote_path, command, *common, *flags, "--", *paths)
+    return SshCommand(rsh, host, far, (options.remote_path, "join", *common, "--"))
 
 
 def _push(options: SendOptions) -> SshCommand | None:

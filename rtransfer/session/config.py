@@ -7,15 +7,7 @@ from dataclasses import dataclass, field
 
 from rtransfer.protocol.receiver import ReceiveLimits
 from rtransfer.retry import RetryPolicy
-
-
-@dataclass(frozen=True)
-class SshCommand:
-    """Run ``command`` on ``host`` with ``rsh`` (ssh and its options), for each connection."""
-
-    rsh: tuple[str, ...]
-    host: str
-    command: tuple[str, ...]
+from rtransfer.transport.ssh import SshCommand
 
 
 @dataclass(frozen=True)

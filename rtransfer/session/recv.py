@@ -105,7 +105,7 @@ class ReceiveTransfer:
 
     def _source(self, config: RecvConfig) -> ConnectionSource:
         if config.ssh is not None:
-            return Ssh(list(config.ssh.rsh), config.ssh.host, list(config.ssh.command), self.reporter.warning)
+            return Ssh(config.ssh, self.reporter.warning)
         if config.stdio:
             return StdioLink(self.reporter.joinable)
         if config.relay is not None:

@@ -97,7 +97,7 @@ class SendTransfer:
     @staticmethod
     def _source(config: SendConfig, reporter: Reporter) -> ConnectionSource:
         if config.ssh is not None:
-            return Ssh(list(config.ssh.rsh), config.ssh.host, list(config.ssh.command), reporter.warning)
+            return Ssh(config.ssh, reporter.warning)
         if config.stdio:
             return StdioLink(reporter.joinable)
         if config.relay is not None:

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import hashlib
 import hmac
 import secrets
 import socket
 from collections.abc import Callable
 
-from rtransfer.transport.source import P, WaitedOut, connect_socket, driven
+from rtransfer.transport.source import Accept, Dial, P, connect_socket, driven
 
 NONCE_BYTES = 16
 PROOF_BYTES = 32
@@ -59,23 +60,32 @@ async def _exact(sock: socket.socket, n: int) -> bytes:
 
 
 async def prove(sock: socket.socket, key: bytes, dialer: bool, is_sender: bool) -> bytes:
-    """Both ends prove the key; returns the connection's id (both nonces), the same at both ends."""
+    """Both ends prove the key; returns the connection's id (both nonces), the same at both ends.
+    A connection that fails (or says nothing in time) is closed."""
+    try:
+        async with asyncio.timeout(PROVE_TIMEOUT_S):
+            return await _prove(sock, key, dialer, is_sender)
+    except BaseException:
+        sock.close()
+        raise
+
+
+async def _prove(sock: socket.socket, key: bytes, dialer: bool, is_sender: bool) -> bytes:
     loop = asyncio.get_running_loop()
-    async with asyncio.timeout(PROVE_TIMEOUT_S):
-        if dialer:
-            nonces = await _exact(sock, NONCE_BYTES) + secrets.token_bytes(NONCE_BYTES)
-            await loop.sock_sendall(sock, nonces[NONCE_BYTES:] + proof(key, True, is_sender, nonces))
-            if not hmac.compare_digest(await _exact(sock, PROOF_BYTES), proof(key, False, not is_sender, nonces)):
-                raise Refused("the listener did not prove the session's key")
-            return nonces
-        mine = secrets.token_bytes(NONCE_BYTES)
-        await loop.sock_sendall(sock, mine)
-        answer = await _exact(sock, NONCE_BYTES + PROOF_BYTES)
-        nonces = mine + answer[:NONCE_BYTES]
-        if not hmac.compare_digest(answer[NONCE_BYTES:], proof(key, True, not is_sender, nonces)):
-            raise Refused("a connection did not prove the session's key")
-        await loop.sock_sendall(sock, proof(key, False, is_sender, nonces))
+    if dialer:
+        nonces = await _exact(sock, NONCE_BYTES) + secrets.token_bytes(NONCE_BYTES)
+        await loop.sock_sendall(sock, nonces[NONCE_BYTES:] + proof(key, True, is_sender, nonces))
+        if not hmac.compare_digest(await _exact(sock, PROOF_BYTES), proof(key, False, not is_sender, nonces)):
+            raise Refused("the listener did not prove the session's key")
         return nonces
+    mine = secrets.token_bytes(NONCE_BYTES)
+    await loop.sock_sendall(sock, mine)
+    answer = await _exact(sock, NONCE_BYTES + PROOF_BYTES)
+    nonces = mine + answer[:NONCE_BYTES]
+    if not hmac.compare_digest(answer[NONCE_BYTES:], proof(key, True, not is_sender, nonces)):
+        raise Refused("a connection did not prove the session's key")
+    await loop.sock_sendall(sock, proof(key, False, is_sender, nonces))
+    return nonces
 
 
 class DirectTry:
@@ -135,7 +145,6 @@ class DirectTry:
         try:
             ident = await prove(sock, self.key, dialed is not None, self.is_sender)
         except (OSError, TimeoutError):
-            sock.close()
             return
         self.proved[ident] = (sock, dialed)
         self.changed.set()
@@ -157,11 +166,15 @@ class DirectTry:
             await self.changed.wait()
 
     def take(self, ident: bytes) -> DirectPath:
+        """The chosen connection, and where further ones come from: dialed where it was, each
+        proving the key as it did; or (the peer dialed it) from our listener, which stays open."""
         sock, dialed = self.proved.pop(ident)
-        listener = None
-        if dialed is None:  # the peer dials further connections; ours keeps listening for them
-            listener, self.listener = self.listener, None
-        return DirectPath(sock, self.key, self.secret, self.is_sender, dialed, listener)
+        vet = functools.partial(prove, key=self.key, dialer=dialed is not None, is_sender=self.is_sender)
+        if dialed is not None:
+            return DirectPath(sock, self.secret, Dial(*dialed, vet=vet))
+        assert self.listener is not None
+        listener, self.listener = self.listener, None
+        return DirectPath(sock, self.secret, Accept(listener, vet=vet))
 
     def close(self) -> None:
         for task in self.tasks:
@@ -175,60 +188,22 @@ class DirectTry:
 
 class DirectPath:
     """The source of a transfer's connections once it has gone direct: the chosen connection
-    first, then (for further connections) a dial where that one was dialed, or an accept on
-    the listener it came in on. Each further connection proves the key as the first did;
-    one that does not is dropped and the wait goes on."""
+    first, then the further ones from ``rest`` (``DirectTry.take``), keyed by ``secret``."""
 
     path = "direct"
 
-    def __init__(
-        self,
-        sock: socket.socket,
-        key: bytes,
-        secret: bytes,
-        is_sender: bool,
-        dialed: tuple[str, int] | None,
-        listener: socket.socket | None,
-    ) -> None:
-        self.key = key
+    def __init__(self, sock: socket.socket, secret: bytes, rest: Dial | Accept) -> None:
         self.secret: bytes | None = secret
-        self.is_sender = is_sender
-        self.dialed = dialed
-        self.listener = listener
-        self.dials = dialed is not None
-        host, port = dialed or listener.getsockname()[:2]  # type: ignore[union-attr]
-        self.where = f"{host}:{port} (direct)"
+        self.rest = rest
+        self.dials = rest.dials
+        self.where = rest.where
         self._first: socket.socket | None = sock
 
     async def open(self, make: Callable[[], P], timeout_s: float | None, wait_s: float | None) -> P:
         if self._first is not None:
             sock, self._first = self._first, None
             return await driven(make, sock)
-        if self.dialed is not None:
-            sock = await connect_socket(*self.dialed, timeout_s)
-            try:
-                await prove(sock, self.key, True, self.is_sender)
-            except BaseException:
-                sock.close()
-                raise
-            return await driven(make, sock)
-        return await driven(make, await self._accept_proved(wait_s))
-
-    async def _accept_proved(self, wait_s: float | None) -> socket.socket:
-        assert self.listener is not None
-        loop = asyncio.get_running_loop()
-        try:
-            async with asyncio.timeout(wait_s):
-                while True:
-                    sock, _ = await loop.sock_accept(self.listener)
-                    sock.setblocking(False)
-                    try:
-                        await prove(sock, self.key, False, self.is_sender)
-                        return sock
-                    except (OSError, TimeoutError):
-                        sock.close()
-        except TimeoutError:
-            raise WaitedOut(errno.ETIMEDOUT, f"nobody came back within {wait_s or 0:.0f} s") from None
+        return await self.rest.open(make, timeout_s, wait_s)
 
     def further(self, session_key: bytes, stream: int) -> DirectPath:
         return self
@@ -236,5 +211,4 @@ class DirectPath:
     def close(self) -> None:
         if self._first is not None:
             self._first.close()
-        if self.listener is not None:
-            self.listener.close()
+        self.rest.close()

@@ -46,23 +46,33 @@ def stream_token(session_key: bytes, stream: int) -> str:
 
 
 class Relay:
-    """Pair with the peer at a relay under ``token``. The first connection waits there for the
-    peer up to ``window_s``, or as long as it takes when ``patient`` (the side that made up the
-    code, as a listener would); a reconnect waits what is left of the outage."""
+    """Pair with the peer at a relay under the token of ``code`` (or a ``token`` given). The first
+    connection waits there for the peer up to ``window_s``, or as long as it takes when
+    ``patient`` (the side that made up the code, as a listener would); a reconnect waits what is
+    left of the outage."""
 
     dials = True
 
-    def __init__(self, host: str, port: int, code: str, window_s: float, patient: bool = False) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        code: str,
+        window_s: float,
+        patient: bool = False,
+        token: str | None = None,
+        side: str | None = None,
+    ) -> None:
         self.host = host
         self.port = port
         self.window_s = window_s
         self.first_wait_s = None if patient else window_s
-        self.side = secrets.token_hex(8)
+        self.side = side or secrets.token_hex(8)
         self.where = f"relay {host}:{port}"
         self._code = code
-        self._token: str | None = None  # derived on the first open: scrypt's time is spent off the event loop
+        self._token = token  # else derived on the first open: scrypt's time is spent off the event loop
         self.direct: DirectPath | None = None  # the path the transfer's connections take, once found
-        self._moving = False  # the next open takes ``direct``
+        self._found: DirectPath | None = None  # found by the last relayed connection: the next open takes it
 
     @property
     def path(self) -> str:
@@ -75,14 +85,14 @@ class Relay:
     def go_direct(self, path: DirectPath) -> None:
         """A relayed connection found a direct path: the next open takes it, and further
         connections follow it. When it breaks, the open after is at the relay again."""
-        self.close()
-        self.direct, self._moving = path, True
+        self._found = path
 
     async def open(self, make: Callable[[], P], timeout_s: float | None, wait_s: float | None) -> P:
-        if self._moving and self.direct is not None:
-            self._moving = False
-            return await self.direct.open(make, timeout_s, wait_s)
+        found, self._found = self._found, None
         self.close()
+        if found is not None:
+            self.direct = found
+            return await found.open(make, timeout_s, wait_s)
         if self._token is None:
             self._token = await in_cpu(code_token, self._code)
         sock = await connect_socket(self.host, self.port, timeout_s)
@@ -105,15 +115,13 @@ class Relay:
     def further(self, session_key: bytes, stream: int) -> ConnectionSource:
         if self.direct is not None:
             return self.direct
-        joining = Relay(self.host, self.port, "", self.window_s)
-        joining.side = self.side
-        joining._token = stream_token(session_key, stream)
-        return joining
+        return Relay(self.host, self.port, "", self.window_s, token=stream_token(session_key, stream), side=self.side)
 
     def close(self) -> None:
-        if self.direct is not None:
-            self.direct.close()
-            self.direct = None
+        for path in (self.direct, self._found):
+            if path is not None:
+                path.close()
+        self.direct = self._found = None
 
 
 async def _read_line(sock: socket.socket) -> bytes:

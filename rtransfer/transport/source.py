@@ -8,13 +8,16 @@ import contextlib
 import errno
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, TypeVar
 
 from rtransfer.errors import UnknownHost, reason
 
 P = TypeVar("P", bound=asyncio.BaseProtocol)
 _NO_SUCH_NAME = {socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)}
+# What a new connection must pass before the protocol takes it (direct.py: proving the session's
+# key); it raises OSError or TimeoutError, having closed the socket, to refuse it.
+Vet = Callable[[socket.socket], Awaitable[object]]
 
 
 class WaitedOut(OSError):
@@ -89,19 +92,23 @@ async def driven(make: Callable[[], P], sock: socket.socket) -> P:
 
 
 class Dial:
-    """Connect to HOST:PORT."""
+    """Connect to HOST:PORT (and, given ``vet``, have the connection pass it)."""
 
     dials = True
     path = "direct"
     secret = None
 
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int, vet: Vet | None = None) -> None:
         self.host = host
         self.port = port
+        self.vet = vet
         self.where = f"{host}:{port}"
 
     async def open(self, make: Callable[[], P], timeout_s: float | None, wait_s: float | None = None) -> P:
-        return await driven(make, await connect_socket(self.host, self.port, timeout_s))
+        sock = await connect_socket(self.host, self.port, timeout_s)
+        if self.vet is not None:
+            await self.vet(sock)
+        return await driven(make, sock)
 
     def further(self, session_key: bytes, stream: int) -> Dial:
         return self
@@ -113,14 +120,16 @@ class Dial:
 class Accept:
     """Take connections arriving on a listening socket (opened early by the CLI, see listen.py).
     One task accepts; ``open`` takes the next arrival, waiting at most ``wait_s``, and wraps
-    it in ``make``'s protocol, so a listener's key exchange can start before anyone connects."""
+    it in ``make``'s protocol, so a listener's key exchange can start before anyone connects.
+    Given ``vet``, an arrival that fails it is dropped and the wait goes on."""
 
     dials = False
     path = "direct"
     secret = None
 
-    def __init__(self, listener: socket.socket) -> None:
+    def __init__(self, listener: socket.socket, vet: Vet | None = None) -> None:
         self.listener = listener
+        self.vet = vet
         name = listener.getsockname()
         self.where = name if isinstance(name, str) else f"{name[0]}:{name[1]}"  # a Unix socket's path, or HOST:PORT
         self._arrivals: asyncio.Queue[socket.socket] = asyncio.Queue()
@@ -137,10 +146,21 @@ class Accept:
             self._pump = asyncio.ensure_future(self._accept_forever())
         try:
             async with asyncio.timeout(wait_s):
-                sock = await self._arrivals.get()
+                sock = await self._next_arrival()
         except TimeoutError:
             raise WaitedOut(errno.ETIMEDOUT, f"nobody came back within {wait_s or 0:.0f} s") from None
         return await driven(make, sock)
+
+    async def _next_arrival(self) -> socket.socket:
+        while True:
+            sock = await self._arrivals.get()
+            if self.vet is None:
+                return sock
+            try:
+                await self.vet(sock)
+                return sock
+            except (OSError, TimeoutError):
+                continue
 
     def further(self, session_key: bytes, stream: int) -> Accept:
         return self

@@ -21,6 +21,7 @@ import socket
 import subprocess
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from rtransfer import __version__
 from rtransfer.errors import EXIT_AUTH, HandshakeError, RemoteError, RtransferError, UsageError
@@ -36,45 +37,51 @@ _RETRIED = ("connection refused", "connection timed out", "connection reset", "c
             "broken pipe", "network is unreachable", "no route to host", "connection closed")  # fmt: skip
 
 
+@dataclass(frozen=True)
+class SshCommand:
+    """Run ``command`` on ``host`` with ``rsh`` (ssh and its options), for each connection; a
+    further connection runs ``join`` and the socket the first one's far side names."""
+
+    rsh: tuple[str, ...]
+    host: str
+    command: tuple[str, ...]
+    join: tuple[str, ...]
+
+
 class Ssh:
-    """Sessions of ``rsh`` (ssh and its options, as ``-e`` gives them) to ``host``, each running
-    ``command`` there. ``say`` reports what the far side warns about."""
+    """Sessions of ssh to a host, each running ``ssh.command`` there (see SshCommand); ``say``
+    reports what the far side warns about."""
 
     dials = True
     path = "ssh"
     secret = None
 
-    def __init__(
-        self, rsh: list[str], host: str, command: list[str], say: Callable[[str], None], joining: Ssh | None = None
-    ) -> None:
+    def __init__(self, ssh: SshCommand, say: Callable[[str], None], joining: Ssh | None = None) -> None:
         """``joining``: this source's sessions are further connections of that one's transfer."""
+        self.ssh = ssh
         self.joining = joining
         self.joinable: str | None = None  # the far side's socket that further sessions join through
         self._joinable_said = threading.Event()
-        self.rsh = rsh
-        self.host = host
-        self.command = command
+        self.host = self.where = ssh.host
         self.say = say
-        self.where = host
-        self.program = command[0]
         self._proc: subprocess.Popen[bytes] | None = None
         self._reader: threading.Thread | None = None
         self._lines: collections.deque[str] = collections.deque(maxlen=_KEPT_LINES)
 
     async def open(self, make: Callable[[], P], timeout_s: float | None, wait_s: float | None) -> P:
         self.close()
-        command = self.command if self.joining is None else await self.joining.join_command()
+        command = list(self.ssh.command) if self.joining is None else await self.joining.join_command()
         ours, theirs = socket.socketpair()
         try:
             proc = subprocess.Popen(
-                [*self.rsh, self.host, shlex.join(command)],
+                [*self.ssh.rsh, self.host, shlex.join(command)],
                 stdin=theirs.fileno(),
                 stdout=theirs.fileno(),
                 stderr=subprocess.PIPE,
             )
         except OSError as exc:
             ours.close()
-            raise UsageError(f"cannot run {self.rsh[0]}: {exc.strerror or exc}") from None
+            raise UsageError(f"cannot run {self.ssh.rsh[0]}: {exc.strerror or exc}") from None
         finally:
             theirs.close()
         self._proc = proc
@@ -123,7 +130,9 @@ class Ssh:
         said = next((line for line in reversed(self._lines) if line and not line.startswith("{")), "")
         lowered = said.lower()
         if rc == 127 or "command not found" in lowered or (rc != 255 and "no such file" in lowered):
-            return HandshakeError(f"{self.program} not found on {self.host}: install it there or pass --remote-path")
+            return HandshakeError(
+                f"{self.ssh.command[0]} not found on {self.host}: install it there or pass --remote-path"
+            )
         if rc == 255 and any(mark in lowered for mark in _FINAL):
             return HandshakeError(said if said.startswith("ssh") or self.host in said else f"ssh {self.host}: {said}")
         if rc == 255 and (not said or any(mark in lowered for mark in _RETRIED)):
@@ -135,12 +144,11 @@ class Ssh:
         announced (it does so before it answers; the wait covers its line still in the pipe)."""
         if not await asyncio.to_thread(self._joinable_said.wait, _JOINABLE_WAIT_S) or self.joinable is None:
             raise ConnectionResetError(errno.ECONNRESET, f"{self.host}: the transfer there said nowhere to join it")
-        program, _, *options = self.command[: self.command.index("--")]
-        return [program, "join", *options[:4], "--", self.joinable]
+        return [*self.ssh.join, self.joinable]
 
     async def _too_old(self) -> HandshakeError:
         """Say both versions: the far side's, as its --version prints it, and ours."""
-        asked = [*self.rsh, self.host, shlex.join([self.program, "--version"])]
+        asked = [*self.ssh.rsh, self.host, shlex.join([self.ssh.command[0], "--version"])]
         theirs = "an older rtransfer"
         with contextlib.suppress(OSError, subprocess.SubprocessError):
             answer = await asyncio.to_thread(subprocess.run, asked, capture_output=True, text=True, timeout=30)
@@ -152,7 +160,7 @@ class Ssh:
     def further(self, session_key: bytes, stream: int) -> Ssh:
         """A further ssh session, whose far side joins this one's (each its own TCP connection;
         with a ControlMaster in the user's ssh config, ssh shares one instead)."""
-        return Ssh(self.rsh, self.host, self.command, self.say, joining=self)
+        return Ssh(self.ssh, self.say, joining=self)
 
     def close(self) -> None:
         """End the session: its far side has finished (it exits once our end of the socket pair

@@ -40,27 +40,33 @@ def _pump(src: int, dst: int, done: Callable[[], None]) -> None:
         done()
 
 
-def stdio_socket() -> socket.socket:
-    """A socket whose far end is this process's standard input and output."""
-    ours, theirs = socket.socketpair()
-    if stat.S_ISSOCK(os.fstat(0).st_mode) and os.path.samestat(os.fstat(0), os.fstat(1)):
-        ours.close()
-        theirs.close()
-        return socket.socket(fileno=os.dup(0))
-
-    def stdin_ended() -> None:
-        with contextlib.suppress(OSError):
-            theirs.shutdown(socket.SHUT_WR)
-
-    def socket_ended() -> None:
-        with contextlib.suppress(OSError):
-            os.close(1)
-
+def _bridge(sock: socket.socket) -> threading.Thread:
+    """Copy standard input into ``sock`` and ``sock`` into standard output, a thread each; the
+    one that ends with ``sock``'s end of file is returned, to wait for."""
     for fd in (0, 1):  # fewer, larger reads and writes: a pipe holds 64 KiB unless asked
         with contextlib.suppress(OSError, AttributeError):
             fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, _COPY_BYTES)
-    for src, dst, done in ((0, theirs.fileno(), stdin_ended), (theirs.fileno(), 1, socket_ended)):
-        threading.Thread(target=_pump, args=(src, dst, done), daemon=True).start()
+
+    def stdin_ended() -> None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_WR)
+
+    def sock_ended() -> None:
+        with contextlib.suppress(OSError):
+            os.close(1)
+
+    threading.Thread(target=_pump, args=(0, sock.fileno(), stdin_ended), daemon=True).start()
+    out = threading.Thread(target=_pump, args=(sock.fileno(), 1, sock_ended), daemon=True)
+    out.start()
+    return out
+
+
+def stdio_socket() -> socket.socket:
+    """A socket whose far end is this process's standard input and output."""
+    if stat.S_ISSOCK(os.fstat(0).st_mode) and os.path.samestat(os.fstat(0), os.fstat(1)):
+        return socket.socket(fileno=os.dup(0))
+    ours, theirs = socket.socketpair()
+    _bridge(theirs)
     return ours
 
 
@@ -72,18 +78,7 @@ def join(path: str) -> None:
         sock.connect(path)
     except OSError as exc:
         raise NetworkError(f"{path}: the transfer to join is gone ({exc.strerror or exc})") from None
-
-    def sent() -> None:
-        with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_WR)
-
-    pumps = [
-        threading.Thread(target=_pump, args=(0, sock.fileno(), sent), daemon=True),
-        threading.Thread(target=_pump, args=(sock.fileno(), 1, lambda: None), daemon=True),
-    ]
-    for pump in pumps:
-        pump.start()
-    pumps[1].join()
+    _bridge(sock).join()
 
 
 class StdioLink:
