@@ -108,14 +108,19 @@ class Measured:
         fd, self._rss_file = tempfile.mkstemp(prefix="rss-")
         os.close(fd)
         self.name = Path(cmd[0]).name
-        self.proc = subprocess.Popen(["/usr/bin/time", "-f", "%M", "-o", self._rss_file, *cmd], **popen)  # type: ignore[call-overload]
+        self.proc = subprocess.Popen(["/usr/bin/time", "-f", "%M %U %S", "-o", self._rss_file, *cmd], **popen)  # type: ignore[call-overload]
+        self.cpu_s = 0.0  # user + system seconds, once waited for
 
     def wait(self) -> tuple[int, int]:
-        """Exit status and peak RSS in bytes."""
+        """Exit status and peak RSS in bytes (and ``cpu_s``)."""
         rc = self.proc.wait()
-        lines = Path(self._rss_file).read_text().split()
+        words = Path(self._rss_file).read_text().split()
         os.unlink(self._rss_file)
-        return rc, int(lines[-1]) * 1024 if lines and lines[-1].isdigit() else 0
+        try:
+            self.cpu_s = float(words[-2]) + float(words[-1])
+            return rc, int(words[-3]) * 1024
+        except (IndexError, ValueError):
+            return rc, 0
 
 
 @dataclass
@@ -123,6 +128,8 @@ class Sample:
     seconds: float
     recv_rss: int
     send_rss: int
+    recv_cpu_s: float = 0.0  # user + system CPU of each side
+    send_cpu_s: float = 0.0
 
 
 @dataclass
@@ -165,7 +172,7 @@ def pair_started(
             receiver.proc.wait()
     if send_rc or recv_rc:
         raise RuntimeError(f"{receiver.name} failed: sender {send_rc}, receiver {recv_rc}")
-    return Sample(elapsed, recv_rss, send_rss)
+    return Sample(elapsed, recv_rss, send_rss, receiver.cpu_s, sender.cpu_s)
 
 
 def listening_on(port: int, netns: str | None = None) -> Callable[[subprocess.Popen[bytes]], int]:
@@ -297,9 +304,22 @@ class RsyncDaemon:
         (self.dir / dst.name).unlink()
         return Sample(elapsed, 0, rss)
 
+    def children_cpu_s(self) -> float:
+        """CPU of the daemon's finished children (the receiving side of each run): cutime + cstime."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[13]) + int(fields[14])) / os.sysconf("SC_CLK_TCK")
+
     def close(self) -> None:
         self.proc.terminate()
         self.proc.wait()
+
+
+def wait_for_cpu(rsyncd: RsyncDaemon, before: float, timeout_s: float = 5.0) -> float:
+    """The receiving child's CPU, once the daemon has reaped it (just after the client exits)."""
+    deadline = time.monotonic() + timeout_s
+    while (used := rsyncd.children_cpu_s() - before) <= 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return used
 
 
 def tar_nc_tool(src: Path, dst: Path) -> Sample:
@@ -328,13 +348,14 @@ def rtransfer_tree_tool(exe: list[str] | None = None) -> Callable[[Path, Path], 
 
 def rsync_tree_tool(rsyncd: RsyncDaemon) -> Callable[[Path, Path], Sample]:
     def run(src: Path, dst: Path) -> Sample:
+        daemon_cpu = rsyncd.children_cpu_s()
         started = time.perf_counter()
         client = Measured(["rsync", "-a", str(src), f"rsync://127.0.0.1:{rsyncd.port}/bench/{dst.name}/"])
         rc, rss = client.wait()
         elapsed = time.perf_counter() - started
         if rc:
             raise RuntimeError(f"rsync failed with {rc}")
-        return Sample(elapsed, 0, rss)
+        return Sample(elapsed, 0, rss, wait_for_cpu(rsyncd, daemon_cpu), client.cpu_s)
 
     return run
 
@@ -660,18 +681,29 @@ def tree_main(args: argparse.Namespace, size: int) -> int:
     what = args.tree or f"{args.files} files x {args.size} in {args.dirs} directories"
     machine = f"{platform.machine()}, {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}"
     print(f"\n{what} ({entries} entries) over loopback, median of {args.runs} runs ({machine})\n")
-    print("| tool | median s | vs tar\\|nc | peak RSS recv | peak RSS send |")
-    print("|---|---|---|---|---|")
+    columns = "median s | vs tar\\|nc | vs rsync | CPU µs/entry send | CPU µs/entry recv | RSS recv | RSS send"
+    print(f"| tool | {columns} |")
+    print("|---|---|---|---|---|---|---|---|")
+    by_name = {t.name: t for t in tools}
+    rsync_med = statistics.median(s.seconds for s in by_name["rsync"].samples) if "rsync" in by_name else None
     results: dict[str, object] = {"what": what, "entries": entries, "runs": args.runs}
     for tool in tools:
         med = statistics.median(s.seconds for s in tool.samples)
         ratio = med / base if base else float("nan")
         recv_rss = max(s.recv_rss for s in tool.samples) / (1 << 20)
         send_rss = max(s.send_rss for s in tool.samples) / (1 << 20)
-        recv_col = f"{recv_rss:.0f} MiB" if recv_rss and tool.name == "rtransfer" else "-"
-        send_col = f"{send_rss:.0f} MiB" if tool.name == "rtransfer" else "-"
-        print(f"| {tool.name} | {med:.2f} | {ratio:.2f} | {recv_col} | {send_col} |")
-        results[tool.name] = {"median_s": round(med, 3), "all_s": [round(s.seconds, 3) for s in tool.samples]}
+        recv_col = f"{recv_rss:.0f} MiB" if recv_rss and tool.name.startswith("rtransfer") else "-"
+        send_col = f"{send_rss:.0f} MiB" if tool.name.startswith("rtransfer") else "-"
+        send_us = statistics.median(s.send_cpu_s for s in tool.samples) / entries * 1e6
+        recv_us = statistics.median(s.recv_cpu_s for s in tool.samples) / entries * 1e6
+        vs_rsync = f"{med / rsync_med:.2f}" if rsync_med else "-"
+        cpu = f"{send_us:.1f} | {recv_us:.1f}" if tool.name != "tar|nc" else "- | -"
+        print(f"| {tool.name} | {med:.2f} | {ratio:.2f} | {vs_rsync} | {cpu} | {recv_col} | {send_col} |")
+        results[tool.name] = {
+            "median_s": round(med, 3),
+            "all_s": [round(s.seconds, 3) for s in tool.samples],
+            "cpu_us_per_entry": [round(send_us, 1), round(recv_us, 1)],
+        }
         results[tool.name + "_peak_rss_mib"] = [round(recv_rss, 1), round(send_rss, 1)]
     if "rtransfer" in available and last_rtransfer is not None:
         print(f"\nrsync -a -n -i -c after rtransfer: {len(diff)} differences")

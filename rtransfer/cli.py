@@ -10,10 +10,11 @@ cost more than importing the types up front.
 import os
 import sys
 from dataclasses import replace
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import click
 import typer
+import typer.core
 import typer.exceptions
 import typer.main
 
@@ -24,11 +25,13 @@ from rtransfer.options import (
     DEFAULT_RETRY_MAX_S,
     DEFAULT_STREAMS,
     RELAY_ENV,
+    RULE_OPTIONS,
     RecvOptions,
     RetryOptions,
     SendOptions,
     choose_relay,
     looks_like_endpoint,
+    ordered_rules,
     remote_path,
     split_recv_arguments,
 )
@@ -165,6 +168,25 @@ PullStreams = Annotated[
     int, _opt("--streams", metavar="N", help="Pulling over ssh: ssh sessions to spread the transfer over.")
 ]
 PullWholeFile = Annotated[bool, _opt("--whole-file", "-W", help="Pulling over ssh: changed files whole, no delta.")]
+Exclude = Annotated[
+    list[str] | None, _opt("--exclude", metavar="PATTERN", help="Leave out what matches (rsync's rules; repeatable).")
+]
+Include = Annotated[
+    list[str] | None,
+    _opt("--include", metavar="PATTERN", help="Keep what matches, though a later --exclude matches it too."),
+]
+ExcludeFrom = Annotated[
+    list[str] | None, _opt("--exclude-from", metavar="FILE", help="Exclude patterns from FILE, one a line.")
+]
+IncludeFrom = Annotated[
+    list[str] | None, _opt("--include-from", metavar="FILE", help="Include patterns from FILE, one a line.")
+]
+Delete = Annotated[
+    bool, _opt("--delete", help="Delete what the transfer's directories hold at the receiver beyond what is sent.")
+]
+DryRun = Annotated[
+    bool, _opt("--dry-run", "-n", help="Say what would be sent, replaced or deleted; change nothing on either side.")
+]
 MaxBytes = Annotated[str, _opt("--max-bytes", metavar="SIZE", help="Refuse transfers declaring more (K/M/G/T).")]
 MaxFiles = Annotated[int, _opt("--max-files", metavar="N", help="Refuse transfers of more entries.")]
 MaxStreams = Annotated[int, _opt("--max-streams", metavar="N", help="Refuse transfers asking for more connections.")]
@@ -185,8 +207,24 @@ def fail(reporter: "Reporter", error: RtransferError) -> int:
     return error.exit_code
 
 
-@app.command()
+class _Command(typer.core.TyperCommand):
+    """Keeps the command line as typed: the order of --include and --exclude decides (rsync's)."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        ctx.meta["args"] = list(args)
+        return super().parse_args(ctx, args)
+
+
+def _rules(ctx: typer.Context, *given: list[str] | None) -> tuple[str, ...]:
+    """--exclude, --include, --exclude-from and --include-from, in the order typed."""
+    return ordered_rules(
+        ctx.meta.get("args", []), {name: list(v or []) for name, v in zip(RULE_OPTIONS, given, strict=True)}
+    )
+
+
+@app.command(cls=_Command)
 def send(
+    ctx: typer.Context,
     arguments: Arguments = None,
     name: Name = None,
     json_output: Json = False,
@@ -213,6 +251,12 @@ def send(
     remote_program: RemoteProgram = "rtransfer",
     stdio: Stdio = False,
     overwrite: PushOverwrite = False,
+    exclude: Exclude = None,
+    include: Include = None,
+    exclude_from: ExcludeFrom = None,
+    include_from: IncludeFrom = None,
+    delete: Delete = False,
+    dry_run: DryRun = False,
 ) -> int:
     """Send files, directories or standard input ('-'): to SOURCE... HOST:PORT, [USER@]HOST:DEST
     over ssh, --listen [HOST:]PORT for the receiver to connect, or --relay HOST:PORT."""
@@ -225,7 +269,11 @@ def send(
     direct = listen is not None or stdio or named
     relay = choose_relay(relay, os.environ.get(RELAY_ENV), other_way=direct)
     options = replace(options, whole_file=whole_file, listen=listen, relay=relay, direct=not no_direct)
-    return _send(options, reporter)
+    try:
+        rules = _rules(ctx, exclude, include, exclude_from, include_from)
+    except UsageError as exc:
+        return fail(reporter, exc)
+    return _send(replace(options, filters=rules, delete=delete, dry_run=dry_run), reporter)
 
 
 def _send(options: SendOptions, reporter: "Reporter") -> int:
@@ -264,8 +312,9 @@ def _listening_sender(config: "SendConfig", reporter: "Reporter") -> "SendConfig
     return replace(config, listener=listener, code=code)
 
 
-@app.command()
+@app.command(cls=_Command)
 def recv(
+    ctx: typer.Context,
     arguments: RecvArguments = None,
     listen: Listen = None,
     json_output: Json = False,
@@ -293,6 +342,12 @@ def recv(
     compress: PullCompress = False,
     whole_file: PullWholeFile = False,
     streams: PullStreams = 1,
+    exclude: Exclude = None,
+    include: Include = None,
+    exclude_from: ExcludeFrom = None,
+    include_from: IncludeFrom = None,
+    delete: Delete = False,
+    dry_run: DryRun = False,
 ) -> int:
     """Receive one transfer into DEST: listening, --connect, --relay, or pulling HOST:SOURCE over ssh."""
     try:
@@ -304,13 +359,21 @@ def recv(
     options = RecvOptions(dest, listen, overwrite, secret, no_encrypt, max_bytes, max_files, max_streams, retry)
     options = replace(options, buffered=buffered, safe_links=safe_links, connect=connect, code=code, relay=relay)
     options = replace(options, direct=not no_direct, rsh=rsh, remote_path=remote_program, stdio=stdio, pull=tuple(pull))
-    return _recv(replace(options, sender_flags=_sender_flags(checksum, compress, whole_file, streams)), reporter)
+    try:
+        rules = _rules(ctx, exclude, include, exclude_from, include_from)
+    except UsageError as exc:
+        return fail(reporter, exc)
+    flags = _sender_flags(checksum, compress, whole_file, streams, rules)
+    return _recv(replace(options, sender_flags=flags, delete=delete, dry_run=dry_run), reporter)
 
 
-def _sender_flags(checksum: bool, compress: bool, whole_file: bool, streams: int) -> tuple[str, ...]:
-    """A pull's options, for the far sender."""
+def _sender_flags(
+    checksum: bool, compress: bool, whole_file: bool, streams: int, rules: tuple[str, ...]
+) -> tuple[str, ...]:
+    """A pull's options, for the far sender: its rules each as an --exclude whose "+ " or "- " says which."""
     given = {"--checksum": checksum, "--compress": compress, "--whole-file": whole_file}
-    return tuple(flag for flag, on in given.items() if on) + (("--streams", str(streams)) if streams != 1 else ())
+    flags = tuple(flag for flag, on in given.items() if on) + (("--streams", str(streams)) if streams != 1 else ())
+    return flags + tuple(f"--exclude={rule}" for rule in rules)
 
 
 def _recv(options: RecvOptions, reporter: "Reporter") -> int:

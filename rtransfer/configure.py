@@ -63,9 +63,8 @@ def _push(options: SendOptions) -> SshCommand | None:
         if options.overwrite:
             raise UsageError("--overwrite on send is for a push over ssh (the receiver decides otherwise)")
         return None
-    return ssh_command(
-        options, remote.host, "recv", [remote.path or "."], ("--overwrite",) if options.overwrite else ()
-    )
+    given = {"--overwrite": options.overwrite, "--delete": options.delete, "--dry-run": options.dry_run}
+    return ssh_command(options, remote.host, "recv", [remote.path or "."], tuple(f for f, on in given.items() if on))
 
 
 def _send_reach(
@@ -130,6 +129,9 @@ def send_config(options: SendOptions) -> SendConfig:
         direct=options.direct,
         ssh=ssh,
         stdio=options.stdio,
+        filters=options.filters,
+        delete=options.delete,
+        dry_run=options.dry_run,
     )
 
 
@@ -162,4 +164,6 @@ def recv_config(options: RecvOptions, host: str, port: int, code: str, listener:
         direct=options.direct,
         ssh=ssh,
         stdio=options.stdio,
+        delete=options.delete,
+        dry_run=options.dry_run,
     )

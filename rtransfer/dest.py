@@ -25,10 +25,12 @@ class DestDirs:
 
     MAX_OPEN = 256  # descriptors kept open at once; past that the cache starts over
 
-    def __init__(self, root_fd: int, created: set[str] | None = None) -> None:
-        """``created`` collects the directories made here: nothing in them predates the transfer."""
+    def __init__(self, root_fd: int, created: set[str] | None = None, create: bool = True) -> None:
+        """``created`` collects the directories made here: nothing in them predates the transfer.
+        Without ``create`` (a dry run), a missing directory is FileNotFoundError."""
         self._fds: dict[str, int] = {"": root_fd}
         self._created = created if created is not None else set()
+        self._create = create
 
     def fd(self, rel_dir: str) -> int:
         """The directory ``rel_dir`` ("a/b", or "" for DEST), created if missing."""
@@ -40,6 +42,8 @@ class DestDirs:
         try:
             fd = self._open(name, parent_fd)
         except FileNotFoundError:
+            if not self._create:
+                raise
             try:
                 os.mkdir(name, 0o777, dir_fd=parent_fd)
                 self._created.add(rel_dir)

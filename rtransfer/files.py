@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 
 from rtransfer.errors import LocalIOError, UsageError
+from rtransfer.filters import NO_FILTERS, Filters
 from rtransfer.integrity import content_digest, source_identity
 from rtransfer.protocol.model import MAX_BATCH_ENTRIES, Entry
 
@@ -39,7 +40,8 @@ class Source:
 
 def collect_sources(args: list[str], stdin_name: str | None) -> list[Source]:
     """The command line's sources, checked before any byte moves; directories are walked
-    later, batch by batch (``list_batches``)."""
+    later, batch by batch (``list_batches``). A directory given with a trailing slash (``src/``)
+    stands for what it holds, as rsync's: its entry is the transfer root, path "."."""
     sources: list[Source] = []
     for arg in args:
         if arg == "-":
@@ -53,7 +55,10 @@ def collect_sources(args: list[str], stdin_name: str | None) -> list[Source]:
             raise local_error(exc, arg) from None
         root_name = path.resolve().name if path.name in ("", ".", "..") else path.name
         if stat.S_ISDIR(st.st_mode):
-            sources.append(Source(Entry(root_name, "dir", None, stat.S_IMODE(st.st_mode), st.st_mtime), arg))
+            name = CONTENTS if arg.endswith("/") else root_name
+            sources.append(Source(Entry(name, "dir", None, stat.S_IMODE(st.st_mode), st.st_mtime), arg))
+        elif arg.endswith("/"):
+            raise UsageError(f"{arg}: not a directory")
         elif stat.S_ISREG(st.st_mode):
             try:
                 entry = _file_entry(root_name, arg, st)
@@ -65,12 +70,29 @@ def collect_sources(args: list[str], stdin_name: str | None) -> list[Source]:
             raise UsageError(f"{arg}: not a regular file or directory")
     if stdin_name is not None and "-" not in args:
         raise UsageError("--name applies only to a '-' (standard input) source")
-    seen: set[str] = set()
-    for s in sources:
-        if s.entry.path in seen:
-            raise UsageError(f"two sources would both be stored as {s.entry.path!r}")
-        seen.add(s.entry.path)
+    _check_unique(sources)
     return sources
+
+
+CONTENTS = "."  # the path of a "src/" source: its contents land in DEST itself
+
+
+def _check_unique(sources: list[Source]) -> None:
+    """No two sources may land on one name: rtransfer does not merge them (a "src/" source's
+    names are those it holds)."""
+    seen: dict[str, str] = {}
+    for s in sources:
+        names = [s.entry.path]
+        if s.entry.path == CONTENTS:
+            assert s.local is not None
+            try:
+                names = os.listdir(s.local)
+            except OSError as exc:
+                raise local_error(exc, s.local) from None
+        for name in names:
+            if name in seen:
+                raise UsageError(f"two sources would both be stored as {name!r} ({seen[name]} and {s.local or '-'})")
+            seen[name] = s.local or "-"
 
 
 def _file_entry(name: str, path: str, st: os.stat_result) -> Entry:
@@ -94,12 +116,17 @@ def with_content_digests(batch: list[Source]) -> list[Source]:
 
 
 def list_batches(
-    sources: list[Source], safe_links: bool, warn: Callable[[str], None], batch_entries: int = MAX_BATCH_ENTRIES
+    sources: list[Source],
+    safe_links: bool,
+    warn: Callable[[str], None],
+    batch_entries: int = MAX_BATCH_ENTRIES,
+    filters: Filters = NO_FILTERS,
 ) -> Iterator[list[Source]]:
     """Every entry of every source, in batches: the walk is lazy, so memory does not grow with the tree."""
+    walk = Walk(safe_links, warn, filters, owners=os.geteuid() == 0)
     batch: list[Source] = []
     for source in sources:
-        for item in _walk(source, safe_links, warn):
+        for item in walk.entries(source):
             batch.append(item)
             if len(batch) == batch_entries:
                 yield batch
@@ -108,41 +135,79 @@ def list_batches(
         yield batch
 
 
-def _walk(root: Source, safe_links: bool, warn: Callable[[str], None]) -> Iterator[Source]:
-    """A directory's entries before its subdirectories' (each directory listed before what it holds).
+_SPECIAL_KINDS = {stat.S_IFIFO: "fifo", stat.S_IFCHR: "char", stat.S_IFBLK: "block"}
 
-    Files stream in the order the directory yields them; only subdirectory names wait on
-    a stack, so one directory of a million files costs no more memory than a thousand."""
-    yield root
-    if root.entry.kind != "dir":
-        return
-    assert root.local is not None
-    stack = [(root.local, root.entry.path)]
-    while stack:
-        local, rel = stack.pop()
-        subdirs: list[tuple[str, str]] = []
-        try:
-            with os.scandir(local) as it:
-                for de in it:
-                    entry_path = f"{rel}/{de.name}"
-                    st = de.stat(follow_symlinks=False)
-                    mode = st.st_mode
-                    if stat.S_ISREG(mode):
-                        yield Source(_file_entry(entry_path, de.path, st), de.path)
-                    elif stat.S_ISDIR(mode):
-                        yield Source(Entry(entry_path, "dir", None, stat.S_IMODE(mode), st.st_mtime), de.path)
-                        subdirs.append((de.path, entry_path))
-                    elif stat.S_ISLNK(mode):
-                        target = os.readlink(de.path)
-                        if safe_links and not link_stays_inside(entry_path, target):
-                            warn(f"skipping symbolic link {de.path}: it points outside the transfer (--safe-links)")
-                        else:
-                            yield Source(Entry(entry_path, "symlink", None, 0o777, st.st_mtime, target), de.path)
-                    else:
-                        warn(f"skipping special file {de.path}")
-        except OSError as exc:
-            raise local_error(exc, exc.filename or local) from None
-        stack.extend(reversed(sorted(subdirs)))
+
+class Walk:
+    """The tree walk of one transfer: the rules that select entries, and the files with more than
+    one name seen so far (a later name of one is listed as a hard link to the first)."""
+
+    def __init__(self, safe_links: bool, warn: Callable[[str], None], filters: Filters, owners: bool) -> None:
+        self.safe_links = safe_links
+        self.warn = warn
+        self.filters = filters
+        self.owners = owners  # as root: list each entry's owner and group
+        self._inodes: dict[tuple[int, int], str] = {}
+
+    def entries(self, root: Source) -> Iterator[Source]:
+        """A directory's entries before its subdirectories' (each directory listed before what it holds).
+
+        Files stream in the order the directory yields them; only subdirectory names wait on
+        a stack, so one directory of a million files costs no more memory than a thousand."""
+        if root.local is not None:
+            if root.entry.path != CONTENTS and self.filters.excluded(root.entry.path, root.entry.kind == "dir"):
+                return
+            if self.owners:
+                root = Source(self._owned(root.entry, os.stat(root.local)), root.local)
+        yield root
+        if root.entry.kind != "dir":
+            return
+        assert root.local is not None
+        stack = [(root.local, "" if root.entry.path == CONTENTS else root.entry.path + "/")]
+        while stack:
+            local, prefix = stack.pop()
+            subdirs: list[tuple[str, str]] = []
+            try:
+                with os.scandir(local) as it:
+                    for de in it:
+                        entry_path = prefix + de.name
+                        st = de.stat(follow_symlinks=False)
+                        if self.filters and self.filters.excluded(entry_path, stat.S_ISDIR(st.st_mode)):
+                            continue
+                        listed = self._entry(entry_path, de.path, st)
+                        if listed is not None:
+                            yield Source(listed, de.path)
+                            if listed.kind == "dir":
+                                subdirs.append((de.path, entry_path + "/"))
+            except OSError as exc:
+                raise local_error(exc, exc.filename or local) from None
+            stack.extend(reversed(sorted(subdirs)))
+
+    def _entry(self, entry_path: str, local: str, st: os.stat_result) -> Entry | None:
+        mode = st.st_mode
+        if stat.S_ISREG(mode):
+            if st.st_nlink > 1:
+                first = self._inodes.setdefault((st.st_dev, st.st_ino), entry_path)
+                if first != entry_path:
+                    return self._owned(Entry(entry_path, "hardlink", None, stat.S_IMODE(mode), st.st_mtime, first), st)
+            return self._owned(_file_entry(entry_path, local, st), st)
+        if stat.S_ISDIR(mode):
+            return self._owned(Entry(entry_path, "dir", None, stat.S_IMODE(mode), st.st_mtime), st)
+        if stat.S_ISLNK(mode):
+            target = os.readlink(local)
+            if self.safe_links and not link_stays_inside(entry_path, target):
+                self.warn(f"skipping symbolic link {local}: it points outside the transfer (--safe-links)")
+                return None
+            return self._owned(Entry(entry_path, "symlink", None, 0o777, st.st_mtime, target), st)
+        kind = _SPECIAL_KINDS.get(stat.S_IFMT(mode))
+        if kind is None:
+            self.warn(f"skipping special file {local} (a socket)")
+            return None
+        device = st.st_rdev if kind != "fifo" else None
+        return self._owned(Entry(entry_path, kind, None, stat.S_IMODE(mode), st.st_mtime, device=device), st)
+
+    def _owned(self, entry: Entry, st: os.stat_result) -> Entry:
+        return replace(entry, uid=st.st_uid, gid=st.st_gid) if self.owners else entry
 
 
 def safe_relative_path(name: str, error: type[Exception] = LocalIOError) -> str:

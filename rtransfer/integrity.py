@@ -114,11 +114,12 @@ def read_pack(small: list[tuple[int, str, int]], buf: WritableBuffer) -> list[Pa
     return files
 
 
-def content_digest(path: os.PathLike[str] | str) -> str:
+def content_digest(path: os.PathLike[str] | str, dir_fd: int | None = None) -> str:
     """--checksum: a file's BLAKE3 in hex, cut to CONTENT_DIGEST_BYTES (it decides a skip, nothing more).
     Both sides compute it the same way; for a worker thread."""
     hasher = blake3.blake3()
-    with open(path, "rb", buffering=0) as f:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC, dir_fd=dir_fd)
+    with open(fd, "rb", buffering=0) as f:
         while data := f.read(READ_STEP_BYTES):
             hasher.update(data)
     return hasher.hexdigest(length=CONTENT_DIGEST_BYTES)

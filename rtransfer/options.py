@@ -189,6 +189,9 @@ class SendOptions:
     remote_path: str = "rtransfer"  # the program to run on the far side
     stdio: bool = False  # run as the far side of an ssh transfer
     overwrite: bool = False  # a push's option for the far receiver
+    filters: tuple[str, ...] = ()  # include/exclude rules in the order given, "+ PAT" / "- PAT"
+    delete: bool = False
+    dry_run: bool = False
 
 
 @dataclass(frozen=True)
@@ -213,6 +216,36 @@ class RecvOptions:
     stdio: bool = False
     pull: tuple[RemotePath, ...] = ()  # recv HOST:SOURCE... DEST
     sender_flags: tuple[str, ...] = ()  # a pull's options for the far sender (--checksum, --compress, --whole-file)
+    delete: bool = False
+    dry_run: bool = False
+
+
+RULE_OPTIONS = {"--exclude": False, "--include": True, "--exclude-from": False, "--include-from": True}
+
+
+def ordered_rules(args: list[str], given: dict[str, list[str]]) -> tuple[str, ...]:
+    """The include/exclude rules in the order typed, as "+ PAT" / "- PAT": the first match wins, so
+    their order matters, and the parser keeps each option's values apart. ``args`` is the command
+    line; ``given`` each option's values as parsed, which the order found must agree with."""
+    from rtransfer.filters import filters_from, read_rule_file
+
+    found: list[tuple[str, str]] = []
+    i = 0
+    while i < len(args) and args[i] != "--":
+        name, eq, value = args[i].partition("=")
+        if name in RULE_OPTIONS:
+            if not eq and i + 1 < len(args):
+                i += 1
+                value = args[i]
+            found.append((name, value))
+        i += 1
+    if sorted(found) != sorted((name, v) for name, values in given.items() for v in values):
+        raise UsageError("could not tell the order of --include/--exclude: give each as --exclude=PATTERN")
+    rules: list[tuple[bool, str]] = []
+    for name, value in found:
+        lines = read_rule_file(value) if name.endswith("-from") else [value]
+        rules.extend((RULE_OPTIONS[name], line) for line in lines)
+    return filters_from(rules).specs
 
 
 def recv_listen(options: RecvOptions) -> tuple[str, int]:

@@ -10,6 +10,7 @@ import blake3
 from rtransfer.dest import NEW_FILE_FLAGS, PARTIAL_SUFFIX, DestDirs, placed
 from rtransfer.protocol.model import Buffer, Entry
 from rtransfer.protocol.pack import PackedFile
+from rtransfer.specials import own
 
 
 def check_packed(view: memoryview, packed: PackedFile) -> tuple[memoryview, str | None]:
@@ -37,6 +38,7 @@ def write_packed(
                 written = 0
                 while written < len(data):
                     written += os.write(fd, data[written:])
+                own(entry, fd)
                 os.fchmod(fd, entry.mode)
                 if entry.mtime is not None:
                     os.utime(fd, (entry.mtime, entry.mtime))

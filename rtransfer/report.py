@@ -28,6 +28,10 @@ class Reporter:
     def retransmit(self, seq: int, reason: str) -> None: ...
     def file_done(self, path: str, size: int, blake3_hex: str) -> None: ...
     def warning(self, message: str) -> None: ...
+    def item(self, action: str, path: str, dry_run: bool) -> None:
+        """What the receiver does to DEST beyond writing files ("delete"), or in a dry run would do
+        ("send", "replace", "delete"); a directory's path ends in "/"."""
+
     def joinable(self, socket: str) -> None:
         """The far side of an ssh transfer: where its further ssh sessions join it (``--streams``)."""
 
@@ -103,6 +107,9 @@ class JsonReporter(Reporter):
 
     def warning(self, message: str) -> None:
         self._emit("warning", message=message)
+
+    def item(self, action: str, path: str, dry_run: bool) -> None:
+        self._emit("item", action=action, path=path, dry_run=dry_run)
 
     def joinable(self, socket: str) -> None:
         self._emit("joinable", socket=socket)
@@ -252,6 +259,13 @@ class ConsoleReporter(Reporter):
 
     def warning(self, message: str) -> None:
         self._say(f"rtransfer: warning: {message}")
+
+    def item(self, action: str, path: str, dry_run: bool) -> None:
+        """A dry run's every line (what it is for); a real run's deletions with ``verbose``, as rsync -v."""
+        if dry_run:
+            self._say(f"would {action} {path}")
+        elif self.verbose:
+            self._say(f"{action}d {path}")
 
     def _stop(self) -> None:
         if self._progress is not None:

@@ -14,11 +14,14 @@ from pathlib import Path
 import aiofiles
 import aiofiles.os
 
+from rtransfer import specials
+from rtransfer.delete import Listed, extraneous
 from rtransfer.delta import DELTA_MIN_BYTES, describe
 from rtransfer.dest import DIR_FLAGS, DestDirs, lstat_or_none, partial_path, placed
 from rtransfer.direct_io import PartialWriter, direct_io_suits
-from rtransfer.errors import LocalIOError
-from rtransfer.files import link_stays_inside, local_error, safe_relative_path
+from rtransfer.errors import LocalIOError, UsageError
+from rtransfer.files import CONTENTS, link_stays_inside, local_error, safe_relative_path
+from rtransfer.filters import NO_FILTERS, parse_specs
 from rtransfer.integrity import FileDigest, content_digest
 from rtransfer.journal import (
     FSYNC_EVERY_BYTES,
@@ -77,11 +80,26 @@ class DirectorySink:
     whose times, modes and targets are applied at the end, are kept for the whole transfer.
     """
 
-    def __init__(self, root: Path, overwrite: bool, direct_io: bool = True, safe_links: bool = False) -> None:
+    def __init__(
+        self,
+        root: Path,
+        overwrite: bool,
+        direct_io: bool = True,
+        safe_links: bool = False,
+        delete: bool = False,
+        dry_run: bool = False,
+    ) -> None:
         self.root = root
         self.overwrite = overwrite
         self.direct_io = direct_io
         self.safe_links = safe_links
+        self.delete = delete  # this side's own --delete; the sender may ask for it too (``begin``)
+        self.dry_run = dry_run  # likewise
+        self._deleting = False
+        self._dry = False
+        self._filters = NO_FILTERS
+        self._listed = Listed()
+        self.items: list[tuple[str, str]] = []  # (action, path): a dry run's verdicts and --delete's removals
         self._root_fd = -1
         self._chunk_bytes = 0
         self._delta = True  # the sender allows it (send --whole-file does not)
@@ -89,7 +107,7 @@ class DirectorySink:
         self._bases: dict[int, int] = {}  # delta: descriptor of the old copy, once a COPY needs it
         self._described: set[int] = set()  # delta: files whose old copy was described to the sender
         self._dirs: list[Entry] = []
-        self._links: list[Entry] = []
+        self._specials: list[Entry] = []  # links, FIFOs, devices: made at the end
         self._created: set[str] = set()  # directories this transfer made: no lstat for what is in them
         self._open: dict[int, PartialWriter] = {}
         self._written: dict[int, int] = {}
@@ -101,14 +119,21 @@ class DirectorySink:
         check_dest(self.root)
 
     def begin(self, manifest: Manifest) -> None:
-        """A connection's transfer begins: make DEST, hold it open (everything below is reached from it)."""
+        """A connection's transfer begins: make DEST, hold it open (everything below is reached from it).
+        A dry run makes nothing: a DEST not there yet is empty."""
+        if manifest.delete and not (self.delete or self.overwrite):
+            raise UsageError("the sender asks to --delete in DEST: run recv with --delete (or --overwrite) to allow it")
+        self._dry = self.dry_run or manifest.dry_run
+        self._deleting = self.delete or manifest.delete
+        self._filters = parse_specs(manifest.filters)
         try:
-            self.root.mkdir(parents=True, exist_ok=True)
-            if self._root_fd < 0:
+            if not self._dry:
+                self.root.mkdir(parents=True, exist_ok=True)
+            if self._root_fd < 0 and (not self._dry or self.root.is_dir()):
                 self._root_fd = os.open(self.root, DIR_FLAGS & ~os.O_NOFOLLOW)
         except OSError as exc:
             raise local_error(exc, self.root) from None
-        if not os.access(self.root, os.W_OK | os.X_OK):
+        if not self._dry and not os.access(self.root, os.W_OK | os.X_OK):
             raise LocalIOError(f"{self.root}: permission denied")
         self._chunk_bytes = manifest.chunk_bytes
         self._delta = manifest.delta
@@ -116,25 +141,33 @@ class DirectorySink:
         self._described.clear()
         self._created.clear()  # what an earlier connection wrote in them is there now
         self._dirs.clear()
-        self._links.clear()
+        self._specials.clear()
+        self._listed.clear()
+
+    @property
+    def dry(self) -> bool:
+        return self._dry
 
     def plan(self, batch: EntryBatch) -> Plan:
         """Check each name, create directories, find what is here already and what can resume."""
+        if self._dry:
+            return self._preview(batch)
         draft = Draft()
         try:
             with DestDirs(self._root_fd, self._created) as dirs:
                 for index, entry in enumerate(batch.entries, batch.first):
                     if entry.kind == "dir":
-                        dirs.fd(safe_relative_path(entry.path))
+                        dirs.fd(self._listed_dir(entry))
                         self._dirs.append(entry)
                         continue
-                    parent, name = placed(safe_relative_path(entry.path))
+                    parent, name = self._listed_entry(entry)
                     dir_fd = dirs.fd(parent)
                     st = None if parent in self._created else lstat_or_none(name, dir_fd)
-                    if entry.kind == "symlink":
-                        self._plan_link(entry, st, name, dir_fd)
-                    else:
+                    if entry.kind == "file":
                         self._plan_file(index, entry, st, draft)
+                    elif st is None or not specials.already_here(entry, st, name, dir_fd, dirs):
+                        self._refuse_existing(entry, st)
+                        self._specials.append(entry)
             free = shutil.disk_usage(self.root).free
         except OSError as exc:
             raise local_error(exc, exc.filename or self.root) from None
@@ -143,14 +176,71 @@ class DirectorySink:
         starts = {i: n for i, n in draft.starts.items() if n}
         return Plan(starts, tuple(draft.done), tuple(draft.compare), tuple(draft.old_copies))
 
-    def _plan_link(self, entry: Entry, st: os.stat_result | None, name: str, dir_fd: int) -> None:
-        if self.safe_links and not link_stays_inside(entry.path, entry.target or ""):
+    def _listed_dir(self, entry: Entry) -> str:
+        """A directory entry's path under DEST ("" for a "src/" source's root), checked."""
+        rel = "" if entry.path == CONTENTS else safe_relative_path(entry.path)
+        if self._deleting:
+            self._listed.directory(rel)
+            if rel:
+                self._listed.entry(*placed(rel))
+        return rel
+
+    def _listed_entry(self, entry: Entry) -> tuple[str, str]:
+        """Any other entry's (parent, name), checked: its name, and a link's target, stay inside."""
+        parent, name = placed(safe_relative_path(entry.path))
+        if entry.kind == "hardlink":
+            safe_relative_path(entry.target or "")
+        elif entry.kind == "symlink" and self.safe_links and not link_stays_inside(entry.path, entry.target or ""):
             link = f"{entry.path!r} -> {entry.target!r}"
             raise LocalIOError(f"refusing link {link}: it points outside DEST (--safe-links)")
-        if st is not None and stat.S_ISLNK(st.st_mode) and os.readlink(name, dir_fd=dir_fd) == entry.target:
-            return  # already here
-        self._refuse_existing(entry, st)
-        self._links.append(entry)
+        if self._deleting:
+            self._listed.entry(parent, name)
+        return parent, name
+
+    def _preview(self, batch: EntryBatch) -> Plan:
+        """A dry run: what this batch would send or replace, said in ``items``; every file counts as
+        done, so none is sent, and nothing here changes. What a real run would refuse, it refuses."""
+        done = []
+        try:
+            with DestDirs(max(self._root_fd, 0), create=False) as dirs:
+                for index, entry in enumerate(batch.entries, batch.first):
+                    if entry.kind == "dir":
+                        rel = self._listed_dir(entry)
+                        self._dirs.append(entry)
+                        if self._peek_dir(dirs, rel) is None:
+                            self.items.append(("send", f"{entry.path}/"))
+                        continue
+                    parent, name = self._listed_entry(entry)
+                    if entry.kind == "file":
+                        done.append(index)
+                    dir_fd = self._peek_dir(dirs, parent)
+                    st = None if dir_fd is None else lstat_or_none(name, dir_fd)
+                    if st is None:
+                        self.items.append(("send", entry.path))
+                    elif not self._same(entry, st, name, dirs):
+                        self._refuse_existing(entry, st)
+                        self.items.append(("replace", entry.path))
+        except OSError as exc:
+            raise local_error(exc, exc.filename or self.root) from None
+        return Plan({}, tuple(done))
+
+    def _peek_dir(self, dirs: DestDirs, rel: str) -> int | None:
+        """A dry run's look at a directory under DEST: its descriptor, or None if it is not there."""
+        if self._root_fd < 0:
+            return None
+        try:
+            return dirs.fd(rel)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+
+    def _same(self, entry: Entry, st: os.stat_result, name: str, dirs: DestDirs) -> bool:
+        parent_fd = dirs.fd(placed(entry.path)[0])
+        if entry.kind != "file":
+            return specials.already_here(entry, st, name, parent_fd, dirs)
+        if entry.digest is not None:
+            same_size = stat.S_ISREG(st.st_mode) and st.st_size == entry.size
+            return same_size and content_digest(name, parent_fd) == entry.digest
+        return self._already_here(st, entry)
 
     def _plan_file(self, index: int, entry: Entry, st: os.stat_result | None, draft: Draft) -> None:
         size_here = st.st_size if st is not None and stat.S_ISREG(st.st_mode) else None
@@ -363,6 +453,7 @@ class DirectorySink:
             if not ok:
                 await aiofiles.os.remove(part)
                 return
+            specials.own(entry, str(part))
             os.chmod(part, entry.mode)
             if entry.mtime is not None:
                 os.utime(part, (entry.mtime, entry.mtime))
@@ -395,31 +486,38 @@ class DirectorySink:
             done.extend(outcome)
         return done
 
-    async def complete(self) -> None:
-        """Links after every file (nothing is written through them), directory times and modes
-        last, deepest first, as rsync and tar do: writing a directory's contents changes its
-        mtime, and a read-only directory must not block its own contents."""
+    async def complete(self) -> list[str]:
+        """Links, FIFOs and devices after every file (a hard link names one; nothing is written
+        through a link), then --delete, then directory owners, times and modes, deepest first, as
+        rsync and tar do: writing a directory's contents changes its mtime, and a read-only
+        directory must not block its own contents. The warnings, for entries that could not be made."""
         try:
-            await in_worker(self._complete)
+            return await in_worker(self._complete)
         except OSError as exc:
             raise local_error(exc, exc.filename or self.root) from None
 
-    def _complete(self) -> None:
+    def _complete(self) -> list[str]:
+        warnings: list[str] = []
+        if self._dry:
+            if self._deleting and self._root_fd >= 0:
+                with DestDirs(self._root_fd, create=False) as dirs:
+                    self.items.extend(("delete", p) for p in extraneous(dirs, self._listed, self._filters, False))
+            return warnings
         with DestDirs(self._root_fd) as dirs:
-            for entry in self._links:
+            for entry in self._specials:
                 parent, name = placed(entry.path)
-                dir_fd = dirs.fd(parent)
-                if lstat_or_none(name, dir_fd) is not None:
-                    os.unlink(name, dir_fd=dir_fd)
-                assert entry.target is not None
-                os.symlink(entry.target, name, dir_fd=dir_fd)
-                if entry.mtime is not None:
-                    os.utime(name, (entry.mtime, entry.mtime), dir_fd=dir_fd, follow_symlinks=False)
+                warning = specials.make(entry, name, dirs.fd(parent), dirs)
+                if warning is not None:
+                    warnings.append(warning)
+            if self._deleting:
+                self.items.extend(("delete", p) for p in extraneous(dirs, self._listed, self._filters, True))
             for entry in reversed(self._dirs):
-                dir_fd = dirs.fd(entry.path)
+                dir_fd = dirs.fd("" if entry.path == CONTENTS else entry.path)
+                specials.own(entry, dir_fd)
                 if entry.mtime is not None:
                     os.utime(dir_fd, (entry.mtime, entry.mtime))
                 os.fchmod(dir_fd, entry.mode)
+        return warnings
 
     async def suspend(self) -> None:
         """The connection failed: keep what can resume (journal it), drop what cannot.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from rtransfer.errors import LocalIOError
+from rtransfer.errors import LocalIOError, UsageError
 from rtransfer.files import local_error
 from rtransfer.integrity import FileDigest
 from rtransfer.packs import check_packed
@@ -22,7 +22,10 @@ class StdoutSink:
     checked before its bytes are written.
     """
 
+    dry = False
+
     def __init__(self) -> None:
+        self.items: list[tuple[str, str]] = []  # nothing beyond the one stream is ever done here
         self._path = ""
         self._out: StdStream | None = None
 
@@ -30,7 +33,8 @@ class StdoutSink:
         pass
 
     def begin(self, manifest: Manifest) -> None:
-        pass
+        if manifest.delete or manifest.dry_run:
+            raise UsageError("--delete and --dry-run need a directory DEST, not standard output")
 
     def plan(self, batch: EntryBatch) -> Plan:
         if batch.first != 0 or not batch.last or len(batch.entries) != 1 or batch.entries[0].kind != "file":
@@ -68,8 +72,8 @@ class StdoutSink:
     async def finish(self, index: int, ok: bool) -> None:
         pass
 
-    async def complete(self) -> None:
-        pass
+    async def complete(self) -> list[str]:
+        return []
 
     async def suspend(self) -> None:
         pass

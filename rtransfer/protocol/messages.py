@@ -28,6 +28,7 @@ from rtransfer.protocol.constants import (
     MAX_ENTRIES_BYTES,
     MAX_ERROR_MESSAGE_BYTES,
     MAX_HINTS_BYTES,
+    MAX_JOIN_BYTES,
     MAX_MANIFEST_BYTES,
     MAX_SIGNATURE_CHUNKS,
     MAX_WINDOW,
@@ -41,8 +42,9 @@ from rtransfer.protocol.model import Buffer, EntryBatch, Manifest, Signature, Wr
 from rtransfer.protocol.pack import table_bytes_of
 
 MAGIC = b"RTXF"
-PROTOCOL_VERSION = 6  # 3: batched file list, packs; 4: ERROR says a Cause; 5: streams (JOIN, chunk order);
-# 6: delta (SIGNATURE, COPY), compressed chunks (ZDATA), the file list and ACCEPT compressed
+PROTOCOL_VERSION = 7  # 3: batched file list, packs; 4: ERROR says a Cause; 5: streams (JOIN, chunk order);
+# 6: delta (SIGNATURE, COPY), compressed chunks (ZDATA), the file list and ACCEPT compressed;
+# 7: include/exclude rules, --delete and --dry-run in MANIFEST; hard links, FIFOs, devices, owners in the list
 
 HEADER = struct.Struct("!BIQ")
 PREFIX = struct.Struct("!BI")
@@ -79,7 +81,7 @@ MAX_BODY_BYTES: dict[FrameType, int] = {
     FrameType.PONG: U64.size,
     FrameType.ERROR: ERROR_LAYOUT.size + MAX_ERROR_MESSAGE_BYTES,
     FrameType.CONFIRM: 64,
-    FrameType.JOIN: MAX_MANIFEST_BYTES,
+    FrameType.JOIN: MAX_JOIN_BYTES,
     FrameType.JOINED: 0,
     FrameType.COPY: DATA_HEADER.size + COPY_RANGE.size * MAX_COPY_RANGES,
     FrameType.ZDATA: DATA_HEADER.size + ZDATA_SIZE.size + MAX_CHUNK_BYTES,

@@ -22,13 +22,21 @@ class Entry:
     """One item of a transfer: a path relative to the transfer root."""
 
     path: str
-    kind: str  # "file", "dir" or "symlink"
+    kind: str  # "file", "dir", "symlink", "hardlink", "fifo", "char" or "block" (see KINDS)
     size: int | None = None  # None: a stream whose length is known only at its end
     mode: int = 0o644
     mtime: float | None = None
-    target: str | None = None  # symlinks only: the link text, relative
+    target: str | None = None  # symlinks: the link text; hard links: the path of the entry they share data with
     identity: str | None = None  # version of a file's data (size, mtime, head digest); None: a stream
     digest: str | None = None  # --checksum: the hex BLAKE3 of its content (CONTENT_DIGEST_BYTES)
+    uid: int | None = None  # owner and group by number, listed only by a sender running as root
+    gid: int | None = None
+    device: int | None = None  # "char" and "block": the device number (st_rdev)
+
+
+# A transfer's kinds of entry: only "file" carries data; the others are made by the receiver at
+# the end, once every file they may name is in place.
+KINDS = frozenset(("file", "dir", "symlink", "hardlink", "fifo", "char", "block"))
 
 
 @dataclass(frozen=True)
@@ -40,6 +48,9 @@ class Manifest:
     window: int  # chunks in flight on each connection
     streams: int = 1  # connections the sender opens for this transfer
     delta: bool = True  # the receiver may describe its old copy of a file, for the sender to send only changes
+    filters: tuple[str, ...] = ()  # the sender's rules ("+ PAT"/"- PAT"): --delete keeps what they exclude
+    delete: bool = False  # the sender asks the receiver to delete what the transfer's directories hold beyond it
+    dry_run: bool = False  # the receiver says what it would do, and writes nothing
 
 
 def reorder_span(manifest: Manifest) -> int:

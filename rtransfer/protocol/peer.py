@@ -223,6 +223,8 @@ class Peer:
         if hello.version != PROTOCOL_VERSION:
             raise HandshakeRefused(
                 f"peer speaks protocol version {hello.version}; this rtransfer speaks {PROTOCOL_VERSION}"
+                f" ({'the peer is older' if hello.version < PROTOCOL_VERSION else 'this one is older'}:"
+                " run the same rtransfer version on both sides)"
             )
         if hello.role == self.role:
             raise HandshakeRefused(f"both ends are {self.role.name.lower()}s")

@@ -15,6 +15,7 @@ from rtransfer.protocol.constants import (
     MAX_ACCEPT_BYTES,
     MAX_CHUNK_BYTES,
     MAX_ENTRIES_BYTES,
+    MAX_FILTER_RULES,
     MAX_HINTS,
     MAX_STREAMS,
     MAX_WINDOW,
@@ -69,6 +70,7 @@ from rtransfer.protocol.messages import (
 from rtransfer.protocol.model import (
     CONTENT_DIGEST_BYTES,
     FRESH_BUFFERS,
+    KINDS,
     MAX_BATCH_ENTRIES,
     Buffer,
     Buffers,
@@ -359,14 +361,21 @@ def _load_json(body: Buffer, what: str) -> Any:
 def _decode_manifest(obj: Any) -> Manifest:
     _need(isinstance(obj, dict), "MANIFEST is not an object")
     tid, chunk, window, streams = (obj.get(k) for k in ("transfer_id", "chunk_bytes", "window", "streams"))
-    delta = obj.get("delta", True)
-    _need(isinstance(delta, bool), "MANIFEST delta malformed")
+    delta, delete, dry_run = obj.get("delta", True), obj.get("delete", False), obj.get("dry_run", False)
+    _need(all(isinstance(b, bool) for b in (delta, delete, dry_run)), "MANIFEST delta, delete or dry_run malformed")
+    filters = obj.get("filters", [])
+    _need(
+        isinstance(filters, list)
+        and len(filters) <= MAX_FILTER_RULES
+        and all(isinstance(f, str) and 2 < len(f) <= 4096 and f[:2] in ("+ ", "- ") for f in filters),
+        "MANIFEST filters malformed",
+    )
     _need(isinstance(tid, str) and 0 < len(tid) <= 64, "MANIFEST transfer_id malformed")
     _need(_is_uint(chunk) and MIN_CHUNK_BYTES <= chunk <= MAX_CHUNK_BYTES, "MANIFEST chunk_bytes out of range")
     _need(_is_uint(window) and 1 <= window <= MAX_WINDOW, "MANIFEST window out of range")
     _need(_is_uint(streams) and 1 <= streams <= MAX_STREAMS, "MANIFEST streams out of range")
     assert isinstance(tid, str) and isinstance(chunk, int) and isinstance(window, int) and isinstance(streams, int)
-    return Manifest(tid, chunk, window, streams, delta)
+    return Manifest(tid, chunk, window, streams, delta, tuple(filters), delete, dry_run)
 
 
 def _decode_entries(body: Buffer) -> EntryBatch:
@@ -379,7 +388,12 @@ def _decode_entries(body: Buffer) -> EntryBatch:
     return EntryBatch(first, tuple(_decode_entry(e) for e in entries), last)
 
 
-_KINDS = frozenset(("file", "dir", "symlink"))
+_LINKED = frozenset(("symlink", "hardlink"))  # the kinds with a target
+_IDS_MAX = 2**32 - 1
+
+
+def _id_ok(value: object) -> bool:
+    return value is None or (_is_uint(value) and value <= _IDS_MAX)  # type: ignore[operator]
 
 
 def _decode_entry(obj: object) -> Entry:
@@ -389,16 +403,17 @@ def _decode_entry(obj: object) -> Entry:
     get = obj.get
     path, kind, size, mode, mtime = get("path"), get("kind", "file"), get("size"), get("mode", 0o644), get("mtime")
     target, identity, digest = get("target"), get("identity"), get("digest")
+    uid, gid, device = get("uid"), get("gid"), get("device")
     if not isinstance(path, str) or not path:
         raise RemoteProtocolError("ENTRIES entry path malformed")
     try:
         path.encode("utf-8")
     except UnicodeEncodeError:
         raise RemoteProtocolError("ENTRIES entry path is not valid UTF-8") from None
-    if kind not in _KINDS:
+    if kind not in KINDS:
         raise RemoteProtocolError(f"ENTRIES entry kind {kind!r} unknown")
-    if (kind == "symlink") != isinstance(target, str):
-        raise RemoteProtocolError("ENTRIES symlink entry needs a target, others none")
+    if (kind in _LINKED) != isinstance(target, str):
+        raise RemoteProtocolError("ENTRIES link entry needs a target, others none")
     if target is not None and not (0 < len(target) <= 4096 and "\x00" not in target):
         raise RemoteProtocolError("ENTRIES symlink target malformed")
     if size is not None and (kind != "file" or not _is_uint(size)):
@@ -413,4 +428,8 @@ def _decode_entry(obj: object) -> Entry:
         raise RemoteProtocolError("ENTRIES identity malformed")
     if digest is not None and not (isinstance(digest, str) and len(digest) == 2 * CONTENT_DIGEST_BYTES):
         raise RemoteProtocolError("ENTRIES digest malformed")
-    return Entry(path, kind, size, mode, mtime, target, identity, digest)
+    if not (_id_ok(uid) and _id_ok(gid)):
+        raise RemoteProtocolError("ENTRIES uid or gid malformed")
+    if (device is not None) != (kind in ("char", "block")) or not (device is None or _is_uint(device)):
+        raise RemoteProtocolError("ENTRIES device malformed (or given for what is not a device)")
+    return Entry(path, kind, size, mode, mtime, target, identity, digest, uid, gid, device)

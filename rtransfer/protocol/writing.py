@@ -146,6 +146,9 @@ def _manifest_to_json(m: Manifest) -> dict[str, Any]:
         "window": m.window,
         "streams": m.streams,
         "delta": m.delta,
+        "filters": list(m.filters),
+        "delete": m.delete,
+        "dry_run": m.dry_run,
     }
 
 
@@ -168,7 +171,7 @@ def _entry_to_json(e: Entry) -> dict[str, Any]:
     obj: dict[str, Any] = {"path": e.path}
     if e.kind != "file":
         obj["kind"] = e.kind
-    for key in ("size", "mode", "mtime", "target", "identity", "digest"):
+    for key in ("size", "mode", "mtime", "target", "identity", "digest", "uid", "gid", "device"):
         value = getattr(e, key)
         if value is not None:
             obj[key] = value

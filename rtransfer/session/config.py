@@ -35,6 +35,9 @@ class SendConfig:
     direct: bool = True  # through a relay, try a direct path too (--no-direct: never, and share no address)
     ssh: SshCommand | None = None  # push over ssh: each connection is an ssh session running the receiver there
     stdio: bool = False  # the far side of an ssh transfer: the one connection is standard input and output
+    filters: tuple[str, ...] = ()  # include/exclude rules ("+ PAT"/"- PAT"), first match wins (filters.py)
+    delete: bool = False  # ask the receiver to delete what its copies of our directories hold beyond the list
+    dry_run: bool = False  # ask the receiver only to say what it would do
 
 
 @dataclass(frozen=True)
@@ -58,3 +61,5 @@ class RecvConfig:
     direct: bool = True  # see SendConfig
     ssh: SshCommand | None = None  # pull over ssh: each connection is an ssh session running the sender there
     stdio: bool = False  # see SendConfig
+    delete: bool = False  # make the transfer's directories hold only what it lists (the sender may ask too)
+    dry_run: bool = False  # say what would be sent, replaced or deleted; change nothing (the sender may ask too)

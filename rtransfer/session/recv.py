@@ -73,7 +73,9 @@ class ReceiveTransfer:
         self.sink: Sink = (
             StdoutSink()
             if config.dest == "-"
-            else DirectorySink(Path(config.dest), config.overwrite, config.direct_io, config.safe_links)
+            else DirectorySink(
+                Path(config.dest), config.overwrite, config.direct_io, config.safe_links, config.delete, config.dry_run
+            )
         )
         self.sink.check()
         self.stats = TransferStats("recv")
@@ -288,6 +290,7 @@ class ReceiveAttempt(Attempt):
         here in part resumes."""
         batch = event.batch
         plan = self.sink.plan(batch)
+        self.tell_items()
         announced = tuple(i for i in plan.old_copies if i not in plan.compare)  # those surely sent as a delta
         if announced:
             self.machine.announce_bases(announced, now())
@@ -306,8 +309,16 @@ class ReceiveAttempt(Attempt):
             await self.handle(follow)
 
     async def on_complete(self, event: TransferComplete) -> None:
-        await self.sink.complete()
+        for warning in await self.sink.complete():
+            self.reporter.warning(warning)
+        self.tell_items()
         self.done.set()
+
+    def tell_items(self) -> None:
+        dry_run = self.sink.dry
+        for action, path in self.sink.items:
+            self.reporter.item(action, path, dry_run)
+        self.sink.items.clear()
 
     async def on_chunk_arrived(self, event: ChunkArrived) -> None:
         await self.take_chunk(self.conn, event.chunk)

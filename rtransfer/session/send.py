@@ -13,6 +13,7 @@ from rtransfer.crypto import KeyExchange
 from rtransfer.delta import Fingerprint, fingerprint
 from rtransfer.errors import ProtocolViolation, RemoteError, RtransferError
 from rtransfer.files import Source, collect_sources, list_batches, with_content_digests
+from rtransfer.filters import parse_specs
 from rtransfer.listen import normalise_code
 from rtransfer.pipeline import (
     QUEUE_CHUNKS,
@@ -83,7 +84,14 @@ class SendTransfer:
         self.sources = collect_sources(config.sources, config.stdin_name)  # first: a missing one opens nothing
         self.source = source or self._source(config, reporter)
         self.manifest = Manifest(
-            uuid.uuid4().hex, config.chunk_bytes, config.window, config.streams, delta=not config.whole_file
+            uuid.uuid4().hex,
+            config.chunk_bytes,
+            config.window,
+            config.streams,
+            delta=not config.whole_file,
+            filters=config.filters,
+            delete=config.delete,
+            dry_run=config.dry_run,
         )
         self.stats = TransferStats("send")
         self.pool = BufferPool(send_budget(config.window, config.streams))
@@ -97,7 +105,7 @@ class SendTransfer:
     @staticmethod
     def _source(config: SendConfig, reporter: Reporter) -> ConnectionSource:
         if config.ssh is not None:
-            return Ssh(config.ssh, reporter.warning)
+            return Ssh(config.ssh, reporter.warning, tell=reporter.item)
         if config.stdio:
             return StdioLink(reporter.joinable)
         if config.relay is not None:
@@ -291,6 +299,8 @@ class SendAttempt(Attempt):
     def all_accepted(self) -> None:
         """Every batch is listed and accepted: the reader's queue ends, and what was skipped is said once."""
         self.accepted.put_nowait(None)
+        if self.transfer.config.dry_run:
+            return  # every file counts as there; the receiver says what it would do
         same = "same content" if self.transfer.config.checksum else "same size and mtime"
         if self.skipped == 1:
             self.reporter.warning(f"{self.first_skipped}: already at the receiver ({same}); skipped")
@@ -302,7 +312,8 @@ class SendAttempt(Attempt):
         warnings: list[str] = []  # the walk runs in a worker thread; warnings are reported from here
         config = self.transfer.config
         await self.direct.first_byte()
-        batches = list_batches(self.transfer.sources, config.safe_links, warnings.append)
+        rules = parse_specs(config.filters)
+        batches = list_batches(self.transfer.sources, config.safe_links, warnings.append, filters=rules)
         if config.checksum:
             batches = map(with_content_digests, batches)
         upcoming = await in_worker(next, batches, None)

@@ -56,9 +56,17 @@ class Ssh:
     path = "ssh"
     secret = None
 
-    def __init__(self, ssh: SshCommand, say: Callable[[str], None], joining: Ssh | None = None) -> None:
-        """``joining``: this source's sessions are further connections of that one's transfer."""
+    def __init__(
+        self,
+        ssh: SshCommand,
+        say: Callable[[str], None],
+        joining: Ssh | None = None,
+        tell: Callable[[str, str, bool], None] | None = None,
+    ) -> None:
+        """``joining``: this source's sessions are further connections of that one's transfer.
+        ``tell``: where the far receiver's items go (a dry run's verdicts, --delete's removals)."""
         self.ssh = ssh
+        self.tell = tell
         self.joining = joining
         self.joinable: str | None = None  # the far side's socket that further sessions join through
         self._joinable_said = threading.Event()
@@ -116,6 +124,9 @@ class Ssh:
                 event = json.loads(line)
                 if event.get("event") == "warning":
                     loop.call_soon_threadsafe(self.say, f"{self.host}: {event['message']}")
+                elif event.get("event") == "item" and self.tell is not None:
+                    item = (str(event["action"]), str(event["path"]), bool(event["dry_run"]))
+                    loop.call_soon_threadsafe(self.tell, *item)
                 elif event.get("event") == "joinable":
                     self.joinable = str(event["socket"])
                     self._joinable_said.set()
@@ -160,7 +171,7 @@ class Ssh:
     def further(self, session_key: bytes, stream: int) -> Ssh:
         """A further ssh session, whose far side joins this one's (each its own TCP connection;
         with a ControlMaster in the user's ssh config, ssh shares one instead)."""
-        return Ssh(self.ssh, self.say, joining=self)
+        return Ssh(self.ssh, self.say, joining=self, tell=self.tell)
 
     def close(self) -> None:
         """End the session: its far side has finished (it exits once our end of the socket pair

@@ -226,3 +226,26 @@ def test_a_far_disk_that_fills_is_named_by_its_host(tmp_path: Path, sshd: Loopba
         assert not (small / "big.bin").exists()
     finally:
         subprocess.run(["umount", str(small)], check=False)
+
+
+def test_selection_over_ssh_a_pull_excludes_and_a_push_deletes_and_dry_runs(tmp_path: Path, sshd: LoopbackSshd) -> None:
+    """The rules go to the far sender of a pull; --delete and --dry-run to the far receiver of a
+    push, whose verdicts come back to the terminal that asked."""
+    tree = make_tree(tmp_path / "src")
+    pulled = run("recv", f"root@127.0.0.1:{tree}/", str(tmp_path / "pulled"), "--exclude=*.sh", *ssh_args(sshd))
+    assert pulled.returncode == 0, pulled.stderr.decode()
+    assert (tmp_path / "pulled" / "d" / "big.bin").exists() and not (tmp_path / "pulled" / "d" / "exec.sh").exists()
+    (tmp_path / "pulled" / "stale").write_text("x")
+    before = sorted(p.name for p in (tmp_path / "pulled").iterdir())
+    dest = f"root@127.0.0.1:{tmp_path / 'pulled'}"
+    dry = run("send", f"{tree}/", dest, "--delete", "--dry-run", "--json", *ssh_args(sshd))
+    assert dry.returncode == 0, dry.stderr.decode()
+    items = [json.loads(line) for line in dry.stdout.splitlines() if b'"item"' in line]
+    assert {(i["action"], i["path"], i["dry_run"]) for i in items} == {
+        ("send", "d/exec.sh", True),
+        ("delete", "stale", True),
+    }
+    assert sorted(p.name for p in (tmp_path / "pulled").iterdir()) == before
+    pushed = run("send", f"{tree}/", dest, "--delete", *ssh_args(sshd))
+    assert pushed.returncode == 0, pushed.stderr.decode()
+    assert differences(tree, tmp_path / "pulled") == [] and not (tmp_path / "pulled" / "stale").exists()

@@ -45,10 +45,11 @@ def test_the_protocol_never_speaks_of_exit_codes() -> None:
 
 
 def test_every_function_is_short() -> None:
+    """The body, from its docstring on: a typer command's signature is its list of options."""
     for path in sorted(PACKAGE.rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
-                lines = (node.end_lineno or node.lineno) - node.lineno + 1
+                lines = (node.end_lineno or node.lineno) - node.body[0].lineno + 1
                 assert lines <= MAX_FUNCTION_LINES, f"{path.relative_to(PACKAGE)}: {node.name} is {lines} lines"
 
 

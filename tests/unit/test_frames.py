@@ -164,7 +164,10 @@ def test_flipped_bit_in_control_frame_is_a_protocol_error() -> None:
     [
         (FrameType.ENTRIES, b'{"first":0,"last":true,"entries":[{"path":"\\udc80","size":1}]}', "not valid UTF-8"),
         (FrameType.ENTRIES, b'{"first":0,"last":true,"entries":[{"path":"a","mtime":NaN}]}', "mtime malformed"),
-        (FrameType.ENTRIES, b'{"first":0,"last":true,"entries":[{"path":"a","kind":"fifo"}]}', "kind 'fifo' unknown"),
+        (FrameType.ENTRIES, b'{"first":0,"last":true,"entries":[{"path":"a","kind":"socket"}]}', "'socket' unknown"),
+        (FrameType.ENTRIES, b'{"first":0,"last":true,"entries":[{"path":"a","kind":"fifo","device":3}]}', "device"),
+        (FrameType.ENTRIES, b'{"first":0,"last":true,"entries":[{"path":"a","kind":"hardlink"}]}', "needs a target"),
+        (FrameType.ENTRIES, b'{"first":0,"last":true,"entries":[{"path":"a","uid":-1}]}', "uid or gid"),
         (
             FrameType.ENTRIES,
             b'{"first":0,"last":true,"entries":[{"path":"a","kind":"dir","size":3}]}',

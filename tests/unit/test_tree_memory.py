@@ -34,7 +34,7 @@ class Listening(Reporter):
 def synthetic_walk(entries: int, empty_file: Path) -> Any:
     """``entries`` empty files in DIRS directories, as the walk would list them (batched by the real lister)."""
 
-    def walk(root: Source, safe_links: bool, warn: Any) -> Iterator[Source]:
+    def walk(self: files.Walk, root: Source) -> Iterator[Source]:
         yield Source(Entry("root", "dir", None, 0o755, 0.0), None)
         for d in range(DIRS):
             yield Source(Entry(f"root/d{d}", "dir", None, 0o755, 0.0), None)
@@ -53,7 +53,7 @@ async def peak_bytes_for(entries: int, tmp_path: Path, monkeypatch: pytest.Monke
     (tmp_path / "src").mkdir(parents=True)
     empty = tmp_path / "empty"
     empty.write_bytes(b"")
-    monkeypatch.setattr(files, "_walk", synthetic_walk(entries, empty))
+    monkeypatch.setattr(files.Walk, "entries", synthetic_walk(entries, empty))
     monkeypatch.setattr(sink, "write_packed", no_disk)
     reporter = Listening()
     recv = session.RecvConfig(str(tmp_path / "out"), "127.0.0.1", 0, code="memory-test-secret")

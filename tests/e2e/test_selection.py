@@ -1,0 +1,151 @@
+"""Selection as rsync users spell it: the trailing slash, --exclude/--include, --delete, --dry-run."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+from pathlib import Path
+
+from tests.conftest import Proc, Receiver, run
+
+
+def make_tree(root: Path) -> Path:
+    src = root / "src"
+    for path, text in {
+        "keep.txt": "k",
+        "drop.pyc": "d",
+        "sub/inner.txt": "i",
+        "sub/inner.pyc": "p",
+        "cache/big.bin": "c" * 1000,
+    }.items():
+        (src / path).parent.mkdir(parents=True, exist_ok=True)
+        (src / path).write_text(text)
+    return src
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    """Every entry under ``root``: its kind, mode, mtime and content digest (a link's target)."""
+    found: dict[str, str] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            path = Path(dirpath) / name
+            st = path.lstat()
+            if path.is_symlink():
+                what = os.readlink(path)
+            elif path.is_file():
+                what = hashlib.sha256(path.read_bytes()).hexdigest()
+            else:
+                what = "dir"
+            found[str(path.relative_to(root))] = f"{st.st_mode:o} {st.st_mtime_ns} {what}"
+    return found
+
+
+def listed(root: Path) -> set[str]:
+    return set(snapshot(root))
+
+
+def test_a_trailing_slash_sends_what_the_directory_holds(tmp_path: Path, procs: list[Proc]) -> None:
+    src = make_tree(tmp_path)
+    os.utime(src, (1_000_000_000, 1_000_000_000))
+    procs.append(rx := Receiver(tmp_path / "out"))
+    assert run("send", f"{src}/", rx.address).returncode == 0
+    assert rx.finish() == 0
+    assert listed(tmp_path / "out") == listed(src)
+    assert (tmp_path / "out").stat().st_mtime == 1_000_000_000  # as rsync: DEST takes the source's times
+
+
+def test_exclude_and_include_leave_out_what_rsync_leaves_out(tmp_path: Path, procs: list[Proc]) -> None:
+    src = make_tree(tmp_path)
+    rules = ["--include=sub/inner.pyc", "--exclude=*.pyc", "--exclude=/cache"]
+    subprocess.run(["rsync", "-a", *rules, f"{src}/", f"{tmp_path / 'by-rsync'}/"], check=True)
+    procs.append(rx := Receiver(tmp_path / "out"))
+    result = run("send", f"{src}/", rx.address, *rules)
+    assert result.returncode == 0, result.stderr
+    assert rx.finish() == 0
+    expected = {"keep.txt", "sub", "sub/inner.txt", "sub/inner.pyc"}
+    assert listed(tmp_path / "out") == listed(tmp_path / "by-rsync") == expected
+
+
+def test_delete_removes_what_the_source_lacks_and_keeps_what_is_excluded(tmp_path: Path, procs: list[Proc]) -> None:
+    src = make_tree(tmp_path)
+    out = tmp_path / "out"
+    (out / "sub" / "gone-dir" / "deep").mkdir(parents=True)
+    (out / "sub" / "gone-dir" / "deep" / "f").write_text("x")
+    (out / "gone.txt").write_text("x")
+    (out / "local.pyc").write_text("excluded here, so kept")
+    procs.append(rx := Receiver(out, "--delete"))
+    assert run("send", f"{src}/", rx.address, "--exclude=*.pyc").returncode == 0
+    assert rx.finish() == 0
+    assert listed(out) == {"keep.txt", "sub", "sub/inner.txt", "cache", "cache/big.bin", "local.pyc"}
+    deleted = {e["path"] for e in rx.events("item") if e["action"] == "delete" and not e["dry_run"]}
+    assert deleted == {"gone.txt", "sub/gone-dir/"}
+
+
+def test_delete_never_follows_a_planted_link_nor_leaves_the_tree(tmp_path: Path, procs: list[Proc]) -> None:
+    src = make_tree(tmp_path)
+    outside = tmp_path / "outside"
+    (outside / "precious").mkdir(parents=True)
+    (outside / "precious" / "file").write_text("must stay")
+    (tmp_path / "beside.txt").write_text("must stay")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "link-to-outside").symlink_to(outside)  # extraneous: the link goes, not what it points at
+    (out / "sub").symlink_to(outside / "precious")  # where a directory of the transfer should be
+    before = snapshot(outside)
+    procs.append(rx := Receiver(out, "--delete", "--overwrite"))
+    result = run("send", f"{src}/", rx.address)
+    assert rx.finish() != 0  # the planted "sub" is refused, not written or deleted through
+    assert result.returncode != 0
+    assert snapshot(outside) == before and (tmp_path / "beside.txt").read_text() == "must stay"
+    (out / "sub").unlink()
+    procs.append(rx := Receiver(out, "--delete"))
+    assert run("send", f"{src}/", rx.address).returncode == 0
+    assert rx.finish() == 0
+    assert not (out / "link-to-outside").is_symlink() and snapshot(outside) == before
+
+
+def test_a_senders_delete_needs_the_receivers_consent(tmp_path: Path, procs: list[Proc]) -> None:
+    src = make_tree(tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "mine.txt").write_text("not the sender's to delete")
+    procs.append(rx := Receiver(out))
+    result = run("send", f"{src}/", rx.address, "--delete")
+    assert result.returncode != 0 and b"--delete" in result.stderr
+    assert rx.finish() != 0
+    assert (out / "mine.txt").exists()
+    procs.append(rx := Receiver(out, "--overwrite"))
+    assert run("send", f"{src}/", rx.address, "--delete").returncode == 0
+    assert rx.finish() == 0 and not (out / "mine.txt").exists()
+
+
+def test_a_dry_run_says_what_would_change_and_changes_nothing(tmp_path: Path, procs: list[Proc]) -> None:
+    src = make_tree(tmp_path)
+    out = tmp_path / "out"
+    procs.append(rx := Receiver(out))
+    assert run("send", f"{src}/", rx.address).returncode == 0
+    assert rx.finish() == 0
+    (src / "new.txt").write_text("new")
+    (src / "keep.txt").write_text("changed")
+    (out / "extra.txt").write_text("extra")
+    before_src, before_out = snapshot(src), snapshot(out)
+    procs.append(rx := Receiver(out, "--overwrite", "--delete"))
+    result = run("send", f"{src}/", rx.address, "--dry-run", "--exclude=*.pyc")
+    assert result.returncode == 0, result.stderr
+    assert rx.finish() == 0
+    said = {(e["action"], e["path"]) for e in rx.events("item")}
+    assert said == {("send", "new.txt"), ("replace", "keep.txt"), ("delete", "extra.txt")}
+    assert all(e["dry_run"] for e in rx.events("item"))
+    assert snapshot(src) == before_src and snapshot(out) == before_out
+
+
+def test_a_receivers_dry_run_into_a_missing_dest_creates_nothing(tmp_path: Path, procs: list[Proc]) -> None:
+    src = make_tree(tmp_path)
+    out = tmp_path / "not-yet"
+    procs.append(rx := Receiver(out, "-n"))
+    assert run("send", str(src), rx.address).returncode == 0
+    assert rx.finish() == 0
+    assert not out.exists()
+    said = {(e["action"], e["path"]) for e in rx.events("item")}
+    assert ("send", "src/") in said and ("send", "src/sub/inner.txt") in said
