@@ -17,12 +17,14 @@ CONTENT_DIGEST_BYTES = 16  # --checksum: a listed file's BLAKE3, cut to 128 bits
 MAX_BATCH_ENTRIES = 1024  # entries in one batch of the file list
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Entry:
-    """One item of a transfer: a path relative to the transfer root."""
+    """One item of a transfer: a path relative to the transfer root. Treated as immutable (changed
+    only through ``dataclasses.replace``), but not frozen: a tree makes one per file on each
+    side, and a frozen one costs twice as much to make."""
 
     path: str
-    kind: str  # "file", "dir", "symlink", "hardlink", "fifo", "char" or "block" (see KINDS)
+    kind: str  # "file", "dir", "symlink", "hardlink", "fifo", "char" or "block"
     size: int | None = None  # None: a stream whose length is known only at its end
     mode: int = 0o644
     mtime: float | None = None
@@ -32,11 +34,6 @@ class Entry:
     uid: int | None = None  # owner and group by number, listed only by a sender running as root
     gid: int | None = None
     device: int | None = None  # "char" and "block": the device number (st_rdev)
-
-
-# A transfer's kinds of entry: only "file" carries data; the others are made by the receiver at
-# the end, once every file they may name is in place.
-KINDS = frozenset(("file", "dir", "symlink", "hardlink", "fifo", "char", "block"))
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,6 @@ trusted; each message type's decoder in one table."""
 from __future__ import annotations
 
 import json
-import math
 import struct
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -24,6 +23,7 @@ from rtransfer.protocol.constants import (
     FrameType,
     Role,
 )
+from rtransfer.protocol.entries import decode_entries
 from rtransfer.protocol.errors import CorruptFrame, FrameAuthenticationError, HandshakeRefused, RemoteProtocolError
 from rtransfer.protocol.messages import (
     ACK_LAYOUT,
@@ -68,14 +68,9 @@ from rtransfer.protocol.messages import (
     frame_check,
 )
 from rtransfer.protocol.model import (
-    CONTENT_DIGEST_BYTES,
     FRESH_BUFFERS,
-    KINDS,
-    MAX_BATCH_ENTRIES,
     Buffer,
     Buffers,
-    Entry,
-    EntryBatch,
     Manifest,
     Signature,
     WritableBuffer,
@@ -321,7 +316,7 @@ _DECODERS: dict[FrameType, Callable[[FrameType, WritableBuffer], Frame]] = {
     FrameType.HINTS: _decode_hints,
     FrameType.GO_DIRECT: lambda ftype, body: GoDirect(_sized(body, DIRECT_ID_BYTES, "GO_DIRECT")),
     FrameType.JOINED: _empty(Joined),
-    FrameType.ENTRIES: lambda ftype, body: _decode_entries(_unsqueezed(body, MAX_ENTRIES_BYTES, "ENTRIES")),
+    FrameType.ENTRIES: lambda ftype, body: decode_entries(_unsqueezed(body, MAX_ENTRIES_BYTES, "ENTRIES")),
     FrameType.PACK_RESULT: _fixed(PACK_RESULT_LAYOUT, PackResult),
     FrameType.ACCEPT: _decode_accept,
     FrameType.NACK: _fixed(U64, Nack),
@@ -376,60 +371,3 @@ def _decode_manifest(obj: Any) -> Manifest:
     _need(_is_uint(streams) and 1 <= streams <= MAX_STREAMS, "MANIFEST streams out of range")
     assert isinstance(tid, str) and isinstance(chunk, int) and isinstance(window, int) and isinstance(streams, int)
     return Manifest(tid, chunk, window, streams, delta, tuple(filters), delete, dry_run)
-
-
-def _decode_entries(body: Buffer) -> EntryBatch:
-    obj = _load_json(body, "ENTRIES")
-    _need(isinstance(obj, dict), "ENTRIES is not an object")
-    first, last, entries = (obj.get(k) for k in ("first", "last", "entries"))
-    _need(_is_uint(first) and isinstance(last, bool), "ENTRIES first or last malformed")
-    _need(isinstance(entries, list) and len(entries) <= MAX_BATCH_ENTRIES, "ENTRIES entries malformed")
-    assert isinstance(first, int) and isinstance(entries, list) and isinstance(last, bool)
-    return EntryBatch(first, tuple(_decode_entry(e) for e in entries), last)
-
-
-_LINKED = frozenset(("symlink", "hardlink"))  # the kinds with a target
-_IDS_MAX = 2**32 - 1
-
-
-def _id_ok(value: object) -> bool:
-    return value is None or (_is_uint(value) and value <= _IDS_MAX)  # type: ignore[operator]
-
-
-def _decode_entry(obj: object) -> Entry:
-    """One entry, every field checked (a tree lists thousands: the checks stay cheap)."""
-    if not isinstance(obj, dict):
-        raise RemoteProtocolError("ENTRIES entry is not an object")
-    get = obj.get
-    path, kind, size, mode, mtime = get("path"), get("kind", "file"), get("size"), get("mode", 0o644), get("mtime")
-    target, identity, digest = get("target"), get("identity"), get("digest")
-    uid, gid, device = get("uid"), get("gid"), get("device")
-    if not isinstance(path, str) or not path:
-        raise RemoteProtocolError("ENTRIES entry path malformed")
-    try:
-        path.encode("utf-8")
-    except UnicodeEncodeError:
-        raise RemoteProtocolError("ENTRIES entry path is not valid UTF-8") from None
-    if kind not in KINDS:
-        raise RemoteProtocolError(f"ENTRIES entry kind {kind!r} unknown")
-    if (kind in _LINKED) != isinstance(target, str):
-        raise RemoteProtocolError("ENTRIES link entry needs a target, others none")
-    if target is not None and not (0 < len(target) <= 4096 and "\x00" not in target):
-        raise RemoteProtocolError("ENTRIES symlink target malformed")
-    if size is not None and (kind != "file" or not _is_uint(size)):
-        raise RemoteProtocolError("ENTRIES entry size malformed (or given for what is not a file)")
-    if not _is_uint(mode) or mode > 0o7777:
-        raise RemoteProtocolError("ENTRIES entry mode malformed")
-    if mtime is not None:
-        if not isinstance(mtime, int | float) or isinstance(mtime, bool) or not math.isfinite(mtime):
-            raise RemoteProtocolError("ENTRIES entry mtime malformed")
-        mtime = float(mtime)
-    if identity is not None and not (isinstance(identity, str) and len(identity) <= 128):
-        raise RemoteProtocolError("ENTRIES identity malformed")
-    if digest is not None and not (isinstance(digest, str) and len(digest) == 2 * CONTENT_DIGEST_BYTES):
-        raise RemoteProtocolError("ENTRIES digest malformed")
-    if not (_id_ok(uid) and _id_ok(gid)):
-        raise RemoteProtocolError("ENTRIES uid or gid malformed")
-    if (device is not None) != (kind in ("char", "block")) or not (device is None or _is_uint(device)):
-        raise RemoteProtocolError("ENTRIES device malformed (or given for what is not a device)")
-    return Entry(path, kind, size, mode, mtime, target, identity, digest, uid, gid, device)

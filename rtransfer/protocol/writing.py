@@ -10,6 +10,7 @@ from typing import Any
 import zstandard
 
 from rtransfer.protocol.constants import MAX_ERROR_MESSAGE_BYTES, FrameType
+from rtransfer.protocol.entries import encode_entries
 from rtransfer.protocol.errors import LocalProtocolError
 from rtransfer.protocol.messages import (
     ACK_LAYOUT,
@@ -49,7 +50,7 @@ from rtransfer.protocol.messages import (
     frame_check,
     frame_type,
 )
-from rtransfer.protocol.model import Buffer, Entry, EntryBatch, Manifest, Signature, WritableBuffer
+from rtransfer.protocol.model import Buffer, EntryBatch, Manifest, Signature, WritableBuffer
 
 
 def _frame(
@@ -98,8 +99,7 @@ def _ack_body(frame: Ack) -> bytes:
 
 
 def _entries_body(frame: EntryBatch) -> bytes:
-    entries = [_entry_to_json(e) for e in frame.entries]
-    return _squeezed({"first": frame.first, "last": frame.last, "entries": entries})
+    return _LIST_COMPRESSOR.compress(encode_entries(frame))
 
 
 def _accept_body(frame: Accept) -> bytes:
@@ -163,16 +163,3 @@ _LIST_COMPRESSOR = zstandard.ZstdCompressor(level=3)
 
 def _squeezed(obj: object) -> bytes:
     return _LIST_COMPRESSOR.compress(_json(obj))
-
-
-def _entry_to_json(e: Entry) -> dict[str, Any]:
-    """Fields at their default are left out: most of a tree is plain files, and the list is
-    most of the bytes a tree of small files puts on the wire besides their contents."""
-    obj: dict[str, Any] = {"path": e.path}
-    if e.kind != "file":
-        obj["kind"] = e.kind
-    for key in ("size", "mode", "mtime", "target", "identity", "digest", "uid", "gid", "device"):
-        value = getattr(e, key)
-        if value is not None:
-            obj[key] = value
-    return obj

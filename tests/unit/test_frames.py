@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import math
+import struct
+
 import pytest
 import zstandard
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rtransfer.protocol.constants import Cause, FrameType, Role
+from rtransfer.protocol.entries import DEVICE, MTIME, SIZE
 from rtransfer.protocol.errors import ProtocolError
 from rtransfer.protocol.messages import (
     HEADER,
@@ -48,10 +52,23 @@ files = st.builds(
 others = st.builds(
     Entry,
     path=names,
-    kind=st.sampled_from(["dir", "symlink"]),
+    kind=st.sampled_from(["dir", "symlink", "hardlink", "fifo", "char", "block"]),
     mode=st.integers(0, 0o7777),
     mtime=st.none() | st.floats(0, 2e9),
-).map(lambda e: Entry(e.path, e.kind, None, e.mode, e.mtime, "t/x" if e.kind == "symlink" else None))
+    uid=st.none() | st.integers(0, 2**32 - 1),
+).map(
+    lambda e: Entry(
+        e.path,
+        e.kind,
+        None,
+        e.mode,
+        e.mtime,
+        "t/x" if e.kind in ("symlink", "hardlink") else None,
+        uid=e.uid,
+        gid=None if e.uid is None else e.uid // 2,
+        device=e.mode * 7 if e.kind in ("char", "block") else None,
+    )
+)
 entries = files | others
 frames = st.one_of(
     st.builds(
@@ -159,24 +176,31 @@ def test_flipped_bit_in_control_frame_is_a_protocol_error() -> None:
         decode_all(bytes(raw))
 
 
+def _head(kind: int, flags: int, suffix: int) -> bytes:
+    """One binary entry's head (protocol/entries.py): kind, flags, no shared prefix, the suffix length, mode."""
+    return struct.pack("!BBHHH", kind, flags, 0, suffix, 0o644)
+
+
+def _entries(*entries: bytes) -> bytes:
+    return struct.pack("!QBH", 0, 1, len(entries)) + b"".join(entries)
+
+
 @pytest.mark.parametrize(
     ("ftype", "body", "message"),
     [
-        (FrameType.ENTRIES, b'{"first":0,"last":true,"entries":[{"path":"\\udc80","size":1}]}', "not valid UTF-8"),
-        (FrameType.ENTRIES, b'{"first":0,"last":true,"entries":[{"path":"a","mtime":NaN}]}', "mtime malformed"),
-        (FrameType.ENTRIES, b'{"first":0,"last":true,"entries":[{"path":"a","kind":"socket"}]}', "'socket' unknown"),
-        (FrameType.ENTRIES, b'{"first":0,"last":true,"entries":[{"path":"a","kind":"fifo","device":3}]}', "device"),
-        (FrameType.ENTRIES, b'{"first":0,"last":true,"entries":[{"path":"a","kind":"hardlink"}]}', "needs a target"),
-        (FrameType.ENTRIES, b'{"first":0,"last":true,"entries":[{"path":"a","uid":-1}]}', "uid or gid"),
-        (
-            FrameType.ENTRIES,
-            b'{"first":0,"last":true,"entries":[{"path":"a","kind":"dir","size":3}]}',
-            "size malformed",
-        ),
-        (FrameType.ENTRIES, b'{"first":-1,"last":true,"entries":[]}', "first or last malformed"),
+        (FrameType.ENTRIES, _entries(_head(0, 0, 1) + b"\x80"), "not valid UTF-8"),
+        (FrameType.ENTRIES, _entries(_head(0, MTIME, 1) + b"a" + struct.pack("!d", math.nan)), "mtime malformed"),
+        (FrameType.ENTRIES, _entries(_head(7, 0, 1) + b"a"), "kind, mode or path malformed"),
+        (FrameType.ENTRIES, _entries(_head(4, DEVICE, 1) + b"a" + bytes(8)), "device its number"),
+        (FrameType.ENTRIES, _entries(_head(3, 0, 1) + b"a"), "a link needs a target"),
+        (FrameType.ENTRIES, _entries(_head(1, SIZE, 1) + b"a" + bytes(8)), "size given for what is not a file"),
+        (FrameType.ENTRIES, _entries(_head(0, SIZE, 1) + b"a" + bytes(4)), "truncated"),
+        (FrameType.ENTRIES, _entries(_head(0, 0, 1) + b"a" + b"more"), "bytes after its last entry"),
+        (FrameType.ENTRIES, _entries(_head(0, 0, 0)), "path malformed"),
+        (FrameType.ENTRIES, struct.pack("!QBH", 0, 2, 0), "count or last malformed"),
         (FrameType.MANIFEST, b'{"transfer_id":"a","chunk_bytes":1,"window":4}', "chunk_bytes out of range"),
         (FrameType.MANIFEST, b"\xff\xfe", "not valid UTF-8"),
-        (FrameType.ENTRIES, b"[1,", "not valid JSON"),
+        (FrameType.HINTS, b"[1,", "not valid JSON"),
         (FrameType.ACCEPT, b'{"first":0,"start_offsets":{"x":1},"done":[]}', "start_offsets malformed"),
     ],
 )

@@ -1,0 +1,170 @@
+"""The file list on the wire: a batch of entries, packed in binary (then zstd-compressed by the codec).
+
+A tree of small files puts little else on the wire, and both sides handle every entry, so its
+cost per entry counts twice; JSON spent about 13 µs an entry on the receiver, checks included.
+Each path is sent as its directory's bytes shared with the path before (a count) and the rest,
+much as rsync's file list does: siblings share their directory.
+
+Per entry: kind, flags, shared prefix and suffix lengths and mode (``_HEAD``), the suffix, then
+each field ``flags`` names, in this order: size (u64), mtime (f64), target (u16 length + UTF-8),
+identity (u16 length + UTF-8), digest (CONTENT_DIGEST_BYTES), uid and gid (u32 each), device (u64).
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+
+from rtransfer.protocol.errors import RemoteProtocolError
+from rtransfer.protocol.model import CONTENT_DIGEST_BYTES, MAX_BATCH_ENTRIES, Buffer, Entry, EntryBatch
+
+KIND_CODES = ("file", "dir", "symlink", "hardlink", "fifo", "char", "block")
+_CODE_OF = {kind: code for code, kind in enumerate(KIND_CODES)}
+_LINKED = frozenset((_CODE_OF["symlink"], _CODE_OF["hardlink"]))
+_DEVICES = frozenset((_CODE_OF["char"], _CODE_OF["block"]))
+
+_BATCH = struct.Struct("!QBH")  # first, last, count
+_HEAD = struct.Struct("!BBHHH")  # kind, flags, shared prefix bytes, suffix bytes, mode
+_U16, _U64, _F64 = struct.Struct("!H"), struct.Struct("!Q"), struct.Struct("!d")
+_IDS = struct.Struct("!II")
+SIZE, MTIME, TARGET, IDENTITY, DIGEST, OWNER, DEVICE = (1 << i for i in range(7))
+MAX_TARGET_BYTES = 4 * 4096  # 4096 characters of UTF-8
+MAX_IDENTITY_BYTES = 512
+
+
+def encode_entries(batch: EntryBatch) -> bytes:
+    out = [_BATCH.pack(batch.first, batch.last, len(batch.entries))]
+    put = out.append
+    previous = b""
+    for e in batch.entries:
+        path = e.path.encode("utf-8")
+        shared = _shared(previous, path)
+        previous = path
+        flags = (
+            (SIZE if e.size is not None else 0)
+            | (MTIME if e.mtime is not None else 0)
+            | (TARGET if e.target is not None else 0)
+            | (IDENTITY if e.identity is not None else 0)
+            | (DIGEST if e.digest is not None else 0)
+            | (OWNER if e.uid is not None and e.gid is not None else 0)
+            | (DEVICE if e.device is not None else 0)
+        )
+        put(_HEAD.pack(_CODE_OF[e.kind], flags, shared, len(path) - shared, e.mode))
+        put(path[shared:])
+        if e.size is not None:
+            put(_U64.pack(e.size))
+        if e.mtime is not None:
+            put(_F64.pack(e.mtime))
+        if flags & ~(SIZE | MTIME):
+            put(_rare_fields(e, flags))
+    return b"".join(out)
+
+
+def _shared(a: bytes, b: bytes) -> int:
+    """The bytes of ``b``'s directory that ``a`` starts with too (two C-level calls, not a loop)."""
+    d = b.rfind(b"/") + 1
+    return d if d <= 0xFFFF and a[:d] == b[:d] else 0
+
+
+def _rare_fields(e: Entry, flags: int) -> bytes:
+    out = []
+    if e.target is not None:
+        target = e.target.encode("utf-8")
+        out += [_U16.pack(len(target)), target]
+    if e.identity is not None:
+        identity = e.identity.encode("utf-8")
+        out += [_U16.pack(len(identity)), identity]
+    if e.digest is not None:
+        out.append(bytes.fromhex(e.digest))
+    if flags & OWNER:
+        out.append(_IDS.pack(e.uid, e.gid))
+    if e.device is not None:
+        out.append(_U64.pack(e.device))
+    return b"".join(out)
+
+
+def decode_entries(body: Buffer) -> EntryBatch:
+    """Every field checked; a malformed batch is a RemoteProtocolError saying which part."""
+    data = bytes(body)
+    try:
+        first, last, count = _BATCH.unpack_from(data)
+        if count > MAX_BATCH_ENTRIES or last > 1:
+            raise RemoteProtocolError("ENTRIES count or last malformed")
+        pos = _BATCH.size
+        previous = b""
+        entries = []
+        for _ in range(count):
+            entry, pos, previous = _decode_entry(data, pos, previous)
+            entries.append(entry)
+    except struct.error:
+        raise RemoteProtocolError("ENTRIES frame truncated") from None
+    if pos != len(data):
+        raise RemoteProtocolError("ENTRIES frame has bytes after its last entry")
+    return EntryBatch(first, tuple(entries), bool(last))
+
+
+def _decode_entry(data: bytes, pos: int, previous: bytes) -> tuple[Entry, int, bytes]:
+    code, flags, shared, rest, mode = _HEAD.unpack_from(data, pos)
+    pos += _HEAD.size
+    if code >= len(KIND_CODES) or mode > 0o7777 or shared > len(previous) or flags >= DEVICE << 1:
+        raise RemoteProtocolError("ENTRIES entry kind, mode or path malformed")
+    path_bytes = previous[:shared] + data[pos : pos + rest]
+    pos += rest
+    if not path_bytes or len(path_bytes) != shared + rest:
+        raise RemoteProtocolError("ENTRIES entry path malformed")
+    try:
+        path = path_bytes.decode("utf-8")
+    except UnicodeDecodeError:
+        raise RemoteProtocolError("ENTRIES entry path is not valid UTF-8") from None
+    size = mtime = None
+    if flags & SIZE:
+        if code != 0:
+            raise RemoteProtocolError("ENTRIES entry size given for what is not a file")
+        (size,) = _U64.unpack_from(data, pos)
+        pos += 8
+    if flags & MTIME:
+        (mtime,) = _F64.unpack_from(data, pos)
+        pos += 8
+        if not math.isfinite(mtime):
+            raise RemoteProtocolError("ENTRIES entry mtime malformed")
+    if (code in _LINKED) != bool(flags & TARGET) or (code in _DEVICES) != bool(flags & DEVICE):
+        raise RemoteProtocolError("ENTRIES entry: a link needs a target and a device its number, others neither")
+    if not flags & ~(SIZE | MTIME):
+        return Entry(path, KIND_CODES[code], size, mode, mtime), pos, path_bytes
+    entry, pos = _with_rare_fields(data, pos, flags, Entry(path, KIND_CODES[code], size, mode, mtime))
+    return entry, pos, path_bytes
+
+
+def _with_rare_fields(data: bytes, pos: int, flags: int, entry: Entry) -> tuple[Entry, int]:
+    target = identity = digest = uid = gid = device = None
+    if flags & TARGET:
+        target, pos = _text(data, pos, MAX_TARGET_BYTES, "target")
+        if not target or "\x00" in target:
+            raise RemoteProtocolError("ENTRIES link target malformed")
+    if flags & IDENTITY:
+        identity, pos = _text(data, pos, MAX_IDENTITY_BYTES, "identity")
+    if flags & DIGEST:
+        raw = data[pos : pos + CONTENT_DIGEST_BYTES]
+        if len(raw) != CONTENT_DIGEST_BYTES:
+            raise RemoteProtocolError("ENTRIES digest malformed")
+        digest, pos = raw.hex(), pos + CONTENT_DIGEST_BYTES
+    if flags & OWNER:
+        uid, gid = _IDS.unpack_from(data, pos)
+        pos += _IDS.size
+    if flags & DEVICE:
+        (device,) = _U64.unpack_from(data, pos)
+        pos += 8
+    e = entry
+    return Entry(e.path, e.kind, e.size, e.mode, e.mtime, target, identity, digest, uid, gid, device), pos
+
+
+def _text(data: bytes, pos: int, limit: int, what: str) -> tuple[str, int]:
+    (n,) = _U16.unpack_from(data, pos)
+    pos += _U16.size
+    raw = data[pos : pos + n]
+    if n > limit or len(raw) != n:
+        raise RemoteProtocolError(f"ENTRIES {what} malformed")
+    try:
+        return raw.decode("utf-8"), pos + n
+    except UnicodeDecodeError:
+        raise RemoteProtocolError(f"ENTRIES {what} is not valid UTF-8") from None
