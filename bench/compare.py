@@ -27,6 +27,7 @@ import functools
 import json
 import os
 import platform
+import re
 import shutil
 import socket
 import statistics
@@ -214,6 +215,16 @@ def rtransfer_listening(receiver: subprocess.Popen[bytes]) -> int:
     raise RuntimeError("rtransfer recv exited before listening")
 
 
+def console_listening(receiver: subprocess.Popen[bytes]) -> int:
+    """Without --json, the receiver's first line on stderr says where it listens."""
+    assert receiver.stderr is not None
+    for line in receiver.stderr:
+        found = re.search(rb"listening on \S+:(\d+)", line)
+        if found:
+            return int(found.group(1))
+    raise RuntimeError("rtransfer recv exited before listening")
+
+
 def from_zeros(size: int) -> subprocess.Popen[bytes]:
     """What a script pipes in: ``head -c SIZE /dev/zero``; its time counts, as it does for every tool."""
     return subprocess.Popen(["head", "-c", str(size), "/dev/zero"], stdout=subprocess.PIPE)
@@ -337,10 +348,14 @@ def rtransfer_tree_tool(exe: list[str] | None = None) -> Callable[[Path, Path], 
     cmd = exe or [rtransfer_exe()]
 
     def run(src: Path, dst: Path) -> Sample:
-        return pair(
-            [*cmd, "recv", str(dst), "--listen", "127.0.0.1:0", "--json", "--max-files", "100000000"],
-            lambda p: [*cmd, "send", str(src), f"127.0.0.1:{p}", "--quiet"],
-            rtransfer_listening,
+        """Default output on both sides, as rsync's: no line per file (``--json`` would print one)."""
+        receiver = Measured(
+            [*cmd, "recv", str(dst), "--listen", "127.0.0.1:0", "--max-files", "100000000"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        return pair_started(
+            receiver, lambda p: [*cmd, "send", str(src), f"127.0.0.1:{p}", "--quiet"], console_listening
         )
 
     return run

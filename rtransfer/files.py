@@ -207,15 +207,20 @@ class Walk:
         return self._owned(Entry(entry_path, kind, None, stat.S_IMODE(mode), st.st_mtime, device=device), st)
 
     def _owned(self, entry: Entry, st: os.stat_result) -> Entry:
-        return replace(entry, uid=st.st_uid, gid=st.st_gid) if self.owners else entry
+        """The owner and group of an entry just made here (set in place: nothing else holds it yet)."""
+        if self.owners:
+            entry.uid, entry.gid = st.st_uid, st.st_gid
+        return entry
+
+
+# An absolute name, an empty, "." or ".." component, NUL, a backslash or a drive: any of them, in one search.
+_UNSAFE = re.compile(r"(?:^|/)\.{0,2}(?:/|$)|[\x00\\]|^[A-Za-z]:")
 
 
 def safe_relative_path(name: str, error: type[Exception] = LocalIOError) -> str:
-    """A peer-supplied name, checked to be a relative path that cannot leave the destination."""
-    if "\x00" in name or "\\" in name or name.startswith("/") or _DRIVE.match(name):
-        raise error(f"refusing unsafe name {name!r}")
-    parts = name.split("/")  # raw, not normalised: "a//b" or "./a" could alias another entry
-    if "" in parts or "." in parts or ".." in parts:
+    """A peer-supplied name, checked to be a relative path that cannot leave the destination.
+    Raw, not normalised: "a//b" or "./a" could alias another entry."""
+    if _UNSAFE.search(name):
         raise error(f"refusing unsafe name {name!r}")
     return name
 

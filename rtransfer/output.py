@@ -52,11 +52,13 @@ class LineOutput:
             return self._cond.wait_for(lambda: self._broken or not (self._lines or self._writing), timeout_s)
 
     def _run(self) -> None:
+        """Everything waiting goes out in one write: a tree's thousands of lines cost a few calls."""
         while True:
             with self._cond:
                 self._cond.wait_for(lambda: bool(self._lines))
-                data, _ = self._lines.popleft()
-                self._waiting_bytes -= len(data)
+                data = b"".join(line for line, _ in self._lines)
+                self._lines.clear()
+                self._waiting_bytes = 0
                 self._writing = True
             try:
                 view = memoryview(data)

@@ -10,7 +10,17 @@ import blake3
 from rtransfer.dest import NEW_FILE_FLAGS, PARTIAL_SUFFIX, DestDirs, placed
 from rtransfer.protocol.model import Buffer, Entry
 from rtransfer.protocol.pack import PackedFile
-from rtransfer.specials import own
+from rtransfer.specials import new_file_group, own
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+# A new file takes its mode at creation, less this: only a mode the umask would cut needs a call.
+_UMASK = _umask()
 
 
 def check_packed(view: memoryview, packed: PackedFile) -> tuple[memoryview, str | None]:
@@ -24,6 +34,7 @@ def write_packed(
     root_fd: int, files: list[PackedFile], entries: list[Entry], payload: Buffer
 ) -> list[tuple[str, int, str | None]]:
     done: list[tuple[str, int, str | None]] = []
+    groups: dict[str, int] = {}  # directory -> the group a new file there gets
     with memoryview(payload) as view, DestDirs(root_fd) as dirs:
         for packed, entry in zip(files, entries, strict=True):
             data, digest_hex = check_packed(view, packed)
@@ -33,13 +44,17 @@ def write_packed(
             parent, name = placed(entry.path)
             dir_fd = dirs.fd(parent)
             part = f".{name}{PARTIAL_SUFFIX}"
-            fd = os.open(part, NEW_FILE_FLAGS, 0o600, dir_fd=dir_fd)
+            fd = os.open(part, NEW_FILE_FLAGS, entry.mode & 0o777, dir_fd=dir_fd)
             try:
                 written = 0
                 while written < len(data):
                     written += os.write(fd, data[written:])
-                own(entry, fd)
-                os.fchmod(fd, entry.mode)
+                if entry.uid is not None:
+                    if parent not in groups:
+                        groups[parent] = new_file_group(dir_fd)
+                    own(entry, fd, new_group=groups[parent])
+                if entry.mode & _UMASK or entry.mode > 0o777:
+                    os.fchmod(fd, entry.mode)  # what the umask took, or special bits (after the owner: it clears them)
                 if entry.mtime is not None:
                     os.utime(fd, (entry.mtime, entry.mtime))
             finally:

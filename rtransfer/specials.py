@@ -12,6 +12,7 @@ from rtransfer.protocol.model import Entry
 
 _FORMATS = {"fifo": stat.S_IFIFO, "char": stat.S_IFCHR, "block": stat.S_IFBLK}
 IS_ROOT = os.geteuid() == 0
+EUID, EGID = os.geteuid(), os.getegid()
 
 
 def already_here(entry: Entry, st: os.stat_result, name: str, dir_fd: int, dirs: DestDirs) -> bool:
@@ -54,10 +55,19 @@ def make(entry: Entry, name: str, dir_fd: int, dirs: DestDirs) -> str | None:
     return None
 
 
-def own(entry: Entry, name: str | int, dir_fd: int | None = None) -> None:
+def new_file_group(dir_fd: int) -> int:
+    """The group a file made in this directory gets: the directory's if it is set-group-ID."""
+    st = os.fstat(dir_fd)
+    return st.st_gid if st.st_mode & stat.S_ISGID else EGID
+
+
+def own(entry: Entry, name: str | int, dir_fd: int | None = None, new_group: int | None = None) -> None:
     """The entry's owner and group, by number, if listed and this side is root (a name or a
-    descriptor). Before its mode: a change of owner clears set-user-ID bits."""
+    descriptor). Before its mode: a change of owner clears set-user-ID bits. ``new_group``: the
+    file was just made, in a directory that gives it that group; if it is already as listed, no call."""
     if IS_ROOT and entry.uid is not None and entry.gid is not None:
+        if entry.uid == EUID and entry.gid == new_group:
+            return
         if isinstance(name, int):
             os.fchown(name, entry.uid, entry.gid)
         else:

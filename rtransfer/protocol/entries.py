@@ -25,9 +25,14 @@ _DEVICES = frozenset((_CODE_OF["char"], _CODE_OF["block"]))
 
 _BATCH = struct.Struct("!QBH")  # first, last, count
 _HEAD = struct.Struct("!BBHHH")  # kind, flags, shared prefix bytes, suffix bytes, mode
-_U16, _U64, _F64 = struct.Struct("!H"), struct.Struct("!Q"), struct.Struct("!d")
-_IDS = struct.Struct("!II")
-SIZE, MTIME, TARGET, IDENTITY, DIGEST, OWNER, DEVICE = (1 << i for i in range(7))
+_U16, _U64 = struct.Struct("!H"), struct.Struct("!Q")
+SIZE, MTIME, OWNER, TARGET, IDENTITY, DIGEST, DEVICE = (1 << i for i in range(7))
+COMMON = SIZE | MTIME | OWNER
+# For each combination of the common fields: the struct that holds just those.
+_COMMON_LAYOUTS = [
+    struct.Struct("!" + ("Q" if f & SIZE else "") + ("d" if f & MTIME else "") + ("II" if f & OWNER else ""))
+    for f in range(COMMON + 1)
+]
 MAX_TARGET_BYTES = 4 * 4096  # 4096 characters of UTF-8
 MAX_IDENTITY_BYTES = 512
 
@@ -51,12 +56,10 @@ def encode_entries(batch: EntryBatch) -> bytes:
         )
         put(_HEAD.pack(_CODE_OF[e.kind], flags, shared, len(path) - shared, e.mode))
         put(path[shared:])
-        if e.size is not None:
-            put(_U64.pack(e.size))
-        if e.mtime is not None:
-            put(_F64.pack(e.mtime))
-        if flags & ~(SIZE | MTIME):
-            put(_rare_fields(e, flags))
+        common = (e.size, e.mtime, e.uid, e.gid) if flags & COMMON == COMMON else _common(e, flags)
+        put(_COMMON_LAYOUTS[flags & COMMON].pack(*common))
+        if flags & ~COMMON:
+            put(_rare_fields(e))
     return b"".join(out)
 
 
@@ -66,7 +69,13 @@ def _shared(a: bytes, b: bytes) -> int:
     return d if d <= 0xFFFF and a[:d] == b[:d] else 0
 
 
-def _rare_fields(e: Entry, flags: int) -> bytes:
+def _common(e: Entry, flags: int) -> tuple[object, ...]:
+    fields: tuple[object, ...] = (e.size,) if flags & SIZE else ()
+    fields += (e.mtime,) if flags & MTIME else ()
+    return fields + ((e.uid, e.gid) if flags & OWNER else ())
+
+
+def _rare_fields(e: Entry) -> bytes:
     out = []
     if e.target is not None:
         target = e.target.encode("utf-8")
@@ -76,8 +85,6 @@ def _rare_fields(e: Entry, flags: int) -> bytes:
         out += [_U16.pack(len(identity)), identity]
     if e.digest is not None:
         out.append(bytes.fromhex(e.digest))
-    if flags & OWNER:
-        out.append(_IDS.pack(e.uid, e.gid))
     if e.device is not None:
         out.append(_U64.pack(e.device))
     return b"".join(out)
@@ -116,27 +123,37 @@ def _decode_entry(data: bytes, pos: int, previous: bytes) -> tuple[Entry, int, b
         path = path_bytes.decode("utf-8")
     except UnicodeDecodeError:
         raise RemoteProtocolError("ENTRIES entry path is not valid UTF-8") from None
-    size = mtime = None
-    if flags & SIZE:
-        if code != 0:
-            raise RemoteProtocolError("ENTRIES entry size given for what is not a file")
-        (size,) = _U64.unpack_from(data, pos)
-        pos += 8
-    if flags & MTIME:
-        (mtime,) = _F64.unpack_from(data, pos)
-        pos += 8
-        if not math.isfinite(mtime):
-            raise RemoteProtocolError("ENTRIES entry mtime malformed")
+    kind = KIND_CODES[code]
+    layout = _COMMON_LAYOUTS[flags & COMMON]
+    common = layout.unpack_from(data, pos)
+    pos += layout.size
+    size = mtime = uid = gid = None
+    if flags & COMMON == COMMON:
+        size, mtime, uid, gid = common
+    elif common:
+        size, mtime, uid, gid = _spread(common, flags)
+    if size is not None and code != 0:
+        raise RemoteProtocolError("ENTRIES entry size given for what is not a file")
+    if mtime is not None and not math.isfinite(mtime):
+        raise RemoteProtocolError("ENTRIES entry mtime malformed")
     if (code in _LINKED) != bool(flags & TARGET) or (code in _DEVICES) != bool(flags & DEVICE):
         raise RemoteProtocolError("ENTRIES entry: a link needs a target and a device its number, others neither")
-    if not flags & ~(SIZE | MTIME):
-        return Entry(path, KIND_CODES[code], size, mode, mtime), pos, path_bytes
-    entry, pos = _with_rare_fields(data, pos, flags, Entry(path, KIND_CODES[code], size, mode, mtime))
+    if not flags & ~COMMON:
+        return Entry(path, kind, size, mode, mtime, uid=uid, gid=gid), pos, path_bytes
+    entry, pos = _with_rare_fields(data, pos, flags, Entry(path, kind, size, mode, mtime, uid=uid, gid=gid))
     return entry, pos, path_bytes
 
 
+def _spread(common: tuple[object, ...], flags: int) -> tuple[object, ...]:
+    """The common fields present, in their places (size, mtime, uid, gid); None for those absent."""
+    values = iter(common)
+    size = next(values) if flags & SIZE else None
+    mtime = next(values) if flags & MTIME else None
+    return (size, mtime, *values) if flags & OWNER else (size, mtime, None, None)
+
+
 def _with_rare_fields(data: bytes, pos: int, flags: int, entry: Entry) -> tuple[Entry, int]:
-    target = identity = digest = uid = gid = device = None
+    target = identity = digest = device = None
     if flags & TARGET:
         target, pos = _text(data, pos, MAX_TARGET_BYTES, "target")
         if not target or "\x00" in target:
@@ -148,14 +165,11 @@ def _with_rare_fields(data: bytes, pos: int, flags: int, entry: Entry) -> tuple[
         if len(raw) != CONTENT_DIGEST_BYTES:
             raise RemoteProtocolError("ENTRIES digest malformed")
         digest, pos = raw.hex(), pos + CONTENT_DIGEST_BYTES
-    if flags & OWNER:
-        uid, gid = _IDS.unpack_from(data, pos)
-        pos += _IDS.size
     if flags & DEVICE:
         (device,) = _U64.unpack_from(data, pos)
         pos += 8
     e = entry
-    return Entry(e.path, e.kind, e.size, e.mode, e.mtime, target, identity, digest, uid, gid, device), pos
+    return Entry(e.path, e.kind, e.size, e.mode, e.mtime, target, identity, digest, e.uid, e.gid, device), pos
 
 
 def _text(data: bytes, pos: int, limit: int, what: str) -> tuple[str, int]:

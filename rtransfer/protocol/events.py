@@ -71,11 +71,11 @@ class ChunkRejected:
 
 
 @dataclass(frozen=True)
-class FileVerified:
-    """Sender side: the receiver confirmed (or rejected) a file's whole-file digest."""
+class FilesVerified:
+    """Sender side: the receiver confirmed these files' digests (a large file's, or a pack's
+    files at once: one event a pack, not one a file)."""
 
-    file_index: int
-    ok: bool
+    file_indices: tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -160,7 +160,7 @@ Event = (
     | ChunksAcked
     | Retransmitted
     | ChunkRejected
-    | FileVerified
+    | FilesVerified
     | ManifestReceived
     | EntriesReceived
     | PackReady

@@ -12,7 +12,7 @@ from rtransfer.protocol.events import (
     ChunkRejected,
     ChunksAcked,
     Event,
-    FileVerified,
+    FilesVerified,
     Retransmitted,
     SignatureReceived,
     StreamJoined,
@@ -293,9 +293,10 @@ class SenderMachine(Peer):
     def _path(self, file_index: int) -> str:
         return self._paths.get(file_index, f"file {file_index}")
 
-    def _verified(self, file_index: int, events: list[Event]) -> None:
-        del self._paths[file_index]
-        events.append(FileVerified(file_index, True))
+    def _verified(self, file_indices: tuple[int, ...], events: list[Event]) -> None:
+        for index in file_indices:
+            del self._paths[index]
+        events.append(FilesVerified(file_indices))
 
     def _handle(self, frame: Frame | CorruptChunk, events: list[Event]) -> None:
         if isinstance(frame, Ack):
@@ -340,15 +341,14 @@ class SenderMachine(Peer):
         if not frame.ok:
             raise Unrepairable(f"{self._path(frame.file_index)}: whole-file BLAKE3 digest mismatch at the receiver")
         self._ended.discard(frame.file_index)
-        self._verified(frame.file_index, events)
+        self._verified((frame.file_index,), events)
 
     def _on_pack_result(self, frame: PackResult, events: list[Event]) -> None:
         files = self._packs.pop(frame.order)
         if not frame.ok:
             names = ", ".join(self._path(i) for i in files[:3])
             raise Unrepairable(f"a small file packed with {names}...: BLAKE3 digest mismatch at the receiver")
-        for index in files:
-            self._verified(index, events)
+        self._verified(tuple(files), events)
 
     def _on_accept(self, frame: Accept, events: list[Event]) -> None:
         if not self._unaccepted:

@@ -31,7 +31,7 @@ from rtransfer.protocol.events import (
     Accepted,
     ChunkRejected,
     ChunksAcked,
-    FileVerified,
+    FilesVerified,
     HintsReceived,
     Retransmitted,
     SignatureReceived,
@@ -184,7 +184,7 @@ class SendAttempt(Attempt):
             ChunksAcked: functools.partial(self.on_stream_acked, 0),
             Retransmitted: self.on_retransmitted,
             ChunkRejected: self.on_chunk_rejected,
-            FileVerified: self.on_file_verified,
+            FilesVerified: self.on_files_verified,
             Accepted: self.on_accepted,
             SignatureReceived: self.on_signature,
             TransferComplete: self.on_complete,
@@ -224,9 +224,11 @@ class SendAttempt(Attempt):
     async def on_chunk_rejected(self, event: ChunkRejected) -> None:
         self.stats.integrity_failures += 1
 
-    async def on_file_verified(self, event: FileVerified) -> None:
-        self.stats.files_done += 1
-        self.reporter.file_done(*self.unconfirmed.pop(event.file_index))
+    async def on_files_verified(self, event: FilesVerified) -> None:
+        self.stats.files_done += len(event.file_indices)
+        pop, done = self.unconfirmed.pop, self.reporter.file_done
+        for index in event.file_indices:
+            done(*pop(index))
 
     async def on_accepted(self, event: Accepted) -> None:
         first, batch = self.listed.popleft()

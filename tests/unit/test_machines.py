@@ -29,7 +29,7 @@ from rtransfer.protocol.events import (
     DuplicateChunk,
     EntriesReceived,
     FileComplete,
-    FileVerified,
+    FilesVerified,
     PackReady,
     Retransmitted,
     TransferComplete,
@@ -75,7 +75,7 @@ def test_clean_transfer_delivers_every_byte_in_order_and_both_sides_complete() -
     finish(pair)
     written = pair.written()
     assert [written.get(i, b"") for i in range(3)] == payloads
-    assert sum(isinstance(e, FileVerified) for e in pair.sender_events) == 3
+    assert sum(len(e.file_indices) for e in pair.sender_events if isinstance(e, FilesVerified)) == 3
 
 
 def test_reordered_chunks_are_handed_out_in_order() -> None:
@@ -474,7 +474,7 @@ def test_a_pack_carries_whole_files_each_confirmed_with_one_result() -> None:
     pair.receiver_events.extend(pair.receiver.pack_written(ready.order, True, pair.now))
     pair.to_receiver()
     events = pair.to_sender()
-    assert sorted(e.file_index for e in events if isinstance(e, FileVerified)) == [0, 1, 2]
+    assert [e.file_indices for e in events if isinstance(e, FilesVerified)] == [(0, 1, 2)]
     assert next(e for e in events if isinstance(e, ChunksAcked)).bytes == 101  # the table is not file data
     pair.sender.finish(pair.now)
     pair.to_receiver()
