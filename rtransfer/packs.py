@@ -7,7 +7,7 @@ import os
 
 import blake3
 
-from rtransfer.dest import NEW_FILE_FLAGS, PARTIAL_SUFFIX, DestDirs, placed
+from rtransfer.dest import NEW_FILE_FLAGS, PARTIAL_SUFFIX, DestDirs
 from rtransfer.protocol.model import Buffer, Entry
 from rtransfer.protocol.pack import PackedFile
 from rtransfer.specials import new_file_group, own
@@ -31,19 +31,20 @@ def check_packed(view: memoryview, packed: PackedFile) -> tuple[memoryview, str 
 
 
 def write_packed(
-    root_fd: int, files: list[PackedFile], entries: list[Entry], payload: Buffer
+    root_fd: int, files: list[PackedFile], entries: list[Entry], places: list[tuple[str, str, bool]], payload: Buffer
 ) -> list[tuple[str, int, str | None]]:
+    """``places``: each file's directory on disk, name, and whether it goes under that name at once
+    (in a new subtree, itself under a hidden name until the end) or under a partial name first."""
     done: list[tuple[str, int, str | None]] = []
     groups: dict[str, int] = {}  # directory -> the group a new file there gets
     with memoryview(payload) as view, DestDirs(root_fd) as dirs:
-        for packed, entry in zip(files, entries, strict=True):
+        for packed, entry, (parent, name, at_once) in zip(files, entries, places, strict=True):
             data, digest_hex = check_packed(view, packed)
             if digest_hex is None:
                 done.append((entry.path, packed.size, None))
                 continue
-            parent, name = placed(entry.path)
             dir_fd = dirs.fd(parent)
-            part = f".{name}{PARTIAL_SUFFIX}"
+            part = name if at_once else f".{name}{PARTIAL_SUFFIX}"
             fd = os.open(part, NEW_FILE_FLAGS, entry.mode & 0o777, dir_fd=dir_fd)
             try:
                 written = 0
@@ -59,6 +60,7 @@ def write_packed(
                     os.utime(fd, (entry.mtime, entry.mtime))
             finally:
                 os.close(fd)
-            os.rename(part, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            if not at_once:
+                os.rename(part, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
             done.append((entry.path, packed.size, digest_hex))
     return done

@@ -17,7 +17,7 @@ import aiofiles.os
 from rtransfer import specials
 from rtransfer.delete import Listed, extraneous
 from rtransfer.delta import DELTA_MIN_BYTES, describe
-from rtransfer.dest import DIR_FLAGS, DestDirs, lstat_or_none, partial_path, placed
+from rtransfer.dest import DIR_FLAGS, PARTIAL_SUFFIX, DestDirs, lstat_or_none, partial_path, placed
 from rtransfer.direct_io import PartialWriter, direct_io_suits
 from rtransfer.errors import LocalIOError, UsageError
 from rtransfer.files import CONTENTS, link_stays_inside, local_error, safe_relative_path
@@ -70,7 +70,8 @@ def plan_alone(sink: DirectorySink | StdoutSink, chunk_bytes: int, *entries: Ent
 
 
 class DirectorySink:
-    """Writes a transfer under DEST: each file into a hidden partial name, renamed once verified.
+    """Writes a transfer under DEST: each file into a hidden partial name, renamed once verified;
+    a new directory, with all it holds, under a hidden name renamed once at the end.
 
     Large files are prefixes of their source with a journal beside them, so a later
     connection (or a later run) resumes them instead of starting over. Small files
@@ -109,6 +110,10 @@ class DirectorySink:
         self._dirs: list[Entry] = []
         self._specials: list[Entry] = []  # links, FIFOs, devices: made at the end
         self._created: set[str] = set()  # directories this transfer made: no lstat for what is in them
+        # A new subtree is made under a hidden name and renamed once, at the end: inside it, files
+        # are written under their own names, with no rename each. Each new directory's path on disk:
+        self._hidden: dict[str, str] = {}
+        self._hidden_roots: list[tuple[str, str]] = []  # (hidden path, final path): renamed at the end
         self._open: dict[int, PartialWriter] = {}
         self._written: dict[int, int] = {}
         self._journaled: dict[int, int] = {}
@@ -140,6 +145,8 @@ class DirectorySink:
         self._files.clear()
         self._described.clear()
         self._created.clear()  # what an earlier connection wrote in them is there now
+        self._hidden.clear()
+        self._hidden_roots.clear()
         self._dirs.clear()
         self._specials.clear()
         self._listed.clear()
@@ -157,14 +164,15 @@ class DirectorySink:
             with DestDirs(self._root_fd, self._created) as dirs:
                 for index, entry in enumerate(batch.entries, batch.first):
                     if entry.kind == "dir":
-                        dirs.fd(self._listed_dir(entry))
+                        dirs.fd(self._place_dir(self._listed_dir(entry), dirs))
                         self._dirs.append(entry)
                         continue
                     parent, name = self._listed_entry(entry)
-                    dir_fd = dirs.fd(parent)
-                    st = None if parent in self._created else lstat_or_none(name, dir_fd)
+                    disk_parent = self._hidden.get(parent, parent)
+                    dir_fd = dirs.fd(disk_parent)
+                    st = None if disk_parent in self._created else lstat_or_none(name, dir_fd)
                     if entry.kind == "file":
-                        self._plan_file(index, entry, st, draft)
+                        self._plan_file(index, entry, st, draft, ours=parent in self._hidden)
                     elif st is None or not specials.already_here(entry, st, name, dir_fd, dirs):
                         self._refuse_existing(entry, st)
                         self._specials.append(entry)
@@ -175,6 +183,28 @@ class DirectorySink:
             raise LocalIOError(f"{self.root}: not enough free space ({draft.need} bytes needed, {free} available)")
         starts = {i: n for i, n in draft.starts.items() if n}
         return Plan(starts, tuple(draft.done), tuple(draft.compare), tuple(draft.old_copies))
+
+    def _place_dir(self, rel: str, dirs: DestDirs) -> str:
+        """Where directory ``rel`` goes on disk: as it is if it is there already; under a hidden
+        name if it is the top of a new subtree (one an interrupted run left is taken up again);
+        inside its hidden parent otherwise."""
+        if not rel:
+            return rel
+        parent, name = placed(rel)
+        if parent in self._hidden:
+            disk = self._hidden[rel] = f"{self._hidden[parent]}/{name}"
+        elif lstat_or_none(name, dirs.fd(parent)) is not None:
+            return rel
+        else:
+            disk = self._hidden[rel] = f"{parent}/.{name}{PARTIAL_SUFFIX}".lstrip("/")
+            self._hidden_roots.append((disk, rel))
+        return disk
+
+    def _disk_path(self, path: str) -> str:
+        """An entry's path on disk: inside a hidden subtree while the transfer runs."""
+        parent, name = placed(path)
+        disk_parent = self._hidden.get(parent)
+        return path if disk_parent is None else f"{disk_parent}/{name}"
 
     def _listed_dir(self, entry: Entry) -> str:
         """A directory entry's path under DEST ("" for a "src/" source's root), checked."""
@@ -242,14 +272,16 @@ class DirectorySink:
             return same_size and content_digest(name, parent_fd) == entry.digest
         return self._already_here(st, entry)
 
-    def _plan_file(self, index: int, entry: Entry, st: os.stat_result | None, draft: Draft) -> None:
+    def _plan_file(self, index: int, entry: Entry, st: os.stat_result | None, draft: Draft, ours: bool = False) -> None:
+        """``ours``: the file is in a hidden subtree, where what is there was left by an earlier
+        run of this transfer, to be replaced without --overwrite."""
         size_here = st.st_size if st is not None and stat.S_ISREG(st.st_mode) else None
         if size_here is not None and entry.digest is not None and size_here == entry.size:
             draft.compare.append(index)  # --checksum: the content decides (examine)
         elif st is not None and entry.digest is None and self._already_here(st, entry):
             draft.done.append(index)
             return
-        else:
+        elif not ours:
             self._refuse_existing(entry, st)
         self._files[index] = entry
         if size_here is not None and self._delta and entry.identity and size_here >= DELTA_MIN_BYTES:
@@ -331,7 +363,7 @@ class DirectorySink:
         return keep, min(record.durable_bytes, keep) if record is not None else 0
 
     def _final(self, index: int) -> Path:
-        return self.root.joinpath(self._files[index].path)
+        return self.root.joinpath(self._disk_path(self._files[index].path))
 
     def display_path(self, index: int) -> str:
         return self._files[index].path
@@ -469,10 +501,13 @@ class DirectorySink:
         checked, then create, write, mode, mtime, close and rename; no other call. A file whose digest fails
         gets no name; its hex digest comes back None (path, size and hex digest for each)."""
         entries = [self._files.pop(f.file_index) for f in files]
+        places = [self._place_file(e.path) for e in entries]
         writers = PACK_WRITERS if len(files) >= 2 * PACK_WRITERS else 1
         outcomes = await asyncio.gather(
             *(
-                in_worker(write_packed, self._root_fd, files[k::writers], entries[k::writers], payload)
+                in_worker(
+                    write_packed, self._root_fd, files[k::writers], entries[k::writers], places[k::writers], payload
+                )
                 for k in range(writers)
             ),
             return_exceptions=True,  # both threads are done with the payload before anyone reuses it
@@ -485,6 +520,13 @@ class DirectorySink:
                 raise outcome
             done.extend(outcome)
         return done
+
+    def _place_file(self, path: str) -> tuple[str, str, bool]:
+        """A packed file's directory on disk, its name, and whether it is written under that name
+        at once (in a hidden subtree) rather than under a partial name renamed once it is written."""
+        parent, name = placed(path)
+        disk_parent = self._hidden.get(parent)
+        return (parent, name, False) if disk_parent is None else (disk_parent, name, True)
 
     async def complete(self) -> list[str]:
         """Links, FIFOs and devices after every file (a hard link names one; nothing is written
@@ -504,6 +546,17 @@ class DirectorySink:
                     self.items.extend(("delete", p) for p in extraneous(dirs, self._listed, self._filters, False))
             return warnings
         with DestDirs(self._root_fd) as dirs:
+            for hidden, final in self._hidden_roots:
+                parent, name = placed(final)
+                parent_fd = dirs.fd(parent)
+                if lstat_or_none(name, parent_fd) is not None:
+                    raise LocalIOError(
+                        f"{self.root / final}: appeared during the transfer; the new one is left at {hidden}"
+                    )
+                os.rename(placed(hidden)[1], name, src_dir_fd=parent_fd, dst_dir_fd=parent_fd)
+            self._hidden.clear()
+            self._hidden_roots.clear()
+        with DestDirs(self._root_fd) as dirs:
             for entry in self._specials:
                 parent, name = placed(entry.path)
                 warning = specials.make(entry, name, dirs.fd(parent), dirs)
@@ -518,6 +571,18 @@ class DirectorySink:
                     os.utime(dir_fd, (entry.mtime, entry.mtime))
                 os.fchmod(dir_fd, entry.mode)
         return warnings
+
+    def _unhide(self) -> None:
+        """Each new subtree, complete, takes its name: one rename for all it holds."""
+        with DestDirs(self._root_fd) as dirs:
+            for hidden, final in self._hidden_roots:
+                parent, name = placed(final)
+                parent_fd = dirs.fd(parent)
+                if lstat_or_none(name, parent_fd) is not None:
+                    raise LocalIOError(f"{self.root / final}: appeared during the transfer (the new one is {hidden})")
+                os.rename(placed(hidden)[1], name, src_dir_fd=parent_fd, dst_dir_fd=parent_fd)
+        self._hidden.clear()
+        self._hidden_roots.clear()
 
     async def suspend(self) -> None:
         """The connection failed: keep what can resume (journal it), drop what cannot.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -216,7 +217,8 @@ def test_declared_totals_beyond_the_configured_limits_exit_6(
 
 def test_invalid_utf8_name_is_a_clear_protocol_error(tmp_path: Path, procs: list[Proc]) -> None:
     procs.append(rx := Receiver(tmp_path / "out"))
-    listing = b'{"first":0,"last":true,"entries":[{"path":"\xff\xfe","kind":"file","size":1,"mode":420}]}'
+    # one binary entry (protocol/entries.py): a file of 1 byte named by two bytes that are not UTF-8
+    listing = struct.pack("!QBH", 0, 1, 1) + struct.pack("!BBHHH", 0, 1, 0, 2, 0o644) + b"\xff\xfe" + bytes(7) + b"\x01"
     squeezed = zstandard.ZstdCompressor().compress(listing)  # the file list travels compressed
     raw = b"".join(bytes(p) for p in _frame(FrameType.ENTRIES, b"", squeezed, None))
     forged_sender(rx.port, (), encrypt=False, raw_after_keys=raw)

@@ -149,3 +149,17 @@ def test_a_receivers_dry_run_into_a_missing_dest_creates_nothing(tmp_path: Path,
     assert not out.exists()
     said = {(e["action"], e["path"]) for e in rx.events("item")}
     assert ("send", "src/") in said and ("send", "src/sub/inner.txt") in said
+
+
+def test_the_options_work_the_same_with_the_sender_listening(tmp_path: Path, procs: list[Proc]) -> None:
+    """The rules and --delete travel in the handshake, whichever side dialed."""
+    src = make_tree(tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "stale.txt").write_text("x")
+    procs.append(tx := Proc(["send", f"{src}/", "--listen", "127.0.0.1:0", "--json", "--exclude=*.pyc", "--delete"]))
+    port = tx.wait_event("listening")["port"]
+    result = run("recv", str(out), "--connect", f"127.0.0.1:{port}", "--delete", "--json")
+    assert result.returncode == 0, result.stderr
+    assert tx.finish() == 0
+    assert listed(out) == {"keep.txt", "sub", "sub/inner.txt", "cache", "cache/big.bin"}
