@@ -44,13 +44,18 @@ def _open_no_follow(path: str, flags: int) -> int:
     return os.open(path, flags | os.O_NOFOLLOW, 0o666)
 
 
+_ZEROS = bytes(64 * 1024)
+
+
 def all_zero(data: Buffer) -> bool:
-    """Three bytes tell most chunks apart from zeros at once; only one that may be all zeros is compared."""
+    """Three bytes tell most chunks apart from zeros at once; one that may be all zeros is compared
+    a block at a time, so data with zeros here and there is told apart at its first block."""
     view = memoryview(data).cast("B")
     n = len(view)
     if view[0] or view[n - 1] or view[n // 2]:
         return False
-    return view.tobytes() == bytes(n)
+    step = len(_ZEROS)
+    return all(bytes(view[at : at + step]) == _ZEROS[: min(step, n - at)] for at in range(0, n, step))
 
 
 def direct_io_suits(file_bytes: int, chunk_bytes: int) -> bool:

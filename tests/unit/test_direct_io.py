@@ -150,3 +150,13 @@ async def test_the_receiver_writes_large_files_direct_unless_told_to_buffer(tmp_
     await sink.write(0, 0, b"x" * CHUNK)
     assert _direct_flag(sink._open[0]) is direct_io
     await sink.suspend()
+
+
+def test_only_a_chunk_of_zeros_is_taken_for_a_hole() -> None:
+    from rtransfer.direct_io import all_zero
+
+    assert all_zero(bytes(8 << 20)) and all_zero(memoryview(bytearray(70_000)))
+    for where in (0, 1, 65_535, 65_536, 100_000, (8 << 20) - 1):
+        data = bytearray(8 << 20)
+        data[where] = 1
+        assert not all_zero(data), where
