@@ -70,21 +70,12 @@ class BufferPool:
     SIZE_CLASS_BYTES = 64 * 1024
     _LEAD = mmap.PAGESIZE - DATA_HEADER.size
 
-    def __init__(self, budget_buffers: int, chunk_bytes: int = 0) -> None:
+    def __init__(self, budget_buffers: int) -> None:
         self.budget_buffers = budget_buffers
-        self.region_bytes = 0
-        self.fit(chunk_bytes)
         self.live = 0  # regions mapped and not yet unmapped: idle or in use
         self._free: dict[int, list[mmap.mmap]] = {}
         self._listeners: list[Callable[[], None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
-
-    def fit(self, chunk_bytes: int) -> None:
-        """Make every pooled buffer the size of a chunk's (and its ciphertext's, or a frame's).
-        A pack is as large as the small files it holds, so a tree asks for buffers of every size:
-        one region of each size mapped and populated afresh, each time the size changed, took 40%
-        of a mixed tree's time (bench/README.md); one size serves them all."""
-        self.region_bytes = self._size_class(chunk_bytes + 1) if chunk_bytes else 0
 
     def _size_class(self, size: int) -> int:
         return -(-size // self.SIZE_CLASS_BYTES) * self.SIZE_CLASS_BYTES
@@ -140,11 +131,16 @@ class BufferPool:
         if size < self.MIN_POOLED_BYTES:
             return bytearray(size)
         size_class = self._size_class(size)
-        if size_class < self.region_bytes:
-            size_class = self.region_bytes
-        free = self._free.get(size_class)
+        free = self._free.get(size_class) or self._larger_idle(size_class)
         region = free.pop() if free else self._map(size_class)
         return memoryview(region)[self._LEAD : self._LEAD + size]
+
+    def _larger_idle(self, size_class: int) -> list[mmap.mmap] | None:
+        """The idle regions of the next larger size, if any. A tree's packs come in every size
+        (as large as the small files they hold): mapping and populating a region afresh whenever
+        the size changed, while larger ones sat idle, took 40% of a mixed tree's time (bench/README.md)."""
+        sizes = [c for c, free in self._free.items() if free and c > size_class]
+        return self._free[min(sizes)] if sizes else None
 
     def _map(self, size_class: int) -> mmap.mmap:
         if self.live >= self.budget_buffers:  # make way: an idle region of another size goes

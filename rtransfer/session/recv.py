@@ -280,7 +280,6 @@ class ReceiveAttempt(Attempt):
 
     async def on_manifest(self, event: ManifestReceived) -> None:
         self.pool.budget_buffers = recv_budget(reorder_span(event.manifest), event.manifest.streams)
-        self.pool.fit(event.manifest.chunk_bytes)
         self.sink.begin(event.manifest)
         self.stats.start_listing()
         self.manifest_known.set()

@@ -94,7 +94,7 @@ class SendTransfer:
             dry_run=config.dry_run,
         )
         self.stats = TransferStats("send")
-        self.pool = BufferPool(send_budget(config.window, config.streams), config.chunk_bytes)
+        self.pool = BufferPool(send_budget(config.window, config.streams))
         hint = UNREACHABLE_HINT if isinstance(self.source, Dial) else ""
         self.outage = Outage(Backoff(config.connect_policy), reporter.warning, "the receiver", hint)
         self.resumable = all(s.local is not None for s in self.sources)  # standard input cannot be read again
