@@ -12,11 +12,15 @@ import sys
 from dataclasses import replace
 from typing import TYPE_CHECKING, Annotated, Any
 
-import click
 import typer
 import typer.core
 import typer.exceptions
 import typer.main
+
+try:  # typer 0.28 carries its own click and depends on none: the click installed beside it is another one
+    from typer import _click as click  # type: ignore[attr-defined,unused-ignore]
+except ImportError:  # typer < 0.28: the click package
+    import click  # type: ignore[no-redef,unused-ignore]
 
 from rtransfer import __version__
 from rtransfer.errors import EXIT_FAILURE, EXIT_SIGINT, EXIT_USAGE, RtransferError, UsageError
