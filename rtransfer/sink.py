@@ -173,7 +173,7 @@ class DirectorySink:
                     st = None if disk_parent in self._created else lstat_or_none(name, dir_fd)
                     if entry.kind == "file":
                         self._plan_file(index, entry, st, draft, ours=parent in self._hidden)
-                    elif st is None or not specials.already_here(entry, st, name, dir_fd, dirs):
+                    elif st is None or not specials.already_here(entry, st, name, dir_fd, dirs, self._hidden):
                         self._refuse_existing(entry, st)
                         self._specials.append(entry)
             free = shutil.disk_usage(self.root).free

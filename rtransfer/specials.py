@@ -15,14 +15,17 @@ IS_ROOT = os.geteuid() == 0
 EUID, EGID = os.geteuid(), os.getegid()
 
 
-def already_here(entry: Entry, st: os.stat_result, name: str, dir_fd: int, dirs: DestDirs) -> bool:
-    """Is what DEST has under this name already the entry, as listed?"""
+def already_here(
+    entry: Entry, st: os.stat_result, name: str, dir_fd: int, dirs: DestDirs, on_disk: dict[str, str] | None = None
+) -> bool:
+    """Is what DEST has under this name already the entry, as listed? ``on_disk``: where the
+    directories of a new subtree are while the transfer runs (under a hidden name)."""
     if entry.kind == "symlink":
         return stat.S_ISLNK(st.st_mode) and os.readlink(name, dir_fd=dir_fd) == entry.target
     if entry.kind == "hardlink":
         assert entry.target is not None
         parent, target_name = placed(entry.target)
-        target = lstat_or_none(target_name, dirs.fd(parent))
+        target = lstat_or_none(target_name, dirs.fd((on_disk or {}).get(parent, parent)))
         return target is not None and (target.st_dev, target.st_ino) == (st.st_dev, st.st_ino)
     if stat.S_IFMT(st.st_mode) != _FORMATS[entry.kind]:
         return False

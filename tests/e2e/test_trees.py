@@ -86,3 +86,27 @@ def test_a_second_run_of_an_unchanged_tree_sends_no_file_again(tmp_path: Path, p
         assert rx.finish() == 0
     assert rx.events("file_done") == []
     assert rsync_differences(src, tmp_path / "out" / "mixed") == []
+
+
+def test_a_new_directory_takes_its_name_only_when_the_transfer_is_done(tmp_path: Path, procs: list[Proc]) -> None:
+    """Inside a new directory, small files are written under their own names (no rename each): the
+    directory itself stays under a hidden name until the end, and a run killed midway leaves only
+    that, which the next run takes up."""
+    src = tmp_path / "fresh"
+    for d in range(4):
+        (src / f"d{d}").mkdir(parents=True)
+        for i in range(200):
+            (src / f"d{d}" / f"f{i:03}").write_bytes(os.urandom(2048))
+    out = tmp_path / "out"
+    procs.append(rx := Receiver(out))
+    procs.append(tx := Proc(["send", str(src), rx.address, "--limit-rate", "256K", "--chunk-size", "64K", "--json"]))
+    rx.wait_event("file_done")
+    rx.kill()
+    tx.kill()
+    assert sorted(p.name for p in out.iterdir()) == [".fresh.rtpart"]
+    procs.append(rx := Receiver(out))
+    result = run("send", str(src), rx.address)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert rx.finish() == 0
+    assert sorted(p.name for p in out.iterdir()) == ["fresh"]
+    assert rsync_differences(src, out / "fresh") == []
