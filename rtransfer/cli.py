@@ -114,7 +114,7 @@ ChunkSize = Annotated[
     _opt(
         "--chunk-size",
         metavar="SIZE",
-        help="Bytes per chunk (K/M; default 8M, divided by --streams).",
+        help="Bytes per chunk (K/M; default 8M, 4M for a tree, divided by --streams).",
         show_default=False,
     ),
 ]

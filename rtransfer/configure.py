@@ -3,6 +3,7 @@ layer (cli.py) and from running (runner.py)."""
 
 from __future__ import annotations
 
+import os
 import shlex
 from dataclasses import replace
 
@@ -27,9 +28,9 @@ from rtransfer.session.config import RecvConfig, SendConfig
 from rtransfer.transport.ssh import SSH_CODE, SshCommand
 
 
-def _chunk_bytes(options: SendOptions) -> int:
+def _chunk_bytes(options: SendOptions, sources: list[str]) -> int:
     chunk_bytes = parse_size(options.chunk_size) if options.chunk_size is not None else None
-    chunk_bytes = chunk_bytes or stream_chunk_bytes(options.streams)
+    chunk_bytes = chunk_bytes or stream_chunk_bytes(options.streams, tree=any(map(os.path.isdir, sources)))
     if not MIN_CHUNK_BYTES <= chunk_bytes <= MAX_CHUNK_BYTES:
         raise UsageError(f"--chunk-size must be between {MIN_CHUNK_BYTES} and {MAX_CHUNK_BYTES} bytes")
     return chunk_bytes
@@ -99,7 +100,7 @@ def send_config(options: SendOptions) -> SendConfig:
     if ssh is not None or options.stdio:  # over ssh, which authenticates and encrypts: no code, no second cipher
         options = replace(options, code=SSH_CODE, no_encrypt=True)
     window = _checked_window(options)
-    chunk_bytes, rate_bps = _chunk_bytes(options), _rate_bps(options)
+    chunk_bytes, rate_bps = _chunk_bytes(options, sources), _rate_bps(options)
     if rate_bps is not None:
         from rtransfer.ratelimit import chunk_under_limit
 

@@ -22,11 +22,14 @@ _ENDPOINT = re.compile(r"^(\[[^\]]*\]|[^/:\[\]]+):\d+$")
 RELAY_ENV = "RTRANSFER_RELAY"
 
 
-def stream_chunk_bytes(streams: int) -> int:
+def stream_chunk_bytes(streams: int, tree: bool = False) -> int:
     """8 MiB chunks on one connection, smaller on more, two in flight on each: 16 MiB in flight in
     all whatever their number, so the receiver's buffers stay in budget. (Larger chunks on a few
-    streams measured no faster on loopback, for more memory.)"""
-    return max(256 << 10, (8 << 20) // streams)
+    streams measured no faster on loopback, for more memory.) Half that for a ``tree``: its packs
+    keep the receiver's buffers busy while thousands of files are made from them, so all of its
+    budget is in use at once (a Python installation peaked at 107 MiB a side with 8 MiB, 79 with
+    4 MiB, no slower: bench/README.md)."""
+    return max(256 << 10, (8 << 20 if not tree else 4 << 20) // streams)
 
 
 def parse_size(text: str) -> int:

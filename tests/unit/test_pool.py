@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+from pathlib import Path
 
 from rtransfer.pipeline import BufferPool
 
@@ -69,3 +70,21 @@ async def test_a_producer_waiting_for_room_collects_buffers_dropped_in_a_referen
     finally:
         gc.enable()
     assert pool.live == 0
+
+
+def test_a_tree_goes_in_chunks_half_the_size_of_a_files(tmp_path: Path) -> None:
+    """A tree's packs keep the receiver's buffers busy while its files are made: smaller chunks keep
+    its memory in budget (bench/README.md)."""
+    from rtransfer.configure import send_config
+    from rtransfer.options import SendOptions
+
+    (tmp_path / "d").mkdir()
+    (tmp_path / "f").write_bytes(b"x")
+    for sources, streams, expected in (
+        ([tmp_path / "f"], 1, 8 << 20),
+        ([tmp_path / "d"], 1, 4 << 20),
+        ([tmp_path / "d"], 2, 2 << 20),
+    ):
+        config = send_config(SendOptions([*map(str, sources), "127.0.0.1:9"], code="c", streams=streams))
+        assert config.chunk_bytes == expected
+    assert send_config(SendOptions([str(tmp_path / "d"), "h:9"], code="c", chunk_size="1M")).chunk_bytes == 1 << 20
