@@ -79,7 +79,9 @@ CONTENTS = "."  # the path of a "src/" source: its contents land in DEST itself
 
 def _check_unique(sources: list[Source]) -> None:
     """No two sources may land on one name: rtransfer does not merge them (a "src/" source's
-    names are those it holds)."""
+    names are those it holds: listed only when there is another source to meet)."""
+    if len(sources) < 2:
+        return
     seen: dict[str, str] = {}
     for s in sources:
         names = [s.entry.path]
