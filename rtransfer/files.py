@@ -32,8 +32,10 @@ def local_error(exc: OSError, what: str | os.PathLike[str]) -> LocalIOError:
 PACK_FILE_MAX_BYTES = 1024 * 1024
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Source:
+    """An entry and where it is read from; one per file of a tree (slotted, as Entry is)."""
+
     entry: Entry
     local: str | None  # None: standard input
 

@@ -64,7 +64,7 @@ class ReceiveLimits:
     max_streams: int = 16  # connections one transfer may use (each costs a window of chunk buffers)
 
 
-@dataclass
+@dataclass(slots=True)
 class _Incoming:
     """A file accepted and not yet confirmed: what the machine checks its chunks against."""
 
@@ -172,12 +172,12 @@ class ReceiverMachine(Peer):
         offsets = {i: o for i, o in start_offsets.items() if o and i not in done}
         self._send_as_told(Accept(first, offsets, done))
         self._unplanned.popleft()
-        skip = set(done)
+        skip, files, starts = set(done), self._files, start_offsets.get
         for i, entry in enumerate(batch.entries, batch.first):
             if entry.kind == "file" and i not in skip:
-                described = bases.get(i)
+                described = bases.get(i) if bases else None
                 basis_bytes = sum(length for length, _ in described) if described is not None else None
-                self._files[i] = _Incoming(entry.size, start_offsets.get(i, 0), basis_bytes=basis_bytes)
+                files[i] = _Incoming(entry.size, starts(i, 0), basis_bytes=basis_bytes)
         events: list[Event] = []
         self._maybe_finish(events)
         return events
