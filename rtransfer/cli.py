@@ -34,6 +34,7 @@ from rtransfer.options import (
     RetryOptions,
     SendOptions,
     choose_relay,
+    flags_on,
     looks_like_endpoint,
     ordered_rules,
     remote_path,
@@ -376,7 +377,7 @@ def _sender_flags(
 ) -> tuple[str, ...]:
     """A pull's options, for the far sender: its rules each as an --exclude whose "+ " or "- " says which."""
     given = {"--checksum": checksum, "--compress": compress, "--whole-file": whole_file}
-    flags = tuple(flag for flag, on in given.items() if on) + (("--streams", str(streams)) if streams != 1 else ())
+    flags = flags_on(given) + (("--streams", str(streams)) if streams != 1 else ())
     return flags + tuple(f"--exclude={rule}" for rule in rules)
 
 

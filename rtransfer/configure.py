@@ -13,6 +13,7 @@ from rtransfer.options import (
     RecvOptions,
     SendOptions,
     check_relay,
+    flags_on,
     looks_like_endpoint,
     parse_endpoint,
     parse_size,
@@ -65,7 +66,7 @@ def _push(options: SendOptions) -> SshCommand | None:
             raise UsageError("--overwrite on send is for a push over ssh (the receiver decides otherwise)")
         return None
     given = {"--overwrite": options.overwrite, "--delete": options.delete, "--dry-run": options.dry_run}
-    return ssh_command(options, remote.host, "recv", [remote.path or "."], tuple(f for f, on in given.items() if on))
+    return ssh_command(options, remote.host, "recv", [remote.path or "."], flags_on(given))
 
 
 def _send_reach(

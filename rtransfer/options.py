@@ -223,6 +223,11 @@ class RecvOptions:
     dry_run: bool = False
 
 
+def flags_on(given: dict[str, bool]) -> tuple[str, ...]:
+    """The flags given, for the far side of ssh (a pull's sender, a push's receiver)."""
+    return tuple(flag for flag, on in given.items() if on)
+
+
 RULE_OPTIONS = {"--exclude": False, "--include": True, "--exclude-from": False, "--include-from": True}
 
 

@@ -202,9 +202,8 @@ class DirectorySink:
 
     def _disk_path(self, path: str) -> str:
         """An entry's path on disk: inside a hidden subtree while the transfer runs."""
-        parent, name = placed(path)
-        disk_parent = self._hidden.get(parent)
-        return path if disk_parent is None else f"{disk_parent}/{name}"
+        parent, name, hidden = self._place_file(path)
+        return f"{parent}/{name}" if hidden else path
 
     def _listed_dir(self, entry: Entry) -> str:
         """A directory entry's path under DEST ("" for a "src/" source's root), checked."""
@@ -545,17 +544,7 @@ class DirectorySink:
                 with DestDirs(self._root_fd, create=False) as dirs:
                     self.items.extend(("delete", p) for p in extraneous(dirs, self._listed, self._filters, False))
             return warnings
-        with DestDirs(self._root_fd) as dirs:
-            for hidden, final in self._hidden_roots:
-                parent, name = placed(final)
-                parent_fd = dirs.fd(parent)
-                if lstat_or_none(name, parent_fd) is not None:
-                    raise LocalIOError(
-                        f"{self.root / final}: appeared during the transfer; the new one is left at {hidden}"
-                    )
-                os.rename(placed(hidden)[1], name, src_dir_fd=parent_fd, dst_dir_fd=parent_fd)
-            self._hidden.clear()
-            self._hidden_roots.clear()
+        self._unhide()
         with DestDirs(self._root_fd) as dirs:
             for entry in self._specials:
                 parent, name = placed(entry.path)

@@ -11,8 +11,8 @@ from rtransfer.dest import DestDirs, lstat_or_none, placed
 from rtransfer.protocol.model import Entry
 
 _FORMATS = {"fifo": stat.S_IFIFO, "char": stat.S_IFCHR, "block": stat.S_IFBLK}
-IS_ROOT = os.geteuid() == 0
 EUID, EGID = os.geteuid(), os.getegid()
+IS_ROOT = EUID == 0
 
 
 def already_here(
