@@ -19,12 +19,15 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import pyfastcdc
 import xxhash
 
 from rtransfer.integrity import FileDigest
 from rtransfer.protocol.model import Basis, WritableBuffer
+
+if TYPE_CHECKING:
+    import pyfastcdc
 
 # Chunks average ~80 KiB (pyfastcdc's average is avg + min): a 256 MiB file is ~3,300
 # chunks, a 66 KB description, and an insertion costs one or two of them.
@@ -36,6 +39,9 @@ DELTA_MIN_BYTES = 1024 * 1024
 
 
 def _chunker() -> pyfastcdc.FastCDC:
+    """Imported here: most transfers never cut a file, and the import cost every start 5 ms."""
+    import pyfastcdc
+
     return pyfastcdc.FastCDC(CDC_AVG_BYTES, min_size=CDC_MIN_BYTES, max_size=CDC_MAX_BYTES)
 
 

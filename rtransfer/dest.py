@@ -44,16 +44,31 @@ class DestDirs:
         except FileNotFoundError:
             if not self._create:
                 raise
-            try:
-                os.mkdir(name, 0o777, dir_fd=parent_fd)
-                self._created.add(rel_dir)
-            except FileExistsError:
-                pass
+            self._mkdir(name, parent_fd, rel_dir)
             fd = self._open(name, parent_fd)
         if len(self._fds) > self.MAX_OPEN:
             self.close()
         self._fds[rel_dir] = fd
         return fd
+
+    def make(self, rel_dir: str) -> None:
+        """``rel_dir`` made if missing, without opening it: in a directory made here, nothing
+        predates the transfer, so a new subtree costs one mkdir a directory (no lookup first),
+        and only a directory that gets subdirectories is ever opened."""
+        parent, _, name = rel_dir.rpartition("/")
+        if not rel_dir or rel_dir in self._created or parent not in self._created or not self._create:
+            self.fd(rel_dir)
+        elif not self._mkdir(name, self.fd(parent), rel_dir):
+            self.fd(rel_dir)  # someone else made it meanwhile: opened, so checked not to be a link
+
+    def _mkdir(self, name: str, parent_fd: int, rel_dir: str) -> bool:
+        """Whether this call made the directory."""
+        try:
+            os.mkdir(name, 0o777, dir_fd=parent_fd)
+        except FileExistsError:
+            return False
+        self._created.add(rel_dir)
+        return True
 
     @staticmethod
     def _open(name: str, parent_fd: int) -> int:

@@ -217,14 +217,12 @@ class Walk:
         return entry
 
 
-# An absolute name, an empty, "." or ".." component, NUL, a backslash or a drive: any of them, in one search.
-_UNSAFE = re.compile(r"(?:^|/)\.{0,2}(?:/|$)|[\x00\\]|^[A-Za-z]:")
-
-
 def safe_relative_path(name: str, error: type[Exception] = LocalIOError) -> str:
     """A peer-supplied name, checked to be a relative path that cannot leave the destination.
-    Raw, not normalised: "a//b" or "./a" could alias another entry."""
-    if _UNSAFE.search(name):
+    Raw, not normalised: "a//b" or "./a" could alias another entry. Substring tests, not a
+    regular expression: this runs for every entry a receiver is sent, and a search cost 4 µs."""
+    wrapped = f"/{name}/"  # an absolute name, or an empty, "." or ".." component, shows as one of three
+    if "//" in wrapped or "/./" in wrapped or "/../" in wrapped or "\x00" in name or "\\" in name or _DRIVE.match(name):
         raise error(f"refusing unsafe name {name!r}")
     return name
 

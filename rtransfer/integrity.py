@@ -94,24 +94,55 @@ def read_pack(small: list[tuple[int, str, int]], buf: WritableBuffer) -> list[Pa
     start = table_bytes(len(small))
     files: list[PackedFile] = []
     probe = bytearray(1)
-    for index, path, size in small:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        try:
-            got = 0
-            while True:  # a short read from a regular file is its end: one call per file, as a rule
-                want = size - got + 1
-                n = os.readv(fd, [view[start + got : start + size], probe])
-                got += n
-                if n == 0 or n < want or got > size:
-                    break
-        finally:
-            os.close(fd)
-        if got != size:
-            raise LocalIOError(f"{path}: changed while being sent ({size} bytes expected, {got} or more read)")
-        files.append(PackedFile(index, size, blake3.blake3(view[start : start + size]).digest(), start))
-        start += size
+    with _Parents() as parents:
+        for index, path, size in small:
+            fd = parents.open(path)
+            try:
+                got = 0
+                while True:  # a short read from a regular file is its end: one call per file, as a rule
+                    want = size - got + 1
+                    n = os.readv(fd, [view[start + got : start + size], probe])
+                    got += n
+                    if n == 0 or n < want or got > size:
+                        break
+            finally:
+                os.close(fd)
+            if got != size:
+                raise LocalIOError(f"{path}: changed while being sent ({size} bytes expected, {got} or more read)")
+            files.append(PackedFile(index, size, blake3.blake3(view[start : start + size]).digest(), start))
+            start += size
     write_table(view, files)
     return files
+
+
+_PARENT_FLAGS = getattr(os, "O_PATH", os.O_RDONLY) | os.O_DIRECTORY | os.O_CLOEXEC
+
+
+class _Parents:
+    """The directory of the file opened last, kept open for the next: the files of a directory
+    are listed together, so each open looks up one name, not every directory of its path."""
+
+    def __init__(self) -> None:
+        self._dir, self._fd = "", -1
+
+    def open(self, path: str) -> int:
+        parent, _, name = path.rpartition("/")
+        if parent != self._dir or self._fd < 0:
+            self.close()
+            self._fd = os.open(parent or ("/" if path.startswith("/") else "."), _PARENT_FLAGS)
+            self._dir = parent
+        return os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self._fd)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __enter__(self) -> _Parents:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def content_digest(path: os.PathLike[str] | str, dir_fd: int | None = None) -> str:

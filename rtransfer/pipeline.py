@@ -33,7 +33,7 @@ from rtransfer.protocol.pack import PackedFile, table_bytes
 from rtransfer.sink import Sink
 from rtransfer.stats import TransferStats
 from rtransfer.stdio import StdStream
-from rtransfer.workers import in_cpu, in_worker, settle, wait_out
+from rtransfer.workers import in_cpu, in_turn, in_worker, settle, wait_out
 
 _POPULATED = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_POPULATE", 0)  # Linux only
 QUEUE_CHUNKS = 1  # one chunk ready while another is read or written is enough to overlap them
@@ -328,7 +328,7 @@ async def _queue_pack(small: list[SmallFile], reading: Reading) -> None:
     small files costs a thread hop per pack, not per file."""
     buf = await reading.pool.take(reading.chunk_bytes, SENDER_ROOM)
     try:
-        files = await in_worker(read_pack, small, buf)
+        files = await in_turn(read_pack, small, buf)
     except BaseException:
         reading.pool.put(buf)
         raise
@@ -467,7 +467,7 @@ async def write_chunks(
         item = await queue.get()
         stats.observe_queue(queue.qsize())
         if isinstance(item, PackReady):
-            results = await sink.write_pack(item.files, item.payload)
+            results = await sink.write_pack(item.files, item.payload, check=not item.authenticated)
             writer.recycle(item.payload)
             await pack_written(item, results)
         elif isinstance(item, ChunkReady):

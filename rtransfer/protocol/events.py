@@ -93,11 +93,14 @@ class EntriesReceived:
 @dataclass(frozen=True)
 class PackReady:
     """Receiver side: a pack of whole small files, in order, its chunk verified; write each
-    file, check its digest, then call ``pack_written`` with its ``order``."""
+    file, check its digest, then call ``pack_written`` with its ``order``. ``authenticated``: the
+    pack was opened under the session's AES-GCM tag, which already proves each file is the bytes
+    the sender hashed."""
 
     order: int
     files: list[PackedFile]
     payload: Buffer
+    authenticated: bool = False
 
 
 @dataclass(frozen=True)

@@ -359,7 +359,7 @@ class ReceiverMachine(Peer):
             self._count_bytes(packed.size)
             del self._files[packed.file_index]
         self._packs.add(frame.order)
-        events.append(PackReady(frame.order, files, frame.payload))
+        events.append(PackReady(frame.order, files, frame.payload, self.encrypted))
 
     def _on_file_end(self, frame: FileEnd, events: list[Event]) -> None:
         index = frame.file_index

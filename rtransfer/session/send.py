@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import uuid
+import secrets
 from collections import deque
 
 from rtransfer.compress import Compressor
@@ -51,7 +51,7 @@ from rtransfer.session.outcome import named_for, worth_reconnecting
 from rtransfer.session.streams import Dealer, FurtherStream, StreamLinks
 from rtransfer.stats import TransferStats
 from rtransfer.transport import Accept, ConnectionSource, Dial, Outage, Relay, Ssh, StdioLink, keep_connected
-from rtransfer.workers import in_cpu, in_worker
+from rtransfer.workers import in_cpu, in_turn
 
 # Batches of the file list sent ahead of the reader: enough that the receiver plans the next
 # while the current one's data flows, few enough that memory does not follow the tree's size.
@@ -84,7 +84,7 @@ class SendTransfer:
         self.sources = collect_sources(config.sources, config.stdin_name)  # first: a missing one opens nothing
         self.source = source or self._source(config, reporter)
         self.manifest = Manifest(
-            uuid.uuid4().hex,
+            secrets.token_hex(16),
             config.chunk_bytes,
             config.window,
             config.streams,
@@ -318,10 +318,10 @@ class SendAttempt(Attempt):
         batches = list_batches(self.transfer.sources, config.safe_links, warnings.append, filters=rules)
         if config.checksum:
             batches = map(with_content_digests, batches)
-        upcoming = await in_worker(next, batches, None)
+        upcoming = await in_turn(next, batches, None)
         while upcoming is not None:
             await self.ahead.acquire()
-            batch, upcoming = upcoming, await in_worker(next, batches, None)
+            batch, upcoming = upcoming, await in_turn(next, batches, None)
             for message in warnings:
                 self.reporter.warning(message)
             warnings.clear()

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from rtransfer.errors import LocalIOError
 from rtransfer.files import link_stays_inside, safe_relative_path
@@ -19,6 +21,25 @@ def test_relative_names_are_accepted(name: str) -> None:
 def test_unsafe_names_are_refused(name: str) -> None:
     with pytest.raises(LocalIOError, match="refusing unsafe name"):
         safe_relative_path(name)
+
+
+def _safe_by_components(name: str) -> bool:
+    """The rule, spelled out: no empty, "." or ".." component, no NUL or backslash, no drive."""
+    drive = len(name) >= 2 and name[1] == ":" and name[0].isascii() and name[0].isalpha()
+    return (
+        not drive and "\x00" not in name and "\\" not in name and all(c not in ("", ".", "..") for c in name.split("/"))
+    )
+
+
+@given(st.lists(st.sampled_from(["a", "b.c", ".", "..", "...", "", "C:", "x\\y", "\x00", ".d", "é"]), max_size=5))
+def test_the_name_check_is_the_component_rule(parts: list[str]) -> None:
+    name = "/".join(parts)
+    try:
+        safe_relative_path(name)
+    except LocalIOError:
+        assert not _safe_by_components(name), name
+    else:
+        assert _safe_by_components(name), name
 
 
 @pytest.mark.parametrize(

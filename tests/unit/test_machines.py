@@ -464,6 +464,15 @@ def _pack(*files: tuple[int, bytes]) -> bytes:
     return bytes(buf)
 
 
+@pytest.mark.parametrize("encrypt", [False, True])
+def test_a_pack_is_authenticated_only_when_it_was_sealed(encrypt: bool) -> None:
+    """The writer skips its own BLAKE3 pass over a sealed pack: the AES-GCM tag proved its bytes."""
+    pair = Pair.accepted(manifest(3), encrypt=encrypt)
+    pair.sender.send_pack((0,), _pack((0, b"abc")), pair.now)
+    (ready,) = [e for e in pair.to_receiver() if isinstance(e, PackReady)]
+    assert ready.authenticated is encrypt
+
+
 def test_a_pack_carries_whole_files_each_confirmed_with_one_result() -> None:
     contents = [b"", b"a", os.urandom(100)]
     pair = Pair.accepted(manifest(*(len(c) for c in contents)))
