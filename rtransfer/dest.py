@@ -55,11 +55,12 @@ class DestDirs:
         """``rel_dir`` made if missing, without opening it: in a directory made here, nothing
         predates the transfer, so a new subtree costs one mkdir a directory (no lookup first),
         and only a directory that gets subdirectories is ever opened."""
+        if rel_dir in self._created:
+            return
         parent, _, name = rel_dir.rpartition("/")
-        if not rel_dir or rel_dir in self._created or parent not in self._created or not self._create:
-            self.fd(rel_dir)
-        elif not self._mkdir(name, self.fd(parent), rel_dir):
-            self.fd(rel_dir)  # someone else made it meanwhile: opened, so checked not to be a link
+        fresh = bool(rel_dir) and parent in self._created and self._create
+        if not (fresh and self._mkdir(name, self.fd(parent), rel_dir)):
+            self.fd(rel_dir)  # not new, or someone else made it meanwhile: opened, so checked not to be a link
 
     def _mkdir(self, name: str, parent_fd: int, rel_dir: str) -> bool:
         """Whether this call made the directory."""
