@@ -30,6 +30,7 @@ def local_error(exc: OSError, what: str | os.PathLike[str]) -> LocalIOError:
 # Files up to this size travel packed, several to a chunk, and are never resumed part-way
 # (re-sending one costs less than journaling it); larger ones go chunk by chunk, resumable.
 PACK_FILE_MAX_BYTES = 1024 * 1024
+FIRST_BATCH_ENTRIES = 64  # the file list's first batch; each next one twice the one before, up to MAX_BATCH_ENTRIES
 
 
 @dataclass(slots=True)
@@ -126,15 +127,21 @@ def list_batches(
     batch_entries: int = MAX_BATCH_ENTRIES,
     filters: Filters = NO_FILTERS,
 ) -> Iterator[list[Source]]:
-    """Every entry of every source, in batches: the walk is lazy, so memory does not grow with the tree."""
+    """Every entry of every source, in batches: the walk is lazy, so memory does not grow with the tree.
+
+    The first batches are small and double up to ``batch_entries``: the first one goes out once
+    the batch after it is listed too (to know whether it is the last), and the receiver plans it
+    before any byte of data moves, so a small one starts the data sooner."""
     walk = Walk(safe_links, warn, filters, owners=os.geteuid() == 0)
     batch: list[Source] = []
+    size = min(FIRST_BATCH_ENTRIES, batch_entries)
     for source in sources:
         for item in walk.entries(source):
             batch.append(item)
-            if len(batch) == batch_entries:
+            if len(batch) == size:
                 yield batch
                 batch = []
+                size = min(2 * size, batch_entries)
     if batch:
         yield batch
 

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from rtransfer.errors import LocalIOError
-from rtransfer.files import link_stays_inside, safe_relative_path
+from rtransfer.files import collect_sources, link_stays_inside, list_batches, safe_relative_path
 
 
 @pytest.mark.parametrize("name", ["a", "a/b/c", "dir/.hidden", "日本語/ファイル"])
@@ -72,3 +72,15 @@ def test_a_dest_whose_nearest_existing_parent_cannot_be_written_is_refused(
     with pytest.raises(LocalIOError, match=r"permission denied \(in .*ro\)"):
         check_dest(tmp_path / "ro" / "sub" / "deeper")
     check_dest(tmp_path / "rw" / "sub")
+
+
+def test_the_file_list_starts_with_small_batches(tmp_path: Path) -> None:
+    """The first batch goes out once the next is listed too, and the receiver plans it before any
+    data moves: small first batches start the data sooner, then they grow to the full size."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(1500):
+        (src / f"f{i:04}").write_bytes(b"")
+    batches = list(list_batches(collect_sources([str(src)], None), False, print))
+    assert [len(b) for b in batches] == [64, 128, 256, 512, 541]
+    assert sorted(s.entry.path for b in batches for s in b) == ["src", *(f"src/f{i:04}" for i in range(1500))]
