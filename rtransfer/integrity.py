@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Iterator
 
 import blake3
 import xxhash
@@ -84,9 +85,10 @@ class FileDigest:
         return self._hasher.hexdigest()
 
 
-def read_pack(small: list[tuple[int, str, int]], buf: WritableBuffer) -> list[PackedFile]:
+def read_pack(small: list[tuple[int, str, int]], buf: WritableBuffer) -> Iterator[PackedFile]:
     """Read whole small files ``(index, path, size)`` into ``buf`` as a pack (protocol/pack.py),
-    each hashed as soon as it is read; for a worker thread, one call per pack.
+    each hashed as soon as it is read, one file a step (see ``workers.in_slices``); the pack's
+    table is written after the last.
 
     A file that is no longer the size it was listed with fails the transfer, as a large
     one does: what arrives is always a whole version of the file."""
@@ -109,10 +111,11 @@ def read_pack(small: list[tuple[int, str, int]], buf: WritableBuffer) -> list[Pa
                 os.close(fd)
             if got != size:
                 raise LocalIOError(f"{path}: changed while being sent ({size} bytes expected, {got} or more read)")
-            files.append(PackedFile(index, size, blake3.blake3(view[start : start + size]).digest(), start))
+            packed = PackedFile(index, size, blake3.blake3(view[start : start + size]).digest(), start)
+            files.append(packed)
+            yield packed
             start += size
     write_table(view, files)
-    return files
 
 
 _PARENT_FLAGS = getattr(os, "O_PATH", os.O_RDONLY) | os.O_DIRECTORY | os.O_CLOEXEC

@@ -1,9 +1,10 @@
 """Small files that travel packed, many to a chunk: each checked against its own digest, then
-put in place under its name in one worker call (create, write, mode, mtime, rename)."""
+put in place under its name (create, write, mode, mtime, rename), one file a step."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 import blake3
 
@@ -43,17 +44,19 @@ def write_packed(
     places: list[tuple[str, str, bool]],
     payload: Buffer,
     check: bool = True,
-) -> list[tuple[str, int, str | None]]:
-    """``places``: each file's directory on disk, name, and whether it goes under that name at once
+) -> Iterator[tuple[str, int, str | None]]:
+    """Path, size and hex digest of each file once it is in place (None: its digest failed, and it
+    has no name), one file a step (see ``workers.in_slices``).
+
+    ``places``: each file's directory on disk, name, and whether it goes under that name at once
     (in a new subtree, itself under a hidden name until the end) or under a partial name first.
     ``dirs`` is the pack writer's own, kept from pack to pack. ``check``: see ``check_packed``."""
-    done: list[tuple[str, int, str | None]] = []
     groups: dict[str, int] = {}  # directory -> the group a new file there gets
     with memoryview(payload) as view:
         for packed, entry, (parent, name, at_once) in zip(files, entries, places, strict=True):
             data, digest_hex = check_packed(view, packed, check)
             if digest_hex is None:
-                done.append((entry.path, packed.size, None))
+                yield entry.path, packed.size, None
                 continue
             dir_fd = dirs.fd(parent)
             part = name if at_once else f".{name}{PARTIAL_SUFFIX}"
@@ -74,5 +77,4 @@ def write_packed(
                 os.close(fd)
             if not at_once:
                 os.rename(part, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-            done.append((entry.path, packed.size, digest_hex))
-    return done
+            yield entry.path, packed.size, digest_hex

@@ -33,7 +33,7 @@ from rtransfer.protocol.pack import PackedFile, table_bytes
 from rtransfer.sink import Sink
 from rtransfer.stats import TransferStats
 from rtransfer.stdio import StdStream
-from rtransfer.workers import in_cpu, in_turn, in_worker, settle, wait_out
+from rtransfer.workers import in_cpu, in_slices, in_worker, settle, wait_out
 
 _POPULATED = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_POPULATE", 0)  # Linux only
 QUEUE_CHUNKS = 1  # one chunk ready while another is read or written is enough to overlap them
@@ -324,11 +324,10 @@ def _reading_order(batch: Listed, chunk_bytes: int) -> Iterator[list[SmallFile] 
 
 
 async def _queue_pack(small: list[SmallFile], reading: Reading) -> None:
-    """Read a pack's files in one worker-thread call (open, read, hash, close each): a tree of
-    small files costs a thread hop per pack, not per file."""
+    """Read a pack's files (open, read, hash, close each) on the loop's thread, a slice at a time."""
     buf = await reading.pool.take(reading.chunk_bytes, SENDER_ROOM)
     try:
-        files = await in_turn(read_pack, small, buf)
+        files = await in_slices(read_pack(small, buf))
     except BaseException:
         reading.pool.put(buf)
         raise

@@ -38,7 +38,7 @@ from rtransfer.plan import Draft, Plan
 from rtransfer.protocol.model import Basis, Buffer, Entry, EntryBatch, Manifest
 from rtransfer.protocol.pack import PackedFile
 from rtransfer.stdout_sink import StdoutSink
-from rtransfer.workers import in_cpu, in_worker
+from rtransfer.workers import in_cpu, in_slices, in_worker
 
 # A copied range of the old copy is read, hashed and written in one worker call per this many bytes.
 COPY_STEP_BYTES = 16 * 1024 * 1024
@@ -70,7 +70,7 @@ class DirectorySink:
 
     Large files are prefixes of their source with a journal beside them, so a later
     connection (or a later run) resumes them instead of starting over. Small files
-    arrive whole in packs and are written a pack at a time, in a worker thread.
+    arrive whole in packs and are written a pack at a time, on the loop's thread in slices.
     Every name is checked once, when its batch is planned.
     What it keeps per file lasts until the file is in place; only directories and links,
     whose times, modes and targets are applied at the end, are kept for the whole transfer.
@@ -498,15 +498,14 @@ class DirectorySink:
     async def write_pack(
         self, files: list[PackedFile], payload: Buffer, check: bool = True
     ) -> list[tuple[str, int, str | None]]:
-        """Put a pack's files in place, in one worker-thread call: per file, its digest checked (see
-        ``check_packed``), then create, write, mode, mtime, close and rename; no other call. A file
-        whose digest fails gets no name; its hex digest comes back None (path, size and hex digest
-        for each). One thread, not two: on tmpfs the two took turns at the GIL with the event loop,
-        and one was 8% faster with 16% less CPU; on a disk the two went both ways (bench/README.md)."""
+        """Put a pack's files in place on the loop's thread, a slice at a time: per file, its digest
+        checked (see ``check_packed``), then create, write, mode, mtime, close and rename; no other
+        call. A file whose digest fails gets no name; its hex digest comes back None (path, size and
+        hex digest for each)."""
         entries = [self._files.pop(f.file_index) for f in files]
         places = [self._place_file(e.path) for e in entries]
         try:
-            return await in_worker(write_packed, self._pack_dirs, files, entries, places, payload, check)
+            return await in_slices(write_packed(self._pack_dirs, files, entries, places, payload, check))
         except OSError as exc:
             raise local_error(exc, exc.filename or self.root) from None
 

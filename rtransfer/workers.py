@@ -1,4 +1,5 @@
-"""Worker-thread calls that end before their caller does.
+"""Worker-thread calls (and work done on the loop's thread in slices) that end before their
+caller does.
 
 A thread cannot be cancelled. If the coroutine waiting for one is cancelled (a
 reconnect, an error elsewhere, SIGINT) and goes on to close a file or return a
@@ -14,7 +15,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -24,10 +26,13 @@ T = TypeVar("T")
 # thread per core: it never waits behind file I/O in the default pool (an fdatasync can take
 # seconds), and never runs more threads than there are cores to run them.
 _CPU_POOL = ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="rtransfer-cpu")
-# The sender's walk and its reads of packed files take turns in one thread, as rsync's one sender
-# process does. In two threads, each system call of one handed the GIL to the other: 63,000 futex
-# calls for a tree of 59,000 entries, and 8% more time (bench/README.md).
+# The sender's walk runs in a thread of its own, one call after another.
 _TURN_POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rtransfer-files")
+# Small files are read and written on the event loop's own thread (``in_slices``), this long at
+# most before the loop runs again. In a worker thread, each of their system calls handed the GIL
+# to the loop's thread and back, across cores: a tree of 59,000 entries took 15-25% longer, and as
+# much less when each process was held to one core (bench/README.md).
+SLICE_S = 0.005
 
 
 async def settle(work: Awaitable[T]) -> T:
@@ -57,6 +62,24 @@ def on_cpu(fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
 def in_turn(fn: Callable[..., T], *args: Any) -> Awaitable[T]:
     """``fn(*args)`` in the sender's file thread, after the calls handed to it before; settled."""
     return settle(asyncio.get_running_loop().run_in_executor(_TURN_POOL, fn, *args))
+
+
+def in_slices(steps: Iterable[T]) -> Awaitable[list[T]]:
+    """Everything ``steps`` yields (a generator doing a little file I/O for each item), run on the
+    loop's thread, which runs its other work at least every SLICE_S; settled, as the buffers the
+    steps fill or write from are pooled (see ``settle``)."""
+    return settle(_drain(steps))
+
+
+async def _drain(steps: Iterable[T]) -> list[T]:
+    done: list[T] = []
+    deadline = time.monotonic() + SLICE_S
+    for item in steps:
+        done.append(item)
+        if time.monotonic() >= deadline:
+            await asyncio.sleep(0)
+            deadline = time.monotonic() + SLICE_S
+    return done
 
 
 def in_cpu(fn: Callable[..., T], *args: Any) -> Awaitable[T]:

@@ -47,7 +47,7 @@ def test_a_packed_file_whose_digest_differs_gets_no_name_only_when_checked(tmp_p
     root_fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         with DestDirs(root_fd) as dirs:
-            done = write_packed(dirs, files, entries, [("", "good", True), ("", "bad", True)], good + bad, check)
+            done = list(write_packed(dirs, files, entries, [("", "good", True), ("", "bad", True)], good + bad, check))
     finally:
         os.close(root_fd)
     assert done[0] == ("good", 4, blake3.blake3(good).hexdigest())

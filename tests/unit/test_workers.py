@@ -6,14 +6,18 @@ import asyncio
 import contextlib
 import os
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
+
+from rtransfer import workers
 from rtransfer.files import collect_sources
 from rtransfer.integrity import FileDigest
 from rtransfer.pipeline import BufferPool, Listed, Reading, SendItem, read_sources
 from rtransfer.protocol.events import Accepted
 from rtransfer.stats import TransferStats
-from rtransfer.workers import settle
+from rtransfer.workers import in_slices, settle
 
 NEGATIVE_WAIT_S = 1.0  # how long "this must not happen" is watched for
 
@@ -78,3 +82,45 @@ async def test_a_cancelled_reader_never_closes_the_file_under_its_worker(tmp_pat
         await reader
     assert not done, "the reader ended while its worker was still reading"
     assert fd_state == ["open"]
+
+
+async def test_small_file_work_lets_the_loop_run_between_slices(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pack is written on the loop's thread: on a slow disk the loop must still get its turns."""
+    monkeypatch.setattr(workers, "SLICE_S", 0.0)  # every step overruns its slice
+    seen: list[str] = []
+    finished = asyncio.Event()
+
+    def steps() -> Iterator[int]:
+        for i in range(4):
+            seen.append(f"step {i}")
+            yield i
+
+    async def meanwhile() -> None:
+        while not finished.is_set():  # ends with the steps
+            seen.append("loop")
+            await asyncio.sleep(0)
+
+    other = asyncio.ensure_future(meanwhile())
+    assert await in_slices(steps()) == [0, 1, 2, 3]
+    finished.set()
+    await other
+    assert "loop" in seen[seen.index("step 0") : seen.index("step 3")]
+
+
+async def test_a_cancelled_caller_waits_for_the_last_slice(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As for a worker thread: the steps fill or empty a pooled buffer, so they end before the caller goes on."""
+    monkeypatch.setattr(workers, "SLICE_S", 0.0)
+    done: list[int] = []
+
+    def steps() -> Iterator[int]:
+        for i in range(5):
+            done.append(i)
+            yield i
+
+    task = asyncio.ensure_future(in_slices(steps()))
+    while not done:
+        await asyncio.sleep(0)
+    await _cancel_twice(task)  # type: ignore[arg-type]
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    assert task.cancelled() and done == [0, 1, 2, 3, 4]
