@@ -43,7 +43,7 @@ class Source:
 
 def collect_sources(args: list[str], stdin_name: str | None) -> list[Source]:
     """The command line's sources, checked before any byte moves; directories are walked
-    later, batch by batch (``list_batches``). A directory given with a trailing slash (``src/``)
+    later, batch by batch (``listing``). A directory given with a trailing slash (``src/``)
     stands for what it holds, as rsync's: its entry is the transfer root, path "."."""
     sources: list[Source] = []
     for arg in args:
@@ -120,30 +120,37 @@ def with_content_digests(batch: list[Source]) -> list[Source]:
         raise local_error(exc, exc.filename or "a source") from None
 
 
-def list_batches(
+def listing(
     sources: list[Source],
     safe_links: bool,
     warn: Callable[[str], None],
     batch_entries: int = MAX_BATCH_ENTRIES,
     filters: Filters = NO_FILTERS,
-) -> Iterator[list[Source]]:
-    """Every entry of every source, in batches: the walk is lazy, so memory does not grow with the tree.
+) -> Iterator[Source | None]:
+    """Every entry of every source, with None after each batch (take one with ``next_batch``): the
+    walk is lazy, so memory does not grow with the tree, and it goes one entry a step, so the
+    sender's event loop can walk in slices (``workers.in_slices``).
 
     The first batches are small and double up to ``batch_entries``: the first one goes out once
     the batch after it is listed too (to know whether it is the last), and the receiver plans it
     before any byte of data moves, so a small one starts the data sooner."""
     walk = Walk(safe_links, warn, filters, owners=os.geteuid() == 0)
-    batch: list[Source] = []
-    size = min(FIRST_BATCH_ENTRIES, batch_entries)
+    size, listed = min(FIRST_BATCH_ENTRIES, batch_entries), 0
     for source in sources:
         for item in walk.entries(source):
-            batch.append(item)
-            if len(batch) == size:
-                yield batch
-                batch = []
-                size = min(2 * size, batch_entries)
-    if batch:
-        yield batch
+            yield item
+            listed += 1
+            if listed == size:
+                yield None
+                size, listed = min(2 * size, batch_entries), 0
+
+
+def next_batch(entries: Iterator[Source | None]) -> Iterator[Source]:
+    """The entries of ``listing`` up to its next batch's end (none once it is over)."""
+    for item in entries:
+        if item is None:
+            return
+        yield item
 
 
 _SPECIAL_KINDS = {stat.S_IFIFO: "fifo", stat.S_IFCHR: "char", stat.S_IFBLK: "block"}

@@ -26,12 +26,11 @@ T = TypeVar("T")
 # thread per core: it never waits behind file I/O in the default pool (an fdatasync can take
 # seconds), and never runs more threads than there are cores to run them.
 _CPU_POOL = ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="rtransfer-cpu")
-# The sender's walk runs in a thread of its own, one batch after another.
-_TURN_POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rtransfer-files")
-# Small files are read and written on the event loop's own thread (``in_slices``), this long at
-# most before the loop runs again. In a worker thread, each of their system calls handed the GIL
-# to the loop's thread and back, across cores: a tree of 59,000 entries took 8% longer. (Holding
-# each process to one core, which a tool cannot choose for its user, saved 15-20%: bench/README.md.)
+# The walk and small files are read and written on the event loop's own thread (``in_slices``),
+# this long at most before the loop runs again. In a worker thread, each of their system calls
+# handed the GIL to the loop's thread and back, across cores: a tree of 59,000 entries took 8%
+# longer. (Holding each process to one core, which a tool cannot choose for its user, saved
+# 15-20%: bench/README.md.)
 SLICE_S = 0.005
 
 
@@ -57,11 +56,6 @@ def in_worker(fn: Callable[..., T], *args: Any) -> Awaitable[T]:
 def on_cpu(fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
     """``fn(*args)`` on the CPU pool, started now (callers settle it, or ``in_cpu`` does)."""
     return asyncio.get_running_loop().run_in_executor(_CPU_POOL, fn, *args)
-
-
-def in_turn(fn: Callable[..., T], *args: Any) -> Awaitable[T]:
-    """``fn(*args)`` in the sender's file thread, after the calls handed to it before; settled."""
-    return settle(asyncio.get_running_loop().run_in_executor(_TURN_POOL, fn, *args))
 
 
 def in_slices(steps: Iterable[T]) -> Awaitable[list[T]]:

@@ -7,12 +7,13 @@ import contextlib
 import functools
 import secrets
 from collections import deque
+from collections.abc import Iterator
 
 from rtransfer.compress import Compressor
 from rtransfer.crypto import KeyExchange
 from rtransfer.delta import Fingerprint, fingerprint
 from rtransfer.errors import ProtocolViolation, RemoteError, RtransferError
-from rtransfer.files import Source, collect_sources, list_batches, with_content_digests
+from rtransfer.files import Source, collect_sources, listing, next_batch, with_content_digests
 from rtransfer.filters import parse_specs
 from rtransfer.listen import normalise_code
 from rtransfer.pipeline import (
@@ -51,7 +52,7 @@ from rtransfer.session.outcome import named_for, worth_reconnecting
 from rtransfer.session.streams import Dealer, FurtherStream, StreamLinks
 from rtransfer.stats import TransferStats
 from rtransfer.transport import Accept, ConnectionSource, Dial, Outage, Relay, Ssh, StdioLink, keep_connected
-from rtransfer.workers import in_cpu, in_turn
+from rtransfer.workers import in_cpu, in_slices, in_worker
 
 # Batches of the file list sent ahead of the reader: enough that the receiver plans the next
 # while the current one's data flows, few enough that memory does not follow the tree's size.
@@ -311,17 +312,15 @@ class SendAttempt(Attempt):
 
     # --- tasks ----------------------------------------------------------------
     async def list_entries(self) -> None:
-        warnings: list[str] = []  # the walk runs in a worker thread; warnings are reported from here
+        warnings: list[str] = []  # reported between batches, not from inside the walk
         config = self.transfer.config
         await self.direct.first_byte()
         rules = parse_specs(config.filters)
-        batches = list_batches(self.transfer.sources, config.safe_links, warnings.append, filters=rules)
-        if config.checksum:
-            batches = map(with_content_digests, batches)
-        upcoming = await in_turn(next, batches, None)
+        entries = listing(self.transfer.sources, config.safe_links, warnings.append, filters=rules)
+        upcoming = await self.next_listed(entries)
         while upcoming is not None:
             await self.ahead.acquire()
-            batch, upcoming = upcoming, await in_turn(next, batches, None)
+            batch, upcoming = upcoming, await self.next_listed(entries)
             for message in warnings:
                 self.reporter.warning(message)
             warnings.clear()
@@ -332,6 +331,14 @@ class SendAttempt(Attempt):
         self.listing_done = True
         if not self.listed:
             self.all_accepted()
+
+    async def next_listed(self, entries: Iterator[Source | None]) -> list[Source] | None:
+        """The next batch, walked on the loop's thread in slices; with --checksum, each file then
+        read whole in a worker thread. None once the walk is over."""
+        batch = await in_slices(next_batch(entries))
+        if batch and self.transfer.config.checksum:
+            batch = await in_worker(with_content_digests, batch)
+        return batch or None
 
     async def send_chunks(self) -> None:
         while True:

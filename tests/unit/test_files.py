@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from rtransfer.errors import LocalIOError
-from rtransfer.files import collect_sources, link_stays_inside, list_batches, safe_relative_path
+from rtransfer.files import collect_sources, link_stays_inside, listing, next_batch, safe_relative_path
 
 
 @pytest.mark.parametrize("name", ["a", "a/b/c", "dir/.hidden", "日本語/ファイル"])
@@ -81,6 +81,7 @@ def test_the_file_list_starts_with_small_batches(tmp_path: Path) -> None:
     src.mkdir()
     for i in range(1500):
         (src / f"f{i:04}").write_bytes(b"")
-    batches = list(list_batches(collect_sources([str(src)], None), False, print))
+    entries = listing(collect_sources([str(src)], None), False, print)
+    batches = list(iter(lambda: list(next_batch(entries)), []))
     assert [len(b) for b in batches] == [64, 128, 256, 512, 541]
     assert sorted(s.entry.path for b in batches for s in b) == ["src", *(f"src/f{i:04}" for i in range(1500))]

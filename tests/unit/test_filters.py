@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from rtransfer.errors import UsageError
-from rtransfer.files import collect_sources, list_batches
+from rtransfer.files import collect_sources, listing
 from rtransfer.filters import filters_from, parse_specs
 from rtransfer.options import ordered_rules
 
@@ -79,7 +79,7 @@ def rsync_paths(src: str, rules: list[tuple[bool, str]], dest: Path) -> set[str]
 def our_paths(src: str, rules: list[tuple[bool, str]]) -> set[str]:
     sources = collect_sources([src], None)
     filters = filters_from(rules)
-    listed = {s.entry.path for batch in list_batches(sources, False, lambda _: None, filters=filters) for s in batch}
+    listed = {s.entry.path for s in listing(sources, False, lambda _: None, filters=filters) if s is not None}
     return listed - {"."}
 
 

@@ -17,7 +17,7 @@ import pytest
 from rtransfer.crypto import KeyExchange
 from rtransfer.direct_io import PartialWriter
 from rtransfer.errors import LocalIOError, ProtocolViolation, RemoteError
-from rtransfer.files import collect_sources, list_batches
+from rtransfer.files import collect_sources, listing, next_batch
 from rtransfer.listen import open_listener
 from rtransfer.pipeline import (
     BufferPool,
@@ -56,7 +56,7 @@ async def test_the_reader_packs_small_files_resumes_large_ones_and_skips_whole_o
     contents = {"small": b"s" * 100, "large": os.urandom(3 * CHUNK + 5), "whole": b"w" * 10}
     for name, data in contents.items():
         (tmp_path / "src" / name).write_bytes(data)
-    (batch,) = list(list_batches(collect_sources([str(tmp_path / "src")], None), False, print))
+    batch = list(next_batch(listing(collect_sources([str(tmp_path / "src")], None), False, print)))
     index = {Path(s.entry.path).name: i for i, s in enumerate(batch)}
     accepted = Accepted(0, {index["large"]: CHUNK}, (index["whole"],))
     batches: asyncio.Queue[Listed | None] = asyncio.Queue()
