@@ -27,10 +27,10 @@ T = TypeVar("T")
 # seconds), and never runs more threads than there are cores to run them.
 _CPU_POOL = ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="rtransfer-cpu")
 # The walk and small files are read and written on the event loop's own thread (``in_slices``),
-# this long at most before the loop runs again. In a worker thread, each of their system calls
-# handed the GIL to the loop's thread and back, across cores: a tree of 59,000 entries took 8%
-# longer. (Holding each process to one core, which a tool cannot choose for its user, saved
-# 15-20%: bench/README.md.)
+# this long at most before the loop runs again. In worker threads, each of their system calls
+# handed the GIL to the loop's thread and back, across cores: a tree of 59,000 entries took 12%
+# longer (bench/README.md; holding each process to one core, which a tool cannot choose for its
+# user, had saved as much).
 SLICE_S = 0.005
 
 
