@@ -50,7 +50,7 @@ def write_packed(
 
     ``places``: each file's directory on disk, name, and whether it goes under that name at once
     (in a new subtree, itself under a hidden name until the end) or under a partial name first.
-    ``dirs`` is the pack writer's own, kept from pack to pack. ``check``: see ``check_packed``."""
+    ``dirs``: the receiver's open directories, kept from pack to pack. ``check``: see ``check_packed``."""
     groups: dict[str, int] = {}  # directory -> the group a new file there gets
     with memoryview(payload) as view:
         for packed, entry, (parent, name, at_once) in zip(files, entries, places, strict=True):

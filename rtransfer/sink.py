@@ -97,10 +97,10 @@ class DirectorySink:
         self._listed = Listed()
         self.items: list[tuple[str, str]] = []  # (action, path): a dry run's verdicts and --delete's removals
         self._root_fd = -1
-        # Directories kept open from batch to batch (planning) and pack to pack (the pack writer's
-        # thread), each connection's own from ``begin``: opening them again for each batch and pack
-        # cost a receiver 5% of its time in a tree of small files.
-        self._plan_dirs = self._pack_dirs = DestDirs(self._root_fd)
+        # Directories kept open from batch to batch (planning) and pack to pack (writing), both on
+        # the loop's thread, each connection's own from ``begin``: opening them again for each batch
+        # and pack cost a receiver 5% of its time in a tree of small files.
+        self._open_dirs = DestDirs(self._root_fd)
         self._chunk_bytes = 0
         self._delta = True  # the sender allows it (send --whole-file does not)
         self._files: dict[int, Entry] = {}  # accepted, not yet in place
@@ -137,8 +137,8 @@ class DirectorySink:
                 self._root_fd = os.open(self.root, DIR_FLAGS & ~os.O_NOFOLLOW)
         except OSError as exc:
             raise local_error(exc, self.root) from None
-        self._close_dirs()
-        self._plan_dirs, self._pack_dirs = DestDirs(self._root_fd, self._created), DestDirs(self._root_fd)
+        self._open_dirs.close()
+        self._open_dirs = DestDirs(self._root_fd, self._created)
         if not self._dry and not os.access(self.root, os.W_OK | os.X_OK):
             raise LocalIOError(f"{self.root}: permission denied")
         self._chunk_bytes = manifest.chunk_bytes
@@ -161,7 +161,7 @@ class DirectorySink:
         if self._dry:
             return self._preview(batch)
         draft = Draft()
-        dirs = self._plan_dirs
+        dirs = self._open_dirs
         try:
             for index, entry in enumerate(batch.entries, batch.first):
                 if entry.kind == "dir":
@@ -505,7 +505,7 @@ class DirectorySink:
         entries = [self._files.pop(f.file_index) for f in files]
         places = [self._place_file(e.path) for e in entries]
         try:
-            return await in_slices(write_packed(self._pack_dirs, files, entries, places, payload, check))
+            return await in_slices(write_packed(self._open_dirs, files, entries, places, payload, check))
         except OSError as exc:
             raise local_error(exc, exc.filename or self.root) from None
 
@@ -533,7 +533,7 @@ class DirectorySink:
                 with DestDirs(self._root_fd, create=False) as dirs:
                     self.items.extend(("delete", p) for p in extraneous(dirs, self._listed, self._filters, False))
             return warnings
-        self._close_dirs()
+        self._open_dirs.close()
         self._unhide()
         with DestDirs(self._root_fd) as dirs:
             for entry in self._specials:
@@ -563,15 +563,11 @@ class DirectorySink:
         self._hidden.clear()
         self._hidden_roots.clear()
 
-    def _close_dirs(self) -> None:
-        self._plan_dirs.close()
-        self._pack_dirs.close()
-
     async def suspend(self) -> None:
         """The connection failed: keep what can resume (journal it), drop what cannot.
 
         Nothing is ever left under a final name."""
-        self._close_dirs()
+        self._open_dirs.close()
         for index in list(self._bases):
             self._close_basis(index)
         for index, handle in list(self._open.items()):
