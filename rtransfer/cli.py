@@ -16,11 +16,7 @@ import typer
 import typer.core
 import typer.exceptions
 import typer.main
-
-try:  # typer 0.28 carries its own click and depends on none: the click installed beside it is another one
-    from typer import _click as click  # type: ignore[attr-defined,unused-ignore]
-except ImportError:  # typer < 0.28: the click package
-    import click  # type: ignore[no-redef,unused-ignore]
+from typer import _click as click  # typer 0.28 carries its own click and depends on none
 
 from rtransfer import __version__
 from rtransfer.errors import EXIT_FAILURE, EXIT_SIGINT, EXIT_USAGE, RtransferError, UsageError
@@ -30,6 +26,7 @@ from rtransfer.options import (
     DEFAULT_STREAMS,
     RELAY_ENV,
     RULE_OPTIONS,
+    Keep,
     RecvOptions,
     RetryOptions,
     SendOptions,
@@ -189,6 +186,15 @@ IncludeFrom = Annotated[
 Delete = Annotated[
     bool, _opt("--delete", help="Delete what the transfer's directories hold at the receiver beyond what is sent.")
 ]
+DeleteExcluded = Annotated[
+    bool, _opt("--delete-excluded", help="With --delete, delete what the rules exclude at the receiver too.")
+]
+Owner = Annotated[bool, _opt("--owner", "-o", help="As root: give files the owners listed; keep setuid/setgid bits.")]
+Group = Annotated[bool, _opt("--group", "-g", help="As root: give files the groups listed.")]
+Devices = Annotated[bool, _opt("--devices", help="As root: make the device nodes listed (skipped otherwise).")]
+PushOwner = Annotated[bool, _opt("--owner", "-o", help="Pushing over ssh: the far receiver's -o.")]
+PushGroup = Annotated[bool, _opt("--group", "-g", help="Pushing over ssh: the far receiver's -g.")]
+PushDevices = Annotated[bool, _opt("--devices", help="Pushing over ssh: the far receiver's --devices.")]
 DryRun = Annotated[
     bool, _opt("--dry-run", "-n", help="Say what would be sent, replaced or deleted; change nothing on either side.")
 ]
@@ -261,7 +267,11 @@ def send(
     exclude_from: ExcludeFrom = None,
     include_from: IncludeFrom = None,
     delete: Delete = False,
+    delete_excluded: DeleteExcluded = False,
     dry_run: DryRun = False,
+    owner: PushOwner = False,
+    group: PushGroup = False,
+    devices: PushDevices = False,
 ) -> int:
     """Send files, directories or standard input ('-'): to SOURCE... HOST:PORT, [USER@]HOST:DEST
     over ssh, --listen [HOST:]PORT for the receiver to connect, or --relay HOST:PORT."""
@@ -278,7 +288,8 @@ def send(
         rules = _rules(ctx, exclude, include, exclude_from, include_from)
     except UsageError as exc:
         return fail(reporter, exc)
-    return _send(replace(options, filters=rules, delete=delete, dry_run=dry_run), reporter)
+    options = replace(options, filters=rules, delete=delete, delete_excluded=delete_excluded, dry_run=dry_run)
+    return _send(replace(options, keep=Keep(owner, group, devices)), reporter)
 
 
 def _send(options: SendOptions, reporter: "Reporter") -> int:
@@ -352,7 +363,11 @@ def recv(
     exclude_from: ExcludeFrom = None,
     include_from: IncludeFrom = None,
     delete: Delete = False,
+    delete_excluded: DeleteExcluded = False,
     dry_run: DryRun = False,
+    owner: Owner = False,
+    group: Group = False,
+    devices: Devices = False,
 ) -> int:
     """Receive one transfer into DEST: listening, --connect, --relay, or pulling HOST:SOURCE over ssh."""
     try:
@@ -369,7 +384,8 @@ def recv(
     except UsageError as exc:
         return fail(reporter, exc)
     flags = _sender_flags(checksum, compress, whole_file, streams, rules)
-    return _recv(replace(options, sender_flags=flags, delete=delete, dry_run=dry_run), reporter)
+    options = replace(options, sender_flags=flags, delete=delete, delete_excluded=delete_excluded, dry_run=dry_run)
+    return _recv(replace(options, keep=Keep(owner, group, devices)), reporter)
 
 
 def _sender_flags(

@@ -13,6 +13,7 @@ from rtransfer.options import (
     RecvOptions,
     SendOptions,
     check_relay,
+    check_ssh_host,
     flags_on,
     looks_like_endpoint,
     parse_endpoint,
@@ -26,6 +27,7 @@ from rtransfer.protocol.constants import MAX_CHUNK_BYTES, MAX_STREAMS, MAX_WINDO
 from rtransfer.protocol.receiver import ReceiveLimits
 from rtransfer.retry import RetryPolicy
 from rtransfer.session.config import RecvConfig, SendConfig
+from rtransfer.specials import DestPolicy
 from rtransfer.transport.ssh import SSH_CODE, SshCommand
 
 
@@ -52,6 +54,7 @@ def ssh_command(
     rsh = tuple(shlex.split(options.rsh))
     if not rsh:
         raise UsageError("-e/--rsh is empty: give the ssh command, as rsync's -e")
+    check_ssh_host(host)
     common = ("--stdio", "--json", "--timeout", f"{options.retry.timeout_s:g}")
     far = (options.remote_path, command, *common, *flags, "--", *paths)
     return SshCommand(rsh, host, far, (options.remote_path, "join", *common, "--"))
@@ -62,11 +65,18 @@ def _push(options: SendOptions) -> SshCommand | None:
     push = not (options.listen is not None or options.relay is not None or options.stdio or len(options.arguments) < 2)
     remote = remote_path(options.arguments[-1]) if push else None
     if remote is None:
-        if options.overwrite:
-            raise UsageError("--overwrite on send is for a push over ssh (the receiver decides otherwise)")
+        refused = (("--overwrite",) if options.overwrite else ()) + options.keep.flags()
+        if refused:
+            raise UsageError(f"{refused[0]} on send is for a push over ssh (the receiver decides otherwise)")
         return None
-    given = {"--overwrite": options.overwrite, "--delete": options.delete, "--dry-run": options.dry_run}
-    return ssh_command(options, remote.host, "recv", [remote.path or "."], flags_on(given))
+    given = {
+        "--overwrite": options.overwrite,
+        "--delete": options.delete,
+        "--delete-excluded": options.delete_excluded,
+        "--dry-run": options.dry_run,
+    }
+    flags = flags_on(given) + options.keep.flags()
+    return ssh_command(options, remote.host, "recv", [remote.path or "."], flags)
 
 
 def _send_reach(
@@ -132,7 +142,8 @@ def send_config(options: SendOptions) -> SendConfig:
         ssh=ssh,
         stdio=options.stdio,
         filters=options.filters,
-        delete=options.delete,
+        delete=options.delete or options.delete_excluded,
+        delete_excluded=options.delete_excluded,
         dry_run=options.dry_run,
     )
 
@@ -147,18 +158,28 @@ def recv_config(options: RecvOptions, host: str, port: int, code: str, listener:
     limits = ReceiveLimits(
         max_entries=options.max_files, max_total_bytes=parse_size(options.max_bytes), max_streams=options.max_streams
     )
+    keep = options.keep
+    policy = DestPolicy(
+        overwrite=options.overwrite,
+        safe_links=options.safe_links,
+        delete=options.delete or options.delete_excluded,
+        delete_excluded=options.delete_excluded,
+        dry_run=options.dry_run,
+        direct_io=not options.buffered,
+        owner=keep.owner,
+        group=keep.group,
+        devices=keep.devices,
+    )
     return RecvConfig(
         options.dest,
         host,
         port,
         options.retry.timeout_s,
-        options.overwrite,
+        policy,
         limits,
         code=code,
         encrypt=not options.no_encrypt,
         connect_policy=RetryPolicy.for_retries(options.retry.retries, options.retry.retry_max_s),
-        direct_io=not options.buffered,
-        safe_links=options.safe_links,
         listener=listener,  # type: ignore[arg-type]
         dial=options.connect is not None,
         relay=(host, port) if options.relay is not None else None,
@@ -166,6 +187,4 @@ def recv_config(options: RecvOptions, host: str, port: int, code: str, listener:
         direct=options.direct,
         ssh=ssh,
         stdio=options.stdio,
-        delete=options.delete,
-        dry_run=options.dry_run,
     )

@@ -7,11 +7,16 @@ guess per connection. HKDF turns the SPAKE2 key and the hash of both HELLOs
 into one AES-256-GCM key per direction; nonces are the direction and a frame
 counter, and every connection runs a fresh exchange, so a (key, nonce) pair is
 never used twice, across reconnects and resumes included.
+
+One guess per run, not per connection: once a connection of a transfer has opened the peer's
+CONFIRM, every later one (a reconnect, a further stream, the relay's pairing) runs its exchange
+on a secret derived from that session (``TransferKeys``), never on the code again.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import struct
 
 from cryptography.exceptions import InvalidTag
@@ -100,3 +105,28 @@ class Opener:
             self._aead.decrypt_into(nonce, ciphertext, header_prefix, out)
         except InvalidTag:
             raise FrameAuthenticationError("frame failed authentication") from None
+
+
+class TransferKeys:
+    """What a transfer's connections key their exchange with: the code, until one of them has
+    opened the peer's CONFIRM (``confirmed``); from then on a 256-bit secret derived from that
+    connection's session, which both sides derive alike and nobody else can (a relay that forces
+    reconnects, or pairs a stranger with us, gains no guess at the code)."""
+
+    def __init__(self, code: bytes) -> None:
+        self.code = code
+        self.resume: bytes | None = None
+
+    @property
+    def secret(self) -> bytes:
+        return self.resume if self.resume is not None else self.code
+
+    def confirmed(self, session_key: bytes) -> None:
+        """The first call counts: both sides derive from the same connection, the first to get this far."""
+        if self.resume is None:
+            self.resume = derive_secret(session_key, b"resume")
+
+
+def derive_secret(session_key: bytes, label: bytes) -> bytes:
+    """A secret of a session's for one purpose (``label``), as text: what a key exchange runs on."""
+    return hmac.new(session_key, b"rtransfer v1 " + label, hashlib.sha256).hexdigest().encode()

@@ -70,13 +70,10 @@ def cut(data: bytes | memoryview) -> list[tuple[int, int]]:
     return [(c.offset, c.length) for c in _chunker().cut_buf(data)]
 
 
-def describe(path: str | os.PathLike[str]) -> Basis:
-    """The receiver's old copy as content-defined chunks: one read of it (for a worker thread)."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    try:
-        return tuple((c.length, chunk_digest(c.data)) for c in _chunker().cut_stream(_Reader(fd, 0)))
-    finally:
-        os.close(fd)
+def describe(fd: int) -> Basis:
+    """The receiver's old copy (open, from its start) as content-defined chunks: one read of it (for
+    a worker thread)."""
+    return tuple((c.length, chunk_digest(c.data)) for c in _chunker().cut_stream(_Reader(fd, 0)))
 
 
 @dataclass(frozen=True)

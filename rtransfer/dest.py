@@ -1,21 +1,128 @@
 """DEST on disk, reached without ever following a link: its directories opened one name at a
-time from DEST's own descriptor, and the hidden partial name each file is written under."""
+time from DEST's own descriptor, and the working names beside each file that belong to the
+receiver alone (names.py: a partial file, its journal, a new subtree's hidden directory and the
+marker that vouches for it). A peer can never list such a name; what is found at one is this
+receiver's only when its own records say so, and is removed otherwise."""
 
 from __future__ import annotations
 
 import errno
+import json
 import os
-from pathlib import Path
+import stat
 
 from rtransfer.errors import LocalIOError
+from rtransfer.names import JOURNAL_SUFFIX, MARKER_SUFFIX, PARTIAL_SUFFIX, shown
 
-PARTIAL_SUFFIX = ".rtpart"
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+# A new file is made here and now, or not at all: a name that leads anywhere already (a link, a
+# file with other names, a FIFO) is never opened for writing.
+NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+# A file that is there already, opened without following a link or waiting (a FIFO found there
+# would hold an open for reading until a writer came, and no signal ends that wait).
+EXISTING_FLAGS = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_MARKER_MAX_BYTES = 256
 
 
-def partial_path(final: Path) -> Path:
-    return final.with_name(f".{final.name}{PARTIAL_SUFFIX}")
+def partial_name(name: str) -> str:
+    return f".{name}{PARTIAL_SUFFIX}"
+
+
+def journal_name(name: str) -> str:
+    return f".{name}{JOURNAL_SUFFIX}"
+
+
+def marker_name(name: str) -> str:
+    return f".{name}{MARKER_SUFFIX}"
+
+
+def remove(name: str, dir_fd: int) -> None:
+    """Remove a file-like leftover at ``name``, if any (a link itself, never what it points to)."""
+    try:
+        os.unlink(name, dir_fd=dir_fd)
+    except FileNotFoundError:
+        pass
+    except IsADirectoryError:
+        raise LocalIOError(f"{shown(name)}: a directory where rtransfer keeps a working file; remove it") from None
+
+
+def create_new(name: str, dir_fd: int, mode: int = 0o600) -> int:
+    """A file made at ``name`` by this call (``NEW_FILE_FLAGS``); the caller has decided that
+    whatever was there is a leftover of its own, removed first."""
+    try:
+        return os.open(name, NEW_FILE_FLAGS, mode, dir_fd=dir_fd)
+    except FileExistsError:
+        remove(name, dir_fd)
+        return os.open(name, NEW_FILE_FLAGS, mode, dir_fd=dir_fd)
+
+
+def open_existing(name: str, dir_fd: int, flags: int = os.O_RDONLY) -> int | None:
+    """A regular file that is there already (None if nothing is), opened as ``EXISTING_FLAGS``
+    say; anything else at ``name`` is refused."""
+    try:
+        fd = os.open(name, flags | EXISTING_FLAGS, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENXIO, errno.EISDIR):  # a link; a FIFO with no reader; a directory
+            raise LocalIOError(f"{shown(name)}: not a regular file") from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise LocalIOError(f"{shown(name)}: not a regular file")
+    return fd
+
+
+def read_small(name: str, dir_fd: int, limit: int) -> bytes | None:
+    """A small regular file's bytes (a journal, a marker): None if it is missing or larger."""
+    fd = open_existing(name, dir_fd)
+    if fd is None:
+        return None
+    with open(fd, "rb", buffering=0) as f:
+        data = f.read(limit + 1)
+    return data if len(data) <= limit else None
+
+
+def replace_file(name: str, dir_fd: int, data: bytes) -> None:
+    """``name`` holds ``data``, whole or not at all: written beside it, then renamed over it."""
+    tmp = f"{name}.tmp"
+    fd = create_new(tmp, dir_fd)
+    with open(fd, "wb", buffering=0) as f:
+        f.write(data)
+    os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+
+
+def mark(name: str, parent_fd: int, dir_fd: int) -> None:
+    """Vouch for the hidden directory ``dir_fd`` of new subtree ``name``: the marker beside it names
+    its inode, which nobody can give another directory."""
+    st = os.fstat(dir_fd)
+    replace_file(marker_name(name), parent_fd, json.dumps([st.st_dev, st.st_ino]).encode())
+
+
+def marked(name: str, parent_fd: int, dir_fd: int) -> bool:
+    """Is ``dir_fd`` the hidden directory this receiver's marker vouches for?"""
+    try:
+        data = read_small(marker_name(name), parent_fd, _MARKER_MAX_BYTES)
+        device, inode = json.loads(data or b"null")
+    except (LocalIOError, ValueError, TypeError):
+        return False
+    st = os.fstat(dir_fd)
+    return (st.st_dev, st.st_ino) == (device, inode)
+
+
+class Spot:
+    """Where one large file goes: its directory, held by a descriptor of its own (worker threads use
+    it while the loop's cache of directories may close its own), and its name."""
+
+    def __init__(self, dir_fd: int, name: str) -> None:
+        self.dir_fd = os.dup(dir_fd)
+        self.name = name
+        self.part = partial_name(name)
+
+    def close(self) -> None:
+        if self.dir_fd >= 0:
+            os.close(self.dir_fd)
+            self.dir_fd = -1
 
 
 class DestDirs:
@@ -78,7 +185,7 @@ class DestDirs:
         except OSError as exc:
             if exc.errno in (errno.ELOOP, errno.ENOTDIR):
                 raise LocalIOError(
-                    f"{name}: is a symbolic link or not a directory; refusing to write through it"
+                    f"{shown(name)}: is a symbolic link or not a directory; refusing to write through it"
                 ) from None
             raise
 

@@ -21,13 +21,16 @@ import errno
 import fcntl
 import mmap
 import os
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import aiofiles
 
-from rtransfer.protocol.model import Buffer
-from rtransfer.workers import settle
+from rtransfer.dest import Spot, create_new, open_existing
+from rtransfer.errors import LocalIOError
+from rtransfer.names import shown
+from rtransfer.protocol.model import Buffer, Entry
+from rtransfer.specials import DestPolicy
+from rtransfer.workers import in_worker, settle
 
 ALIGN = 4096
 # Small files gain nothing from bypassing the cache and would wait on the device per write.
@@ -35,13 +38,30 @@ DIRECT_MIN_BYTES = 16 * 1024 * 1024
 _O_DIRECT = getattr(os, "O_DIRECT", 0)
 
 
-def _open_direct(path: str, flags: int) -> int:
-    return os.open(path, flags | _O_DIRECT | os.O_NOFOLLOW, 0o666)
+def _open_partial(spot: Spot, offset: int, inode: tuple[int, int] | None) -> int:
+    """The partial file: made afresh (``offset`` 0, whatever leftover was there having been the
+    receiver's own), or the one the plan vouched for (``inode``), checked again once open."""
+    if not offset:
+        return create_new(spot.part, spot.dir_fd)
+    fd = open_existing(spot.part, spot.dir_fd, os.O_RDWR)
+    if fd is not None:
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) == inode and st.st_nlink == 1:
+            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+            return fd
+        os.close(fd)
+    raise LocalIOError(f"{shown(spot.part)}: changed since the transfer planned to resume it")
 
 
-def _open_no_follow(path: str, flags: int) -> int:
-    """A partial file that is a link (planted in DEST) is refused, never written through."""
-    return os.open(path, flags | os.O_NOFOLLOW, 0o666)
+def _try_direct(fd: int) -> bool:
+    """Turn on direct I/O for ``fd``, where its file system has it (EINVAL where it has not)."""
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | _O_DIRECT)
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:
+            raise
+        return False
+    return True
 
 
 _ZEROS = bytes(64 * 1024)
@@ -71,23 +91,37 @@ class PartialWriter:
         self.zero_copy = direct  # until a chunk's own buffer turns out to be misaligned
 
     @classmethod
-    async def open(cls, path: Path, offset: int, direct: bool, chunk_bytes: int) -> PartialWriter:
-        mode: Literal["wb", "r+b"] = "wb" if offset == 0 else "r+b"
-        handle: Any = None
-        if direct:
-            try:
-                handle = await settle(aiofiles.open(path, mode, buffering=0, opener=_open_direct))
-            except OSError as exc:
-                if exc.errno != errno.EINVAL:  # EINVAL: this filesystem has no direct I/O
-                    raise
-        opened_direct = handle is not None
-        if handle is None:
-            handle = await settle(aiofiles.open(path, mode, opener=_open_no_follow))
-        writer = cls(handle, opened_direct, chunk_bytes)
+    async def open(
+        cls, spot: Spot, offset: int, direct: bool, chunk_bytes: int, inode: tuple[int, int] | None = None
+    ) -> PartialWriter:
+        """Sequential writes from ``offset`` to ``spot``'s partial file (see ``_open_partial``)."""
+        fd = await in_worker(_open_partial, spot, offset, inode)
+        try:
+            direct = direct and _try_direct(fd)
+            handle: Any = await settle(aiofiles.open(fd, "wb", buffering=0 if direct else -1))
+        except BaseException:
+            os.close(fd)
+            raise
+        writer = cls(handle, direct, chunk_bytes)
         if offset:
             await settle(writer._handle.truncate(offset))
             await settle(writer._handle.seek(offset))
         return writer
+
+    @property
+    def inode(self) -> tuple[int, int]:
+        """The partial file's device and inode, which its journal names."""
+        st = os.fstat(self.fileno())
+        return st.st_dev, st.st_ino
+
+    async def settle(self, entry: Entry, policy: DestPolicy) -> None:
+        """The file is whole and verified: its owner, mode and times, set through its descriptor."""
+        await self.flush()
+        fd = self.fileno()
+        policy.own(entry, fd)
+        os.fchmod(fd, policy.mode(entry.mode))
+        if entry.mtime is not None:
+            os.utime(fd, (entry.mtime, entry.mtime))
 
     @property
     def direct(self) -> bool:

@@ -5,26 +5,23 @@ from __future__ import annotations
 
 import errno
 import os
-import re
 import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from rtransfer.errors import LocalIOError, UsageError
 from rtransfer.filters import NO_FILTERS, Filters
 from rtransfer.integrity import content_digest, source_identity
+from rtransfer.names import is_working_name, link_stays_inside, safe_relative_path, shown
 from rtransfer.protocol.model import MAX_BATCH_ENTRIES, Entry
-
-PARTIAL_SUFFIX = ".rtpart"
-_DRIVE = re.compile(r"^[A-Za-z]:")
 
 
 def local_error(exc: OSError, what: str | os.PathLike[str]) -> LocalIOError:
     reason = exc.strerror or str(exc)
     if exc.errno == errno.ENOSPC:
         reason = "no space left on device"
-    return LocalIOError(f"{os.fspath(what)}: {reason}")
+    return LocalIOError(f"{shown(os.fspath(what))}: {reason}")
 
 
 # Files up to this size travel packed, several to a chunk, and are never resumed part-way
@@ -188,6 +185,9 @@ class Walk:
             try:
                 with os.scandir(local) as it:
                     for de in it:
+                        if de.name[0] == "." and is_working_name(de.name):
+                            self.warn(f"skipping {shown(de.path)}: receivers keep such names for their working files")
+                            continue
                         entry_path = prefix + de.name
                         st = de.stat(follow_symlinks=False)
                         if self.filters and self.filters.excluded(entry_path, stat.S_ISDIR(st.st_mode)):
@@ -204,22 +204,24 @@ class Walk:
     def _entry(self, entry_path: str, local: str, st: os.stat_result) -> Entry | None:
         mode = st.st_mode
         if stat.S_ISREG(mode):
+            entry = _file_entry(entry_path, local, st)
             if st.st_nlink > 1:
                 first = self._inodes.setdefault((st.st_dev, st.st_ino), entry_path)
                 if first != entry_path:
                     return self._owned(Entry(entry_path, "hardlink", None, stat.S_IMODE(mode), st.st_mtime, first), st)
-            return self._owned(_file_entry(entry_path, local, st), st)
+                entry.linked = True  # its other names follow as hard links to it: the receiver allows only such
+            return self._owned(entry, st)
         if stat.S_ISDIR(mode):
             return self._owned(Entry(entry_path, "dir", None, stat.S_IMODE(mode), st.st_mtime), st)
         if stat.S_ISLNK(mode):
             target = os.readlink(local)
             if self.safe_links and not link_stays_inside(entry_path, target):
-                self.warn(f"skipping symbolic link {local}: it points outside the transfer (--safe-links)")
+                self.warn(f"skipping symbolic link {shown(local)}: it points outside the transfer (--safe-links)")
                 return None
             return self._owned(Entry(entry_path, "symlink", None, 0o777, st.st_mtime, target), st)
         kind = _SPECIAL_KINDS.get(stat.S_IFMT(mode))
         if kind is None:
-            self.warn(f"skipping special file {local} (a socket)")
+            self.warn(f"skipping special file {shown(local)} (a socket)")
             return None
         device = st.st_rdev if kind != "fifo" else None
         return self._owned(Entry(entry_path, kind, None, stat.S_IMODE(mode), st.st_mtime, device=device), st)
@@ -229,25 +231,3 @@ class Walk:
         if self.owners:
             entry.uid, entry.gid = st.st_uid, st.st_gid
         return entry
-
-
-def safe_relative_path(name: str, error: type[Exception] = LocalIOError) -> str:
-    """A peer-supplied name, checked to be a relative path that cannot leave the destination.
-    Raw, not normalised: "a//b" or "./a" could alias another entry. Substring tests, not a
-    regular expression: this runs for every entry a receiver is sent, and a search cost 4 µs."""
-    wrapped = f"/{name}/"  # an absolute name, or an empty, "." or ".." component, shows as one of three
-    if "//" in wrapped or "/./" in wrapped or "/../" in wrapped or "\x00" in name or "\\" in name or _DRIVE.match(name):
-        raise error(f"refusing unsafe name {name!r}")
-    return name
-
-
-def link_stays_inside(link_path: str, target: str) -> bool:
-    """Does a link at ``link_path`` (relative to the transfer root) resolve inside the root?"""
-    if not target or target.startswith("/") or "\x00" in target or "\\" in target or _DRIVE.match(target):
-        return False
-    depth = len(PurePosixPath(link_path).parts) - 1
-    for part in PurePosixPath(target).parts:
-        depth += -1 if part == ".." else 0 if part == "." else 1
-        if depth < 0:
-            return False
-    return True

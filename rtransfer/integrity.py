@@ -148,12 +148,11 @@ class _Parents:
         self.close()
 
 
-def content_digest(path: os.PathLike[str] | str, dir_fd: int | None = None) -> str:
+def content_digest(source: os.PathLike[str] | str | int) -> str:
     """--checksum: a file's BLAKE3 in hex, cut to CONTENT_DIGEST_BYTES (it decides a skip, nothing more).
-    Both sides compute it the same way; for a worker thread."""
+    Both sides compute it the same way, of a path or an open descriptor (kept open); for a worker thread."""
     hasher = blake3.blake3()
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC, dir_fd=dir_fd)
-    with open(fd, "rb", buffering=0) as f:
+    with open(source, "rb", buffering=0, closefd=not isinstance(source, int)) as f:
         while data := f.read(READ_STEP_BYTES):
             hasher.update(data)
     return hasher.hexdigest(length=CONTENT_DIGEST_BYTES)

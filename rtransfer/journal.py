@@ -15,18 +15,25 @@ so the journal needs only the source's identity and two byte counts:
 The journal also names the boot it was written in: after a reboot only the
 durable bytes are trusted. Whatever is resumed, the whole-file BLAKE3 check at
 the end still stands between the partial file and its final name.
+
+It names the partial file's inode too: a file at the partial name is resumed only if it is
+the one this receiver wrote (``vouches``), never one someone else put there (a link to a file
+outside the transfer, say); anything else there is removed. Both live beside the file, reached
+from its directory's descriptor (dest.py).
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import os
+import stat
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-JOURNAL_SUFFIX = ".rtjournal"
+from rtransfer.dest import journal_name, read_small, remove, replace_file
+from rtransfer.errors import LocalIOError
+
 FSYNC_EVERY_BYTES = 256 * 1024 * 1024
 
 
@@ -56,41 +63,44 @@ class JournalRecord:
     written_bytes: int
     durable_bytes: int
     boot: str
+    device: int  # the partial file's, as fstat says
+    inode: int
+
+    def vouches(self, st: os.stat_result) -> bool:
+        """Is ``st`` (the partial name's, not following a link) the file this journal is about?"""
+        mine = (st.st_dev, st.st_ino) == (self.device, self.inode) and st.st_uid == os.geteuid()
+        return mine and stat.S_ISREG(st.st_mode) and st.st_nlink == 1
 
     def resumable_bytes(self, current_boot: str) -> int:
         """All that was written if the machine has not restarted since; else only what was synced."""
         return self.written_bytes if self.boot == current_boot else self.durable_bytes
 
 
-def journal_path(final: Path) -> Path:
-    return final.with_name(f".{final.name}{JOURNAL_SUFFIX}")
+_JOURNAL_MAX_BYTES = 4096
 
 
-def read_journal(final: Path) -> JournalRecord | None:
-    """The journal for ``final``, or None if there is none or it cannot be trusted."""
+def read_journal(dir_fd: int, name: str) -> JournalRecord | None:
+    """The journal for file ``name``, or None if there is none or it cannot be trusted."""
     try:
-        obj = json.loads(journal_path(final).read_text("utf-8"))
+        obj = json.loads(read_small(journal_name(name), dir_fd, _JOURNAL_MAX_BYTES) or b"null")
         record = JournalRecord(
             str(obj["identity"]),
             int(obj["chunk_bytes"]),
             int(obj["written_bytes"]),
             int(obj["durable_bytes"]),
             str(obj["boot"]),
+            int(obj["device"]),
+            int(obj["inode"]),
         )
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, LocalIOError, ValueError, KeyError, TypeError):
         return None
     valid = record.chunk_bytes > 0 and 0 <= record.durable_bytes <= record.written_bytes
     return record if valid else None
 
 
-def write_journal(final: Path, record: JournalRecord) -> None:
-    path = journal_path(final)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(asdict(record), f)
-    os.replace(tmp, path)
+def write_journal(dir_fd: int, name: str, record: JournalRecord) -> None:
+    replace_file(journal_name(name), dir_fd, json.dumps(asdict(record)).encode())
 
 
-def remove_journal(final: Path) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        journal_path(final).unlink()
+def remove_journal(dir_fd: int, name: str) -> None:
+    remove(journal_name(name), dir_fd)

@@ -91,6 +91,15 @@ def remote_path(text: str) -> RemotePath | None:
     return RemotePath(f"{user}{at}{host}", path)
 
 
+def check_ssh_host(host: str) -> str:
+    """ssh takes a word starting with "-" as an option (``-oProxyCommand=...`` runs a command):
+    a user or host that starts so is refused, whatever the ssh."""
+    name = host.rpartition("@")[2]
+    if host.startswith("-") or name.startswith("-"):
+        raise UsageError(f"refusing ssh host {host!r}: a user or host may not start with '-'")
+    return host
+
+
 def split_recv_arguments(arguments: list[str]) -> tuple[list[RemotePath], str]:
     """``recv [DEST]`` receives; ``recv HOST:SOURCE... DEST`` pulls: with two or more arguments
     the last is DEST, and every other one must be remote, on one host."""
@@ -155,6 +164,19 @@ def split_send_arguments(arguments: list[str], listen: bool = False) -> tuple[li
 
 
 @dataclass(frozen=True)
+class Keep:
+    """-o, -g and --devices, as typed: what a receiver applies of the owners, groups and device
+    nodes the sender lists (specials.DestPolicy)."""
+
+    owner: bool = False
+    group: bool = False
+    devices: bool = False
+
+    def flags(self) -> tuple[str, ...]:
+        return flags_on({"--owner": self.owner, "--group": self.group, "--devices": self.devices})
+
+
+@dataclass(frozen=True)
 class RetryOptions:
     retries: int = DEFAULT_RETRIES
     retry_max_s: float = DEFAULT_RETRY_MAX_S
@@ -194,7 +216,9 @@ class SendOptions:
     overwrite: bool = False  # a push's option for the far receiver
     filters: tuple[str, ...] = ()  # include/exclude rules in the order given, "+ PAT" / "- PAT"
     delete: bool = False
+    delete_excluded: bool = False
     dry_run: bool = False
+    keep: Keep = field(default_factory=Keep)  # a push's options for the far receiver
 
 
 @dataclass(frozen=True)
@@ -220,7 +244,9 @@ class RecvOptions:
     pull: tuple[RemotePath, ...] = ()  # recv HOST:SOURCE... DEST
     sender_flags: tuple[str, ...] = ()  # a pull's options for the far sender (--checksum, --compress, --whole-file)
     delete: bool = False
+    delete_excluded: bool = False
     dry_run: bool = False
+    keep: Keep = field(default_factory=Keep)
 
 
 def flags_on(given: dict[str, bool]) -> tuple[str, ...]:

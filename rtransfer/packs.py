@@ -1,5 +1,6 @@
 """Small files that travel packed, many to a chunk: each checked against its own digest, then
-put in place under its name (create, write, mode, mtime, rename), one file a step."""
+put in place under its name (create, write, owner, mode, mtime, rename), one file a step, every
+call through the file's own descriptor or its directory's."""
 
 from __future__ import annotations
 
@@ -8,10 +9,10 @@ from collections.abc import Iterator
 
 import blake3
 
-from rtransfer.dest import NEW_FILE_FLAGS, PARTIAL_SUFFIX, DestDirs
+from rtransfer.dest import DestDirs, create_new, partial_name
 from rtransfer.protocol.model import Buffer, Entry
 from rtransfer.protocol.pack import PackedFile
-from rtransfer.specials import new_file_group, own
+from rtransfer.specials import DestPolicy, new_file_group
 
 
 def _umask() -> int:
@@ -43,14 +44,17 @@ def write_packed(
     entries: list[Entry],
     places: list[tuple[str, str, bool]],
     payload: Buffer,
+    policy: DestPolicy,
     check: bool = True,
 ) -> Iterator[tuple[str, int, str | None]]:
     """Path, size and hex digest of each file once it is in place (None: its digest failed, and it
     has no name), one file a step (see ``workers.in_slices``).
 
     ``places``: each file's directory on disk, name, and whether it goes under that name at once
-    (in a new subtree, itself under a hidden name until the end) or under a partial name first.
-    ``dirs``: the receiver's open directories, kept from pack to pack. ``check``: see ``check_packed``."""
+    (in a new subtree, itself under a hidden name until the end) or under a partial name first;
+    either way a leftover there is the receiver's own (names.py) and is replaced, never written
+    through. ``dirs``: the receiver's open directories, kept from pack to pack. ``check``: see
+    ``check_packed``."""
     groups: dict[str, int] = {}  # directory -> the group a new file there gets
     with memoryview(payload) as view:
         for packed, entry, (parent, name, at_once) in zip(files, entries, places, strict=True):
@@ -59,8 +63,8 @@ def write_packed(
                 yield entry.path, packed.size, None
                 continue
             dir_fd = dirs.fd(parent)
-            part = name if at_once else f".{name}{PARTIAL_SUFFIX}"
-            fd = os.open(part, NEW_FILE_FLAGS, entry.mode & 0o777, dir_fd=dir_fd)
+            part = name if at_once else partial_name(name)
+            fd = create_new(part, dir_fd, entry.mode & 0o777)
             try:
                 written = 0
                 while written < len(data):
@@ -68,9 +72,10 @@ def write_packed(
                 if entry.uid is not None:
                     if parent not in groups:
                         groups[parent] = new_file_group(dir_fd)
-                    own(entry, fd, new_group=groups[parent])
-                if entry.mode & _UMASK or entry.mode > 0o777:
-                    os.fchmod(fd, entry.mode)  # what the umask took, or special bits (after the owner: it clears them)
+                    policy.own(entry, fd, new_group=groups[parent])
+                mode = policy.mode(entry.mode)
+                if mode & _UMASK or mode > 0o777:
+                    os.fchmod(fd, mode)  # what the umask took, or special bits (after the owner: it clears them)
                 if entry.mtime is not None:
                     os.utime(fd, (entry.mtime, entry.mtime))
             finally:

@@ -12,6 +12,7 @@ import sys
 from typing import IO, Any, Protocol
 
 from rtransfer.errors import RtransferError
+from rtransfer.names import shown
 from rtransfer.stats import TransferStats, peak_rss_bytes
 
 
@@ -30,7 +31,7 @@ class Reporter:
     def warning(self, message: str) -> None: ...
     def item(self, action: str, path: str, dry_run: bool) -> None:
         """What the receiver does to DEST beyond writing files ("delete"), or in a dry run would do
-        ("send", "replace", "delete"); a directory's path ends in "/"."""
+        ("send", "replace", "delete"), or a device node it skipped ("skip"); a directory's path ends in "/"."""
 
     def joinable(self, socket: str) -> None:
         """The far side of an ssh transfer: where its further ssh sessions join it (``--streams``)."""
@@ -257,17 +258,18 @@ class ConsoleReporter(Reporter):
 
     def file_done(self, path: str, size: int, blake3_hex: str) -> None:
         if self._per_file:
-            self._say(f"{blake3_hex}  {path}  ({human_bytes(size)})")
+            self._say(f"{blake3_hex}  {shown(path)}  ({human_bytes(size)})")
 
     def warning(self, message: str) -> None:
         self._say(f"rtransfer: warning: {message}")
 
     def item(self, action: str, path: str, dry_run: bool) -> None:
         """A dry run's every line (what it is for); a real run's deletions with ``verbose``, as rsync -v."""
+        shown_path = shown(path)
         if dry_run:
-            self._say(f"would {action} {path}")
+            self._say(f"would {action} {shown_path}")
         elif self.verbose:
-            self._say(f"{action}d {path}")
+            self._say(f"{'skipped device node' if action == 'skip' else action + 'd'} {shown_path}")
 
     def _stop(self) -> None:
         if self._progress is not None:

@@ -8,19 +8,30 @@ import contextlib
 import os
 import shutil
 import stat
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-
-import aiofiles
-import aiofiles.os
+from typing import TypeVar
 
 from rtransfer import specials
-from rtransfer.delete import Listed, extraneous
+from rtransfer.delete import Deletion, Listed
 from rtransfer.delta import DELTA_MIN_BYTES, describe
-from rtransfer.dest import DIR_FLAGS, PARTIAL_SUFFIX, DestDirs, lstat_or_none, partial_path, placed
+from rtransfer.dest import (
+    DIR_FLAGS,
+    DestDirs,
+    Spot,
+    lstat_or_none,
+    mark,
+    marked,
+    marker_name,
+    open_existing,
+    partial_name,
+    placed,
+    remove,
+)
 from rtransfer.direct_io import PartialWriter, direct_io_suits
 from rtransfer.errors import LocalIOError, UsageError
-from rtransfer.files import CONTENTS, link_stays_inside, local_error, safe_relative_path
+from rtransfer.files import CONTENTS, local_error
 from rtransfer.filters import NO_FILTERS, parse_specs
 from rtransfer.integrity import FileDigest, content_digest
 from rtransfer.journal import (
@@ -33,10 +44,12 @@ from rtransfer.journal import (
     write_journal,
 )
 from rtransfer.listen import check_dest
+from rtransfer.names import link_stays_inside, refuse_working_names, safe_relative_path, shown
 from rtransfer.packs import write_packed
 from rtransfer.plan import Draft, Plan
 from rtransfer.protocol.model import Basis, Buffer, Entry, EntryBatch, Manifest
 from rtransfer.protocol.pack import PackedFile
+from rtransfer.specials import DestPolicy
 from rtransfer.stdout_sink import StdoutSink
 from rtransfer.workers import in_cpu, in_slices, in_worker
 
@@ -58,10 +71,31 @@ def _copy_hashed(src: int, dst: int, offset: int, length: int, digest: FileDiges
             view = view[os.write(dst, view) :]
 
 
-def plan_alone(sink: DirectorySink | StdoutSink, chunk_bytes: int, *entries: Entry) -> Plan:
-    """Begin a transfer of just ``entries`` (one batch): for tests and tools."""
-    sink.begin(Manifest("t" * 32, chunk_bytes, 1))
-    return sink.plan(EntryBatch(0, entries, True))
+T = TypeVar("T")
+
+
+def _read_held(held: list[tuple[int, str]], read: Callable[[int], T]) -> list[T]:
+    """For a worker thread: ``read(fd)`` of each (directory descriptor, name), a regular file
+    opened as dest.open_existing does; the directory descriptors are closed, whatever happens."""
+    results = []
+    try:
+        for dir_fd, name in held:
+            fd = open_existing(name, dir_fd)
+            if fd is None:
+                raise FileNotFoundError(2, "no longer there", name)
+            try:
+                results.append(read(fd))
+            finally:
+                os.close(fd)
+    finally:
+        for dir_fd, _ in held:
+            os.close(dir_fd)
+    return results
+
+
+def _inode(fd: int) -> tuple[int, int]:
+    st = os.fstat(fd)
+    return st.st_dev, st.st_ino
 
 
 class DirectorySink:
@@ -71,31 +105,22 @@ class DirectorySink:
     Large files are prefixes of their source with a journal beside them, so a later
     connection (or a later run) resumes them instead of starting over. Small files
     arrive whole in packs and are written a pack at a time, on the loop's thread in slices.
-    Every name is checked once, when its batch is planned.
+    Every name is checked once, when its batch is planned, and every file is reached from its
+    directory's descriptor, never by a path a link could redirect.
     What it keeps per file lasts until the file is in place; only directories and links,
     whose times, modes and targets are applied at the end, are kept for the whole transfer.
     """
 
-    def __init__(
-        self,
-        root: Path,
-        overwrite: bool,
-        direct_io: bool = True,
-        safe_links: bool = False,
-        delete: bool = False,
-        dry_run: bool = False,
-    ) -> None:
+    def __init__(self, root: Path, policy: DestPolicy) -> None:
         self.root = root
-        self.overwrite = overwrite
-        self.direct_io = direct_io
-        self.safe_links = safe_links
-        self.delete = delete  # this side's own --delete; the sender may ask for it too (``begin``)
-        self.dry_run = dry_run  # likewise
-        self._deleting = False
+        self.policy = policy  # this side's own options; the sender may ask for --delete and --dry-run too (begin)
+        self.deleting = False
         self._dry = False
+        self._delete_excluded = False
         self._filters = NO_FILTERS
         self._listed = Listed()
-        self.items: list[tuple[str, str]] = []  # (action, path): a dry run's verdicts and --delete's removals
+        self.items: list[tuple[str, str]] = []  # (action, path): a dry run's verdicts, --delete's removals, skips
+        self.warnings: list[str] = []
         self._root_fd = -1
         # Directories kept open from batch to batch (planning) and pack to pack (writing), both on
         # the loop's thread, each connection's own from ``begin``: opening them again for each batch
@@ -104,10 +129,14 @@ class DirectorySink:
         self._chunk_bytes = 0
         self._delta = True  # the sender allows it (send --whole-file does not)
         self._files: dict[int, Entry] = {}  # accepted, not yet in place
+        self._linked: set[str] = set()  # files listed as having more names: what a hard link may name
+        self._resume: dict[int, tuple[int, tuple[int, int] | None]] = {}  # start, and the partial file's inode
+        self._spots: dict[int, Spot] = {}  # large files being written: directory and name
         self._bases: dict[int, int] = {}  # delta: descriptor of the old copy, once a COPY needs it
         self._described: set[int] = set()  # delta: files whose old copy was described to the sender
         self._dirs: list[Entry] = []
         self._specials: list[Entry] = []  # links, FIFOs, devices: made at the end
+        self._devices_skipped = 0
         self._created: set[str] = set()  # directories this transfer made: no lstat for what is in them
         # A new subtree is made under a hidden name and renamed once, at the end: inside it, files
         # are written under their own names, with no rename each. Each new directory's path on disk:
@@ -125,32 +154,35 @@ class DirectorySink:
     def begin(self, manifest: Manifest) -> None:
         """A connection's transfer begins: make DEST, hold it open (everything below is reached from it).
         A dry run makes nothing: a DEST not there yet is empty."""
-        if manifest.delete and not (self.delete or self.overwrite):
+        policy = self.policy
+        if manifest.delete and not (policy.delete or policy.overwrite):
             raise UsageError("the sender asks to --delete in DEST: run recv with --delete (or --overwrite) to allow it")
-        self._dry = self.dry_run or manifest.dry_run
-        self._deleting = self.delete or manifest.delete
+        self._dry = policy.dry_run or manifest.dry_run
+        self.deleting = policy.delete or policy.delete_excluded or manifest.delete
+        self._delete_excluded = policy.delete_excluded or manifest.delete_excluded
         self._filters = parse_specs(manifest.filters)
+        self._open_root()
+        self._open_dirs.close()
+        self._open_dirs = DestDirs(self._root_fd, self._created)
+        if not self._dry and not os.access(self.root, os.W_OK | os.X_OK):
+            raise LocalIOError(f"{shown(str(self.root))}: permission denied")
+        self._chunk_bytes = manifest.chunk_bytes
+        self._delta = manifest.delta
+        for state in (self._files, self._linked, self._described, self._created, self._hidden):
+            state.clear()  # what an earlier connection wrote is on disk now, planned afresh from there
+        for listed in (self._hidden_roots, self._dirs, self._specials):
+            listed.clear()
+        self._listed.clear()
+        self._devices_skipped = 0
+
+    def _open_root(self) -> None:
         try:
             if not self._dry:
                 self.root.mkdir(parents=True, exist_ok=True)
             if self._root_fd < 0 and (not self._dry or self.root.is_dir()):
-                self._root_fd = os.open(self.root, DIR_FLAGS & ~os.O_NOFOLLOW)
+                self._root_fd = os.open(self.root, DIR_FLAGS & ~os.O_NOFOLLOW)  # DEST itself is the user's word
         except OSError as exc:
             raise local_error(exc, self.root) from None
-        self._open_dirs.close()
-        self._open_dirs = DestDirs(self._root_fd, self._created)
-        if not self._dry and not os.access(self.root, os.W_OK | os.X_OK):
-            raise LocalIOError(f"{self.root}: permission denied")
-        self._chunk_bytes = manifest.chunk_bytes
-        self._delta = manifest.delta
-        self._files.clear()
-        self._described.clear()
-        self._created.clear()  # what an earlier connection wrote in them is there now
-        self._hidden.clear()
-        self._hidden_roots.clear()
-        self._dirs.clear()
-        self._specials.clear()
-        self._listed.clear()
 
     @property
     def dry(self) -> bool:
@@ -165,17 +197,17 @@ class DirectorySink:
         try:
             for index, entry in enumerate(batch.entries, batch.first):
                 if entry.kind == "dir":
-                    dirs.make(self._place_dir(self._listed_dir(entry), dirs))
+                    self._place_dir(self._listed_dir(entry), dirs)
                     self._dirs.append(entry)
                     continue
                 parent, name = self._listed_entry(entry)
                 disk_parent = self._hidden.get(parent, parent)
                 st = None if disk_parent in self._created else lstat_or_none(name, dirs.fd(disk_parent))
                 if entry.kind == "file":
-                    self._plan_file(index, entry, st, draft, ours=parent in self._hidden)
+                    self._plan_file(index, entry, st, draft, (dirs.fd(disk_parent), name), parent in self._hidden)
                 elif st is None or not specials.already_here(entry, st, name, dirs.fd(disk_parent), dirs, self._hidden):
                     self._refuse_existing(entry, st)
-                    self._specials.append(entry)
+                    self._plan_special(entry)
             free = shutil.disk_usage(self.root).free
         except OSError as exc:
             raise local_error(exc, exc.filename or self.root) from None
@@ -184,21 +216,45 @@ class DirectorySink:
         starts = {i: n for i, n in draft.starts.items() if n}
         return Plan(starts, tuple(draft.done), tuple(draft.compare), tuple(draft.old_copies))
 
-    def _place_dir(self, rel: str, dirs: DestDirs) -> str:
-        """Where directory ``rel`` goes on disk: as it is if it is there already; under a hidden
-        name if it is the top of a new subtree (one an interrupted run left is taken up again);
-        inside its hidden parent otherwise."""
+    def _plan_special(self, entry: Entry) -> None:
+        """Links and FIFOs are made at the end; a device node only where this receiver allows it."""
+        if entry.kind in ("char", "block") and not self.policy.makes_devices():
+            self._devices_skipped += 1
+            self.items.append(("skip", entry.path))
+        else:
+            self._specials.append(entry)
+
+    def _place_dir(self, rel: str, dirs: DestDirs) -> None:
+        """Make directory ``rel`` where it goes on disk: as it is if it is there already; under a
+        hidden name if it is the top of a new subtree; inside its hidden parent otherwise."""
         if not rel:
-            return rel
+            dirs.make(rel)
+            return
         parent, name = placed(rel)
         if parent in self._hidden:
             disk = self._hidden[rel] = f"{self._hidden[parent]}/{name}"
+            dirs.make(disk)
         elif lstat_or_none(name, dirs.fd(parent)) is not None:
-            return rel
+            dirs.make(rel)
         else:
-            disk = self._hidden[rel] = f"{parent}/.{name}{PARTIAL_SUFFIX}".lstrip("/")
+            disk = self._hidden[rel] = f"{parent}/{partial_name(name)}".lstrip("/")
             self._hidden_roots.append((disk, rel))
-        return disk
+            self._claim_hidden(parent, name, disk, dirs)
+
+    def _claim_hidden(self, parent: str, name: str, disk: str, dirs: DestDirs) -> None:
+        """A new subtree's hidden directory: made now and vouched for by a marker beside it, or one an
+        interrupted run of this receiver made (its marker says so), taken up again. Anything else at
+        that name is someone else's: the transfer stops rather than write into it."""
+        parent_fd = dirs.fd(parent)
+        made = lstat_or_none(partial_name(name), parent_fd) is None
+        dirs.make(disk)
+        if made:
+            mark(name, parent_fd, dirs.fd(disk))
+        elif not marked(name, parent_fd, dirs.fd(disk)):
+            raise LocalIOError(
+                f"{shown(str(self.root / disk))}: in the way of new directory {shown(str(self.root / parent / name))},"
+                " and not made by rtransfer: remove it or move it away"
+            )
 
     def _disk_path(self, path: str) -> str:
         """An entry's path on disk: inside a hidden subtree while the transfer runs."""
@@ -208,21 +264,29 @@ class DirectorySink:
     def _listed_dir(self, entry: Entry) -> str:
         """A directory entry's path under DEST ("" for a "src/" source's root), checked."""
         rel = "" if entry.path == CONTENTS else safe_relative_path(entry.path)
-        if self._deleting:
+        refuse_working_names(rel)
+        if self.deleting:
             self._listed.directory(rel)
             if rel:
                 self._listed.entry(*placed(rel))
         return rel
 
     def _listed_entry(self, entry: Entry) -> tuple[str, str]:
-        """Any other entry's (parent, name), checked: its name, and a link's target, stay inside."""
+        """Any other entry's (parent, name), checked: its name, and a link's target, stay inside;
+        a hard link names a file this transfer listed as having more names (never a link, nor a
+        file that was here before)."""
         parent, name = placed(safe_relative_path(entry.path))
+        refuse_working_names(entry.path)
         if entry.kind == "hardlink":
-            safe_relative_path(entry.target or "")
-        elif entry.kind == "symlink" and self.safe_links and not link_stays_inside(entry.path, entry.target or ""):
-            link = f"{entry.path!r} -> {entry.target!r}"
+            if entry.target not in self._linked:
+                link = f"{shown(entry.path)!r} -> {shown(entry.target or '')!r}"
+                raise LocalIOError(f"refusing hard link {link}: its target is not a linked file of this transfer")
+        elif entry.kind == "symlink" and self.policy.safe_links and not link_stays_inside(entry.path, entry.target):
+            link = f"{shown(entry.path)!r} -> {shown(entry.target or '')!r}"
             raise LocalIOError(f"refusing link {link}: it points outside DEST (--safe-links)")
-        if self._deleting:
+        elif entry.linked:
+            self._linked.add(entry.path)
+        if self.deleting:
             self._listed.entry(parent, name)
         return parent, name
 
@@ -267,13 +331,18 @@ class DirectorySink:
         if entry.kind != "file":
             return specials.already_here(entry, st, name, parent_fd, dirs)
         if entry.digest is not None:
-            same_size = stat.S_ISREG(st.st_mode) and st.st_size == entry.size
-            return same_size and content_digest(name, parent_fd) == entry.digest
+            if not (stat.S_ISREG(st.st_mode) and st.st_size == entry.size):
+                return False
+            (digest,) = _read_held([(os.dup(parent_fd), name)], content_digest)
+            return digest == entry.digest
         return self._already_here(st, entry)
 
-    def _plan_file(self, index: int, entry: Entry, st: os.stat_result | None, draft: Draft, ours: bool = False) -> None:
-        """``ours``: the file is in a hidden subtree, where what is there was left by an earlier
-        run of this transfer, to be replaced without --overwrite."""
+    def _plan_file(
+        self, index: int, entry: Entry, st: os.stat_result | None, draft: Draft, at: tuple[int, str], ours: bool
+    ) -> None:
+        """``at``: the file's directory and name on disk. ``ours``: the file is in a hidden subtree,
+        where what is there was left by an earlier run of this transfer, to be replaced without
+        --overwrite."""
         size_here = st.st_size if st is not None and stat.S_ISREG(st.st_mode) else None
         if size_here is not None and entry.digest is not None and size_here == entry.size:
             draft.compare.append(index)  # --checksum: the content decides (examine)
@@ -286,7 +355,9 @@ class DirectorySink:
         if size_here is not None and self._delta and entry.identity and size_here >= DELTA_MIN_BYTES:
             draft.old_copies.append(index)
         if entry.identity is not None:
-            draft.starts[index], self._durable[index] = self._resume_point(self._final(index), entry)
+            start, self._durable[index], inode = self._resume_point(*at, entry)
+            draft.starts[index] = start
+            self._resume[index] = (start, inode)
         draft.need += (entry.size or 0) - draft.starts.get(index, 0)
 
     async def examine(self, plan: Plan) -> Plan:
@@ -296,39 +367,56 @@ class DirectorySink:
         if not plan.compare and not plan.old_copies:
             return plan
         try:
-            same = await in_cpu(self._same_content, plan.compare)
+            digests = await in_cpu(_read_held, self._held(plan.compare), content_digest)
+            same = [i for i, digest in zip(plan.compare, digests, strict=True) if digest == self._files[i].digest]
+            self._refuse_changed([i for i in plan.compare if i not in same])
             for index in same:
+                self._touch(index)
                 del self._files[index]
             described = [i for i in plan.old_copies if i not in same]
-            bases = dict(zip(described, await in_cpu(self._describe, described), strict=True))
+            bases: dict[int, Basis] = dict(
+                zip(described, await in_cpu(_read_held, self._held(described), describe), strict=True)
+            )
         except OSError as exc:
             raise local_error(exc, exc.filename or self.root) from None
         self._described.update(bases)
         starts = {i: n for i, n in plan.start_offsets.items() if i not in same}
         return replace(plan, start_offsets=starts, done=plan.done + tuple(same), bases=bases)
 
-    def _same_content(self, indices: tuple[int, ...]) -> list[int]:
-        same = []
+    def _held(self, indices: tuple[int, ...] | list[int]) -> list[tuple[int, str]]:
+        """Each file's directory (a descriptor of its own, for a worker thread) and name."""
+        held = []
         for index in indices:
-            entry, final = self._files[index], self._final(index)
-            if content_digest(final) == entry.digest:
-                same.append(index)
-                if entry.mtime is not None:
-                    os.utime(final, (entry.mtime, entry.mtime), follow_symlinks=False)
-            elif not self.overwrite:
-                raise LocalIOError(f"{final}: already exists (use --overwrite to replace it)")
-        return same
+            parent, name, _ = self._place_file(self._files[index].path)
+            held.append((os.dup(self._open_dirs.fd(parent)), name))
+        return held
 
-    def _describe(self, indices: list[int]) -> list[Basis]:
-        return [describe(self._final(index)) for index in indices]
+    def _refuse_changed(self, indices: list[int]) -> None:
+        if indices and not self.policy.overwrite:
+            path = self.root / self._files[indices[0]].path
+            raise LocalIOError(f"{shown(str(path))}: already exists (use --overwrite to replace it)")
+
+    def _touch(self, index: int) -> None:
+        """A file found whole by its content takes the sender's mtime (so the quick check finds it next
+        time), through its own descriptor."""
+        entry = self._files[index]
+        if entry.mtime is None:
+            return
+        parent, name, _ = self._place_file(entry.path)
+        fd = open_existing(name, self._open_dirs.fd(parent))
+        if fd is not None:
+            try:
+                os.utime(fd, (entry.mtime, entry.mtime))
+            finally:
+                os.close(fd)
 
     def _refuse_existing(self, entry: Entry, st: os.stat_result | None) -> None:
         if st is None:
             return
-        if not self.overwrite:
-            raise LocalIOError(f"{self.root / entry.path}: already exists (use --overwrite to replace it)")
+        if not self.policy.overwrite:
+            raise LocalIOError(f"{shown(str(self.root / entry.path))}: already exists (use --overwrite to replace it)")
         if stat.S_ISDIR(st.st_mode):
-            raise LocalIOError(f"{self.root / entry.path}: is a directory")
+            raise LocalIOError(f"{shown(str(self.root / entry.path))}: is a directory")
 
     @staticmethod
     def _already_here(st: os.stat_result, entry: Entry) -> bool:
@@ -341,47 +429,58 @@ class DirectorySink:
             and abs(st.st_mtime - entry.mtime) < 1e-3
         )
 
-    def _resume_point(self, final: Path, entry: Entry) -> tuple[int, int]:
-        """Bytes of the partial file to keep, and how many of them are known synced to disk;
-        a partial of another version is discarded."""
-        part = partial_path(final)
-        record = read_journal(final)
+    def _resume_point(self, dir_fd: int, name: str, entry: Entry) -> tuple[int, int, tuple[int, int] | None]:
+        """Bytes of the partial file to keep, how many of them are known synced to disk, and the
+        partial file's inode. Only a partial file its journal vouches for, of this version of the
+        source, is kept; anything else at the partial name is removed, never opened."""
+        part = partial_name(name)
+        record = read_journal(dir_fd, name)
+        st = lstat_or_none(part, dir_fd)
         keep = 0
-        if record is not None and entry.identity is not None and record.identity == entry.identity:
-            try:
-                on_disk = part.stat().st_size
-            except OSError:
-                on_disk = -1
+        if record is not None and st is not None and record.identity == entry.identity and record.vouches(st):
             resumable = record.resumable_bytes(boot_id())
-            if 0 <= resumable <= on_disk:  # a prefix of the file, whatever chunk size wrote it
+            if 0 <= resumable <= st.st_size:  # a prefix of the file, whatever chunk size wrote it
                 keep = resumable - resumable % self._chunk_bytes
         if keep == 0:
-            with contextlib.suppress(FileNotFoundError):
-                part.unlink()
-            remove_journal(final)
-        return keep, min(record.durable_bytes, keep) if record is not None else 0
+            remove(part, dir_fd)
+            remove_journal(dir_fd, name)
+            return 0, 0, None
+        assert record is not None and st is not None
+        return keep, min(record.durable_bytes, keep), (st.st_dev, st.st_ino)
 
-    def _final(self, index: int) -> Path:
-        return self.root.joinpath(self._disk_path(self._files[index].path))
+    def _spot(self, index: int) -> Spot:
+        spot = self._spots.get(index)
+        if spot is None:
+            parent, name, _ = self._place_file(self._files[index].path)
+            spot = self._spots[index] = Spot(self._open_dirs.fd(parent), name)
+        return spot
 
     def display_path(self, index: int) -> str:
         return self._files[index].path
 
     async def hash_prefix(self, index: int, size: int, digest: FileDigest) -> None:
-        """A resumed file's digest still covers the whole file: hash what is already here."""
-        part = partial_path(self._final(index))
+        """A resumed file's digest still covers the whole file: hash what is already here, from the
+        partial file the plan vouched for."""
+        spot, (_, inode) = self._spot(index), self._resume[index]
         try:
-            async with aiofiles.open(part, "rb") as f:
-                await digest.hash_prefix(f.fileno(), size, part)
+            fd = open_existing(spot.part, spot.dir_fd)
+            if fd is None or _inode(fd) != inode:
+                if fd is not None:
+                    os.close(fd)
+                raise LocalIOError(f"{shown(spot.part)}: changed since the transfer planned to resume it")
+            try:
+                await digest.hash_prefix(fd, size, spot.part)
+            finally:
+                os.close(fd)
         except OSError as exc:
-            raise local_error(exc, part) from None
+            raise local_error(exc, self.root / self._disk_path(self._files[index].path)) from None
 
     async def _open_at(self, index: int, offset: int) -> PartialWriter:
-        final = self._final(index)
         # A delta's writes follow the content, not the chunk size that direct I/O aligns to.
         fixed = index not in self._described
-        direct = fixed and self.direct_io and direct_io_suits(self._files[index].size or 0, self._chunk_bytes)
-        handle = await PartialWriter.open(partial_path(final), offset, direct, self._chunk_bytes)
+        direct = fixed and self.policy.direct_io and direct_io_suits(self._files[index].size or 0, self._chunk_bytes)
+        inode = self._resume.get(index, (0, None))[1] if offset else None
+        handle = await PartialWriter.open(self._spot(index), offset, direct, self._chunk_bytes, inode)
         self._open[index] = handle
         self._written[index] = self._journaled[index] = offset
         return handle
@@ -392,7 +491,10 @@ class DirectorySink:
             await handle.write(data)
             await self._advance(index, len(data))
         except OSError as exc:
-            raise local_error(exc, self._final(index)) from None
+            raise local_error(exc, self._shown(index)) from None
+
+    def _shown(self, index: int) -> str:
+        return str(self.root / self._files[index].path)
 
     async def _advance(self, index: int, n: int) -> None:
         """``n`` more bytes of the file are written: journal them when due."""
@@ -405,14 +507,16 @@ class DirectorySink:
         hashing them on the way; the bytes taken. Each step is one worker call that reads, hashes
         and writes, while the bytes are in cache. An old copy changed since it was described shows
         in the whole-file digest."""
-        final = self._final(index)
         taken = 0
         try:
             handle = self._open.get(index) or await self._open_at(index, offset)
             await handle.flush()  # what the writer buffered goes first: the steps write to its descriptor
             src = self._bases.get(index)
             if src is None:
-                src = self._bases[index] = os.open(final, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                spot = self._spot(index)
+                src = self._bases[index] = open_existing(spot.name, spot.dir_fd) or -1
+                if src < 0:
+                    raise LocalIOError("the old copy is gone")
             for start, length in ranges:
                 for step in range(0, length, COPY_STEP_BYTES):
                     want = min(COPY_STEP_BYTES, length - step)
@@ -420,7 +524,7 @@ class DirectorySink:
                     taken += want
                     await self._advance(index, want)
         except OSError as exc:
-            raise local_error(exc, final) from None
+            raise local_error(exc, self._shown(index)) from None
         return taken
 
     def _close_basis(self, index: int) -> None:
@@ -438,8 +542,10 @@ class DirectorySink:
         written = self._written[index]
         if sync:
             self._sync_if_due(index, handle, written)
-        record = JournalRecord(identity, self._chunk_bytes, written, self._durable[index], boot_id())
-        await in_worker(write_journal, self._final(index), record)
+        device, inode = handle.inode
+        record = JournalRecord(identity, self._chunk_bytes, written, self._durable[index], boot_id(), device, inode)
+        spot = self._spot(index)
+        await in_worker(write_journal, spot.dir_fd, spot.name, record)
         self._journaled[index] = written
 
     def _sync_if_due(self, index: int, handle: PartialWriter, written: int) -> None:
@@ -465,53 +571,56 @@ class DirectorySink:
             await task
 
     async def finish(self, index: int, ok: bool) -> None:
-        """Close the partial file; rename it into place only if its digest matched."""
-        final = self._final(index)
-        part = partial_path(final)
-        entry = self._files.pop(index)
+        """Close the partial file, its owner, mode and times set through its descriptor; rename it
+        into place only if its digest matched."""
+        entry = self._files[index]
         self._close_basis(index)
         try:
-            handle = self._open.pop(index, None)
-            if handle is not None:
-                try:
-                    await self._settle_sync(index)
-                finally:
-                    await handle.close()
-            elif not part.exists():
-                part.touch()
+            handle = self._open.pop(index, None) or await self._open_at(index, self._resume.get(index, (0, None))[0])
+            try:
+                await self._settle_sync(index)
+                if ok:
+                    await handle.settle(entry, self.policy)
+            finally:
+                await handle.close()
+            spot = self._spot(index)
             if entry.identity is not None:
-                remove_journal(final)
-            if not ok:
-                await aiofiles.os.remove(part)
-                return
-            specials.own(entry, str(part))
-            os.chmod(part, entry.mode)
-            if entry.mtime is not None:
-                os.utime(part, (entry.mtime, entry.mtime))
-            await aiofiles.os.replace(part, final)
+                remove_journal(spot.dir_fd, spot.name)
+            if ok:
+                os.replace(spot.part, spot.name, src_dir_fd=spot.dir_fd, dst_dir_fd=spot.dir_fd)
+            else:
+                remove(spot.part, spot.dir_fd)
         except OSError as exc:
-            raise local_error(exc, final) from None
+            raise local_error(exc, self._shown(index)) from None
         finally:
-            for state in (self._written, self._journaled, self._durable):
-                state.pop(index, None)
+            self._forget(index)
+
+    def _forget(self, index: int) -> None:
+        del self._files[index]
+        spot = self._spots.pop(index, None)
+        if spot is not None:
+            spot.close()
+        for state in (self._written, self._journaled, self._durable, self._resume):
+            state.pop(index, None)
 
     async def write_pack(
         self, files: list[PackedFile], payload: Buffer, check: bool = True
     ) -> list[tuple[str, int, str | None]]:
         """Put a pack's files in place on the loop's thread, a slice at a time: per file, its digest
-        checked (see ``check_packed``), then create, write, mode, mtime, close and rename; no other
-        call. A file whose digest fails gets no name; its hex digest comes back None (path, size and
-        hex digest for each)."""
+        checked (see ``check_packed``), then create, write, owner, mode, mtime, close and rename;
+        no other call. A file whose digest fails gets no name; its hex digest comes back None (path,
+        size and hex digest for each)."""
         entries = [self._files.pop(f.file_index) for f in files]
         places = [self._place_file(e.path) for e in entries]
         try:
-            return await in_slices(write_packed(self._open_dirs, files, entries, places, payload, check))
+            packed = write_packed(self._open_dirs, files, entries, places, payload, self.policy, check)
+            return await in_slices(packed)
         except OSError as exc:
             raise local_error(exc, exc.filename or self.root) from None
 
     def _place_file(self, path: str) -> tuple[str, str, bool]:
-        """A packed file's directory on disk, its name, and whether it is written under that name
-        at once (in a hidden subtree) rather than under a partial name renamed once it is written."""
+        """A file's directory on disk, its name, and whether it is written under that name at once
+        (in a hidden subtree) rather than under a partial name renamed once it is written."""
         parent, name = placed(path)
         disk_parent = self._hidden.get(parent)
         return (parent, name, False) if disk_parent is None else (disk_parent, name, True)
@@ -520,36 +629,41 @@ class DirectorySink:
         """Links, FIFOs and devices after every file (a hard link names one; nothing is written
         through a link), then --delete, then directory owners, times and modes, deepest first, as
         rsync and tar do: writing a directory's contents changes its mtime, and a read-only
-        directory must not block its own contents. The warnings, for entries that could not be made."""
+        directory must not block its own contents. The warnings, for what was not made as listed."""
         try:
-            return await in_worker(self._complete)
+            await in_worker(self._complete)
         except OSError as exc:
             raise local_error(exc, exc.filename or self.root) from None
+        if self._devices_skipped:
+            nodes = "a device node" if self._devices_skipped == 1 else f"{self._devices_skipped} device nodes"
+            self.warnings.append(f"skipped {nodes}: recv --devices, as root, makes them")
+        warnings, self.warnings = self.warnings, []
+        return warnings
 
-    def _complete(self) -> list[str]:
-        warnings: list[str] = []
+    def _complete(self) -> None:
         if self._dry:
-            if self._deleting and self._root_fd >= 0:
+            if self.deleting and self._root_fd >= 0:
                 with DestDirs(self._root_fd, create=False) as dirs:
-                    self.items.extend(("delete", p) for p in extraneous(dirs, self._listed, self._filters, False))
-            return warnings
+                    self._delete(dirs, remove=False)
+            return
         self._open_dirs.close()
         self._unhide()
         with DestDirs(self._root_fd) as dirs:
             for entry in self._specials:
                 parent, name = placed(entry.path)
-                warning = specials.make(entry, name, dirs.fd(parent), dirs)
-                if warning is not None:
-                    warnings.append(warning)
-            if self._deleting:
-                self.items.extend(("delete", p) for p in extraneous(dirs, self._listed, self._filters, True))
+                specials.make(entry, name, dirs.fd(parent), dirs, self.policy)
+            if self.deleting:
+                self._delete(dirs, remove=True)
             for entry in reversed(self._dirs):
                 dir_fd = dirs.fd("" if entry.path == CONTENTS else entry.path)
-                specials.own(entry, dir_fd)
+                self.policy.own(entry, dir_fd)
                 if entry.mtime is not None:
                     os.utime(dir_fd, (entry.mtime, entry.mtime))
-                os.fchmod(dir_fd, entry.mode)
-        return warnings
+                os.fchmod(dir_fd, self.policy.mode(entry.mode))
+
+    def _delete(self, dirs: DestDirs, remove: bool) -> None:
+        deletion = Deletion(self._filters, remove, self.warnings.append, self._delete_excluded)
+        self.items.extend(("delete", p) for p in deletion.run(dirs, self._listed))
 
     def _unhide(self) -> None:
         """Each new subtree, complete, takes its name: one rename for all it holds."""
@@ -558,8 +672,10 @@ class DirectorySink:
                 parent, name = placed(final)
                 parent_fd = dirs.fd(parent)
                 if lstat_or_none(name, parent_fd) is not None:
-                    raise LocalIOError(f"{self.root / final}: appeared during the transfer (the new one is {hidden})")
+                    there = shown(str(self.root / final))
+                    raise LocalIOError(f"{there}: appeared during the transfer (the new one is {shown(hidden)})")
                 os.rename(placed(hidden)[1], name, src_dir_fd=parent_fd, dst_dir_fd=parent_fd)
+                remove(marker_name(name), parent_fd)
         self._hidden.clear()
         self._hidden_roots.clear()
 
@@ -571,7 +687,6 @@ class DirectorySink:
         for index in list(self._bases):
             self._close_basis(index)
         for index, handle in list(self._open.items()):
-            final = self._final(index)
             resumable = self._files[index].identity is not None
             with contextlib.suppress(OSError):
                 await self._settle_sync(index)
@@ -580,8 +695,11 @@ class DirectorySink:
                     await self._journal(index, sync=False)
                 await handle.close()
                 if not resumable:
-                    partial_path(final).unlink()
+                    remove(self._spot(index).part, self._spot(index).dir_fd)
         self._open.clear()
+        for spot in self._spots.values():
+            spot.close()
+        self._spots.clear()
 
 
 Sink = DirectorySink | StdoutSink

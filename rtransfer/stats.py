@@ -63,6 +63,7 @@ class TransferStats:
     retransmits: int = 0
     integrity_failures: int = 0
     duplicates: int = 0  # chunks received twice (a resend raced its ACK) and ignored
+    devices_skipped: int = 0  # device nodes listed that this receiver did not make (recv --devices)
     reconnects: int = 0
     accepted: int = 0  # connections that got as far as the receiver's ACCEPT
     in_flight: int = 0
@@ -124,6 +125,7 @@ class TransferStats:
             "retransmits": self.retransmits,
             "integrity_failures": self.integrity_failures,
             "duplicates": self.duplicates,
+            **({"devices_skipped": self.devices_skipped} if self.devices_skipped else {}),
             "reconnects": self.reconnects,
             "in_flight": self.in_flight,
             "queue_depth": self.queue_depth,

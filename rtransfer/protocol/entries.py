@@ -8,25 +8,29 @@ much as rsync's file list does: siblings share their directory.
 Per entry: kind, flags, shared prefix and suffix lengths and mode (``_HEAD``), the suffix, then
 each field ``flags`` names, in this order: size (u64), mtime (f64), target (u16 length + UTF-8),
 identity (u16 length + UTF-8), digest (CONTENT_DIGEST_BYTES), uid and gid (u32 each), device (u64).
+``LINKED`` carries no field: the file has more names, which follow as hard links to it.
+
+Paths and link targets are bytes, as the file system has them (names.py), not necessarily UTF-8.
 """
 
 from __future__ import annotations
 
 import math
 import struct
+from collections.abc import Callable
 
 from rtransfer.protocol.errors import RemoteProtocolError
 from rtransfer.protocol.model import CONTENT_DIGEST_BYTES, MAX_BATCH_ENTRIES, Buffer, Entry, EntryBatch
 
 KIND_CODES = ("file", "dir", "symlink", "hardlink", "fifo", "char", "block")
 _CODE_OF = {kind: code for code, kind in enumerate(KIND_CODES)}
-_LINKED = frozenset((_CODE_OF["symlink"], _CODE_OF["hardlink"]))
+_LINK_KINDS = frozenset((_CODE_OF["symlink"], _CODE_OF["hardlink"]))
 _DEVICES = frozenset((_CODE_OF["char"], _CODE_OF["block"]))
 
 _BATCH = struct.Struct("!QBH")  # first, last, count
 _HEAD = struct.Struct("!BBHHH")  # kind, flags, shared prefix bytes, suffix bytes, mode
 _U16, _U64 = struct.Struct("!H"), struct.Struct("!Q")
-SIZE, MTIME, OWNER, TARGET, IDENTITY, DIGEST, DEVICE = (1 << i for i in range(7))
+SIZE, MTIME, OWNER, TARGET, IDENTITY, DIGEST, DEVICE, LINKED = (1 << i for i in range(8))
 COMMON = SIZE | MTIME | OWNER
 # For each combination of the common fields: the struct that holds just those.
 _COMMON_LAYOUTS = [
@@ -37,12 +41,21 @@ MAX_TARGET_BYTES = 4 * 4096  # 4096 characters of UTF-8
 MAX_IDENTITY_BYTES = 512
 
 
+def to_wire(name: str) -> bytes:
+    """A name's bytes: a byte that is not UTF-8 is a lone surrogate in the str (rtransfer/names.py)."""
+    return name.encode("utf-8", "surrogateescape")
+
+
+def from_wire(raw: bytes) -> str:
+    return raw.decode("utf-8", "surrogateescape")
+
+
 def encode_entries(batch: EntryBatch) -> bytes:
     out = [_BATCH.pack(batch.first, batch.last, len(batch.entries))]
     put = out.append
     previous = b""
     for e in batch.entries:
-        path = e.path.encode("utf-8")
+        path = to_wire(e.path)
         shared = _shared(previous, path)
         previous = path
         flags = (
@@ -53,12 +66,13 @@ def encode_entries(batch: EntryBatch) -> bytes:
             | (DIGEST if e.digest is not None else 0)
             | (OWNER if e.uid is not None and e.gid is not None else 0)
             | (DEVICE if e.device is not None else 0)
+            | (LINKED if e.linked else 0)
         )
         put(_HEAD.pack(_CODE_OF[e.kind], flags, shared, len(path) - shared, e.mode))
         put(path[shared:])
         common = (e.size, e.mtime, e.uid, e.gid) if flags & COMMON == COMMON else _common(e, flags)
         put(_COMMON_LAYOUTS[flags & COMMON].pack(*common))
-        if flags & ~COMMON:
+        if flags & ~COMMON & ~LINKED:
             put(_rare_fields(e))
     return b"".join(out)
 
@@ -78,7 +92,7 @@ def _common(e: Entry, flags: int) -> tuple[object, ...]:
 def _rare_fields(e: Entry) -> bytes:
     out = []
     if e.target is not None:
-        target = e.target.encode("utf-8")
+        target = to_wire(e.target)
         out += [_U16.pack(len(target)), target]
     if e.identity is not None:
         identity = e.identity.encode("utf-8")
@@ -113,16 +127,13 @@ def decode_entries(body: Buffer) -> EntryBatch:
 def _decode_entry(data: bytes, pos: int, previous: bytes) -> tuple[Entry, int, bytes]:
     code, flags, shared, rest, mode = _HEAD.unpack_from(data, pos)
     pos += _HEAD.size
-    if code >= len(KIND_CODES) or mode > 0o7777 or shared > len(previous) or flags >= DEVICE << 1:
+    if code >= len(KIND_CODES) or mode > 0o7777 or shared > len(previous) or (flags & LINKED and code != 0):
         raise RemoteProtocolError("ENTRIES entry kind, mode or path malformed")
     path_bytes = previous[:shared] + data[pos : pos + rest]
     pos += rest
     if not path_bytes or len(path_bytes) != shared + rest:
         raise RemoteProtocolError("ENTRIES entry path malformed")
-    try:
-        path = path_bytes.decode("utf-8")
-    except UnicodeDecodeError:
-        raise RemoteProtocolError("ENTRIES entry path is not valid UTF-8") from None
+    path = from_wire(path_bytes)
     kind = KIND_CODES[code]
     layout = _COMMON_LAYOUTS[flags & COMMON]
     common = layout.unpack_from(data, pos)
@@ -136,11 +147,13 @@ def _decode_entry(data: bytes, pos: int, previous: bytes) -> tuple[Entry, int, b
         raise RemoteProtocolError("ENTRIES entry size given for what is not a file")
     if mtime is not None and not math.isfinite(mtime):
         raise RemoteProtocolError("ENTRIES entry mtime malformed")
-    if (code in _LINKED) != bool(flags & TARGET) or (code in _DEVICES) != bool(flags & DEVICE):
+    if (code in _LINK_KINDS) != bool(flags & TARGET) or (code in _DEVICES) != bool(flags & DEVICE):
         raise RemoteProtocolError("ENTRIES entry: a link needs a target and a device its number, others neither")
-    if not flags & ~COMMON:
-        return Entry(path, kind, size, mode, mtime, uid=uid, gid=gid), pos, path_bytes
-    entry, pos = _with_rare_fields(data, pos, flags, Entry(path, kind, size, mode, mtime, uid=uid, gid=gid))
+    linked = bool(flags & LINKED)
+    if not flags & ~COMMON & ~LINKED:
+        return Entry(path, kind, size, mode, mtime, uid=uid, gid=gid, linked=linked), pos, path_bytes
+    entry = Entry(path, kind, size, mode, mtime, uid=uid, gid=gid, linked=linked)
+    entry, pos = _with_rare_fields(data, pos, flags, entry)
     return entry, pos, path_bytes
 
 
@@ -155,7 +168,7 @@ def _spread(common: tuple[object, ...], flags: int) -> tuple[object, ...]:
 def _with_rare_fields(data: bytes, pos: int, flags: int, entry: Entry) -> tuple[Entry, int]:
     target = identity = digest = device = None
     if flags & TARGET:
-        target, pos = _text(data, pos, MAX_TARGET_BYTES, "target")
+        target, pos = _text(data, pos, MAX_TARGET_BYTES, "target", from_wire)
         if not target or "\x00" in target:
             raise RemoteProtocolError("ENTRIES link target malformed")
     if flags & IDENTITY:
@@ -169,16 +182,23 @@ def _with_rare_fields(data: bytes, pos: int, flags: int, entry: Entry) -> tuple[
         (device,) = _U64.unpack_from(data, pos)
         pos += 8
     e = entry
-    return Entry(e.path, e.kind, e.size, e.mode, e.mtime, target, identity, digest, e.uid, e.gid, device), pos
+    return (
+        Entry(e.path, e.kind, e.size, e.mode, e.mtime, target, identity, digest, e.uid, e.gid, device, e.linked),
+        pos,
+    )
 
 
-def _text(data: bytes, pos: int, limit: int, what: str) -> tuple[str, int]:
+def _utf8(raw: bytes) -> str:
+    return raw.decode("utf-8")
+
+
+def _text(data: bytes, pos: int, limit: int, what: str, decode: Callable[[bytes], str] = _utf8) -> tuple[str, int]:
     (n,) = _U16.unpack_from(data, pos)
     pos += _U16.size
     raw = data[pos : pos + n]
     if n > limit or len(raw) != n:
         raise RemoteProtocolError(f"ENTRIES {what} malformed")
     try:
-        return raw.decode("utf-8"), pos + n
+        return decode(raw), pos + n
     except UnicodeDecodeError:
         raise RemoteProtocolError(f"ENTRIES {what} is not valid UTF-8") from None

@@ -34,6 +34,7 @@ class Entry:
     uid: int | None = None  # owner and group by number, listed only by a sender running as root
     gid: int | None = None
     device: int | None = None  # "char" and "block": the device number (st_rdev)
+    linked: bool = False  # a file with more names, listed later as hard links to this one
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,7 @@ class Manifest:
     delta: bool = True  # the receiver may describe its old copy of a file, for the sender to send only changes
     filters: tuple[str, ...] = ()  # the sender's rules ("+ PAT"/"- PAT"): --delete keeps what they exclude
     delete: bool = False  # the sender asks the receiver to delete what the transfer's directories hold beyond it
+    delete_excluded: bool = False  # ... what its rules exclude there too (the receiver must allow --delete)
     dry_run: bool = False  # the receiver says what it would do, and writes nothing
 
 

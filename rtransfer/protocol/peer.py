@@ -133,6 +133,25 @@ class Peer:
         return list(self._decoder.held_buffers())
 
     @property
+    def reached(self) -> Phase:
+        """The phase this connection got to: the one it failed in, once it has."""
+        if self.phase is Phase.ERROR and self.failure is not None and self.failure.phase is not None:
+            return self.failure.phase
+        return self.phase
+
+    @property
+    def keys_proved(self) -> bool:
+        """The peer's CONFIRM opened: it holds the same secret."""
+        return self.reached not in AUTHENTICATING and self.reached is not Phase.ERROR
+
+    @property
+    def guess_spent(self) -> bool:
+        """The peer's HELLO ran the key exchange and its CONFIRM never opened: whoever sent that HELLO
+        may now test whether it guessed the code (by opening our CONFIRM), so this connection was
+        one guess, whatever ended it."""
+        return self.reached is Phase.CONFIRMING
+
+    @property
     def session_key(self) -> bytes | None:
         """Known once the HELLOs are exchanged; the relay tokens of further connections derive from it."""
         return self._kex.session_key

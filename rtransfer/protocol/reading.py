@@ -353,16 +353,29 @@ def _load_json(body: Buffer, what: str) -> Any:
         raise RemoteProtocolError(f"{what} frame is not valid JSON") from None
 
 
+def _valid_rule(spec: str) -> bool:
+    """A rule's text as names are (protocol/entries.py): its bytes, not necessarily UTF-8, never a
+    code point a name's bytes could not make (a surrogate outside the escapes')."""
+    try:
+        spec.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _decode_manifest(obj: Any) -> Manifest:
     _need(isinstance(obj, dict), "MANIFEST is not an object")
     tid, chunk, window, streams = (obj.get(k) for k in ("transfer_id", "chunk_bytes", "window", "streams"))
     delta, delete, dry_run = obj.get("delta", True), obj.get("delete", False), obj.get("dry_run", False)
-    _need(all(isinstance(b, bool) for b in (delta, delete, dry_run)), "MANIFEST delta, delete or dry_run malformed")
+    excluded_too = obj.get("delete_excluded", False)
+    flags = (delta, delete, dry_run, excluded_too)
+    _need(all(isinstance(b, bool) for b in flags), "MANIFEST delta, delete, delete_excluded or dry_run malformed")
     filters = obj.get("filters", [])
     _need(
         isinstance(filters, list)
         and len(filters) <= MAX_FILTER_RULES
-        and all(isinstance(f, str) and 2 < len(f) <= 4096 and f[:2] in ("+ ", "- ") for f in filters),
+        and all(isinstance(f, str) and 2 < len(f) <= 4096 and f[:2] in ("+ ", "- ") for f in filters)
+        and all(_valid_rule(f) for f in filters),
         "MANIFEST filters malformed",
     )
     _need(isinstance(tid, str) and 0 < len(tid) <= 64, "MANIFEST transfer_id malformed")
@@ -370,4 +383,4 @@ def _decode_manifest(obj: Any) -> Manifest:
     _need(_is_uint(window) and 1 <= window <= MAX_WINDOW, "MANIFEST window out of range")
     _need(_is_uint(streams) and 1 <= streams <= MAX_STREAMS, "MANIFEST streams out of range")
     assert isinstance(tid, str) and isinstance(chunk, int) and isinstance(window, int) and isinstance(streams, int)
-    return Manifest(tid, chunk, window, streams, delta, tuple(filters), delete, dry_run)
+    return Manifest(tid, chunk, window, streams, delta, tuple(filters), delete, excluded_too, dry_run)

@@ -108,7 +108,7 @@ def _accept_body(frame: Accept) -> bytes:
 
 
 def _error_body(frame: ErrorFrame) -> bytes:
-    text = frame.message.encode("utf-8")[:MAX_ERROR_MESSAGE_BYTES].decode("utf-8", "ignore")
+    text = frame.message.encode("utf-8", "backslashreplace")[:MAX_ERROR_MESSAGE_BYTES].decode("utf-8", "ignore")
     return ERROR_LAYOUT.pack(frame.cause) + text.encode("utf-8")
 
 
@@ -148,12 +148,14 @@ def _manifest_to_json(m: Manifest) -> dict[str, Any]:
         "delta": m.delta,
         "filters": list(m.filters),
         "delete": m.delete,
+        "delete_excluded": m.delete_excluded,
         "dry_run": m.dry_run,
     }
 
 
 def _json(obj: object) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    """ASCII: a rule's bytes that are not UTF-8 (names.py) travel as JSON's \\udcNN escapes."""
+    return json.dumps(obj, separators=(",", ":")).encode("ascii")
 
 
 # The file list and ACCEPT are most of what a second run of an unchanged tree puts on the wire:

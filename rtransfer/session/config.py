@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from rtransfer.protocol.receiver import ReceiveLimits
 from rtransfer.retry import RetryPolicy
+from rtransfer.specials import DestPolicy
 from rtransfer.transport.ssh import SshCommand
 
 
@@ -37,6 +38,7 @@ class SendConfig:
     stdio: bool = False  # the far side of an ssh transfer: the one connection is standard input and output
     filters: tuple[str, ...] = ()  # include/exclude rules ("+ PAT"/"- PAT"), first match wins (filters.py)
     delete: bool = False  # ask the receiver to delete what its copies of our directories hold beyond the list
+    delete_excluded: bool = False  # ... and what our rules exclude there too
     dry_run: bool = False  # ask the receiver only to say what it would do
 
 
@@ -46,13 +48,11 @@ class RecvConfig:
     host: str
     port: int
     timeout_s: float = 30.0
-    overwrite: bool = False
+    policy: DestPolicy = field(default_factory=DestPolicy)  # what this side lets the sender do in DEST
     limits: ReceiveLimits = field(default_factory=ReceiveLimits)
     code: str | None = None  # None: make one up and show it
     encrypt: bool = True
     connect_policy: RetryPolicy = field(default_factory=RetryPolicy)  # how long a broken transfer waits for its sender
-    direct_io: bool = True  # large files bypass the page cache (see direct_io.py)
-    safe_links: bool = False  # refuse links that point outside DEST, instead of making them as they are
     # Opened, and announced with the code, by the caller before it imported this module (see listen.py).
     listener: socket.socket | None = None
     dial: bool = False  # recv --connect: dial the sender at host:port instead of listening
@@ -61,5 +61,3 @@ class RecvConfig:
     direct: bool = True  # see SendConfig
     ssh: SshCommand | None = None  # pull over ssh: each connection is an ssh session running the sender there
     stdio: bool = False  # see SendConfig
-    delete: bool = False  # make the transfer's directories hold only what it lists (the sender may ask too)
-    dry_run: bool = False  # say what would be sent, replaced or deleted; change nothing (the sender may ask too)

@@ -16,7 +16,8 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
-from rtransfer.errors import NetworkError, RtransferError, reason
+from rtransfer.crypto import TransferKeys
+from rtransfer.errors import EXIT_AUTH, NetworkError, RtransferError, WrongCode, reason
 from rtransfer.pipeline import BufferPool
 from rtransfer.protocol.constants import Phase
 from rtransfer.protocol.errors import PeerFailed, ProtocolError
@@ -48,10 +49,16 @@ class Connection(asyncio.BufferedProtocol):
         pool: BufferPool | None = None,
         stats: TransferStats | None = None,
         path: str = "direct",
+        keys: TransferKeys | None = None,
     ) -> None:
         """With a ``pool``, reading also pauses while a frame's buffers would not fit its budget;
-        ``stats`` counts the bytes on the wire (and apart, those through a relay: ``path``)."""
+        ``stats`` counts the bytes on the wire (and apart, those through a relay: ``path``).
+        ``keys``: the transfer's, if this connection's exchange ran on its code (not over ssh,
+        whose code is no secret): the first to open the peer's CONFIRM re-keys the transfer, and
+        this one, if it ends having spent a guess, ends the transfer as a wrong code would."""
         self.machine = machine
+        self._keys = keys
+        self._one_guess = keys is not None and keys.resume is None
         self.stats = stats or TransferStats("")
         self.path = path
         self._relayed = path == "relay"
@@ -96,11 +103,27 @@ class Connection(asyncio.BufferedProtocol):
             self._peer_failed = isinstance(exc, PeerFailed)
             self._stop(to_error(exc))
             return
+        finally:
+            self._note_keys()
         self.flush()
         if events:
             self._inbox.extend(events)
             self._wakeup.set()
         self._pace_reading()
+
+    def _note_keys(self) -> None:
+        if self._keys is not None and self._keys.resume is None and self.machine.keys_proved:
+            key = self.machine.session_key
+            assert key is not None
+            self._keys.confirmed(key)
+
+    def _judged(self, error: RtransferError) -> RtransferError:
+        """One guess per run: a connection keyed by the code that ends after the peer's HELLO and
+        before its CONFIRM opened (``Peer.guess_spent``) is final, as a wrong code is, whatever
+        ended it; trying again would give whoever sent that HELLO another guess."""
+        if not (self._one_guess and self.machine.guess_spent) or error.exit_code == EXIT_AUTH:
+            return error
+        return WrongCode(f"{error.message} during the key exchange: taken as a wrong code (one guess per run)")
 
     def _pace_reading(self) -> None:
         """Pause reading while the inbox is full or the pool has no room for another frame
@@ -214,11 +237,13 @@ class Connection(asyncio.BufferedProtocol):
         try:
             await supervise(done, self.pump(handle), self.tick(handle), *work)
         except ProtocolError as exc:
-            error = to_error(exc)
+            error = self._judged(to_error(exc))
             raise error from None
         except RtransferError as exc:
-            error = exc
-            raise
+            error = self._judged(exc)
+            if error is exc:
+                raise
+            raise error from None
         except asyncio.CancelledError:
             error = RtransferError("peer was interrupted")
             raise

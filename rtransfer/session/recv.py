@@ -7,7 +7,7 @@ import functools
 from collections import deque
 from pathlib import Path
 
-from rtransfer.crypto import KeyExchange
+from rtransfer.crypto import KeyExchange, TransferKeys
 from rtransfer.errors import HandshakeError, IntegrityError, ProtocolViolation, RemoteError, RtransferError, WrongCode
 from rtransfer.listen import new_code, normalise_code, open_listener
 from rtransfer.pipeline import QUEUE_CHUNKS, BufferPool, RecvItem, write_chunks
@@ -70,20 +70,14 @@ class ReceiveTransfer:
     def __init__(self, config: RecvConfig, reporter: Reporter, source: ConnectionSource | None = None) -> None:
         self.config = config
         self.reporter = reporter
-        self.sink: Sink = (
-            StdoutSink()
-            if config.dest == "-"
-            else DirectorySink(
-                Path(config.dest), config.overwrite, config.direct_io, config.safe_links, config.delete, config.dry_run
-            )
-        )
+        self.sink: Sink = StdoutSink() if config.dest == "-" else DirectorySink(Path(config.dest), config.policy)
         self.sink.check()
         self.stats = TransferStats("recv")
         self.pool = BufferPool(recv_budget(span=0))  # grown once the manifest tells the window
         self.code = config.code if config.code is not None else new_code()
-        self.secret = normalise_code(self.code)
+        self.keys = TransferKeys(normalise_code(self.code))
         # For the first connection, started before it comes so a sender does not wait for it.
-        self.next_kex = KeyExchange(self.secret, is_sender=False)
+        self.next_kex = KeyExchange(self.keys.code, is_sender=False)
         self.source = source or self._source(config)
         hint = " (is `rtransfer send --listen` running there?)" if isinstance(self.source, Dial) else ""
         self.outage = Outage(Backoff(config.connect_policy), reporter.warning, "the sender", hint)
@@ -112,7 +106,7 @@ class ReceiveTransfer:
             return StdioLink(self.reporter.joinable)
         if config.relay is not None:
             window_s = config.connect_policy.max_total_s
-            return Relay(*config.relay, self.code, window_s, patient=config.made_code)
+            return Relay(*config.relay, self.code, self.keys, window_s, patient=config.made_code)
         if config.dial:
             return Dial(config.host, config.port)
         return Accept(config.listener or open_listener(config.host, config.port))
@@ -127,15 +121,18 @@ class ReceiveTransfer:
         return True
 
     def _connection(self) -> Connection:
-        """Keyed by the code (the exchange started ahead, see __init__), or on a direct path found
-        through a relay, by that session."""
-        if self.source.secret is not None:
-            kex = KeyExchange(self.source.secret, is_sender=False)
+        """Keyed by the code (the exchange started ahead, see __init__) until a connection has proved
+        it, then by that session (crypto.TransferKeys); on a direct path found through a relay, by
+        that relayed session."""
+        secret = self.source.secret or self.keys.resume
+        if secret is not None:
+            kex = KeyExchange(secret, is_sender=False)
         else:
-            kex, self.next_kex = self.next_kex, KeyExchange(self.secret, is_sender=False)
+            kex, self.next_kex = self.next_kex, KeyExchange(self.keys.code, is_sender=False)
         c = self.config
         machine = ReceiverMachine(now(), c.timeout_s, kex, c.encrypt, c.limits, self.pool)
-        return Connection(machine, self.pool, self.stats, self.source.path)
+        keys = None if self.source.authenticated else self.keys
+        return Connection(machine, self.pool, self.stats, self.source.path, keys)
 
     async def _serve(self, conn: Connection) -> None:
         """The transfer's first connection; while it runs, further ones may join it."""
@@ -153,13 +150,11 @@ class ReceiveTransfer:
         """The further connections the manifest asks for: dialed, or taken as they arrive,
         whichever the source of this side's further connections does."""
         await control.manifest_known.wait()
-        key = control.machine.session_key
-        assert key is not None
-        if self.source.further(key, 1).dials:
+        if self.source.further(1).dials:
             streams = control.machine.manifest.streams
-            await asyncio.gather(*(self._dial_join(control, stream, key) for stream in range(1, streams)))
+            await asyncio.gather(*(self._dial_join(control, stream) for stream in range(1, streams)))
         else:
-            await self._take_joins(control, self.source.further(key, 1))
+            await self._take_joins(control, self.source.further(1))
 
     async def _take_joins(self, control: ReceiveAttempt, source: ConnectionSource) -> None:
         """Connections arriving while a transfer runs may join it, up to its streams."""
@@ -173,14 +168,14 @@ class ReceiveTransfer:
             self.joins.add(task)
             task.add_done_callback(self.joins.discard)
 
-    async def _dial_join(self, control: ReceiveAttempt, stream: int, key: bytes) -> None:
+    async def _dial_join(self, control: ReceiveAttempt, stream: int) -> None:
         """One further connection, dialed again under the retry policy while the transfer runs."""
         say = functools.partial(_say_for_stream, self.reporter, stream)
         outage = Outage(Backoff(self.config.connect_policy), say, "the sender")
         serve = functools.partial(self._joined, control, outage)
         try:
             await keep_connected(
-                self.source.further(key, stream),
+                self.source.further(stream),
                 self._connection,
                 serve,
                 outage,
@@ -318,6 +313,8 @@ class ReceiveAttempt(Attempt):
         dry_run = self.sink.dry
         for action, path in self.sink.items:
             self.reporter.item(action, path, dry_run)
+            if action == "skip":
+                self.stats.devices_skipped += 1
         self.sink.items.clear()
 
     async def on_chunk_arrived(self, event: ChunkArrived) -> None:

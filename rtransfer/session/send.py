@@ -10,7 +10,7 @@ from collections import deque
 from collections.abc import Iterator
 
 from rtransfer.compress import Compressor
-from rtransfer.crypto import KeyExchange
+from rtransfer.crypto import KeyExchange, TransferKeys
 from rtransfer.delta import Fingerprint, fingerprint
 from rtransfer.errors import ProtocolViolation, RemoteError, RtransferError
 from rtransfer.files import Source, collect_sources, listing, next_batch, with_content_digests
@@ -83,6 +83,7 @@ class SendTransfer:
         self.config = config
         self.reporter = reporter
         self.sources = collect_sources(config.sources, config.stdin_name)  # first: a missing one opens nothing
+        self.keys = TransferKeys(normalise_code(config.code))
         self.source = source or self._source(config, reporter)
         self.manifest = Manifest(
             secrets.token_hex(16),
@@ -92,6 +93,7 @@ class SendTransfer:
             delta=not config.whole_file,
             filters=config.filters,
             delete=config.delete,
+            delete_excluded=config.delete_excluded,
             dry_run=config.dry_run,
         )
         self.stats = TransferStats("send")
@@ -103,15 +105,14 @@ class SendTransfer:
         self.bucket = TokenBucket(rate, now()) if rate else None  # one for the transfer, across reconnects
         self.compressor = Compressor() if config.compress else None
 
-    @staticmethod
-    def _source(config: SendConfig, reporter: Reporter) -> ConnectionSource:
+    def _source(self, config: SendConfig, reporter: Reporter) -> ConnectionSource:
         if config.ssh is not None:
             return Ssh(config.ssh, reporter.warning, tell=reporter.item)
         if config.stdio:
             return StdioLink(reporter.joinable)
         if config.relay is not None:
             window_s = config.connect_policy.max_total_s
-            return Relay(*config.relay, config.code, window_s, patient=config.made_code)
+            return Relay(*config.relay, config.code, self.keys, window_s, patient=config.made_code)
         return Accept(config.listener) if config.listener else Dial(config.host, config.port)
 
     async def run(self) -> TransferStats:
@@ -146,11 +147,13 @@ class SendTransfer:
 
     def connection(self, stream: int = 0) -> Connection:
         """A connection of this transfer, with its own key exchange: the first (``stream`` 0), or a
-        further one; on a direct path found through a relay, keyed by that session, not the code."""
-        kex = KeyExchange(self.source.secret or normalise_code(self.config.code), is_sender=True)
+        further one; keyed by the code only until a connection has proved it (crypto.TransferKeys),
+        and on a direct path found through a relay, by that session."""
+        kex = KeyExchange(self.source.secret or self.keys.secret, is_sender=True)
         c = self.config
         machine = SenderMachine(self.manifest, now(), c.timeout_s, kex, c.encrypt, buffers=self.pool, stream=stream)
-        return Connection(machine, stats=self.stats, path=self.source.path)
+        keys = None if self.source.authenticated else self.keys
+        return Connection(machine, stats=self.stats, path=self.source.path, keys=keys)
 
 
 class SendAttempt(Attempt):
@@ -253,11 +256,8 @@ class SendAttempt(Attempt):
         """Open the further connections, all at once, once the transfer has started on the first:
         the first byte never waits for them."""
         t, config = self.transfer, self.transfer.config
-        key = self.machine.session_key
-        assert key is not None
         links = StreamLinks(
             source=t.source,
-            key=key,
             make=t.connection,
             done=self.done,
             on_acked=self.on_stream_acked,

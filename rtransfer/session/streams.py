@@ -180,7 +180,6 @@ class StreamLinks:
     one is made for a stream, when the transfer is done, where its events go, and the policy."""
 
     source: ConnectionSource
-    key: bytes  # the first connection's session key, which further ones at a relay meet under
     make: Callable[[int], Connection]
     done: asyncio.Event
     on_acked: Callable[[int, ChunksAcked], Awaitable[None]]
@@ -203,7 +202,7 @@ class FurtherStream:
         links = self.links
         try:
             await keep_connected(
-                links.source.further(links.key, self.stream),
+                links.source.further(self.stream),
                 functools.partial(links.make, self.stream),
                 self._carry,
                 self.outage,

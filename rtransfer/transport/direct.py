@@ -191,6 +191,7 @@ class DirectPath:
     first, then the further ones from ``rest`` (``DirectTry.take``), keyed by ``secret``."""
 
     path = "direct"
+    authenticated = False
 
     def __init__(self, sock: socket.socket, secret: bytes, rest: Dial | Accept) -> None:
         self.secret: bytes | None = secret
@@ -205,7 +206,7 @@ class DirectPath:
             return await driven(make, sock)
         return await self.rest.open(make, timeout_s, wait_s)
 
-    def further(self, session_key: bytes, stream: int) -> DirectPath:
+    def further(self, stream: int) -> DirectPath:
         return self
 
     def close(self) -> None:

@@ -7,8 +7,15 @@ sees the HELLOs and ciphertext, nothing else.
 
 Tokens: the first connection's comes from the code's nameplate (listen.nameplate), never from
 its secret part; a ``--secret`` of the user's own goes through scrypt first, so that whoever
-runs the relay can't cheaply test guesses at it. A further connection's token derives from the
-first's session key, which the relay cannot know.
+runs the relay can't cheaply test guesses at it. Once a connection has proved the code
+(crypto.TransferKeys), every later one, a reconnect or a further stream, pairs under a token
+derived from that session instead, which the relay cannot know; and its key exchange runs on
+that session too, so a relay that cuts connections, or pairs us with a stranger, never gets a
+second guess at the code.
+
+What the relay sees: when each side connects, the tokens (one derived from the code's nameplate,
+40 bits of the code it never learns the rest of), the HELLOs, and from then on ciphertext, whose
+volume and timing tell how much moves (a single file's size, roughly).
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import secrets
 import socket
 from collections.abc import Callable
 
+from rtransfer.crypto import TransferKeys
 from rtransfer.listen import nameplate
 from rtransfer.transport.direct import DirectPath
 from rtransfer.transport.source import ConnectionSource, P, WaitedOut, connect_socket, driven
@@ -41,26 +49,29 @@ def code_token(code: str) -> str:
     return kdf.derive(code.strip().lower().encode()).hex()
 
 
-def stream_token(session_key: bytes, stream: int) -> str:
-    return hmac.new(session_key, b"rtransfer relay stream %d" % stream, hashlib.sha256).hexdigest()
+def stream_token(secret: bytes, stream: int) -> str:
+    """Connection number ``stream`` of a transfer whose keys are proved (0: the first, reconnecting)."""
+    return hmac.new(secret, b"rtransfer relay stream %d" % stream, hashlib.sha256).hexdigest()
 
 
 class Relay:
-    """Pair with the peer at a relay under the token of ``code`` (or a ``token`` given). The first
-    connection waits there for the peer up to ``window_s``, or as long as it takes when
-    ``patient`` (the side that made up the code, as a listener would); a reconnect waits what is
-    left of the outage."""
+    """Pair with the peer at a relay: under the token of ``code`` until ``keys`` are proved, then
+    under one of theirs (connection ``stream`` of the transfer). The first connection waits there
+    for the peer up to ``window_s``, or as long as it takes when ``patient`` (the side that made up
+    the code, as a listener would); a reconnect waits what is left of the outage."""
 
     dials = True
+    authenticated = False
 
     def __init__(
         self,
         host: str,
         port: int,
         code: str,
+        keys: TransferKeys,
         window_s: float,
         patient: bool = False,
-        token: str | None = None,
+        stream: int = 0,
         side: str | None = None,
     ) -> None:
         self.host = host
@@ -70,7 +81,9 @@ class Relay:
         self.side = side or secrets.token_hex(8)
         self.where = f"relay {host}:{port}"
         self._code = code
-        self._token = token  # else derived on the first open: scrypt's time is spent off the event loop
+        self._keys = keys
+        self._stream = stream
+        self._code_token: str | None = None  # derived on the first open: scrypt's time is spent off the event loop
         self.direct: DirectPath | None = None  # the path the transfer's connections take, once found
         self._found: DirectPath | None = None  # found by the last relayed connection: the next open takes it
 
@@ -93,13 +106,12 @@ class Relay:
         if found is not None:
             self.direct = found
             return await found.open(make, timeout_s, wait_s)
-        if self._token is None:
-            self._token = await in_cpu(code_token, self._code)
+        token = await self._token()
         sock = await connect_socket(self.host, self.port, timeout_s)
         wait = wait_s if wait_s is not None else self.first_wait_s
         try:
             loop = asyncio.get_running_loop()
-            await loop.sock_sendall(sock, f"please relay {self._token} for side {self.side}\n".encode())
+            await loop.sock_sendall(sock, f"please relay {token} for side {self.side}\n".encode())
             try:
                 async with asyncio.timeout(wait):
                     answer = await _read_line(sock)
@@ -112,10 +124,17 @@ class Relay:
             raise
         return await driven(make, sock)
 
-    def further(self, session_key: bytes, stream: int) -> ConnectionSource:
+    async def _token(self) -> str:
+        if self._keys.resume is not None:
+            return stream_token(self._keys.resume, self._stream)
+        if self._code_token is None:
+            self._code_token = await in_cpu(code_token, self._code)
+        return self._code_token
+
+    def further(self, stream: int) -> ConnectionSource:
         if self.direct is not None:
             return self.direct
-        return Relay(self.host, self.port, "", self.window_s, token=stream_token(session_key, stream), side=self.side)
+        return Relay(self.host, self.port, "", self._keys, self.window_s, stream=stream, side=self.side)
 
     def close(self) -> None:
         for path in (self.direct, self._found):

@@ -26,7 +26,8 @@ class WaitedOut(OSError):
 
 class ConnectionSource(Protocol):
     """One way of reaching the peer. ``dials``: a failed ``open`` is worth a pause before the
-    next (a listener's ``open`` is itself the wait). ``where`` names the peer in messages;
+    next (a listener's ``open`` is itself the wait). ``authenticated``: the path itself proves
+    who is at the other end (ssh), so the code is no secret there. ``where`` names the peer in messages;
     ``path`` says how the bytes travel ("direct" or "relay"); ``secret``, when not None, is
     what the next connection's key exchange runs on instead of the code (direct.py).
 
@@ -36,6 +37,8 @@ class ConnectionSource(Protocol):
     @property
     def dials(self) -> bool: ...
     @property
+    def authenticated(self) -> bool: ...
+    @property
     def where(self) -> str: ...
     @property
     def path(self) -> str: ...
@@ -44,7 +47,7 @@ class ConnectionSource(Protocol):
 
     async def open(self, make: Callable[[], P], timeout_s: float | None, wait_s: float | None) -> P: ...
 
-    def further(self, session_key: bytes, stream: int) -> ConnectionSource:
+    def further(self, stream: int) -> ConnectionSource:
         """Where further connection number ``stream`` of a transfer comes from."""
         ...
 
@@ -95,6 +98,7 @@ class Dial:
     """Connect to HOST:PORT (and, given ``vet``, have the connection pass it)."""
 
     dials = True
+    authenticated = False
     path = "direct"
     secret = None
 
@@ -110,7 +114,7 @@ class Dial:
             await self.vet(sock)
         return await driven(make, sock)
 
-    def further(self, session_key: bytes, stream: int) -> Dial:
+    def further(self, stream: int) -> Dial:
         return self
 
     def close(self) -> None:
@@ -124,6 +128,7 @@ class Accept:
     Given ``vet``, an arrival that fails it is dropped and the wait goes on."""
 
     dials = False
+    authenticated = False
     path = "direct"
     secret = None
 
@@ -162,7 +167,7 @@ class Accept:
             except (OSError, TimeoutError):
                 continue
 
-    def further(self, session_key: bytes, stream: int) -> Accept:
+    def further(self, stream: int) -> Accept:
         return self
 
     def close(self) -> None:

@@ -53,6 +53,7 @@ class Ssh:
     reports what the far side warns about."""
 
     dials = True
+    authenticated = True
     path = "ssh"
     secret = None
 
@@ -168,7 +169,7 @@ class Ssh:
             f"{self.host} has {theirs}, which cannot run over ssh; this is rtransfer {__version__}: upgrade it there"
         )
 
-    def further(self, session_key: bytes, stream: int) -> Ssh:
+    def further(self, stream: int) -> Ssh:
         """A further ssh session, whose far side joins this one's (each its own TCP connection;
         with a ControlMaster in the user's ssh config, ssh shares one instead)."""
         return Ssh(self.ssh, self.say, joining=self, tell=self.tell)

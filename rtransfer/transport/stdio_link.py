@@ -88,6 +88,7 @@ class StdioLink:
     (``joinable``) for the side that started ssh."""
 
     dials = True
+    authenticated = True
     path = "ssh"
     secret = None
     where = "the ssh connection"
@@ -109,7 +110,7 @@ class StdioLink:
         sock.setblocking(False)
         return await driven(make, sock)
 
-    def further(self, session_key: bytes, stream: int) -> Accept:
+    def further(self, stream: int) -> Accept:
         return self._further
 
     def close(self) -> None:

@@ -1,4 +1,5 @@
-"""What rsync -aHS keeps, kept: hard links, owners as root, FIFOs and device nodes, sparse files."""
+"""What rsync -aHS keeps, kept: hard links, FIFOs, sparse files; and, as root, owners, setuid bits and
+device nodes where the receiver allows them (-o, -g, --devices), since whoever holds the code may send."""
 
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ from tests.conftest import Proc, Receiver, run
 as_root = pytest.mark.skipif(os.geteuid() != 0, reason="owners and device nodes need root on both sides")
 
 
-def send_tree(src: Path, out: Path, procs: list[Proc], *args: str) -> dict[str, object]:
-    procs.append(rx := Receiver(out))
+def send_tree(src: Path, out: Path, procs: list[Proc], *args: str, recv: tuple[str, ...] = ()) -> dict[str, object]:
+    procs.append(rx := Receiver(out, *recv))
     result = run("send", str(src), rx.address, "--json", *args)
     assert result.returncode == 0, result.stderr[-2000:]
     assert rx.finish() == 0
@@ -48,36 +49,83 @@ def test_a_fifo_is_made_again(tmp_path: Path, procs: list[Proc]) -> None:
 
 
 @as_root
-def test_device_nodes_are_made_again_as_root(tmp_path: Path, procs: list[Proc]) -> None:
-    src = tmp_path / "src"
-    src.mkdir()
-    os.mknod(src / "null", 0o666 | stat.S_IFCHR, os.makedev(1, 3))
-    os.mknod(src / "loop", 0o660 | stat.S_IFBLK, os.makedev(7, 200))
-    send_tree(src, tmp_path / "out", procs)
+def test_device_nodes_are_made_again_as_root_when_the_receiver_allows_it(tmp_path: Path, procs: list[Proc]) -> None:
+    src = make_devices(tmp_path / "src")
+    send_tree(src, tmp_path / "out", procs, recv=("--devices",))
     out = tmp_path / "out" / "src"
     assert stat.S_ISCHR((out / "null").lstat().st_mode) and (out / "null").lstat().st_rdev == os.makedev(1, 3)
     assert stat.S_ISBLK((out / "loop").lstat().st_mode) and (out / "loop").lstat().st_rdev == os.makedev(7, 200)
 
 
 @as_root
-def test_owners_and_groups_are_kept_by_number_as_root(tmp_path: Path, procs: list[Proc]) -> None:
-    src = tmp_path / "src"
+def test_device_nodes_are_skipped_by_default_said_once_and_counted(tmp_path: Path, procs: list[Proc]) -> None:
+    src = make_devices(tmp_path / "src")
+    procs.append(rx := Receiver(tmp_path / "out"))
+    assert run("send", str(src), rx.address).returncode == 0
+    assert rx.finish() == 0
+    out = tmp_path / "out" / "src"
+    assert not (out / "null").exists() and not (out / "loop").exists()
+    assert (out / "plain").read_bytes() == b"plain"
+    warnings = [w["message"] for w in rx.events("warning")]
+    assert warnings == ["skipped 2 device nodes: recv --devices, as root, makes them"]
+    assert sorted(e["path"] for e in rx.events("item") if e["action"] == "skip") == ["src/loop", "src/null"]
+    assert rx.events("done")[0]["devices_skipped"] == 2
+
+
+def make_devices(src: Path) -> Path:
+    src.mkdir()
+    os.mknod(src / "null", 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+    os.mknod(src / "loop", 0o660 | stat.S_IFBLK, os.makedev(7, 200))
+    (src / "plain").write_bytes(b"plain")
+    return src
+
+
+OWNERS = {"dir": (1234, 5678), "dir/file": (2345, 6789), "large": (3456, 7890), "link": (4567, 8901)}
+OWNERS["pipe"] = (5678, 9012)
+
+
+def make_owned(src: Path) -> Path:
     (src / "dir").mkdir(parents=True)
     (src / "dir" / "file").write_bytes(b"owned")
     (src / "large").write_bytes(os.urandom(2 * 1024 * 1024))
     (src / "link").symlink_to("dir/file")
     os.mkfifo(src / "pipe")
-    owners = {"dir": (1234, 5678), "dir/file": (2345, 6789), "large": (3456, 7890), "link": (4567, 8901)}
-    owners["pipe"] = (5678, 9012)
-    for path, (uid, gid) in owners.items():
+    for path, (uid, gid) in OWNERS.items():
         os.chown(src / path, uid, gid, follow_symlinks=False)
-    (src / "dir" / "file").chmod(0o4755)  # set-user-ID survives the change of owner
-    send_tree(src, tmp_path / "out", procs)
+    (src / "dir" / "file").chmod(0o6755)
+    (src / "large").chmod(0o4700)
+    return src
+
+
+@as_root
+def test_owners_groups_and_setuid_bits_are_kept_as_root_with_o_and_g(tmp_path: Path, procs: list[Proc]) -> None:
+    send_tree(make_owned(tmp_path / "src"), tmp_path / "out", procs, recv=("-o", "-g"))
     out = tmp_path / "out" / "src"
-    for path, ids in owners.items():
+    for path, ids in OWNERS.items():
         st = (out / path).lstat()
         assert (st.st_uid, st.st_gid) == ids, path
-    assert stat.S_IMODE((out / "dir" / "file").stat().st_mode) == 0o4755
+    assert stat.S_IMODE((out / "dir" / "file").stat().st_mode) == 0o6755  # set after the owner, which clears it
+    assert stat.S_IMODE((out / "large").stat().st_mode) == 0o4700
+
+
+@as_root
+def test_by_default_a_root_receiver_owns_what_it_makes_and_strips_setuid_bits(
+    tmp_path: Path, procs: list[Proc]
+) -> None:
+    send_tree(make_owned(tmp_path / "src"), tmp_path / "out", procs)
+    out = tmp_path / "out" / "src"
+    for path in OWNERS:
+        st = (out / path).lstat()
+        assert (st.st_uid, st.st_gid) == (0, 0), path
+    assert stat.S_IMODE((out / "dir" / "file").stat().st_mode) == 0o755
+    assert stat.S_IMODE((out / "large").stat().st_mode) == 0o700
+
+
+@as_root
+def test_group_alone_keeps_groups_but_not_owners_nor_setuid_bits(tmp_path: Path, procs: list[Proc]) -> None:
+    send_tree(make_owned(tmp_path / "src"), tmp_path / "out", procs, recv=("-g",))
+    st = (tmp_path / "out" / "src" / "dir" / "file").stat()
+    assert (st.st_uid, st.st_gid) == (0, 6789) and stat.S_IMODE(st.st_mode) == 0o755
 
 
 def test_sparse_files_stay_sparse(tmp_path: Path, procs: list[Proc]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -79,7 +80,44 @@ def test_delete_removes_what_the_source_lacks_and_keeps_what_is_excluded(tmp_pat
     assert rx.finish() == 0
     assert listed(out) == {"keep.txt", "sub", "sub/inner.txt", "cache", "cache/big.bin", "local.pyc"}
     deleted = {e["path"] for e in rx.events("item") if e["action"] == "delete" and not e["dry_run"]}
-    assert deleted == {"gone.txt", "sub/gone-dir/"}
+    assert deleted == {"gone.txt", "sub/gone-dir/", "sub/gone-dir/deep/", "sub/gone-dir/deep/f"}  # each, as rsync -v
+
+
+def test_delete_keeps_what_the_rules_exclude_inside_a_directory_it_removes(tmp_path: Path, procs: list[Proc]) -> None:
+    """rsync keeps ``old/keep.log`` and says "cannot delete non-empty directory: old"; a recursive
+    removal took it (finding 4 of the trust issue)."""
+    src = make_tree(tmp_path)
+    out = tmp_path / "out"
+    (out / "old" / "deeper").mkdir(parents=True)
+    (out / "old" / "keep.log").write_text("excluded: protected")
+    (out / "old" / "deeper" / "x.txt").write_text("goes")
+    procs.append(rx := Receiver(out, "--delete"))
+    assert run("send", f"{src}/", rx.address, "--exclude=*.log").returncode == 0
+    assert rx.finish() == 0
+    assert (out / "old" / "keep.log").read_text() == "excluded: protected"
+    assert not (out / "old" / "deeper").exists()
+    assert any("cannot delete non-empty directory: old" in w["message"] for w in rx.events("warning"))
+    rsync_out = tmp_path / "rsync-out"
+    shutil.copytree(out, rsync_out, symlinks=True)
+    (rsync_out / "old" / "deeper").mkdir()
+    (rsync_out / "old" / "deeper" / "x.txt").write_text("goes")
+    done = subprocess.run(
+        ["rsync", "-a", "--delete", "--exclude=*.log", f"{src}/", f"{rsync_out}/"], capture_output=True
+    )
+    assert b"cannot delete non-empty directory: old" in done.stdout
+    assert listed(rsync_out) == listed(out)
+
+
+def test_delete_excluded_removes_what_the_rules_exclude_too(tmp_path: Path, procs: list[Proc]) -> None:
+    src = make_tree(tmp_path)
+    out = tmp_path / "out"
+    (out / "old").mkdir(parents=True)
+    (out / "old" / "keep.log").write_text("x")
+    (out / "top.log").write_text("x")
+    procs.append(rx := Receiver(out, "--delete"))
+    assert run("send", f"{src}/", rx.address, "--exclude=*.log", "--delete-excluded").returncode == 0
+    assert rx.finish() == 0
+    assert not (out / "old").exists() and not (out / "top.log").exists()
 
 
 def test_delete_never_follows_a_planted_link_nor_leaves_the_tree(tmp_path: Path, procs: list[Proc]) -> None:

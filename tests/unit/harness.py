@@ -7,15 +7,17 @@ from dataclasses import dataclass, field
 import blake3
 
 from rtransfer.crypto import KeyExchange
+from rtransfer.plan import Plan
 from rtransfer.protocol.constants import Phase
 from rtransfer.protocol.events import ChunkReady, EntriesReceived, Event, FileComplete
 from rtransfer.protocol.messages import Frame
-from rtransfer.protocol.model import Buffer, Entry, Manifest
+from rtransfer.protocol.model import Buffer, Entry, EntryBatch, Manifest
 from rtransfer.protocol.peer import Peer
 from rtransfer.protocol.reading import FrameDecoder
 from rtransfer.protocol.receiver import ReceiveLimits, ReceiverMachine
 from rtransfer.protocol.sender import SenderMachine
 from rtransfer.protocol.writing import encode_bytes
+from rtransfer.sink import DirectorySink
 
 CHUNK = 4096
 CODE = b"7hk2-m9xq-3wfe"
@@ -144,3 +146,9 @@ def send_file(pair: Pair, index: int, payload: bytes, chunk: int = CHUNK) -> Non
             pair.to_sender()
         pair.sender.send_chunk(index, offset, payload[offset : offset + chunk], pair.now)
     pair.sender.end_file(index, len(payload), blake3.blake3(payload).digest(), pair.now)
+
+
+def plan_alone(sink: DirectorySink, chunk_bytes: int, *entries: Entry) -> Plan:
+    """Begin a transfer of just ``entries`` (one batch) at a sink, and plan it."""
+    sink.begin(Manifest("t" * 32, chunk_bytes, 1))
+    return sink.plan(EntryBatch(0, entries, True))

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rtransfer.delta import CDC_MAX_BYTES, CDC_MIN_BYTES, Matcher, chunk_digest, cut, describe, fingerprint, match
+from rtransfer.protocol.model import Basis
 
 SIZE = 2 * 1024 * 1024
 
@@ -51,12 +52,17 @@ def test_an_insertion_moves_only_the_boundaries_near_it(seed: int, where: float,
     assert after[resync] - at <= inserted + 4 * CDC_MAX_BYTES  # the chunks that differ cover little
 
 
+def described(path: Path) -> Basis:
+    with open(path, "rb") as f:
+        return describe(f.fileno())
+
+
 def test_a_matched_file_names_the_old_copy_for_all_but_the_change(tmp_path: Path) -> None:
     old = random_bytes(1, SIZE)
     new = old[: SIZE // 3] + b"inserted" + old[SIZE // 3 : SIZE // 2] + random_bytes(2, 5000) + old[SIZE // 2 + 5000 :]
     (tmp_path / "old").write_bytes(old)
     (tmp_path / "new").write_bytes(new)
-    basis = describe(tmp_path / "old")
+    basis = described(tmp_path / "old")
     assert sum(n for n, _ in basis) == SIZE
     matcher = Matcher()
     matcher.add(basis[:3])  # a description arrives in parts
@@ -80,7 +86,7 @@ def test_a_resumed_delta_cuts_from_its_offset_and_still_digests_the_whole_file(t
     data = random_bytes(3, SIZE)
     (tmp_path / "f").write_bytes(data)
     matcher = Matcher()
-    matcher.add(describe(tmp_path / "f"))
+    matcher.add(described(tmp_path / "f"))
     new_print = fingerprint(str(tmp_path / "f"), SIZE // 2)
     assert new_print.size == SIZE and new_print.digest == blake3.blake3(data).digest()
     pieces = match(new_print, matcher)

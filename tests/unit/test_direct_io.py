@@ -12,11 +12,14 @@ from typing import Any
 import pytest
 
 from rtransfer import direct_io
+from rtransfer.dest import Spot
 from rtransfer.direct_io import ALIGN, DIRECT_MIN_BYTES, PartialWriter, direct_io_suits
 from rtransfer.pipeline import BufferPool
 from rtransfer.protocol.messages import DATA_HEADER
 from rtransfer.protocol.model import Entry
-from rtransfer.sink import DirectorySink, plan_alone
+from rtransfer.sink import DirectorySink
+from rtransfer.specials import DestPolicy
+from tests.unit.harness import plan_alone
 
 CHUNK = 16 * ALIGN
 
@@ -47,14 +50,25 @@ async def _open_direct_or_skip(path: Path, offset: int = 0) -> PartialWriter:
         if exc.errno != errno.EINVAL:
             raise
         pytest.skip("the file system under the test's temporary directory refuses O_DIRECT")
-    writer = await PartialWriter.open(path, offset, direct=True, chunk_bytes=CHUNK)
-    assert writer.direct
+    return await partial_writer(path, offset, direct=True)
+
+
+async def partial_writer(path: Path, offset: int = 0, direct: bool = False) -> PartialWriter:
+    """A writer of partial file ``path`` (".NAME.rtpart"), resuming at ``offset`` the file there."""
+    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        spot = Spot(dir_fd, path.name.removeprefix(".").removesuffix(".rtpart"))
+    finally:
+        os.close(dir_fd)
+    inode = (path.stat().st_dev, path.stat().st_ino) if offset else None
+    writer = await PartialWriter.open(spot, offset, direct=direct, chunk_bytes=CHUNK, inode=inode)
+    assert writer.direct is direct
     return writer
 
 
 async def test_chunks_go_direct_and_the_unaligned_tail_through_the_cache(tmp_path: Path) -> None:
     data = os.urandom(3 * CHUNK + 100)
-    path = tmp_path / "f"
+    path = tmp_path / ".f.rtpart"
     writer = await _open_direct_or_skip(path)
     for start in range(0, len(data), CHUNK):
         before_tail = len(data) - start >= CHUNK
@@ -68,7 +82,7 @@ async def test_chunks_from_the_buffer_pool_reach_the_disk_without_a_copy(tmp_pat
     body = BufferPool(2).get(DATA_HEADER.size + CHUNK)  # as the receiver's decoder lays out a DATA frame
     payload = memoryview(body)[DATA_HEADER.size :]
     payload[:] = data = os.urandom(CHUNK)
-    writer = await _open_direct_or_skip(tmp_path / "f")
+    writer = await _open_direct_or_skip(tmp_path / ".f.rtpart")
     await writer.write(payload)
     assert writer.zero_copy
     # One byte past a page boundary is misaligned for any block size (a bytes object
@@ -78,11 +92,11 @@ async def test_chunks_from_the_buffer_pool_reach_the_disk_without_a_copy(tmp_pat
     await writer.write(misaligned)
     assert writer.zero_copy is _accepts_misaligned_direct_writes(tmp_path / "probe")
     await writer.close()
-    assert (tmp_path / "f").read_bytes() == data * 2
+    assert (tmp_path / ".f.rtpart").read_bytes() == data * 2
 
 
 async def test_resume_truncates_to_the_offset_and_continues(tmp_path: Path) -> None:
-    path = tmp_path / "f"
+    path = tmp_path / ".f.rtpart"
     path.write_bytes(b"a" * CHUNK + b"stale bytes past the resume point")
     writer = await _open_direct_or_skip(path, offset=CHUNK)
     await writer.write(b"b" * CHUNK)
@@ -93,19 +107,15 @@ async def test_resume_truncates_to_the_offset_and_continues(tmp_path: Path) -> N
 async def test_a_file_system_without_direct_io_gets_buffered_writes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def refuse(path: str, flags: int) -> int:
-        raise OSError(errno.EINVAL, "Invalid argument")
-
-    monkeypatch.setattr(direct_io, "_open_direct", refuse)
-    writer = await PartialWriter.open(tmp_path / "f", 0, direct=True, chunk_bytes=CHUNK)
-    assert not writer.direct
+    monkeypatch.setattr(direct_io, "_try_direct", lambda fd: False)  # as fcntl refuses O_DIRECT there (EINVAL)
+    writer = await partial_writer(tmp_path / ".f.rtpart")
     await writer.write(b"x" * CHUNK)
     await writer.close()
-    assert (tmp_path / "f").read_bytes() == b"x" * CHUNK
+    assert (tmp_path / ".f.rtpart").read_bytes() == b"x" * CHUNK
 
 
 async def test_a_device_refusing_the_alignment_falls_back_without_losing_the_chunk(tmp_path: Path) -> None:
-    writer = await _open_direct_or_skip(tmp_path / "f")
+    writer = await _open_direct_or_skip(tmp_path / ".f.rtpart")
     real_write = writer._handle.write
     calls: list[int] = []
 
@@ -120,11 +130,11 @@ async def test_a_device_refusing_the_alignment_falls_back_without_losing_the_chu
     await writer.close()
     assert not writer.direct
     assert calls == [CHUNK] * 3  # as it came, copied into an aligned buffer, then through the cache
-    assert (tmp_path / "f").read_bytes() == b"y" * CHUNK
+    assert (tmp_path / ".f.rtpart").read_bytes() == b"y" * CHUNK
 
 
 async def test_short_writes_are_finished(tmp_path: Path) -> None:
-    writer = await PartialWriter.open(tmp_path / "f", 0, direct=False, chunk_bytes=CHUNK)
+    writer = await partial_writer(tmp_path / ".f.rtpart")
     real_write = writer._handle.write
 
     async def short(data: Any) -> int:
@@ -133,7 +143,7 @@ async def test_short_writes_are_finished(tmp_path: Path) -> None:
     writer._handle.write = short
     await writer.write(b"z" * CHUNK)
     await writer.close()
-    assert (tmp_path / "f").read_bytes() == b"z" * CHUNK
+    assert (tmp_path / ".f.rtpart").read_bytes() == b"z" * CHUNK
 
 
 def test_only_large_files_in_whole_blocks_go_direct() -> None:
@@ -145,7 +155,7 @@ def test_only_large_files_in_whole_blocks_go_direct() -> None:
 @pytest.mark.parametrize("direct_io", [True, False])
 async def test_the_receiver_writes_large_files_direct_unless_told_to_buffer(tmp_path: Path, direct_io: bool) -> None:
     await (await _open_direct_or_skip(tmp_path / "probe-file")).close()
-    sink = DirectorySink(tmp_path / "out", overwrite=False, direct_io=direct_io)
+    sink = DirectorySink(tmp_path / "out", DestPolicy(direct_io=direct_io))
     plan_alone(sink, CHUNK, Entry("big", "file", DIRECT_MIN_BYTES, identity="v1"))
     await sink.write(0, 0, b"x" * CHUNK)
     assert _direct_flag(sink._open[0]) is direct_io

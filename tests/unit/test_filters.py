@@ -35,9 +35,13 @@ def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "[b]racket",
         "star*file",
         "cache/tmp",
+        "café",
+        "caf\udce9",  # Latin-1 "café": not UTF-8
+        "n]m",
+        "d1/x.c",
     ):
         (root / path).parent.mkdir(parents=True, exist_ok=True)
-        (root / path).write_text(path)
+        (root / path).write_text(path, errors="surrogateescape")
     (root / "empty").mkdir()
     (root / "txtdir.txt").mkdir()
     return root
@@ -64,6 +68,22 @@ RULE_SETS: list[list[tuple[bool, str]]] = [
     [(False, "- b.txt"), (True, "+ *.md"), (False, "notes/*")],
     [(False, "cache"), (False, "!"), (False, "*.c")],
     [(False, "src/lib/")],
+    [(False, "**/build")],  # rsync matches it at the top too
+    [(False, "**/build/")],
+    [(False, "/**/leaf.c")],
+    [(False, "**/lib/***")],
+    [(False, "src/***")],
+    [(False, "*/*.c")],
+    [(False, "src/*/")],
+    [(False, "**")],
+    [(False, "x[[:digit:]]y"), (False, "[]n]]m")],
+    [(False, "x[^[:digit:]]y")],
+    [(False, "caf?")],  # one byte: the Latin-1 name, not the UTF-8 one
+    [(False, "caf??")],
+    [(False, "*a*a*a*b"), (False, "**a**a**b")],
+    [(False, "d[0-9]")],
+    [(False, "[a-")],  # never closes: matches nothing
+    [(False, "x[[:nope:]]y")],
 ]
 
 
@@ -71,7 +91,11 @@ def rsync_paths(src: str, rules: list[tuple[bool, str]], dest: Path) -> set[str]
     """What ``rsync -a -n`` would create in an empty DEST, as paths from the transfer root."""
     args = [f"--{'include' if include else 'exclude'}={pattern}" for include, pattern in rules]
     out = subprocess.run(
-        ["rsync", "-a", "-n", "--out-format=%n", *args, src, f"{dest}/"], capture_output=True, text=True, check=True
+        ["rsync", "-a", "-n", "-8", "--out-format=%n", *args, src, f"{dest}/"],
+        capture_output=True,
+        text=True,
+        check=True,
+        errors="surrogateescape",
     ).stdout
     return {line.rstrip("/") for line in out.splitlines() if line.strip() and line != "./"}
 

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rtransfer.protocol.constants import Cause, FrameType, Role
-from rtransfer.protocol.entries import DEVICE, MTIME, SIZE
+from rtransfer.protocol.entries import DEVICE, LINKED, MTIME, SIZE
 from rtransfer.protocol.errors import ProtocolError
 from rtransfer.protocol.messages import (
     HEADER,
@@ -38,7 +38,9 @@ from rtransfer.protocol.writing import encode_bytes
 
 u32 = st.integers(0, 2**32 - 1)
 u64 = st.integers(0, 2**64 - 1)
-names = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=40)
+names = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=40) | st.binary(
+    min_size=1, max_size=40
+).map(lambda raw: raw.decode("utf-8", "surrogateescape"))  # names are bytes: any, UTF-8 or not
 files = st.builds(
     Entry,
     path=names,
@@ -48,6 +50,7 @@ files = st.builds(
     mtime=st.none() | st.floats(0, 2e9),
     identity=st.none() | st.text(max_size=40),
     digest=st.none() | st.text("0123456789abcdef", min_size=32, max_size=32),
+    linked=st.booleans(),
 )
 others = st.builds(
     Entry,
@@ -63,7 +66,7 @@ others = st.builds(
         None,
         e.mode,
         e.mtime,
-        "t/x" if e.kind in ("symlink", "hardlink") else None,
+        "t/\udcff" if e.kind in ("symlink", "hardlink") else None,
         uid=e.uid,
         gid=None if e.uid is None else e.uid // 2,
         device=e.mode * 7 if e.kind in ("char", "block") else None,
@@ -188,7 +191,7 @@ def _entries(*entries: bytes) -> bytes:
 @pytest.mark.parametrize(
     ("ftype", "body", "message"),
     [
-        (FrameType.ENTRIES, _entries(_head(0, 0, 1) + b"\x80"), "not valid UTF-8"),
+        (FrameType.ENTRIES, _entries(_head(1, LINKED, 1) + b"a"), "kind, mode or path malformed"),
         (FrameType.ENTRIES, _entries(_head(0, MTIME, 1) + b"a" + struct.pack("!d", math.nan)), "mtime malformed"),
         (FrameType.ENTRIES, _entries(_head(7, 0, 1) + b"a"), "kind, mode or path malformed"),
         (FrameType.ENTRIES, _entries(_head(4, DEVICE, 1) + b"a" + bytes(8)), "device its number"),

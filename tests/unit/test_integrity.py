@@ -13,6 +13,9 @@ from rtransfer.integrity import READ_STEP_BYTES, FileDigest
 from rtransfer.packs import write_packed
 from rtransfer.protocol.model import Entry
 from rtransfer.protocol.pack import PackedFile
+from rtransfer.specials import DestPolicy
+
+POLICY = DestPolicy()
 
 
 @pytest.mark.parametrize("size", [0, 1, READ_STEP_BYTES, 3 * READ_STEP_BYTES + 7])
@@ -47,7 +50,9 @@ def test_a_packed_file_whose_digest_differs_gets_no_name_only_when_checked(tmp_p
     root_fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         with DestDirs(root_fd) as dirs:
-            done = list(write_packed(dirs, files, entries, [("", "good", True), ("", "bad", True)], good + bad, check))
+            done = list(
+                write_packed(dirs, files, entries, [("", "good", True), ("", "bad", True)], good + bad, POLICY, check)
+            )
     finally:
         os.close(root_fd)
     assert done[0] == ("good", 4, blake3.blake3(good).hexdigest())

@@ -43,8 +43,10 @@ from rtransfer.session.config import RecvConfig, SendConfig
 from rtransfer.session.connection import Connection, now
 from rtransfer.session.recv import ReceiveTransfer
 from rtransfer.session.send import SendTransfer
-from rtransfer.sink import DirectorySink, plan_alone
+from rtransfer.sink import DirectorySink
+from rtransfer.specials import DestPolicy
 from rtransfer.stats import TransferStats
+from tests.unit.harness import plan_alone
 
 CHUNK = 4096
 CODE = "in-process-code"
@@ -84,7 +86,7 @@ async def test_the_reader_packs_small_files_resumes_large_ones_and_skips_whole_o
 
 @pytest.mark.parametrize("intact", [True, False])
 async def test_the_writer_puts_a_file_in_place_only_when_its_digest_matches(tmp_path: Path, intact: bool) -> None:
-    sink = DirectorySink(tmp_path / "out", overwrite=False, direct_io=False, safe_links=False)
+    sink = DirectorySink(tmp_path / "out", DestPolicy(direct_io=False))
     plan_alone(sink, CHUNK, Entry("f", "file", 5, 0o644, 0.0))
     queue: asyncio.Queue[ChunkReady | FileComplete] = asyncio.Queue()
     queue.put_nowait(ChunkReady(0, 0, b"hello"))
@@ -115,7 +117,7 @@ async def test_a_delta_takes_the_old_copy_and_never_names_a_wrong_file(tmp_path:
     new = old[:1000] + b"new bytes" + old[1000:]
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "f").write_bytes(old)
-    sink = DirectorySink(tmp_path / "out", overwrite=True, direct_io=True, safe_links=False)
+    sink = DirectorySink(tmp_path / "out", DestPolicy(overwrite=True))
     entry = Entry("f", "file", len(new), 0o644, 0.0, identity="v2")
     plan = await sink.examine(plan_alone(sink, CHUNK, entry))
     assert list(plan.bases) == [0] and sum(n for n, _ in plan.bases[0]) == len(old)
@@ -181,7 +183,15 @@ class CutOnFirstFile(JsonReporter):
 def configs(tmp_path: Path, **recv: object) -> tuple[RecvConfig, SendConfig]:
     listener = open_listener("127.0.0.1", 0)
     port = listener.getsockname()[1]
-    rx = RecvConfig(str(tmp_path / "out"), "127.0.0.1", port, code=CODE, listener=listener, direct_io=False, **recv)  # type: ignore[arg-type]
+    rx = RecvConfig(
+        str(tmp_path / "out"),
+        "127.0.0.1",
+        port,
+        policy=DestPolicy(direct_io=False),
+        code=CODE,
+        listener=listener,
+        **recv,
+    )  # type: ignore[arg-type]
     policy = RetryPolicy(base_delay_s=0.01, max_delay_s=0.05)
     tx = SendConfig(
         [str(tmp_path / "src")], "127.0.0.1", port, chunk_bytes=16 * CHUNK, code=CODE, connect_policy=policy
@@ -342,12 +352,12 @@ async def test_a_resume_keeps_the_partial_file_when_only_the_chunk_size_changed(
     """The chunk size follows --limit-rate and --streams: a rerun with another must not start over."""
     data = os.urandom(64 * CHUNK)
     entry = Entry("f", "file", len(data), 0o644, 0.0, identity="v1")
-    sink = DirectorySink(tmp_path / "out", overwrite=False, direct_io=False, safe_links=False)
+    sink = DirectorySink(tmp_path / "out", DestPolicy(direct_io=False))
     plan_alone(sink, 2 * CHUNK, entry)
     for offset in range(0, 10 * CHUNK, 2 * CHUNK):
         await sink.write(0, offset, data[offset : offset + 2 * CHUNK])
     await sink.suspend()  # 10 chunks' worth kept, journalled at 2 * CHUNK per chunk
-    again = DirectorySink(tmp_path / "out", overwrite=False, direct_io=False, safe_links=False)
+    again = DirectorySink(tmp_path / "out", DestPolicy(direct_io=False))
     plan = await again.examine(plan_alone(again, 4 * CHUNK, entry))
     assert plan.start_offsets == {0: 8 * CHUNK}  # what was written, down to the new chunk size
     assert (tmp_path / "out" / ".f.rtpart").read_bytes()[: 8 * CHUNK] == data[: 8 * CHUNK]

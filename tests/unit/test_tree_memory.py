@@ -45,7 +45,7 @@ def synthetic_walk(entries: int, empty_file: Path) -> Any:
 
 
 def no_disk(
-    dirs: Any, files: list[PackedFile], entries: list[Entry], places: Any, payload: Any, check: bool
+    dirs: Any, files: list[PackedFile], entries: list[Entry], places: Any, payload: Any, policy: Any, check: bool
 ) -> list[Any]:
     """Every check up to the file system, but no file made: a million files would take minutes."""
     return [(entry.path, f.size, EMPTY_DIGEST) for f, entry in zip(files, entries, strict=True)]
