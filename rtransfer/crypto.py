@@ -38,10 +38,13 @@ RECEIVER_TO_SENDER = 2
 class KeyExchange:
     """One side of SPAKE2; the sender plays A, the receiver B."""
 
-    def __init__(self, code: bytes, is_sender: bool) -> None:
+    def __init__(self, code: bytes, is_sender: bool, session: bool = False) -> None:
+        """``session``: ``code`` is a secret derived from an earlier session of the transfer, not the
+        code the user typed (the HELLO says so)."""
         cls = SPAKE2_A if is_sender else SPAKE2_B
         self._spake = cls(code, idA=_ID_SENDER, idB=_ID_RECEIVER)
         self.is_sender = is_sender
+        self.session = session
         self.message = self._spake.start()
         self.session_key: bytes | None = None  # after ``finish``: what the connections that join this one derive from
 
@@ -117,9 +120,11 @@ class TransferKeys:
         self.code = code
         self.resume: bytes | None = None
 
-    @property
-    def secret(self) -> bytes:
-        return self.resume if self.resume is not None else self.code
+    def exchange(self, is_sender: bool) -> KeyExchange:
+        """A key exchange for the transfer's next connection."""
+        if self.resume is None:
+            return KeyExchange(self.code, is_sender)
+        return KeyExchange(self.resume, is_sender, session=True)
 
     def confirmed(self, session_key: bytes) -> None:
         """The first call counts: both sides derive from the same connection, the first to get this far."""

@@ -64,18 +64,31 @@ def _try_direct(fd: int) -> bool:
     return True
 
 
-_ZEROS = bytes(64 * 1024)
+_ZERO_BLOCK = bytes(ALIGN)
 
 
-def all_zero(data: Buffer) -> bool:
-    """Three bytes tell most chunks apart from zeros at once; one that may be all zeros is compared
-    a block at a time, so data with zeros here and there is told apart at its first block."""
-    view = memoryview(data).cast("B")
-    n = len(view)
-    if view[0] or view[n - 1] or view[n // 2]:
-        return False
-    step = len(_ZEROS)
-    return all(bytes(view[at : at + step]) == _ZEROS[: min(step, n - at)] for at in range(0, n, step))
+def zero_runs(view: memoryview, pos: int) -> list[tuple[int, int]]:
+    """The runs of whole all-zero blocks of the file in ``view``, which starts at file offset
+    ``pos``: (start, end) within ``view``. A block is a candidate only if its first eight bytes
+    are zero, which one strided copy tells for every block of a chunk at C speed (a chunk of
+    data has none, and costs about 30 µs per 8 MiB); only a candidate is compared whole."""
+    first = -pos % ALIGN
+    count = (len(view) - first) // ALIGN
+    if count <= 0:
+        return []
+    heads = view[first : first + count * ALIGN].cast("Q")[:: ALIGN // 8].tolist()
+    if 0 not in heads:
+        return []
+    runs: list[tuple[int, int]] = []
+    for k, head in enumerate(heads):
+        start = first + k * ALIGN
+        if head or bytes(view[start : start + ALIGN]) != _ZERO_BLOCK:
+            continue
+        if runs and runs[-1][1] == start:
+            runs[-1] = (runs[-1][0], start + ALIGN)
+        else:
+            runs.append((start, start + ALIGN))
+    return runs
 
 
 def direct_io_suits(file_bytes: int, chunk_bytes: int) -> bool:
@@ -85,10 +98,11 @@ def direct_io_suits(file_bytes: int, chunk_bytes: int) -> bool:
 class PartialWriter:
     """Sequential writes to one partial file, starting at ``offset``."""
 
-    def __init__(self, handle: Any, direct: bool, chunk_bytes: int) -> None:
+    def __init__(self, handle: Any, direct: bool, chunk_bytes: int, offset: int = 0) -> None:
         self._handle = handle
         self._aligned = memoryview(mmap.mmap(-1, chunk_bytes)) if direct else None
         self.zero_copy = direct  # until a chunk's own buffer turns out to be misaligned
+        self._pos = offset  # where the next write goes
 
     @classmethod
     async def open(
@@ -102,7 +116,7 @@ class PartialWriter:
         except BaseException:
             os.close(fd)
             raise
-        writer = cls(handle, direct, chunk_bytes)
+        writer = cls(handle, direct, chunk_bytes, offset)
         if offset:
             await settle(writer._handle.truncate(offset))
             await settle(writer._handle.seek(offset))
@@ -131,10 +145,19 @@ class PartialWriter:
         return int(self._handle.fileno())
 
     async def write(self, data: Buffer) -> None:
+        """Write ``data`` next; its all-zero blocks become holes (as rsync -S makes them)."""
+        view = memoryview(data).cast("B")
+        at = 0
+        for start, end in zero_runs(view, self._pos) if len(view) >= ALIGN else ():
+            if start > at:
+                await self._write_data(view[at:start])
+            await self.skip(end - start)
+            at = end
+        if at < len(view):
+            await self._write_data(view[at:] if at else view)
+
+    async def _write_data(self, data: memoryview) -> None:
         n = len(data)
-        if n >= ALIGN and all_zero(data):
-            await self._skip(n)
-            return
         if self._aligned is not None:
             if n % ALIGN == 0 and n <= len(self._aligned):
                 if self.zero_copy:
@@ -164,13 +187,15 @@ class PartialWriter:
         while view:
             written = await settle(self._handle.write(view))
             view = view[written:]
+            self._pos += written
 
-    async def _skip(self, n: int) -> None:
-        """A chunk of zeros becomes a hole (as rsync -S): the file is extended past it, unwritten,
-        which a filesystem with holes stores as nothing at all."""
+    async def skip(self, n: int) -> None:
+        """``n`` zeros become a hole: the file is extended past them, unwritten, which a file
+        system with holes stores as nothing at all."""
         await settle(self._handle.flush())
         await settle(self._handle.seek(n, os.SEEK_CUR))
         await settle(self._handle.truncate())
+        self._pos += n
 
     def _leave_direct(self) -> None:
         """From here on (the file's tail), write through the page cache."""

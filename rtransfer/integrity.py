@@ -26,6 +26,7 @@ HASH_IN_THREAD_BYTES = 2 * 1024 * 1024
 # The sender reads a chunk in steps of this size and hashes each step at once, while it is
 # still in the core's L2 cache, instead of reading the whole chunk and then hashing it from memory.
 READ_STEP_BYTES = 1024 * 1024
+_ZEROS = bytes(READ_STEP_BYTES)
 
 
 class FileDigest:
@@ -44,6 +45,19 @@ class FileDigest:
     def update_now(self, data: Buffer) -> None:
         """Hash on the calling thread: for pieces small enough that a thread hop costs more."""
         self._hasher.update(data)
+
+    async def update_zeros(self, n: int) -> None:
+        """``n`` zeros (a hole), hashed as ``update`` would hash them."""
+        if self._in_thread and n >= HASH_IN_THREAD_BYTES:
+            await in_cpu(self.zeros_now, n)
+        else:
+            self.zeros_now(n)
+
+    def zeros_now(self, n: int) -> int:
+        """``update_zeros`` on the calling thread; ``n`` again (for a read-ahead's future)."""
+        for step in range(0, n, len(_ZEROS)):
+            self._hasher.update(_ZEROS[: min(len(_ZEROS), n - step)])
+        return n
 
     def read_into(self, fd: int, buf: WritableBuffer, offset: int) -> asyncio.Future[memoryview]:
         """Read a file's next chunk at ``offset`` and hash it, in one worker-thread call.

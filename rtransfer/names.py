@@ -35,9 +35,13 @@ def shown(name: str) -> str:
     return name.translate(_SHOWN)
 
 
-def needs_escape(name: str) -> bool:
-    """Whether ``shown`` changes a backslash or a newline: b3sum then starts the line with a backslash."""
-    return "\\" in name or "\n" in name
+_PRINTABLE = {c: v for c, v in _SHOWN.items() if c != ord("\\")}  # one line, and no backslash doubled
+
+
+def printable(message: str) -> str:
+    """A message for a terminal: the names in it already ``shown``, anything else that could move
+    the cursor or is not text (a stray byte of a name) escaped as ``shown`` would."""
+    return message.translate(_PRINTABLE)
 
 
 def safe_relative_path(name: str, error: type[Exception] = LocalIOError) -> str:

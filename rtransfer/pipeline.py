@@ -9,6 +9,7 @@ back-pressure that reaches all the way to the peer's socket.
 from __future__ import annotations
 
 import asyncio
+import errno
 import gc
 import mmap
 import os
@@ -27,13 +28,13 @@ from rtransfer.files import PACK_FILE_MAX_BYTES, Source, local_error
 from rtransfer.integrity import FileDigest, read_pack
 from rtransfer.protocol.constants import MAX_COPY_RANGES, FrameType
 from rtransfer.protocol.events import Accepted, ChunkReady, FileComplete, PackReady
-from rtransfer.protocol.messages import DATA_HEADER, copy_payload, copy_ranges
+from rtransfer.protocol.messages import DATA_HEADER, copy_payload, copy_ranges, hole_payload, hole_size
 from rtransfer.protocol.model import Buffer, WritableBuffer
 from rtransfer.protocol.pack import PackedFile, table_bytes
 from rtransfer.sink import Sink
 from rtransfer.stats import TransferStats
 from rtransfer.stdio import StdStream
-from rtransfer.workers import in_cpu, in_slices, in_worker, settle, wait_out
+from rtransfer.workers import in_cpu, in_slices, in_worker, on_cpu, settle, wait_out
 
 _POPULATED = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_POPULATE", 0)  # Linux only
 QUEUE_CHUNKS = 1  # one chunk ready while another is read or written is enough to overlap them
@@ -345,33 +346,81 @@ async def _read_file(index: int, source: Source, offset: int, reading: Reading) 
     """
     name = source.local or "standard input"
     digest = FileDigest()
-    pool, chunk_bytes = reading.pool, reading.chunk_bytes
     try:
         if source.local is None:
             offset = await _read_stdin(index, reading, digest)
         else:
             async with aiofiles.open(source.local, "rb") as f:
-                fd = f.fileno()
                 if offset:
-                    await digest.hash_prefix(fd, offset, name)
-                buf: WritableBuffer | None = await pool.take(chunk_bytes, SENDER_ROOM)
-                assert buf is not None
-                ahead = digest.read_into(fd, buf, offset)
-                try:
-                    while piece := await settle(ahead):
-                        buf = None  # the chunk owns it now: queued, or given back if queueing is cancelled
-                        offset = await reading.put_bytes(index, offset, piece)
-                        buf = await pool.take(chunk_bytes, SENDER_ROOM)
-                        ahead = digest.read_into(fd, buf, offset)
-                finally:
-                    try:
-                        await wait_out(ahead)  # the worker must be done with the fd and buf first
-                    finally:  # done, even if a second cancel came meanwhile (wait_out saw to it)
-                        if buf is not None:
-                            pool.put(buf)  # read to the end, or being read
+                    await digest.hash_prefix(f.fileno(), offset, name)
+                offset = await _read_chunks(index, f.fileno(), offset, digest, reading)
     except OSError as exc:
         raise local_error(exc, name) from None
     await _end_file(index, source, offset, digest.digest(), reading)
+
+
+async def _read_chunks(index: int, fd: int, offset: int, digest: FileDigest, reading: Reading) -> int:
+    """A file's chunks from ``offset``, each read ahead while the one before waits in the queue
+    (a chunk that is all hole, as its length); the offset reached, its end."""
+    pool, chunk_bytes = reading.pool, reading.chunk_bytes
+    holes = Holes.of(fd, chunk_bytes)
+    buf: WritableBuffer | None = await pool.take(chunk_bytes, SENDER_ROOM)
+    assert buf is not None
+    ahead = holes.read_ahead(digest, buf, offset)
+    try:
+        while piece := await settle(ahead):
+            if isinstance(piece, int):  # a chunk that is all hole: its length, and ``buf`` unused
+                await reading.put(Chunk(index, offset, hole_payload(piece), FrameType.HOLE))
+                offset += piece
+            else:
+                buf = None  # the chunk owns it now: queued, or given back if queueing is cancelled
+                offset = await reading.put_bytes(index, offset, piece)
+                buf = await pool.take(chunk_bytes, SENDER_ROOM)
+            ahead = holes.read_ahead(digest, buf, offset)
+    finally:
+        try:
+            await wait_out(ahead)  # the worker must be done with the fd and buf first
+        finally:  # done, even if a second cancel came meanwhile (wait_out saw to it)
+            if buf is not None:
+                pool.put(buf)  # read to the end, or being read
+    return offset
+
+
+class Holes:
+    """Where a sparse source has no data (``SEEK_DATA``): a chunk that is all hole is sent as its
+    length (a HOLE chunk), neither read nor carried. A file with no holes is read as it is."""
+
+    def __init__(self, fd: int, chunk_bytes: int, size: int, sparse: bool) -> None:
+        self.fd = fd
+        self.chunk_bytes = chunk_bytes
+        self.size = size
+        self.sparse = sparse
+
+    @classmethod
+    def of(cls, fd: int, chunk_bytes: int) -> Holes:
+        st = os.fstat(fd)
+        return cls(fd, chunk_bytes, st.st_size, st.st_blocks * 512 < st.st_size)
+
+    def at(self, offset: int) -> int:
+        """The bytes from ``offset`` that are hole, when the whole chunk there is (else 0)."""
+        end = min(offset + self.chunk_bytes, self.size)
+        if not self.sparse or offset >= end:
+            return 0
+        try:
+            data = os.lseek(self.fd, offset, os.SEEK_DATA)
+        except OSError as exc:
+            if exc.errno != errno.ENXIO:  # ENXIO: no data from here to the end
+                raise
+            data = self.size
+        return end - offset if data >= end else 0
+
+    def read_ahead(self, digest: FileDigest, buf: WritableBuffer, offset: int) -> asyncio.Future[memoryview | int]:
+        """The next chunk from ``offset``, read and hashed (a view of ``buf``); or, where the
+        chunk is all hole, its zeros hashed and its length."""
+        hole = self.at(offset)
+        if hole:
+            return on_cpu(digest.zeros_now, hole)
+        return digest.read_into(self.fd, buf, offset)  # type: ignore[return-value]
 
 
 async def _end_file(index: int, source: Source, size: int, digest: bytes, reading: Reading) -> None:
@@ -518,6 +567,10 @@ async def _write_chunk(chunk: ChunkReady, sink: Sink, digest: FileDigest) -> int
     """Write and hash one chunk, whatever its payload holds; the file's bytes it stood for."""
     if chunk.kind is FrameType.COPY:
         return await sink.copy_from_basis(chunk.file_index, chunk.offset, copy_ranges(chunk.payload), digest)
+    if chunk.kind is FrameType.HOLE:
+        n = hole_size(chunk.payload)
+        await asyncio.gather(sink.skip(chunk.file_index, chunk.offset, n), digest.update_zeros(n))
+        return n
     data: Buffer = chunk.payload
     if chunk.kind is FrameType.ZDATA:
         try:

@@ -12,7 +12,7 @@ import sys
 from typing import IO, Any, Protocol
 
 from rtransfer.errors import RtransferError
-from rtransfer.names import shown
+from rtransfer.names import printable, shown
 from rtransfer.stats import TransferStats, peak_rss_bytes
 
 
@@ -185,6 +185,7 @@ class ConsoleReporter(Reporter):
         self._task: Any = None
 
     def _say(self, line: str) -> None:
+        line = printable(line)
         if self.quiet:
             return
         if self._progress is not None:
@@ -300,4 +301,4 @@ class ConsoleReporter(Reporter):
 
     def error(self, error: RtransferError) -> None:
         self._stop()
-        print(f"rtransfer: error: {error.message}", file=self.stream, flush=True)
+        print(f"rtransfer: error: {printable(error.message)}", file=self.stream, flush=True)

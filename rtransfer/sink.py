@@ -493,6 +493,15 @@ class DirectorySink:
         except OSError as exc:
             raise local_error(exc, self._shown(index)) from None
 
+    async def skip(self, index: int, offset: int, n: int) -> None:
+        """``n`` zeros of a sparse source, as a hole."""
+        try:
+            handle = self._open.get(index) or await self._open_at(index, offset)
+            await handle.skip(n)
+            await self._advance(index, n)
+        except OSError as exc:
+            raise local_error(exc, self._shown(index)) from None
+
     def _shown(self, index: int) -> str:
         return str(self.root / self._files[index].path)
 

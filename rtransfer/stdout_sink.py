@@ -13,6 +13,8 @@ from rtransfer.protocol.model import Buffer, EntryBatch, Manifest
 from rtransfer.protocol.pack import PackedFile
 from rtransfer.stdio import StdStream
 
+_ZEROS = bytes(1 << 20)
+
 
 class StdoutSink:
     """Writes the single incoming stream to standard output, in order, straight from the chunk buffers.
@@ -61,6 +63,10 @@ class StdoutSink:
             await self._out.write_all(data)
         except OSError as exc:
             raise local_error(exc, "standard output") from None
+
+    async def skip(self, index: int, offset: int, n: int) -> None:
+        for step in range(0, n, len(_ZEROS)):
+            await self.write(index, offset + step, _ZEROS[: min(len(_ZEROS), n - step)])
 
     async def write_pack(
         self, files: list[PackedFile], payload: Buffer, check: bool = True

@@ -49,6 +49,11 @@ class FrameType(IntEnum):
     SIGNATURE = 21  # the receiver's old copy of a file, as content-defined chunks (delta transfer)
     HINTS = 22  # where this side can be reached directly, said inside the session (through a relay)
     GO_DIRECT = 23  # sender: the transfer moves to the direct connection named here
+    HOLE = 24  # DATA that is all zeros, sent as its length: a chunk of a sparse source that is all hole
+
+
+# Frames that carry a chunk of a file (or of several, PACK): sequenced, acknowledged, resent.
+CHUNK_TYPES = (FrameType.DATA, FrameType.PACK, FrameType.COPY, FrameType.ZDATA, FrameType.HOLE)
 
 
 class Role(IntEnum):

@@ -22,6 +22,7 @@ from typing import Protocol
 import xxhash
 
 from rtransfer.protocol.constants import (
+    CHUNK_TYPES,
     MAX_ACCEPT_BYTES,
     MAX_CHUNK_BYTES,
     MAX_COPY_RANGES,
@@ -61,6 +62,7 @@ SIGNATURE_LAYOUT = struct.Struct("!IQ")  # file index, offset in the receiver's 
 SIGNATURE_CHUNK_LAYOUT = struct.Struct(f"!I{SIGNATURE_DIGEST_BYTES}s")  # length, digest
 COPY_RANGE = struct.Struct("!QI")  # offset in the receiver's old copy, length
 ZDATA_SIZE = struct.Struct("!I")  # a compressed chunk's length before compression, ahead of the zstd frame
+HOLE_SIZE = struct.Struct("!I")  # a HOLE chunk's whole payload: how many zeros it stands for
 
 DIRECT_ID_BYTES = 32  # a direct connection's id: both nonces of its proof (transport/direct.py)
 
@@ -86,6 +88,7 @@ MAX_BODY_BYTES: dict[FrameType, int] = {
     FrameType.JOINED: 0,
     FrameType.COPY: DATA_HEADER.size + COPY_RANGE.size * MAX_COPY_RANGES,
     FrameType.ZDATA: DATA_HEADER.size + ZDATA_SIZE.size + MAX_CHUNK_BYTES,
+    FrameType.HOLE: DATA_HEADER.size + HOLE_SIZE.size,
     FrameType.SIGNATURE: SIGNATURE_LAYOUT.size + SIGNATURE_CHUNK_LAYOUT.size * MAX_SIGNATURE_CHUNKS,
     FrameType.HINTS: MAX_HINTS_BYTES,
     FrameType.GO_DIRECT: DIRECT_ID_BYTES,
@@ -117,7 +120,8 @@ class Data:
     """A chunk of file ``file_index`` from ``offset`` on. ``kind`` says what ``payload`` holds:
     DATA, the bytes; ZDATA, the bytes compressed (``ZDATA_SIZE``, then a zstd frame); COPY, the
     ranges of the receiver's old copy that come next (``COPY_RANGE`` rows); PACK, whole small
-    files (protocol/pack.py; ``file_index`` is then the first of them and ``offset`` 0).
+    files (protocol/pack.py; ``file_index`` is then the first of them and ``offset`` 0); HOLE, a
+    count of zeros (``HOLE_SIZE``).
 
     ``seq`` numbers it on its connection (ACKs, the window, resends); ``order`` numbers it in
     the transfer, in the order the writer needs it, whichever stream carries it."""
@@ -153,7 +157,19 @@ def file_bytes(chunk: Data) -> int:
         return sum(length for _, length in copy_ranges(chunk.payload))
     if chunk.kind is FrameType.PACK:
         return len(chunk.payload) - table_bytes_of(chunk.payload)
+    if chunk.kind is FrameType.HOLE:
+        return hole_size(chunk.payload)
     return len(chunk.payload)
+
+
+def hole_payload(size: int) -> bytes:
+    return HOLE_SIZE.pack(size)
+
+
+def hole_size(payload: Buffer) -> int:
+    if len(payload) != HOLE_SIZE.size:
+        raise RemoteProtocolError("HOLE payload malformed")
+    return int(HOLE_SIZE.unpack_from(payload)[0])
 
 
 def zdata_size(payload: Buffer) -> int:
@@ -290,7 +306,6 @@ Frame = (
     | Hints
     | GoDirect
 )
-CHUNK_TYPES = (FrameType.DATA, FrameType.PACK, FrameType.COPY, FrameType.ZDATA)
 
 
 def checked_by_tag(ftype: FrameType, sealed: bool) -> bool:

@@ -46,6 +46,10 @@ from rtransfer.protocol.timing import Liveness
 from rtransfer.protocol.writing import encode, encode_bytes
 
 CAP_ENCRYPT = 1
+# The HELLO's key exchange runs on a secret from an earlier session of the transfer, not the code:
+# a side that lost its peer resumes only with that peer, and a new run, keyed by the code, learns
+# so before either side runs the exchange (so neither spends a guess at the code on the other).
+CAP_SESSION = 2
 HANDSHAKE_TIMEOUT_S = 10.0
 
 
@@ -54,6 +58,7 @@ class KeyExchange(Protocol):
     (crypto.py has the real one), so the protocol never depends on a cipher suite."""
 
     is_sender: bool
+    session: bool  # keyed by an earlier session's secret, not the code (CAP_SESSION)
     message: bytes  # what goes into our HELLO
     session_key: bytes | None  # once finished: a secret of this connection's, for what joins it
 
@@ -109,7 +114,8 @@ class Peer:
         self._kex = kex
         self._sealer: Sealer | None = None
         self._ping_token = 0
-        self._hello = Hello(self.role, capabilities=CAP_ENCRYPT if encrypt else 0, auth=kex.message)
+        capabilities = (CAP_ENCRYPT if encrypt else 0) | (CAP_SESSION if kex.session else 0)
+        self._hello = Hello(self.role, capabilities=capabilities, auth=kex.message)
         self._send(self._hello)
 
     # --- output -------------------------------------------------------------
@@ -247,6 +253,13 @@ class Peer:
             )
         if hello.role == self.role:
             raise HandshakeRefused(f"both ends are {self.role.name.lower()}s")
+        if (hello.capabilities ^ self._hello.capabilities) & CAP_SESSION:
+            raise HandshakeRefused(
+                "a new run of the peer came with the code; this one resumes only with the run it began with"
+                if self._kex.session
+                else "the peer is resuming with the run it began with, not this one: stop it and run both"
+                " again (what arrived is kept, and resumes)"
+            )
         first, second = (self._hello, hello) if self.role is Role.SENDER else (hello, self._hello)
         sealer, opener = self._kex.finish(hello.auth, encode_bytes(first) + encode_bytes(second))
         self.encrypted = bool(self._hello.capabilities & hello.capabilities & CAP_ENCRYPT)

@@ -9,7 +9,7 @@ contents (is this the batch we expected? was this chunk ever sent?).
 
 from __future__ import annotations
 
-from rtransfer.protocol.constants import FrameType, Phase, Role
+from rtransfer.protocol.constants import CHUNK_TYPES, FrameType, Phase, Role
 from rtransfer.protocol.errors import LocalProtocolError, RemoteProtocolError
 
 # Before CONFIRM a violation means this side cannot talk to the peer at all (wrong
@@ -23,7 +23,6 @@ _HEARTBEAT = {F.PING: None, F.PONG: None}  # None: the phase stays
 _CONTROL = {**_HEARTBEAT, F.ERROR: Phase.ERROR, F.HINTS: None}  # HINTS: sealed, so only once keys are proved
 _STAYS = None
 _MOVES = {**_CONTROL, F.GO_DIRECT: None}  # the receiver's control frames: the sender may move the transfer
-_CHUNK_TYPES = (F.DATA, F.ZDATA, F.COPY, F.PACK)
 
 # Frames a machine of each role may *receive* in each phase, and the phase each leads to.
 RECEIVED: dict[Role, dict[Phase, dict[FrameType, Phase | None]]] = {
@@ -49,11 +48,11 @@ RECEIVED: dict[Role, dict[Phase, dict[FrameType, Phase | None]]] = {
         Phase.AWAITING_MANIFEST: {F.MANIFEST: Phase.PLANNING, F.JOIN: Phase.TRANSFERRING, **_MOVES},
         Phase.PLANNING: {F.ENTRIES: _STAYS, **_MOVES},
         Phase.TRANSFERRING: {
-            **dict.fromkeys((F.ENTRIES, *_CHUNK_TYPES, F.FILE_END), _STAYS),
+            **dict.fromkeys((F.ENTRIES, *CHUNK_TYPES, F.FILE_END), _STAYS),
             F.DONE: Phase.FINISHING,
             **_MOVES,
         },
-        Phase.FINISHING: {**dict.fromkeys(_CHUNK_TYPES, _STAYS), **_MOVES},  # resends of NACKed chunks
+        Phase.FINISHING: {**dict.fromkeys(CHUNK_TYPES, _STAYS), **_MOVES},  # resends of NACKed chunks
         Phase.CLOSED: {**_HEARTBEAT},
         Phase.ERROR: {},
     },
@@ -67,10 +66,10 @@ SENT: dict[Role, dict[Phase, dict[FrameType, Phase | None]]] = {
         Phase.CONFIRMING: {F.ENTRIES: _STAYS},
         Phase.OFFERING: {F.ENTRIES: _STAYS},
         Phase.TRANSFERRING: {
-            **dict.fromkeys((F.ENTRIES, *_CHUNK_TYPES, F.FILE_END), _STAYS),
+            **dict.fromkeys((F.ENTRIES, *CHUNK_TYPES, F.FILE_END), _STAYS),
             F.DONE: Phase.FINISHING,
         },
-        Phase.FINISHING: dict.fromkeys(_CHUNK_TYPES, _STAYS),  # chunks dealt again from a lost connection
+        Phase.FINISHING: dict.fromkeys(CHUNK_TYPES, _STAYS),  # chunks dealt again from a lost connection
     },
     Role.RECEIVER: {
         Phase.PLANNING: {F.SIGNATURE: _STAYS, F.ACCEPT: Phase.TRANSFERRING},

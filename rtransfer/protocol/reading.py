@@ -11,6 +11,7 @@ from typing import Any
 import zstandard
 
 from rtransfer.protocol.constants import (
+    CHUNK_TYPES,
     MAX_ACCEPT_BYTES,
     MAX_CHUNK_BYTES,
     MAX_ENTRIES_BYTES,
@@ -27,7 +28,6 @@ from rtransfer.protocol.entries import decode_entries
 from rtransfer.protocol.errors import CorruptFrame, FrameAuthenticationError, HandshakeRefused, RemoteProtocolError
 from rtransfer.protocol.messages import (
     ACK_LAYOUT,
-    CHUNK_TYPES,
     CONFIRM_BODY,
     DATA_HEADER,
     DIRECT_ID_BYTES,

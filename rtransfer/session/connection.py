@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from rtransfer.crypto import TransferKeys
-from rtransfer.errors import EXIT_AUTH, NetworkError, RtransferError, WrongCode, reason
+from rtransfer.errors import EXIT_AUTH, HandshakeError, NetworkError, RtransferError, WrongCode, reason
 from rtransfer.pipeline import BufferPool
 from rtransfer.protocol.constants import Phase
 from rtransfer.protocol.errors import PeerFailed, ProtocolError
@@ -121,6 +121,10 @@ class Connection(asyncio.BufferedProtocol):
         """One guess per run: a connection keyed by the code that ends after the peer's HELLO and
         before its CONFIRM opened (``Peer.guess_spent``) is final, as a wrong code is, whatever
         ended it; trying again would give whoever sent that HELLO another guess."""
+        if isinstance(error, WrongCode) and self._keys is not None and not self._one_guess:
+            return HandshakeError(
+                "whoever answered could not prove this transfer's session: not the peer it began with"
+            )
         if not (self._one_guess and self.machine.guess_spent) or error.exit_code == EXIT_AUTH:
             return error
         return WrongCode(f"{error.message} during the key exchange: taken as a wrong code (one guess per run)")

@@ -58,14 +58,16 @@ class GoingDirect:
             self._say_hints(self.enabled)
 
     async def on_hints(self, event: HintsReceived) -> None:
+        """Only the first HINTS with addresses is dialed (a peer repeating them gets no more dials);
+        an empty one says the peer gave up."""
         if self.machine.role is Role.SENDER:
             if not self.peer_hints.done():
                 self.peer_hints.set_result(event.addresses)
-            elif self.found is not None:  # the second, empty: the receiver's dials all failed
+            elif self.found is not None and not event.addresses:  # the receiver's dials all failed
                 self.found.gave_up()
         elif not event.addresses:
             self.close()
-        elif self.found is not None:
+        elif self.found is not None and not self.found.dials:
             self.found.dial(event.addresses)
             self.watching = asyncio.ensure_future(self._give_up_when_dials_fail(self.found))
 

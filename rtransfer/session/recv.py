@@ -124,9 +124,10 @@ class ReceiveTransfer:
         """Keyed by the code (the exchange started ahead, see __init__) until a connection has proved
         it, then by that session (crypto.TransferKeys); on a direct path found through a relay, by
         that relayed session."""
-        secret = self.source.secret or self.keys.resume
-        if secret is not None:
-            kex = KeyExchange(secret, is_sender=False)
+        if self.source.secret is not None:
+            kex = KeyExchange(self.source.secret, False, session=True)
+        elif self.keys.resume is not None:
+            kex = self.keys.exchange(False)
         else:
             kex, self.next_kex = self.next_kex, KeyExchange(self.keys.code, is_sender=False)
         c = self.config

@@ -149,7 +149,8 @@ class SendTransfer:
         """A connection of this transfer, with its own key exchange: the first (``stream`` 0), or a
         further one; keyed by the code only until a connection has proved it (crypto.TransferKeys),
         and on a direct path found through a relay, by that session."""
-        kex = KeyExchange(self.source.secret or self.keys.secret, is_sender=True)
+        secret = self.source.secret
+        kex = self.keys.exchange(True) if secret is None else KeyExchange(secret, True, session=True)
         c = self.config
         machine = SenderMachine(self.manifest, now(), c.timeout_s, kex, c.encrypt, buffers=self.pool, stream=stream)
         keys = None if self.source.authenticated else self.keys
@@ -317,7 +318,7 @@ class SendAttempt(Attempt):
         await self.direct.first_byte()
         rules = parse_specs(config.filters)
         entries = listing(self.transfer.sources, config.safe_links, warnings.append, filters=rules)
-        upcoming = await self.next_listed(entries)
+        upcoming: list[Source] | None = await self.next_listed(entries) or []  # none: one empty batch, of nothing
         while upcoming is not None:
             await self.ahead.acquire()
             batch, upcoming = upcoming, await self.next_listed(entries)
@@ -329,8 +330,6 @@ class SendAttempt(Attempt):
             self.stats.listed([s.entry for s in batch], last=upcoming is None)
             self.conn.flush()
         self.listing_done = True
-        if not self.listed:
-            self.all_accepted()
 
     async def next_listed(self, entries: Iterator[Source | None]) -> list[Source] | None:
         """The next batch, walked on the loop's thread in slices; with --checksum, each file then

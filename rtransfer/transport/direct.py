@@ -26,7 +26,8 @@ from rtransfer.transport.source import Accept, Dial, P, connect_socket, driven
 
 NONCE_BYTES = 16
 PROOF_BYTES = 32
-PROVE_TIMEOUT_S = 5.0  # a connection that has not proved the key by then is dropped
+PROVE_TIMEOUT_S = 5.0  # a connection that has not proved the key by then (from its accept) is dropped
+MAX_UNPROVED = 4  # connections proving the key at once; another arriving meanwhile is closed at once
 
 
 def _derive(session_key: bytes, label: bytes) -> bytes:
@@ -104,6 +105,7 @@ class DirectTry:
         self.changed = asyncio.Event()  # a connection proved the key, a dial ended, or the peer gave up
         self.dials: list[asyncio.Task[None]] = []
         self.peer_gave_up = False  # the peer's dials all failed (it said so)
+        self.unproved = 0  # accepted connections still proving the key
         self.tasks: list[asyncio.Task[None]] = [asyncio.ensure_future(self._accept_forever())]
 
     def hints(self) -> tuple[tuple[str, int], ...]:
@@ -112,6 +114,9 @@ class DirectTry:
         return ((host, port),)
 
     def dial(self, addresses: tuple[tuple[str, int], ...]) -> None:
+        """Dial the peer's addresses: once per try (a peer that repeats its HINTS gets no more dials)."""
+        if self.dials:
+            return
         self.dials += [asyncio.ensure_future(self._dial(address)) for address in addresses]
         self.tasks += self.dials
 
@@ -130,7 +135,11 @@ class DirectTry:
         assert listener is not None
         while True:
             sock, _ = await loop.sock_accept(listener)
+            if self.unproved >= MAX_UNPROVED:
+                sock.close()  # whoever found the port holds no more of our descriptors, however many it opens
+                continue
             sock.setblocking(False)
+            self.unproved += 1
             self.tasks.append(asyncio.ensure_future(self._keep(sock, None)))
 
     async def _dial(self, address: tuple[str, int]) -> None:
@@ -146,6 +155,8 @@ class DirectTry:
             ident = await prove(sock, self.key, dialed is not None, self.is_sender)
         except (OSError, TimeoutError):
             return
+        finally:
+            self.unproved -= dialed is None
         self.proved[ident] = (sock, dialed)
         self.changed.set()
 

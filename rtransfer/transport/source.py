@@ -125,12 +125,17 @@ class Accept:
     """Take connections arriving on a listening socket (opened early by the CLI, see listen.py).
     One task accepts; ``open`` takes the next arrival, waiting at most ``wait_s``, and wraps
     it in ``make``'s protocol, so a listener's key exchange can start before anyone connects.
-    Given ``vet``, an arrival that fails it is dropped and the wait goes on."""
+
+    Given ``vet``, each arrival is vetted as it comes, from its accept on (its deadline is the
+    vet's), at most MAX_VETTING at once; one that fails is dropped. However many connections
+    someone opens, this side holds at most MAX_WAITING of them: the rest are closed at once."""
 
     dials = False
     authenticated = False
     path = "direct"
     secret = None
+    MAX_VETTING = 4
+    MAX_WAITING = 16
 
     def __init__(self, listener: socket.socket, vet: Vet | None = None) -> None:
         self.listener = listener
@@ -138,12 +143,27 @@ class Accept:
         name = listener.getsockname()
         self.where = name if isinstance(name, str) else f"{name[0]}:{name[1]}"  # a Unix socket's path, or HOST:PORT
         self._arrivals: asyncio.Queue[socket.socket] = asyncio.Queue()
+        self._vetting: set[asyncio.Task[None]] = set()
         self._pump: asyncio.Task[None] | None = None
 
     async def _accept_forever(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             sock, _ = await loop.sock_accept(self.listener)
+            full = self._arrivals.qsize() + len(self._vetting) >= self.MAX_WAITING
+            if full or (self.vet is not None and len(self._vetting) >= self.MAX_VETTING):
+                sock.close()
+            elif self.vet is None:
+                self._arrivals.put_nowait(sock)
+            else:
+                task = asyncio.ensure_future(self._vetted(self.vet, sock))
+                self._vetting.add(task)
+                task.add_done_callback(self._vetting.discard)
+
+    async def _vetted(self, vet: Vet, sock: socket.socket) -> None:
+        """``sock`` among the arrivals once it passes ``vet`` (which closes it otherwise)."""
+        with contextlib.suppress(OSError, TimeoutError):
+            await vet(sock)
             self._arrivals.put_nowait(sock)
 
     async def open(self, make: Callable[[], P], timeout_s: float | None, wait_s: float | None) -> P:
@@ -151,21 +171,10 @@ class Accept:
             self._pump = asyncio.ensure_future(self._accept_forever())
         try:
             async with asyncio.timeout(wait_s):
-                sock = await self._next_arrival()
+                sock = await self._arrivals.get()
         except TimeoutError:
             raise WaitedOut(errno.ETIMEDOUT, f"nobody came back within {wait_s or 0:.0f} s") from None
         return await driven(make, sock)
-
-    async def _next_arrival(self) -> socket.socket:
-        while True:
-            sock = await self._arrivals.get()
-            if self.vet is None:
-                return sock
-            try:
-                await self.vet(sock)
-                return sock
-            except (OSError, TimeoutError):
-                continue
 
     def further(self, stream: int) -> Accept:
         return self
@@ -173,6 +182,8 @@ class Accept:
     def close(self) -> None:
         if self._pump is not None:
             self._pump.cancel()
+        for task in self._vetting:
+            task.cancel()  # the vet closes its socket as it ends
         while not self._arrivals.empty():
             self._arrivals.get_nowait().close()
         with contextlib.suppress(OSError):

@@ -81,6 +81,17 @@ def test_nat_to_nat_through_the_relay_is_identical_and_the_relay_sees_no_plainte
     assert code.encode() not in recorded and code.rsplit("-", 1)[1].encode() not in recorded
 
 
+def test_rules_that_exclude_everything_are_a_transfer_of_nothing_through_the_relay(
+    tmp_path: Path, procs: list[Proc], relay: internet.Internet
+) -> None:
+    rx = at(relay.home_b, procs, "recv", str(tmp_path / "out"), "--relay", relay.relay_address)
+    code = shows_code(rx, relay)
+    source = payload(tmp_path, 4096)
+    tx = at(relay.home_a, procs, "send", str(source), "--relay", relay.relay_address, "--code", code, "--exclude", "*")
+    assert tx.finish() == 0 and rx.finish() == 0
+    assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
+
+
 def test_neither_home_can_reach_the_other(relay: internet.Internet) -> None:
     """The premise: the routers let nothing in, so only the relay joins them."""
     assert internet.reachable(relay.home_a, internet.RELAY_ADDR, internet.RELAY_PORT)
@@ -191,11 +202,12 @@ def test_the_relay_killed_and_started_again_mid_transfer_resumes(
 
 
 @pytest.mark.parametrize("killed", ["sender", "receiver"])
-def test_either_side_killed_while_relayed_resumes_when_run_again(
+def test_either_side_killed_while_relayed_resumes_when_both_run_again(
     tmp_path: Path, procs: list[Proc], relay: internet.Internet, killed: str
 ) -> None:
-    """The side still running keeps coming back to the relay; the side run again with the code
-    pairs with it there, and the transfer resumes where the partial file ends."""
+    """The side still running keeps coming back to the relay, for the peer it proved its session
+    with, and only for it: a new run with the code is not let in (that would be a second guess at
+    the code, one a relay could fake at will). Run again, both resume where the partial file ends."""
     source = payload(tmp_path, 4 * SIZE)
     recv_args = ["recv", str(tmp_path / "out"), "--relay", relay.relay_address]
     rx = at(relay.home_b, procs, *recv_args)
@@ -203,12 +215,12 @@ def test_either_side_killed_while_relayed_resumes_when_run_again(
     send_args = ["send", str(source), "--relay", relay.relay_address, "--code", code, *RATE_OPTIONS]
     tx = at(relay.home_a, procs, *send_args)
     wait_for_bytes(tx, SIZE)
-    if killed == "sender":
-        tx.kill()
-        tx = at(relay.home_a, procs, *send_args)
-    else:
-        rx.kill()
-        rx = at(relay.home_b, procs, *recv_args, "--code", code)
+    (tx if killed == "sender" else rx).kill()
+    survivor = rx if killed == "sender" else tx
+    survivor.wait_event("warning")  # it has seen its peer go, and comes back to the relay for it
+    survivor.kill()
+    rx = at(relay.home_b, procs, *recv_args, "--code", code)
+    tx = at(relay.home_a, procs, *send_args)
     assert tx.finish() == 0 and rx.finish() == 0
     assert (tmp_path / "out" / "plain.bin").read_bytes() == source.read_bytes()
     into_relay, _ = relay.stop_proxy()

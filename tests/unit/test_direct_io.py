@@ -13,7 +13,7 @@ import pytest
 
 from rtransfer import direct_io
 from rtransfer.dest import Spot
-from rtransfer.direct_io import ALIGN, DIRECT_MIN_BYTES, PartialWriter, direct_io_suits
+from rtransfer.direct_io import ALIGN, DIRECT_MIN_BYTES, PartialWriter, direct_io_suits, zero_runs
 from rtransfer.pipeline import BufferPool
 from rtransfer.protocol.messages import DATA_HEADER
 from rtransfer.protocol.model import Entry
@@ -162,11 +162,24 @@ async def test_the_receiver_writes_large_files_direct_unless_told_to_buffer(tmp_
     await sink.suspend()
 
 
-def test_only_a_chunk_of_zeros_is_taken_for_a_hole() -> None:
-    from rtransfer.direct_io import all_zero
+def test_zero_blocks_are_found_a_block_at_a_time() -> None:
+    data = bytearray(8 << 20)
+    for mib in range(8):
+        data[mib << 20] = 1
+    assert zero_runs(memoryview(data), 0) == [((m << 20) + ALIGN, (m + 1) << 20) for m in range(8)]
+    assert zero_runs(memoryview(bytes(3 * ALIGN)), 100) == [(ALIGN - 100, 3 * ALIGN - 100)]  # whole blocks of the file
+    assert zero_runs(memoryview(os.urandom(1 << 20)), 0) == []
+    almost = bytearray(2 * ALIGN)
+    almost[ALIGN + 4000] = 7  # zero at its head, not all through
+    assert zero_runs(memoryview(almost), 0) == [(0, ALIGN)]
 
-    assert all_zero(bytes(8 << 20)) and all_zero(memoryview(bytearray(70_000)))
-    for where in (0, 1, 65_535, 65_536, 100_000, (8 << 20) - 1):
-        data = bytearray(8 << 20)
-        data[where] = 1
-        assert not all_zero(data), where
+
+async def test_zero_blocks_of_a_chunk_become_holes(tmp_path: Path) -> None:
+    data = bytearray(4 << 20)
+    for mib in range(4):
+        data[mib << 20] = 1
+    writer = await partial_writer(tmp_path / ".f.rtpart")
+    await writer.write(memoryview(data))
+    await writer.close()
+    assert (tmp_path / ".f.rtpart").read_bytes() == data
+    assert (tmp_path / ".f.rtpart").stat().st_blocks * 512 <= 16 * ALIGN  # four blocks of data, not 4 MiB

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import stat
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -153,3 +154,22 @@ def test_a_partial_file_with_another_name_too_is_not_resumed(tmp_path: Path, dir
     plan = plan_alone(DirectorySink(tmp_path, DestPolicy()), MIB, Entry("f", "file", 8 * MIB, identity="v1"))
     assert plan.start_offsets == {}
     assert (tmp_path / "other").read_bytes() == b"x" * 3 * MIB
+
+
+async def test_modes_and_times_go_through_the_file_never_a_name_swapped_meanwhile(tmp_path: Path) -> None:
+    """Finding 10: modes and times were set by path after the files were written, and chmod follows
+    links: a local user who can write in DEST could swap the partial name for a link meanwhile."""
+    outside = tmp_path / "outside"
+    outside.write_bytes(b"x")
+    outside.chmod(0o600)
+    os.utime(outside, (1, 1))
+    out = tmp_path / "out"
+    sink = DirectorySink(out, DestPolicy(direct_io=False))
+    plan_alone(sink, MIB, Entry("f", "file", 2 * MIB, 0o755, 1234.0, identity="v1"))
+    await sink.write(0, 0, b"y" * MIB)
+    await sink.write(0, MIB, b"y" * MIB)
+    os.rename(out / ".f.rtpart", out / "moved")  # the race: the name now leads outside
+    os.symlink(outside, out / ".f.rtpart")
+    await sink.finish(0, ok=True)
+    assert stat.S_IMODE(outside.stat().st_mode) == 0o600 and outside.stat().st_mtime == 1
+    assert stat.S_IMODE((out / "moved").stat().st_mode) == 0o755 and (out / "moved").stat().st_mtime == 1234.0

@@ -29,6 +29,7 @@ from rtransfer.protocol.messages import (
     Ping,
     Pong,
     copy_payload,
+    hole_payload,
 )
 from rtransfer.protocol.model import Entry, EntryBatch, Manifest, Signature
 from rtransfer.protocol.phases import RECEIVED
@@ -55,7 +56,9 @@ entries = st.builds(
     st.just(0.0),
     st.one_of(st.none(), st.just("t")),
 )
-chunk_payloads = st.one_of(blob, st.lists(st.tuples(small, small), min_size=1, max_size=3).map(copy_payload))
+chunk_payloads = st.one_of(
+    blob, st.lists(st.tuples(small, small), min_size=1, max_size=3).map(copy_payload), uint32.map(hole_payload)
+)
 
 FRAMES: dict[FrameType, st.SearchStrategy[Frame]] = {
     FrameType.HELLO: st.builds(Hello, st.sampled_from(Role), small, small, blob),
@@ -90,7 +93,7 @@ FRAMES: dict[FrameType, st.SearchStrategy[Frame]] = {
     ),
     FrameType.GO_DIRECT: st.builds(GoDirect, st.binary(min_size=32, max_size=32)),
 }
-for _kind in (FrameType.DATA, FrameType.PACK, FrameType.ZDATA, FrameType.COPY):
+for _kind in (FrameType.DATA, FrameType.PACK, FrameType.ZDATA, FrameType.COPY, FrameType.HOLE):
     FRAMES[_kind] = st.builds(Data, uint64, uint32, uint64, chunk_payloads, st.just(_kind), uint64)
 
 # A type the phase does not take is refused whatever it holds (test_phases.py): fields matter only here.

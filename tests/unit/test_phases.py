@@ -31,6 +31,7 @@ from rtransfer.protocol.messages import (
     Ping,
     Pong,
     copy_payload,
+    hole_payload,
 )
 from rtransfer.protocol.model import Entry, EntryBatch, Manifest, Signature
 from rtransfer.protocol.peer import Peer
@@ -52,6 +53,7 @@ SAMPLES: dict[FrameType, Frame] = {
     FrameType.PACK: Data(0, 0, 0, b"not a pack table", FrameType.PACK),
     FrameType.ZDATA: Data(0, 0, 0, b"\x00\x00\x00\x01not zstd", FrameType.ZDATA),
     FrameType.COPY: Data(0, 0, 0, copy_payload([(0, 1)]), FrameType.COPY),
+    FrameType.HOLE: Data(0, 0, 0, hole_payload(1), FrameType.HOLE),
     FrameType.SIGNATURE: Signature(1, 0, ((1, b"d" * 16),)),
     FrameType.ACK: Ack(0, ()),
     FrameType.NACK: Nack(0),

@@ -1,0 +1,136 @@
+"""Names are bytes: any name POSIX allows arrives as the same bytes, over TCP and over ssh; the
+terminal shows it escaped as b3sum does; a name the receiving file system refuses is exit 6."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Proc, Receiver, rtransfer_cmd, run
+from tests.e2e.test_ssh import differences, ssh_args
+from tests.sshd import LoopbackSshd, Unavailable
+
+HARD = [
+    b"bad\xff.txt",  # not UTF-8
+    b"caf\xe9",  # Latin-1
+    b"new\nline",
+    b"tab\there",
+    b"back\\slash",
+    b"C:drive",
+    b"x" * 255,  # the longest component ext4 and tmpfs take
+    "日本語".encode(),
+]
+
+
+def hard_tree(root: Path) -> Path:
+    src = root / "src"
+    (src / os.fsdecode(b"dir\xfe")).mkdir(parents=True)
+    for name in HARD:
+        (src / os.fsdecode(name)).write_bytes(name)
+        (src / os.fsdecode(b"dir\xfe") / os.fsdecode(name)).write_bytes(name * 2)
+    (src / os.fsdecode(b"link\xff")).symlink_to(os.fsdecode(b"bad\xff.txt"))
+    return src
+
+
+@pytest.fixture(scope="module")
+def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LoopbackSshd]:
+    try:
+        server = LoopbackSshd(tmp_path_factory.mktemp("sshd"))
+    except Unavailable as exc:
+        pytest.skip(str(exc))
+    yield server
+    server.close()
+
+
+def test_hard_names_arrive_byte_identical_over_tcp(tmp_path: Path, procs: list[Proc]) -> None:
+    """A name that is not UTF-8, named on the command line, made the sender print a traceback and
+    retry for 59 s (finding 11); inside a directory, "internal error: UnicodeEncodeError"."""
+    src = hard_tree(tmp_path)
+    procs.append(rx := Receiver(tmp_path / "out"))
+    result = run("send", str(src), os.fsdecode(src / os.fsdecode(b"bad\xff.txt")), rx.address)
+    assert result.returncode == 0, result.stderr
+    assert rx.finish() == 0
+    assert differences(src, tmp_path / "out" / "src") == []
+    assert (tmp_path / "out" / os.fsdecode(b"bad\xff.txt")).read_bytes() == b"bad\xff.txt"
+    names = [e["path"] for e in rx.events("file_done")]
+    assert os.fsdecode(b"src/bad\xff.txt") in names  # in --json, a byte that is not UTF-8 is \udcNN
+
+
+@pytest.mark.parametrize("direction", ["push", "pull"])
+def test_hard_names_arrive_byte_identical_over_ssh(tmp_path: Path, sshd: LoopbackSshd, direction: str) -> None:
+    src = hard_tree(tmp_path)
+    dest = tmp_path / "dest"
+    if direction == "push":
+        result = run("send", str(src), f"root@127.0.0.1:{dest}", *ssh_args(sshd))
+    else:
+        result = run("recv", f"root@127.0.0.1:{src}", str(dest), *ssh_args(sshd))
+    assert result.returncode == 0, result.stderr.decode(errors="replace")
+    assert differences(src, dest / "src") == []
+
+
+def test_a_name_is_shown_escaped_as_b3sum_escapes_it(tmp_path: Path, procs: list[Proc]) -> None:
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "new\nline").write_bytes(b"x")
+    (tmp_path / "src" / os.fsdecode(b"bad\xff")).write_bytes(b"y")
+    procs.append(rx := Receiver(tmp_path / "out"))
+    result = subprocess.run(
+        [*rtransfer_cmd(), "send", str(tmp_path / "src"), rx.address, "-v"],
+        capture_output=True,
+        timeout=60,
+    )
+    assert result.returncode == 0 and rx.finish() == 0
+    lines = result.stderr.split(b"\n")
+    assert any(b"src/new\\nline" in line for line in lines)
+    assert any("src/bad\ufffd".encode() in line for line in lines)
+    assert not any(line.endswith(b"new") for line in lines)  # never split over two lines
+
+
+def test_a_name_the_receiving_file_system_refuses_is_exit_6_naming_it(tmp_path: Path, procs: list[Proc]) -> None:
+    """A component of 256 bytes is one byte too many for ext4 and tmpfs: the sender may hold it
+    (its file system may allow more), the receiver names it and stops."""
+    from tests.e2e.test_hostile import World
+
+    world = World(tmp_path)
+    run_ = world.attack([{"path": "y" * 256, "kind": "file", "content": "x"}])
+    assert run_.code == 6 and "y" * 40 in run_.error and "too long" in run_.error.lower()
+
+
+@pytest.mark.parametrize("rules", [["--exclude", "*"], ["--exclude", "src"]])
+def test_rules_that_exclude_everything_are_a_transfer_of_nothing_over_tcp(
+    tmp_path: Path, procs: list[Proc], rules: list[str]
+) -> None:
+    """The receiver failed its handshake after 10 s and the sender retried for 67 s, exit 3
+    (finding 12); rsync exits 0 having sent nothing."""
+    src = hard_tree(tmp_path)
+    procs.append(rx := Receiver(tmp_path / "out"))
+    result = run("send", str(src), rx.address, *rules, timeout_s=30)
+    assert result.returncode == 0, result.stderr
+    assert rx.finish(timeout_s=30) == 0
+    assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
+
+
+def test_rules_that_exclude_everything_are_a_transfer_of_nothing_over_ssh(tmp_path: Path, sshd: LoopbackSshd) -> None:
+    src = hard_tree(tmp_path)
+    pushed = run("send", str(src), f"root@127.0.0.1:{tmp_path / 'out'}", "--exclude", "*", *ssh_args(sshd))
+    assert pushed.returncode == 0, pushed.stderr
+    pulled = run("recv", f"root@127.0.0.1:{src}", str(tmp_path / "in"), "--exclude", "*", *ssh_args(sshd))
+    assert pulled.returncode == 0, pulled.stderr
+    assert b"warning" not in pushed.stderr + pulled.stderr
+
+
+@pytest.mark.parametrize("where", ["-oProxyCommand=touch${IFS}PWNED:dest", "root@-oProxyCommand=x:dest"])
+def test_an_ssh_host_that_looks_like_an_option_is_refused(tmp_path: Path, where: str) -> None:
+    """Finding 8: a host starting with "-" went to ssh as an option."""
+    (tmp_path / "f").write_bytes(b"x")
+    result = subprocess.run(
+        [*rtransfer_cmd(), "send", str(tmp_path / "f"), "--", where],
+        capture_output=True,
+        timeout=30,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 2 and b"may not start with '-'" in result.stderr
+    assert not (tmp_path / "PWNED").exists()
