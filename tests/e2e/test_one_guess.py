@@ -15,9 +15,12 @@ from pathlib import Path
 import pytest
 
 from rtransfer.crypto import KeyExchange
+from rtransfer.protocol.constants import Role
 from rtransfer.protocol.errors import ProtocolError
+from rtransfer.protocol.messages import Hello
 from rtransfer.protocol.model import Manifest
 from rtransfer.protocol.peer import Peer
+from rtransfer.protocol.reading import FrameDecoder
 from rtransfer.protocol.receiver import ReceiverMachine
 from rtransfer.protocol.sender import SenderMachine
 from tests.conftest import Proc
@@ -169,14 +172,17 @@ class CuttingRelay:
         """The returning side's HELLO, answered as its peer would, keyed by the code; does its CONFIRM open?"""
         sock.sendall(b"ok\n")
         self.comebacks += 1
-        probe = ReceiverMachine(0.0, 30.0, KeyExchange(self.code, False))  # reads the role from its HELLO
         hello = sock.recv(65536)
-        try:
-            probe.receive_data(hello, 0.0)
-        except ProtocolError:
-            machine: Peer = SenderMachine(Manifest("f" * 32, 65536, 2), 0.0, 30.0, KeyExchange(self.code, True))
-        else:
-            machine = ReceiverMachine(0.0, 30.0, KeyExchange(self.code, False))
+        decoder = FrameDecoder()
+        decoder.feed(hello)
+        their = next(iter(decoder.frames()))
+        assert isinstance(their, Hello)
+        # It claims to resume a session (as the victim does), so the victim runs its exchange; keyed by the code.
+        machine: Peer = (
+            SenderMachine(Manifest("f" * 32, 65536, 2), 0.0, 30.0, KeyExchange(self.code, True, session=True))
+            if their.role is Role.RECEIVER
+            else ReceiverMachine(0.0, 30.0, KeyExchange(self.code, False, session=True))
+        )
         machine.receive_data(hello, 0.0)
         for piece in machine.data_to_send():
             sock.sendall(piece)
