@@ -46,6 +46,7 @@ class Deletion:
         """Every listed directory's extra names. A directory that is not there (a dry run's new one)
         holds nothing."""
         for rel, names in listed.names.items():
+            dirs.trim()
             try:
                 fd = dirs.fd(rel)
             except (FileNotFoundError, NotADirectoryError):

@@ -7,6 +7,7 @@ receiver's only when its own records say so, and is removed otherwise."""
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import stat
@@ -24,16 +25,29 @@ EXISTING_FLAGS = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _MARKER_MAX_BYTES = 256
 
 
+NAME_MAX = 255  # bytes in one name, on the file systems rtransfer writes to
+
+
+def working_name(name: str, suffix: str) -> str:
+    """``.NAME`` + ``suffix``: what the receiver keeps beside file ``name``. For a name too long to
+    carry it (with ".tmp" after it, within NAME_MAX), a digest of the name stands in, itself shaped
+    as a working name (``..DIGEST.rtpart``), so that no name a peer may list gives the same one."""
+    raw = name.encode("utf-8", "surrogateescape")
+    if 1 + len(raw) + len(suffix) + len(".tmp") <= NAME_MAX:
+        return f".{name}{suffix}"
+    return f"..{hashlib.blake2b(raw, digest_size=16).hexdigest()}{PARTIAL_SUFFIX}{suffix}"
+
+
 def partial_name(name: str) -> str:
-    return f".{name}{PARTIAL_SUFFIX}"
+    return working_name(name, PARTIAL_SUFFIX)
 
 
 def journal_name(name: str) -> str:
-    return f".{name}{JOURNAL_SUFFIX}"
+    return working_name(name, JOURNAL_SUFFIX)
 
 
 def marker_name(name: str) -> str:
-    return f".{name}{MARKER_SUFFIX}"
+    return working_name(name, MARKER_SUFFIX)
 
 
 def remove(name: str, dir_fd: int) -> None:
@@ -128,9 +142,13 @@ class Spot:
 class DestDirs:
     """Directories under DEST, opened one name at a time from DEST's own descriptor, never
     following a link (``O_NOFOLLOW``): a link planted inside DEST, by an earlier transfer or
-    anyone else, cannot lead a write outside it. Missing directories are created."""
+    anyone else, cannot lead a write outside it. Missing directories are created.
 
-    MAX_OPEN = 256  # descriptors kept open at once; past that the cache starts over
+    A descriptor ``fd`` returns stays open until the next ``trim``, which its owner calls between
+    entries (never while it holds one: a cache that closed descriptors on its own, when full,
+    closed one its caller was still using)."""
+
+    MAX_OPEN = 256  # descriptors kept open from entry to entry; past that ``trim`` starts over
 
     def __init__(self, root_fd: int, created: set[str] | None = None, create: bool = True) -> None:
         """``created`` collects the directories made here: nothing in them predates the transfer.
@@ -153,10 +171,13 @@ class DestDirs:
                 raise
             self._mkdir(name, parent_fd, rel_dir)
             fd = self._open(name, parent_fd)
-        if len(self._fds) > self.MAX_OPEN:
-            self.close()
         self._fds[rel_dir] = fd
         return fd
+
+    def trim(self) -> None:
+        """Between entries: past MAX_OPEN descriptors, close them all (but DEST's)."""
+        if len(self._fds) > self.MAX_OPEN:
+            self.close()
 
     def make(self, rel_dir: str) -> None:
         """``rel_dir`` made if missing, without opening it: in a directory made here, nothing

@@ -22,6 +22,9 @@ def _shown_table() -> dict[int, str]:
     cursor or recolour a terminal."""
     table = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F)}
     table |= {c: f"\\u{c:04x}" for c in range(0x80, 0xA0)}  # C1 controls: some terminals act on them
+    # Invisible, and the direction overrides: they make a name read as another ("Trojan Source").
+    table |= {c: f"\\u{c:04x}" for c in (0x061C, *range(0x200B, 0x2010), *range(0x202A, 0x202F), 0xFEFF)}
+    table |= {c: f"\\u{c:04x}" for c in range(0x2066, 0x206A)}
     table |= {c: "\ufffd" for c in range(0xDC80, 0xDD00)}
     table |= {ord("\\"): "\\\\", ord("\n"): "\\n"}
     return table
@@ -55,14 +58,22 @@ def safe_relative_path(name: str, error: type[Exception] = LocalIOError) -> str:
 
 
 def link_stays_inside(link_path: str, target: str | None) -> bool:
-    """Does a link at ``link_path`` (relative to the transfer root) resolve inside the root?"""
+    """Does a link at ``link_path`` (relative to the transfer root) resolve inside the root, whatever
+    the names it goes through turn out to be? A ".." is allowed only before the first name: after
+    one, that name may itself be a link (``d/x -> ..``, then ``l -> d/x/../outside``), which each
+    check alone lets through (rsync's CVE-2024-12088)."""
     if not target or target.startswith("/") or "\x00" in target:
         return False
     depth = len(PurePosixPath(link_path).parts) - 1
-    for part in PurePosixPath(target).parts:
-        depth += -1 if part == ".." else 0 if part == "." else 1
-        if depth < 0:
-            return False
+    named = False
+    for part in target.split("/"):
+        if part == "..":
+            depth -= 1
+            if named or depth < 0:
+                return False
+        elif part not in ("", "."):
+            named = True
+            depth += 1
     return True
 
 

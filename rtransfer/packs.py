@@ -62,6 +62,7 @@ def write_packed(
             if digest_hex is None:
                 yield entry.path, packed.size, None
                 continue
+            dirs.trim()
             dir_fd = dirs.fd(parent)
             part = name if at_once else partial_name(name)
             fd = create_new(part, dir_fd, entry.mode & 0o777)

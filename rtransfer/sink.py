@@ -53,6 +53,10 @@ from rtransfer.specials import DestPolicy
 from rtransfer.stdout_sink import StdoutSink
 from rtransfer.workers import in_cpu, in_slices, in_worker
 
+# What the receiver keeps of the list until the transfer's end (directories and links to make then,
+# a new subtree's names, linked files, --delete's names), in bytes of paths: a sender that lists far
+# more is refused, as one over --max-files is, instead of growing this side's memory without bound.
+MAX_HELD_NAME_BYTES = 64 * 1024 * 1024
 # A copied range of the old copy is read, hashed and written in one worker call per this many bytes.
 COPY_STEP_BYTES = 16 * 1024 * 1024
 _COPY_BUFFER_BYTES = 1024 * 1024  # through a buffer this size, so each piece is hashed while in cache
@@ -122,6 +126,7 @@ class DirectorySink:
         self.items: list[tuple[str, str]] = []  # (action, path): a dry run's verdicts, --delete's removals, skips
         self.warnings: list[str] = []
         self._root_fd = -1
+        self._made_root = False  # DEST did not exist: this run made it, and may give it the listed mode
         # Directories kept open from batch to batch (planning) and pack to pack (writing), both on
         # the loop's thread, each connection's own from ``begin``: opening them again for each batch
         # and pack cost a receiver 5% of its time in a tree of small files.
@@ -135,6 +140,8 @@ class DirectorySink:
         self._bases: dict[int, int] = {}  # delta: descriptor of the old copy, once a COPY needs it
         self._described: set[int] = set()  # delta: files whose old copy was described to the sender
         self._dirs: list[Entry] = []
+        self._made: set[str] = set()  # directories of the list this transfer made: only theirs take the listed mode
+        self._held_bytes = 0  # see MAX_HELD_NAME_BYTES
         self._specials: list[Entry] = []  # links, FIFOs, devices: made at the end
         self._devices_skipped = 0
         self._created: set[str] = set()  # directories this transfer made: no lstat for what is in them
@@ -168,17 +175,20 @@ class DirectorySink:
             raise LocalIOError(f"{shown(str(self.root))}: permission denied")
         self._chunk_bytes = manifest.chunk_bytes
         self._delta = manifest.delta
-        for state in (self._files, self._linked, self._described, self._created, self._hidden):
+        for state in (self._files, self._linked, self._described, self._created, self._hidden, self._made):
             state.clear()  # what an earlier connection wrote is on disk now, planned afresh from there
         for listed in (self._hidden_roots, self._dirs, self._specials):
             listed.clear()
         self._listed.clear()
         self._devices_skipped = 0
+        self._held_bytes = 0
 
     def _open_root(self) -> None:
         try:
             if not self._dry:
-                self.root.mkdir(parents=True, exist_ok=True)
+                with contextlib.suppress(FileExistsError):
+                    self.root.mkdir(parents=True)
+                    self._made_root = True
             if self._root_fd < 0 and (not self._dry or self.root.is_dir()):
                 self._root_fd = os.open(self.root, DIR_FLAGS & ~os.O_NOFOLLOW)  # DEST itself is the user's word
         except OSError as exc:
@@ -196,6 +206,7 @@ class DirectorySink:
         dirs = self._open_dirs
         try:
             for index, entry in enumerate(batch.entries, batch.first):
+                dirs.trim()
                 if entry.kind == "dir":
                     self._place_dir(self._listed_dir(entry), dirs)
                     self._dirs.append(entry)
@@ -229,6 +240,8 @@ class DirectorySink:
         hidden name if it is the top of a new subtree; inside its hidden parent otherwise."""
         if not rel:
             dirs.make(rel)
+            if self._made_root:
+                self._made.add(rel)
             return
         parent, name = placed(rel)
         if parent in self._hidden:
@@ -236,10 +249,12 @@ class DirectorySink:
             dirs.make(disk)
         elif lstat_or_none(name, dirs.fd(parent)) is not None:
             dirs.make(rel)
+            return  # there already: it keeps its own mode, owner and times, unless --overwrite
         else:
             disk = self._hidden[rel] = f"{parent}/{partial_name(name)}".lstrip("/")
             self._hidden_roots.append((disk, rel))
             self._claim_hidden(parent, name, disk, dirs)
+        self._made.add(rel)
 
     def _claim_hidden(self, parent: str, name: str, disk: str, dirs: DestDirs) -> None:
         """A new subtree's hidden directory: made now and vouched for by a marker beside it, or one an
@@ -265,6 +280,7 @@ class DirectorySink:
         """A directory entry's path under DEST ("" for a "src/" source's root), checked."""
         rel = "" if entry.path == CONTENTS else safe_relative_path(entry.path)
         refuse_working_names(rel)
+        self._hold(entry)
         if self.deleting:
             self._listed.directory(rel)
             if rel:
@@ -277,6 +293,8 @@ class DirectorySink:
         file that was here before)."""
         parent, name = placed(safe_relative_path(entry.path))
         refuse_working_names(entry.path)
+        if entry.kind != "file" or entry.linked or self.deleting:
+            self._hold(entry)
         if entry.kind == "hardlink":
             if entry.target not in self._linked:
                 link = f"{shown(entry.path)!r} -> {shown(entry.target or '')!r}"
@@ -290,6 +308,15 @@ class DirectorySink:
             self._listed.entry(parent, name)
         return parent, name
 
+    def _hold(self, entry: Entry) -> None:
+        """Count what the end of the transfer keeps of ``entry`` (see MAX_HELD_NAME_BYTES)."""
+        self._held_bytes += len(entry.path) + len(entry.target or "")
+        if self._held_bytes > MAX_HELD_NAME_BYTES:
+            raise LocalIOError(
+                f"the transfer lists more directories, links and names to keep until its end than this receiver"
+                f" holds ({MAX_HELD_NAME_BYTES >> 20} MiB of names)"
+            )
+
     def _preview(self, batch: EntryBatch) -> Plan:
         """A dry run: what this batch would send or replace, said in ``items``; every file counts as
         done, so none is sent, and nothing here changes. What a real run would refuse, it refuses."""
@@ -297,6 +324,7 @@ class DirectorySink:
         try:
             with DestDirs(max(self._root_fd, 0), create=False) as dirs:
                 for index, entry in enumerate(batch.entries, batch.first):
+                    dirs.trim()
                     if entry.kind == "dir":
                         rel = self._listed_dir(entry)
                         self._dirs.append(entry)
@@ -659,12 +687,17 @@ class DirectorySink:
         self._unhide()
         with DestDirs(self._root_fd) as dirs:
             for entry in self._specials:
+                dirs.trim()
                 parent, name = placed(entry.path)
                 specials.make(entry, name, dirs.fd(parent), dirs, self.policy)
             if self.deleting:
                 self._delete(dirs, remove=True)
             for entry in reversed(self._dirs):
-                dir_fd = dirs.fd("" if entry.path == CONTENTS else entry.path)
+                dirs.trim()
+                rel = "" if entry.path == CONTENTS else entry.path
+                if rel not in self._made and not self.policy.overwrite:
+                    continue  # a directory that was here keeps its mode, owner and times
+                dir_fd = dirs.fd(rel)
                 self.policy.own(entry, dir_fd)
                 if entry.mtime is not None:
                     os.utime(dir_fd, (entry.mtime, entry.mtime))
@@ -678,6 +711,7 @@ class DirectorySink:
         """Each new subtree, complete, takes its name: one rename for all it holds."""
         with DestDirs(self._root_fd) as dirs:
             for hidden, final in self._hidden_roots:
+                dirs.trim()
                 parent, name = placed(final)
                 parent_fd = dirs.fd(parent)
                 if lstat_or_none(name, parent_fd) is not None:

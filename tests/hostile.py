@@ -56,10 +56,14 @@ def entries_from(spec: list[dict[str, Any]], scratch: str) -> list[Source]:
     return sources
 
 
+BATCH_ENTRIES = 1000  # the list goes in batches, as the real walk sends it (a receiver takes at most 1024)
+
+
 def hostile_listing(sources: list[Source]) -> Callable[..., Iterator[Source | None]]:
     def listing(*args: object, **kwargs: object) -> Iterator[Source | None]:
-        yield from sources
-        yield None
+        for at in range(0, len(sources), BATCH_ENTRIES):
+            yield from sources[at : at + BATCH_ENTRIES]
+            yield None
 
     return listing
 

@@ -37,8 +37,13 @@ _COMMON_LAYOUTS = [
     struct.Struct("!" + ("Q" if f & SIZE else "") + ("d" if f & MTIME else "") + ("II" if f & OWNER else ""))
     for f in range(COMMON + 1)
 ]
-MAX_TARGET_BYTES = 4 * 4096  # 4096 characters of UTF-8
+MAX_TARGET_BYTES = 4096  # PATH_MAX: what a link's text may hold
 MAX_IDENTITY_BYTES = 512
+# A path at most PATH_MAX bytes, as rsync's: a path shares its directory with the one before it on
+# the wire, and the receiver keeps some whole until the end (directories, links), so without a
+# bound a few bytes on the wire could stand for megabytes held there.
+MAX_PATH_BYTES = 4096
+MAX_MTIME_S = 1e18  # a time the system's time_t holds (the file system clamps it further)
 
 
 def to_wire(name: str) -> bytes:
@@ -131,7 +136,7 @@ def _decode_entry(data: bytes, pos: int, previous: bytes) -> tuple[Entry, int, b
         raise RemoteProtocolError("ENTRIES entry kind, mode or path malformed")
     path_bytes = previous[:shared] + data[pos : pos + rest]
     pos += rest
-    if not path_bytes or len(path_bytes) != shared + rest:
+    if not path_bytes or len(path_bytes) != shared + rest or len(path_bytes) > MAX_PATH_BYTES:
         raise RemoteProtocolError("ENTRIES entry path malformed")
     path = from_wire(path_bytes)
     kind = KIND_CODES[code]
@@ -145,7 +150,7 @@ def _decode_entry(data: bytes, pos: int, previous: bytes) -> tuple[Entry, int, b
         size, mtime, uid, gid = _spread(common, flags)
     if size is not None and code != 0:
         raise RemoteProtocolError("ENTRIES entry size given for what is not a file")
-    if mtime is not None and not math.isfinite(mtime):
+    if mtime is not None and not (math.isfinite(mtime) and abs(mtime) <= MAX_MTIME_S):
         raise RemoteProtocolError("ENTRIES entry mtime malformed")
     if (code in _LINK_KINDS) != bool(flags & TARGET) or (code in _DEVICES) != bool(flags & DEVICE):
         raise RemoteProtocolError("ENTRIES entry: a link needs a target and a device its number, others neither")

@@ -115,6 +115,7 @@ class ReceiverMachine(Peer):
         self._files: dict[int, _Incoming] = {}
         self._packs: set[int] = set()  # seqs of packs handed out, not yet written
         self._current_file = -1
+        self._unended: set[int] = set()  # files with all their bytes, whose FILE_END has not come yet
         self._total_bytes = 0
 
     @property
@@ -341,8 +342,10 @@ class ReceiverMachine(Peer):
             raise RemoteProtocolError(f"DATA runs past the declared size of file {index}")
         self._count_bytes(size)
         incoming.short_chunk = size < self.manifest.chunk_bytes
-        self._current_file = index
+        self._move_to(index)
         incoming.received = end
+        if end == incoming.size and incoming.end is None:
+            self._unended.add(index)
         events.append(ChunkReady(index, frame.offset, frame.payload, frame.kind))
         self._maybe_complete(index, events)
 
@@ -355,11 +358,25 @@ class ReceiverMachine(Peer):
             incoming = self._incoming(packed.file_index)
             if packed.file_index == self._current_file or incoming.received or incoming.size != packed.size:
                 raise RemoteProtocolError(f"PACK holds file {packed.file_index}, which is started or of another size")
-            self._current_file = packed.file_index
+            self._move_to(packed.file_index)
             self._count_bytes(packed.size)
             del self._files[packed.file_index]
         self._packs.add(frame.order)
         events.append(PackReady(frame.order, files, frame.payload, self.encrypted))
+
+    def _move_to(self, index: int) -> None:
+        """Files come one after the other: a file may start only once the one before has all its
+        bytes, and only a few may wait for their FILE_END (it travels on the first connection, and
+        may come after the next file's chunks on others). A sender that opened file after file and
+        finished none held this side's descriptors and buffers without bound."""
+        if index == self._current_file:
+            return
+        current = self._files.get(self._current_file)
+        if current is not None and current.size is not None and current.received != current.size:
+            raise RemoteProtocolError(f"file {index} began before file {self._current_file} had all its bytes")
+        if len(self._unended) > reorder_span(self.manifest) + 2:
+            raise RemoteProtocolError(f"{len(self._unended)} files have all their bytes and no FILE_END")
+        self._current_file = index
 
     def _on_file_end(self, frame: FileEnd, events: list[Event]) -> None:
         index = frame.file_index
@@ -371,6 +388,7 @@ class ReceiverMachine(Peer):
         if incoming.received > frame.size:
             raise RemoteProtocolError(f"file {index} ended at {frame.size} bytes after {incoming.received} arrived")
         incoming.end = frame
+        self._unended.discard(index)
         self._maybe_complete(index, events)
 
     def _maybe_complete(self, index: int, events: list[Event]) -> None:

@@ -53,13 +53,14 @@ def snapshot(root: Path) -> dict[str, tuple[object, ...]]:
     return found
 
 
-@dataclass
+@dataclass(eq=False)
 class World:
     """A receiver's DEST with files already in it, and a world outside it that must never change."""
 
     root: Path
     dest: Path = field(init=False)
     outside: Path = field(init=False)
+    dest_mode: int = field(init=False)
 
     def __post_init__(self) -> None:
         self.dest = self.root / "dest"
@@ -68,6 +69,7 @@ class World:
         (self.outside / "secret").write_text("outside DEST")
         (self.outside / "dir" / "passwd").write_text("root:x:0:0")
         self.dest.mkdir()
+        self.dest_mode = self.dest.stat().st_mode
         (self.dest / "important.txt").write_text("the receiver's own")
         (self.dest / "old").mkdir()
         (self.dest / "old" / "notes.txt").write_text("also the receiver's")
@@ -99,6 +101,11 @@ class World:
         if "--overwrite" not in recv:
             kept = {p: was for p, was in before.items() if p in after or "--delete" not in recv}  # --delete: removed
             changed = {p for p, was in kept.items() if after.get(p) != was and not _moved_into_place(p, after)}
+            changed |= {
+                p for p, was in kept.items() if stat.S_ISDIR(int(was[0])) and not _same_directory(was, after.get(p))
+            }  # type: ignore[call-overload]
+            if self.dest.stat().st_mode != self.dest_mode:
+                changed.add(".")
             assert not changed, f"existing entries changed without --overwrite: {changed}"
         for path, (mode, uid, gid, *_) in after.items():
             assert not (stat.S_ISCHR(mode) or stat.S_ISBLK(mode)) or "--devices" in recv, f"device node {path}"
@@ -111,9 +118,13 @@ class World:
 
 
 def _moved_into_place(path: str, after: dict[str, tuple[object, ...]]) -> bool:
-    """A directory's own times and size change as the transfer adds to it (its contents are checked);
-    what sits at one of the receiver's working names is its own to remove."""
+    """A directory's times and size change as the transfer adds to it (its mode and owner must not,
+    and its contents are checked); what sits at one of the receiver's working names is its own."""
     return (path in after and stat.S_ISDIR(int(after[path][0]))) or _working(path.rpartition("/")[2])  # type: ignore[call-overload]
+
+
+def _same_directory(was: tuple[object, ...], now: tuple[object, ...] | None) -> bool:
+    return now is not None and was[:3] == now[:3]  # mode (with its kind), owner, group
 
 
 def _working(name: str) -> bool:
@@ -256,6 +267,52 @@ def test_a_senders_rules_cannot_pin_the_receivers_cpu(world: World) -> None:
 def test_names_that_leave_dest_or_take_the_receivers_are_refused(world: World, name: str) -> None:
     run = world.attack([{"path": name, "kind": "file", "content": "x"}])
     assert run.code == 6
+
+
+def test_directories_that_were_there_keep_their_mode_owner_and_times(world: World) -> None:
+    """A sender listing DEST itself (a "src/" source) or an existing directory with mode 0777 made
+    them world-writable without --overwrite; DEST defaults to the current directory."""
+    run = world.attack([{"path": ".", "kind": "dir", "mode": 0o777}, {"path": "old", "kind": "dir", "mode": 0o1777}])
+    assert run.code == 0
+    assert stat.S_IMODE(world.dest.stat().st_mode) == 0o755
+    assert stat.S_IMODE((world.dest / "old").stat().st_mode) == 0o755
+
+
+def test_safe_links_holds_against_a_chain_of_links(world: World) -> None:
+    """d/x -> .. stays inside, and so does l -> d/x/../outside/secret read as text; together they
+    reach outside (rsync's CVE-2024-12088): a ".." after a name is refused."""
+    run = world.attack(
+        [
+            {"path": "d", "kind": "dir", "mode": 0o755},
+            {"path": "d/x", "kind": "symlink", "target": ".."},
+            {"path": "l", "kind": "symlink", "target": "d/x/../outside/secret"},
+        ],
+        recv=("--safe-links",),
+    )
+    assert run.code == 6 and "points outside DEST" in run.error
+    assert not (world.dest / "l").is_symlink()
+
+
+@pytest.mark.parametrize("kind", ["file", "dir", "symlink", "fifo"])
+def test_a_time_past_what_the_system_holds_is_refused_not_a_crash(world: World, kind: str) -> None:
+    entry: dict[str, Any] = {"path": "x", "kind": kind, "mtime": 1e300}
+    entry |= {"target": "y"} if kind == "symlink" else {"content": "x"} if kind == "file" else {}
+    run = world.attack([entry])
+    assert run.code == 3 and "mtime malformed" in run.error
+    assert sorted(p.name for p in world.dest.iterdir()) == ["important.txt", "old"]
+
+
+def test_names_kept_until_the_end_are_bounded_by_bytes_not_by_what_the_wire_carried(world: World) -> None:
+    """Paths share their directory on the wire: 34 KB of list stood for 1.3 GB of paths the receiver
+    kept for the end (links to make then). A path is at most 4096 bytes, and what is kept is bounded."""
+    deep = "/".join(["d" * 200] * 19)  # 3,819 bytes
+    spec: list[dict[str, Any]] = [{"path": "/".join(["d" * 200] * (i + 1)), "kind": "dir"} for i in range(19)]
+    spec += [{"path": f"{deep}/l{i:05}", "kind": "symlink", "target": "t"} for i in range(20_000)]
+    run = world.attack(spec)
+    assert run.code == 6 and "MiB of names" in run.error
+    assert int(run.rx.events("done")[0]["peak_rss_bytes"]) < 400 << 20
+    too_long = world.attack([{"path": "/".join(["d" * 200] * 21), "kind": "dir"}])
+    assert too_long.code == 3  # over PATH_MAX: malformed
 
 
 # --- the property: any list, two runs in a row ------------------------------------------------

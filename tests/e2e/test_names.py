@@ -134,3 +134,32 @@ def test_an_ssh_host_that_looks_like_an_option_is_refused(tmp_path: Path, where:
     )
     assert result.returncode == 2 and b"may not start with '-'" in result.stderr
     assert not (tmp_path / "PWNED").exists()
+
+
+def test_a_name_as_long_as_the_file_system_takes_arrives(tmp_path: Path, procs: list[Proc]) -> None:
+    """A name of 248 to 255 bytes has no room for ".NAME.rtpart" beside it: a digest of the name
+    stands in for it in the receiver's working names."""
+    src = tmp_path / "src"
+    (src / ("d" * 250)).mkdir(parents=True)
+    (src / ("d" * 250) / ("f" * 255)).write_bytes(os.urandom(3 << 20))  # large: a partial file and a journal
+    (src / ("s" * 252)).write_bytes(b"small")
+    procs.append(rx := Receiver(tmp_path / "out"))
+    result = run("send", str(src), rx.address)
+    assert result.returncode == 0, result.stderr
+    assert rx.finish() == 0
+    assert differences(src, tmp_path / "out" / "src") == []
+
+
+def test_many_existing_directories_each_getting_a_new_one(tmp_path: Path, procs: list[Proc]) -> None:
+    """300 directories there already, a new subdirectory in each: the cache of open directories
+    (256) closed one still in use, and both sides stopped with "Bad file descriptor", every run."""
+    src, out = tmp_path / "src", tmp_path / "out"
+    for i in range(300):
+        (src / f"e{i}" / "new").mkdir(parents=True)
+        (src / f"e{i}" / "new" / "f").write_bytes(b"x")
+        (out / f"e{i}").mkdir(parents=True)
+    procs.append(rx := Receiver(out))
+    result = run("send", f"{src}/", rx.address)
+    assert result.returncode == 0, result.stderr
+    assert rx.finish() == 0
+    assert differences(src, out) == []
