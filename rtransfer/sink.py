@@ -249,7 +249,7 @@ class DirectorySink:
             dirs.make(disk)
         elif lstat_or_none(name, dirs.fd(parent)) is not None:
             dirs.make(rel)
-            return  # there already: it keeps its own mode, owner and times, unless --overwrite
+            return  # there already: it keeps its own mode and owner, unless --overwrite
         else:
             disk = self._hidden[rel] = f"{parent}/{partial_name(name)}".lstrip("/")
             self._hidden_roots.append((disk, rel))
@@ -695,13 +695,14 @@ class DirectorySink:
             for entry in reversed(self._dirs):
                 dirs.trim()
                 rel = "" if entry.path == CONTENTS else entry.path
-                if rel not in self._made and not self.policy.overwrite:
-                    continue  # a directory that was here keeps its mode, owner and times
                 dir_fd = dirs.fd(rel)
-                self.policy.own(entry, dir_fd)
+                ours = rel in self._made or self.policy.overwrite  # one that was here keeps its mode and owner
+                if ours:
+                    self.policy.own(entry, dir_fd)
                 if entry.mtime is not None:
                     os.utime(dir_fd, (entry.mtime, entry.mtime))
-                os.fchmod(dir_fd, self.policy.mode(entry.mode))
+                if ours:
+                    os.fchmod(dir_fd, self.policy.mode(entry.mode))
 
     def _delete(self, dirs: DestDirs, remove: bool) -> None:
         deletion = Deletion(self._filters, remove, self.warnings.append, self._delete_excluded)

@@ -269,7 +269,7 @@ def test_names_that_leave_dest_or_take_the_receivers_are_refused(world: World, n
     assert run.code == 6
 
 
-def test_directories_that_were_there_keep_their_mode_owner_and_times(world: World) -> None:
+def test_directories_that_were_there_keep_their_mode_and_owner(world: World) -> None:
     """A sender listing DEST itself (a "src/" source) or an existing directory with mode 0777 made
     them world-writable without --overwrite; DEST defaults to the current directory."""
     run = world.attack([{"path": ".", "kind": "dir", "mode": 0o777}, {"path": "old", "kind": "dir", "mode": 0o1777}])
