@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from rtransfer.errors import UsageError
-from rtransfer.names import to_wire
+from rtransfer.protocol.entries import to_wire
 
 
 @functools.cache

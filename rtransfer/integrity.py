@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Iterator
 
 import blake3
 import xxhash
 
 from rtransfer.errors import LocalIOError
 from rtransfer.protocol.model import CONTENT_DIGEST_BYTES, Buffer, WritableBuffer
-from rtransfer.protocol.pack import PackedFile, table_bytes, write_table
 from rtransfer.workers import in_cpu, on_cpu
 
 # Larger updates are hashed in a worker thread so they do not stall the event loop; below
@@ -97,69 +95,6 @@ class FileDigest:
 
     def hexdigest(self) -> str:
         return self._hasher.hexdigest()
-
-
-def read_pack(small: list[tuple[int, str, int]], buf: WritableBuffer) -> Iterator[PackedFile]:
-    """Read whole small files ``(index, path, size)`` into ``buf`` as a pack (protocol/pack.py),
-    each hashed as soon as it is read, one file a step (see ``workers.in_slices``); the pack's
-    table is written after the last.
-
-    A file that is no longer the size it was listed with fails the transfer, as a large
-    one does: what arrives is always a whole version of the file."""
-    view = memoryview(buf)
-    start = table_bytes(len(small))
-    files: list[PackedFile] = []
-    probe = bytearray(1)
-    with _Parents() as parents:
-        for index, path, size in small:
-            fd = parents.open(path)
-            try:
-                got = 0
-                while True:  # a short read from a regular file is its end: one call per file, as a rule
-                    want = size - got + 1
-                    n = os.readv(fd, [view[start + got : start + size], probe])
-                    got += n
-                    if n == 0 or n < want or got > size:
-                        break
-            finally:
-                os.close(fd)
-            if got != size:
-                raise LocalIOError(f"{path}: changed while being sent ({size} bytes expected, {got} or more read)")
-            packed = PackedFile(index, size, blake3.blake3(view[start : start + size]).digest(), start)
-            files.append(packed)
-            yield packed
-            start += size
-    write_table(view, files)
-
-
-_PARENT_FLAGS = getattr(os, "O_PATH", os.O_RDONLY) | os.O_DIRECTORY | os.O_CLOEXEC
-
-
-class _Parents:
-    """The directory of the file opened last, kept open for the next: the files of a directory
-    are listed together, so each open looks up one name, not every directory of its path."""
-
-    def __init__(self) -> None:
-        self._dir, self._fd = "", -1
-
-    def open(self, path: str) -> int:
-        parent, _, name = path.rpartition("/")
-        if parent != self._dir or self._fd < 0:
-            self.close()
-            self._fd = os.open(parent or ("/" if path.startswith("/") else "."), _PARENT_FLAGS)
-            self._dir = parent
-        return os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self._fd)
-
-    def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
-
-    def __enter__(self) -> _Parents:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def content_digest(source: os.PathLike[str] | str | int) -> str:

@@ -8,6 +8,8 @@ it stays that way: JSON escapes such a byte as ``\\udcNN``, which ``os.fsencode`
 
 from __future__ import annotations
 
+import errno
+import os
 from pathlib import PurePosixPath
 
 from rtransfer.errors import LocalIOError
@@ -95,3 +97,10 @@ def refuse_working_names(path: str) -> None:
     there what the receiver would then take for its own (a partial file to resume, a subtree)."""
     if ".rt" in path and any(is_working_name(part) for part in path.split("/")):
         raise LocalIOError(f"refusing {shown(path)!r}: rtransfer keeps names like it for its own working files")
+
+
+def local_error(exc: OSError, what: str | os.PathLike[str]) -> LocalIOError:
+    reason = exc.strerror or str(exc)
+    if exc.errno == errno.ENOSPC:
+        reason = "no space left on device"
+    return LocalIOError(f"{shown(os.fspath(what))}: {reason}")

@@ -17,9 +17,9 @@ import tempfile
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from rtransfer.files import PACK_FILE_MAX_BYTES, Source
 from rtransfer.integrity import source_identity
 from rtransfer.protocol.model import Entry
+from rtransfer.sending.walk import PACK_FILE_MAX_BYTES, Source
 
 SPEC_ENV = "RTRANSFER_HOSTILE"
 
@@ -72,7 +72,7 @@ def main() -> None:
     with open(os.environ[SPEC_ENV], encoding="utf-8") as f:
         spec = json.load(f)
     scratch = tempfile.mkdtemp(prefix="hostile-")
-    from rtransfer.cli import main as cli_main
+    from rtransfer.cli.commands import main as cli_main
     from rtransfer.session import send
 
     send.listing = hostile_listing(entries_from(spec, scratch))  # type: ignore[assignment]

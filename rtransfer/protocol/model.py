@@ -15,6 +15,7 @@ WritableBuffer = bytearray | memoryview
 DIGEST_BYTES = 32  # a file's BLAKE3 digest
 CONTENT_DIGEST_BYTES = 16  # --checksum: a listed file's BLAKE3, cut to 128 bits (it only decides a skip)
 MAX_BATCH_ENTRIES = 1024  # entries in one batch of the file list
+CONTENTS = "."  # the path of a "src/" source's own entry: what it holds lands in DEST itself
 
 
 @dataclass(slots=True)

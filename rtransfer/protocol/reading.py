@@ -67,14 +67,7 @@ from rtransfer.protocol.messages import (
     checked_by_tag,
     frame_check,
 )
-from rtransfer.protocol.model import (
-    FRESH_BUFFERS,
-    Buffer,
-    Buffers,
-    Manifest,
-    Signature,
-    WritableBuffer,
-)
+from rtransfer.protocol.model import FRESH_BUFFERS, Buffer, Buffers, Manifest, Signature, WritableBuffer
 
 _LIST_DECOMPRESSOR = zstandard.ZstdDecompressor()
 

@@ -8,7 +8,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
-from rtransfer.pipeline import BufferPool
+from rtransfer.buffers import BufferPool
 from rtransfer.protocol.events import Event
 from rtransfer.report import Reporter
 from rtransfer.session.connection import Connection

@@ -6,8 +6,8 @@ import socket
 from dataclasses import dataclass, field
 
 from rtransfer.protocol.receiver import ReceiveLimits
-from rtransfer.retry import RetryPolicy
-from rtransfer.specials import DestPolicy
+from rtransfer.receiving.specials import DestPolicy
+from rtransfer.transport.retry import RetryPolicy
 from rtransfer.transport.ssh import SshCommand
 
 

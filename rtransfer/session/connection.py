@@ -16,9 +16,9 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
+from rtransfer.buffers import BufferPool
 from rtransfer.crypto import TransferKeys
 from rtransfer.errors import EXIT_AUTH, HandshakeError, NetworkError, RtransferError, WrongCode, reason
-from rtransfer.pipeline import BufferPool
 from rtransfer.protocol.constants import Phase
 from rtransfer.protocol.errors import PeerFailed, ProtocolError
 from rtransfer.protocol.events import ChunkReady, Event, PackReady
@@ -26,7 +26,7 @@ from rtransfer.protocol.model import Buffer
 from rtransfer.protocol.peer import Peer
 from rtransfer.session.outcome import cause_of, to_error
 from rtransfer.stats import TransferStats
-from rtransfer.transport import Moved
+from rtransfer.transport.reconnect import Moved
 
 INBOX_PAUSE_EVENTS = 2  # with QUEUE_CHUNKS, what keeps the largest chunks in the memory budget
 CLOSE_GRACE_S = 2.0  # for the peer to read our ERROR frame before the connection is cut

@@ -17,8 +17,10 @@ from rtransfer.errors import NetworkError, ProtocolViolation
 from rtransfer.protocol.constants import Phase, Role
 from rtransfer.protocol.events import DirectChosen, HintsReceived
 from rtransfer.session.connection import Connection
-from rtransfer.transport import ConnectionSource, Moved, Relay
+from rtransfer.transport import Relay
 from rtransfer.transport.direct import PROVE_TIMEOUT_S, DirectTry
+from rtransfer.transport.reconnect import Moved
+from rtransfer.transport.source import ConnectionSource
 
 DIRECT_WAIT_S = 2.0  # the most the sender's first byte waits for a direct path; the try ends then
 _MOVABLE = (Phase.OFFERING, Phase.TRANSFERRING)  # once the sender's DONE is out, moving is pointless

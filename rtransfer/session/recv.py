@@ -7,10 +7,11 @@ import functools
 from collections import deque
 from pathlib import Path
 
+from rtransfer.buffers import QUEUE_CHUNKS, BufferPool
+from rtransfer.cli.listen import open_listener
+from rtransfer.codes import new_code, normalise_code
 from rtransfer.crypto import KeyExchange, TransferKeys
 from rtransfer.errors import HandshakeError, IntegrityError, ProtocolViolation, RemoteError, RtransferError, WrongCode
-from rtransfer.listen import new_code, normalise_code, open_listener
-from rtransfer.pipeline import QUEUE_CHUNKS, BufferPool, RecvItem, write_chunks
 from rtransfer.protocol.constants import Phase
 from rtransfer.protocol.events import (
     ChunkArrived,
@@ -30,8 +31,10 @@ from rtransfer.protocol.events import (
 from rtransfer.protocol.messages import Data
 from rtransfer.protocol.model import reorder_span
 from rtransfer.protocol.receiver import ReceiverMachine
+from rtransfer.receiving.sink import DirectorySink, Sink
+from rtransfer.receiving.stdout import StdoutSink
+from rtransfer.receiving.writer import RecvItem, write_chunks
 from rtransfer.report import Reporter
-from rtransfer.retry import Backoff
 from rtransfer.session.attempt import Attempt
 from rtransfer.session.config import RecvConfig
 from rtransfer.session.connection import (
@@ -44,10 +47,13 @@ from rtransfer.session.connection import (
 )
 from rtransfer.session.going_direct import GoingDirect
 from rtransfer.session.outcome import named_for, worth_reconnecting
-from rtransfer.sink import DirectorySink, Sink
 from rtransfer.stats import TransferStats
-from rtransfer.stdout_sink import StdoutSink
-from rtransfer.transport import Accept, ConnectionSource, Dial, Outage, Relay, Ssh, StdioLink, keep_connected
+from rtransfer.transport import Accept, Relay
+from rtransfer.transport.reconnect import Outage, keep_connected
+from rtransfer.transport.retry import Backoff
+from rtransfer.transport.source import ConnectionSource, Dial
+from rtransfer.transport.ssh import Ssh
+from rtransfer.transport.stdio_link import StdioLink
 
 
 def recv_budget(span: int, streams: int = 1) -> int:

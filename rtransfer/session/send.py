@@ -9,24 +9,13 @@ import secrets
 from collections import deque
 from collections.abc import Iterator
 
+from rtransfer.buffers import QUEUE_CHUNKS, BufferPool
+from rtransfer.codes import normalise_code
 from rtransfer.compress import Compressor
 from rtransfer.crypto import KeyExchange, TransferKeys
 from rtransfer.delta import Fingerprint, fingerprint
 from rtransfer.errors import ProtocolViolation, RemoteError, RtransferError
-from rtransfer.files import Source, collect_sources, listing, next_batch, with_content_digests
 from rtransfer.filters import parse_specs
-from rtransfer.listen import normalise_code
-from rtransfer.pipeline import (
-    QUEUE_CHUNKS,
-    BufferPool,
-    EndOfFile,
-    Listed,
-    OldCopy,
-    Packed,
-    Reading,
-    SendItem,
-    read_sources,
-)
 from rtransfer.protocol.constants import FrameType
 from rtransfer.protocol.events import (
     Accepted,
@@ -41,9 +30,10 @@ from rtransfer.protocol.events import (
 from rtransfer.protocol.messages import Data
 from rtransfer.protocol.model import Manifest
 from rtransfer.protocol.sender import SenderMachine
-from rtransfer.ratelimit import TokenBucket
 from rtransfer.report import Reporter
-from rtransfer.retry import Backoff
+from rtransfer.sending.ratelimit import TokenBucket
+from rtransfer.sending.reader import EndOfFile, Listed, OldCopy, Packed, Reading, SendItem, read_sources
+from rtransfer.sending.walk import Source, collect_sources, listing, next_batch, with_content_digests
 from rtransfer.session.attempt import Attempt
 from rtransfer.session.config import SendConfig
 from rtransfer.session.connection import Connection, cancel_all, collect_dead_connection, now
@@ -51,7 +41,12 @@ from rtransfer.session.going_direct import GoingDirect
 from rtransfer.session.outcome import named_for, worth_reconnecting
 from rtransfer.session.streams import Dealer, FurtherStream, StreamLinks
 from rtransfer.stats import TransferStats
-from rtransfer.transport import Accept, ConnectionSource, Dial, Outage, Relay, Ssh, StdioLink, keep_connected
+from rtransfer.transport import Accept, Relay
+from rtransfer.transport.reconnect import Outage, keep_connected
+from rtransfer.transport.retry import Backoff
+from rtransfer.transport.source import ConnectionSource, Dial
+from rtransfer.transport.ssh import Ssh
+from rtransfer.transport.stdio_link import StdioLink
 from rtransfer.workers import in_cpu, in_slices, in_worker
 
 # Batches of the file list sent ahead of the reader: enough that the receiver plans the next

@@ -18,18 +18,19 @@ import operator
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from rtransfer.buffers import SENDER_ROOM, BufferPool
 from rtransfer.errors import RtransferError
-from rtransfer.pipeline import SENDER_ROOM, BufferPool
 from rtransfer.protocol.events import ChunkRejected, ChunksAcked, Event, Retransmitted, StreamJoined
 from rtransfer.protocol.messages import Data
-from rtransfer.protocol.scheduler import Scheduler
 from rtransfer.protocol.sender import SenderMachine
 from rtransfer.report import Reporter
-from rtransfer.retry import Backoff, RetryPolicy
 from rtransfer.session.connection import Connection, cancel_all, now
 from rtransfer.session.outcome import worth_reconnecting
+from rtransfer.session.scheduler import Scheduler
 from rtransfer.stats import TransferStats
-from rtransfer.transport import ConnectionSource, Outage, keep_connected
+from rtransfer.transport.reconnect import Outage, keep_connected
+from rtransfer.transport.retry import Backoff, RetryPolicy
+from rtransfer.transport.source import ConnectionSource
 
 
 def sender(conn: Connection) -> SenderMachine:

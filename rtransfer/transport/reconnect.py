@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from rtransfer.errors import NetworkError, RtransferError, reason
-from rtransfer.retry import Backoff
+from rtransfer.transport.retry import Backoff
 from rtransfer.transport.source import ConnectionSource, WaitedOut
 
 C = TypeVar("C", bound=asyncio.BaseProtocol)

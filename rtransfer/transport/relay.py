@@ -28,8 +28,8 @@ import secrets
 import socket
 from collections.abc import Callable
 
+from rtransfer.codes import nameplate
 from rtransfer.crypto import TransferKeys
-from rtransfer.listen import nameplate
 from rtransfer.transport.direct import DirectPath
 from rtransfer.transport.source import ConnectionSource, P, WaitedOut, connect_socket, driven
 from rtransfer.workers import in_cpu

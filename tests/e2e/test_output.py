@@ -9,7 +9,7 @@ import subprocess
 import threading
 from pathlib import Path
 
-from rtransfer.output import MAX_WAITING_BYTES, LineOutput
+from rtransfer.report import MAX_WAITING_BYTES, LineOutput
 from tests.conftest import rtransfer_cmd, run, write_random
 
 

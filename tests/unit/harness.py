@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 import blake3
 
 from rtransfer.crypto import KeyExchange
-from rtransfer.plan import Plan
 from rtransfer.protocol.constants import Phase
 from rtransfer.protocol.events import ChunkReady, EntriesReceived, Event, FileComplete
 from rtransfer.protocol.messages import Frame
@@ -17,7 +16,8 @@ from rtransfer.protocol.reading import FrameDecoder
 from rtransfer.protocol.receiver import ReceiveLimits, ReceiverMachine
 from rtransfer.protocol.sender import SenderMachine
 from rtransfer.protocol.writing import encode_bytes
-from rtransfer.sink import DirectorySink
+from rtransfer.receiving.plan import Plan
+from rtransfer.receiving.sink import DirectorySink
 
 CHUNK = 4096
 CODE = b"7hk2-m9xq-3wfe"

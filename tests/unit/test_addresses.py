@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from rtransfer.cli.options import RemotePath, remote_path, split_recv_arguments
 from rtransfer.errors import UsageError
-from rtransfer.options import RemotePath, remote_path, split_recv_arguments
 
 
 @pytest.mark.parametrize(

@@ -8,9 +8,9 @@ from collections.abc import Callable
 
 import pytest
 
+from rtransfer.codes import new_code, normalise_code
 from rtransfer.crypto import KeyExchange
 from rtransfer.errors import WrongCode
-from rtransfer.listen import new_code, normalise_code
 from rtransfer.protocol.constants import Phase
 from rtransfer.protocol.errors import CorruptFrame, FrameAuthenticationError, LocalProtocolError
 from rtransfer.protocol.events import ChunkRejected, ManifestReceived, Retransmitted, TransferComplete

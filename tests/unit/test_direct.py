@@ -8,7 +8,7 @@ import socket
 
 import pytest
 
-from rtransfer.listen import CODE_ALPHABET, nameplate, new_code
+from rtransfer.codes import CODE_ALPHABET, nameplate, new_code
 from rtransfer.transport.direct import DirectTry, Refused, direct_secret, prove
 from rtransfer.transport.relay import code_token, stream_token
 

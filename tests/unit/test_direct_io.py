@@ -11,14 +11,14 @@ from typing import Any
 
 import pytest
 
-from rtransfer import direct_io
-from rtransfer.dest import Spot
-from rtransfer.direct_io import ALIGN, DIRECT_MIN_BYTES, PartialWriter, direct_io_suits, zero_runs
-from rtransfer.pipeline import BufferPool
+from rtransfer.buffers import BufferPool
 from rtransfer.protocol.messages import DATA_HEADER
 from rtransfer.protocol.model import Entry
-from rtransfer.sink import DirectorySink
-from rtransfer.specials import DestPolicy
+from rtransfer.receiving import direct_io
+from rtransfer.receiving.dest import Spot
+from rtransfer.receiving.direct_io import ALIGN, DIRECT_MIN_BYTES, PartialWriter, direct_io_suits, zero_runs
+from rtransfer.receiving.sink import DirectorySink
+from rtransfer.receiving.specials import DestPolicy
 from tests.unit.harness import plan_alone
 
 CHUNK = 16 * ALIGN

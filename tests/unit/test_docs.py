@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from rtransfer.cli import app
+from rtransfer.cli.commands import app
 from rtransfer.errors import RtransferError
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -9,8 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from rtransfer.errors import LocalIOError
-from rtransfer.files import collect_sources, listing, next_batch
 from rtransfer.names import link_stays_inside, safe_relative_path
+from rtransfer.sending.walk import collect_sources, listing, next_batch
 
 
 @pytest.mark.parametrize(
@@ -66,7 +66,7 @@ def test_a_dest_whose_nearest_existing_parent_cannot_be_written_is_refused(
     """Checked before listening (as root every directory is writable, so the refusal is simulated)."""
     import os
 
-    from rtransfer.listen import check_dest
+    from rtransfer.receiving.dest import check_dest
 
     (tmp_path / "ro").mkdir()
     monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != tmp_path / "ro")

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from rtransfer.cli.options import ordered_rules
 from rtransfer.errors import UsageError
-from rtransfer.files import collect_sources, listing
 from rtransfer.filters import filters_from, parse_specs
-from rtransfer.options import ordered_rules
+from rtransfer.sending.walk import collect_sources, listing
 
 
 @pytest.fixture(scope="module")

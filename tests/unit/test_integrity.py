@@ -8,12 +8,12 @@ from pathlib import Path
 import blake3
 import pytest
 
-from rtransfer.dest import DestDirs
 from rtransfer.integrity import READ_STEP_BYTES, FileDigest
-from rtransfer.packs import write_packed
 from rtransfer.protocol.model import Entry
 from rtransfer.protocol.pack import PackedFile
-from rtransfer.specials import DestPolicy
+from rtransfer.receiving.dest import DestDirs
+from rtransfer.receiving.packs import write_packed
+from rtransfer.receiving.specials import DestPolicy
 
 POLICY = DestPolicy()
 

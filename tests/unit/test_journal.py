@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from rtransfer import sink as files
-from rtransfer.journal import JournalRecord, boot_id, read_journal, write_journal
 from rtransfer.protocol.model import Entry
-from rtransfer.sink import DirectorySink
-from rtransfer.specials import DestPolicy
+from rtransfer.receiving import sink as files
+from rtransfer.receiving.journal import JournalRecord, boot_id, read_journal, write_journal
+from rtransfer.receiving.sink import DirectorySink
+from rtransfer.receiving.specials import DestPolicy
 from tests.unit.harness import plan_alone
 
 MIB = 1 << 20

@@ -6,7 +6,7 @@ import asyncio
 import gc
 from pathlib import Path
 
-from rtransfer.pipeline import BufferPool
+from rtransfer.buffers import BufferPool
 
 CHUNK = 1 << 20
 
@@ -75,8 +75,8 @@ async def test_a_producer_waiting_for_room_collects_buffers_dropped_in_a_referen
 def test_a_tree_goes_in_chunks_half_the_size_of_a_files(tmp_path: Path) -> None:
     """A tree's packs keep the receiver's buffers busy while its files are made: smaller chunks keep
     its memory in budget (bench/README.md)."""
-    from rtransfer.configure import send_config
-    from rtransfer.options import SendOptions
+    from rtransfer.cli.configure import send_config
+    from rtransfer.cli.options import SendOptions
 
     (tmp_path / "d").mkdir()
     (tmp_path / "f").write_bytes(b"x")

@@ -6,7 +6,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rtransfer.ratelimit import TokenBucket, chunk_under_limit
+from rtransfer.sending.ratelimit import TokenBucket, chunk_under_limit
 
 MIN_CHUNK = 4096
 

@@ -7,8 +7,9 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from rtransfer.errors import NetworkError, UnknownHost
-from rtransfer.retry import Backoff, RetryPolicy
-from rtransfer.transport import Dial, Outage, keep_connected
+from rtransfer.transport.reconnect import Outage, keep_connected
+from rtransfer.transport.retry import Backoff, RetryPolicy
+from rtransfer.transport.source import Dial
 
 
 def test_delays_grow_exponentially_up_to_the_cap_with_jitter_below() -> None:
@@ -121,7 +122,7 @@ def test_the_default_send_policy_rides_out_a_30_second_outage() -> None:
     """What the README and rtransfer-send(1) promise, even when jitter gives the shortest delays."""
     import inspect
 
-    from rtransfer import cli
+    from rtransfer.cli import commands as cli
 
     params = inspect.signature(cli.send).parameters
     policy = RetryPolicy.for_retries(params["retries"].default, params["retry_max_seconds"].default)
@@ -156,6 +157,6 @@ async def test_a_name_that_does_not_resolve_is_final_a_resolver_failure_is_retri
 
 
 def test_the_retry_defaults_live_in_one_place() -> None:
-    from rtransfer.options import DEFAULT_RETRIES, DEFAULT_RETRY_MAX_S
+    from rtransfer.cli.options import DEFAULT_RETRIES, DEFAULT_RETRY_MAX_S
 
     assert RetryPolicy() == RetryPolicy.for_retries(DEFAULT_RETRIES, DEFAULT_RETRY_MAX_S)

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from rtransfer.protocol.errors import RemoteProtocolError
 from rtransfer.protocol.reorder import Reorder
-from rtransfer.protocol.scheduler import STALL_MIN_S, Scheduler
+from rtransfer.session.scheduler import STALL_MIN_S, Scheduler
 
 MB = 1_000_000
 CHUNK = MB

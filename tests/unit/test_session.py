@@ -14,22 +14,10 @@ from pathlib import Path
 import blake3
 import pytest
 
+from rtransfer.buffers import BufferPool
+from rtransfer.cli.listen import open_listener
 from rtransfer.crypto import KeyExchange
-from rtransfer.direct_io import PartialWriter
 from rtransfer.errors import LocalIOError, ProtocolViolation, RemoteError
-from rtransfer.files import collect_sources, listing, next_batch
-from rtransfer.listen import open_listener
-from rtransfer.pipeline import (
-    BufferPool,
-    EndOfFile,
-    Listed,
-    Packed,
-    Reading,
-    SendItem,
-    read_sources,
-    write_chunks,
-)
-from rtransfer.plan import Plan
 from rtransfer.protocol.constants import FrameType, Phase
 from rtransfer.protocol.events import Accepted, ChunkReady, EntriesReceived, FileComplete, ManifestReceived
 from rtransfer.protocol.messages import Ack, copy_payload
@@ -37,15 +25,20 @@ from rtransfer.protocol.model import Entry, Manifest
 from rtransfer.protocol.receiver import ReceiveLimits, ReceiverMachine
 from rtransfer.protocol.sender import SenderMachine
 from rtransfer.protocol.writing import encode_bytes
+from rtransfer.receiving.direct_io import PartialWriter
+from rtransfer.receiving.plan import Plan
+from rtransfer.receiving.sink import DirectorySink
+from rtransfer.receiving.specials import DestPolicy
+from rtransfer.receiving.writer import write_chunks
 from rtransfer.report import JsonReporter
-from rtransfer.retry import RetryPolicy
+from rtransfer.sending.reader import EndOfFile, Listed, Packed, Reading, SendItem, read_sources
+from rtransfer.sending.walk import collect_sources, listing, next_batch
 from rtransfer.session.config import RecvConfig, SendConfig
 from rtransfer.session.connection import Connection, now
 from rtransfer.session.recv import ReceiveTransfer
 from rtransfer.session.send import SendTransfer
-from rtransfer.sink import DirectorySink
-from rtransfer.specials import DestPolicy
 from rtransfer.stats import TransferStats
+from rtransfer.transport.retry import RetryPolicy
 from tests.unit.harness import plan_alone
 
 CHUNK = 4096

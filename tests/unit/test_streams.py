@@ -126,7 +126,7 @@ def test_a_chunk_past_the_receivers_reorder_window_is_a_protocol_error() -> None
 def test_a_hedged_chunk_counts_as_progress_once_whichever_copy_is_acknowledged_first() -> None:
     import asyncio
 
-    from rtransfer.pipeline import BufferPool
+    from rtransfer.buffers import BufferPool
     from rtransfer.protocol.events import ChunksAcked
     from rtransfer.session.streams import Dealer
     from rtransfer.stats import TransferStats

@@ -12,12 +12,14 @@ from typing import Any
 import blake3
 import pytest
 
-from rtransfer import files, session, sink
-from rtransfer.files import Source
+from rtransfer import session
 from rtransfer.protocol.model import Entry
 from rtransfer.protocol.pack import PackedFile
+from rtransfer.receiving import sink
 from rtransfer.report import Reporter
-from rtransfer.retry import RetryPolicy
+from rtransfer.sending import walk as files
+from rtransfer.sending.walk import Source
+from rtransfer.transport.retry import RetryPolicy
 
 EMPTY_DIGEST = blake3.blake3(b"").hexdigest()
 DIRS = 10

@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 
 from rtransfer import workers
-from rtransfer.files import collect_sources
+from rtransfer.buffers import BufferPool
 from rtransfer.integrity import FileDigest
-from rtransfer.pipeline import BufferPool, Listed, Reading, SendItem, read_sources
 from rtransfer.protocol.events import Accepted
+from rtransfer.sending.reader import Listed, Reading, SendItem, read_sources
+from rtransfer.sending.walk import collect_sources
 from rtransfer.stats import TransferStats
 from rtransfer.workers import in_slices, settle
 

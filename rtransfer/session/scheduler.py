@@ -157,7 +157,7 @@ class Scheduler:
         slower = h.stalled or h.rate_bps is None or h.rate_bps * 2 < fastest  # not just noise between equals
         if not slower or waited <= max(HEDGE_MIN_S, HEDGE_FACTOR * nbytes / fastest):
             return None
-        stream, s = min(others, key=lambda item: (item[1].bytes_in_flight + nbytes) / self._rate(item[1]))
+        _, stream, s = min(((s.bytes_in_flight + nbytes) / self._rate(s), stream, s) for stream, s in others)
         return None if s.in_flight and s.bytes_in_flight + nbytes > self.max_in_flight_bytes else stream
 
     # --- what the resource monitor and the display read ------------------------------

@@ -14,8 +14,8 @@ import sys
 from collections.abc import Coroutine
 from typing import Any, NoReturn
 
+from rtransfer.cli.listen import early_signals
 from rtransfer.errors import EXIT_SIGINT, EXIT_SIGTERM, Interrupted, RtransferError
-from rtransfer.listen import early_signals
 from rtransfer.report import Reporter
 from rtransfer.stats import TransferStats
 

@@ -25,11 +25,11 @@ from typing import Any
 
 import aiofiles
 
-from rtransfer.dest import Spot, create_new, open_existing
 from rtransfer.errors import LocalIOError
 from rtransfer.names import shown
 from rtransfer.protocol.model import Buffer, Entry
-from rtransfer.specials import DestPolicy
+from rtransfer.receiving.dest import Spot, create_new, open_existing
+from rtransfer.receiving.specials import DestPolicy
 from rtransfer.workers import in_worker, settle
 
 ALIGN = 4096

@@ -5,12 +5,12 @@ from __future__ import annotations
 import sys
 
 from rtransfer.errors import LocalIOError, UsageError
-from rtransfer.files import local_error
 from rtransfer.integrity import FileDigest
-from rtransfer.packs import check_packed
-from rtransfer.plan import Plan
+from rtransfer.names import local_error
 from rtransfer.protocol.model import Buffer, EntryBatch, Manifest
 from rtransfer.protocol.pack import PackedFile
+from rtransfer.receiving.packs import check_packed
+from rtransfer.receiving.plan import Plan
 from rtransfer.stdio import StdStream
 
 _ZEROS = bytes(1 << 20)

@@ -19,8 +19,7 @@ import typer.main
 from typer import _click as click  # typer 0.28 carries its own click and depends on none
 
 from rtransfer import __version__
-from rtransfer.errors import EXIT_FAILURE, EXIT_SIGINT, EXIT_USAGE, RtransferError, UsageError
-from rtransfer.options import (
+from rtransfer.cli.options import (
     DEFAULT_RETRIES,
     DEFAULT_RETRY_MAX_S,
     DEFAULT_STREAMS,
@@ -37,6 +36,7 @@ from rtransfer.options import (
     remote_path,
     split_recv_arguments,
 )
+from rtransfer.errors import EXIT_FAILURE, EXIT_SIGINT, EXIT_USAGE, RtransferError, UsageError
 
 if TYPE_CHECKING:
     from rtransfer.report import Reporter
@@ -294,7 +294,7 @@ def send(
 
 def _send(options: SendOptions, reporter: "Reporter") -> int:
     try:
-        from rtransfer.configure import send_config
+        from rtransfer.cli.configure import send_config
 
         config = send_config(options)
     except RtransferError as exc:
@@ -306,8 +306,8 @@ def _send(options: SendOptions, reporter: "Reporter") -> int:
             config = _listening_sender(config, reporter)
         except RtransferError as exc:
             return fail(reporter, exc)
-    from rtransfer.runner import run
-    from rtransfer.session import run_send
+    from rtransfer.cli.runner import run
+    from rtransfer.session.send import run_send
 
     run(run_send(config, reporter), reporter)
 
@@ -315,7 +315,8 @@ def _send(options: SendOptions, reporter: "Reporter") -> int:
 def _listening_sender(config: "SendConfig", reporter: "Reporter") -> "SendConfig":
     """send --listen: the socket opened and announced with the code, made up unless given; with
     a relay, the code alone."""
-    from rtransfer.listen import new_code, open_listener
+    from rtransfer.cli.listen import open_listener
+    from rtransfer.codes import new_code
 
     code = config.code or new_code()
     shown = None if config.code else code
@@ -401,8 +402,9 @@ def _recv(options: RecvOptions, reporter: "Reporter") -> int:
     """Listening is announced before the heavy imports: a sender may connect meanwhile."""
     named = bool(options.listen or options.connect or options.pull or options.stdio)  # another way to the peer
     options = replace(options, relay=choose_relay(options.relay, os.environ.get(RELAY_ENV), other_way=named))
-    from rtransfer.listen import new_code, open_listener, record_signals
-    from rtransfer.options import recv_listen
+    from rtransfer.cli.listen import open_listener, record_signals
+    from rtransfer.cli.options import recv_listen
+    from rtransfer.codes import new_code
 
     try:
         host, port = recv_listen(options)
@@ -420,9 +422,9 @@ def _recv(options: RecvOptions, reporter: "Reporter") -> int:
         reporter.listening(bound_host, bound_port, shown)
     elif options.relay is not None:
         reporter.listening(host, port, shown, relay=True)
-    from rtransfer.configure import recv_config
-    from rtransfer.runner import run
-    from rtransfer.session import run_recv
+    from rtransfer.cli.configure import recv_config
+    from rtransfer.cli.runner import run
+    from rtransfer.session.recv import run_recv
 
     run(run_recv(recv_config(options, host, port, code, listener), reporter), reporter)
 

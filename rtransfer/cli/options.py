@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rtransfer.errors import UsageError
-from rtransfer.listen import check_dest
+from rtransfer.receiving.dest import check_dest
 
 DEFAULT_PORT = 7373
 DEFAULT_LISTEN = f"0.0.0.0:{DEFAULT_PORT}"

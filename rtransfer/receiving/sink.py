@@ -13,13 +13,20 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TypeVar
 
-from rtransfer import specials
-from rtransfer.delete import Deletion, Listed
 from rtransfer.delta import DELTA_MIN_BYTES, describe
-from rtransfer.dest import (
+from rtransfer.errors import LocalIOError, UsageError
+from rtransfer.filters import NO_FILTERS, parse_specs
+from rtransfer.integrity import FileDigest, content_digest
+from rtransfer.names import link_stays_inside, local_error, refuse_working_names, safe_relative_path, shown
+from rtransfer.protocol.model import CONTENTS, Basis, Buffer, Entry, EntryBatch, Manifest
+from rtransfer.protocol.pack import PackedFile
+from rtransfer.receiving import specials
+from rtransfer.receiving.delete import Deletion, Listed
+from rtransfer.receiving.dest import (
     DIR_FLAGS,
     DestDirs,
     Spot,
+    check_dest,
     lstat_or_none,
     mark,
     marked,
@@ -29,12 +36,8 @@ from rtransfer.dest import (
     placed,
     remove,
 )
-from rtransfer.direct_io import PartialWriter, direct_io_suits
-from rtransfer.errors import LocalIOError, UsageError
-from rtransfer.files import CONTENTS, local_error
-from rtransfer.filters import NO_FILTERS, parse_specs
-from rtransfer.integrity import FileDigest, content_digest
-from rtransfer.journal import (
+from rtransfer.receiving.direct_io import PartialWriter, direct_io_suits
+from rtransfer.receiving.journal import (
     FSYNC_EVERY_BYTES,
     JournalRecord,
     boot_id,
@@ -43,14 +46,10 @@ from rtransfer.journal import (
     remove_journal,
     write_journal,
 )
-from rtransfer.listen import check_dest
-from rtransfer.names import link_stays_inside, refuse_working_names, safe_relative_path, shown
-from rtransfer.packs import write_packed
-from rtransfer.plan import Draft, Plan
-from rtransfer.protocol.model import Basis, Buffer, Entry, EntryBatch, Manifest
-from rtransfer.protocol.pack import PackedFile
-from rtransfer.specials import DestPolicy
-from rtransfer.stdout_sink import StdoutSink
+from rtransfer.receiving.packs import write_packed
+from rtransfer.receiving.plan import Draft, Plan
+from rtransfer.receiving.specials import DestPolicy
+from rtransfer.receiving.stdout import StdoutSink
 from rtransfer.workers import in_cpu, in_slices, in_worker
 
 # What the receiver keeps of the list until the transfer's end (directories and links to make then,

@@ -31,8 +31,8 @@ import stat
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from rtransfer.dest import journal_name, read_small, remove, replace_file
 from rtransfer.errors import LocalIOError
+from rtransfer.receiving.dest import journal_name, read_small, remove, replace_file
 
 FSYNC_EVERY_BYTES = 256 * 1024 * 1024
 

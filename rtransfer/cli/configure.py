@@ -7,8 +7,7 @@ import os
 import shlex
 from dataclasses import replace
 
-from rtransfer.errors import UsageError
-from rtransfer.options import (
+from rtransfer.cli.options import (
     DEFAULT_WINDOW,
     RecvOptions,
     SendOptions,
@@ -23,11 +22,12 @@ from rtransfer.options import (
     split_send_arguments,
     stream_chunk_bytes,
 )
+from rtransfer.errors import UsageError
 from rtransfer.protocol.constants import MAX_CHUNK_BYTES, MAX_STREAMS, MAX_WINDOW, MIN_CHUNK_BYTES
 from rtransfer.protocol.receiver import ReceiveLimits
-from rtransfer.retry import RetryPolicy
+from rtransfer.receiving.specials import DestPolicy
 from rtransfer.session.config import RecvConfig, SendConfig
-from rtransfer.specials import DestPolicy
+from rtransfer.transport.retry import RetryPolicy
 from rtransfer.transport.ssh import SSH_CODE, SshCommand
 
 
@@ -113,7 +113,7 @@ def send_config(options: SendOptions) -> SendConfig:
     window = _checked_window(options)
     chunk_bytes, rate_bps = _chunk_bytes(options, sources), _rate_bps(options)
     if rate_bps is not None:
-        from rtransfer.ratelimit import chunk_under_limit
+        from rtransfer.sending.ratelimit import chunk_under_limit
 
         chunk_bytes = chunk_under_limit(chunk_bytes, rate_bps, MIN_CHUNK_BYTES)
     options.retry.check()

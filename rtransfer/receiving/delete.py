@@ -10,9 +10,9 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
-from rtransfer.dest import DIR_FLAGS, DestDirs
 from rtransfer.filters import Filters
 from rtransfer.names import shown
+from rtransfer.receiving.dest import DIR_FLAGS, DestDirs
 
 
 class Listed:

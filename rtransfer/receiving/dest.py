@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import stat
+from pathlib import Path
 
 from rtransfer.errors import LocalIOError
 from rtransfer.names import JOURNAL_SUFFIX, MARKER_SUFFIX, PARTIAL_SUFFIX, shown
@@ -122,6 +123,20 @@ def marked(name: str, parent_fd: int, dir_fd: int) -> bool:
         return False
     st = os.fstat(dir_fd)
     return (st.st_dev, st.st_ino) == (device, inode)
+
+
+def check_dest(root: Path) -> None:
+    """Fail before listening if DEST can never work: not a directory, or neither it nor (when it
+    does not exist yet) the nearest directory above it that does can be written."""
+    if root.exists() and not root.is_dir():
+        raise LocalIOError(f"{root}: not a directory")
+    existing = root
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        raise LocalIOError(f"{root}: {existing} is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise LocalIOError(f"{root}: permission denied" + ("" if existing == root else f" (in {existing})"))
 
 
 class Spot:

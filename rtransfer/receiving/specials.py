@@ -8,9 +8,9 @@ import os
 import stat
 from dataclasses import dataclass
 
-from rtransfer.dest import DestDirs, lstat_or_none, placed
 from rtransfer.names import shown
 from rtransfer.protocol.model import Entry
+from rtransfer.receiving.dest import DestDirs, lstat_or_none, placed
 
 _FORMATS = {"fifo": stat.S_IFIFO, "char": stat.S_IFCHR, "block": stat.S_IFBLK}
 EUID, EGID = os.geteuid(), os.getegid()

@@ -9,10 +9,10 @@ from collections.abc import Iterator
 
 import blake3
 
-from rtransfer.dest import DestDirs, create_new, partial_name
 from rtransfer.protocol.model import Buffer, Entry
 from rtransfer.protocol.pack import PackedFile
-from rtransfer.specials import DestPolicy, new_file_group
+from rtransfer.receiving.dest import DestDirs, create_new, partial_name
+from rtransfer.receiving.specials import DestPolicy, new_file_group
 
 
 def _umask() -> int:

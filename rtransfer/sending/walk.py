@@ -3,26 +3,17 @@ the name rules both sides apply (safe relative paths, links that stay inside).""
 
 from __future__ import annotations
 
-import errno
 import os
 import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from rtransfer.errors import LocalIOError, UsageError
+from rtransfer.errors import UsageError
 from rtransfer.filters import NO_FILTERS, Filters
 from rtransfer.integrity import content_digest, source_identity
-from rtransfer.names import is_working_name, link_stays_inside, safe_relative_path, shown
-from rtransfer.protocol.model import MAX_BATCH_ENTRIES, Entry
-
-
-def local_error(exc: OSError, what: str | os.PathLike[str]) -> LocalIOError:
-    reason = exc.strerror or str(exc)
-    if exc.errno == errno.ENOSPC:
-        reason = "no space left on device"
-    return LocalIOError(f"{shown(os.fspath(what))}: {reason}")
-
+from rtransfer.names import is_working_name, link_stays_inside, local_error, safe_relative_path, shown
+from rtransfer.protocol.model import CONTENTS, MAX_BATCH_ENTRIES, Entry
 
 # Files up to this size travel packed, several to a chunk, and are never resumed part-way
 # (re-sending one costs less than journaling it); larger ones go chunk by chunk, resumable.
@@ -72,9 +63,6 @@ def collect_sources(args: list[str], stdin_name: str | None) -> list[Source]:
         raise UsageError("--name applies only to a '-' (standard input) source")
     _check_unique(sources)
     return sources
-
-
-CONTENTS = "."  # the path of a "src/" source: its contents land in DEST itself
 
 
 def _check_unique(sources: list[Source]) -> None:
