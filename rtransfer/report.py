@@ -133,7 +133,7 @@ def _count(n: int, noun: str) -> str:
 
 def _path(stats: TransferStats) -> str:
     """Through a relay, whether the bytes go through it now or direct; nothing when no relay is used."""
-    if stats.path == "relay":
+    if stats.relayed:
         return "via relay"
     return "direct" if stats.relay_bytes else ""
 

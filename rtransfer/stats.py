@@ -74,7 +74,8 @@ class TransferStats:
     wire_sent: int = 0  # bytes written to connections, every frame and header included
     wire_received: int = 0
     relay_bytes: int = 0  # of the wire's bytes, those through a relay (both ways)
-    path: str = "direct"  # how the first connection's bytes travel now: "direct", or "relay"
+    path: str = "direct"  # how the first connection's bytes travel now (transport.Route): "direct", "relay" or "ssh"
+    relayed: bool = False  # ... through a relay
     compression: float | None = None  # send --compress: file bytes per byte sent
     started_at: float = field(default_factory=time.monotonic)
     clock_started: bool = False  # the time runs from the first connection's start, not the wait for it

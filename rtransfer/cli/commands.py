@@ -40,7 +40,6 @@ from rtransfer.errors import EXIT_FAILURE, EXIT_SIGINT, EXIT_USAGE, RtransferErr
 
 if TYPE_CHECKING:
     from rtransfer.report import Reporter
-    from rtransfer.session.config import SendConfig
 
 app = typer.Typer(
     add_completion=True,
@@ -296,37 +295,15 @@ def _send(options: SendOptions, reporter: "Reporter") -> int:
     try:
         from rtransfer.cli.configure import send_config
 
-        config = send_config(options)
+        config = send_config(options, reporter)
     except RtransferError as exc:
         return fail(reporter, exc)
-    if options.no_encrypt and config.ssh is None and not config.stdio:
+    if options.no_encrypt and not config.way.authenticated:
         reporter.warning("--no-encrypt: file contents travel in clear; only the handshake is authenticated")
-    if options.listen is not None or config.relay is not None:
-        try:
-            config = _listening_sender(config, reporter)
-        except RtransferError as exc:
-            return fail(reporter, exc)
     from rtransfer.cli.runner import run
     from rtransfer.session.send import run_send
 
     run(run_send(config, reporter), reporter)
-
-
-def _listening_sender(config: "SendConfig", reporter: "Reporter") -> "SendConfig":
-    """send --listen: the socket opened and announced with the code, made up unless given; with
-    a relay, the code alone."""
-    from rtransfer.cli.listen import open_listener
-    from rtransfer.codes import new_code
-
-    code = config.code or new_code()
-    shown = None if config.code else code
-    if config.relay is not None:
-        reporter.listening(config.host, config.port, shown, role="send", relay=True)
-        return replace(config, code=code, made_code=shown is not None)
-    listener = open_listener(config.host, config.port)
-    host, port = listener.getsockname()[:2]
-    reporter.listening(host, port, shown, role="send")
-    return replace(config, listener=listener, code=code)
 
 
 @app.command(cls=_Command)
@@ -426,7 +403,11 @@ def _recv(options: RecvOptions, reporter: "Reporter") -> int:
     from rtransfer.cli.runner import run
     from rtransfer.session.recv import run_recv
 
-    run(run_recv(recv_config(options, host, port, code, listener), reporter), reporter)
+    try:
+        config = recv_config(options, host, port, code, listener, reporter)
+    except RtransferError as exc:
+        return fail(reporter, exc)
+    run(run_recv(config, reporter), reporter)
 
 
 @app.command(hidden=True)

@@ -1,12 +1,16 @@
-"""Options -> config: the checks that need the protocol's limits, kept apart from the typer
-layer (cli.py) and from running (runner.py)."""
+"""Options -> config: the checks that need the protocol's limits, and the one way to the peer
+(a Way) the options ask for, kept apart from the typer layer (commands.py) and from
+running (runner.py). A new way to reach a machine is a branch here, and its source in transport/."""
 
 from __future__ import annotations
 
 import os
 import shlex
+import socket
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
+from rtransfer.cli.listen import open_listener
 from rtransfer.cli.options import (
     DEFAULT_WINDOW,
     RecvOptions,
@@ -22,13 +26,21 @@ from rtransfer.cli.options import (
     split_send_arguments,
     stream_chunk_bytes,
 )
+from rtransfer.codes import new_code, normalise_code
+from rtransfer.crypto import TransferKeys
 from rtransfer.errors import UsageError
 from rtransfer.protocol.constants import MAX_CHUNK_BYTES, MAX_STREAMS, MAX_WINDOW, MIN_CHUNK_BYTES
 from rtransfer.protocol.receiver import ReceiveLimits
 from rtransfer.receiving.specials import DestPolicy
 from rtransfer.session.config import RecvConfig, SendConfig
+from rtransfer.transport.relay import Relay
 from rtransfer.transport.retry import RetryPolicy
-from rtransfer.transport.ssh import SSH_CODE, SshCommand
+from rtransfer.transport.source import Dial, Listen, Way
+from rtransfer.transport.ssh import SSH_CODE, Ssh, SshCommand
+from rtransfer.transport.stdio_link import StdioLink
+
+if TYPE_CHECKING:
+    from rtransfer.report import Reporter
 
 
 def _chunk_bytes(options: SendOptions, sources: list[str]) -> int:
@@ -105,7 +117,9 @@ def _checked_window(options: SendOptions) -> int:
     return window
 
 
-def send_config(options: SendOptions) -> SendConfig:
+def send_config(options: SendOptions, reporter: Reporter) -> SendConfig:
+    """The send options checked, with the one way to the receiver: a listener or a relay are
+    announced (with the code, made up unless given) before this returns."""
     ssh = _push(options)
     sources, (host, port), relay = _send_reach(options, ssh)
     if ssh is not None or options.stdio:  # over ssh, which authenticates and encrypts: no code, no second cipher
@@ -117,19 +131,17 @@ def send_config(options: SendOptions) -> SendConfig:
 
         chunk_bytes = chunk_under_limit(chunk_bytes, rate_bps, MIN_CHUNK_BYTES)
     options.retry.check()
-    key = options.code if options.code is not None else options.secret
-    if key is None and options.listen is None and relay is None:
-        raise UsageError("pass the code the receiver shows with --code (or a shared --secret)")
+    policy = RetryPolicy.for_retries(options.retry.retries, options.retry.retry_max_s)
+    way, keys = _send_way(options, ssh, (host, port), relay is not None, policy.max_total_s, reporter)
     return SendConfig(
         sources,
-        host,
-        port,
+        way,
+        keys,
         options.name,
         chunk_bytes,
         window,
         options.retry.timeout_s,
-        RetryPolicy.for_retries(options.retry.retries, options.retry.retry_max_s),
-        code=key or "",
+        policy,
         encrypt=not options.no_encrypt,
         safe_links=options.safe_links,
         limit_rate_bps=rate_bps,
@@ -137,10 +149,7 @@ def send_config(options: SendOptions) -> SendConfig:
         whole_file=options.whole_file,
         checksum=options.checksum,
         compress=options.compress,
-        relay=relay,
-        direct=options.direct,
-        ssh=ssh,
-        stdio=options.stdio,
+        try_direct=options.direct,
         filters=options.filters,
         delete=options.delete or options.delete_excluded,
         delete_excluded=options.delete_excluded,
@@ -148,18 +157,85 @@ def send_config(options: SendOptions) -> SendConfig:
     )
 
 
-def recv_config(options: RecvOptions, host: str, port: int, code: str, listener: object) -> RecvConfig:
+def _send_way(
+    options: SendOptions,
+    ssh: SshCommand | None,
+    address: tuple[str, int],
+    relay: bool,
+    window_s: float,
+    reporter: Reporter,
+) -> tuple[Way, TransferKeys]:
+    """The way to the receiver, and the keys (a code made up here, unless given, is shown)."""
+    code = options.code if options.code is not None else options.secret
+    if code is None and options.listen is None and not relay:
+        raise UsageError("pass the code the receiver shows with --code (or a shared --secret)")
+    made = code is None
+    code = code or new_code()
+    keys = TransferKeys(normalise_code(code))
+    host, port = address
+    if ssh is not None:
+        return Ssh(ssh, reporter.warning, tell=reporter.item), keys
+    if options.stdio:
+        return StdioLink(reporter.joinable), keys
+    if relay:
+        reporter.listening(host, port, code if made else None, role="send", relay=True)
+        return Relay(host, port, code, keys, window_s, patient=made), keys
+    if options.listen is not None:
+        return Listen(_announced(host, port, code if made else None, "send", reporter)), keys
+    return Dial(host, port, hint=" (is `rtransfer recv` running there?)"), keys
+
+
+def _announced(host: str, port: int, code: str | None, role: str, reporter: Reporter) -> socket.socket:
+    """A listening socket, opened and announced, with the code when it was made up here."""
+    listener = open_listener(host, port)
+    bound_host, bound_port = listener.getsockname()[:2]
+    reporter.listening(bound_host, bound_port, code, role=role)
+    return listener
+
+
+def recv_config(
+    options: RecvOptions, host: str, port: int, code: str, listener: socket.socket | None, reporter: Reporter
+) -> RecvConfig:
+    """The recv options checked, with the one way to the sender (its listener opened, and the
+    listener or the relay announced, by the caller, before the heavy imports)."""
     ssh = None
     if options.pull:
         paths = [r.path or "." for r in options.pull]
         ssh = ssh_command(options, options.pull[0].host, "send", paths, options.sender_flags)
     if ssh is not None or options.stdio:
         code, options = SSH_CODE, replace(options, no_encrypt=True)
+    keys = TransferKeys(normalise_code(code))
+    policy = RetryPolicy.for_retries(options.retry.retries, options.retry.retry_max_s)
+    if ssh is not None:
+        way: Way = Ssh(ssh, reporter.warning)
+    elif options.stdio:
+        way = StdioLink(reporter.joinable)
+    elif options.relay is not None:
+        way = Relay(host, port, code, keys, policy.max_total_s, patient=options.code is None)
+    elif options.connect is not None:
+        way = Dial(host, port, hint=" (is `rtransfer send --listen` running there?)")
+    else:
+        assert listener is not None
+        way = Listen(listener)
     limits = ReceiveLimits(
         max_entries=options.max_files, max_total_bytes=parse_size(options.max_bytes), max_streams=options.max_streams
     )
+    return RecvConfig(
+        options.dest,
+        way,
+        keys,
+        options.retry.timeout_s,
+        _dest_policy(options),
+        limits,
+        encrypt=not options.no_encrypt,
+        connect_policy=policy,
+        try_direct=options.direct,
+    )
+
+
+def _dest_policy(options: RecvOptions) -> DestPolicy:
     keep = options.keep
-    policy = DestPolicy(
+    return DestPolicy(
         overwrite=options.overwrite,
         safe_links=options.safe_links,
         delete=options.delete or options.delete_excluded,
@@ -169,22 +245,4 @@ def recv_config(options: RecvOptions, host: str, port: int, code: str, listener:
         owner=keep.owner,
         group=keep.group,
         devices=keep.devices,
-    )
-    return RecvConfig(
-        options.dest,
-        host,
-        port,
-        options.retry.timeout_s,
-        policy,
-        limits,
-        code=code,
-        encrypt=not options.no_encrypt,
-        connect_policy=RetryPolicy.for_retries(options.retry.retries, options.retry.retry_max_s),
-        listener=listener,  # type: ignore[arg-type]
-        dial=options.connect is not None,
-        relay=(host, port) if options.relay is not None else None,
-        made_code=options.code is None,
-        direct=options.direct,
-        ssh=ssh,
-        stdio=options.stdio,
     )

@@ -27,6 +27,7 @@ from rtransfer.protocol.peer import Peer
 from rtransfer.session.outcome import cause_of, to_error
 from rtransfer.stats import TransferStats
 from rtransfer.transport.reconnect import Moved
+from rtransfer.transport.source import Route
 
 INBOX_PAUSE_EVENTS = 2  # with QUEUE_CHUNKS, what keeps the largest chunks in the memory budget
 CLOSE_GRACE_S = 2.0  # for the peer to read our ERROR frame before the connection is cut
@@ -48,11 +49,11 @@ class Connection(asyncio.BufferedProtocol):
         machine: Peer,
         pool: BufferPool | None = None,
         stats: TransferStats | None = None,
-        path: str = "direct",
+        route: Route = Route.DIRECT,
         keys: TransferKeys | None = None,
     ) -> None:
         """With a ``pool``, reading also pauses while a frame's buffers would not fit its budget;
-        ``stats`` counts the bytes on the wire (and apart, those through a relay: ``path``).
+        ``stats`` counts the bytes on the wire (and apart, those through a relay: ``route``).
         ``keys``: the transfer's, if this connection's exchange ran on its code (not over ssh,
         whose code is no secret): the first to open the peer's CONFIRM re-keys the transfer, and
         this one, if it ends having spent a guess, ends the transfer as a wrong code would."""
@@ -60,8 +61,8 @@ class Connection(asyncio.BufferedProtocol):
         self._keys = keys
         self._one_guess = keys is not None and keys.resume is None
         self.stats = stats or TransferStats("")
-        self.path = path
-        self._relayed = path == "relay"
+        self.route = route
+        self.relayed = route.relayed
         self.on_writable: Callable[[], None] | None = None  # the transport takes more again
         self._pool = pool
         self._loop = asyncio.get_running_loop()
@@ -93,7 +94,7 @@ class Connection(asyncio.BufferedProtocol):
 
     def buffer_updated(self, nbytes: int) -> None:
         self.stats.wire_received += nbytes
-        if self._relayed:
+        if self.relayed:
             self.stats.relay_bytes += nbytes
         if self._error is not None or self._discard is not None:
             return
@@ -192,7 +193,7 @@ class Connection(asyncio.BufferedProtocol):
             self.transport.writelines(pieces)
             nbytes = sum(memoryview(p).nbytes for p in pieces)
             self.stats.wire_sent += nbytes
-            if self._relayed:
+            if self.relayed:
                 self.stats.relay_bytes += nbytes
 
     def all_written(self) -> bool:

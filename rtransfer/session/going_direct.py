@@ -17,10 +17,9 @@ from rtransfer.errors import NetworkError, ProtocolViolation
 from rtransfer.protocol.constants import Phase, Role
 from rtransfer.protocol.events import DirectChosen, HintsReceived
 from rtransfer.session.connection import Connection
-from rtransfer.transport import Relay
 from rtransfer.transport.direct import PROVE_TIMEOUT_S, DirectTry
 from rtransfer.transport.reconnect import Moved
-from rtransfer.transport.source import ConnectionSource
+from rtransfer.transport.source import Way
 
 DIRECT_WAIT_S = 2.0  # the most the sender's first byte waits for a direct path; the try ends then
 _MOVABLE = (Phase.OFFERING, Phase.TRANSFERRING)  # once the sender's DONE is out, moving is pointless
@@ -30,8 +29,8 @@ class GoingDirect:
     """One relayed connection's try. ``enabled``: this side may go direct (not --no-direct);
     a side that may not still answers, with no addresses, so the other stops trying."""
 
-    def __init__(self, source: ConnectionSource, conn: Connection, enabled: bool) -> None:
-        self.relay = source if isinstance(source, Relay) and conn.path == "relay" else None
+    def __init__(self, way: Way, conn: Connection, enabled: bool) -> None:
+        self.relay = way if way.relayed and conn.relayed else None
         self.conn = conn
         self.machine = conn.machine
         self.enabled = enabled

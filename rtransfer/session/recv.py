@@ -8,9 +8,7 @@ from collections import deque
 from pathlib import Path
 
 from rtransfer.buffers import QUEUE_CHUNKS, BufferPool
-from rtransfer.cli.listen import open_listener
-from rtransfer.codes import new_code, normalise_code
-from rtransfer.crypto import KeyExchange, TransferKeys
+from rtransfer.crypto import KeyExchange
 from rtransfer.errors import HandshakeError, IntegrityError, ProtocolViolation, RemoteError, RtransferError, WrongCode
 from rtransfer.protocol.constants import Phase
 from rtransfer.protocol.events import (
@@ -48,12 +46,8 @@ from rtransfer.session.connection import (
 from rtransfer.session.going_direct import GoingDirect
 from rtransfer.session.outcome import named_for, worth_reconnecting
 from rtransfer.stats import TransferStats
-from rtransfer.transport import Accept, Relay
 from rtransfer.transport.reconnect import Outage, keep_connected
 from rtransfer.transport.retry import Backoff
-from rtransfer.transport.source import ConnectionSource, Dial
-from rtransfer.transport.ssh import Ssh
-from rtransfer.transport.stdio_link import StdioLink
 
 
 def recv_budget(span: int, streams: int = 1) -> int:
@@ -73,53 +67,35 @@ class ReceiveTransfer:
     breaks, wait for the sender to come back; each connection is planned afresh from what is on
     disk, so a reconnect, a restarted sender and a restarted receiver all resume the same way."""
 
-    def __init__(self, config: RecvConfig, reporter: Reporter, source: ConnectionSource | None = None) -> None:
+    def __init__(self, config: RecvConfig, reporter: Reporter) -> None:
         self.config = config
         self.reporter = reporter
         self.sink: Sink = StdoutSink() if config.dest == "-" else DirectorySink(Path(config.dest), config.policy)
         self.sink.check()
         self.stats = TransferStats("recv")
         self.pool = BufferPool(recv_budget(span=0))  # grown once the manifest tells the window
-        self.code = config.code if config.code is not None else new_code()
-        self.keys = TransferKeys(normalise_code(self.code))
+        self.keys = config.keys
         # For the first connection, started before it comes so a sender does not wait for it.
         self.next_kex = KeyExchange(self.keys.code, is_sender=False)
-        self.source = source or self._source(config)
-        hint = " (is `rtransfer send --listen` running there?)" if isinstance(self.source, Dial) else ""
-        self.outage = Outage(Backoff(config.connect_policy), reporter.warning, "the sender", hint)
+        self.way = config.way
+        self.outage = Outage(Backoff(config.connect_policy), reporter.warning, "the sender")
         self.started = False  # some connection got as far as data: the sender may come back
-        self.joins: set[asyncio.Task[None]] = set()
         self.join_failed: asyncio.Future[RtransferError] = asyncio.get_running_loop().create_future()
 
     async def run(self) -> TransferStats:
-        if self.config.listener is None and isinstance(self.source, Accept) and not self.config.stdio:
-            host, port = self.source.listener.getsockname()[:2]
-            self.reporter.listening(host, port, None if self.config.code is not None else self.code)
         try:
             await keep_connected(
-                self.source, self._connection, self._serve, self.outage, self._worth_another, self.config.timeout_s
+                self.way, self._connection, self._serve, self.outage, self._worth_another, self.config.timeout_s
             )
         except RemoteError as exc:
-            raise (named_for(exc, self.source.where) if self.source.path == "ssh" else exc) from None
+            raise (named_for(exc, self.way.where) if self.way.names_remote_errors else exc) from None
         finally:
-            self.source.close()
+            self.way.close()
         return self.stats
-
-    def _source(self, config: RecvConfig) -> ConnectionSource:
-        if config.ssh is not None:
-            return Ssh(config.ssh, self.reporter.warning)
-        if config.stdio:
-            return StdioLink(self.reporter.joinable)
-        if config.relay is not None:
-            window_s = config.connect_policy.max_total_s
-            return Relay(*config.relay, self.code, self.keys, window_s, patient=config.made_code)
-        if config.dial:
-            return Dial(config.host, config.port)
-        return Accept(config.listener or open_listener(config.host, config.port))
 
     def _worth_another(self, exc: RtransferError) -> bool:
         resumable = isinstance(self.sink, DirectorySink)  # standard output cannot be rewound
-        waits = not self.source.dials
+        waits = not self.way.dials
         if not worth_reconnecting(exc, started=self.started, resumable=resumable, waits_for_peer=waits):
             return False
         self.stats.reconnects += 1
@@ -130,16 +106,16 @@ class ReceiveTransfer:
         """Keyed by the code (the exchange started ahead, see __init__) until a connection has proved
         it, then by that session (crypto.TransferKeys); on a direct path found through a relay, by
         that relayed session."""
-        if self.source.secret is not None:
-            kex = KeyExchange(self.source.secret, False, session=True)
+        if self.way.secret is not None:
+            kex = KeyExchange(self.way.secret, False, session=True)
         elif self.keys.resume is not None:
             kex = self.keys.exchange(False)
         else:
             kex, self.next_kex = self.next_kex, KeyExchange(self.keys.code, is_sender=False)
         c = self.config
         machine = ReceiverMachine(now(), c.timeout_s, kex, c.encrypt, c.limits, self.pool)
-        keys = None if self.source.authenticated else self.keys
-        return Connection(machine, self.pool, self.stats, self.source.path, keys)
+        keys = None if self.way.authenticated else self.keys
+        return Connection(machine, self.pool, self.stats, self.way.route, keys)
 
     async def _serve(self, conn: Connection) -> None:
         """The transfer's first connection; while it runs, further ones may join it."""
@@ -151,38 +127,23 @@ class ReceiveTransfer:
             await self.sink.suspend()
             raise
         finally:
-            await cancel_all([joining, *self.joins])
+            await cancel_all([joining])
 
     async def _joins(self, control: ReceiveAttempt) -> None:
-        """The further connections the manifest asks for: dialed, or taken as they arrive,
-        whichever the source of this side's further connections does."""
+        """The further connections the manifest asks for, each kept by the one reconnect loop: dialed
+        or taken as they arrive, whichever the way of this side's further connections does."""
         await control.manifest_known.wait()
-        if self.source.further(1).dials:
-            streams = control.machine.manifest.streams
-            await asyncio.gather(*(self._dial_join(control, stream) for stream in range(1, streams)))
-        else:
-            await self._take_joins(control, self.source.further(1))
+        streams = control.machine.manifest.streams
+        await asyncio.gather(*(self._join(control, stream) for stream in range(1, streams)))
 
-    async def _take_joins(self, control: ReceiveAttempt, source: ConnectionSource) -> None:
-        """Connections arriving while a transfer runs may join it, up to its streams."""
-        while True:
-            conn = await source.open(self._connection, None, None)
-            if len(self.joins) + 1 >= control.machine.manifest.streams:
-                if conn.transport is not None:
-                    conn.transport.close()
-                continue
-            task = asyncio.ensure_future(JoinAttempt(self, control, conn).run())
-            self.joins.add(task)
-            task.add_done_callback(self.joins.discard)
-
-    async def _dial_join(self, control: ReceiveAttempt, stream: int) -> None:
-        """One further connection, dialed again under the retry policy while the transfer runs."""
+    async def _join(self, control: ReceiveAttempt, stream: int) -> None:
+        """One further connection, opened again under the retry policy while the transfer runs."""
         say = functools.partial(_say_for_stream, self.reporter, stream)
         outage = Outage(Backoff(self.config.connect_policy), say, "the sender")
         serve = functools.partial(self._joined, control, outage)
         try:
             await keep_connected(
-                self.source.further(stream),
+                self.way.further(stream),
                 self._connection,
                 serve,
                 outage,
@@ -193,7 +154,7 @@ class ReceiveTransfer:
             say(f"{exc.message}; going on without it")
 
     async def _joined(self, control: ReceiveAttempt, outage: Outage, conn: Connection) -> None:
-        await JoinAttempt(self, control, conn, redial=outage).run()
+        await ReceivingStream(self, control, conn, outage).run()
 
     def fail_from_join(self, error: RtransferError) -> None:
         """A further connection failed in a way that ends the transfer (a wrong code: one guess per run)."""
@@ -227,8 +188,8 @@ class ReceiveAttempt(Attempt):
         self.in_order_lock = asyncio.Lock()
         self.start_offsets: dict[int, int] = {}
         self.manifest_known = asyncio.Event()
-        self.direct = GoingDirect(transfer.source, conn, transfer.config.direct)
-        self.stats.path = conn.path
+        self.direct = GoingDirect(transfer.way, conn, transfer.config.try_direct)
+        self.stats.path, self.stats.relayed = conn.route.value, conn.relayed
         self.handlers = {
             HintsReceived: self.direct.on_hints,
             DirectChosen: self.direct.on_chosen,
@@ -374,31 +335,26 @@ class ReceiveAttempt(Attempt):
             await self.handle(event)
 
 
-class JoinAttempt:
+class ReceivingStream:
     """A further connection of the running transfer: its chunks go to the first connection's machine,
-    which puts them in the transfer's order; what that yields goes to the same writer."""
+    which puts them in the transfer's order; what that yields goes to the same writer. One that
+    breaks is raised for its reconnect loop (``outage``) to open again."""
 
-    def __init__(
-        self, transfer: ReceiveTransfer, control: ReceiveAttempt, conn: Connection, redial: Outage | None = None
-    ) -> None:
-        """``redial``: this side dialed the connection, under that outage: a broken one is raised
-        for the reconnect loop to dial again (an accepted one is only reported)."""
+    def __init__(self, transfer: ReceiveTransfer, control: ReceiveAttempt, conn: Connection, outage: Outage) -> None:
         self.transfer = transfer
         self.control = control
         self.conn = conn
-        self.redial = redial
+        self.outage = outage
 
     async def run(self) -> None:
         try:
             await self.conn.run(self.control.done, self.handle)
         except (WrongCode, HandshakeError) as exc:
             self.transfer.fail_from_join(exc)
-        except RtransferError as exc:
+        except RtransferError:
             if self.control.machine.phase is Phase.CLOSED:  # after the transfer, a closed stream is news to no one
                 return
-            if self.redial is not None:
-                raise
-            self.transfer.reporter.warning(f"a further connection: {exc.message}")
+            raise
         finally:
             self.control.pool.recycle(self.conn.leftover_buffers())
 
@@ -408,8 +364,7 @@ class JoinAttempt:
             if event.manifest != running or not 1 <= event.stream < running.streams:
                 raise ProtocolViolation("a connection tried to join another transfer")
         elif isinstance(event, ChunkArrived):
-            if self.redial is not None:
-                self.redial.progress += 1
+            self.outage.progress += 1
             await self.control.take_chunk(self.conn, event.chunk)
         elif isinstance(event, ManifestReceived | EntriesReceived):
             raise ProtocolViolation("a further connection carried a transfer's file list")

@@ -10,9 +10,8 @@ from collections import deque
 from collections.abc import Iterator
 
 from rtransfer.buffers import QUEUE_CHUNKS, BufferPool
-from rtransfer.codes import normalise_code
 from rtransfer.compress import Compressor
-from rtransfer.crypto import KeyExchange, TransferKeys
+from rtransfer.crypto import KeyExchange
 from rtransfer.delta import Fingerprint, fingerprint
 from rtransfer.errors import ProtocolViolation, RemoteError, RtransferError
 from rtransfer.filters import parse_specs
@@ -39,20 +38,15 @@ from rtransfer.session.config import SendConfig
 from rtransfer.session.connection import Connection, cancel_all, collect_dead_connection, now
 from rtransfer.session.going_direct import GoingDirect
 from rtransfer.session.outcome import named_for, worth_reconnecting
-from rtransfer.session.streams import Dealer, FurtherStream, StreamLinks
+from rtransfer.session.streams import Dealer, FurtherStream, StreamContext
 from rtransfer.stats import TransferStats
-from rtransfer.transport import Accept, Relay
 from rtransfer.transport.reconnect import Outage, keep_connected
 from rtransfer.transport.retry import Backoff
-from rtransfer.transport.source import ConnectionSource, Dial
-from rtransfer.transport.ssh import Ssh
-from rtransfer.transport.stdio_link import StdioLink
 from rtransfer.workers import in_cpu, in_slices, in_worker
 
 # Batches of the file list sent ahead of the reader: enough that the receiver plans the next
 # while the current one's data flows, few enough that memory does not follow the tree's size.
 LIST_AHEAD_BATCHES = 3
-UNREACHABLE_HINT = " (is `rtransfer recv` running there?)"
 HEDGE_CHECK_S = 0.05  # how often a blocked send loop looks for a chunk stuck behind a slow connection
 
 
@@ -74,12 +68,12 @@ class SendTransfer:
     """What outlives a connection: the sources, the counters, the buffer pool and the backoff.
     A broken connection is followed by another; the receiver says where to resume."""
 
-    def __init__(self, config: SendConfig, reporter: Reporter, source: ConnectionSource | None = None) -> None:
+    def __init__(self, config: SendConfig, reporter: Reporter) -> None:
         self.config = config
         self.reporter = reporter
         self.sources = collect_sources(config.sources, config.stdin_name)  # first: a missing one opens nothing
-        self.keys = TransferKeys(normalise_code(config.code))
-        self.source = source or self._source(config, reporter)
+        self.keys = config.keys
+        self.way = config.way
         self.manifest = Manifest(
             secrets.token_hex(16),
             config.chunk_bytes,
@@ -93,27 +87,16 @@ class SendTransfer:
         )
         self.stats = TransferStats("send")
         self.pool = BufferPool(send_budget(config.window, config.streams))
-        hint = UNREACHABLE_HINT if isinstance(self.source, Dial) else ""
-        self.outage = Outage(Backoff(config.connect_policy), reporter.warning, "the receiver", hint)
+        self.outage = Outage(Backoff(config.connect_policy), reporter.warning, "the receiver")
         self.resumable = all(s.local is not None for s in self.sources)  # standard input cannot be read again
         rate = config.limit_rate_bps
         self.bucket = TokenBucket(rate, now()) if rate else None  # one for the transfer, across reconnects
         self.compressor = Compressor() if config.compress else None
 
-    def _source(self, config: SendConfig, reporter: Reporter) -> ConnectionSource:
-        if config.ssh is not None:
-            return Ssh(config.ssh, reporter.warning, tell=reporter.item)
-        if config.stdio:
-            return StdioLink(reporter.joinable)
-        if config.relay is not None:
-            window_s = config.connect_policy.max_total_s
-            return Relay(*config.relay, config.code, self.keys, window_s, patient=config.made_code)
-        return Accept(config.listener) if config.listener else Dial(config.host, config.port)
-
     async def run(self) -> TransferStats:
         try:
             await keep_connected(
-                self.source,
+                self.way,
                 self.connection,
                 self._serve,
                 self.outage,
@@ -121,9 +104,9 @@ class SendTransfer:
                 self.config.timeout_s,
             )
         except RemoteError as exc:
-            raise (named_for(exc, self.source.where) if self.source.path == "ssh" else exc) from None
+            raise (named_for(exc, self.way.where) if self.way.names_remote_errors else exc) from None
         finally:
-            self.source.close()
+            self.way.close()
         if self.compressor is not None:
             self.stats.compression = self.compressor.ratio
         return self.stats
@@ -133,7 +116,7 @@ class SendTransfer:
 
     def _worth_another(self, exc: RtransferError) -> bool:
         started = self.stats.accepted > 0
-        waits = not self.source.dials
+        waits = not self.way.dials
         if not worth_reconnecting(exc, started=started, resumable=self.resumable, waits_for_peer=waits):
             return False
         self.stats.reconnects += 1
@@ -144,12 +127,12 @@ class SendTransfer:
         """A connection of this transfer, with its own key exchange: the first (``stream`` 0), or a
         further one; keyed by the code only until a connection has proved it (crypto.TransferKeys),
         and on a direct path found through a relay, by that session."""
-        secret = self.source.secret
+        secret = self.way.secret
         kex = self.keys.exchange(True) if secret is None else KeyExchange(secret, True, session=True)
         c = self.config
         machine = SenderMachine(self.manifest, now(), c.timeout_s, kex, c.encrypt, buffers=self.pool, stream=stream)
-        keys = None if self.source.authenticated else self.keys
-        return Connection(machine, stats=self.stats, path=self.source.path, keys=keys)
+        keys = None if self.way.authenticated else self.keys
+        return Connection(machine, stats=self.stats, route=self.way.route, keys=keys)
 
 
 class SendAttempt(Attempt):
@@ -177,8 +160,8 @@ class SendAttempt(Attempt):
         self.fingerprinting = asyncio.Semaphore(1)
         self.dealer = Dealer(self.machine, self.pool, self.stats, self.window_open)
         self.further: list[asyncio.Task[None]] = []
-        self.direct = GoingDirect(transfer.source, conn, transfer.config.direct)
-        self.stats.path = conn.path
+        self.direct = GoingDirect(transfer.way, conn, transfer.config.try_direct)
+        self.stats.path, self.stats.relayed = conn.route.value, conn.relayed
         self.handlers = {
             HintsReceived: self.direct.on_hints,
             ChunksAcked: functools.partial(self.on_stream_acked, 0),
@@ -252,8 +235,8 @@ class SendAttempt(Attempt):
         """Open the further connections, all at once, once the transfer has started on the first:
         the first byte never waits for them."""
         t, config = self.transfer, self.transfer.config
-        links = StreamLinks(
-            source=t.source,
+        links = StreamContext(
+            way=t.way,
             make=t.connection,
             done=self.done,
             on_acked=self.on_stream_acked,

@@ -30,7 +30,7 @@ from rtransfer.session.scheduler import Scheduler
 from rtransfer.stats import TransferStats
 from rtransfer.transport.reconnect import Outage, keep_connected
 from rtransfer.transport.retry import Backoff, RetryPolicy
-from rtransfer.transport.source import ConnectionSource
+from rtransfer.transport.source import Way
 
 
 def sender(conn: Connection) -> SenderMachine:
@@ -164,7 +164,7 @@ class Dealer:
         return [
             {
                 "stream": stream,
-                "path": conn.path,
+                "path": conn.route.value,
                 "rate_bps": round(self.scheduler.rate_bps(stream) or 0.0),
                 "in_flight_bytes": self.scheduler.bytes_in_flight(stream),
                 "queued_bytes": conn.queued_bytes,
@@ -176,11 +176,11 @@ class Dealer:
 
 
 @dataclass(frozen=True)
-class StreamLinks:
+class StreamContext:
     """What a further connection needs from its transfer: where connections come from and how
     one is made for a stream, when the transfer is done, where its events go, and the policy."""
 
-    source: ConnectionSource
+    way: Way
     make: Callable[[int], Connection]
     done: asyncio.Event
     on_acked: Callable[[int, ChunksAcked], Awaitable[None]]
@@ -193,7 +193,7 @@ class StreamLinks:
 class FurtherStream:
     """One further connection of a transfer, reconnected under the transfer's retry policy."""
 
-    def __init__(self, dealer: Dealer, links: StreamLinks, stream: int) -> None:
+    def __init__(self, dealer: Dealer, links: StreamContext, stream: int) -> None:
         self.dealer = dealer
         self.links = links
         self.stream = stream
@@ -203,7 +203,7 @@ class FurtherStream:
         links = self.links
         try:
             await keep_connected(
-                links.source.further(self.stream),
+                links.way.further(self.stream),
                 functools.partial(links.make, self.stream),
                 self._carry,
                 self.outage,

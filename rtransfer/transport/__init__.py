@@ -1,27 +1,30 @@
-"""Where connections come from: one interface, "a connected byte stream for this transfer",
-with a source per way of reaching the peer (``source.py``: dial, accept; ``relay.py``: meet
-at a transit relay; ``direct.py``: a direct path found through it; ``ssh.py`` and
-``stdio_link.py``: the two ends of an ssh session), and the one reconnect loop above them
-(``reconnect.py``). The session never knows which source it has.
+"""Where connections come from: one interface, ``Way`` ("a connected byte stream for
+this transfer"), with a source per way of reaching the peer (``source.py``: dial, listen;
+``relay.py``: meet at a transit relay; ``direct.py``: a direct path found through it; ``ssh.py``
+and ``stdio_link.py``: the two ends of an ssh session), the one reconnect loop above them
+(``reconnect.py``) and the one retry policy it follows (``retry.py``). cli/configure.py makes the
+source from the options; the session is given it and never asks which one it has.
 
-A new way to reach a machine is one new class with ``open``, ``further`` and ``close``.
+A new way to reach a machine is one new Way here, a branch in cli/configure.py that
+makes it, and the option that asks for it.
 """
 
 from rtransfer.transport.reconnect import Moved, Outage, keep_connected
 from rtransfer.transport.relay import Relay, code_token
-from rtransfer.transport.source import Accept, ConnectionSource, Dial
+from rtransfer.transport.source import Dial, Listen, Route, Way
 from rtransfer.transport.ssh import Ssh
 from rtransfer.transport.stdio_link import StdioLink
 
 __all__ = [
-    "Accept",
-    "ConnectionSource",
     "Dial",
+    "Listen",
     "Moved",
     "Outage",
     "Relay",
+    "Route",
     "Ssh",
     "StdioLink",
+    "Way",
     "code_token",
     "keep_connected",
 ]

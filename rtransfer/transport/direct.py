@@ -22,7 +22,7 @@ import secrets
 import socket
 from collections.abc import Callable
 
-from rtransfer.transport.source import Accept, Dial, P, connect_socket, driven
+from rtransfer.transport.source import Dial, Listen, P, Way, connect_socket, driven
 
 NONCE_BYTES = 16
 PROOF_BYTES = 32
@@ -185,7 +185,7 @@ class DirectTry:
             return DirectPath(sock, self.secret, Dial(*dialed, vet=vet))
         assert self.listener is not None
         listener, self.listener = self.listener, None
-        return DirectPath(sock, self.secret, Accept(listener, vet=vet))
+        return DirectPath(sock, self.secret, Listen(listener, vet=vet))
 
     def close(self) -> None:
         for task in self.tasks:
@@ -197,28 +197,26 @@ class DirectTry:
             self.listener.close()
 
 
-class DirectPath:
+class DirectPath(Way):
     """The source of a transfer's connections once it has gone direct: the chosen connection
     first, then the further ones from ``rest`` (``DirectTry.take``), keyed by ``secret``."""
 
-    path = "direct"
-    authenticated = False
-
-    def __init__(self, sock: socket.socket, secret: bytes, rest: Dial | Accept) -> None:
-        self.secret: bytes | None = secret
+    def __init__(self, sock: socket.socket, secret: bytes, rest: Dial | Listen) -> None:
+        self._secret = secret
         self.rest = rest
         self.dials = rest.dials
         self.where = rest.where
         self._first: socket.socket | None = sock
+
+    @property
+    def secret(self) -> bytes | None:
+        return self._secret
 
     async def open(self, make: Callable[[], P], timeout_s: float | None, wait_s: float | None) -> P:
         if self._first is not None:
             sock, self._first = self._first, None
             return await driven(make, sock)
         return await self.rest.open(make, timeout_s, wait_s)
-
-    def further(self, stream: int) -> DirectPath:
-        return self
 
     def close(self) -> None:
         if self._first is not None:

@@ -14,7 +14,7 @@ from typing import TypeVar
 
 from rtransfer.errors import NetworkError, RtransferError, reason
 from rtransfer.transport.retry import Backoff
-from rtransfer.transport.source import ConnectionSource, WaitedOut
+from rtransfer.transport.source import WaitedOut, Way
 
 C = TypeVar("C", bound=asyncio.BaseProtocol)
 T = TypeVar("T")
@@ -31,14 +31,13 @@ class Moved(RtransferError):
 class Outage:
     """One outage under the policy, and what the user is told of it: each broken connection
     (``broken``), and once per outage that the peer cannot be reached (``unreachable``),
-    instead of a line per attempt. ``peer`` names the other side; ``hint`` says what to check
-    when it cannot be reached."""
+    instead of a line per attempt. ``peer`` names the other side; the source's ``hint`` says
+    what to check when it cannot be reached."""
 
-    def __init__(self, backoff: Backoff, say: Callable[[str], None], peer: str = "the peer", hint: str = "") -> None:
+    def __init__(self, backoff: Backoff, say: Callable[[str], None], peer: str = "the peer") -> None:
         self.backoff = backoff
         self.say = say
         self.peer = peer
-        self.hint = hint
         self.told_unreachable = False
         self.last: RtransferError | None = None  # what broke the last connection
         # Bumped by the caller as the work moves on: a connection that broke after moving it on
@@ -54,26 +53,26 @@ class Outage:
             wait_s = self.backoff.remaining_s() or 0.0
             self.say(f"{error.message}; waiting up to {wait_s:.0f} s for {self.peer} to come back")
 
-    def unreachable(self, source: ConnectionSource, error: OSError) -> None:
+    def unreachable(self, source: Way, error: OSError) -> None:
         if self.told_unreachable:
             return
         self.told_unreachable = True
         policy = self.backoff.policy
         self.say(
             f"waiting for {self.peer} at {source.where}: {reason(error)}; retrying for up to "
-            f"{policy.max_total_s:g} s ({policy.max_attempts - 1} retries){self.hint}"
+            f"{policy.max_total_s:g} s ({policy.max_attempts - 1} retries){source.hint}"
         )
 
-    def gave_up(self, source: ConnectionSource, error: OSError) -> NetworkError:
+    def gave_up(self, source: Way, error: OSError) -> NetworkError:
         """The final error when no connection came: what went wrong, where, and the hint."""
         if isinstance(error, WaitedOut) or not source.dials:
             waited = f"{self.peer} did not come back within {self.backoff.policy.max_total_s:.0f} s"
             if self.last is not None:
                 return NetworkError(f"{self.last.message}; {waited}")
-            if source.dials:  # reached a relay, where the peer never came
+            if source.rendezvous:  # reached the meeting place, where the peer never came
                 return NetworkError(f"no {self.peer.removeprefix('the ')} is waiting for that code at {source.where}")
             return NetworkError(f"{waited} to {source.where}")
-        return NetworkError(f"could not connect to {source.where}: {reason(error)}{self.hint}")
+        return NetworkError(f"could not connect to {source.where}: {reason(error)}{source.hint}")
 
     def reset(self) -> None:
         self.backoff.reset()
@@ -81,7 +80,7 @@ class Outage:
 
 
 async def keep_connected(
-    source: ConnectionSource,
+    source: Way,
     make: Callable[[], C],
     serve: Callable[[C], Awaitable[T]],
     outage: Outage,

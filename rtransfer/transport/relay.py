@@ -30,8 +30,7 @@ from collections.abc import Callable
 
 from rtransfer.codes import nameplate
 from rtransfer.crypto import TransferKeys
-from rtransfer.transport.direct import DirectPath
-from rtransfer.transport.source import ConnectionSource, P, WaitedOut, connect_socket, driven
+from rtransfer.transport.source import P, Route, WaitedOut, Way, connect_socket, driven
 from rtransfer.workers import in_cpu
 
 SCRYPT_N = 2**15  # 32 MiB and about 0.1 s per guess
@@ -54,14 +53,13 @@ def stream_token(secret: bytes, stream: int) -> str:
     return hmac.new(secret, b"rtransfer relay stream %d" % stream, hashlib.sha256).hexdigest()
 
 
-class Relay:
+class Relay(Way):
     """Pair with the peer at a relay: under the token of ``code`` until ``keys`` are proved, then
     under one of theirs (connection ``stream`` of the transfer). The first connection waits there
     for the peer up to ``window_s``, or as long as it takes when ``patient`` (the side that made up
     the code, as a listener would); a reconnect waits what is left of the outage."""
 
-    dials = True
-    authenticated = False
+    rendezvous = True
 
     def __init__(
         self,
@@ -84,18 +82,22 @@ class Relay:
         self._keys = keys
         self._stream = stream
         self._code_token: str | None = None  # derived on the first open: scrypt's time is spent off the event loop
-        self.direct: DirectPath | None = None  # the path the transfer's connections take, once found
-        self._found: DirectPath | None = None  # found by the last relayed connection: the next open takes it
+        self.direct: Way | None = None  # the path the transfer's connections take, once found
+        self._found: Way | None = None  # found by the last relayed connection: the next open takes it
 
     @property
-    def path(self) -> str:
-        return "direct" if self.direct is not None else "relay"
+    def route(self) -> Route:
+        return Route.DIRECT if self.direct is not None else Route.RELAY
 
     @property
     def secret(self) -> bytes | None:
         return self.direct.secret if self.direct is not None else None
 
-    def go_direct(self, path: DirectPath) -> None:
+    @property
+    def relayed(self) -> bool:
+        return self.direct is None
+
+    def go_direct(self, path: Way) -> None:
         """A relayed connection found a direct path: the next open takes it, and further
         connections follow it. When it breaks, the open after is at the relay again."""
         self._found = path
@@ -131,7 +133,7 @@ class Relay:
             self._code_token = await in_cpu(code_token, self._code)
         return self._code_token
 
-    def further(self, stream: int) -> ConnectionSource:
+    def further(self, stream: int) -> Way:
         if self.direct is not None:
             return self.direct
         return Relay(self.host, self.port, "", self._keys, self.window_s, stream=stream, side=self.side)

@@ -9,7 +9,8 @@ import errno
 import os
 import socket
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol, TypeVar
+from enum import Enum
+from typing import Any, TypeVar
 
 from rtransfer.errors import UnknownHost, reason
 
@@ -24,34 +25,68 @@ class WaitedOut(OSError):
     """The peer did not come within the time ``open`` was given to wait for it: that time is spent."""
 
 
-class ConnectionSource(Protocol):
-    """One way of reaching the peer. ``dials``: a failed ``open`` is worth a pause before the
-    next (a listener's ``open`` is itself the wait). ``authenticated``: the path itself proves
-    who is at the other end (ssh), so the code is no secret there. ``where`` names the peer in messages;
-    ``path`` says how the bytes travel ("direct" or "relay"); ``secret``, when not None, is
-    what the next connection's key exchange runs on instead of the code (direct.py).
+class Route(Enum):
+    """How a connection's bytes travel: the ``path`` of the progress and done events."""
+
+    DIRECT = "direct"  # one TCP connection between the two sides: dialed, accepted, or found through a relay
+    RELAY = "relay"  # through a transit relay, which copies the bytes between two connections
+    SSH = "ssh"  # through an ssh session, which carries the protocol on its standard input and output
+
+    @property
+    def relayed(self) -> bool:
+        """A relay sees (and carries) the bytes, which are counted apart (``relay_bytes``)."""
+        return self is Route.RELAY
+
+
+class Way:
+    """One way of reaching the peer, the one value the session is given (built from the options by
+    cli/configure.py); what differs between the ways is here, never asked of its type:
+
+    - ``dials``: a failed ``open`` is worth a pause before the next (a listener's is the wait);
+    - ``authenticated``: the path itself proves who is at the other end (ssh): the code is no secret;
+    - ``route`` how the bytes travel, ``where`` the peer in messages, and ``hint`` what to check
+      when it cannot be reached;
+    - ``rendezvous``: the peer is met at a third place (a relay), where it may simply not be yet;
+    - ``names_remote_errors``: the peer's errors are said as coming from ``where`` (its host);
+    - ``secret``: what the next connection's key exchange runs on instead of the transfer's keys;
+    - ``relayed``: this connection could still move to a direct path (``go_direct``);
+    - ``further(stream)``: where further connection number ``stream`` comes from.
 
     ``open`` gets ``timeout_s`` to reach the source and ``wait_s`` to wait there for the peer
-    (None: as long as it takes), the time left in the reconnect loop's outage."""
+    (None: as long as it takes), the time left in the reconnect loop's outage; it hands back one
+    connected stream driven by ``make``'s protocol, or raises OSError."""
+
+    dials = True
+    authenticated = False
+    rendezvous = False
+    names_remote_errors = False
+    where = ""
+    hint = ""
 
     @property
-    def dials(self) -> bool: ...
-    @property
-    def authenticated(self) -> bool: ...
-    @property
-    def where(self) -> str: ...
-    @property
-    def path(self) -> str: ...
-    @property
-    def secret(self) -> bytes | None: ...
+    def route(self) -> Route:
+        return Route.DIRECT
 
-    async def open(self, make: Callable[[], P], timeout_s: float | None, wait_s: float | None) -> P: ...
+    @property
+    def secret(self) -> bytes | None:
+        return None
 
-    def further(self, stream: int) -> ConnectionSource:
-        """Where further connection number ``stream`` of a transfer comes from."""
-        ...
+    @property
+    def relayed(self) -> bool:
+        return False
 
-    def close(self) -> None: ...
+    async def open(self, make: Callable[[], P], timeout_s: float | None, wait_s: float | None) -> P:
+        raise NotImplementedError
+
+    def further(self, stream: int) -> Way:
+        return self
+
+    def go_direct(self, path: Way) -> None:
+        """The relayed connection found ``path``: the next ``open`` takes it (only where ``relayed``)."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
 
 
 async def connect_socket(host: str, port: int, timeout_s: float | None) -> socket.socket:
@@ -94,19 +129,15 @@ async def driven(make: Callable[[], P], sock: socket.socket) -> P:
     return proto
 
 
-class Dial:
+class Dial(Way):
     """Connect to HOST:PORT (and, given ``vet``, have the connection pass it)."""
 
-    dials = True
-    authenticated = False
-    path = "direct"
-    secret = None
-
-    def __init__(self, host: str, port: int, vet: Vet | None = None) -> None:
+    def __init__(self, host: str, port: int, vet: Vet | None = None, hint: str = "") -> None:
         self.host = host
         self.port = port
         self.vet = vet
         self.where = f"{host}:{port}"
+        self.hint = hint
 
     async def open(self, make: Callable[[], P], timeout_s: float | None, wait_s: float | None = None) -> P:
         sock = await connect_socket(self.host, self.port, timeout_s)
@@ -114,14 +145,8 @@ class Dial:
             await self.vet(sock)
         return await driven(make, sock)
 
-    def further(self, stream: int) -> Dial:
-        return self
 
-    def close(self) -> None:
-        pass
-
-
-class Accept:
+class Listen(Way):
     """Take connections arriving on a listening socket (opened early by the CLI, see listen.py).
     One task accepts; ``open`` takes the next arrival, waiting at most ``wait_s``, and wraps
     it in ``make``'s protocol, so a listener's key exchange can start before anyone connects.
@@ -131,9 +156,6 @@ class Accept:
     someone opens, this side holds at most MAX_WAITING of them: the rest are closed at once."""
 
     dials = False
-    authenticated = False
-    path = "direct"
-    secret = None
     MAX_VETTING = 4
     MAX_WAITING = 16
 
@@ -175,9 +197,6 @@ class Accept:
         except TimeoutError:
             raise WaitedOut(errno.ETIMEDOUT, f"nobody came back within {wait_s or 0:.0f} s") from None
         return await driven(make, sock)
-
-    def further(self, stream: int) -> Accept:
-        return self
 
     def close(self) -> None:
         if self._pump is not None:

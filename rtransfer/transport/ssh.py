@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from rtransfer import __version__
 from rtransfer.errors import EXIT_AUTH, HandshakeError, RemoteError, RtransferError, UsageError
-from rtransfer.transport.source import P, driven
+from rtransfer.transport.source import P, Route, Way, driven
 
 SSH_CODE = "rtransfer over ssh"  # the handshake's code: ssh has authenticated both ends already
 _KEPT_LINES = 40
@@ -48,14 +48,12 @@ class SshCommand:
     join: tuple[str, ...]
 
 
-class Ssh:
+class Ssh(Way):
     """Sessions of ssh to a host, each running ``ssh.command`` there (see SshCommand); ``say``
     reports what the far side warns about."""
 
-    dials = True
     authenticated = True
-    path = "ssh"
-    secret = None
+    names_remote_errors = True
 
     def __init__(
         self,
@@ -76,6 +74,10 @@ class Ssh:
         self._proc: subprocess.Popen[bytes] | None = None
         self._reader: threading.Thread | None = None
         self._lines: collections.deque[str] = collections.deque(maxlen=_KEPT_LINES)
+
+    @property
+    def route(self) -> Route:
+        return Route.SSH
 
     async def open(self, make: Callable[[], P], timeout_s: float | None, wait_s: float | None) -> P:
         self.close()

@@ -20,7 +20,7 @@ import threading
 from collections.abc import Callable
 
 from rtransfer.errors import NetworkError
-from rtransfer.transport.source import Accept, P, driven
+from rtransfer.transport.source import Listen, P, Route, Way, driven
 
 _COPY_BYTES = 1 << 20
 
@@ -81,16 +81,14 @@ def join(path: str) -> None:
     _bridge(sock).join()
 
 
-class StdioLink:
+class StdioLink(Way):
     """The one connection ssh carries, as a source: a second ``open`` is final (see above).
     Further connections (``--streams``) come as further ssh sessions running ``rtransfer join``,
     through a Unix socket in a directory only this user can enter, announced on standard error
     (``joinable``) for the side that started ssh."""
 
-    dials = True
     authenticated = True
-    path = "ssh"
-    secret = None
+    names_remote_errors = True
     where = "the ssh connection"
 
     def __init__(self, announce: Callable[[str], None]) -> None:
@@ -100,8 +98,12 @@ class StdioLink:
         self._joins.bind(os.path.join(self._dir, "join"))
         self._joins.listen(16)
         self._joins.setblocking(False)
-        self._further = Accept(self._joins)
+        self._further = Listen(self._joins)
         announce(self._further.where)
+
+    @property
+    def route(self) -> Route:
+        return Route.SSH
 
     async def open(self, make: Callable[[], P], timeout_s: float | None, wait_s: float | None) -> P:
         if self._sock is None:
@@ -110,7 +112,7 @@ class StdioLink:
         sock.setblocking(False)
         return await driven(make, sock)
 
-    def further(self, stream: int) -> Accept:
+    def further(self, stream: int) -> Listen:
         return self._further
 
     def close(self) -> None:

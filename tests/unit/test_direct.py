@@ -175,7 +175,7 @@ def _closed_by_peer(sock: socket.socket) -> bool:
 
 async def test_a_vetted_listener_vets_arrivals_at_once_and_holds_a_few() -> None:
     """Further direct connections: vetted concurrently from their accept, never queued unvetted."""
-    from rtransfer.transport.source import Accept
+    from rtransfer.transport.source import Listen
 
     listener = socket.create_server(("127.0.0.1", 0))
     listener.setblocking(False)
@@ -190,14 +190,14 @@ async def test_a_vetted_listener_vets_arrivals_at_once_and_holds_a_few() -> None
             sock.close()
         raise OSError("refused")
 
-    source = Accept(listener, vet=vet)
+    source = Listen(listener, vet=vet)
     task = asyncio.ensure_future(source.open(lambda: asyncio.Protocol(), 5.0, 30.0))
     flood = await _flood(listener.getsockname()[1], 50)
     try:
         async with asyncio.timeout(10):
-            while sum(1 for s in flood if _closed_by_peer(s)) < 50 - Accept.MAX_VETTING:
+            while sum(1 for s in flood if _closed_by_peer(s)) < 50 - Listen.MAX_VETTING:
                 await asyncio.sleep(0.01)
-        assert len(vetting) == Accept.MAX_VETTING and len(source._vetting) == Accept.MAX_VETTING
+        assert len(vetting) == Listen.MAX_VETTING and len(source._vetting) == Listen.MAX_VETTING
     finally:
         gate.set()
         task.cancel()

@@ -77,6 +77,7 @@ def test_a_tree_goes_in_chunks_half_the_size_of_a_files(tmp_path: Path) -> None:
     its memory in budget (bench/README.md)."""
     from rtransfer.cli.configure import send_config
     from rtransfer.cli.options import SendOptions
+    from rtransfer.report import Reporter
 
     (tmp_path / "d").mkdir()
     (tmp_path / "f").write_bytes(b"x")
@@ -85,6 +86,7 @@ def test_a_tree_goes_in_chunks_half_the_size_of_a_files(tmp_path: Path) -> None:
         ([tmp_path / "d"], 1, 4 << 20),
         ([tmp_path / "d"], 2, 2 << 20),
     ):
-        config = send_config(SendOptions([*map(str, sources), "127.0.0.1:9"], code="c", streams=streams))
+        config = send_config(SendOptions([*map(str, sources), "127.0.0.1:9"], code="c", streams=streams), Reporter())
         assert config.chunk_bytes == expected
-    assert send_config(SendOptions([str(tmp_path / "d"), "h:9"], code="c", chunk_size="1M")).chunk_bytes == 1 << 20
+    options = SendOptions([str(tmp_path / "d"), "h:9"], code="c", chunk_size="1M")
+    assert send_config(options, Reporter()).chunk_bytes == 1 << 20

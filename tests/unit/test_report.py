@@ -40,7 +40,7 @@ def test_live_display_says_whether_the_bytes_go_through_the_relay(path: str, rel
     out = io.StringIO()
     reporter = ConsoleReporter(stream=out, live=True, width=200)
     stats = sample_stats()
-    stats.role, stats.path, stats.relay_bytes = "recv", path, relay_bytes
+    stats.role, stats.path, stats.relayed, stats.relay_bytes = "recv", path, path == "relay", relay_bytes
     reporter.started(stats)
     reporter.progress(stats)
     reporter._progress.refresh()

@@ -9,7 +9,7 @@ import pytest
 from rtransfer.errors import NetworkError, UnknownHost
 from rtransfer.transport.reconnect import Outage, keep_connected
 from rtransfer.transport.retry import Backoff, RetryPolicy
-from rtransfer.transport.source import Dial
+from rtransfer.transport.source import Dial, Way
 
 
 def test_delays_grow_exponentially_up_to_the_cap_with_jitter_below() -> None:
@@ -18,30 +18,26 @@ def test_delays_grow_exponentially_up_to_the_cap_with_jitter_below() -> None:
     assert policy.delay_s(3, 0.999) == pytest.approx(0.4 * 0.5, rel=0.01)
 
 
-class Refusing:
-    """A source whose first ``failures`` opens are refused, then hands out ``conn``."""
+class Refusing(Way):
+    """A way whose first ``failures`` opens are refused, then hands out ``conn``."""
 
-    dials = True
     where = "peer.example:9"
-    path = "direct"
+    hint = " (hint)"
 
     def __init__(self, failures: int, conn: object = "conn") -> None:
         self.failures = failures
         self.conn = conn
         self.opens = 0
 
-    async def open(self, make: object, timeout_s: float | None, wait_s: float | None) -> object:
+    async def open(self, make: object, timeout_s: float | None, wait_s: float | None) -> object:  # type: ignore[override]
         self.opens += 1
         if self.opens <= self.failures:
             raise ConnectionRefusedError(111, "Connection refused")
         return self.conn
 
-    def close(self) -> None:
-        pass
-
 
 def outage(said: list[str], **policy: float) -> Outage:
-    return Outage(Backoff(RetryPolicy(base_delay_s=0.001, **policy)), said.append, "the receiver", " (hint)")  # type: ignore[arg-type]
+    return Outage(Backoff(RetryPolicy(base_delay_s=0.001, **policy)), said.append, "the receiver")  # type: ignore[arg-type]
 
 
 async def serve_ok(conn: object) -> str:

@@ -16,7 +16,7 @@ import pytest
 
 from rtransfer.buffers import BufferPool
 from rtransfer.cli.listen import open_listener
-from rtransfer.crypto import KeyExchange
+from rtransfer.crypto import KeyExchange, TransferKeys
 from rtransfer.errors import LocalIOError, ProtocolViolation, RemoteError
 from rtransfer.protocol.constants import FrameType, Phase
 from rtransfer.protocol.events import Accepted, ChunkReady, EntriesReceived, FileComplete, ManifestReceived
@@ -39,6 +39,7 @@ from rtransfer.session.recv import ReceiveTransfer
 from rtransfer.session.send import SendTransfer
 from rtransfer.stats import TransferStats
 from rtransfer.transport.retry import RetryPolicy
+from rtransfer.transport.source import Dial, Listen
 from tests.unit.harness import plan_alone
 
 CHUNK = 4096
@@ -176,18 +177,15 @@ class CutOnFirstFile(JsonReporter):
 def configs(tmp_path: Path, **recv: object) -> tuple[RecvConfig, SendConfig]:
     listener = open_listener("127.0.0.1", 0)
     port = listener.getsockname()[1]
-    rx = RecvConfig(
-        str(tmp_path / "out"),
-        "127.0.0.1",
-        port,
-        policy=DestPolicy(direct_io=False),
-        code=CODE,
-        listener=listener,
-        **recv,
-    )  # type: ignore[arg-type]
+    keys = TransferKeys(CODE.encode())
+    rx = RecvConfig(str(tmp_path / "out"), Listen(listener), keys, policy=DestPolicy(direct_io=False), **recv)  # type: ignore[arg-type]
     policy = RetryPolicy(base_delay_s=0.01, max_delay_s=0.05)
     tx = SendConfig(
-        [str(tmp_path / "src")], "127.0.0.1", port, chunk_bytes=16 * CHUNK, code=CODE, connect_policy=policy
+        [str(tmp_path / "src")],
+        Dial("127.0.0.1", port),
+        TransferKeys(CODE.encode()),
+        chunk_bytes=16 * CHUNK,
+        connect_policy=policy,
     )
     return rx, tx
 
@@ -370,8 +368,10 @@ async def test_a_tree_over_four_connections_ends_only_once_everything_arrived(
     rx_config, tx_config = configs(tmp_path)
     tx_config = dataclasses.replace(tx_config, streams=4)
     if sender_listens:  # the receiver dials the sender's socket instead
-        tx_config = dataclasses.replace(tx_config, listener=rx_config.listener)
-        rx_config = dataclasses.replace(rx_config, listener=None, dial=True)
+        tx_config, rx_config = (
+            dataclasses.replace(tx_config, way=rx_config.way),
+            dataclasses.replace(rx_config, way=tx_config.way),
+        )
     received, sent = await asyncio.wait_for(
         asyncio.gather(
             ReceiveTransfer(rx_config, JsonReporter(io.StringIO())).run(),

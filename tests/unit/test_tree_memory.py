@@ -13,6 +13,8 @@ import blake3
 import pytest
 
 from rtransfer import session
+from rtransfer.cli.listen import open_listener
+from rtransfer.crypto import TransferKeys
 from rtransfer.protocol.model import Entry
 from rtransfer.protocol.pack import PackedFile
 from rtransfer.receiving import sink
@@ -20,17 +22,10 @@ from rtransfer.report import Reporter
 from rtransfer.sending import walk as files
 from rtransfer.sending.walk import Source
 from rtransfer.transport.retry import RetryPolicy
+from rtransfer.transport.source import Dial, Listen
 
 EMPTY_DIGEST = blake3.blake3(b"").hexdigest()
 DIRS = 10
-
-
-class Listening(Reporter):
-    def __init__(self) -> None:
-        self.port: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-
-    def listening(self, host: str, port: int, code: str | None) -> None:
-        self.port.set_result(port)
 
 
 def synthetic_walk(entries: int, empty_file: Path) -> Any:
@@ -59,15 +54,18 @@ async def peak_bytes_for(entries: int, tmp_path: Path, monkeypatch: pytest.Monke
     empty.write_bytes(b"")
     monkeypatch.setattr(files.Walk, "entries", synthetic_walk(entries, empty))
     monkeypatch.setattr(sink, "write_packed", no_disk)
-    reporter = Listening()
-    recv = session.RecvConfig(str(tmp_path / "out"), "127.0.0.1", 0, code="memory-test-secret")
+    listener = open_listener("127.0.0.1", 0)
+    recv = session.RecvConfig(str(tmp_path / "out"), Listen(listener), TransferKeys(b"memory-test-secret"))
     gc.collect()
     tracemalloc.start()
     try:
-        receiving = asyncio.ensure_future(session.run_recv(recv, reporter))
-        port = await asyncio.wait_for(asyncio.shield(reporter.port), 30)
+        receiving = asyncio.ensure_future(session.run_recv(recv, Reporter()))
+        port = listener.getsockname()[1]
         send = session.SendConfig(
-            [str(tmp_path / "src")], "127.0.0.1", port, code="memory-test-secret", connect_policy=RetryPolicy()
+            [str(tmp_path / "src")],
+            Dial("127.0.0.1", port),
+            TransferKeys(b"memory-test-secret"),
+            connect_policy=RetryPolicy(),
         )
         sent = await asyncio.wait_for(session.run_send(send, Reporter()), 300)
         received = await asyncio.wait_for(receiving, 30)
