@@ -27,7 +27,6 @@ from spake2 import SPAKE2_A, SPAKE2_B, SPAKEError
 
 from rtransfer.protocol.errors import FrameAuthenticationError, HandshakeRefused
 
-TAG_BYTES = 16
 _NONCE = struct.Struct("!IQ")  # direction, frame counter
 _ID_SENDER = b"rtransfer sender"
 _ID_RECEIVER = b"rtransfer receiver"

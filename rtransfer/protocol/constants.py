@@ -61,6 +61,16 @@ class Role(IntEnum):
     RECEIVER = 2
 
 
+class Track(Enum):
+    """Which table of phases a machine follows: its role, and for a sender, whether it opened the
+    transfer's first connection or a further one (which JOINs it and carries only chunks). A
+    receiver learns which from the frame after CONFIRM (MANIFEST or JOIN)."""
+
+    SENDER = "sender"
+    FURTHER_SENDER = "further sender"
+    RECEIVER = "receiver"
+
+
 class Cause(IntEnum):
     """Why a peer gave up, as its ERROR frame says (the session maps it to an exit code)."""
 
@@ -79,6 +89,8 @@ class Phase(Enum):
     AWAITING_MANIFEST = "awaiting manifest"  # receiver: the peer has proved its keys; MANIFEST or JOIN next
     PLANNING = "planning"  # receiver: manifest in; its driver checks the first batch against the disk
     TRANSFERRING = "transferring"  # the first batch is accepted: data flows
+    JOINING = "joining"  # a further connection's sender: JOIN out; waiting for JOINED
+    CARRYING = "carrying"  # a further connection, joined: chunks and their acknowledgements, nothing else
     FINISHING = "finishing"  # the sender's DONE is out: resends and confirmations only
     CLOSED = "closed"  # both DONEs: the transfer is complete
     ERROR = "error"  # this side failed; nothing more is accepted

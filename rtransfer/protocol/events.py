@@ -107,7 +107,7 @@ class PackReady:
 class ChunkReady:
     """Receiver side: the next chunk, in order, checksum verified, ready to write. ``kind`` says
     what ``payload`` holds: the bytes (DATA), the bytes compressed (ZDATA), or ranges of the
-    old copy here to take them from (COPY); see frames.Data."""
+    old copy here to take them from (COPY); see messages.Data."""
 
     file_index: int
     offset: int

@@ -43,10 +43,9 @@ from rtransfer.protocol.model import Buffer, EntryBatch, Manifest, Signature, Wr
 from rtransfer.protocol.pack import table_bytes_of
 
 MAGIC = b"RTXF"
-PROTOCOL_VERSION = 8  # 3: batched file list, packs; 4: ERROR says a Cause; 5: streams (JOIN, chunk order);
-# 6: delta (SIGNATURE, COPY), compressed chunks (ZDATA), the file list and ACCEPT compressed;
-# 7: include/exclude rules, --delete and --dry-run in MANIFEST; hard links, FIFOs, devices, owners in the list;
-# 8: names as bytes, not UTF-8 text; a linked file marked in the list; HOLE chunks; --delete-excluded
+# Both sides must speak the same version: HELLO refuses any other, so a frame's layout never has to
+# be guessed. Raise it with any change to a frame's layout or meaning (CHANGELOG.md says which).
+PROTOCOL_VERSION = 8
 
 HEADER = struct.Struct("!BIQ")
 PREFIX = struct.Struct("!BI")

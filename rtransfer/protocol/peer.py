@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Concatenate, ParamSpec, Protocol, TypeVar
+from typing import ClassVar, Concatenate, ParamSpec, Protocol, TypeVar
 
-from rtransfer.protocol.constants import Cause, Phase, Role
+from rtransfer.protocol.constants import Cause, Phase, Role, Track
 from rtransfer.protocol.errors import (
     ConnectionFailed,
     HandshakeRefused,
@@ -22,6 +22,7 @@ from rtransfer.protocol.errors import (
     PeerFailed,
     PeerSilent,
     ProtocolError,
+    RemoteProtocolError,
 )
 from rtransfer.protocol.events import DirectChosen, Event, HintsReceived
 from rtransfer.protocol.messages import (
@@ -94,6 +95,9 @@ class Peer:
     """Base of both machines. Feed it bytes and time; drain frames from it."""
 
     role: Role
+    track: Track  # which table of phases it follows (phases.py)
+    # The handler of each frame type (after the class: the subclasses add their own).
+    HANDLERS: ClassVar[dict[type, Callable[..., None]]]
 
     def __init__(
         self, now: float, timeout_s: float, kex: KeyExchange, encrypt: bool = True, buffers: Buffers = FRESH_BUFFERS
@@ -114,6 +118,7 @@ class Peer:
         self._kex = kex
         self._sealer: Sealer | None = None
         self._ping_token = 0
+        self._direct_offered = False  # this side said where it listens for a direct path, and still does
         capabilities = (CAP_ENCRYPT if encrypt else 0) | (CAP_SESSION if kex.session else 0)
         self._hello = Hello(self.role, capabilities=capabilities, auth=kex.message)
         self._send(self._hello)
@@ -131,7 +136,7 @@ class Peer:
 
     def _send_as_told(self, frame: Frame) -> list[Buffer]:
         """Send a frame the driver asked for, if the phase allows it (and move on as the table says)."""
-        self.phase = after_sent(self.role, self.phase, frame_type(frame))
+        self.phase = after_sent(self.track, self.phase, frame_type(frame))
         return self._send(frame)
 
     def held_buffers(self) -> list[Buffer]:
@@ -168,6 +173,7 @@ class Peer:
         sides have proved their keys, so nobody else learns or forges them."""
         if self.phase in AUTHENTICATING or not self.encrypted:
             raise LocalProtocolError(f"HINTS need an encrypted session; this connection is {self.phase.value}")
+        self._direct_offered |= bool(addresses)  # an empty one says only that our dials failed: we still listen
         self._send(Hints(addresses))
 
     @guarded
@@ -220,7 +226,7 @@ class Peer:
     def _process(self, events: list[Event]) -> None:
         for frame in self._decoder.frames():
             arrived_in = self.phase
-            self.phase = after_received(self.role, arrived_in, frame_type(frame))
+            self.phase = after_received(self.track, arrived_in, frame_type(frame))
             try:
                 self._dispatch(frame, events)
             except ProtocolError as exc:
@@ -228,23 +234,33 @@ class Peer:
                 raise
 
     def _dispatch(self, frame: Frame | CorruptChunk, events: list[Event]) -> None:
-        if isinstance(frame, Hello):
-            self._on_hello(frame)
-        elif isinstance(frame, Confirm):
-            if not self.encrypted:
-                self._decoder.opener = None
-        elif isinstance(frame, Ping):
-            self._send(Pong(frame.token))
-        elif isinstance(frame, ErrorFrame):
-            raise PeerFailed(frame.cause, f"peer: {frame.message}")
-        elif isinstance(frame, Hints):
-            events.append(HintsReceived(frame.addresses))
-        elif isinstance(frame, GoDirect):
-            events.append(DirectChosen(frame.ident))
-        elif not isinstance(frame, Pong):
-            self._handle(frame, events)
+        """To the handler for the frame's type (``HANDLERS``): the phase table has already allowed it."""
+        self.HANDLERS[type(frame)](self, frame, events)
 
-    def _on_hello(self, hello: Hello) -> None:
+    def _on_confirm(self, frame: Confirm, events: list[Event]) -> None:
+        if not self.encrypted:
+            self._decoder.opener = None
+
+    def _on_ping(self, frame: Ping, events: list[Event]) -> None:
+        self._send(Pong(frame.token))
+
+    def _on_pong(self, frame: Pong, events: list[Event]) -> None:
+        pass
+
+    def _on_error(self, frame: ErrorFrame, events: list[Event]) -> None:
+        raise PeerFailed(frame.cause, f"peer: {frame.message}")
+
+    def _on_hints(self, frame: Hints, events: list[Event]) -> None:
+        if not frame.addresses:
+            self._direct_offered = False  # the peer gave up on a direct path: it cannot be named now
+        events.append(HintsReceived(frame.addresses))
+
+    def _on_go_direct(self, frame: GoDirect, events: list[Event]) -> None:
+        if not self._direct_offered:
+            raise RemoteProtocolError("GO_DIRECT names a direct connection this side never offered")
+        events.append(DirectChosen(frame.ident))
+
+    def _on_hello(self, hello: Hello, events: list[Event]) -> None:
         if hello.version != PROTOCOL_VERSION:
             raise HandshakeRefused(
                 f"peer speaks protocol version {hello.version}; this rtransfer speaks {PROTOCOL_VERSION}"
@@ -272,10 +288,6 @@ class Peer:
 
     def _on_keys(self) -> None:
         """Hook: keys are agreed and our CONFIRM is queued (the sender sends its manifest)."""
-
-    def _handle(self, frame: Frame | CorruptChunk, events: list[Event]) -> None:
-        """The frames only one role receives; the phase table has already allowed the type."""
-        raise NotImplementedError
 
     def _after_batch(self, events: list[Event]) -> None:
         """Hook run once per read (the receiver coalesces ACKs here)."""
@@ -305,3 +317,14 @@ class Peer:
     def next_deadline(self) -> float:
         deadline = self._liveness.deadline()
         return deadline if self.phase in STARTED else min(deadline, self._handshake_deadline)
+
+
+Peer.HANDLERS = {
+    Hello: Peer._on_hello,
+    Confirm: Peer._on_confirm,
+    Ping: Peer._on_ping,
+    Pong: Peer._on_pong,
+    ErrorFrame: Peer._on_error,
+    Hints: Peer._on_hints,
+    GoDirect: Peer._on_go_direct,
+}

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
-from rtransfer.protocol.constants import MAX_SIGNATURE_CHUNKS, FrameType, Phase, Role
+from rtransfer.protocol.constants import MAX_SIGNATURE_CHUNKS, FrameType, Phase, Role, Track
 from rtransfer.protocol.errors import LimitExceeded, LocalProtocolError, RemoteProtocolError
 from rtransfer.protocol.events import (
     ChunkArrived,
@@ -32,7 +32,6 @@ from rtransfer.protocol.messages import (
     Done,
     FileEnd,
     FileResult,
-    Frame,
     Join,
     Joined,
     Nack,
@@ -89,6 +88,7 @@ class ReceiverMachine(Peer):
     checked against the file list, so files are still written front to back."""
 
     role = Role.RECEIVER
+    track = Track.RECEIVER
 
     def __init__(
         self,
@@ -98,9 +98,13 @@ class ReceiverMachine(Peer):
         encrypt: bool = True,
         limits: ReceiveLimits | None = None,
         buffers: Buffers = FRESH_BUFFERS,
+        running: Manifest | None = None,
     ) -> None:
+        """``running``: the transfer this side is receiving, when this connection may be a further
+        one of it (JOIN names it); None for its first."""
         super().__init__(now, timeout_s, kex, encrypt, buffers)
         self.limits = limits or ReceiveLimits()
+        self.running = running
         self.manifest = Manifest("", 0, 0)  # the sender's, once it arrives (phase PLANNING on)
         self.stream = 0  # a further connection's number, once it has joined
         self._handed_on = 0  # on a further connection: chunks up to here are in the transfer's order
@@ -217,34 +221,32 @@ class ReceiverMachine(Peer):
         self._maybe_finish(events)
         return events
 
-    def _handle(self, frame: Frame | CorruptChunk, events: list[Event]) -> None:
-        if isinstance(frame, Data):
-            self._on_data(frame, events)
-        elif isinstance(frame, CorruptChunk):
-            self._on_corrupt(frame, events)
-        elif isinstance(frame, Manifest):
-            if frame.streams > self.limits.max_streams:
-                raise LimitExceeded(
-                    f"transfer asks for {frame.streams} connections; the limit is {self.limits.max_streams}"
-                )
-            self.manifest = frame
-            self._reorder = Reorder(reorder_span(frame))
-            events.append(ManifestReceived(frame))
-        elif isinstance(frame, Join):
-            self.manifest, self.stream = frame.manifest, frame.stream
-            self._send(Joined())
-            events.append(JoinRequested(frame.manifest, frame.stream))
-        elif isinstance(frame, EntryBatch):
-            self._on_entries(frame, events)
-        elif isinstance(frame, FileEnd):
-            self._on_file_end(frame, events)
-        elif isinstance(frame, Done):
-            unended = any(f.end is None for f in self._files.values())
-            if not self.stream and (not self._listed_all or self._unplanned or unended):
-                raise RemoteProtocolError("sender finished before listing and ending every file")
-            self._maybe_finish(events)
-        else:
-            raise RemoteProtocolError(f"unexpected {type(frame).__name__} frame from the peer")
+    def _on_manifest(self, frame: Manifest, events: list[Event]) -> None:
+        if self.running is not None:
+            raise RemoteProtocolError("a second MANIFEST while a transfer runs: a further connection JOINs it")
+        if frame.streams > self.limits.max_streams:
+            limit = self.limits.max_streams
+            raise LimitExceeded(f"transfer asks for {frame.streams} connections; the limit is {limit}")
+        self.manifest = frame
+        self._reorder = Reorder(reorder_span(frame))
+        events.append(ManifestReceived(frame))
+
+    def _on_join(self, frame: Join, events: list[Event]) -> None:
+        """A further connection names the running transfer (``running``), and a stream it asked for."""
+        running = self.running
+        if running is None:
+            raise RemoteProtocolError("a further connection arrived before the transfer's first")
+        if frame.manifest != running or not 1 <= frame.stream < running.streams:
+            raise RemoteProtocolError("a connection tried to join another transfer")
+        self.manifest, self.stream = frame.manifest, frame.stream
+        self._send(Joined())
+        events.append(JoinRequested(frame.manifest, frame.stream))
+
+    def _on_done(self, frame: Done, events: list[Event]) -> None:
+        unended = any(f.end is None for f in self._files.values())
+        if not self._listed_all or self._unplanned or unended:
+            raise RemoteProtocolError("sender finished before listing and ending every file")
+        self._maybe_finish(events)
 
     def _on_entries(self, batch: EntryBatch, events: list[Event]) -> None:
         if self._listed_all:
@@ -422,3 +424,15 @@ class ReceiverMachine(Peer):
         self._now = now
         self._handed_on = max(self._handed_on, seq + 1)
         self._send(Ack(self._handed_on, ()))
+
+
+ReceiverMachine.HANDLERS = {
+    **Peer.HANDLERS,
+    Data: ReceiverMachine._on_data,
+    CorruptChunk: ReceiverMachine._on_corrupt,
+    Manifest: ReceiverMachine._on_manifest,
+    Join: ReceiverMachine._on_join,
+    EntryBatch: ReceiverMachine._on_entries,
+    FileEnd: ReceiverMachine._on_file_end,
+    Done: ReceiverMachine._on_done,
+}

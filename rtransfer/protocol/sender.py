@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import OrderedDict, deque
 from dataclasses import dataclass
 
-from rtransfer.protocol.constants import FrameType, Phase, Role
+from rtransfer.protocol.constants import FrameType, Phase, Role, Track
 from rtransfer.protocol.errors import LocalProtocolError, RemoteProtocolError, Unrepairable
 from rtransfer.protocol.events import (
     Accepted,
@@ -21,12 +21,10 @@ from rtransfer.protocol.events import (
 from rtransfer.protocol.messages import (
     Accept,
     Ack,
-    CorruptChunk,
     Data,
     Done,
     FileEnd,
     FileResult,
-    Frame,
     Join,
     Joined,
     Nack,
@@ -106,6 +104,7 @@ class SenderMachine(Peer):
         """``entries``, when given, is the whole file list, sent as one batch (tests, small transfers)."""
         self.manifest = manifest
         self.stream = stream
+        self.track = Track.FURTHER_SENDER if stream else Track.SENDER
         self._early: list[EntryBatch] = []  # batches listed before the keys were agreed
         super().__init__(now, timeout_s, kex, encrypt, buffers)
         self._timer = timer or RetransmitTimer()
@@ -121,6 +120,7 @@ class SenderMachine(Peer):
         self._packs: dict[int, tuple[int, ...]] = {}  # order -> its files, awaiting PACK_RESULT
         self._next_order = 0
         self._undelivered: OrderedDict[int, None] = OrderedDict()  # orders claimed, not yet acknowledged anywhere
+        self._described: dict[int, int] = {}  # files awaiting their ACCEPT: bytes of the old copy described so far
         if entries is not None:
             self.send_entries(entries, True, now)
 
@@ -151,7 +151,7 @@ class SenderMachine(Peer):
         of its first entry. Batches listed before the keys are agreed wait for them."""
         if self._listed_all or self.stream:
             raise LocalProtocolError("send_entries called after the last batch, or on a further connection")
-        self.phase = after_sent(self.role, self.phase, FrameType.ENTRIES)
+        self.phase = after_sent(self.track, self.phase, FrameType.ENTRIES)
         self._now = now
         first = self._next_entry
         self._next_entry += len(entries)
@@ -170,7 +170,8 @@ class SenderMachine(Peer):
         return next(iter(self._unacked)) if self._unacked else self._next_seq
 
     def can_send(self) -> bool:
-        return self.phase is Phase.TRANSFERRING and self._next_seq < self._window_base() + self.manifest.window
+        carries = self.phase in (Phase.TRANSFERRING, Phase.CARRYING)
+        return carries and self._next_seq < self._window_base() + self.manifest.window
 
     def can_claim(self) -> bool:
         """The next chunk's number is within what the receiver may hold out of order."""
@@ -298,29 +299,23 @@ class SenderMachine(Peer):
             del self._paths[index]
         events.append(FilesVerified(file_indices))
 
-    def _handle(self, frame: Frame | CorruptChunk, events: list[Event]) -> None:
-        if isinstance(frame, Ack):
-            self._on_ack(frame, events)
-        elif isinstance(frame, Nack):
-            self._on_nack(frame, events)
-        elif isinstance(frame, Accept) and not self.stream:
-            self._on_accept(frame, events)
-        elif isinstance(frame, Signature) and not self.stream:
-            if not any(frame.file_index in listed.files for listed in self._unaccepted):
-                raise RemoteProtocolError(f"SIGNATURE for entry {frame.file_index}, not a file awaiting its ACCEPT")
-            events.append(SignatureReceived(frame))
-        elif isinstance(frame, Joined) and self.stream:
-            events.append(StreamJoined(self.stream))
-        elif isinstance(frame, FileResult) and frame.file_index in self._ended:
-            self._on_file_result(frame, events)
-        elif isinstance(frame, PackResult) and frame.order in self._packs:
-            self._on_pack_result(frame, events)
-        elif isinstance(frame, Done):
-            if self._paths:
-                raise RemoteProtocolError(f"receiver finished before confirming {len(self._paths)} files")
-            events.append(TransferComplete())
-        else:
-            raise RemoteProtocolError(f"unexpected {type(frame).__name__} frame from the peer")
+    def _on_signature(self, frame: Signature, events: list[Event]) -> None:
+        """Part of the receiver's old copy of a file awaiting its ACCEPT, continuing what was described."""
+        if not any(frame.file_index in listed.files for listed in self._unaccepted):
+            raise RemoteProtocolError(f"SIGNATURE for entry {frame.file_index}, not a file awaiting its ACCEPT")
+        described = self._described.get(frame.file_index, 0)
+        if frame.offset != described:
+            raise RemoteProtocolError(f"SIGNATURE at {frame.offset}; the description so far ends at {described}")
+        self._described[frame.file_index] = described + sum(length for length, _ in frame.chunks)
+        events.append(SignatureReceived(frame))
+
+    def _on_joined(self, frame: Joined, events: list[Event]) -> None:
+        events.append(StreamJoined(self.stream))
+
+    def _on_done(self, frame: Done, events: list[Event]) -> None:
+        if self._paths:
+            raise RemoteProtocolError(f"receiver finished before confirming {len(self._paths)} files")
+        events.append(TransferComplete())
 
     def _on_nack(self, frame: Nack, events: list[Event]) -> None:
         if frame.seq >= self._next_seq:
@@ -338,12 +333,16 @@ class SenderMachine(Peer):
             self._resend(frame.seq, "nack", events)
 
     def _on_file_result(self, frame: FileResult, events: list[Event]) -> None:
+        if frame.file_index not in self._ended:
+            raise RemoteProtocolError(f"FILE_RESULT for file {frame.file_index}, which awaits none")
         if not frame.ok:
             raise Unrepairable(f"{self._path(frame.file_index)}: whole-file BLAKE3 digest mismatch at the receiver")
         self._ended.discard(frame.file_index)
         self._verified((frame.file_index,), events)
 
     def _on_pack_result(self, frame: PackResult, events: list[Event]) -> None:
+        if frame.order not in self._packs:
+            raise RemoteProtocolError(f"PACK_RESULT for {frame.order}, which awaits none")
         files = self._packs.pop(frame.order)
         if not frame.ok:
             names = ", ".join(self._path(i) for i in files[:3])
@@ -354,6 +353,8 @@ class SenderMachine(Peer):
         if not self._unaccepted:
             raise RemoteProtocolError(f"ACCEPT for the batch at {frame.first}, which was never listed")
         listed = self._unaccepted.popleft()
+        for index in listed.files:
+            self._described.pop(index, None)
         if frame.first != listed.first:
             raise RemoteProtocolError(f"ACCEPT for the batch at {frame.first}; expected the one at {listed.first}")
         if not listed.files.issuperset(frame.done) or not listed.files.issuperset(frame.start_offsets):
@@ -418,3 +419,16 @@ class SenderMachine(Peer):
         if self._unacked:
             deadline = min(deadline, self._timer_armed_at + self._timer.rto_s)
         return deadline
+
+
+SenderMachine.HANDLERS = {
+    **Peer.HANDLERS,
+    Ack: SenderMachine._on_ack,
+    Nack: SenderMachine._on_nack,
+    Accept: SenderMachine._on_accept,
+    Signature: SenderMachine._on_signature,
+    Joined: SenderMachine._on_joined,
+    FileResult: SenderMachine._on_file_result,
+    PackResult: SenderMachine._on_pack_result,
+    Done: SenderMachine._on_done,
+}

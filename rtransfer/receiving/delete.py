@@ -15,7 +15,7 @@ from rtransfer.names import shown
 from rtransfer.receiving.dest import DIR_FLAGS, DestDirs
 
 
-class Listed:
+class ListedNames:
     """The names each of the transfer's directories got, kept only when --delete asks for them."""
 
     def __init__(self) -> None:
@@ -42,7 +42,7 @@ class Deletion:
         self.excluded_too = excluded_too  # --delete-excluded: the rules protect nothing
         self.found: list[str] = []
 
-    def run(self, dirs: DestDirs, listed: Listed) -> list[str]:
+    def run(self, dirs: DestDirs, listed: ListedNames) -> list[str]:
         """Every listed directory's extra names. A directory that is not there (a dry run's new one)
         holds nothing."""
         for rel, names in listed.names.items():

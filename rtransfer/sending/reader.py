@@ -39,7 +39,7 @@ class Chunk:
     file_index: int
     offset: int
     payload: Buffer
-    kind: FrameType = FrameType.DATA  # what the payload holds (see frames.Data)
+    kind: FrameType = FrameType.DATA  # what the payload holds (see messages.Data)
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,7 @@ class OldCopy:
 
 
 @dataclass(frozen=True)
-class Listed:
+class AcceptedBatch:
     """A batch of the file list, as the receiver accepted it: what the reader reads next."""
 
     first: int
@@ -118,7 +118,9 @@ class Reading:
         return offset + size
 
 
-async def read_sources(batches: asyncio.Queue[Listed | None], reading: Reading, batch_read: Callable[[], None]) -> None:
+async def read_sources(
+    batches: asyncio.Queue[AcceptedBatch | None], reading: Reading, batch_read: Callable[[], None]
+) -> None:
     """Read each accepted batch's files once, in order: small whole files into packs, the
     others chunk by chunk (or, where the receiver has an old copy, as a delta against it);
     ``batch_read`` after each batch, so the lister may list another."""
@@ -140,7 +142,7 @@ async def read_sources(batches: asyncio.Queue[Listed | None], reading: Reading, 
 SmallFile = tuple[int, str, int]  # file index, path, size
 
 
-def _reading_order(batch: Listed, chunk_bytes: int) -> Iterator[list[SmallFile] | tuple[int, Source, int]]:
+def _reading_order(batch: AcceptedBatch, chunk_bytes: int) -> Iterator[list[SmallFile] | tuple[int, Source, int]]:
     """A batch's files to send, in index order: packs of small whole files (as many as fit a chunk)
     and, one at a time, the others with the offset they resume from."""
     pack_max = min(PACK_FILE_MAX_BYTES, chunk_bytes - table_bytes(1))

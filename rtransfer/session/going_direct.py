@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 
-from rtransfer.errors import NetworkError, ProtocolViolation
+from rtransfer.errors import NetworkError
 from rtransfer.protocol.constants import Phase, Role
 from rtransfer.protocol.events import DirectChosen, HintsReceived
 from rtransfer.session.connection import Connection
@@ -81,8 +81,7 @@ class GoingDirect:
 
     async def on_chosen(self, event: DirectChosen) -> None:
         """Receiver: the sender moved the transfer to a direct connection, named by its id."""
-        if self.found is None or self.relay is None:
-            raise ProtocolViolation("the sender chose a direct connection this side never offered")
+        assert self.found is not None and self.relay is not None  # offered: the machine saw to it
         try:
             async with asyncio.timeout(PROVE_TIMEOUT_S):
                 await self.found.named(event.ident)

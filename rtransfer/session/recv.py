@@ -9,7 +9,7 @@ from pathlib import Path
 
 from rtransfer.buffers import QUEUE_CHUNKS, BufferPool
 from rtransfer.crypto import KeyExchange
-from rtransfer.errors import HandshakeError, IntegrityError, ProtocolViolation, RemoteError, RtransferError, WrongCode
+from rtransfer.errors import HandshakeError, IntegrityError, RemoteError, RtransferError, WrongCode
 from rtransfer.protocol.constants import Phase
 from rtransfer.protocol.events import (
     ChunkArrived,
@@ -27,7 +27,7 @@ from rtransfer.protocol.events import (
     TransferComplete,
 )
 from rtransfer.protocol.messages import Data
-from rtransfer.protocol.model import reorder_span
+from rtransfer.protocol.model import Manifest, reorder_span
 from rtransfer.protocol.receiver import ReceiverMachine
 from rtransfer.receiving.sink import DirectorySink, Sink
 from rtransfer.receiving.stdout import StdoutSink
@@ -80,7 +80,8 @@ class ReceiveTransfer:
         self.way = config.way
         self.outage = Outage(Backoff(config.connect_policy), reporter.warning, "the sender")
         self.started = False  # some connection got as far as data: the sender may come back
-        self.join_failed: asyncio.Future[RtransferError] = asyncio.get_running_loop().create_future()
+        self.stream_failed: asyncio.Future[RtransferError] = asyncio.get_running_loop().create_future()
+        self.running: Manifest | None = None  # while a first connection carries the transfer: further ones JOIN it
 
     async def run(self) -> TransferStats:
         try:
@@ -113,63 +114,64 @@ class ReceiveTransfer:
         else:
             kex, self.next_kex = self.next_kex, KeyExchange(self.keys.code, is_sender=False)
         c = self.config
-        machine = ReceiverMachine(now(), c.timeout_s, kex, c.encrypt, c.limits, self.pool)
+        machine = ReceiverMachine(now(), c.timeout_s, kex, c.encrypt, c.limits, self.pool, self.running)
         keys = None if self.way.authenticated else self.keys
         return Connection(machine, self.pool, self.stats, self.way.route, keys)
 
     async def _serve(self, conn: Connection) -> None:
         """The transfer's first connection; while it runs, further ones may join it."""
         control = ReceiveAttempt(self, conn)
-        joining = asyncio.ensure_future(self._joins(control))
+        streams = asyncio.ensure_future(self._further_streams(control))
         try:
             await control.run()
         except RtransferError:
             await self.sink.suspend()
             raise
         finally:
-            await cancel_all([joining])
+            self.running = None
+            await cancel_all([streams])
 
-    async def _joins(self, control: ReceiveAttempt) -> None:
+    async def _further_streams(self, control: ReceiveAttempt) -> None:
         """The further connections the manifest asks for, each kept by the one reconnect loop: dialed
         or taken as they arrive, whichever the way of this side's further connections does."""
         await control.manifest_known.wait()
         streams = control.machine.manifest.streams
-        await asyncio.gather(*(self._join(control, stream) for stream in range(1, streams)))
+        await asyncio.gather(*(self._keep_stream(control, stream) for stream in range(1, streams)))
 
-    async def _join(self, control: ReceiveAttempt, stream: int) -> None:
+    async def _keep_stream(self, control: ReceiveAttempt, stream: int) -> None:
         """One further connection, opened again under the retry policy while the transfer runs."""
         say = functools.partial(_say_for_stream, self.reporter, stream)
         outage = Outage(Backoff(self.config.connect_policy), say, "the sender")
-        serve = functools.partial(self._joined, control, outage)
+        serve = functools.partial(self._serve_stream, control, outage)
         try:
             await keep_connected(
                 self.way.further(stream),
                 self._connection,
                 serve,
                 outage,
-                _join_worth_another,
+                _stream_worth_another,
                 self.config.timeout_s,
             )
         except RtransferError as exc:
             say(f"{exc.message}; going on without it")
 
-    async def _joined(self, control: ReceiveAttempt, outage: Outage, conn: Connection) -> None:
+    async def _serve_stream(self, control: ReceiveAttempt, outage: Outage, conn: Connection) -> None:
         await ReceivingStream(self, control, conn, outage).run()
 
-    def fail_from_join(self, error: RtransferError) -> None:
+    def fail_from_stream(self, error: RtransferError) -> None:
         """A further connection failed in a way that ends the transfer (a wrong code: one guess per run)."""
-        if not self.join_failed.done():
-            self.join_failed.set_result(error)
+        if not self.stream_failed.done():
+            self.stream_failed.set_result(error)
 
-    async def watch_joins(self) -> None:
-        raise await asyncio.shield(self.join_failed)
+    async def watch_streams(self) -> None:
+        raise await asyncio.shield(self.stream_failed)
 
 
 def _say_for_stream(reporter: Reporter, stream: int, message: str) -> None:
     reporter.warning(f"stream {stream}: {message}")
 
 
-def _join_worth_another(error: RtransferError) -> bool:
+def _stream_worth_another(error: RtransferError) -> bool:
     return worth_reconnecting(error, started=True, resumable=True, waits_for_peer=False)
 
 
@@ -201,7 +203,6 @@ class ReceiveAttempt(Attempt):
             ManifestReceived: self.on_manifest,
             EntriesReceived: self.on_entries,
             TransferComplete: self.on_complete,
-            JoinRequested: self.refuse_join,
             ChunkArrived: self.on_chunk_arrived,
         }
 
@@ -210,7 +211,7 @@ class ReceiveAttempt(Attempt):
             self.queue, self.sink, self.stats, self.verified, self.pack_written, self.start_offsets, self.pool
         )
         try:
-            await self.drive(writer, self.transfer.watch_joins())
+            await self.drive(writer, self.transfer.watch_streams())
         finally:
             self.direct.close()
 
@@ -244,6 +245,7 @@ class ReceiveAttempt(Attempt):
     async def on_manifest(self, event: ManifestReceived) -> None:
         self.pool.budget_buffers = recv_budget(reorder_span(event.manifest), event.manifest.streams)
         self.sink.begin(event.manifest)
+        self.transfer.running = event.manifest
         self.stats.start_listing()
         self.manifest_known.set()
         self.direct.offer()
@@ -306,9 +308,6 @@ class ReceiveAttempt(Attempt):
                 await self.handle(event)
         await self.drain_in_order()
 
-    async def refuse_join(self, event: JoinRequested) -> None:
-        raise ProtocolViolation("a further connection arrived before the transfer's first")
-
     # --- the writer's reports ---------------------------------------------------
     async def verified(self, done_file: FileComplete, ok: bool, digest_hex: str, path: str) -> None:
         events = self.machine.file_verified(done_file.file_index, ok, now())
@@ -350,7 +349,7 @@ class ReceivingStream:
         try:
             await self.conn.run(self.control.done, self.handle)
         except (WrongCode, HandshakeError) as exc:
-            self.transfer.fail_from_join(exc)
+            self.transfer.fail_from_stream(exc)
         except RtransferError:
             if self.control.machine.phase is Phase.CLOSED:  # after the transfer, a closed stream is news to no one
                 return
@@ -359,14 +358,10 @@ class ReceivingStream:
             self.control.pool.recycle(self.conn.leftover_buffers())
 
     async def handle(self, event: Event) -> None:
-        if isinstance(event, JoinRequested):
-            running = self.control.machine.manifest
-            if event.manifest != running or not 1 <= event.stream < running.streams:
-                raise ProtocolViolation("a connection tried to join another transfer")
-        elif isinstance(event, ChunkArrived):
+        """Its chunks go into the transfer's order; anything else the first connection handles (the
+        phase table lets a joined connection carry nothing but chunks)."""
+        if isinstance(event, ChunkArrived):
             self.outage.progress += 1
             await self.control.take_chunk(self.conn, event.chunk)
-        elif isinstance(event, ManifestReceived | EntriesReceived):
-            raise ProtocolViolation("a further connection carried a transfer's file list")
-        else:
+        elif not isinstance(event, JoinRequested):
             await self.control.handle(event)

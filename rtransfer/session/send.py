@@ -13,7 +13,7 @@ from rtransfer.buffers import QUEUE_CHUNKS, BufferPool
 from rtransfer.compress import Compressor
 from rtransfer.crypto import KeyExchange
 from rtransfer.delta import Fingerprint, fingerprint
-from rtransfer.errors import ProtocolViolation, RemoteError, RtransferError
+from rtransfer.errors import RemoteError, RtransferError
 from rtransfer.filters import parse_specs
 from rtransfer.protocol.constants import FrameType
 from rtransfer.protocol.events import (
@@ -31,7 +31,7 @@ from rtransfer.protocol.model import Manifest
 from rtransfer.protocol.sender import SenderMachine
 from rtransfer.report import Reporter
 from rtransfer.sending.ratelimit import TokenBucket
-from rtransfer.sending.reader import EndOfFile, Listed, OldCopy, Packed, Reading, SendItem, read_sources
+from rtransfer.sending.reader import AcceptedBatch, EndOfFile, OldCopy, Packed, Reading, SendItem, read_sources
 from rtransfer.sending.walk import Source, collect_sources, listing, next_batch, with_content_digests
 from rtransfer.session.attempt import Attempt
 from rtransfer.session.config import SendConfig
@@ -149,7 +149,7 @@ class SendAttempt(Attempt):
         self.transfer = transfer
         self.queue: asyncio.Queue[SendItem] = asyncio.Queue(maxsize=QUEUE_CHUNKS)
         self.listed: deque[tuple[int, list[Source]]] = deque()  # sent, awaiting the receiver's ACCEPT
-        self.accepted: asyncio.Queue[Listed | None] = asyncio.Queue()  # for the reader, in order
+        self.accepted: asyncio.Queue[AcceptedBatch | None] = asyncio.Queue()  # for the reader, in order
         self.ahead = asyncio.Semaphore(LIST_AHEAD_BATCHES)
         self.listing_done = False
         self.window_open = asyncio.Event()
@@ -226,7 +226,7 @@ class SendAttempt(Attempt):
             self.dealer.add(0, self.conn)
             self.open_further()
         mine = [i for i in range(first, first + len(batch)) if i in self.bases]
-        self.accepted.put_nowait(Listed(first, batch, event, {i: self.bases.pop(i) for i in mine}))
+        self.accepted.put_nowait(AcceptedBatch(first, batch, event, {i: self.bases.pop(i) for i in mine}))
         self.window_open.set()  # the first ACCEPT opens the window
         if self.listing_done and not self.listed:
             self.all_accepted()
@@ -259,10 +259,6 @@ class SendAttempt(Attempt):
             if path is not None:
                 old.early = asyncio.ensure_future(self.fingerprint_early(path))
                 self.early.append(old.early)
-        if signature.offset != old.matcher.basis_bytes:
-            raise ProtocolViolation(
-                f"SIGNATURE at {signature.offset}; the description so far ends at {old.matcher.basis_bytes}"
-            )
         old.matcher.add(signature.chunks)
 
     async def fingerprint_early(self, path: str) -> Fingerprint:

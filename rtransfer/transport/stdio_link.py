@@ -94,11 +94,11 @@ class StdioLink(Way):
     def __init__(self, announce: Callable[[str], None]) -> None:
         self._sock: socket.socket | None = stdio_socket()
         self._dir = tempfile.mkdtemp(prefix="rtransfer-")  # 0700
-        self._joins = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._joins.bind(os.path.join(self._dir, "join"))
-        self._joins.listen(16)
-        self._joins.setblocking(False)
-        self._further = Listen(self._joins)
+        self._streams = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._streams.bind(os.path.join(self._dir, "join"))
+        self._streams.listen(16)
+        self._streams.setblocking(False)
+        self._further = Listen(self._streams)
         announce(self._further.where)
 
     @property

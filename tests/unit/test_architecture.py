@@ -107,6 +107,10 @@ def test_the_file_side_uses_the_model_without_the_wire_codec() -> None:
         "receiving/direct_io.py",
         "stats.py",
         "receiving/sink.py",
+        "receiving/landing.py",
+        "receiving/plan.py",
+        "receiving/write.py",
+        "receiving/finish.py",
         "receiving/journal.py",
         "receiving/dest.py",
         "receiving/packs.py",
@@ -147,3 +151,58 @@ def test_the_package_imports_only_what_it_declares() -> None:
     distribution = {"re2": "google_re2"}  # a module whose distribution has another name
     third_party = {distribution.get(m, m) for m in needed if m not in sys.stdlib_module_names and m != "rtransfer"}
     assert third_party <= declared, f"imported but not declared in pyproject.toml: {third_party - declared}"
+
+
+# The layers docs/architecture.md draws, bottom to top: a module imports only from its own layer or
+# those below (and the two rooms of the data's way never from each other).
+LAYERS = ["protocol", "shared", "sending receiving", "transport", "session", "cli"]
+ROOMS = ("sending", "receiving")
+
+
+def layer_of(module: str) -> int:
+    parts = module.split(".")
+    room = parts[1] if len(parts) > 1 else ""
+    for number, names in enumerate(LAYERS):
+        if room in names.split():
+            return number
+    return 5 if room == "__main__" else 1  # any other top-level module is shared
+
+
+def test_the_layer_order_the_architecture_states_is_held() -> None:
+    doc = (PACKAGE.parent / "docs" / "architecture.md").read_text()
+    assert "protocol → shared → sending, receiving → transport → session → cli" in doc
+    for path in PACKAGE.rglob("*.py"):
+        module = module_name(path)
+        for imported in imported_modules(path):
+            if not imported.startswith("rtransfer.") or imported.startswith(module + "."):
+                continue
+            assert layer_of(imported) <= layer_of(module), f"{module} imports {imported}, from a higher layer"
+            rooms = {module.split(".")[1], imported.split(".")[1]}
+            assert rooms != set(ROOMS), f"{module} imports {imported}: the sending and receiving rooms stay apart"
+
+
+def test_the_top_level_holds_at_most_fifteen_files() -> None:
+    assert len(list(PACKAGE.glob("*.py"))) <= 15
+
+
+WAYS = {"Way", "Dial", "Listen", "Relay", "Ssh", "StdioLink", "DirectPath"}
+
+
+def test_outside_transport_nothing_asks_which_way_to_the_peer_it_has() -> None:
+    """The way to the peer is one value (transport.Way): what differs between ways is asked of it,
+    never read off its type or its route (a comparison of a route, or of a path with its names)."""
+    for path in PACKAGE.rglob("*.py"):
+        if path.parent.name == "transport":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "isinstance":
+                named = {n.id for n in ast.walk(node.args[1]) if isinstance(n, ast.Name)}
+                named |= {n.attr for n in ast.walk(node.args[1]) if isinstance(n, ast.Attribute)}
+                assert not named & WAYS, f"{path.name}:{node.lineno}: isinstance on a way to the peer"
+            if isinstance(node, ast.Compare):
+                for side in (node.left, *node.comparators):
+                    text = ast.unparse(side)
+                    assert "Route." not in text and not text.endswith(".route"), f"{path.name}:{node.lineno}"
+                    assert not (isinstance(side, ast.Constant) and side.value in ("relay", "ssh")), (
+                        f"{path.name}:{node.lineno}: a route compared by its name"
+                    )

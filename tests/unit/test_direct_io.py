@@ -158,7 +158,7 @@ async def test_the_receiver_writes_large_files_direct_unless_told_to_buffer(tmp_
     sink = DirectorySink(tmp_path / "out", DestPolicy(direct_io=direct_io))
     plan_alone(sink, CHUNK, Entry("big", "file", DIRECT_MIN_BYTES, identity="v1"))
     await sink.write(0, 0, b"x" * CHUNK)
-    assert _direct_flag(sink._open[0]) is direct_io
+    assert _direct_flag(sink.partials._open[0]) is direct_io
     await sink.suspend()
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from rtransfer.protocol.model import Entry
-from rtransfer.receiving import sink as files
+from rtransfer.receiving import write as files
 from rtransfer.receiving.journal import JournalRecord, boot_id, read_journal, write_journal
 from rtransfer.receiving.sink import DirectorySink
 from rtransfer.receiving.specials import DestPolicy
@@ -114,7 +114,7 @@ async def test_syncing_runs_beside_the_writes_and_the_journal_learns_what_it_cov
     partial = (tmp_path / ".f.rtpart").stat()
     assert (journal().device, journal().inode) == (partial.st_dev, partial.st_ino)
     release.set()
-    await asyncio.wait_for(sink._settle_sync(0), 5)
+    await asyncio.wait_for(sink.partials._settle_sync(0), 5)
     await sink.write(0, 4 * MIB, b"x" * MIB)
     assert (journal().written_bytes, journal().durable_bytes) == (5 * MIB, 2 * MIB)
     await sink.suspend()

@@ -587,3 +587,22 @@ def test_file_ends_a_little_behind_the_next_files_bytes_are_fine() -> None:
     digest = blake3.blake3(bytes(CHUNK)).digest()
     pair.to_receiver([FileEnd(i, CHUNK, digest) for i in range(3)])
     assert sum(isinstance(e, FileComplete) for e in pair.receiver_events) == 3
+
+
+def test_go_direct_is_taken_only_where_this_side_offered_a_direct_path() -> None:
+    from rtransfer.protocol.events import DirectChosen
+
+    pair = Pair.handshaken(manifest(CHUNK), encrypt=True)
+    pair.sender.go_direct(b"i" * 32)
+    with pytest.raises(RemoteProtocolError, match="never offered"):
+        pair.to_receiver()
+    pair = Pair.handshaken(manifest(CHUNK), encrypt=True)
+    pair.receiver.send_hints((("10.0.0.1", 4000),))
+    pair.receiver.send_hints(())  # our dials failed; we still listen
+    pair.to_sender()
+    pair.sender.go_direct(b"i" * 32)
+    assert DirectChosen(b"i" * 32) in pair.to_receiver()
+    pair.sender.send_hints(())  # the sender gave up too: the offer is withdrawn
+    pair.sender.go_direct(b"j" * 32)
+    with pytest.raises(RemoteProtocolError, match="never offered"):
+        pair.to_receiver()

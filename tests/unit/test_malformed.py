@@ -7,7 +7,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rtransfer.protocol.constants import Cause, FrameType, Phase, Role
+from rtransfer.protocol.constants import Cause, FrameType, Phase, Role, Track
 from rtransfer.protocol.errors import ProtocolError
 from rtransfer.protocol.messages import (
     Accept,
@@ -97,7 +97,7 @@ for _kind in (FrameType.DATA, FrameType.PACK, FrameType.ZDATA, FrameType.COPY, F
     FRAMES[_kind] = st.builds(Data, uint64, uint32, uint64, chunk_payloads, st.just(_kind), uint64)
 
 # A type the phase does not take is refused whatever it holds (test_phases.py): fields matter only here.
-CASES = [(role, phase, ftype) for role in Role for phase in RECEIVED[role] for ftype in RECEIVED[role][phase]]
+CASES = [(track, phase, ftype) for track in Track for phase in RECEIVED[track] for ftype in RECEIVED[track][phase]]
 any_frame = st.sampled_from(list(FrameType)).flatmap(lambda t: FRAMES[t])
 
 
@@ -105,15 +105,15 @@ def test_every_frame_type_has_a_strategy() -> None:
     assert set(FRAMES) == set(FrameType)
 
 
-@pytest.mark.parametrize(("role", "phase", "ftype"), CASES, ids=lambda v: v.name)
+@pytest.mark.parametrize(("track", "phase", "ftype"), CASES, ids=lambda v: v.name)
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_a_malformed_frame_raises_only_a_protocol_error(
-    role: Role, phase: Phase, ftype: FrameType, data: st.DataObject
+    track: Track, phase: Phase, ftype: FrameType, data: st.DataObject
 ) -> None:
     """The frame of ``ftype`` first, then up to two of any type (a bad frame may only show as wrong later)."""
     frames = [data.draw(FRAMES[ftype]), *data.draw(st.lists(any_frame, max_size=2))]
-    machine, peer = MACHINES[role](phase)
+    machine, peer = MACHINES[track](phase)
     try:
         peer.send(*frames)
     except ProtocolError:

@@ -9,7 +9,7 @@ import blake3
 import pytest
 
 from rtransfer.crypto import KeyExchange
-from rtransfer.protocol.constants import Cause, FrameType, Phase, Role
+from rtransfer.protocol.constants import Cause, FrameType, Phase, Role, Track
 from rtransfer.protocol.errors import ConnectionFailed, LocalProtocolError, ProtocolError, RemoteProtocolError
 from rtransfer.protocol.messages import (
     Accept,
@@ -115,17 +115,36 @@ def sender_in(phase: Phase) -> tuple[SenderMachine, Scripted]:
 
 
 def receiver_in(phase: Phase) -> tuple[ReceiverMachine, Scripted]:
-    receiver = ReceiverMachine(0.0, 30.0, KeyExchange(CODE, False), encrypt=False)
+    running = Manifest("t" * 32, 4096, 4, 2)
+    receiver = ReceiverMachine(0.0, 30.0, KeyExchange(CODE, False), encrypt=False, running=running)
     peer = Scripted(receiver)
     steps: list[Callable[[], object]] = [
         lambda: peer.send(peer.hello),  # -> CONFIRMING
         lambda: peer.send(Confirm()),  # -> AWAITING_MANIFEST
+    ]
+    if phase is Phase.CARRYING:  # a further connection of the running transfer
+        steps.append(lambda: peer.send(Join(running, 1)))
+        return _walk(receiver, peer, phase, steps)
+    receiver.running = None  # the transfer's first connection
+    steps += [
         lambda: peer.send(Manifest("t" * 32, 4096, 4), EntryBatch(0, (Entry("f", "file", 1),), True)),  # -> PLANNING
         lambda: receiver.accept(0, {}, 0.0),  # -> TRANSFERRING
         lambda: peer.send(Data(0, 0, 0, b"x"), FileEnd(0, 1, DIGEST), Done()),  # -> FINISHING
         lambda: receiver.file_verified(0, True, 0.0),  # -> CLOSED
     ]
     return _walk(receiver, peer, phase, steps)
+
+
+def further_sender_in(phase: Phase) -> tuple[SenderMachine, Scripted]:
+    manifest = Manifest("t" * 32, 4096, 4, 2)
+    sender = SenderMachine(manifest, 0.0, 30.0, KeyExchange(CODE, True), encrypt=False, stream=1)
+    peer = Scripted(sender)
+    steps: list[Callable[[], object]] = [
+        lambda: peer.send(peer.hello),  # -> CONFIRMING
+        lambda: peer.send(Confirm()),  # -> JOINING
+        lambda: peer.send(Joined()),  # -> CARRYING
+    ]
+    return _walk(sender, peer, phase, steps)
 
 
 def _walk(machine: M, peer: Scripted, phase: Phase, steps: list[Callable[[], object]]) -> tuple[M, Scripted]:
@@ -139,22 +158,29 @@ def _walk(machine: M, peer: Scripted, phase: Phase, steps: list[Callable[[], obj
     return machine, peer
 
 
-MACHINES: dict[Role, Callable[[Phase], tuple[Peer, Scripted]]] = {Role.SENDER: sender_in, Role.RECEIVER: receiver_in}
-WALK = [(role, phase, ftype) for role in Role for phase in RECEIVED[role] for ftype in FrameType]
+MACHINES: dict[Track, Callable[[Phase], tuple[Peer, Scripted]]] = {
+    Track.SENDER: sender_in,
+    Track.FURTHER_SENDER: further_sender_in,
+    Track.RECEIVER: receiver_in,
+}
+WALK = [(track, phase, ftype) for track in Track for phase in RECEIVED[track] for ftype in FrameType]
 
 
-def test_the_table_names_every_phase_of_each_role() -> None:
-    own = {Role.SENDER: {Phase.OFFERING}, Role.RECEIVER: {Phase.AWAITING_MANIFEST, Phase.PLANNING}}
-    assert set(RECEIVED[Role.SENDER]) == set(Phase) - own[Role.RECEIVER]
-    assert set(RECEIVED[Role.RECEIVER]) == set(Phase) - own[Role.SENDER]
+def test_the_table_names_every_phase_of_each_track() -> None:
+    first = {Phase.GREETING, Phase.CONFIRMING, Phase.TRANSFERRING, Phase.FINISHING, Phase.CLOSED, Phase.ERROR}
+    assert set(RECEIVED[Track.SENDER]) == first | {Phase.OFFERING}
+    assert set(RECEIVED[Track.RECEIVER]) == first | {Phase.AWAITING_MANIFEST, Phase.PLANNING, Phase.CARRYING}
+    further = {Phase.GREETING, Phase.CONFIRMING, Phase.JOINING, Phase.CARRYING, Phase.ERROR}
+    assert set(RECEIVED[Track.FURTHER_SENDER]) == further
+    assert set(Phase) == set(RECEIVED[Track.SENDER]) | set(RECEIVED[Track.RECEIVER]) | further
 
 
-@pytest.mark.parametrize(("role", "phase", "ftype"), WALK, ids=lambda v: getattr(v, "name", v))
+@pytest.mark.parametrize(("track", "phase", "ftype"), WALK, ids=lambda v: getattr(v, "name", v))
 def test_every_frame_in_every_phase_is_taken_or_refused_as_the_table_says(
-    role: Role, phase: Phase, ftype: FrameType
+    track: Track, phase: Phase, ftype: FrameType
 ) -> None:
-    machine, peer = MACHINES[role](phase)
-    allowed = RECEIVED[role][phase]
+    machine, peer = MACHINES[track](phase)
+    allowed = RECEIVED[track][phase]
     if phase is Phase.ERROR:
         with pytest.raises(ConnectionFailed):
             peer.send(SAMPLES[ftype])
@@ -176,19 +202,19 @@ def test_every_frame_in_every_phase_is_taken_or_refused_as_the_table_says(
 
 
 def test_each_legal_move_of_a_transfer_lands_where_the_table_says() -> None:
-    for role, phases in ((Role.SENDER, RECEIVED[Role.SENDER]), (Role.RECEIVER, RECEIVED[Role.RECEIVER])):
+    for track, phases in RECEIVED.items():
         for phase in phases:
             if phase is not Phase.ERROR:
-                assert MACHINES[role](phase)[0].phase is phase  # reached by legal frames and calls alone
+                assert MACHINES[track](phase)[0].phase is phase  # reached by legal frames and calls alone
 
 
-@pytest.mark.parametrize(("role", "phase", "ftype"), WALK, ids=lambda v: getattr(v, "name", v))
-def test_a_driver_may_send_only_what_the_sent_table_lists(role: Role, phase: Phase, ftype: FrameType) -> None:
-    allowed = SENT[role].get(phase, {})
+@pytest.mark.parametrize(("track", "phase", "ftype"), WALK, ids=lambda v: getattr(v, "name", v))
+def test_a_driver_may_send_only_what_the_sent_table_lists(track: Track, phase: Phase, ftype: FrameType) -> None:
+    allowed = SENT[track].get(phase, {})
     if ftype in allowed:
-        assert after_sent(role, phase, ftype) is (allowed[ftype] or phase)
+        assert after_sent(track, phase, ftype) is (allowed[ftype] or phase)
     else:
         with pytest.raises(LocalProtocolError, match=f"cannot send {ftype.name}"):
-            after_sent(role, phase, ftype)
-    if ftype in RECEIVED[role][phase]:
-        assert after_received(role, phase, ftype) is (RECEIVED[role][phase][ftype] or phase)
+            after_sent(track, phase, ftype)
+    if ftype in RECEIVED[track][phase]:
+        assert after_received(track, phase, ftype) is (RECEIVED[track][phase][ftype] or phase)

@@ -31,7 +31,7 @@ from rtransfer.receiving.sink import DirectorySink
 from rtransfer.receiving.specials import DestPolicy
 from rtransfer.receiving.writer import write_chunks
 from rtransfer.report import JsonReporter
-from rtransfer.sending.reader import EndOfFile, Listed, Packed, Reading, SendItem, read_sources
+from rtransfer.sending.reader import AcceptedBatch, EndOfFile, Packed, Reading, SendItem, read_sources
 from rtransfer.sending.walk import collect_sources, listing, next_batch
 from rtransfer.session.config import RecvConfig, SendConfig
 from rtransfer.session.connection import Connection, now
@@ -55,8 +55,8 @@ async def test_the_reader_packs_small_files_resumes_large_ones_and_skips_whole_o
     batch = list(next_batch(listing(collect_sources([str(tmp_path / "src")], None), False, print)))
     index = {Path(s.entry.path).name: i for i, s in enumerate(batch)}
     accepted = Accepted(0, {index["large"]: CHUNK}, (index["whole"],))
-    batches: asyncio.Queue[Listed | None] = asyncio.Queue()
-    batches.put_nowait(Listed(0, batch, accepted))
+    batches: asyncio.Queue[AcceptedBatch | None] = asyncio.Queue()
+    batches.put_nowait(AcceptedBatch(0, batch, accepted))
     batches.put_nowait(None)
     pool, queue, read = BufferPool(8), asyncio.Queue[SendItem](maxsize=1), []
     reader = asyncio.ensure_future(

@@ -23,7 +23,7 @@ def joined_pair(listing_manifest: Manifest) -> Pair:
     """A second connection of the transfer ``listing_manifest`` describes, joined."""
     pair = Pair(
         SenderMachine(listing_manifest, 0.0, 30.0, KeyExchange(CODE, True), encrypt=False, stream=1),
-        ReceiverMachine(0.0, 30.0, KeyExchange(CODE, False), encrypt=False),
+        ReceiverMachine(0.0, 30.0, KeyExchange(CODE, False), encrypt=False, running=listing_manifest),
     )
     for _ in range(3):
         pair.to_receiver()
@@ -81,12 +81,13 @@ def test_a_joined_connection_carries_chunks_that_the_first_puts_back_in_order() 
     first.sender.end_file(0, len(data), blake3.blake3(data).digest(), 0.0)
     hand_on(first, first)
     first.verify_completed_files()
-    first.sender.finish(0.0)
-    second.sender.finish(0.0)
-    for pair in (first, second):
-        pair.to_receiver()
-        pair.to_sender()
-        assert pair.sender.phase is pair.receiver.phase is Phase.CLOSED
+    first.sender.finish(0.0)  # DONE goes on the first connection only: a joined one carries nothing but chunks
+    first.to_receiver()
+    first.to_sender()
+    assert first.sender.phase is first.receiver.phase is Phase.CLOSED
+    assert second.sender.phase is second.receiver.phase is Phase.CARRYING
+    with pytest.raises(LocalProtocolError, match="further sender cannot send DONE while carrying"):
+        second.sender.finish(0.0)
 
 
 def test_the_transfer_holds_at_window_times_streams_chunks_beyond_the_oldest_unacknowledged() -> None:

@@ -15,7 +15,7 @@ from rtransfer import workers
 from rtransfer.buffers import BufferPool
 from rtransfer.integrity import FileDigest
 from rtransfer.protocol.events import Accepted
-from rtransfer.sending.reader import Listed, Reading, SendItem, read_sources
+from rtransfer.sending.reader import AcceptedBatch, Reading, SendItem, read_sources
 from rtransfer.sending.walk import collect_sources
 from rtransfer.stats import TransferStats
 from rtransfer.workers import in_slices, settle
@@ -70,8 +70,8 @@ async def test_a_cancelled_reader_never_closes_the_file_under_its_worker(tmp_pat
         return real_read(self, fd, buf, offset)
 
     monkeypatch.setattr(FileDigest, "read_now", blocked_read)  # type: ignore[attr-defined]
-    batches: asyncio.Queue[Listed | None] = asyncio.Queue()
-    batches.put_nowait(Listed(0, collect_sources([str(src)], None), Accepted(0, {})))
+    batches: asyncio.Queue[AcceptedBatch | None] = asyncio.Queue()
+    batches.put_nowait(AcceptedBatch(0, collect_sources([str(src)], None), Accepted(0, {})))
     queue: asyncio.Queue[SendItem] = asyncio.Queue(maxsize=1)
     stats = TransferStats("send")
     reader = asyncio.ensure_future(read_sources(batches, Reading(64 * 1024, queue, stats, BufferPool(4)), lambda: None))
