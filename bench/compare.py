@@ -140,6 +140,21 @@ class Tool:
     samples: list[Sample] = field(default_factory=list)
 
 
+def against_baseline(tools: list[Tool], results: dict[str, object]) -> None:
+    """--baseline: this rtransfer's time over the baseline's, round by round (the pairs ran side by
+    side, so the machine's noise falls on both), and their median."""
+    named = {t.name: t for t in tools}
+    if "rtransfer" not in named or "rtransfer-base" not in named:
+        return
+    pairs = zip(named["rtransfer"].samples, named["rtransfer-base"].samples, strict=True)
+    ratios = sorted(new.seconds / old.seconds for new, old in pairs)
+    results["paired_ratio_to_baseline"] = {"median": round(statistics.median(ratios), 3), "all": [round(r, 3) for r in ratios]}
+    print(
+        f"\nrtransfer / rtransfer-base, paired by round: median {statistics.median(ratios):.3f}"
+        f" (from {ratios[0]:.3f} to {ratios[-1]:.3f})"
+    )
+
+
 def pair(
     recv_cmd: list[str],
     send_cmd: Callable[[int], list[str]],
@@ -407,9 +422,10 @@ def tiny_nc(src: Path, dst: Path) -> Sample:
         )
 
 
-def tiny_rtransfer(src: Path, dst: Path) -> Sample:
-    recv = [rtransfer_exe(), "recv", str(dst.parent), "--listen", "127.0.0.1:0", "--json", "--overwrite"]
-    send = [rtransfer_exe(), "send", str(src)]
+def tiny_rtransfer(src: Path, dst: Path, exe: list[str] | None = None) -> Sample:
+    exe = exe or [rtransfer_exe()]
+    recv = [*exe, "recv", str(dst.parent), "--listen", "127.0.0.1:0", "--json", "--overwrite"]
+    send = [*exe, "send", str(src)]
     return end_to_end(recv, rtransfer_listening, lambda p: [*send, f"127.0.0.1:{p}", "--quiet"], stdout=subprocess.PIPE)
 
 
@@ -427,11 +443,13 @@ def tiny_main(args: argparse.Namespace, size: int) -> int:
         (root / "out").mkdir()
         sshd = LoopbackSshd(root)
         tools = [Tool("nc", tiny_nc), Tool("scp", sshd.scp), Tool("rtransfer", tiny_rtransfer)]
+        if BASELINE:
+            tools.append(Tool("rtransfer-base", functools.partial(tiny_rtransfer, exe=BASELINE)))
         try:
             for round_no in range(args.warmup + args.runs):
                 order = tools[round_no % len(tools) :] + tools[: round_no % len(tools)]
                 for tool in order:
-                    dst = root / "out" / ("small.bin" if tool.name == "rtransfer" else f"{tool.name}.bin")
+                    dst = root / "out" / ("small.bin" if tool.name.startswith("rtransfer") else f"{tool.name}.bin")
                     sample = tool.run(src, dst)
                     assert dst.read_bytes() == src.read_bytes(), tool.name
                     dst.unlink()
@@ -448,6 +466,7 @@ def tiny_main(args: argparse.Namespace, size: int) -> int:
         med = statistics.median(s.seconds for s in tool.samples)
         print(f"| {tool.name} | {med:.3f} | {med / scp:.2f} |")
         results[tool.name] = {"median_s": round(med, 4), "all_s": [round(s.seconds, 4) for s in tool.samples]}
+    against_baseline(tools, results)
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(results, indent=2))
     return 0
@@ -541,7 +560,7 @@ def main() -> int:
     ap.add_argument(
         "--baseline",
         default=None,
-        help="file, pipe and tree modes: also run this repository at this commit, as tool rtransfer-base",
+        help="file, pipe, tree and tiny modes: also run this repository at this commit, as tool rtransfer-base",
     )
     args = ap.parse_args()
 
@@ -651,6 +670,7 @@ def main() -> int:
         plain = statistics.median(s.seconds for s in names["rtransfer-plain"].samples)
         results["encrypted_throughput_vs_plain"] = round(plain / enc, 3)
         print(f"\nencrypted throughput / unencrypted throughput: {plain / enc:.2f}")
+    against_baseline(tools, results)
     print(f"\nrtransfer --help startup: {results['startup_ms']} ms (median of {STARTUP_RUNS})")
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(results, indent=2))
@@ -720,6 +740,7 @@ def tree_main(args: argparse.Namespace, size: int) -> int:
             "cpu_us_per_entry": [round(send_us, 1), round(recv_us, 1)],
         }
         results[tool.name + "_peak_rss_mib"] = [round(recv_rss, 1), round(send_rss, 1)]
+    against_baseline(tools, results)
     if "rtransfer" in available and last_rtransfer is not None:
         print(f"\nrsync -a -n -i -c after rtransfer: {len(diff)} differences")
         for line in diff[:10]:
