@@ -148,7 +148,10 @@ def against_baseline(tools: list[Tool], results: dict[str, object]) -> None:
         return
     pairs = zip(named["rtransfer"].samples, named["rtransfer-base"].samples, strict=True)
     ratios = sorted(new.seconds / old.seconds for new, old in pairs)
-    results["paired_ratio_to_baseline"] = {"median": round(statistics.median(ratios), 3), "all": [round(r, 3) for r in ratios]}
+    results["paired_ratio_to_baseline"] = {
+        "median": round(statistics.median(ratios), 3),
+        "all": [round(r, 3) for r in ratios],
+    }
     print(
         f"\nrtransfer / rtransfer-base, paired by round: median {statistics.median(ratios):.3f}"
         f" (from {ratios[0]:.3f} to {ratios[-1]:.3f})"
