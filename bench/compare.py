@@ -16,6 +16,7 @@ shared, noisy machine only these ratios from one run mean much.
     python bench/compare.py --mode sync --size 256M --rate 50M --runs 3  # a changed file re-sent, vs rsync, capped
     python bench/compare.py --mode compress --size 256M --rate 30M --runs 3  # log lines, random, --compress or not
     python bench/compare.py --mode relay --size 512M --runs 3  # through the transit relay, NAT to NAT (root; relay.py)
+    python bench/compare.py --mode punch --size 64M --punch-runs 20 --runs 5  # NAT to NAT punched (root; punch.py)
     python bench/compare.py --mode ssh --size 1G --files 2000 --runs 5  # pushes over ssh vs scp, rsync -e ssh (ssh.py)
 """
 
@@ -40,6 +41,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from punch import punch_main
 from relay import relay_main
 from ssh import ssh_main
 
@@ -530,7 +532,20 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument(
         "--mode",
-        choices=["file", "pipe", "tree", "tiny", "lossy", "rate", "streams", "sync", "compress", "relay", "ssh"],
+        choices=[
+            "file",
+            "pipe",
+            "tree",
+            "tiny",
+            "lossy",
+            "rate",
+            "streams",
+            "sync",
+            "compress",
+            "relay",
+            "punch",
+            "ssh",
+        ],
         default="file",
         help="file, stdin to stdout, tree, one small file, one file over a lossy link between network namespaces",
     )
@@ -557,6 +572,8 @@ def main() -> int:
     ap.add_argument("--tree", default=None, help="tree mode: send this existing tree instead of a generated one")
     ap.add_argument("--runs", type=int, default=5, help="measured rounds")
     ap.add_argument("--warmup", type=int, default=1, help="unmeasured rounds first")
+    ap.add_argument("--punch-runs", type=int, default=20, help="punch mode: runs each way for each kind of router")
+    ap.add_argument("--parts", default=None, help="punch mode: which (kinds,random,forward,appears,cut; default all)")
     ap.add_argument("--tools", default=None, help="comma-separated subset (default: every tool of the mode)")
     ap.add_argument("--dir", default=None, help="work directory (default: a temporary one)")
     ap.add_argument("--json-out", default=None, help="also write results as JSON here")
@@ -584,6 +601,7 @@ def main() -> int:
         "sync": sync_main,
         "compress": compress_main,
         "relay": functools.partial(relay_main, write_random=write_random_file),
+        "punch": functools.partial(punch_main, write_random=write_random_file),
         "ssh": functools.partial(ssh_main, write_random=write_random_file),
     }
     if args.mode in modes:

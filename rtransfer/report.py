@@ -39,6 +39,13 @@ class Reporter:
     def joinable(self, socket: str) -> None:
         """The far side of an ssh transfer: where its further ssh sessions join it (``--streams``)."""
 
+    def moved(self, source: str, dest: str, how: str, peer: str) -> None:
+        """The transfer moved from one route to another (relay, direct): ``how`` it was made
+        ("listened", "punched", "relay"), and where the peer is on it now."""
+
+    def direct_failed(self, reason: str) -> None:
+        """A try at a direct path found none, and why; said again only when the reason changes."""
+
     def done(self, stats: TransferStats) -> None: ...
     def error(self, error: RtransferError) -> None: ...
     def close(self, timeout_s: float | None) -> None:
@@ -117,6 +124,12 @@ class JsonReporter(Reporter):
 
     def joinable(self, socket: str) -> None:
         self._emit("joinable", socket=socket)
+
+    def moved(self, source: str, dest: str, how: str, peer: str) -> None:
+        self._emit("moved", **{"from": source, "to": dest, "how": how, "peer": peer})
+
+    def direct_failed(self, reason: str) -> None:
+        self._emit("direct_failed", reason=reason)
 
     def done(self, stats: TransferStats) -> None:
         self._emit("done", ok=True, **stats.as_event())
@@ -264,6 +277,14 @@ class ConsoleReporter(Reporter):
 
     def warning(self, message: str) -> None:
         self._say(f"rtransfer: warning: {message}")
+
+    def moved(self, source: str, dest: str, how: str, peer: str) -> None:
+        if self.verbose:
+            self._say(f"rtransfer: moved from the {source} to the {dest} path ({how}), {shown(peer)}")
+
+    def direct_failed(self, reason: str) -> None:
+        if self.verbose:
+            self._say(f"rtransfer: no direct path: {reason}")
 
     def item(self, action: str, path: str, dry_run: bool) -> None:
         """A dry run's every line (what it is for); a real run's deletions with ``verbose``, as rsync -v."""

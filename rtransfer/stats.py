@@ -75,6 +75,7 @@ class TransferStats:
     wire_received: int = 0
     relay_bytes: int = 0  # of the wire's bytes, those through a relay (both ways)
     path: str = "direct"  # how the first connection's bytes travel now (transport.Route): "direct", "relay" or "ssh"
+    routed: bool = False  # a connection has set ``path``: a later change of it is a move
     relayed: bool = False  # ... through a relay
     compression: float | None = None  # send --compress: file bytes per byte sent
     started_at: float = field(default_factory=time.monotonic)

@@ -25,6 +25,7 @@ from rtransfer.cli.options import (
     DEFAULT_STREAMS,
     RELAY_ENV,
     RULE_OPTIONS,
+    STUN_ENV,
     Keep,
     RecvOptions,
     RetryOptions,
@@ -35,6 +36,7 @@ from rtransfer.cli.options import (
     ordered_rules,
     remote_path,
     split_recv_arguments,
+    stun_servers,
 )
 from rtransfer.errors import EXIT_FAILURE, EXIT_SIGINT, EXIT_USAGE, RtransferError, UsageError
 
@@ -158,6 +160,16 @@ Relay = Annotated[
 NoDirect = Annotated[
     bool, _opt("--no-direct", help="Through a relay, keep every byte on it: share no address, try no direct path.")
 ]
+Stun = Annotated[
+    list[str] | None,
+    _opt(
+        "--stun",
+        metavar="HOST:PORT",
+        help=f"Through a relay, learn from this STUN server how the NAT maps the port to punch from, and punch"
+        f" through both NATs; twice: a second server, to tell a NAT that maps at random ({STUN_ENV}).",
+        show_default=False,
+    ),
+]
 RecvCode = Annotated[
     str | None, _opt("--code", metavar="CODE", help="With --connect or --relay: the code the sender shows.")
 ]
@@ -257,6 +269,7 @@ def send(
     listen: SendListen = None,
     relay: Relay = None,
     no_direct: NoDirect = False,
+    stun: Stun = None,
     rsh: Rsh = "ssh",
     remote_program: RemoteProgram = "rtransfer",
     stdio: Stdio = False,
@@ -285,6 +298,7 @@ def send(
     options = replace(options, whole_file=whole_file, listen=listen, relay=relay, direct=not no_direct)
     try:
         rules = _rules(ctx, exclude, include, exclude_from, include_from)
+        options = replace(options, stun=stun_servers(tuple(stun or ()), os.environ.get(STUN_ENV), not no_direct))
     except UsageError as exc:
         return fail(reporter, exc)
     options = replace(options, filters=rules, delete=delete, delete_excluded=delete_excluded, dry_run=dry_run)
@@ -329,6 +343,7 @@ def recv(
     code: RecvCode = None,
     relay: Relay = None,
     no_direct: NoDirect = False,
+    stun: Stun = None,
     rsh: Rsh = "ssh",
     remote_program: RemoteProgram = "rtransfer",
     stdio: Stdio = False,
@@ -359,6 +374,7 @@ def recv(
     options = replace(options, direct=not no_direct, rsh=rsh, remote_path=remote_program, stdio=stdio, pull=tuple(pull))
     try:
         rules = _rules(ctx, exclude, include, exclude_from, include_from)
+        options = replace(options, stun=stun_servers(tuple(stun or ()), os.environ.get(STUN_ENV), not no_direct))
     except UsageError as exc:
         return fail(reporter, exc)
     flags = _sender_flags(checksum, compress, whole_file, streams, rules)

@@ -150,6 +150,7 @@ def send_config(options: SendOptions, reporter: Reporter) -> SendConfig:
         checksum=options.checksum,
         compress=options.compress,
         try_direct=options.direct,
+        stun=options.stun,
         filters=options.filters,
         delete=options.delete or options.delete_excluded,
         delete_excluded=options.delete_excluded,
@@ -230,6 +231,7 @@ def recv_config(
         encrypt=not options.no_encrypt,
         connect_policy=policy,
         try_direct=options.direct,
+        stun=options.stun,
     )
 
 

@@ -20,6 +20,7 @@ DEFAULT_RETRY_MAX_S = 60.0
 _SIZE = re.compile(r"^(\d+)\s*([kmgt]?)(i?b)?$", re.IGNORECASE)
 _ENDPOINT = re.compile(r"^(\[[^\]]*\]|[^/:\[\]]+):\d+$")
 RELAY_ENV = "RTRANSFER_RELAY"
+STUN_ENV = "RTRANSFER_STUN"  # one or two HOST:PORT, separated by a comma
 
 
 def stream_chunk_bytes(streams: int, tree: bool = False) -> int:
@@ -137,6 +138,17 @@ def choose_relay(flag: str | None, env: str | None, other_way: bool) -> str | No
     return None if other_way or not env else env
 
 
+def stun_servers(flags: tuple[str, ...], env: str | None, direct: bool) -> tuple[tuple[str, int], ...]:
+    """--stun (at most twice), or else the environment's: none with --no-direct, which asks none."""
+    given = flags or tuple(s.strip() for s in (env or "").split(",") if s.strip())
+    if len(given) > 2:
+        raise UsageError("--stun is given at most twice: a second server tells a NAT that maps randomly")
+    try:
+        return tuple(peer_endpoint(s) for s in given) if direct else ()
+    except UsageError as exc:
+        raise UsageError(f"--stun: {exc}") from None
+
+
 def check_relay(relay: str | None, no_encrypt: bool, *others: tuple[str, object]) -> tuple[str, int] | None:
     """The relay's address; it excludes the other ways to the peer, and clear file contents."""
     if relay is None:
@@ -210,6 +222,7 @@ class SendOptions:
     listen: str | None = None  # take the receiver's connection here instead of dialing it
     relay: str | None = None  # meet the receiver at this relay (from --relay or the environment)
     direct: bool = True  # through a relay, try a direct path too
+    stun: tuple[tuple[str, int], ...] = ()  # STUN servers (--stun, or the environment's), to punch through NATs
     rsh: str = "ssh"  # -e: the ssh command and its options
     remote_path: str = "rtransfer"  # the program to run on the far side
     stdio: bool = False  # run as the far side of an ssh transfer
@@ -238,6 +251,7 @@ class RecvOptions:
     code: str | None = None  # the code that sender shows (with --connect or --relay)
     relay: str | None = None  # meet the sender at this relay (from --relay or the environment)
     direct: bool = True  # through a relay, try a direct path too
+    stun: tuple[tuple[str, int], ...] = ()  # see SendOptions
     rsh: str = "ssh"
     remote_path: str = "rtransfer"
     stdio: bool = False

@@ -21,8 +21,9 @@ MAX_ERROR_MESSAGE_BYTES = 1024
 MAX_SIGNATURE_CHUNKS = 16384  # chunk digests in one SIGNATURE frame (a file's may take several)
 MAX_COPY_RANGES = 4096  # ranges of the receiver's old copy in one COPY frame
 SIGNATURE_DIGEST_BYTES = 16
-MAX_HINTS = 8  # addresses in one HINTS frame
-MAX_HINTS_BYTES = 1024
+MAX_HINTS = 8  # addresses in one HINTS frame where the side listens
+MAX_PUNCH = 16  # and where its NAT maps its punching ports: the transfer's first 16 connections punch
+MAX_HINTS_BYTES = 2048
 
 
 class FrameType(IntEnum):
@@ -50,6 +51,7 @@ class FrameType(IntEnum):
     HINTS = 22  # where this side can be reached directly, said inside the session (through a relay)
     GO_DIRECT = 23  # sender: the transfer moves to the direct connection named here
     HOLE = 24  # DATA that is all zeros, sent as its length: a chunk of a sparse source that is all hole
+    PUNCH = 25  # receiver: dial the punched addresses now (protocol/tries.py)
 
 
 # Frames that carry a chunk of a file (or of several, PACK): sequenced, acknowledged, resent.

@@ -143,9 +143,23 @@ class TransferComplete:
 
 @dataclass(frozen=True)
 class HintsReceived:
-    """The peer says where it listens for a direct connection (see transport/direct.py)."""
+    """The peer says where it can be reached directly (see protocol/tries.py), or that it stops trying."""
 
     addresses: tuple[tuple[str, int], ...]
+    punch: tuple[tuple[str, int], ...] = ()
+    late: bool = False  # see messages.Hints
+
+
+@dataclass(frozen=True)
+class PunchNow:
+    """Sender side: the receiver says to dial the punched addresses now."""
+
+
+@dataclass(frozen=True)
+class Ponged:
+    """The peer answered the PING with this token (``Peer.ping``): the round trip is measured."""
+
+    token: int
 
 
 @dataclass(frozen=True)
@@ -173,5 +187,7 @@ Event = (
     | TransferComplete
     | SignatureReceived
     | HintsReceived
+    | PunchNow
+    | Ponged
     | DirectChosen
 )

@@ -45,7 +45,7 @@ from rtransfer.protocol.pack import table_bytes_of
 MAGIC = b"RTXF"
 # Both sides must speak the same version: HELLO refuses any other, so a frame's layout never has to
 # be guessed. Raise it with any change to a frame's layout or meaning (CHANGELOG.md says which).
-PROTOCOL_VERSION = 8
+PROTOCOL_VERSION = 9
 
 HEADER = struct.Struct("!BIQ")
 PREFIX = struct.Struct("!BI")
@@ -91,6 +91,7 @@ MAX_BODY_BYTES: dict[FrameType, int] = {
     FrameType.SIGNATURE: SIGNATURE_LAYOUT.size + SIGNATURE_CHUNK_LAYOUT.size * MAX_SIGNATURE_CHUNKS,
     FrameType.HINTS: MAX_HINTS_BYTES,
     FrameType.GO_DIRECT: DIRECT_ID_BYTES,
+    FrameType.PUNCH: 0,
 }
 TAG_BYTES = 16  # AEAD tag on sealed frames; limits above are for the plaintext
 
@@ -248,9 +249,20 @@ class Pong:
 
 @dataclass(frozen=True)
 class Hints:
-    """Where the sending side listens for a direct connection, while it tries one (HOST, PORT)."""
+    """Where the sending side can be reached directly, while it tries (transport/direct.py):
+    ``addresses`` where it listens, ``punch`` where its NAT maps the ports it punches from, one
+    per connection of the transfer (HOST, PORT each). Neither: it will not try, or gave up.
+    ``late``: the receiver's data can still move once it flows (it is not standard output)."""
 
     addresses: tuple[tuple[str, int], ...]
+    punch: tuple[tuple[str, int], ...] = ()
+    late: bool = False
+
+
+@dataclass(frozen=True)
+class Punch:
+    """Receiver: dial the punched addresses now (the sender at once, the receiver half a round
+    trip later, so the two SYNs cross between the NATs)."""
 
 
 @dataclass(frozen=True)
@@ -303,6 +315,7 @@ Frame = (
     | Joined
     | Signature
     | Hints
+    | Punch
     | GoDirect
 )
 
@@ -339,6 +352,7 @@ _TYPES: dict[type, FrameType] = {
     Joined: FrameType.JOINED,
     Signature: FrameType.SIGNATURE,
     Hints: FrameType.HINTS,
+    Punch: FrameType.PUNCH,
     GoDirect: FrameType.GO_DIRECT,
 }
 

@@ -22,9 +22,8 @@ from rtransfer.protocol.errors import (
     PeerFailed,
     PeerSilent,
     ProtocolError,
-    RemoteProtocolError,
 )
-from rtransfer.protocol.events import DirectChosen, Event, HintsReceived
+from rtransfer.protocol.events import DirectChosen, Event, HintsReceived, Ponged, PunchNow
 from rtransfer.protocol.messages import (
     PROTOCOL_VERSION,
     Confirm,
@@ -37,6 +36,7 @@ from rtransfer.protocol.messages import (
     Opener,
     Ping,
     Pong,
+    Punch,
     Sealer,
     frame_type,
 )
@@ -44,6 +44,7 @@ from rtransfer.protocol.model import FRESH_BUFFERS, Buffer, Buffers
 from rtransfer.protocol.phases import AUTHENTICATING, STARTED, after_received, after_sent
 from rtransfer.protocol.reading import FrameDecoder
 from rtransfer.protocol.timing import Liveness
+from rtransfer.protocol.tries import DirectTries
 from rtransfer.protocol.writing import encode, encode_bytes
 
 CAP_ENCRYPT = 1
@@ -118,7 +119,7 @@ class Peer:
         self._kex = kex
         self._sealer: Sealer | None = None
         self._ping_token = 0
-        self._direct_offered = False  # this side said where it listens for a direct path, and still does
+        self._tries = DirectTries(self.role is Role.SENDER)  # at a direct path, on this relayed connection
         capabilities = (CAP_ENCRYPT if encrypt else 0) | (CAP_SESSION if kex.session else 0)
         self._hello = Hello(self.role, capabilities=capabilities, auth=kex.message)
         self._send(self._hello)
@@ -168,19 +169,43 @@ class Peer:
         return self._kex.session_key
 
     @guarded
-    def send_hints(self, addresses: tuple[tuple[str, int], ...]) -> None:
-        """Say where this side listens for a direct connection: only inside the session, once both
-        sides have proved their keys, so nobody else learns or forges them."""
+    def send_hints(self, hints: Hints) -> None:
+        """Say where this side can be reached directly (protocol/tries.py): only inside the session,
+        once both sides have proved their keys, so nobody else learns or forges them."""
         if self.phase in AUTHENTICATING or not self.encrypted:
             raise LocalProtocolError(f"HINTS need an encrypted session; this connection is {self.phase.value}")
-        self._direct_offered |= bool(addresses)  # an empty one says only that our dials failed: we still listen
-        self._send(Hints(addresses))
+        self._tries.hints(hints, local=True)
+        self._send(hints)
+
+    @guarded
+    def ping(self) -> int:
+        """A PING of our own, whose answer comes as Ponged with the token returned: a round trip
+        measured now, over this connection (the receiver's, before it says when to punch)."""
+        if self.phase in AUTHENTICATING:
+            raise LocalProtocolError("no PING before the keys are proved")
+        self._ping_token += 1
+        self._send(Ping(self._ping_token))
+        return self._ping_token
+
+    @property
+    def punchable(self) -> bool:
+        """Receiver: the open try can still be punched (the sender has not ended it meanwhile)."""
+        return self._tries.punchable
+
+    @guarded
+    def punch(self) -> None:
+        """Receiver: tell the sender to dial the punched addresses now."""
+        if self.role is not Role.RECEIVER:
+            raise LocalProtocolError("only the receiver says when to punch")
+        self._tries.punch(local=True)
+        self._send(Punch())
 
     @guarded
     def go_direct(self, ident: bytes) -> None:
         """Sender: name the direct connection the transfer moves to (the last frame on this one)."""
         if self.role is not Role.SENDER or self.phase in AUTHENTICATING:
             raise LocalProtocolError(f"{self.role.name.lower()} cannot move the transfer while {self.phase.value}")
+        self._tries.go_direct(local=True)
         self._send(GoDirect(ident))
 
     def fail(self, cause: Cause, message: str) -> None:
@@ -245,19 +270,21 @@ class Peer:
         self._send(Pong(frame.token))
 
     def _on_pong(self, frame: Pong, events: list[Event]) -> None:
-        pass
+        events.append(Ponged(frame.token))
 
     def _on_error(self, frame: ErrorFrame, events: list[Event]) -> None:
         raise PeerFailed(frame.cause, f"peer: {frame.message}")
 
     def _on_hints(self, frame: Hints, events: list[Event]) -> None:
-        if not frame.addresses:
-            self._direct_offered = False  # the peer gave up on a direct path: it cannot be named now
-        events.append(HintsReceived(frame.addresses))
+        self._tries.hints(frame, local=False)
+        events.append(HintsReceived(frame.addresses, frame.punch, frame.late))
+
+    def _on_punch(self, frame: Punch, events: list[Event]) -> None:
+        if self._tries.punch(local=False):
+            events.append(PunchNow())
 
     def _on_go_direct(self, frame: GoDirect, events: list[Event]) -> None:
-        if not self._direct_offered:
-            raise RemoteProtocolError("GO_DIRECT names a direct connection this side never offered")
+        self._tries.go_direct(local=False)
         events.append(DirectChosen(frame.ident))
 
     def _on_hello(self, hello: Hello, events: list[Event]) -> None:
@@ -326,5 +353,6 @@ Peer.HANDLERS = {
     Pong: Peer._on_pong,
     ErrorFrame: Peer._on_error,
     Hints: Peer._on_hints,
+    Punch: Peer._on_punch,
     GoDirect: Peer._on_go_direct,
 }

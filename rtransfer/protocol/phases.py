@@ -27,21 +27,22 @@ _CONTROL = {**_HEARTBEAT, F.ERROR: Phase.ERROR, F.HINTS: None}  # HINTS: sealed,
 _STAYS = None
 _MOVES = {**_CONTROL, F.GO_DIRECT: None}  # the receiver's control frames: the sender may move the transfer
 _ERROR = {**_HEARTBEAT, F.ERROR: Phase.ERROR}  # a further connection's: no HINTS, no move
+_TRIES = {**_CONTROL, F.PUNCH: None}  # the sender's control frames: the receiver says when to punch
 
 # Frames a machine of each role may *receive* in each phase, and the phase each leads to.
 RECEIVED: dict[Track, dict[Phase, dict[FrameType, Phase | None]]] = {
     Track.SENDER: {
         Phase.GREETING: {F.HELLO: Phase.CONFIRMING},
         Phase.CONFIRMING: {F.CONFIRM: Phase.OFFERING},
-        Phase.OFFERING: {F.ACCEPT: Phase.TRANSFERRING, F.SIGNATURE: _STAYS, **_CONTROL},
+        Phase.OFFERING: {F.ACCEPT: Phase.TRANSFERRING, F.SIGNATURE: _STAYS, **_TRIES},
         Phase.TRANSFERRING: {
             **dict.fromkeys((F.SIGNATURE, F.ACCEPT, F.ACK, F.NACK, F.FILE_RESULT, F.PACK_RESULT), _STAYS),
-            **_CONTROL,
+            **_TRIES,
         },
         Phase.FINISHING: {
             **dict.fromkeys((F.ACK, F.NACK, F.FILE_RESULT, F.PACK_RESULT), _STAYS),
             F.DONE: Phase.CLOSED,
-            **_CONTROL,
+            **_TRIES,
         },
         Phase.CLOSED: {**_HEARTBEAT},
         Phase.ERROR: {},

@@ -17,6 +17,7 @@ from rtransfer.protocol.constants import (
     MAX_ENTRIES_BYTES,
     MAX_FILTER_RULES,
     MAX_HINTS,
+    MAX_PUNCH,
     MAX_STREAMS,
     MAX_WINDOW,
     MIN_CHUNK_BYTES,
@@ -64,6 +65,7 @@ from rtransfer.protocol.messages import (
     PackResult,
     Ping,
     Pong,
+    Punch,
     checked_by_tag,
     frame_check,
 )
@@ -249,15 +251,27 @@ def _sized(body: WritableBuffer, size: int, name: str) -> bytes:
 
 def _decode_hints(ftype: FrameType, body: WritableBuffer) -> Hints:
     obj = _load_json(body, "HINTS")
-    _need(isinstance(obj, list) and len(obj) <= MAX_HINTS, "HINTS malformed")
+    _need(
+        isinstance(obj, dict) and set(obj) == {"at", "punch", "late"} and isinstance(obj["late"], bool),
+        "HINTS malformed",
+    )
+    punch = _addresses(obj["punch"], MAX_PUNCH)
+    # One NAT, one public address: a peer can't make this side knock at several hosts.
+    _need(len({host for host, _ in punch}) <= 1, "HINTS punch addresses name more than one host")
+    return Hints(_addresses(obj["at"], MAX_HINTS), punch, obj["late"])
+
+
+def _addresses(obj: object, most: int) -> tuple[tuple[str, int], ...]:
+    items = obj if isinstance(obj, list) else []
+    _need(isinstance(obj, list) and len(items) <= most, "HINTS malformed")
     addresses = []
-    for item in obj:
+    for item in items:
         _need(isinstance(item, list) and len(item) == 2, "HINTS address malformed")
         host, port = item
         _need(isinstance(host, str) and 0 < len(host) <= 64, "HINTS host malformed")
         _need(_is_uint(port) and 0 < port < 65536, "HINTS port malformed")
         addresses.append((host, port))
-    return Hints(tuple(addresses))
+    return tuple(addresses)
 
 
 def _decode_accept(ftype: FrameType, body: WritableBuffer) -> Accept:
@@ -318,6 +332,7 @@ _DECODERS: dict[FrameType, Callable[[FrameType, WritableBuffer], Frame]] = {
     FrameType.FILE_END: _fixed(FILE_END_LAYOUT, FileEnd),
     FrameType.FILE_RESULT: _fixed(FILE_RESULT_LAYOUT, FileResult),
     FrameType.DONE: _empty(Done),
+    FrameType.PUNCH: _empty(Punch),
     FrameType.CONFIRM: _decode_confirm,
     FrameType.ERROR: _decode_error,
 }

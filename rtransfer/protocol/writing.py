@@ -45,6 +45,7 @@ from rtransfer.protocol.messages import (
     PackResult,
     Ping,
     Pong,
+    Punch,
     Sealer,
     checked_by_tag,
     frame_check,
@@ -130,7 +131,8 @@ _BODIES: dict[type, Callable[[Any], bytes]] = {
     Pong: lambda f: U64.pack(f.token),
     ErrorFrame: _error_body,
     Confirm: lambda f: CONFIRM_BODY,
-    Hints: lambda f: _json([[host, port] for host, port in f.addresses]),
+    Hints: lambda f: _json({"at": [list(a) for a in f.addresses], "punch": [list(a) for a in f.punch], "late": f.late}),
+    Punch: lambda f: b"",
     GoDirect: lambda f: f.ident,
 }
 

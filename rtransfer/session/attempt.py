@@ -13,6 +13,7 @@ from rtransfer.protocol.events import Event
 from rtransfer.report import Reporter
 from rtransfer.session.connection import Connection
 from rtransfer.stats import TransferStats
+from rtransfer.transport.source import Way
 
 
 class Attempt:
@@ -28,6 +29,13 @@ class Attempt:
         self.pool = pool
         self.done = asyncio.Event()
         self.handlers: dict[type, Callable[[Any], Awaitable[None]]] = {}
+
+    def on_route(self, way: Way) -> None:
+        """The connection's route in the counters, and a move from the last one said."""
+        route, before = self.conn.route.value, self.stats.path
+        if self.stats.routed and before != route:
+            self.reporter.moved(before, route, way.how, way.where)
+        self.stats.path, self.stats.relayed, self.stats.routed = route, self.conn.relayed, True
 
     async def handle(self, event: Event) -> None:
         handler = self.handlers.get(type(event))

@@ -30,6 +30,7 @@ class SendConfig:
     checksum: bool = False  # list each file's content digest: the receiver skips by content, not size and mtime
     compress: bool = False  # zstd each chunk that shrinks, at a level that follows the bottleneck
     try_direct: bool = True  # through a relay, try a direct path too (--no-direct: never, and share no address)
+    stun: tuple[tuple[str, int], ...] = ()  # STUN servers (--stun): where the NAT maps the ports to punch from
     filters: tuple[str, ...] = ()  # include/exclude rules ("+ PAT"/"- PAT"), first match wins (filters.py)
     delete: bool = False  # ask the receiver to delete what its copies of our directories hold beyond the list
     delete_excluded: bool = False  # ... and what our rules exclude there too
@@ -47,3 +48,4 @@ class RecvConfig:
     encrypt: bool = True
     connect_policy: RetryPolicy = field(default_factory=RetryPolicy)  # how long a broken transfer waits for its sender
     try_direct: bool = True  # see SendConfig
+    stun: tuple[tuple[str, int], ...] = ()

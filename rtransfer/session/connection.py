@@ -20,7 +20,7 @@ from rtransfer.buffers import BufferPool
 from rtransfer.crypto import TransferKeys
 from rtransfer.errors import EXIT_AUTH, HandshakeError, NetworkError, RtransferError, WrongCode, reason
 from rtransfer.protocol.constants import Phase
-from rtransfer.protocol.errors import PeerFailed, ProtocolError
+from rtransfer.protocol.errors import PeerFailed, PeerSilent, ProtocolError
 from rtransfer.protocol.events import ChunkReady, Event, PackReady
 from rtransfer.protocol.model import Buffer
 from rtransfer.protocol.peer import Peer
@@ -75,6 +75,7 @@ class Connection(asyncio.BufferedProtocol):
         self._writable: asyncio.Future[None] | None = None
         self._lost: asyncio.Future[None] = self._loop.create_future()
         self._peer_failed = False  # the peer's ERROR frame arrived: it closes, we need not wait for it
+        self._peer_silent = False  # it heard nothing of ours for --timeout: nothing more will reach it
         self._discard: memoryview | None = None  # after our ERROR frame: where the peer's bytes go unread
 
     # --- asyncio.BufferedProtocol --------------------------------------------
@@ -202,7 +203,7 @@ class Connection(asyncio.BufferedProtocol):
 
     async def drain(self) -> None:
         if self._writable is not None:
-            await self._writable
+            await asyncio.shield(self._writable)  # shared by every writer: one cancelled must not cancel it
         if self._lost.done():
             raise self._error or NetworkError("connection closed by the peer before the transfer finished")
 
@@ -233,7 +234,14 @@ class Connection(asyncio.BufferedProtocol):
                 self.flush()
                 for event in events:
                     await handle(event)
-                await self.drain()
+                # Not past the next deadline: a path that went silent with our bytes in its buffer
+                # never drains, and only the timer can say the peer is gone.
+                drained = asyncio.ensure_future(self.drain())
+                await asyncio.wait((drained,), timeout=max(0.0, self.machine.next_deadline() - now()))
+                if drained.done():
+                    drained.result()
+                else:
+                    drained.cancel()
 
     async def run(self, done: asyncio.Event, handle: Handler, *work: Coroutine[Any, Any, None]) -> None:
         """Drive this connection until ``done``: its read loop and timers beside the attempt's
@@ -242,6 +250,7 @@ class Connection(asyncio.BufferedProtocol):
         try:
             await supervise(done, self.pump(handle), self.tick(handle), *work)
         except ProtocolError as exc:
+            self._peer_silent = isinstance(exc, PeerSilent)
             error = self._judged(to_error(exc))
             raise error from None
         except RtransferError as exc:
@@ -260,16 +269,17 @@ class Connection(asyncio.BufferedProtocol):
         holds none of the machine's buffers, so they can be recycled."""
         if isinstance(error, Moved):  # the peer moves too, at the same frame: nothing to tell it
             error = None
-        told = error is not None and not self._peer_failed
+        told = error is not None and not (self._peer_failed or self._peer_silent)
         if error is not None:
             self.machine.fail(cause_of(error), error.message)
             self.flush()
         if self.transport is not None:
             if told:
                 await self._linger()
-            self.transport.close()
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(asyncio.shield(self._lost), CLOSE_GRACE_S)
+            if not self._peer_silent:  # a silent path would hold our last bytes for the whole grace
+                self.transport.close()
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(self._lost), CLOSE_GRACE_S)
             if not self._lost.done():
                 self.transport.abort()
                 with contextlib.suppress(asyncio.TimeoutError):

@@ -24,6 +24,7 @@ from rtransfer.protocol.events import (
     JoinRequested,
     ManifestReceived,
     PackReady,
+    Ponged,
     TransferComplete,
 )
 from rtransfer.protocol.messages import Data
@@ -43,9 +44,10 @@ from rtransfer.session.connection import (
     collect_dead_connection,
     now,
 )
-from rtransfer.session.going_direct import GoingDirect
+from rtransfer.session.going_direct import DirectOptions, GoingDirect
 from rtransfer.session.outcome import named_for, worth_reconnecting
 from rtransfer.stats import TransferStats
+from rtransfer.transport import stun
 from rtransfer.transport.reconnect import Outage, keep_connected
 from rtransfer.transport.retry import Backoff
 
@@ -59,6 +61,8 @@ def recv_budget(span: int, streams: int = 1) -> int:
 
 
 async def run_recv(config: RecvConfig, reporter: Reporter) -> TransferStats:
+    if config.stun:
+        stun.preload()
     return await ReceiveTransfer(config, reporter).run()
 
 
@@ -190,11 +194,14 @@ class ReceiveAttempt(Attempt):
         self.in_order_lock = asyncio.Lock()
         self.start_offsets: dict[int, int] = {}
         self.manifest_known = asyncio.Event()
-        self.direct = GoingDirect(transfer.way, conn, transfer.config.try_direct)
-        self.stats.path, self.stats.relayed = conn.route.value, conn.relayed
+        config = transfer.config
+        trying = DirectOptions(config.try_direct, config.stun, movable=isinstance(self.sink, DirectorySink))
+        self.direct = GoingDirect(transfer.way, conn, trying, transfer.reporter)
+        self.on_route(transfer.way)
         self.handlers = {
             HintsReceived: self.direct.on_hints,
             DirectChosen: self.direct.on_chosen,
+            Ponged: self.direct.on_pong,
             ChunkReady: self.to_writer,
             FileComplete: self.to_writer,
             PackReady: self.to_writer,
@@ -211,7 +218,7 @@ class ReceiveAttempt(Attempt):
             self.queue, self.sink, self.stats, self.verified, self.pack_written, self.start_offsets, self.pool
         )
         try:
-            await self.drive(writer, self.transfer.watch_streams())
+            await self.drive(writer, self.transfer.watch_streams(), self.direct.run())
         finally:
             self.direct.close()
 
@@ -248,7 +255,7 @@ class ReceiveAttempt(Attempt):
         self.transfer.running = event.manifest
         self.stats.start_listing()
         self.manifest_known.set()
-        self.direct.offer()
+        self.direct.offer(event.manifest.streams)
 
     async def on_entries(self, event: EntriesReceived) -> None:
         """Plan the batch against the disk and accept it: what is here whole is skipped, what is

@@ -22,6 +22,7 @@ from rtransfer.protocol.events import (
     ChunksAcked,
     FilesVerified,
     HintsReceived,
+    PunchNow,
     Retransmitted,
     SignatureReceived,
     TransferComplete,
@@ -36,10 +37,11 @@ from rtransfer.sending.walk import Source, collect_sources, listing, next_batch,
 from rtransfer.session.attempt import Attempt
 from rtransfer.session.config import SendConfig
 from rtransfer.session.connection import Connection, cancel_all, collect_dead_connection, now
-from rtransfer.session.going_direct import GoingDirect
+from rtransfer.session.going_direct import DirectOptions, GoingDirect
 from rtransfer.session.outcome import named_for, worth_reconnecting
 from rtransfer.session.streams import Dealer, FurtherStream, StreamContext
 from rtransfer.stats import TransferStats
+from rtransfer.transport import stun
 from rtransfer.transport.reconnect import Outage, keep_connected
 from rtransfer.transport.retry import Backoff
 from rtransfer.workers import in_cpu, in_slices, in_worker
@@ -61,6 +63,8 @@ def send_budget(window: int, streams: int = 1) -> int:
 
 
 async def run_send(config: SendConfig, reporter: Reporter) -> TransferStats:
+    if config.stun:
+        stun.preload()
     return await SendTransfer(config, reporter).run()
 
 
@@ -160,10 +164,14 @@ class SendAttempt(Attempt):
         self.fingerprinting = asyncio.Semaphore(1)
         self.dealer = Dealer(self.machine, self.pool, self.stats, self.window_open)
         self.further: list[asyncio.Task[None]] = []
-        self.direct = GoingDirect(transfer.way, conn, transfer.config.try_direct)
-        self.stats.path, self.stats.relayed = conn.route.value, conn.relayed
+        config = transfer.config
+        first = self.stats.reconnects == 0 or not transfer.resumable  # later, the data can move when a path is found
+        trying = DirectOptions(config.try_direct, config.stun, transfer.resumable, config.streams, hold=first)
+        self.direct = GoingDirect(transfer.way, conn, trying, transfer.reporter)
+        self.on_route(transfer.way)
         self.handlers = {
             HintsReceived: self.direct.on_hints,
+            PunchNow: self.direct.on_punch,
             ChunksAcked: functools.partial(self.on_stream_acked, 0),
             Retransmitted: self.on_retransmitted,
             ChunkRejected: self.on_chunk_rejected,

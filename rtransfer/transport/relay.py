@@ -77,7 +77,7 @@ class Relay(Way):
         self.window_s = window_s
         self.first_wait_s = None if patient else window_s
         self.side = side or secrets.token_hex(8)
-        self.where = f"relay {host}:{port}"
+        self.at = f"relay {host}:{port}"
         self._code = code
         self._keys = keys
         self._stream = stream
@@ -88,6 +88,14 @@ class Relay(Way):
     @property
     def route(self) -> Route:
         return Route.DIRECT if self.direct is not None else Route.RELAY
+
+    @property
+    def where(self) -> str:  # type: ignore[override]
+        return self.direct.where if self.direct is not None else self.at
+
+    @property
+    def how(self) -> str:  # type: ignore[override]
+        return self.direct.how if self.direct is not None else "relay"
 
     @property
     def secret(self) -> bytes | None:
@@ -135,7 +143,7 @@ class Relay(Way):
 
     def further(self, stream: int) -> Way:
         if self.direct is not None:
-            return self.direct
+            return self.direct.further(stream)
         return Relay(self.host, self.port, "", self._keys, self.window_s, stream=stream, side=self.side)
 
     def close(self) -> None:

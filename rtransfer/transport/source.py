@@ -44,8 +44,8 @@ class Way:
 
     - ``dials``: a failed ``open`` is worth a pause before the next (a listener's is the wait);
     - ``authenticated``: the path itself proves who is at the other end (ssh): the code is no secret;
-    - ``route`` how the bytes travel, ``where`` the peer in messages, and ``hint`` what to check
-      when it cannot be reached;
+    - ``route`` how the bytes travel, ``where`` the peer in messages, ``hint`` what to check
+      when it cannot be reached, and ``how`` the path was made, for the moved event;
     - ``rendezvous``: the peer is met at a third place (a relay), where it may simply not be yet;
     - ``names_remote_errors``: the peer's errors are said as coming from ``where`` (its host);
     - ``secret``: what the next connection's key exchange runs on instead of the transfer's keys;
@@ -62,6 +62,7 @@ class Way:
     names_remote_errors = False
     where = ""
     hint = ""
+    how = ""  # how its connections are made, where that is news (relay.py, direct.py)
 
     @property
     def route(self) -> Route:
@@ -121,6 +122,19 @@ async def _connect_to(family: int, kind: int, proto: int, address: Any) -> socke
             raise type(exc)(exc.errno, os.strerror(exc.errno)) from None
         raise
     return sock
+
+
+async def recv_exact(sock: socket.socket, n: int) -> bytes:
+    """Exactly ``n`` bytes from a non-blocking socket, before a protocol drives it (a direct
+    path's proof, a STUN answer); ConnectionResetError if it closes first."""
+    loop = asyncio.get_running_loop()
+    got = b""
+    while len(got) < n:
+        more = await loop.sock_recv(sock, n - len(got))
+        if not more:
+            raise ConnectionResetError(errno.ECONNRESET, "closed before its answer was whole")
+        got += more
+    return got
 
 
 async def driven(make: Callable[[], P], sock: socket.socket) -> P:

@@ -7,6 +7,13 @@ bench. Addresses are from the documentation ranges, inside namespaces made here.
     home A   host 10.1.0.2 -> router 10.1.0.1 | 198.51.100.2 (nft masquerade, no way in)
     home B   host 10.2.0.2 -> router 10.2.0.1 | 198.51.100.3
     public   host 198.51.100.4, reachable by anyone
+    STUN     coturn (--stun-only) on the wan at 198.51.100.1 and 198.51.100.5, port 3478
+
+Each router is of one of three kinds (``Internet.router``), as home routers are: one that
+answers an unsolicited SYN with RST (no input filter: Linux's own answer), one that drops it
+(an input chain with policy drop), and one that maps every connection to a random port
+(``masquerade random,fully-random``: a "symmetric" NAT, which can't be punched). ``cut``
+drops everything between the two homes, ``forward`` opens a port to home B's host.
 """
 
 from __future__ import annotations
@@ -29,6 +36,11 @@ RELAY_ADDR = "198.51.100.1"
 RELAY_PORT = 4001  # the proxy, which clients dial
 RELAY_BACKEND_PORT = 4002  # the relay itself, on the wan namespace's loopback
 PUBLIC_ADDR = "198.51.100.4"
+STUN_ADDRS = (RELAY_ADDR, "198.51.100.5")  # one coturn, listening on two addresses
+STUN_PORT = 3478
+ROUTER_WAN = {"a": "198.51.100.2", "b": "198.51.100.3"}
+HOST = {"a": "10.1.0.2", "b": "10.2.0.2"}
+KINDS = ("rst", "drop", "random")
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -39,9 +51,79 @@ class Internet:
     home_b: str
     public: str
     wan: str
+    routers: dict[str, str] = field(default_factory=dict)  # "a", "b": the router's namespace
     relay: subprocess.Popen[bytes] | None = None
     proxy: subprocess.Popen[bytes] | None = None
+    stun: subprocess.Popen[bytes] | None = None
     namespaces: list[str] = field(default_factory=list)
+
+    @property
+    def stun_args(self) -> list[str]:
+        """Both STUN addresses, as the sides are given them (--stun twice)."""
+        return [arg for addr in STUN_ADDRS for arg in ("--stun", f"{addr}:{STUN_PORT}")]
+
+    def start_stun(self) -> None:
+        """coturn, as a STUN server only, on both its wan addresses; returns once it answers."""
+        if self.stun is not None and self.stun.poll() is None:
+            return
+        turnserver = shutil.which("turnserver")
+        if turnserver is None:
+            raise Unavailable("needs coturn's turnserver (Debian's coturn)")
+        listen = [arg for addr in STUN_ADDRS for arg in ("--listening-ip", addr)]
+        args = ["-n", "--stun-only", "--no-cli", "--no-tls", "--no-dtls", "--no-udp", "--simple-log"]
+        self.stun = subprocess.Popen(
+            in_ns(self.wan, turnserver, *args, *listen, "--listening-port", str(STUN_PORT), "--log-file", "stdout"),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for addr in STUN_ADDRS:
+            self._wait_port(addr, STUN_PORT, self.stun, "coturn")
+
+    def _wait_port(self, addr: str, port: int, proc: subprocess.Popen[bytes], what: str) -> None:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # bounded: until the port answers
+            probe = subprocess.run(in_ns(self.wan, *_PROBE, addr, str(port)), capture_output=True)
+            if probe.returncode == 0:
+                return
+            if proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        raise Unavailable(f"{what} did not start")
+
+    def router(self, side: str, kind: str) -> None:
+        """Make home ``side``'s router one of KINDS (its rules replaced; connections through it
+        forgotten)."""
+        _router_rules(self.routers[side], f"{self.tag}l{1 if side == 'a' else 2}", kind)
+
+    def cut(self, on: bool) -> None:
+        """Drop (or stop dropping) everything between the two homes, at home A's router: a path
+        that isn't there yet, or one that breaks."""
+        ns = self.routers["a"]
+        subprocess.run(in_ns(ns, "nft", "delete", "table", "inet", "cut"), capture_output=True, timeout=30)
+        if on:
+            other = ROUTER_WAN["b"]
+            rules = f"""
+table inet cut {{
+  chain pre {{ type filter hook prerouting priority -300; ip saddr {other} drop; }}
+  chain post {{ type filter hook postrouting priority 300; ip daddr {other} drop; }}
+}}
+"""
+            _nft(ns, rules)
+
+    def forward(self, port: int) -> None:
+        """A port forward on home B's router: its wan address's ``port`` reaches home B's host."""
+        router = self.routers["b"]
+        rules = f"""
+table ip portfwd {{
+  chain pre {{
+    type nat hook prerouting priority -100; policy accept;
+    iifname "wan0" tcp dport {port} dnat to {HOST["b"]}:{port}
+  }}
+}}
+"""
+        _nft(router, rules)
+        sh(*in_ns(router, "nft", "insert", "rule", "inet", "guard", "through", "ip", "daddr", HOST["b"], "tcp", "dport",
+                  str(port), "accept"))  # fmt: skip
 
     @property
     def relay_address(self) -> str:
@@ -62,7 +144,7 @@ class Internet:
         )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:  # bounded: until the relay's port answers
-            probe = subprocess.run(in_ns(self.wan, *_PROBE, str(RELAY_BACKEND_PORT)), capture_output=True)
+            probe = subprocess.run(in_ns(self.wan, *_PROBE, "127.0.0.1", str(RELAY_BACKEND_PORT)), capture_output=True)
             if probe.returncode == 0:
                 return
             if self.relay.poll() is not None:
@@ -97,14 +179,14 @@ class Internet:
         return sum(int(e["up_bytes"]) for e in closed), len(closed)
 
     def stop(self) -> None:
-        for proc in (self.proxy, self.relay):
+        for proc in (self.proxy, self.relay, self.stun):
             if proc is not None and proc.poll() is None:
                 proc.kill()
                 proc.wait(timeout=10)
 
 
 # A connect probe that needs nothing but this Python.
-_PROBE = [sys.executable, "-c", "import socket,sys; socket.create_connection(('127.0.0.1', int(sys.argv[1])), 1)"]
+_PROBE = [sys.executable, "-c", "import socket,sys; socket.create_connection((sys.argv[1], int(sys.argv[2])), 1)"]
 
 
 def _link(ns_a: str, dev_a: str, ns_b: str, dev_b: str) -> None:
@@ -125,11 +207,35 @@ def _home(net: Internet, host: str, router: str, n: int) -> None:
     for dev in (lan, "wan0"):
         sh("ip", "-n", router, "link", "set", dev, "up")
     sh(*in_ns(router, "sysctl", "-qw", "net.ipv4.ip_forward=1"))
-    rules = f"""
+    _router_rules(router, lan, "rst")
+
+
+def _nft(ns: str, rules: str) -> None:
+    subprocess.run(in_ns(ns, "nft", "-f", "-"), input=rules.encode(), check=True, capture_output=True, timeout=30)
+
+
+def _router_rules(router: str, lan: str, kind: str) -> None:
+    """A masquerading router of one of KINDS that lets in only what answers its LAN."""
+    if kind not in KINDS:
+        raise ValueError(kind)
+    masquerade = "masquerade random,fully-random" if kind == "random" else "masquerade"
+    into_router = ""
+    if kind == "drop":
+        into_router = f"""
+  chain into {{
+    type filter hook input priority 0; policy drop;
+    ct state established,related accept
+    iifname {{ "lo", "{lan}" }} accept
+  }}"""
+    for table in ("ip nat", "inet guard"):
+        subprocess.run(in_ns(router, "nft", "delete", "table", *table.split()), capture_output=True, timeout=30)
+    _nft(
+        router,
+        f"""
 table ip nat {{
   chain post {{
     type nat hook postrouting priority 100; policy accept;
-    oifname "wan0" masquerade
+    oifname "wan0" {masquerade}
   }}
 }}
 table inet guard {{
@@ -137,10 +243,10 @@ table inet guard {{
     type filter hook forward priority 0; policy drop;
     ct state established,related accept
     iifname "{lan}" accept
-  }}
+  }}{into_router}
 }}
-"""
-    subprocess.run(in_ns(router, "nft", "-f", "-"), input=rules.encode(), check=True, capture_output=True, timeout=30)
+""",
+    )
 
 
 @contextlib.contextmanager
@@ -164,6 +270,8 @@ def small_internet() -> Iterator[Internet]:
         sh("ip", "-n", net.wan, "link", "set", "br0", "up")
         _home(net, net.home_a, names[2], 1)
         _home(net, net.home_b, names[4], 2)
+        net.routers = {"a": names[2], "b": names[4]}
+        sh("ip", "-n", net.wan, "addr", "add", f"{STUN_ADDRS[1]}/24", "dev", "br0")
         _link(net.public, "eth0", net.wan, f"{tag}wp")
         sh("ip", "-n", net.wan, "link", "set", f"{tag}wp", "master", "br0", "up")
         sh("ip", "-n", net.public, "addr", "add", f"{PUBLIC_ADDR}/24", "dev", "eth0")

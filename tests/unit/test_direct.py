@@ -22,45 +22,48 @@ def pair() -> tuple[socket.socket, socket.socket]:
     return a, b
 
 
-async def both(dialer_key: bytes, acceptor_key: bytes, dialer_sender: bool, acceptor_sender: bool) -> list[object]:
-    """Each end proves over a socket pair; an end that fails closes its socket, as DirectTry does."""
+async def both(a_key: bytes, b_key: bytes, a_sender: bool = True, b_sender: bool = False) -> list[object]:
+    """Each end proves over a socket pair; an end that fails closes its socket, as DirectTry does.
+    Which end dialed does not matter: the roles are sender and receiver (a punched connection
+    was dialed by both)."""
     a, b = pair()
 
-    async def end(sock: socket.socket, key: bytes, dialer: bool, is_sender: bool) -> bytes:
+    async def end(sock: socket.socket, key: bytes, is_sender: bool) -> bytes:
         try:
-            return await prove(sock, key, dialer, is_sender)
+            return await prove(sock, key, is_sender)
         finally:
             sock.close()
 
-    return await asyncio.gather(
-        end(a, dialer_key, True, dialer_sender), end(b, acceptor_key, False, acceptor_sender), return_exceptions=True
-    )
+    return await asyncio.gather(end(a, a_key, a_sender), end(b, b_key, b_sender), return_exceptions=True)
 
 
 async def test_both_ends_prove_the_key_and_agree_on_the_connection_id() -> None:
-    dialer, acceptor = await both(KEY, KEY, True, False)
-    assert isinstance(dialer, bytes) and dialer == acceptor and len(dialer) == 32
+    sender, receiver = await both(KEY, KEY)
+    assert isinstance(sender, bytes) and sender == receiver and len(sender) == 32
 
 
 async def test_a_stranger_without_the_key_is_refused_either_way() -> None:
-    dialer, acceptor = await both(b"x" * 32, KEY, True, False)
-    assert isinstance(acceptor, Refused)
-    dialer, acceptor = await both(KEY, b"x" * 32, True, False)
-    assert isinstance(acceptor, Refused) and isinstance(dialer, ConnectionError)  # refused, then cut off
+    sender, receiver = await both(b"x" * 32, KEY)
+    assert isinstance(receiver, Refused)
+    sender, receiver = await both(KEY, b"x" * 32)
+    assert isinstance(receiver, Refused) and isinstance(sender, ConnectionError)  # the sender never passes it
 
 
-async def test_a_proof_reflected_back_by_the_same_role_is_refused() -> None:
-    """Our own proof played back to us (both ends claiming one role) does not pass."""
-    dialer, acceptor = await both(KEY, KEY, True, True)
-    assert isinstance(acceptor, Refused) or isinstance(dialer, Refused)
+@pytest.mark.parametrize("role", [True, False])
+async def test_two_ends_of_one_role_never_pass(monkeypatch: pytest.MonkeyPatch, role: bool) -> None:
+    """A proof played back to its maker (both ends claiming one role) does not pass: two senders
+    wait for a nonce that never comes, two receivers each get a nonce where a proof should be."""
+    monkeypatch.setattr("rtransfer.transport.direct.PROVE_TIMEOUT_S", 0.3)
+    results = await both(KEY, KEY, role, role)
+    assert not any(isinstance(r, bytes) for r in results)
 
 
 async def test_the_sender_picks_a_connection_that_proved_itself_on_both_sides() -> None:
-    receiver = DirectTry(KEY, is_sender=False, local_host="127.0.0.1")
-    sender = DirectTry(KEY, is_sender=True, local_host="127.0.0.1")
-    stranger = socket.create_connection(receiver.hints()[0])  # proves nothing: never picked
+    receiver = DirectTry(KEY, is_sender=False, local_host="127.0.0.1", ports=[])
+    sender = DirectTry(KEY, is_sender=True, local_host="127.0.0.1", ports=[])
+    stranger = socket.create_connection(receiver.hints().addresses[0])  # proves nothing: never picked
     try:
-        sender.dial(receiver.hints())
+        sender.dial(receiver.hints().addresses)
         async with asyncio.timeout(10):
             ident = await sender.first()
             assert ident is not None
@@ -76,7 +79,7 @@ async def test_the_sender_picks_a_connection_that_proved_itself_on_both_sides() 
 
 
 async def test_when_every_dial_fails_and_the_peer_gave_up_there_is_no_pick() -> None:
-    sender = DirectTry(KEY, is_sender=True, local_host="127.0.0.1")
+    sender = DirectTry(KEY, is_sender=True, local_host="127.0.0.1", ports=[])
     closed = socket.create_server(("127.0.0.1", 0))
     port = closed.getsockname()[1]
     closed.close()
@@ -113,14 +116,14 @@ def test_further_connections_meet_under_tokens_only_the_session_knows() -> None:
     assert len(stream_token(KEY, 1)) == 64
 
 
-@pytest.mark.parametrize("side", ["dialer", "acceptor"])
+@pytest.mark.parametrize("is_sender", [True, False])
 async def test_a_silent_connection_is_dropped_after_the_proof_timeout(
-    monkeypatch: pytest.MonkeyPatch, side: str
+    monkeypatch: pytest.MonkeyPatch, is_sender: bool
 ) -> None:
     monkeypatch.setattr("rtransfer.transport.direct.PROVE_TIMEOUT_S", 0.2)
     a, _b = pair()
     with pytest.raises(TimeoutError):
-        await prove(a, KEY, side == "dialer", True)
+        await prove(a, KEY, is_sender)
     a.close()
     _b.close()
 
@@ -148,8 +151,8 @@ async def test_a_direct_listener_holds_a_few_unproved_connections_however_many_a
     trust issue): now at most MAX_UNPROVED at once, each dropped at its deadline from accept."""
     from rtransfer.transport import direct
 
-    found = DirectTry(KEY, is_sender=False, local_host="127.0.0.1")
-    port = found.hints()[0][1]
+    found = DirectTry(KEY, is_sender=False, local_host="127.0.0.1", ports=[])
+    port = found.hints().addresses[0][1]
     before = _own_fds()
     flood = await _flood(port, 300)
     try:
@@ -207,7 +210,7 @@ async def test_a_vetted_listener_vets_arrivals_at_once_and_holds_a_few() -> None
 
 
 async def test_repeated_hints_add_no_dials() -> None:
-    found = DirectTry(KEY, is_sender=False, local_host="127.0.0.1")
+    found = DirectTry(KEY, is_sender=False, local_host="127.0.0.1", ports=[])
     try:
         found.dial((("127.0.0.1", 9),) * 8)
         found.dial((("127.0.0.1", 9),) * 8)

@@ -204,6 +204,10 @@ def _entries(*entries: bytes) -> bytes:
         (FrameType.MANIFEST, b'{"transfer_id":"a","chunk_bytes":1,"window":4}', "chunk_bytes out of range"),
         (FrameType.MANIFEST, b"\xff\xfe", "not valid UTF-8"),
         (FrameType.HINTS, b"[1,", "not valid JSON"),
+        (FrameType.HINTS, b'[["10.0.0.1", 4000]]', "HINTS malformed"),  # version 8's form
+        (FrameType.HINTS, b'{"at":[],"punch":[],"late":1}', "HINTS malformed"),
+        (FrameType.HINTS, b'{"at":[],"punch":[["192.0.2.1",1],["192.0.2.9",2]],"late":false}', "more than one host"),
+        (FrameType.HINTS, b'{"at":[],"punch":' + b"[" + b",".join([b'["h",1]'] * 17) + b'],"late":false}', "malformed"),
         (FrameType.ACCEPT, b'{"first":0,"start_offsets":{"x":1},"done":[]}', "start_offsets malformed"),
     ],
 )

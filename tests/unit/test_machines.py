@@ -45,6 +45,7 @@ from rtransfer.protocol.messages import (
     FileEnd,
     FileResult,
     Hello,
+    Hints,
     Nack,
     Ping,
     Pong,
@@ -53,6 +54,7 @@ from rtransfer.protocol.model import Entry, EntryBatch
 from rtransfer.protocol.pack import PackedFile, table_bytes, write_table
 from rtransfer.protocol.receiver import ReceiveLimits
 from rtransfer.protocol.sender import MAX_CHUNK_FAILURES
+from rtransfer.protocol.tries import Step
 from rtransfer.protocol.writing import encode_bytes
 from tests.unit.harness import CHUNK, CODE, Pair, frames_of, manifest, new_receiver, new_sender, send_file
 
@@ -593,16 +595,28 @@ def test_go_direct_is_taken_only_where_this_side_offered_a_direct_path() -> None
     from rtransfer.protocol.events import DirectChosen
 
     pair = Pair.handshaken(manifest(CHUNK), encrypt=True)
+    pair.sender._tries.step = Step.ANSWERED  # forged, as a hostile sender would send it
     pair.sender.go_direct(b"i" * 32)
     with pytest.raises(RemoteProtocolError, match="never offered"):
         pair.to_receiver()
     pair = Pair.handshaken(manifest(CHUNK), encrypt=True)
-    pair.receiver.send_hints((("10.0.0.1", 4000),))
-    pair.receiver.send_hints(())  # our dials failed; we still listen
+    pair.receiver.send_hints(Hints((("10.0.0.1", 4000),), ()))  # the receiver opens a try
+    pair.receiver.send_hints(Hints((), ()))  # its dials failed; it still listens
     pair.to_sender()
+    pair.sender.send_hints(Hints((("10.0.0.2", 4001),), ()))
     pair.sender.go_direct(b"i" * 32)
     assert DirectChosen(b"i" * 32) in pair.to_receiver()
-    pair.sender.send_hints(())  # the sender gave up too: the offer is withdrawn
+    pair.receiver.send_hints(Hints((("10.0.0.1", 4000),), ()))  # a second try
+    pair.to_sender()
+    pair.sender.send_hints(Hints((("10.0.0.2", 4001),), ()))
+    pair.sender.send_hints(Hints((), ()))  # the sender ends it: nothing is offered any more
+    pair.to_receiver()
+    pair.sender._tries.step = Step.ANSWERED  # a forged GO_DIRECT, as a hostile sender would send it
     pair.sender.go_direct(b"j" * 32)
     with pytest.raises(RemoteProtocolError, match="never offered"):
         pair.to_receiver()
+    pair = Pair.handshaken(manifest(CHUNK), encrypt=True)
+    pair.receiver.send_hints(Hints((("10.0.0.1", 4000),), ()))
+    pair.to_sender()
+    with pytest.raises(LocalProtocolError, match="never offered"):
+        pair.sender.go_direct(b"i" * 32)  # this side checks itself: not before it answered the try

@@ -28,6 +28,7 @@ from rtransfer.protocol.messages import (
     PackResult,
     Ping,
     Pong,
+    Punch,
     copy_payload,
     hole_payload,
 )
@@ -60,6 +61,13 @@ chunk_payloads = st.one_of(
     blob, st.lists(st.tuples(small, small), min_size=1, max_size=3).map(copy_payload), uint32.map(hole_payload)
 )
 
+
+def addresses(most: int) -> st.SearchStrategy[tuple[tuple[str, int], ...]]:
+    """Up to ``most`` addresses (one past the limit: refused), some not addresses at all."""
+    hosts = st.sampled_from(["10.0.0.1", "::1", "x" * 64])
+    return st.lists(st.tuples(hosts, st.integers(1, 65535)), max_size=most).map(tuple)
+
+
 FRAMES: dict[FrameType, st.SearchStrategy[Frame]] = {
     FrameType.HELLO: st.builds(Hello, st.sampled_from(Role), small, small, blob),
     FrameType.CONFIRM: st.just(Confirm()),
@@ -85,12 +93,8 @@ FRAMES: dict[FrameType, st.SearchStrategy[Frame]] = {
     FrameType.ERROR: st.builds(ErrorFrame, st.sampled_from(Cause), st.text(max_size=20)),
     FrameType.JOIN: st.builds(Join, manifests, small),
     FrameType.JOINED: st.just(Joined()),
-    FrameType.HINTS: st.builds(
-        Hints,
-        st.lists(st.tuples(st.sampled_from(["10.0.0.1", "::1", "x" * 64]), st.integers(1, 65535)), max_size=9).map(
-            tuple
-        ),
-    ),
+    FrameType.HINTS: st.builds(Hints, addresses(9), addresses(17), st.booleans()),
+    FrameType.PUNCH: st.just(Punch()),
     FrameType.GO_DIRECT: st.builds(GoDirect, st.binary(min_size=32, max_size=32)),
 }
 for _kind in (FrameType.DATA, FrameType.PACK, FrameType.ZDATA, FrameType.COPY, FrameType.HOLE):

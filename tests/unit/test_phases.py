@@ -30,6 +30,7 @@ from rtransfer.protocol.messages import (
     PackResult,
     Ping,
     Pong,
+    Punch,
     copy_payload,
     hole_payload,
 )
@@ -68,6 +69,7 @@ SAMPLES: dict[FrameType, Frame] = {
     FrameType.JOINED: Joined(),
     FrameType.HINTS: Hints((("10.0.0.1", 4000),)),
     FrameType.GO_DIRECT: GoDirect(b"i" * 32),
+    FrameType.PUNCH: Punch(),
 }
 
 
