@@ -202,34 +202,42 @@ def punched_vs_forward(net: internet.Internet, root: Path, args: argparse.Namesp
     src, out = root / "big.bin", root / "out"
     write(src, size)
     net.forward(FORWARD_PORT)
-    ratios, setups, forwards, punched_s, forward_s = [], [], [], [], []
-    for n in range(args.warmup + args.runs):
-        first_punch = n % 2 == 0
-        for tool in ("punched", "forward") if first_punch else ("forward", "punched"):
-            if tool == "punched":
-                run = relayed(net, src, out, *net.stun_args)
-                if run.sent["path"] != "direct" or run.moved_s is None:
-                    raise RuntimeError(f"not punched: {run.sent}")
-                p_s, moved = run.seconds, run.moved_s
-            else:
-                f_s, f_start = forwarded(net, src, out)
-            check(src, out)
-        print(f"round {n + 1}: punched {p_s:.2f} s (moved at {moved:.3f} s), forward {f_s:.2f} s", file=sys.stderr)
-        if n >= args.warmup:
-            ratios.append(p_s / f_s)
-            setups.append(moved)
-            forwards.append(f_start)
-            punched_s.append(p_s)
-            forward_s.append(f_s)
     print(f"\n512 MiB NAT to NAT, punched against a port forward to the receiver, median of {args.runs}\n")
-    print("| punched, s | forward, s | paired ratio (median, max) | start to moved, s | to start (forward), s |")
-    print("| --- | --- | --- | --- | --- |")
     print(
-        f"| {statistics.median(punched_s):.2f} | {statistics.median(forward_s):.2f} |"
-        f" {statistics.median(ratios):.3f}, {max(ratios):.3f} | {statistics.median(setups):.3f} |"
-        f" {statistics.median(forwards):.3f} |"
+        "| routers | punched, s | forward, s | paired ratio (median, max) | start to moved, s | to start (forward), s |"
     )
+    print("| --- | --- | --- | --- | --- | --- |")
+    for kind in ("drop", "rst"):
+        for side in ("a", "b"):
+            net.router(side, kind)
+        net.forward(FORWARD_PORT)
+        rounds = [one_round(net, src, out, n) for n in range(args.warmup + args.runs)][args.warmup :]
+        ratios = [p / f for p, _, f, _ in rounds]
+        punched, moved, forward, start = (statistics.median(r[i] for r in rounds) for i in range(4))
+        print(
+            f"| {kind} | {punched:.2f} | {forward:.2f} | {statistics.median(ratios):.3f}, {max(ratios):.3f} |"
+            f" {moved:.3f} | {start:.3f} |",
+            flush=True,
+        )
     src.unlink()
+
+
+def one_round(net: internet.Internet, src: Path, out: Path, n: int) -> tuple[float, float, float, float]:
+    """Punched and forwarded, in turn (who goes first alternates): the punched run's seconds and
+    its sender's start to ``moved``, the forwarded run's seconds and its sender's start to ``start``."""
+    results: dict[str, tuple[float, float]] = {}
+    for tool in ("punched", "forward") if n % 2 == 0 else ("forward", "punched"):
+        if tool == "punched":
+            run = relayed(net, src, out, *net.stun_args)
+            if run.sent["path"] != "direct" or run.moved_s is None:
+                raise RuntimeError(f"not punched: {run.sent}")
+            results[tool] = (run.seconds, run.moved_s)
+        else:
+            results[tool] = forwarded(net, src, out)
+        check(src, out)
+    (p_s, moved), (f_s, f_start) = results["punched"], results["forward"]
+    print(f"round {n + 1}: punched {p_s:.2f} s (moved at {moved:.3f} s), forward {f_s:.2f} s", file=sys.stderr)
+    return p_s, moved, f_s, f_start
 
 
 def appears(net: internet.Internet, root: Path, write: Any) -> None:

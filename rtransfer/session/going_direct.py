@@ -100,8 +100,9 @@ class GoingDirect:
             waiting.set_result(None)
 
     async def _round_trip(self) -> float:
-        """The relayed connection's round trip, measured now by a PING of our own: the answer to
-        the HINTS can't serve, as the sender answers only once STUN has answered it."""
+        """The relayed connection's round trip, measured now by a PING of our own (the receiver's
+        can't come from the answer to its HINTS: the sender answers only once STUN has answered
+        it): it sets the receiver's half-round-trip delay, and both sides' SYN wait."""
         loop = asyncio.get_running_loop()
         token = self.machine.ping()
         self.conn.flush()
@@ -234,17 +235,26 @@ class GoingDirect:
         trying = self._new_try(ports)
         self._send(trying.hints())
         trying.dial(offer.addresses)
+        measured = asyncio.ensure_future(self._round_trip()) if offer.punch and ports else None
         try:
             async with asyncio.timeout(TRY_WINDOW_S):
-                if offer.punch and ports:
-                    trying.hold(asyncio.ensure_future(self._punch_when_told(trying, offer.punch)))
+                if measured is not None:
+                    trying.hold(asyncio.ensure_future(self._punch_when_told(trying, offer.punch, measured)))
                 return await trying.first()
         except TimeoutError:
             return None
+        finally:
+            if measured is not None:
+                measured.cancel()
 
-    async def _punch_when_told(self, trying: DirectTry, remotes: tuple[tuple[str, int], ...]) -> None:
+    async def _punch_when_told(
+        self, trying: DirectTry, remotes: tuple[tuple[str, int], ...], measured: asyncio.Future[float]
+    ) -> None:
+        """At PUNCH, at once: the round trip measured meanwhile (its PING went with our answer)
+        only says how long a SYN is worth waiting for."""
         await self.punch_now.wait()
-        trying.punch(remotes, 0.0)
+        known = measured.done() and not measured.cancelled() and measured.exception() is None
+        trying.punch(remotes, 0.0, measured.result() if known else None)
 
     # --- the receiver -----------------------------------------------------------
     async def _receive_side(self) -> None:
@@ -277,7 +287,7 @@ class GoingDirect:
                     if self.machine.punchable:  # the sender may have ended the try meanwhile
                         self.machine.punch()
                         self.conn.flush()
-                        trying.punch(answer.punch, rtt / 2)
+                        trying.punch(answer.punch, rtt / 2, rtt)
                 watch = asyncio.ensure_future(self._say_when_dials_fail(trying))
                 try:
                     await self.heard.get()  # the sender ends the try (a move comes as GO_DIRECT instead)

@@ -47,7 +47,6 @@ from rtransfer.session.connection import (
 from rtransfer.session.going_direct import DirectOptions, GoingDirect
 from rtransfer.session.outcome import named_for, worth_reconnecting
 from rtransfer.stats import TransferStats
-from rtransfer.transport import stun
 from rtransfer.transport.reconnect import Outage, keep_connected
 from rtransfer.transport.retry import Backoff
 
@@ -61,8 +60,6 @@ def recv_budget(span: int, streams: int = 1) -> int:
 
 
 async def run_recv(config: RecvConfig, reporter: Reporter) -> TransferStats:
-    if config.stun:
-        stun.preload()
     return await ReceiveTransfer(config, reporter).run()
 
 

@@ -22,6 +22,7 @@ from rtransfer.protocol.events import (
     ChunksAcked,
     FilesVerified,
     HintsReceived,
+    Ponged,
     PunchNow,
     Retransmitted,
     SignatureReceived,
@@ -41,7 +42,6 @@ from rtransfer.session.going_direct import DirectOptions, GoingDirect
 from rtransfer.session.outcome import named_for, worth_reconnecting
 from rtransfer.session.streams import Dealer, FurtherStream, StreamContext
 from rtransfer.stats import TransferStats
-from rtransfer.transport import stun
 from rtransfer.transport.reconnect import Outage, keep_connected
 from rtransfer.transport.retry import Backoff
 from rtransfer.workers import in_cpu, in_slices, in_worker
@@ -63,8 +63,6 @@ def send_budget(window: int, streams: int = 1) -> int:
 
 
 async def run_send(config: SendConfig, reporter: Reporter) -> TransferStats:
-    if config.stun:
-        stun.preload()
     return await SendTransfer(config, reporter).run()
 
 
@@ -172,6 +170,7 @@ class SendAttempt(Attempt):
         self.handlers = {
             HintsReceived: self.direct.on_hints,
             PunchNow: self.direct.on_punch,
+            Ponged: self.direct.on_pong,
             ChunksAcked: functools.partial(self.on_stream_acked, 0),
             Retransmitted: self.on_retransmitted,
             ChunkRejected: self.on_chunk_rejected,

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from rtransfer.protocol.messages import Hints
-from rtransfer.transport.punch import PUNCH_WINDOW_S, PunchPort, punch
+from rtransfer.transport.punch import PUNCH_WINDOW_S, PunchPort, punch, syn_wait
 from rtransfer.transport.source import Dial, Listen, P, WaitedOut, Way, connect_socket, driven, recv_exact
 
 NONCE_BYTES = 16
@@ -138,11 +138,13 @@ class DirectTry:
         self.dials += [asyncio.ensure_future(self._dial(address)) for address in addresses]
         self.tasks += self.dials
 
-    def punch(self, remotes: tuple[tuple[str, int], ...], delay_s: float) -> None:
-        """After ``delay_s``, dial each punched address from the port of the same number."""
+    def punch(self, remotes: tuple[tuple[str, int], ...], delay_s: float, rtt_s: float | None) -> None:
+        """After ``delay_s``, dial each punched address from the port of the same number (``rtt_s``:
+        the relayed round trip, if known, which says how long a SYN is worth waiting for)."""
         deadline = asyncio.get_running_loop().time() + delay_s + PUNCH_WINDOW_S
+        wait_s = syn_wait(rtt_s)
         for n, (port, remote) in enumerate(zip(self.ports, remotes, strict=False)):
-            task = asyncio.ensure_future(self._punch(n, port.local, remote, delay_s, deadline))
+            task = asyncio.ensure_future(self._punch(n, port.local, remote, delay_s, deadline, wait_s))
             self.punching.append(task)
             if n == 0:
                 self.dials.append(task)
@@ -182,11 +184,13 @@ class DirectTry:
         finally:
             self.changed.set()
 
-    async def _punch(self, n: int, local: tuple[str, int], remote: tuple[str, int], delay: float, end: float) -> None:
+    async def _punch(
+        self, n: int, local: tuple[str, int], remote: tuple[str, int], delay: float, end: float, wait_s: float
+    ) -> None:
         try:
             await asyncio.sleep(delay)
             if not self._punched(n):
-                await self._keep(Found(await punch(local, remote, end), How.PUNCHED, None), n)
+                await self._keep(Found(await punch(local, remote, end, wait_s), How.PUNCHED, None), n)
         except OSError:
             pass
         finally:

@@ -9,7 +9,7 @@ two SYNs cross: the first BURST tries back to back, then one each PACE_S to the 
 window, so that a peer whose moment came late (a busy event loop, a round trip misjudged)
 still finds this side dialing. A SYN that a NAT drops as matching none of its states (the
 4-tuple's last try left one behind) would wait for the kernel's retry, a second later: it is
-dialed again after SYN_WAIT_S instead. Between two dials, the port's listener takes the peer's
+dialed again after a few round trips (``syn_wait``) instead. Between two dials, the port's listener takes the peer's
 SYN. Each side also listens on its punching port, for a SYN that arrives between two
 of its own tries. A NAT that maps each connection to a port of its own (a "symmetric" NAT)
 can't be punched: STUN from the same port to two servers shows it (``RandomMapping``).
@@ -27,7 +27,18 @@ PUNCH_WINDOW_S = 2.0  # from the moment to dial; a NAT that lets nothing through
 MAX_PUNCH_TRIES = 2500  # dials in one window: an RST answered at once costs a round trip each
 BURST = 50  # tries back to back, where the two SYNs are most likely to cross
 PACE_S = 0.001  # then one try per this much, at most
-SYN_WAIT_S = 0.25  # a SYN neither refused nor answered by then is dialed again (a round trip is less)
+SYN_WAIT_S = 0.25  # a SYN neither refused nor answered by then is dialed again, where no round trip is known
+SYN_WAIT_MIN_S = 0.1  # however short the round trip: the two sides' moments differ by the loops' jitter
+
+
+def syn_wait(rtt_s: float | None) -> float:
+    """How long an unanswered SYN is waited for: four round trips over the relay (which is longer
+    than the direct one), within SYN_WAIT_MIN_S and SYN_WAIT_S. Not less: behind a router that
+    drops, the SYN is unanswered until the peer's crosses it, and a redial in between (a new
+    initial sequence number on the NAT's entry) spoils the crossing."""
+    return SYN_WAIT_S if rtt_s is None else min(max(4 * rtt_s, SYN_WAIT_MIN_S), SYN_WAIT_S)
+
+
 _IN_USE_PAUSE_S = 0.005  # the port's connection to the peer exists (accepted): wait for it to be proved
 
 
@@ -61,7 +72,9 @@ class PunchPort:
             self.listener = None
 
 
-async def punch(local: tuple[str, int], remote: tuple[str, int], deadline: float) -> socket.socket:
+async def punch(
+    local: tuple[str, int], remote: tuple[str, int], deadline: float, wait_s: float = SYN_WAIT_S
+) -> socket.socket:
     """Dial ``remote`` from ``local`` until a connection opens, each refused try made again at
     once, until ``deadline`` (the loop's time) or MAX_PUNCH_TRIES; TimeoutError then."""
     loop = asyncio.get_running_loop()
@@ -71,7 +84,7 @@ async def punch(local: tuple[str, int], remote: tuple[str, int], deadline: float
             break
         sock = reusable_socket(*local)
         try:
-            async with asyncio.timeout(min(remaining, SYN_WAIT_S)):
+            async with asyncio.timeout(min(remaining, wait_s)):
                 await loop.sock_connect(sock, remote)
             return sock
         except TimeoutError:

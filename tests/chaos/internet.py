@@ -111,8 +111,10 @@ table inet cut {{
             _nft(ns, rules)
 
     def forward(self, port: int) -> None:
-        """A port forward on home B's router: its wan address's ``port`` reaches home B's host."""
+        """A port forward on home B's router: its wan address's ``port`` reaches home B's host (made
+        again after ``router``, which replaces the filter it opens)."""
         router = self.routers["b"]
+        subprocess.run(in_ns(router, "nft", "delete", "table", "ip", "portfwd"), capture_output=True, timeout=30)
         rules = f"""
 table ip portfwd {{
   chain pre {{
