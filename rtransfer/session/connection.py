@@ -203,7 +203,10 @@ class Connection(asyncio.BufferedProtocol):
 
     async def drain(self) -> None:
         if self._writable is not None:
-            await asyncio.shield(self._writable)  # shared by every writer: one cancelled must not cancel it
+            await self._writable
+        self._check_open()
+
+    def _check_open(self) -> None:
         if self._lost.done():
             raise self._error or NetworkError("connection closed by the peer before the transfer finished")
 
@@ -236,12 +239,9 @@ class Connection(asyncio.BufferedProtocol):
                     await handle(event)
                 # Not past the next deadline: a path that went silent with our bytes in its buffer
                 # never drains, and only the timer can say the peer is gone.
-                drained = asyncio.ensure_future(self.drain())
-                await asyncio.wait((drained,), timeout=max(0.0, self.machine.next_deadline() - now()))
-                if drained.done():
-                    drained.result()
-                else:
-                    drained.cancel()
+                if self._writable is not None:  # waited for, never cancelled: every writer shares it
+                    await asyncio.wait((self._writable,), timeout=max(0.0, self.machine.next_deadline() - now()))
+                self._check_open()
 
     async def run(self, done: asyncio.Event, handle: Handler, *work: Coroutine[Any, Any, None]) -> None:
         """Drive this connection until ``done``: its read loop and timers beside the attempt's
