@@ -9,10 +9,10 @@ two SYNs cross: the first BURST tries back to back, then one each PACE_S to the 
 window, so that a peer whose moment came late (a busy event loop, a round trip misjudged)
 still finds this side dialing. A SYN that a NAT drops as matching none of its states (the
 4-tuple's last try left one behind) would wait for the kernel's retry, a second later: it is
-dialed again after a few round trips (``syn_wait``) instead. Between two dials, the port's listener takes the peer's
-SYN. Each side also listens on its punching port, for a SYN that arrives between two
-of its own tries. A NAT that maps each connection to a port of its own (a "symmetric" NAT)
-can't be punched: STUN from the same port to two servers shows it (``RandomMapping``).
+dialed again after a few round trips (``syn_wait``) instead. Each side also listens on its
+punching port, for a SYN that arrives between two of its own tries. A NAT that maps each
+connection to a port of its own (a "symmetric" NAT) can't be punched: STUN from the same port
+to two servers shows it (``RandomMapping``).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ BURST = 50  # tries back to back, where the two SYNs are most likely to cross
 PACE_S = 0.001  # then one try per this much, at most
 SYN_WAIT_S = 0.25  # a SYN neither refused nor answered by then is dialed again, where no round trip is known
 SYN_WAIT_MIN_S = 0.1  # however short the round trip: the two sides' moments differ by the loops' jitter
+_IN_USE_PAUSE_S = 0.005  # the port's connection to the peer exists (accepted): wait for it to be proved
 
 
 def syn_wait(rtt_s: float | None) -> float:
@@ -37,9 +38,6 @@ def syn_wait(rtt_s: float | None) -> float:
     drops, the SYN is unanswered until the peer's crosses it, and a redial in between (a new
     initial sequence number on the NAT's entry) spoils the crossing."""
     return SYN_WAIT_S if rtt_s is None else min(max(4 * rtt_s, SYN_WAIT_MIN_S), SYN_WAIT_S)
-
-
-_IN_USE_PAUSE_S = 0.005  # the port's connection to the peer exists (accepted): wait for it to be proved
 
 
 class RandomMapping(StunError):
