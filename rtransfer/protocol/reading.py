@@ -3,6 +3,7 @@ trusted; each message type's decoder in one table."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import struct
 from collections.abc import Callable, Iterator
@@ -255,23 +256,33 @@ def _decode_hints(ftype: FrameType, body: WritableBuffer) -> Hints:
         isinstance(obj, dict) and set(obj) == {"at", "punch", "late"} and isinstance(obj["late"], bool),
         "HINTS malformed",
     )
-    punch = _addresses(obj["punch"], MAX_PUNCH)
+    punch = _addresses(obj["punch"], MAX_PUNCH, ipaddress.IPv4Address)  # the punching ports are IPv4's
     # One NAT, one public address: a peer can't make this side knock at several hosts.
     _need(len({host for host, _ in punch}) <= 1, "HINTS punch addresses name more than one host")
-    return Hints(_addresses(obj["at"], MAX_HINTS), punch, obj["late"])
+    return Hints(_addresses(obj["at"], MAX_HINTS, ipaddress.ip_address), punch, obj["late"])
 
 
-def _addresses(obj: object, most: int) -> tuple[tuple[str, int], ...]:
+def _addresses(obj: object, most: int, literal: Callable[[str], object]) -> tuple[tuple[str, int], ...]:
+    """HOST, PORT pairs whose hosts are address literals: a name would have this side ask DNS
+    whatever the peer likes, once per dial."""
     items = obj if isinstance(obj, list) else []
     _need(isinstance(obj, list) and len(items) <= most, "HINTS malformed")
     addresses = []
     for item in items:
         _need(isinstance(item, list) and len(item) == 2, "HINTS address malformed")
         host, port = item
-        _need(isinstance(host, str) and 0 < len(host) <= 64, "HINTS host malformed")
+        _need(isinstance(host, str) and 0 < len(host) <= 64 and _is_literal(host, literal), "HINTS host malformed")
         _need(_is_uint(port) and 0 < port < 65536, "HINTS port malformed")
         addresses.append((host, port))
     return tuple(addresses)
+
+
+def _is_literal(host: str, literal: Callable[[str], object]) -> bool:
+    try:
+        literal(host)
+    except ValueError:
+        return False
+    return True
 
 
 def _decode_accept(ftype: FrameType, body: WritableBuffer) -> Accept:

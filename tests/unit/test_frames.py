@@ -207,6 +207,9 @@ def _entries(*entries: bytes) -> bytes:
         (FrameType.HINTS, b'[["10.0.0.1", 4000]]', "HINTS malformed"),  # version 8's form
         (FrameType.HINTS, b'{"at":[],"punch":[],"late":1}', "HINTS malformed"),
         (FrameType.HINTS, b'{"at":[],"punch":[["192.0.2.1",1],["192.0.2.9",2]],"late":false}', "more than one host"),
+        (FrameType.HINTS, b'{"at":[],"punch":[["victim.example",1]],"late":false}', "host malformed"),  # no DNS
+        (FrameType.HINTS, b'{"at":[["victim.example",1]],"punch":[],"late":false}', "host malformed"),
+        (FrameType.HINTS, b'{"at":[],"punch":[["::1",1]],"late":false}', "host malformed"),  # punching is IPv4
         (FrameType.HINTS, b'{"at":[],"punch":' + b"[" + b",".join([b'["h",1]'] * 17) + b'],"late":false}', "malformed"),
         (FrameType.ACCEPT, b'{"first":0,"start_offsets":{"x":1},"done":[]}', "start_offsets malformed"),
     ],
