@@ -73,7 +73,7 @@ class GoingDirect:
         self.trying: DirectTry | None = None
         self.heard: asyncio.Queue[HintsReceived] = asyncio.Queue()  # the peer's HINTS that open or answer a try
         self.punch_now = asyncio.Event()
-        self.ponged: dict[int, asyncio.Future[None]] = {}  # receiver: our PINGs, by token, answered or not
+        self.ponged: dict[int, asyncio.Future[None]] = {}  # our PINGs of this try, by token
         self.manifest_in = asyncio.Event()  # receiver: the tries may start
         self.settled = asyncio.Event()  # sender: the first byte may go (the first try is over, or it waited enough)
         self.said = ""  # the last reason given for a failed try (-v): said again only when it changes
@@ -159,9 +159,13 @@ class GoingDirect:
             return []
         ports = [PunchPort() for _ in range(min(self.options.streams, MAX_PUNCH))]
         first, *others = ports  # only the first asks the second server: whether the NAT maps randomly
-        asked = await asyncio.gather(
-            first.learn(self.options.stun), *(p.learn(self.options.stun[:1]) for p in others), return_exceptions=True
-        )
+        try:
+            learning = [first.learn(self.options.stun), *(p.learn(self.options.stun[:1]) for p in others)]
+            asked = await asyncio.gather(*learning, return_exceptions=True)
+        except BaseException:  # cancelled (the try ended first): their listeners go with it
+            for port in ports:
+                port.close()
+            raise
         failed = [(n, e) for n, e in enumerate(asked) if isinstance(e, BaseException)]
         kept = failed[0][0] if failed else len(ports)  # numbered as the transfer's connections: a prefix
         for port in ports[kept:]:
