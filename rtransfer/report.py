@@ -15,7 +15,7 @@ from collections import deque
 from typing import IO, Any, Protocol
 
 from rtransfer.errors import RtransferError
-from rtransfer.names import printable, shown
+from rtransfer.names import checksum_line, printable, shown
 from rtransfer.stats import TransferStats, peak_rss_bytes
 
 
@@ -194,12 +194,13 @@ class ConsoleReporter(Reporter):
         self.quiet = quiet
         self.verbose = verbose
         self._per_file = verbose
-        self.live = (not quiet and self.stream.isatty()) if live is None else live
+        self.terminal = self.stream.isatty()
+        self.live = (not quiet and self.terminal) if live is None else live
         self._progress: Any = None
         self._task: Any = None
 
-    def _say(self, line: str) -> None:
-        line = printable(line)
+    def _say(self, line: str, raw: bool = False) -> None:
+        line = line if raw else printable(line)
         if self.quiet:
             return
         if self._progress is not None:
@@ -273,7 +274,7 @@ class ConsoleReporter(Reporter):
 
     def file_done(self, path: str, size: int, blake3_hex: str) -> None:
         if self._per_file:
-            self._say(f"{blake3_hex}  {shown(path)}  ({human_bytes(size)})")
+            self._say(checksum_line(blake3_hex, path, terminal=self.live or self.terminal), raw=True)
 
     def warning(self, message: str) -> None:
         self._say(f"rtransfer: warning: {message}")

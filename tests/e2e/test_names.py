@@ -4,6 +4,8 @@ terminal shows it escaped as b3sum does; a name the receiving file system refuse
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -87,6 +89,24 @@ def test_a_name_is_shown_escaped_as_b3sum_escapes_it(tmp_path: Path, procs: list
     assert any(b"src/new\\nline" in line for line in lines)
     assert any("src/bad\ufffd".encode() in line for line in lines)
     assert not any(line.endswith(b"new") for line in lines)  # never split over two lines
+
+
+@pytest.mark.skipif(shutil.which("b3sum") is None, reason="b3sum is installed by tests/run.sh")
+def test_the_receivers_verbose_lines_pass_b3sum_check_in_dest(tmp_path: Path, procs: list[Proc]) -> None:
+    """``b3sum -c`` failed on ``HASH  name  (6 B)``, and a newline in a name split its line."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("small.txt", "new\nline", "back\\slash"):
+        (src / name).write_bytes(name.encode() * 3)
+    procs.append(tx := Proc(["send", str(src), "--listen", "127.0.0.1:0", "--json"]))
+    port = tx.wait_event("listening")["port"]
+    dest = tmp_path / "dest"
+    result = run("recv", str(dest), "--connect", f"127.0.0.1:{port}", "-v")
+    assert result.returncode == 0 and tx.finish() == 0, result.stderr
+    lines = [line for line in result.stderr.split(b"\n") if re.match(rb"\\?[0-9a-f]{64}  ", line)]
+    assert len(lines) == 3
+    check = subprocess.run(["b3sum", "-c"], input=b"\n".join(lines) + b"\n", cwd=dest, capture_output=True)
+    assert check.returncode == 0 and check.stdout.count(b": OK\n") == 3, check
 
 
 def test_a_name_the_receiving_file_system_refuses_is_exit_6_naming_it(tmp_path: Path, procs: list[Proc]) -> None:

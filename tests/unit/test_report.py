@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
+import shutil
+import subprocess
+from pathlib import Path
 
+import blake3
 import pytest
 
 from rtransfer.errors import IntegrityError
+from rtransfer.names import checksum_line
 from rtransfer.report import ConsoleReporter, JsonReporter
 from rtransfer.stats import TransferStats
 
@@ -139,7 +145,7 @@ def test_a_tree_prints_no_line_per_file_unless_verbose_and_a_single_file_prints_
 
     assert lines(3, verbose=False) == []
     assert len(lines(3, verbose=True)) == 3
-    assert lines(1, verbose=False) == [f"{'ab' * 32}  f0  (1 B)"]
+    assert lines(1, verbose=False) == [f"{'ab' * 32}  f0"]  # b3sum's line, nothing after the name
 
 
 def test_the_summary_counts_skipped_files_apart_and_says_failures_were_repaired() -> None:
@@ -174,3 +180,25 @@ def test_quiet_still_says_where_it_listens_and_the_code() -> None:
     out = io.StringIO()
     ConsoleReporter(stream=out, quiet=True).listening("0.0.0.0", 9060, "7hk2-m9xq-3wfe")
     assert "listening on 0.0.0.0:9060" in out.getvalue() and "--code 7hk2-m9xq-3wfe" in out.getvalue()
+
+
+HARD_NAMES = ["plain.txt", "back\\slash", "new\nline", "esc\x1b[31mred", "cr\rx", os.fsdecode(b"bad\xffbyte")]
+
+
+@pytest.mark.skipif(shutil.which("b3sum") is None, reason="b3sum is installed by tests/run.sh")
+def test_a_file_line_off_a_terminal_is_b3sums_byte_for_byte(tmp_path: Path) -> None:
+    for i, name in enumerate(HARD_NAMES):
+        (tmp_path / name).write_bytes(bytes([i]))
+    out = io.StringIO()
+    reporter = ConsoleReporter(stream=out, verbose=True, live=False)
+    reporter.started(TransferStats("recv", files_total=len(HARD_NAMES), listing=True))
+    for i, name in enumerate(HARD_NAMES):
+        reporter.file_done(name, 1, blake3.blake3(bytes([i])).hexdigest())
+    theirs = subprocess.run(["b3sum", "--", *HARD_NAMES], cwd=tmp_path, capture_output=True, check=True).stdout
+    assert out.getvalue().encode("utf-8", "surrogateescape") == theirs
+
+
+def test_on_a_terminal_a_file_line_escapes_what_would_drive_it() -> None:
+    line = checksum_line("ab" * 32, "esc\x1b[31mred\nx", terminal=True)
+    assert line == "\\" + "ab" * 32 + "  esc\\x1b[31mred\\nx"
+    assert checksum_line("ab" * 32, "cr\rx", terminal=False) == "ab" * 32 + "  cr\rx"  # as b3sum: raw
