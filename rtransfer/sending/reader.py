@@ -139,15 +139,15 @@ async def read_sources(
     await reading.put(None)
 
 
-SmallFile = tuple[int, str, int]  # file index, path, size
+Pack = list[tuple[int, Source]]  # small whole files, with their indices
 
 
-def _reading_order(batch: AcceptedBatch, chunk_bytes: int) -> Iterator[list[SmallFile] | tuple[int, Source, int]]:
+def _reading_order(batch: AcceptedBatch, chunk_bytes: int) -> Iterator[Pack | tuple[int, Source, int]]:
     """A batch's files to send, in index order: packs of small whole files (as many as fit a chunk)
     and, one at a time, the others with the offset they resume from."""
     pack_max = min(PACK_FILE_MAX_BYTES, chunk_bytes - table_bytes(1))
     starts, skip = batch.accepted.start_offsets, set(batch.accepted.done)
-    small: list[SmallFile] = []
+    small: Pack = []
     small_bytes = 0
     for index, source in enumerate(batch.sources, batch.first):
         entry, start = source.entry, starts.get(index, 0)
@@ -158,8 +158,8 @@ def _reading_order(batch: AcceptedBatch, chunk_bytes: int) -> Iterator[list[Smal
             yield small
             small, small_bytes = [], 0
         if packable:
-            assert source.local is not None and entry.size is not None
-            small.append((index, source.local, entry.size))
+            assert entry.size is not None
+            small.append((index, source))
             small_bytes += entry.size
         else:
             yield index, source, start
@@ -167,16 +167,17 @@ def _reading_order(batch: AcceptedBatch, chunk_bytes: int) -> Iterator[list[Smal
         yield small
 
 
-async def _queue_pack(small: list[SmallFile], reading: Reading) -> None:
+async def _queue_pack(small: Pack, reading: Reading) -> None:
     """Read a pack's files (open, read, hash, close each) on the loop's thread, a slice at a time."""
     buf = await reading.pool.take(reading.chunk_bytes, SENDER_ROOM)
+    local = [(index, source.local or "", source.entry.size or 0) for index, source in small]  # packable: both set
     try:
-        files = await in_slices(read_pack(small, buf))
+        files = await in_slices(read_pack(local, buf))
     except BaseException:
         reading.pool.put(buf)
         raise
     end = files[-1].start + files[-1].size
-    await reading.put(Packed(files, [path for _, path, _ in small], memoryview(buf)[:end]))
+    await reading.put(Packed(files, [source.entry.path for _, source in small], memoryview(buf)[:end]))
 
 
 async def _read_file(index: int, source: Source, offset: int, reading: Reading) -> None:

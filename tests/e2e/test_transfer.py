@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -49,13 +50,26 @@ def test_sender_json_reports_progress_file_done_and_done(tmp_path: Path, procs: 
     procs.append(rx := Receiver(tmp_path / "out"))
     result = send(str(tmp_path / "a.bin"), rx.address)
     assert result.returncode == 0
-    import json
-
     events = [json.loads(line) for line in result.stdout.decode().splitlines()]
     names = [e["event"] for e in events]
     assert names[0] == "start" and names[-1] == "done" and "file_done" in names
     assert events[-1].keys() >= DONE_FIELDS
     assert rx.finish() == 0
+
+
+def test_the_senders_file_done_names_a_file_by_its_path_in_the_transfer_packed_or_not(
+    tmp_path: Path, procs: list[Proc]
+) -> None:
+    """Packed files were named by their local path, chunked ones by their path in the transfer."""
+    src = tmp_path / "src"
+    (src / "d").mkdir(parents=True)
+    write_random(src / "d" / "small", 1000)  # packed
+    write_random(src / "big", 2 * DEFAULT_CHUNK)  # chunk by chunk
+    procs.append(rx := Receiver(tmp_path / "out"))
+    result = send(str(src), rx.address)
+    assert result.returncode == 0 and rx.finish() == 0
+    sent = sorted(e["path"] for e in map(json.loads, result.stdout.decode().splitlines()) if e["event"] == "file_done")
+    assert sent == sorted(e["path"] for e in rx.events("file_done")) == ["src/big", "src/d/small"]
 
 
 def test_empty_file_is_created(tmp_path: Path, procs: list[Proc]) -> None:
