@@ -135,8 +135,17 @@ def check_dest(root: Path) -> None:
         existing = existing.parent
     if existing.exists() and not existing.is_dir():
         raise LocalIOError(f"{root}: {existing} is not a directory")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise LocalIOError(f"{root}: permission denied" + ("" if existing == root else f" (in {existing})"))
+    why = unwritable(existing)
+    if why:
+        raise LocalIOError(f"{root}: {why}" + ("" if existing == root else f" (in {existing})"))
+
+
+def unwritable(directory: Path) -> str:
+    """Why this user can't make entries in ``directory`` ("" if it can). ``access`` only says
+    whether: a read-only file system is said as such, not as a permission (as rsync says EROFS)."""
+    if os.access(directory, os.W_OK | os.X_OK):
+        return ""
+    return "read-only file system" if os.statvfs(directory).f_flag & os.ST_RDONLY else "permission denied"
 
 
 class Spot:

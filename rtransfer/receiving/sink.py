@@ -12,7 +12,7 @@ from rtransfer.integrity import FileDigest
 from rtransfer.names import local_error, shown
 from rtransfer.protocol.model import Buffer, EntryBatch, Manifest
 from rtransfer.protocol.pack import PackedFile
-from rtransfer.receiving.dest import DIR_FLAGS, DestDirs, check_dest
+from rtransfer.receiving.dest import DIR_FLAGS, DestDirs, check_dest, unwritable
 from rtransfer.receiving.finish import devices_warning, finish_transfer
 from rtransfer.receiving.landing import Landing
 from rtransfer.receiving.packs import write_packed
@@ -64,8 +64,9 @@ class DirectorySink:
         land.restart()
         self.planner.restart()
         land.open_dirs = DestDirs(land.root_fd, land.created)
-        if not land.dry and not os.access(land.root, os.W_OK | os.X_OK):
-            raise LocalIOError(f"{shown(str(land.root))}: permission denied")
+        why = "" if land.dry else unwritable(land.root)
+        if why:
+            raise LocalIOError(f"{shown(str(land.root))}: {why}")
         land.chunk_bytes = manifest.chunk_bytes
         land.delta = manifest.delta
 

@@ -90,15 +90,19 @@ async def keep_connected(
     """Serve connections from ``source`` until one finishes the work. A failure that
     ``worth_another`` does not forgive, or one past the policy, is raised."""
     backoff = outage.backoff
+    answered = False
     while True:
         try:
             conn = await source.open(make, open_timeout_s, backoff.remaining_s())
         except OSError as exc:
             # An open that waited for the peer waited out the outage's time itself: that is spent.
-            if isinstance(exc, WaitedOut) or not source.dials or (delay := backoff.next_delay()) is None:
+            spent = isinstance(exc, WaitedOut) or not source.dials
+            wrong = source.server and not answered and isinstance(exc, ConnectionRefusedError)
+            if spent or wrong or (delay := backoff.next_delay()) is None:
                 raise outage.gave_up(source, exc) from None
             outage.unreachable(source, exc)
         else:
+            answered = True
             outage.progress_at_open = outage.progress
             try:
                 return await serve(conn)

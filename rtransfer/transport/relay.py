@@ -60,6 +60,7 @@ class Relay(Way):
     the code, as a listener would); a reconnect waits what is left of the outage."""
 
     rendezvous = True
+    server = True
 
     def __init__(
         self,
@@ -128,7 +129,7 @@ class Relay(Way):
             except TimeoutError:
                 raise WaitedOut(errno.ETIMEDOUT, f"waited {wait or 0:.0f} s") from None
             if answer != b"ok\n":
-                raise ConnectionRefusedError(errno.ECONNREFUSED, f"the relay answered {answer!r}")
+                raise ConnectionAbortedError(errno.ECONNABORTED, f"the relay answered {answer!r}")
         except BaseException:
             sock.close()
             raise

@@ -47,6 +47,8 @@ class Way:
     - ``route`` how the bytes travel, ``where`` the peer in messages, ``hint`` what to check
       when it cannot be reached, and ``how`` the path was made, for the moved event;
     - ``rendezvous``: the peer is met at a third place (a relay), where it may simply not be yet;
+    - ``server``: what is dialed is a server that is always up (a relay, sshd), not the peer: one
+      that refuses before it ever answered is a wrong address, said at once, not waited for;
     - ``names_remote_errors``: the peer's errors are said as coming from ``where`` (its host);
     - ``secret``: what the next connection's key exchange runs on instead of the transfer's keys;
     - ``relayed``: this connection could still move to a direct path (``go_direct``);
@@ -59,6 +61,7 @@ class Way:
     dials = True
     authenticated = False
     rendezvous = False
+    server = False
     names_remote_errors = False
     where = ""
     hint = ""

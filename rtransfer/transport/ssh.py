@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from rtransfer import __version__
-from rtransfer.errors import EXIT_AUTH, HandshakeError, RemoteError, RtransferError, UsageError
+from rtransfer.errors import EXIT_AUTH, HandshakeError, RemoteError, RtransferError, UnknownHost, UsageError
 from rtransfer.transport.source import P, Route, Way, driven
 
 SSH_CODE = "rtransfer over ssh"  # the handshake's code: ssh has authenticated both ends already
@@ -32,8 +32,8 @@ _KEPT_LINES = 40
 _JOINABLE_WAIT_S = 10.0
 _EXIT_GRACE_S = 2.0
 _FINAL = ("permission denied", "host key verification failed", "remote host identification has changed",
-          "could not resolve hostname", "no such identity", "too many authentication failures")  # fmt: skip
-_RETRIED = ("connection refused", "connection timed out", "connection reset", "closed by remote host",
+          "no such identity", "too many authentication failures")  # fmt: skip
+_RETRIED = ("connection timed out", "connection reset", "closed by remote host",
             "broken pipe", "network is unreachable", "no route to host", "connection closed")  # fmt: skip
 
 
@@ -53,6 +53,7 @@ class Ssh(Way):
     reports what the far side warns about."""
 
     authenticated = True
+    server = True
     names_remote_errors = True
 
     def __init__(
@@ -147,6 +148,10 @@ class Ssh(Way):
             return HandshakeError(
                 f"{self.ssh.command[0]} not found on {self.host}: install it there or pass --remote-path"
             )
+        if rc == 255 and "could not resolve hostname" in lowered:  # as the TCP form says it: exit 3
+            return UnknownHost(said if said.startswith("ssh") else f"ssh {self.host}: {said}")
+        if rc == 255 and "connection refused" in lowered:  # final, unless it ever answered (keep_connected)
+            return ConnectionRefusedError(errno.ECONNREFUSED, said)
         if rc == 255 and any(mark in lowered for mark in _FINAL):
             return HandshakeError(said if said.startswith("ssh") or self.host in said else f"ssh {self.host}: {said}")
         if rc == 255 and (not said or any(mark in lowered for mark in _RETRIED)):

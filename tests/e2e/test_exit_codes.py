@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -104,9 +105,6 @@ def test_missing_source_exits_6_before_connecting(tmp_path: Path) -> None:
 
 def without_permission_override() -> list[str]:
     """Root reads everything; root without CAP_DAC_OVERRIDE/READ_SEARCH obeys file modes."""
-    import os
-    import shutil
-
     if os.geteuid() != 0:
         return []
     if shutil.which("setpriv") is None:
@@ -137,6 +135,56 @@ def test_dest_not_writable_exits_6(tmp_path: Path) -> None:
     result = subprocess.run(cmd, capture_output=True, timeout=60)
     assert result.returncode == 6
     assert "permission denied" in one_error_line(result.stderr).lower()
+
+
+@pytest.mark.parametrize("under", ["", "new/dir"])
+def test_a_dest_on_a_read_only_file_system_says_so_and_exits_6(tmp_path: Path, under: str) -> None:
+    """It was reported as "permission denied"."""
+    mount = tmp_path / "ro"
+    mount.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a read-only tmpfs (CI runs as root)")
+    if subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(mount)], capture_output=True
+    ).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        result = run("recv", str(mount / under), "--listen", "127.0.0.1:0")
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+    assert result.returncode == 6
+    assert "read-only file system" in one_error_line(result.stderr).lower()
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on: a connection to it is refused."""
+    return free_port()
+
+
+@pytest.mark.parametrize(
+    "where",
+    [
+        ["send", "{f}", "--relay", "127.0.0.1:{port}"],  # a relay that isn't running
+        ["recv", "{out}", "--relay", "127.0.0.1:{port}"],
+        ["send", "{f}", "root@127.0.0.1:{out}", "-e", "ssh -p {port} -o BatchMode=yes"],  # a refused ssh port
+        ["recv", "root@127.0.0.1:{f}", "{out}", "-e", "ssh -p {port} -o BatchMode=yes"],
+        ["send", "{f}", "nosuch.invalid:{out}"],  # over ssh: the host's name doesn't resolve
+        ["send", "{f}", "nosuch.invalid:9"],  # the same over TCP
+        ["send", "{f}", "--relay", "nosuch.invalid:4001"],
+    ],
+)
+def test_what_waiting_cannot_fix_fails_at_once_with_exit_3(tmp_path: Path, where: list[str]) -> None:
+    """A relay that isn't running took 55 s to say so, a refused ssh port 57 s, and an unknown
+    host over ssh exited 5 ("handshake refused") where the TCP form exits 3."""
+    if "-e" in where and shutil.which("ssh") is None:
+        pytest.skip("ssh is installed by tests/run.sh")
+    (tmp_path / "f").write_bytes(b"x")
+    fill = {"f": str(tmp_path / "f"), "out": str(tmp_path / "out"), "port": str(closed_port())}
+    result = run(*(arg.format(**fill) for arg in where), timeout_s=20)  # it waited a minute
+    assert result.returncode == 3, result.stderr
+    said = b"".join(x for x in result.stderr.splitlines(True) if not x.startswith(b"rtransfer: waiting for the"))
+    line = one_error_line(said).lower()  # after where it waits, announced before the relay is reached
+    assert "refused" in line or "not known" in line or "could not resolve" in line, line
 
 
 def free_port() -> int:
