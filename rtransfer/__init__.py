@@ -1,3 +1,3 @@
 """rtransfer: chunked, integrity-checked file transfer over TCP."""
 
-__version__ = "1.0.0"
+__version__ = "1.1.0"

@@ -102,3 +102,14 @@ def test_every_json_field_is_documented() -> None:
     events = {json.loads(line)["event"] for line in out.getvalue().splitlines()}
     for name in fields | events | {"rate_bps", "in_flight_bytes", "queued_bytes", "stalled", "paused", "path"}:
         assert re.search(rf"\b{name}\b", man), f"{name} is not in rtransfer.1's JSON EVENTS"
+
+
+def test_the_version_is_the_changelogs_latest_and_every_man_pages() -> None:
+    """``--version`` and the man pages said 1.0.0 while both described 1.1."""
+    from rtransfer import __version__
+
+    latest = re.search(r"^## (\d+\.\d+\.\d+) \(", (ROOT / "CHANGELOG.md").read_text(), flags=re.M)
+    assert latest is not None and latest.group(1) == __version__ == "1.1.0"
+    for page in ("rtransfer.1", "rtransfer-send.1", "rtransfer-recv.1"):
+        header = (ROOT / "man" / page).read_text().splitlines()[0]
+        assert f'"rtransfer {__version__}"' in header, page
