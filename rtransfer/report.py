@@ -34,7 +34,8 @@ class Reporter:
     def warning(self, message: str) -> None: ...
     def item(self, action: str, path: str, dry_run: bool) -> None:
         """What the receiver does to DEST beyond writing files ("delete"), or in a dry run would do
-        ("send", "replace", "delete"), or a device node it skipped ("skip"); a directory's path ends in "/"."""
+        ("send", "replace", "delete"), a device node it skipped ("skip"), what was here already,
+        different, and is kept (a "conflict": the run exits 6 at its end); a directory's path ends in "/"."""
 
     def joinable(self, socket: str) -> None:
         """The far side of an ssh transfer: where its further ssh sessions join it (``--streams``)."""
@@ -142,6 +143,18 @@ class JsonReporter(Reporter):
 
 def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+_WOULD = (("send", "send"), ("replace", "replace"), ("delete", "delete"), ("conflict", "keep"), ("skip", "skip"))
+
+
+def _dry_run_summary(stats: TransferStats) -> str:
+    """rsync marks a dry run's output (DRY RUN): none of its numbers is of bytes moved."""
+    listed = f"{_count(stats.files_total, 'file')} of {human_bytes(stats.total_bytes or 0)} listed"
+    if stats.role == "send":
+        return f"rtransfer: dry run, nothing sent: {listed}; the receiver says what it would do (DRY RUN)"
+    would = ", ".join(f"{verb} {stats.would[action]}" for action, verb in _WOULD if stats.would.get(action))
+    return f"rtransfer: dry run, nothing changed: {listed}; would {would or 'do nothing'} (DRY RUN)"
 
 
 def _path(stats: TransferStats) -> str:
@@ -290,7 +303,10 @@ class ConsoleReporter(Reporter):
     def item(self, action: str, path: str, dry_run: bool) -> None:
         """A dry run's every line (what it is for); a real run's deletions with ``verbose``, as rsync -v."""
         shown_path = shown(path)
-        if dry_run:
+        if action == "conflict":
+            kept = f"{shown_path}: already here and different (use --overwrite to replace it)"
+            self._say(f"would keep {kept}" if dry_run else f"rtransfer: kept {kept}")
+        elif dry_run:
             self._say(f"would {action} {shown_path}")
         elif self.verbose:
             self._say(f"{'skipped device node' if action == 'skip' else action + 'd'} {shown_path}")
@@ -302,6 +318,9 @@ class ConsoleReporter(Reporter):
 
     def done(self, stats: TransferStats) -> None:
         self._stop()
+        if stats.dry_run:
+            self._say(_dry_run_summary(stats))
+            return
         seconds = max(stats.seconds, 1e-9)
         verb = "sent" if stats.role == "send" else "received"
         moved = stats.bytes_done - stats.bytes_skipped

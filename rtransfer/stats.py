@@ -64,6 +64,8 @@ class TransferStats:
     integrity_failures: int = 0
     duplicates: int = 0  # chunks received twice (a resend raced its ACK) and ignored
     devices_skipped: int = 0  # device nodes listed that this receiver did not make (recv --devices)
+    dry_run: bool = False  # nothing was written: the receiver only said what it would do
+    would: dict[str, int] = field(default_factory=dict)  # a dry run's receiver: its items, by action
     reconnects: int = 0
     accepted: int = 0  # connections that got as far as the receiver's ACCEPT
     in_flight: int = 0
@@ -128,6 +130,7 @@ class TransferStats:
             "integrity_failures": self.integrity_failures,
             "duplicates": self.duplicates,
             **({"devices_skipped": self.devices_skipped} if self.devices_skipped else {}),
+            **({"dry_run": True} if self.dry_run else {}),
             "reconnects": self.reconnects,
             "in_flight": self.in_flight,
             "queue_depth": self.queue_depth,

@@ -5,7 +5,7 @@ bytes from that file too. Run as ``python -m tests.hostile send ARGS...`` (the s
 there are only placeholders).
 
 An entry: {"path", "kind", and optionally "content" (text; files), "size" (declared, if not the
-content's), "mode", "mtime", "target", "uid", "gid", "device", "linked", "identity"}.
+content's), "mode", "mtime_ns", "target", "uid", "gid", "device", "linked", "identity"}.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def entries_from(spec: list[dict[str, Any]], scratch: str) -> list[Source]:
             item["kind"],
             size,
             item.get("mode", 0o644),
-            item.get("mtime", 1_700_000_000.0),
+            item.get("mtime_ns", 1_700_000_000 * 10**9),
             target=item.get("target"),
             identity=identity,
             uid=item.get("uid"),

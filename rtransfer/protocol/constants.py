@@ -82,6 +82,7 @@ class Cause(IntEnum):
     AUTH = 3  # the peers cannot talk (another code, another version)
     LOCAL = 4  # a problem on the peer's own machine: disk full, permissions, its limits
     PROTOCOL = 5  # we broke the protocol (a bug): retrying cannot help (an older peer reads OTHER)
+    USAGE = 6  # the peer's own options refuse what was asked (recv without --delete): exit 2 on both sides
 
 
 class Phase(Enum):

@@ -6,7 +6,7 @@ Each path is sent as its directory's bytes shared with the path before (a count)
 much as rsync's file list does: siblings share their directory.
 
 Per entry: kind, flags, shared prefix and suffix lengths and mode (``_HEAD``), the suffix, then
-each field ``flags`` names, in this order: size (u64), mtime (f64), target (u16 length + UTF-8),
+each field ``flags`` names, in this order: size (u64), mtime (i64 nanoseconds), target (u16 length + UTF-8),
 identity (u16 length + UTF-8), digest (CONTENT_DIGEST_BYTES), uid and gid (u32 each), device (u64).
 ``LINKED`` carries no field: the file has more names, which follow as hard links to it.
 
@@ -15,7 +15,6 @@ Paths and link targets are bytes, as the file system has them (names.py), not ne
 
 from __future__ import annotations
 
-import math
 import struct
 from collections.abc import Callable
 
@@ -34,7 +33,7 @@ SIZE, MTIME, OWNER, TARGET, IDENTITY, DIGEST, DEVICE, LINKED = (1 << i for i in 
 COMMON = SIZE | MTIME | OWNER
 # For each combination of the common fields: the struct that holds just those.
 _COMMON_LAYOUTS = [
-    struct.Struct("!" + ("Q" if f & SIZE else "") + ("d" if f & MTIME else "") + ("II" if f & OWNER else ""))
+    struct.Struct("!" + ("Q" if f & SIZE else "") + ("q" if f & MTIME else "") + ("II" if f & OWNER else ""))
     for f in range(COMMON + 1)
 ]
 MAX_TARGET_BYTES = 4096  # PATH_MAX: what a link's text may hold
@@ -43,7 +42,6 @@ MAX_IDENTITY_BYTES = 512
 # the wire, and the receiver keeps some whole until the end (directories, links), so without a
 # bound a few bytes on the wire could stand for megabytes held there.
 MAX_PATH_BYTES = 4096
-MAX_MTIME_S = 1e18  # a time the system's time_t holds (the file system clamps it further)
 
 
 def to_wire(name: str) -> bytes:
@@ -65,7 +63,7 @@ def encode_entries(batch: EntryBatch) -> bytes:
         previous = path
         flags = (
             (SIZE if e.size is not None else 0)
-            | (MTIME if e.mtime is not None else 0)
+            | (MTIME if e.mtime_ns is not None else 0)
             | (TARGET if e.target is not None else 0)
             | (IDENTITY if e.identity is not None else 0)
             | (DIGEST if e.digest is not None else 0)
@@ -75,7 +73,7 @@ def encode_entries(batch: EntryBatch) -> bytes:
         )
         put(_HEAD.pack(_CODE_OF[e.kind], flags, shared, len(path) - shared, e.mode))
         put(path[shared:])
-        common = (e.size, e.mtime, e.uid, e.gid) if flags & COMMON == COMMON else _common(e, flags)
+        common = (e.size, e.mtime_ns, e.uid, e.gid) if flags & COMMON == COMMON else _common(e, flags)
         put(_COMMON_LAYOUTS[flags & COMMON].pack(*common))
         if flags & ~COMMON & ~LINKED:
             put(_rare_fields(e))
@@ -90,7 +88,7 @@ def _shared(a: bytes, b: bytes) -> int:
 
 def _common(e: Entry, flags: int) -> tuple[object, ...]:
     fields: tuple[object, ...] = (e.size,) if flags & SIZE else ()
-    fields += (e.mtime,) if flags & MTIME else ()
+    fields += (e.mtime_ns,) if flags & MTIME else ()
     return fields + ((e.uid, e.gid) if flags & OWNER else ())
 
 
@@ -150,8 +148,6 @@ def _decode_entry(data: bytes, pos: int, previous: bytes) -> tuple[Entry, int, b
         size, mtime, uid, gid = _spread(common, flags)
     if size is not None and code != 0:
         raise RemoteProtocolError("ENTRIES entry size given for what is not a file")
-    if mtime is not None and not (math.isfinite(mtime) and abs(mtime) <= MAX_MTIME_S):
-        raise RemoteProtocolError("ENTRIES entry mtime malformed")
     if (code in _LINK_KINDS) != bool(flags & TARGET) or (code in _DEVICES) != bool(flags & DEVICE):
         raise RemoteProtocolError("ENTRIES entry: a link needs a target and a device its number, others neither")
     linked = bool(flags & LINKED)
@@ -188,7 +184,7 @@ def _with_rare_fields(data: bytes, pos: int, flags: int, entry: Entry) -> tuple[
         pos += 8
     e = entry
     return (
-        Entry(e.path, e.kind, e.size, e.mode, e.mtime, target, identity, digest, e.uid, e.gid, device, e.linked),
+        Entry(e.path, e.kind, e.size, e.mode, e.mtime_ns, target, identity, digest, e.uid, e.gid, device, e.linked),
         pos,
     )
 

@@ -28,7 +28,7 @@ class Entry:
     kind: str  # "file", "dir", "symlink", "hardlink", "fifo", "char" or "block"
     size: int | None = None  # None: a stream whose length is known only at its end
     mode: int = 0o644
-    mtime: float | None = None
+    mtime_ns: int | None = None  # nanoseconds, as the file system keeps them
     target: str | None = None  # symlinks: the link text; hard links: the path of the entry they share data with
     identity: str | None = None  # version of a file's data (size, mtime, head digest); None: a stream
     digest: str | None = None  # --checksum: the hex BLAKE3 of its content (CONTENT_DIGEST_BYTES)

@@ -52,6 +52,7 @@ CAP_ENCRYPT = 1
 # a side that lost its peer resumes only with that peer, and a new run, keyed by the code, learns
 # so before either side runs the exchange (so neither spends a guess at the code on the other).
 CAP_SESSION = 2
+CAP_DRY_RUN = 4  # the receiver only says what it would do (recv --dry-run): the sender's summary says so too
 HANDSHAKE_TIMEOUT_S = 10.0
 
 
@@ -101,7 +102,13 @@ class Peer:
     HANDLERS: ClassVar[dict[type, Callable[..., None]]]
 
     def __init__(
-        self, now: float, timeout_s: float, kex: KeyExchange, encrypt: bool = True, buffers: Buffers = FRESH_BUFFERS
+        self,
+        now: float,
+        timeout_s: float,
+        kex: KeyExchange,
+        encrypt: bool = True,
+        buffers: Buffers = FRESH_BUFFERS,
+        capabilities: int = 0,
     ) -> None:
         """A listener may start ``kex`` before anyone connects, so its first step is not spent
         while a sender waits."""
@@ -120,7 +127,8 @@ class Peer:
         self._sealer: Sealer | None = None
         self._ping_token = 0
         self._tries = DirectTries(self.role is Role.SENDER)  # at a direct path, on this relayed connection
-        capabilities = (CAP_ENCRYPT if encrypt else 0) | (CAP_SESSION if kex.session else 0)
+        capabilities |= (CAP_ENCRYPT if encrypt else 0) | (CAP_SESSION if kex.session else 0)
+        self.peer_capabilities = 0  # the peer's HELLO's, once it came
         self._hello = Hello(self.role, capabilities=capabilities, auth=kex.message)
         self._send(self._hello)
 
@@ -306,6 +314,7 @@ class Peer:
         first, second = (self._hello, hello) if self.role is Role.SENDER else (hello, self._hello)
         sealer, opener = self._kex.finish(hello.auth, encode_bytes(first) + encode_bytes(second))
         self.encrypted = bool(self._hello.capabilities & hello.capabilities & CAP_ENCRYPT)
+        self.peer_capabilities = hello.capabilities
         self._sealer = sealer
         self._decoder.opener = opener
         self._send(Confirm())

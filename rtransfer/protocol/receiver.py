@@ -50,7 +50,7 @@ from rtransfer.protocol.model import (
     reorder_span,
 )
 from rtransfer.protocol.pack import read_table
-from rtransfer.protocol.peer import KeyExchange, Peer, guarded
+from rtransfer.protocol.peer import CAP_DRY_RUN, KeyExchange, Peer, guarded
 from rtransfer.protocol.reorder import Reorder
 
 
@@ -99,10 +99,11 @@ class ReceiverMachine(Peer):
         limits: ReceiveLimits | None = None,
         buffers: Buffers = FRESH_BUFFERS,
         running: Manifest | None = None,
+        dry_run: bool = False,
     ) -> None:
         """``running``: the transfer this side is receiving, when this connection may be a further
-        one of it (JOIN names it); None for its first."""
-        super().__init__(now, timeout_s, kex, encrypt, buffers)
+        one of it (JOIN names it); None for its first. ``dry_run``: said in the HELLO."""
+        super().__init__(now, timeout_s, kex, encrypt, buffers, CAP_DRY_RUN if dry_run else 0)
         self.limits = limits or ReceiveLimits()
         self.running = running
         self.manifest = Manifest("", 0, 0)  # the sender's, once it arrives (phase PLANNING on)
@@ -118,6 +119,7 @@ class ReceiverMachine(Peer):
         self._unplanned: deque[EntryBatch] = deque()  # batches handed out, not yet accepted
         self._files: dict[int, _Incoming] = {}
         self._packs: set[int] = set()  # seqs of packs handed out, not yet written
+        self._complete = False  # TransferComplete said: the driver's last steps, then ``finish``
         self._current_file = -1
         self._unended: set[int] = set()  # files with all their bytes, whose FILE_END has not come yet
         self._total_bytes = 0
@@ -401,9 +403,19 @@ class ReceiverMachine(Peer):
             events.append(FileComplete(index, end.size, end.digest))
 
     def _maybe_finish(self, events: list[Event]) -> None:
-        if self.phase is Phase.FINISHING and not self._files and not self._packs:
-            self._send_as_told(Done())
+        if self.phase is Phase.FINISHING and not self._files and not self._packs and not self._complete:
+            self._complete = True
             events.append(TransferComplete())
+
+    @guarded
+    def finish(self, now: float) -> None:
+        """The driver has taken the transfer's last steps (links, --delete, directories' times,
+        the final renames): DONE tells the sender, which exits with this side's outcome. A step that
+        failed is an ERROR instead (``fail``), with its exit code."""
+        if not self._complete:
+            raise LocalProtocolError("finish called before every file was received")
+        self._now = now
+        self._send_as_told(Done())
 
     def _after_batch(self, events: list[Event]) -> None:
         if self._ack_due:

@@ -134,8 +134,8 @@ class PartialWriter:
         fd = self.fileno()
         policy.own(entry, fd)
         os.fchmod(fd, policy.mode(entry.mode))
-        if entry.mtime is not None:
-            os.utime(fd, (entry.mtime, entry.mtime))
+        if entry.mtime_ns is not None:
+            os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
 
     @property
     def direct(self) -> bool:

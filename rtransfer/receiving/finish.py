@@ -41,8 +41,8 @@ def finish_transfer(land: Landing) -> None:
             ours = rel in ending.made or policy.overwrite  # one that was here keeps its mode and owner
             if ours:
                 policy.own(entry, dir_fd)
-            if entry.mtime is not None:
-                os.utime(dir_fd, (entry.mtime, entry.mtime))
+            if entry.mtime_ns is not None:
+                os.utime(dir_fd, ns=(entry.mtime_ns, entry.mtime_ns))
             if ours:
                 os.fchmod(dir_fd, policy.mode(entry.mode))
 

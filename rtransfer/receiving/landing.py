@@ -25,6 +25,7 @@ class Ending:
     hidden_roots: list[tuple[str, str]] = field(default_factory=list)  # (hidden path, final path)
     listed: ListedNames = field(default_factory=ListedNames)
     devices_skipped: int = 0
+    conflicts: int = 0  # files here already, different, kept (no --overwrite): skipped, exit 6 at the end
 
 
 @dataclass

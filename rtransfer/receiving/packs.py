@@ -77,8 +77,8 @@ def write_packed(
                 mode = policy.mode(entry.mode)
                 if mode & _UMASK or mode > 0o777:
                     os.fchmod(fd, mode)  # what the umask took, or special bits (after the owner: it clears them)
-                if entry.mtime is not None:
-                    os.utime(fd, (entry.mtime, entry.mtime))
+                if entry.mtime_ns is not None:
+                    os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
             finally:
                 os.close(fd)
             if not at_once:

@@ -76,14 +76,17 @@ def read_held(held: list[tuple[int, str]], read: Callable[[int], T]) -> list[T]:
     return results
 
 
+MTIME_WINDOW_NS = 1_000_000  # rsync's quick check compares seconds; times now travel to the ns: 1 ms of slack
+
+
 def already_here(st: os.stat_result, entry: Entry) -> bool:
     """rsync's quick check: same size and mtime means this file arrived before (with --checksum,
     the entry carries a digest, and the content decides instead: ``examine``)."""
     return (
         stat.S_ISREG(st.st_mode)
         and entry.size == st.st_size
-        and entry.mtime is not None
-        and abs(st.st_mtime - entry.mtime) < 1e-3
+        and entry.mtime_ns is not None
+        and abs(st.st_mtime_ns - entry.mtime_ns) < MTIME_WINDOW_NS
     )
 
 
@@ -115,8 +118,9 @@ class Planner:
                 st = None if disk_parent in land.created else lstat_or_none(name, dirs.fd(disk_parent))
                 if entry.kind == "file":
                     self._plan_file(index, entry, st, draft, (dirs.fd(disk_parent), name), parent in land.hidden)
-                elif st is None or not specials.already_here(entry, st, name, dirs.fd(disk_parent), dirs, land.hidden):
-                    self._refuse_existing(entry, st)
+                elif (
+                    st is None or not specials.already_here(entry, st, name, dirs.fd(disk_parent), dirs, land.hidden)
+                ) and not self._conflicts(entry, st):
                     self._plan_special(entry)
             free = shutil.disk_usage(land.root).free
         except OSError as exc:
@@ -240,8 +244,7 @@ class Planner:
                     st = None if dir_fd is None else lstat_or_none(name, dir_fd)
                     if st is None:
                         land.items.append(("send", entry.path))
-                    elif not self._same(entry, st, name, dirs):
-                        self._refuse_existing(entry, st)
+                    elif not self._same(entry, st, name, dirs) and not self._conflicts(entry, st):
                         land.items.append(("replace", entry.path))
         except OSError as exc:
             raise local_error(exc, exc.filename or land.root) from None
@@ -280,8 +283,9 @@ class Planner:
         elif st is not None and entry.digest is None and already_here(st, entry):
             draft.done.append(index)
             return
-        elif not ours:
-            self._refuse_existing(entry, st)
+        elif not ours and self._conflicts(entry, st):
+            draft.done.append(index)  # kept as it is: the sender skips it
+            return
         land.files[index] = entry
         if size_here is not None and land.delta and entry.identity and size_here >= DELTA_MIN_BYTES:
             draft.old_copies.append(index)
@@ -300,19 +304,22 @@ class Planner:
         try:
             digests = await in_cpu(read_held, self._held(plan.compare), content_digest)
             same = [i for i, digest in zip(plan.compare, digests, strict=True) if digest == files[i].digest]
-            self._refuse_changed([i for i in plan.compare if i not in same])
             for index in same:
                 self._touch(index)
                 del files[index]
-            described = [i for i in plan.old_copies if i not in same]
+            kept = [] if self.land.policy.overwrite else [i for i in plan.compare if i not in same]
+            for index in kept:  # changed, and kept as it is: the sender skips it
+                self._conflict(files.pop(index))
+            done = same + kept
+            described = [i for i in plan.old_copies if i not in done]
             bases: dict[int, Basis] = dict(
                 zip(described, await in_cpu(read_held, self._held(described), describe), strict=True)
             )
         except OSError as exc:
             raise local_error(exc, exc.filename or self.land.root) from None
         self.land.described.update(bases)
-        starts = {i: n for i, n in plan.start_offsets.items() if i not in same}
-        return replace(plan, start_offsets=starts, done=plan.done + tuple(same), bases=bases)
+        starts = {i: n for i, n in plan.start_offsets.items() if i not in done}
+        return replace(plan, start_offsets=starts, done=plan.done + tuple(done), bases=bases)
 
     def _held(self, indices: tuple[int, ...] | list[int]) -> list[tuple[int, str]]:
         """Each file's directory (a descriptor of its own, for a worker thread) and name."""
@@ -322,32 +329,35 @@ class Planner:
             held.append((os.dup(self.land.open_dirs.fd(parent)), name))
         return held
 
-    def _refuse_changed(self, indices: list[int]) -> None:
-        if indices and not self.land.policy.overwrite:
-            raise LocalIOError(f"{shown(self.land.shown(indices[0]))}: already exists (use --overwrite to replace it)")
-
     def _touch(self, index: int) -> None:
         """A file found whole by its content takes the sender's mtime (so the quick check finds it next
         time), through its own descriptor."""
         entry = self.land.files[index]
-        if entry.mtime is None:
+        if entry.mtime_ns is None:
             return
         parent, name, _ = self.land.place_file(entry.path)
         fd = open_existing(name, self.land.open_dirs.fd(parent))
         if fd is not None:
             try:
-                os.utime(fd, (entry.mtime, entry.mtime))
+                os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
             finally:
                 os.close(fd)
 
-    def _refuse_existing(self, entry: Entry, st: os.stat_result | None) -> None:
+    def _conflicts(self, entry: Entry, st: os.stat_result | None) -> bool:
+        """Whether what is at ``entry``'s name, not as listed, is kept as it is (no --overwrite): it
+        is named, the transfer goes on without it and exits 6 at the end (``Ending.conflicts``)."""
         if st is None:
-            return
-        path = shown(str(self.land.root / entry.path))
+            return False
         if not self.land.policy.overwrite:
-            raise LocalIOError(f"{path}: already exists (use --overwrite to replace it)")
+            self._conflict(entry)
+            return True
         if stat.S_ISDIR(st.st_mode):
-            raise LocalIOError(f"{path}: is a directory")
+            raise LocalIOError(f"{shown(str(self.land.root / entry.path))}: is a directory")
+        return False
+
+    def _conflict(self, entry: Entry) -> None:
+        self.land.ending.conflicts += 1
+        self.land.items.append(("conflict", entry.path))
 
     def _resume_point(self, dir_fd: int, name: str, entry: Entry) -> tuple[int, int, tuple[int, int] | None]:
         """Bytes of the partial file to keep, how many of them are known synced to disk, and the

@@ -39,8 +39,13 @@ class DirectorySink:
 
     @property
     def items(self) -> list[tuple[str, str]]:
-        """(action, path): a dry run's verdicts, --delete's removals, skipped device nodes."""
+        """(action, path): a dry run's verdicts, --delete's removals, skipped device nodes, what was
+        here already and kept (a conflict)."""
         return self.land.items
+
+    @property
+    def conflicts(self) -> int:
+        return self.land.ending.conflicts
 
     @property
     def dry(self) -> bool:

@@ -86,8 +86,8 @@ def make(entry: Entry, name: str, dir_fd: int, dirs: DestDirs, policy: DestPolic
         uid, gid = policy.owners(entry)
         if (uid, gid) != (-1, -1):
             os.chown(name, uid, gid, dir_fd=dir_fd, follow_symlinks=False)
-        if entry.mtime is not None:
-            os.utime(name, (entry.mtime, entry.mtime), dir_fd=dir_fd, follow_symlinks=False)
+        if entry.mtime_ns is not None:
+            os.utime(name, ns=(entry.mtime_ns, entry.mtime_ns), dir_fd=dir_fd, follow_symlinks=False)
         return
     if entry.kind == "hardlink":
         _link(entry, name, dir_fd, dirs)
@@ -124,8 +124,8 @@ def _settle_node(entry: Entry, name: str, dir_fd: int, policy: DestPolicy) -> No
         if (uid, gid) != (-1, -1):
             os.chown(node, uid, gid)
         os.chmod(node, policy.mode(entry.mode))
-        if entry.mtime is not None:
-            os.utime(node, (entry.mtime, entry.mtime))
+        if entry.mtime_ns is not None:
+            os.utime(node, ns=(entry.mtime_ns, entry.mtime_ns))
     finally:
         os.close(fd)
 

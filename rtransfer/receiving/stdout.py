@@ -25,6 +25,7 @@ class StdoutSink:
     """
 
     dry = False
+    conflicts = 0
 
     def __init__(self) -> None:
         self.items: list[tuple[str, str]] = []  # nothing beyond the one stream is ever done here

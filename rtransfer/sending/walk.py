@@ -47,7 +47,7 @@ def collect_sources(args: list[str], stdin_name: str | None) -> list[Source]:
         root_name = path.resolve().name if path.name in ("", ".", "..") else path.name
         if stat.S_ISDIR(st.st_mode):
             name = CONTENTS if arg.endswith("/") else root_name
-            sources.append(Source(Entry(name, "dir", None, stat.S_IMODE(st.st_mode), st.st_mtime), arg))
+            sources.append(Source(Entry(name, "dir", None, stat.S_IMODE(st.st_mode), st.st_mtime_ns), arg))
         elif arg.endswith("/"):
             raise UsageError(f"{arg}: not a directory")
         elif stat.S_ISREG(st.st_mode):
@@ -89,7 +89,7 @@ def _file_entry(name: str, path: str, st: os.stat_result) -> Entry:
     """Only a file large enough to be resumed part-way needs an identity (see PACK_FILE_MAX_BYTES):
     reading every small file's head for one doubled the walk's cost."""
     identity = source_identity(path, st) if st.st_size > PACK_FILE_MAX_BYTES else None
-    return Entry(name, "file", st.st_size, stat.S_IMODE(st.st_mode), st.st_mtime, identity=identity)
+    return Entry(name, "file", st.st_size, stat.S_IMODE(st.st_mode), st.st_mtime_ns, identity=identity)
 
 
 def with_content_digests(batch: list[Source]) -> list[Source]:
@@ -196,23 +196,25 @@ class Walk:
             if st.st_nlink > 1:
                 first = self._inodes.setdefault((st.st_dev, st.st_ino), entry_path)
                 if first != entry_path:
-                    return self._owned(Entry(entry_path, "hardlink", None, stat.S_IMODE(mode), st.st_mtime, first), st)
+                    return self._owned(
+                        Entry(entry_path, "hardlink", None, stat.S_IMODE(mode), st.st_mtime_ns, first), st
+                    )
                 entry.linked = True  # its other names follow as hard links to it: the receiver allows only such
             return self._owned(entry, st)
         if stat.S_ISDIR(mode):
-            return self._owned(Entry(entry_path, "dir", None, stat.S_IMODE(mode), st.st_mtime), st)
+            return self._owned(Entry(entry_path, "dir", None, stat.S_IMODE(mode), st.st_mtime_ns), st)
         if stat.S_ISLNK(mode):
             target = os.readlink(local)
             if self.safe_links and not link_stays_inside(entry_path, target):
                 self.warn(f"skipping symbolic link {shown(local)}: it points outside the transfer (--safe-links)")
                 return None
-            return self._owned(Entry(entry_path, "symlink", None, 0o777, st.st_mtime, target), st)
+            return self._owned(Entry(entry_path, "symlink", None, 0o777, st.st_mtime_ns, target), st)
         kind = _SPECIAL_KINDS.get(stat.S_IFMT(mode))
         if kind is None:
             self.warn(f"skipping special file {shown(local)} (a socket)")
             return None
         device = st.st_rdev if kind != "fifo" else None
-        return self._owned(Entry(entry_path, kind, None, stat.S_IMODE(mode), st.st_mtime, device=device), st)
+        return self._owned(Entry(entry_path, kind, None, stat.S_IMODE(mode), st.st_mtime_ns, device=device), st)
 
     def _owned(self, entry: Entry, st: os.stat_result) -> Entry:
         """The owner and group of an entry just made here (set in place: nothing else holds it yet)."""

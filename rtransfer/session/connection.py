@@ -74,6 +74,7 @@ class Connection(asyncio.BufferedProtocol):
         self._reading_paused = False
         self._writable: asyncio.Future[None] | None = None
         self._lost: asyncio.Future[None] = self._loop.create_future()
+        self._closed_by_peer: asyncio.Future[None] = self._loop.create_future()  # EOF, or the connection lost
         self._peer_failed = False  # the peer's ERROR frame arrived: it closes, we need not wait for it
         self._peer_silent = False  # it heard nothing of ours for --timeout: nothing more will reach it
         # A relay may hold a small frame until the last one is ACKed (Nagle: the transit relay
@@ -156,6 +157,8 @@ class Connection(asyncio.BufferedProtocol):
     def eof_received(self) -> bool:
         self._eof = True
         self._wakeup.set()
+        if not self._closed_by_peer.done():
+            self._closed_by_peer.set_result(None)
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -163,6 +166,8 @@ class Connection(asyncio.BufferedProtocol):
             self._error = NetworkError(f"connection lost: {reason(exc)}")
         self._eof = True
         self._wakeup.set()
+        if not self._closed_by_peer.done():
+            self._closed_by_peer.set_result(None)
         if not self._lost.done():
             self._lost.set_result(None)
             if self._pool is not None:
@@ -233,6 +238,12 @@ class Connection(asyncio.BufferedProtocol):
                 raise NetworkError("connection closed by the peer before the transfer finished")
             self._wakeup.clear()
             await self._wakeup.wait()
+
+    async def peer_closed(self) -> None:
+        """Until the peer has closed its end; what broke the connection instead, raised."""
+        await asyncio.shield(self._closed_by_peer)
+        if self._error is not None:
+            raise self._error
 
     async def tick(self, handle: Handler) -> None:
         """Heartbeats, dead-peer detection and retransmission timeouts."""

@@ -9,6 +9,7 @@ from rtransfer.errors import (
     EXIT_INTEGRITY,
     EXIT_LOCAL_IO,
     EXIT_NETWORK,
+    EXIT_USAGE,
     CorruptLink,
     HandshakeError,
     IntegrityError,
@@ -36,6 +37,7 @@ from rtransfer.protocol.errors import (
 from rtransfer.protocol.phases import AUTHENTICATING
 
 _PEER_EXIT_CODES = {
+    Cause.USAGE: EXIT_USAGE,
     Cause.INTEGRITY: EXIT_INTEGRITY,
     Cause.AUTH: EXIT_AUTH,
     Cause.LOCAL: EXIT_LOCAL_IO,
@@ -90,6 +92,8 @@ def cause_of(error: RtransferError) -> Cause:
         return Cause.AUTH
     if isinstance(error, LocalIOError) or error.exit_code == EXIT_LOCAL_IO:
         return Cause.LOCAL
+    if error.exit_code == EXIT_USAGE:
+        return Cause.USAGE
     return Cause.OTHER
 
 

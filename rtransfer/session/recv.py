@@ -9,7 +9,15 @@ from pathlib import Path
 
 from rtransfer.buffers import QUEUE_CHUNKS, BufferPool
 from rtransfer.crypto import KeyExchange
-from rtransfer.errors import HandshakeError, IntegrityError, RemoteError, RtransferError, WrongCode
+from rtransfer.errors import (
+    HandshakeError,
+    IntegrityError,
+    LocalIOError,
+    NetworkError,
+    RemoteError,
+    RtransferError,
+    WrongCode,
+)
 from rtransfer.protocol.constants import Phase
 from rtransfer.protocol.events import (
     ChunkArrived,
@@ -83,6 +91,7 @@ class ReceiveTransfer:
         self.started = False  # some connection got as far as data: the sender may come back
         self.stream_failed: asyncio.Future[RtransferError] = asyncio.get_running_loop().create_future()
         self.running: Manifest | None = None  # while a first connection carries the transfer: further ones JOIN it
+        self.completed = False  # our DONE went out: every file is in and the last steps are taken
 
     async def run(self) -> TransferStats:
         try:
@@ -91,6 +100,11 @@ class ReceiveTransfer:
             )
         except RemoteError as exc:
             raise (named_for(exc, self.way.where) if self.way.names_remote_errors else exc) from None
+        except NetworkError as exc:
+            if not self.completed:
+                raise
+            # Everything is here; only the sender's hearing of it is in doubt, and it never came back to ask.
+            self.reporter.warning(f"the sender did not confirm the end of the transfer: {exc.message}")
         finally:
             self.way.close()
         return self.stats
@@ -115,7 +129,8 @@ class ReceiveTransfer:
         else:
             kex, self.next_kex = self.next_kex, KeyExchange(self.keys.code, is_sender=False)
         c = self.config
-        machine = ReceiverMachine(now(), c.timeout_s, kex, c.encrypt, c.limits, self.pool, self.running)
+        dry = c.policy.dry_run
+        machine = ReceiverMachine(now(), c.timeout_s, kex, c.encrypt, c.limits, self.pool, self.running, dry)
         keys = None if self.way.authenticated else self.keys
         return Connection(machine, self.pool, self.stats, self.way.route, keys)
 
@@ -191,6 +206,7 @@ class ReceiveAttempt(Attempt):
         self.in_order_lock = asyncio.Lock()
         self.start_offsets: dict[int, int] = {}
         self.manifest_known = asyncio.Event()
+        self.finished = asyncio.Event()  # our DONE is out
         config = transfer.config
         trying = DirectOptions(config.try_direct, config.stun, movable=isinstance(self.sink, DirectorySink))
         self.direct = GoingDirect(transfer.way, conn, trying, transfer.reporter)
@@ -215,9 +231,17 @@ class ReceiveAttempt(Attempt):
             self.queue, self.sink, self.stats, self.verified, self.pack_written, self.start_offsets, self.pool
         )
         try:
-            await self.drive(writer, self.transfer.watch_streams(), self.direct.run())
+            await self.drive(writer, self.transfer.watch_streams(), self.direct.run(), self.ending())
         finally:
             self.direct.close()
+
+    async def ending(self) -> None:
+        """After our DONE, this connection ends once the sender has closed its end: it has read
+        DONE. One that breaks first leaves the sender in doubt: it comes back to hear it again
+        (every file is planned as here), so this side waits for it as for any break."""
+        await self.finished.wait()
+        await self.conn.peer_closed()
+        self.done.set()
 
     def refresh(self) -> None:
         self.stats.in_flight = self.machine.reorder_buffered
@@ -265,6 +289,7 @@ class ReceiveAttempt(Attempt):
             self.machine.announce_bases(announced, now())
             self.conn.flush()
         plan = await self.sink.examine(plan)
+        self.tell_items()
         self.start_offsets.update(plan.start_offsets)
         self.stats.listed(list(batch.entries), batch.last)
         self.stats.bytes_done += sum(plan.start_offsets.values())
@@ -278,15 +303,26 @@ class ReceiveAttempt(Attempt):
             await self.handle(follow)
 
     async def on_complete(self, event: TransferComplete) -> None:
+        """Every file is in: the last steps, then DONE, so that the sender ends with this side's
+        outcome (a step that fails tells it instead, as an ERROR with the step's exit code)."""
         for warning in await self.sink.complete():
             self.reporter.warning(warning)
         self.tell_items()
-        self.done.set()
+        if self.sink.conflicts:
+            kept = "1 file was" if self.sink.conflicts == 1 else f"{self.sink.conflicts} files were"
+            dry = " (DRY RUN: nothing changed)" if self.sink.dry else ""
+            raise LocalIOError(f"{kept} already here and different, and kept (use --overwrite to replace){dry}")
+        self.machine.finish(now())
+        self.conn.flush()
+        self.transfer.completed = True
+        self.finished.set()
 
     def tell_items(self) -> None:
-        dry_run = self.sink.dry
+        dry_run = self.stats.dry_run = self.sink.dry
         for action, path in self.sink.items:
             self.reporter.item(action, path, dry_run)
+            if dry_run:
+                self.stats.would[action] = self.stats.would.get(action, 0) + 1
             if action == "skip":
                 self.stats.devices_skipped += 1
         self.sink.items.clear()

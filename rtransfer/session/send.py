@@ -30,6 +30,7 @@ from rtransfer.protocol.events import (
 )
 from rtransfer.protocol.messages import Data
 from rtransfer.protocol.model import Manifest
+from rtransfer.protocol.peer import CAP_DRY_RUN
 from rtransfer.protocol.sender import SenderMachine
 from rtransfer.report import Reporter
 from rtransfer.sending.ratelimit import TokenBucket
@@ -87,7 +88,7 @@ class SendTransfer:
             delete_excluded=config.delete_excluded,
             dry_run=config.dry_run,
         )
-        self.stats = TransferStats("send")
+        self.stats = TransferStats("send", dry_run=config.dry_run)
         self.pool = BufferPool(send_budget(config.window, config.streams))
         self.outage = Outage(Backoff(config.connect_policy), reporter.warning, "the receiver")
         self.resumable = all(s.local is not None for s in self.sources)  # standard input cannot be read again
@@ -228,6 +229,7 @@ class SendAttempt(Attempt):
             self.first_skipped = batch[event.done[0] - first].entry.path
         self.skipped += len(event.done)
         if first == 0:
+            self.stats.dry_run |= bool(self.machine.peer_capabilities & CAP_DRY_RUN)
             self.stats.accepted += 1
             self.reporter.started(self.stats)
             self.dealer.add(0, self.conn)
@@ -284,7 +286,7 @@ class SendAttempt(Attempt):
     def all_accepted(self) -> None:
         """Every batch is listed and accepted: the reader's queue ends, and what was skipped is said once."""
         self.accepted.put_nowait(None)
-        if self.transfer.config.dry_run:
+        if self.stats.dry_run:
             return  # every file counts as there; the receiver says what it would do
         same = "same content" if self.transfer.config.checksum else "same size and mtime"
         if self.skipped == 1:

@@ -10,6 +10,10 @@ cap; "closed", with the bytes it forwarded each way), one per fault injected ("r
 bytes forwarded upstream in it). Serves connection after connection (so a client can
 reconnect through it) until killed or --max-connections.
 
+``--reset-at-frame TYPE`` resets a connection at the first rtransfer frame of that type coming
+back from the server (its 13-byte header, type first, is not sealed), which it drops: the
+receiver's DONE (9), say, lost on its way. With ``--max-resets``, only so many times.
+
 Faults apply to every connection unless aimed at one: ``--rate`` caps each connection
 on its own; ``--slow-connection N --slow-rate R`` caps connection N at R instead;
 ``--reset-connection N`` limits ``--reset-every`` to connection N; ``--blackhole-connection N
@@ -55,6 +59,7 @@ class Faults:
     blackhole_connection: int = 0
     blackhole_after: int = 0
     max_resets: int = 0  # resets in all, over every connection (0: no limit)
+    reset_at_frame: int = 0  # reset at the first frame of this type from the server (0: none)
 
     def for_connection(self, number: int) -> Faults:
         """The faults one connection sees."""
@@ -66,6 +71,39 @@ class Faults:
             else 0,
             blackhole_after=self.blackhole_after if number == self.blackhole_connection else 0,
         )
+
+
+FRAME_HEADER = struct.Struct("!BIQ")  # rtransfer's: type, body length, check
+
+
+class FrameScanner:
+    """Where rtransfer's frames start in one direction of a connection, read by read."""
+
+    def __init__(self) -> None:
+        self.head = b""
+        self.left = 0  # bytes of the current frame's body still to come
+
+    def find(self, data: bytes, ftype: int) -> int | None:
+        """The offset in ``data`` where a frame of ``ftype`` starts (0 if its header began in an
+        earlier read), or None."""
+        i = 0
+        while i < len(data):
+            if self.left:
+                step = min(self.left, len(data) - i)
+                self.left -= step
+                i += step
+                continue
+            start = i - len(self.head)
+            need = FRAME_HEADER.size - len(self.head)
+            self.head += data[i : i + need]
+            i += min(need, len(data) - i)
+            if len(self.head) == FRAME_HEADER.size:
+                kind, length, _ = FRAME_HEADER.unpack(self.head)
+                self.head = b""
+                if kind == ftype:
+                    return max(start, 0)
+                self.left = length
+        return None
 
 
 class Proxy:
@@ -127,9 +165,18 @@ class Proxy:
         started = time.monotonic()
         moved = 0
         seen = 0
+        frames = FrameScanner() if f.reset_at_frame and not upstream else None
         try:
             while data := await reader.read(256 * 1024):
                 resets_left = not f.max_resets or self.resets < f.max_resets
+                at = frames.find(data, f.reset_at_frame) if frames is not None and resets_left else None
+                if at is not None:
+                    self.resets += 1
+                    writer.write(data[:at])
+                    await writer.drain()
+                    self.say("reset", at_frame=f.reset_at_frame)
+                    reset.set()
+                    return
                 if upstream and f.reset_every and resets_left and sent[0] + len(data) >= f.reset_every:
                     self.resets += 1
                     keep = f.reset_every - sent[0]
@@ -211,6 +258,7 @@ async def main(args: argparse.Namespace) -> None:
         blackhole_connection=args.blackhole_connection,
         blackhole_after=parse_size(args.blackhole_after) if args.blackhole_after else 0,
         max_resets=args.max_resets,
+        reset_at_frame=args.reset_at_frame,
     )
     record = open(args.record, "wb") if args.record else None  # noqa: SIM115 - closed below
     proxy = Proxy((host, int(port)), faults, record)
@@ -249,6 +297,9 @@ if __name__ == "__main__":
     ap.add_argument("--blackhole-connection", type=int, default=0, help="stop forwarding connection N ...")
     ap.add_argument("--blackhole-after", help="... after this many bytes, keeping it open (K/M/G)")
     ap.add_argument("--max-resets", type=int, default=0, help="reset no more connections than this in all")
+    ap.add_argument(
+        "--reset-at-frame", type=int, default=0, help="reset at the first frame of this type from the server"
+    )
     ap.add_argument("--delay-ms", type=float, default=0.0)
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--record", help="write every forwarded byte, both directions, to this file")

@@ -151,7 +151,7 @@ def test_unsafe_names_are_refused_with_exit_6_and_nothing_is_written(
     tmp_path: Path, procs: list[Proc], name: str
 ) -> None:
     procs.append(rx := Receiver(tmp_path / "dest" / "out"))
-    forged_sender(rx.port, (Entry(name, "file", 5, 0o644, 0.0),))
+    forged_sender(rx.port, (Entry(name, "file", 5, 0o644, 0),))
     assert rx.finish() == 6
     (error,) = rx.events("error")
     assert "refusing unsafe name" in error["message"]
@@ -164,7 +164,7 @@ def test_existing_symlink_inside_dest_is_never_written_through(tmp_path: Path, p
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "link").symlink_to(outside)
     procs.append(rx := Receiver(tmp_path / "out"))
-    forged_sender(rx.port, (Entry("link/pwned", "file", 5, 0o644, 0.0),))
+    forged_sender(rx.port, (Entry("link/pwned", "file", 5, 0o644, 0),))
     assert rx.finish() == 6
     assert "symbolic link" in rx.events("error")[0]["message"]
     assert list(outside.iterdir()) == []
@@ -195,7 +195,7 @@ def test_peer_closing_mid_frame_during_the_handshake_exits_3(tmp_path: Path, pro
 
 def test_declared_size_beyond_free_space_exits_6(tmp_path: Path, procs: list[Proc]) -> None:
     procs.append(rx := Receiver(tmp_path / "out"))
-    forged_sender(rx.port, (Entry("huge", "file", 1 << 45, 0o644, 0.0),))
+    forged_sender(rx.port, (Entry("huge", "file", 1 << 45, 0o644, 0),))
     assert rx.finish() == 6
     assert "not enough free space" in rx.events("error")[0]["message"]
 
@@ -207,7 +207,7 @@ def test_declared_totals_beyond_the_configured_limits_exit_6(
     tmp_path: Path, procs: list[Proc], flags: list[str], needle: str
 ) -> None:
     procs.append(rx := Receiver(tmp_path / "out", *flags))
-    forged_sender(rx.port, (Entry("a", "file", 600, 0o644, 0.0), Entry("b", "file", 600, 0o644, 0.0)))
+    forged_sender(rx.port, (Entry("a", "file", 600, 0o644, 0), Entry("b", "file", 600, 0o644, 0)))
     assert rx.finish() == 6
     assert needle in rx.events("error")[0]["message"]
 

@@ -150,8 +150,8 @@ def test_a_senders_delete_needs_the_receivers_consent(tmp_path: Path, procs: lis
     (out / "mine.txt").write_text("not the sender's to delete")
     procs.append(rx := Receiver(out))
     result = run("send", f"{src}/", rx.address, "--delete")
-    assert result.returncode != 0 and b"--delete" in result.stderr
-    assert rx.finish() != 0
+    assert result.returncode == 2 and b"--delete" in result.stderr  # the receiver's outcome (it was 1)
+    assert rx.finish() == 2
     assert (out / "mine.txt").exists()
     procs.append(rx := Receiver(out, "--overwrite"))
     assert run("send", f"{src}/", rx.address, "--delete").returncode == 0
@@ -201,3 +201,61 @@ def test_the_options_work_the_same_with_the_sender_listening(tmp_path: Path, pro
     assert result.returncode == 0, result.stderr
     assert tx.finish() == 0
     assert listed(out) == {"keep.txt", "sub", "sub/inner.txt", "cache", "cache/big.bin"}
+
+
+def test_conflicts_are_each_named_and_kept_the_rest_arrives_and_both_sides_exit_6(
+    tmp_path: Path, procs: list[Proc]
+) -> None:
+    """One different file at the destination aborted the whole tree, naming only the first."""
+    src = make_tree(tmp_path)
+    out = tmp_path / "out"
+    (out / "src" / "sub").mkdir(parents=True)
+    (out / "src" / "keep.txt").write_text("mine")
+    (out / "src" / "sub" / "inner.txt").write_text("mine too")
+    procs.append(rx := Receiver(out))
+    result = run("send", str(src), rx.address)
+    assert rx.finish() == 6 and result.returncode == 6
+    kept = {e["path"] for e in rx.events("item") if e["action"] == "conflict"}
+    assert kept == {"src/keep.txt", "src/sub/inner.txt"}
+    assert "2 files were already here and different" in rx.events("error")[0]["message"]
+    assert "2 files were already here and different" in result.stderr.decode()  # the sender ends with the receiver
+    assert (out / "src" / "keep.txt").read_text() == "mine" and (
+        out / "src" / "sub" / "inner.txt"
+    ).read_text() == "mine too"
+    for rest in ("drop.pyc", "sub/inner.pyc", "cache/big.bin"):
+        assert (out / "src" / rest).read_bytes() == (src / rest).read_bytes()
+
+
+def test_a_dry_run_lists_its_conflicts_is_labelled_and_exits_as_the_run_would(
+    tmp_path: Path, procs: list[Proc]
+) -> None:
+    """A dry run stopped at the first conflict, and its summary said "sent 0 B in 0 files (5 files
+    ... already there, skipped)"."""
+    src = make_tree(tmp_path)
+    out = tmp_path / "out"
+    (out / "src").mkdir(parents=True)
+    (out / "src" / "keep.txt").write_text("mine")
+    procs.append(tx := Proc(["send", str(src), "--listen", "127.0.0.1:0", "--json"]))
+    port = tx.wait_event("listening")["port"]
+    result = run("recv", str(out), "--connect", f"127.0.0.1:{port}", "--dry-run")
+    said = result.stderr.decode()
+    assert result.returncode == 6 and tx.finish() == 6, said
+    assert "would keep src/keep.txt: already here and different" in said
+    assert "would send src/cache/big.bin" in said
+    assert "1 file was already here and different, and kept (use --overwrite to replace) (DRY RUN" in said
+    assert (out / "src" / "keep.txt").read_text() == "mine" and not (out / "src" / "drop.pyc").exists()
+
+
+def test_a_dry_runs_summary_is_labelled_and_counts_what_it_would_do(tmp_path: Path, procs: list[Proc]) -> None:
+    """It said "sent 0 B in 0 files (5 files ... already there, skipped)", as if a transfer had run."""
+    src = make_tree(tmp_path)
+    procs.append(tx := Proc(["send", str(src), "--listen", "127.0.0.1:0", "--json"]))
+    port = tx.wait_event("listening")["port"]
+    result = run("recv", str(tmp_path / "out"), "--connect", f"127.0.0.1:{port}", "--dry-run")
+    said = result.stderr.decode()
+    assert result.returncode == 0 and tx.finish() == 0, said
+    summary = said.splitlines()[-1]
+    assert summary.startswith("rtransfer: dry run, nothing changed: 5 files of") and summary.endswith("(DRY RUN)")
+    assert "would send 8" in summary and "skipped" not in summary
+    assert tx.events("done")[0]["dry_run"] is True and not tx.events("warning")  # nothing "skipped"
+    assert not (tmp_path / "out").exists()

@@ -172,7 +172,7 @@ def test_a_pull_gives_the_far_sender_its_options_and_a_push_its_receiver_overwri
     assert again.returncode == 0 and [json.loads(line) for line in again.stdout.splitlines()][-1]["files_skipped"] == 1
     (src / "log.txt").write_bytes(b"changed\n")
     refused = run("send", str(src / "log.txt"), f"root@127.0.0.1:{dest / 'src'}", *ssh_args(sshd))
-    assert refused.returncode == 6 and "exists" in refused.stderr.decode()
+    assert refused.returncode == 6 and "already here and different" in refused.stderr.decode()
     replaced = run("send", str(src / "log.txt"), f"root@127.0.0.1:{dest / 'src'}", "--overwrite", *ssh_args(sshd))
     assert replaced.returncode == 0 and (dest / "src" / "log.txt").read_bytes() == b"changed\n"
 

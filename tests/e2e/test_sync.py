@@ -146,7 +146,7 @@ def test_checksum_without_overwrite_skips_the_same_content_and_refuses_other(tmp
     procs.append(rx := Receiver(tmp_path / "dst"))
     result = send(str(tmp_path / "tree"), rx.address, "--checksum")
     assert rx.finish() == 6 and result.returncode == 6
-    assert "already exists" in rx.events("error")[0]["message"]
+    assert "1 file was already here and different" in rx.events("error")[0]["message"]
 
 
 def log_lines(n_bytes: int) -> bytes:

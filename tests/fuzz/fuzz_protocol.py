@@ -22,7 +22,7 @@ with atheris.instrument_imports():
 
 CODE = b"fuzz"
 MANIFEST = Manifest("f" * 32, 4096, 4)
-ENTRIES = (Entry("a", "file", 10000, 0o644, 0.0), Entry("b", "file", None))
+ENTRIES = (Entry("a", "file", 10000, 0o644, 0), Entry("b", "file", None))
 
 
 def handshaken() -> tuple[SenderMachine, ReceiverMachine]:

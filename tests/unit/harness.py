@@ -8,7 +8,7 @@ import blake3
 
 from rtransfer.crypto import KeyExchange
 from rtransfer.protocol.constants import Phase
-from rtransfer.protocol.events import ChunkReady, EntriesReceived, Event, FileComplete
+from rtransfer.protocol.events import ChunkReady, EntriesReceived, Event, FileComplete, TransferComplete
 from rtransfer.protocol.messages import Frame
 from rtransfer.protocol.model import Buffer, Entry, EntryBatch, Manifest
 from rtransfer.protocol.peer import Peer
@@ -33,7 +33,7 @@ class Listing:
 
 
 def manifest(*sizes: int | None, window: int = 4, chunk: int = CHUNK) -> Listing:
-    entries = tuple(Entry(f"f{i}", "file", size, 0o644, 0.0) for i, size in enumerate(sizes))
+    entries = tuple(Entry(f"f{i}", "file", size, 0o644, 0) for i, size in enumerate(sizes))
     return Listing(Manifest("t" * 32, chunk, window), entries)
 
 
@@ -66,6 +66,7 @@ class Pair:
     sender_events: list[Event] = field(default_factory=list)
     receiver_events: list[Event] = field(default_factory=list)
     verified: set[int] = field(default_factory=set)
+    ended: bool = False  # the receiver's driver took the last steps (finish)
 
     @classmethod
     def handshaken(
@@ -129,13 +130,17 @@ class Pair:
         return {k: bytes(v) for k, v in out.items()}
 
     def verify_completed_files(self) -> None:
-        """Play the writer: confirm every completed file whose digest matches."""
+        """Play the writer: confirm every completed file whose digest matches; and, once every file
+        is in, the driver's last steps (``finish``: the receiver's DONE)."""
         data = self.written()
         for e in list(self.receiver_events):
             if isinstance(e, FileComplete) and e.file_index not in self.verified:
                 self.verified.add(e.file_index)
                 ok = blake3.blake3(data.get(e.file_index, b"")).digest() == e.digest
                 self.receiver_events.extend(self.receiver.file_verified(e.file_index, ok, self.now))
+        if not self.ended and any(isinstance(e, TransferComplete) for e in self.receiver_events):
+            self.ended = True
+            self.receiver.finish(self.now)
 
 
 def send_file(pair: Pair, index: int, payload: bytes, chunk: int = CHUNK) -> None:

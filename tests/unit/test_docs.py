@@ -87,7 +87,7 @@ def test_every_json_field_is_documented() -> None:
 
     out = io.StringIO()
     reporter = JsonReporter(out)
-    stats = TransferStats("send", compression=2.0, streams=[{"stream": 0}])
+    stats = TransferStats("send", compression=2.0, streams=[{"stream": 0}], dry_run=True, devices_skipped=1)
     reporter.listening("h", 1, "c")
     reporter.listening("h", 1, "c", relay=True)
     reporter.started(stats)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import struct
 
 import pytest
@@ -11,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rtransfer.protocol.constants import Cause, FrameType, Role
-from rtransfer.protocol.entries import DEVICE, LINKED, MTIME, SIZE
+from rtransfer.protocol.entries import DEVICE, LINKED, SIZE
 from rtransfer.protocol.errors import ProtocolError
 from rtransfer.protocol.messages import (
     HEADER,
@@ -47,7 +46,7 @@ files = st.builds(
     kind=st.just("file"),
     size=st.none() | st.integers(0, 2**50),
     mode=st.integers(0, 0o7777),
-    mtime=st.none() | st.floats(0, 2e9),
+    mtime_ns=st.none() | st.integers(-(2**63), 2**63 - 1),
     identity=st.none() | st.text(max_size=40),
     digest=st.none() | st.text("0123456789abcdef", min_size=32, max_size=32),
     linked=st.booleans(),
@@ -57,7 +56,7 @@ others = st.builds(
     path=names,
     kind=st.sampled_from(["dir", "symlink", "hardlink", "fifo", "char", "block"]),
     mode=st.integers(0, 0o7777),
-    mtime=st.none() | st.floats(0, 2e9),
+    mtime_ns=st.none() | st.integers(-(2**63), 2**63 - 1),
     uid=st.none() | st.integers(0, 2**32 - 1),
 ).map(
     lambda e: Entry(
@@ -65,7 +64,7 @@ others = st.builds(
         e.kind,
         None,
         e.mode,
-        e.mtime,
+        e.mtime_ns,
         "t/\udcff" if e.kind in ("symlink", "hardlink") else None,
         uid=e.uid,
         gid=None if e.uid is None else e.uid // 2,
@@ -192,7 +191,6 @@ def _entries(*entries: bytes) -> bytes:
     ("ftype", "body", "message"),
     [
         (FrameType.ENTRIES, _entries(_head(1, LINKED, 1) + b"a"), "kind, mode or path malformed"),
-        (FrameType.ENTRIES, _entries(_head(0, MTIME, 1) + b"a" + struct.pack("!d", math.nan)), "mtime malformed"),
         (FrameType.ENTRIES, _entries(_head(7, 0, 1) + b"a"), "kind, mode or path malformed"),
         (FrameType.ENTRIES, _entries(_head(4, DEVICE, 1) + b"a" + bytes(8)), "device its number"),
         (FrameType.ENTRIES, _entries(_head(3, 0, 1) + b"a"), "a link needs a target"),

@@ -46,7 +46,7 @@ def test_a_packed_file_whose_digest_differs_gets_no_name_only_when_checked(tmp_p
         PackedFile(0, len(good), blake3.blake3(good).digest(), 0),
         PackedFile(1, len(bad), blake3.blake3(b"other").digest(), len(good)),
     ]
-    entries = [Entry("good", "file", len(good), 0o644, 1.5e9), Entry("bad", "file", len(bad), 0o644, 1.5e9)]
+    entries = [Entry("good", "file", len(good), 0o644, 15 * 10**17), Entry("bad", "file", len(bad), 0o644, 15 * 10**17)]
     root_fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         with DestDirs(root_fd) as dirs:

@@ -165,7 +165,7 @@ async def test_modes_and_times_go_through_the_file_never_a_name_swapped_meanwhil
     os.utime(outside, (1, 1))
     out = tmp_path / "out"
     sink = DirectorySink(out, DestPolicy(direct_io=False))
-    plan_alone(sink, MIB, Entry("f", "file", 2 * MIB, 0o755, 1234.0, identity="v1"))
+    plan_alone(sink, MIB, Entry("f", "file", 2 * MIB, 0o755, 1234000000000, identity="v1"))
     await sink.write(0, 0, b"y" * MIB)
     await sink.write(0, MIB, b"y" * MIB)
     os.rename(out / ".f.rtpart", out / "moved")  # the race: the name now leads outside

@@ -69,6 +69,26 @@ def finish(pair: Pair) -> None:
     assert any(isinstance(e, TransferComplete) for e in pair.sender_events)
 
 
+def test_the_receivers_done_waits_for_its_last_steps() -> None:
+    """The sender exited 0 before the receiver's links, --delete, directory times and final
+    renames: a failure there was the receiver's alone."""
+    with pytest.raises(LocalProtocolError, match="finish called before every file"):
+        Pair.accepted(manifest(5)).receiver.finish(0.0)
+    pair = Pair.accepted(manifest(5))
+    pair.ended = True  # this test plays the driver's last steps itself
+    send_file(pair, 0, b"hello")
+    pair.sender.finish(pair.now)
+    for _ in range(3):
+        pair.to_receiver()
+        pair.verify_completed_files()
+        assert not any(isinstance(e, TransferComplete) for e in pair.to_sender())  # no DONE yet
+    assert any(isinstance(e, TransferComplete) for e in pair.receiver_events)
+    assert pair.sender.phase is pair.receiver.phase is Phase.FINISHING
+    pair.receiver.finish(pair.now)
+    assert any(isinstance(e, TransferComplete) for e in pair.to_sender())
+    assert pair.sender.phase is pair.receiver.phase is Phase.CLOSED
+
+
 def test_clean_transfer_delivers_every_byte_in_order_and_both_sides_complete() -> None:
     payloads = [os.urandom(CHUNK * 3 + 17), b"", os.urandom(CHUNK)]
     pair = Pair.accepted(manifest(*(len(p) for p in payloads)))
@@ -488,7 +508,8 @@ def test_a_pack_carries_whole_files_each_confirmed_with_one_result() -> None:
     assert [e.file_indices for e in events if isinstance(e, FilesVerified)] == [(0, 1, 2)]
     assert next(e for e in events if isinstance(e, ChunksAcked)).bytes == 101  # the table is not file data
     pair.sender.finish(pair.now)
-    pair.to_receiver()
+    assert any(isinstance(e, TransferComplete) for e in pair.to_receiver())
+    pair.receiver.finish(pair.now)  # the last steps taken
     assert any(isinstance(e, TransferComplete) for e in pair.to_sender())
 
 
@@ -511,8 +532,8 @@ def test_a_pack_that_does_not_match_the_file_list_is_a_protocol_error(
 def test_the_file_list_streams_in_batches_each_accepted_before_its_data() -> None:
     listing = manifest()
     pair = Pair.handshaken(listing)
-    first = pair.sender.send_entries((Entry("a", "file", 1, 0o644, 0.0),), False, pair.now)
-    second = pair.sender.send_entries((Entry("b", "file", 1, 0o644, 0.0),), True, pair.now)
+    first = pair.sender.send_entries((Entry("a", "file", 1, 0o644, 0),), False, pair.now)
+    second = pair.sender.send_entries((Entry("b", "file", 1, 0o644, 0),), True, pair.now)
     batches = [e.batch for e in pair.to_receiver() if isinstance(e, EntriesReceived)]
     assert [(b.first, b.last) for b in batches] == [(first, False), (second, True)]
     pair.receiver.accept(first, {}, pair.now)
@@ -525,14 +546,15 @@ def test_the_file_list_streams_in_batches_each_accepted_before_its_data() -> Non
     pair.verify_completed_files()
     pair.sender.finish(pair.now)
     pair.to_receiver()
+    pair.verify_completed_files()
     pair.to_sender()
     assert pair.sender.phase is pair.receiver.phase is Phase.CLOSED
 
 
 def _two_batches_one_accepted() -> tuple[Pair, int, int]:
     pair = Pair.handshaken(manifest())
-    first = pair.sender.send_entries((Entry("a", "file", 1, 0o644, 0.0),), False, pair.now)
-    second = pair.sender.send_entries((Entry("b", "file", 1, 0o644, 0.0),), True, pair.now)
+    first = pair.sender.send_entries((Entry("a", "file", 1, 0o644, 0),), False, pair.now)
+    second = pair.sender.send_entries((Entry("b", "file", 1, 0o644, 0),), True, pair.now)
     pair.to_receiver()
     pair.receiver.accept(first, {}, pair.now)
     pair.to_sender()

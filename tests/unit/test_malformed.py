@@ -54,7 +54,7 @@ entries = st.builds(
     st.sampled_from(["file", "dir", "symlink"]),
     st.one_of(st.none(), small),
     st.just(0o644),
-    st.just(0.0),
+    st.just(0),
     st.one_of(st.none(), st.just("t")),
 )
 chunk_payloads = st.one_of(

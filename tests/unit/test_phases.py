@@ -132,7 +132,8 @@ def receiver_in(phase: Phase) -> tuple[ReceiverMachine, Scripted]:
         lambda: peer.send(Manifest("t" * 32, 4096, 4), EntryBatch(0, (Entry("f", "file", 1),), True)),  # -> PLANNING
         lambda: receiver.accept(0, {}, 0.0),  # -> TRANSFERRING
         lambda: peer.send(Data(0, 0, 0, b"x"), FileEnd(0, 1, DIGEST), Done()),  # -> FINISHING
-        lambda: receiver.file_verified(0, True, 0.0),  # -> CLOSED
+        lambda: receiver.file_verified(0, True, 0.0),  # every file in: the driver's last steps
+        lambda: receiver.finish(0.0),  # -> CLOSED
     ]
     return _walk(receiver, peer, phase, steps)
 

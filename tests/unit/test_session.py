@@ -81,7 +81,7 @@ async def test_the_reader_packs_small_files_resumes_large_ones_and_skips_whole_o
 @pytest.mark.parametrize("intact", [True, False])
 async def test_the_writer_puts_a_file_in_place_only_when_its_digest_matches(tmp_path: Path, intact: bool) -> None:
     sink = DirectorySink(tmp_path / "out", DestPolicy(direct_io=False))
-    plan_alone(sink, CHUNK, Entry("f", "file", 5, 0o644, 0.0))
+    plan_alone(sink, CHUNK, Entry("f", "file", 5, 0o644, 0))
     queue: asyncio.Queue[ChunkReady | FileComplete] = asyncio.Queue()
     queue.put_nowait(ChunkReady(0, 0, b"hello"))
     queue.put_nowait(FileComplete(0, 5, blake3.blake3(b"hello" if intact else b"HELLO").digest()))
@@ -112,7 +112,7 @@ async def test_a_delta_takes_the_old_copy_and_never_names_a_wrong_file(tmp_path:
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "f").write_bytes(old)
     sink = DirectorySink(tmp_path / "out", DestPolicy(overwrite=True))
-    entry = Entry("f", "file", len(new), 0o644, 0.0, identity="v2")
+    entry = Entry("f", "file", len(new), 0o644, 0, identity="v2")
     plan = await sink.examine(plan_alone(sink, CHUNK, entry))
     assert list(plan.bases) == [0] and sum(n for n, _ in plan.bases[0]) == len(old)
     if old_copy_changes:
@@ -308,7 +308,7 @@ async def test_a_refused_overwrite_reaches_the_sender_with_exit_6(tmp_path: Path
         ),
         STEP_TIMEOUT_S,
     )
-    assert isinstance(received, LocalIOError) and "exists" in received.message
+    assert isinstance(received, LocalIOError) and "already here and different" in received.message
     assert isinstance(sent, RemoteError) and sent.exit_code == received.exit_code == 6
     assert (tmp_path / "out" / "src" / "big.bin").read_bytes() == b"another version"
 
@@ -342,7 +342,7 @@ async def test_an_accept_naming_a_file_twice_ends_the_transfer_at_once_with_exit
 async def test_a_resume_keeps_the_partial_file_when_only_the_chunk_size_changed(tmp_path: Path) -> None:
     """The chunk size follows --limit-rate and --streams: a rerun with another must not start over."""
     data = os.urandom(64 * CHUNK)
-    entry = Entry("f", "file", len(data), 0o644, 0.0, identity="v1")
+    entry = Entry("f", "file", len(data), 0o644, 0, identity="v1")
     sink = DirectorySink(tmp_path / "out", DestPolicy(direct_io=False))
     plan_alone(sink, 2 * CHUNK, entry)
     for offset in range(0, 10 * CHUNK, 2 * CHUNK):

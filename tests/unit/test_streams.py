@@ -83,6 +83,7 @@ def test_a_joined_connection_carries_chunks_that_the_first_puts_back_in_order() 
     first.verify_completed_files()
     first.sender.finish(0.0)  # DONE goes on the first connection only: a joined one carries nothing but chunks
     first.to_receiver()
+    first.verify_completed_files()  # the last steps, then the receiver's DONE
     first.to_sender()
     assert first.sender.phase is first.receiver.phase is Phase.CLOSED
     assert second.sender.phase is second.receiver.phase is Phase.CARRYING

@@ -32,11 +32,11 @@ def synthetic_walk(entries: int, empty_file: Path) -> Any:
     """``entries`` empty files in DIRS directories, as the walk would list them (batched by the real lister)."""
 
     def walk(self: files.Walk, root: Source) -> Iterator[Source]:
-        yield Source(Entry("root", "dir", None, 0o755, 0.0), None)
+        yield Source(Entry("root", "dir", None, 0o755, 0), None)
         for d in range(DIRS):
-            yield Source(Entry(f"root/d{d}", "dir", None, 0o755, 0.0), None)
+            yield Source(Entry(f"root/d{d}", "dir", None, 0o755, 0), None)
         for i in range(entries):
-            yield Source(Entry(f"root/d{i % DIRS}/f{i:07}", "file", 0, 0o644, 0.0), str(empty_file))
+            yield Source(Entry(f"root/d{i % DIRS}/f{i:07}", "file", 0, 0o644, 0), str(empty_file))
 
     return walk
 
