@@ -19,6 +19,7 @@ from rtransfer.cli.options import (
     check_ssh_host,
     flags_on,
     looks_like_endpoint,
+    names_a_file,
     parse_endpoint,
     parse_size,
     peer_endpoint,
@@ -247,4 +248,5 @@ def _dest_policy(options: RecvOptions) -> DestPolicy:
         owner=keep.owner,
         group=keep.group,
         devices=keep.devices,
+        file_dest=names_a_file(options),
     )

@@ -324,5 +324,10 @@ def recv_listen(options: RecvOptions) -> tuple[str, int]:
         raise UsageError("--max-streams must be at least 1")
     parse_size(options.max_bytes)
     if options.dest != "-":
-        check_dest(Path(options.dest))
+        check_dest(Path(options.dest), names_a_file(options))
     return host, port
+
+
+def names_a_file(options: RecvOptions) -> bool:
+    """Over ssh, as scp and rsync: a DEST with no trailing slash may name the one file sent."""
+    return bool(options.stdio or options.pull) and not options.dest.endswith("/") and options.dest != "-"

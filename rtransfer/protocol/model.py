@@ -51,6 +51,7 @@ class Manifest:
     delete: bool = False  # the sender asks the receiver to delete what the transfer's directories hold beyond it
     delete_excluded: bool = False  # ... what its rules exclude there too (the receiver must allow --delete)
     dry_run: bool = False  # the receiver says what it would do, and writes nothing
+    one_file: bool = False  # the transfer is one file: over ssh, a DEST that isn't there may be its name (scp's rule)
 
 
 def reorder_span(manifest: Manifest) -> int:

@@ -386,9 +386,12 @@ def _decode_manifest(obj: Any) -> Manifest:
     _need(isinstance(obj, dict), "MANIFEST is not an object")
     tid, chunk, window, streams = (obj.get(k) for k in ("transfer_id", "chunk_bytes", "window", "streams"))
     delta, delete, dry_run = obj.get("delta", True), obj.get("delete", False), obj.get("dry_run", False)
-    excluded_too = obj.get("delete_excluded", False)
-    flags = (delta, delete, dry_run, excluded_too)
-    _need(all(isinstance(b, bool) for b in flags), "MANIFEST delta, delete, delete_excluded or dry_run malformed")
+    excluded_too, one_file = obj.get("delete_excluded", False), obj.get("one_file", False)
+    flags = (delta, delete, dry_run, excluded_too, one_file)
+    _need(
+        all(isinstance(b, bool) for b in flags),
+        "MANIFEST delta, delete, delete_excluded, dry_run or one_file malformed",
+    )
     filters = obj.get("filters", [])
     _need(
         isinstance(filters, list)
@@ -402,4 +405,4 @@ def _decode_manifest(obj: Any) -> Manifest:
     _need(_is_uint(window) and 1 <= window <= MAX_WINDOW, "MANIFEST window out of range")
     _need(_is_uint(streams) and 1 <= streams <= MAX_STREAMS, "MANIFEST streams out of range")
     assert isinstance(tid, str) and isinstance(chunk, int) and isinstance(window, int) and isinstance(streams, int)
-    return Manifest(tid, chunk, window, streams, delta, tuple(filters), delete, excluded_too, dry_run)
+    return Manifest(tid, chunk, window, streams, delta, tuple(filters), delete, excluded_too, dry_run, one_file)

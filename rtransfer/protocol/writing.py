@@ -152,6 +152,7 @@ def _manifest_to_json(m: Manifest) -> dict[str, Any]:
         "delete": m.delete,
         "delete_excluded": m.delete_excluded,
         "dry_run": m.dry_run,
+        "one_file": m.one_file,
     }
 
 

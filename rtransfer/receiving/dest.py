@@ -125,9 +125,12 @@ def marked(name: str, parent_fd: int, dir_fd: int) -> bool:
     return (st.st_dev, st.st_ino) == (device, inode)
 
 
-def check_dest(root: Path) -> None:
-    """Fail before listening if DEST can never work: not a directory, or neither it nor (when it
-    does not exist yet) the nearest directory above it that does can be written."""
+def check_dest(root: Path, may_be_file: bool = False) -> None:
+    """Fail before listening if DEST can never work: not a directory (unless ``may_be_file``: one
+    file may land under its name, DestPolicy.file_dest), or neither it nor (when it does not exist
+    yet) the nearest directory above it that does can be written."""
+    if may_be_file and root.is_file():
+        root = root.parent
     if root.exists() and not root.is_dir():
         raise LocalIOError(f"{root}: not a directory")
     existing = root

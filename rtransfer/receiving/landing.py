@@ -37,6 +37,7 @@ class Landing:
     policy: DestPolicy  # this side's own options; the sender may ask for --delete and --dry-run too
     root_fd: int = -1
     made_root: bool = False  # DEST did not exist: this run made it, and may give it the listed mode
+    named: str | None = None  # scp's rule: DEST is the one file's name, ``root`` its directory
     dry: bool = False
     deleting: bool = False
     delete_excluded: bool = False

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 from pathlib import Path
 
@@ -52,7 +53,7 @@ class DirectorySink:
         return self.land.dry
 
     def check(self) -> None:
-        check_dest(self.land.root)
+        check_dest(self.land.root, self.land.policy.file_dest)
 
     def begin(self, manifest: Manifest) -> None:
         """A connection's transfer begins: make DEST, hold it open (everything below is reached from it).
@@ -64,6 +65,7 @@ class DirectorySink:
         land.deleting = policy.delete or policy.delete_excluded or manifest.delete
         land.delete_excluded = policy.delete_excluded or manifest.delete_excluded
         land.filters = parse_specs(manifest.filters)
+        self._name_the_file(manifest)
         self._open_root()
         land.open_dirs.close()
         land.restart()
@@ -74,6 +76,14 @@ class DirectorySink:
             raise LocalIOError(f"{shown(str(land.root))}: {why}")
         land.chunk_bytes = manifest.chunk_bytes
         land.delta = manifest.delta
+
+    def _name_the_file(self, manifest: Manifest) -> None:
+        """scp's and rsync's rule, over ssh: one file sent to a DEST that is not a directory (nothing
+        there, or a file) and whose parent is, takes DEST's name."""
+        land = self.land
+        chosen = land.named is not None or not (land.policy.file_dest and manifest.one_file)
+        if not chosen and not land.root.is_dir() and land.root.parent.is_dir():
+            land.named, land.root = land.root.name, land.root.parent
 
     def _open_root(self) -> None:
         land = self.land
@@ -88,6 +98,8 @@ class DirectorySink:
             raise local_error(exc, land.root) from None
 
     def plan(self, batch: EntryBatch) -> Plan:
+        if self.land.named is not None:
+            batch = _named(batch, self.land.named)
         return self.planner.plan(batch)
 
     async def examine(self, plan: Plan) -> Plan:
@@ -147,3 +159,10 @@ class DirectorySink:
 
 
 Sink = DirectorySink | StdoutSink
+
+
+def _named(batch: EntryBatch, name: str) -> EntryBatch:
+    """The one file of a transfer that announced one, under DEST's name (``_name_the_file``)."""
+    if batch.first != 0 or not batch.last or len(batch.entries) != 1 or batch.entries[0].kind != "file":
+        raise LocalIOError("the sender announced one file and listed something else")
+    return EntryBatch(0, (dataclasses.replace(batch.entries[0], path=name),), True)

@@ -33,6 +33,7 @@ class DestPolicy:
     owner: bool = False  # -o, as root: owners as listed, and set-user-ID and set-group-ID bits kept
     group: bool = False  # -g, as root: groups as listed
     devices: bool = False  # --devices, as root: device nodes made (otherwise skipped, and said once)
+    file_dest: bool = False  # over ssh, DEST with no trailing slash: one file sent where nothing is takes its name
 
     def mode(self, mode: int) -> int:
         """The mode bits kept: set-user-ID and set-group-ID only with ``owner``, as tar keeps them

@@ -87,6 +87,7 @@ class SendTransfer:
             delete=config.delete,
             delete_excluded=config.delete_excluded,
             dry_run=config.dry_run,
+            one_file=len(self.sources) == 1 and self.sources[0].entry.kind == "file",
         )
         self.stats = TransferStats("send", dry_run=config.dry_run)
         self.pool = BufferPool(send_budget(config.window, config.streams))

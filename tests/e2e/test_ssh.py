@@ -249,3 +249,34 @@ def test_selection_over_ssh_a_pull_excludes_and_a_push_deletes_and_dry_runs(tmp_
     pushed = run("send", f"{tree}/", dest, "--delete", *ssh_args(sshd))
     assert pushed.returncode == 0, pushed.stderr.decode()
     assert differences(tree, tmp_path / "pulled") == [] and not (tmp_path / "pulled" / "stale").exists()
+
+
+@pytest.mark.parametrize("direction", ["push", "pull"])
+def test_one_file_to_a_name_not_there_takes_that_name_as_scp_and_rsync_do(
+    tmp_path: Path, sshd: LoopbackSshd, direction: str
+) -> None:
+    """``send f host:/x/renamed.txt`` made renamed.txt/f. A trailing slash, or a directory
+    already there, still means "into it"; ``recv DEST`` over TCP stays a directory."""
+    f = tmp_path / "f"
+    f.write_bytes(b"data")
+    (tmp_path / "x").mkdir()
+
+    def copy(dest: str) -> subprocess.CompletedProcess[bytes]:
+        if direction == "push":
+            return run("send", str(f), f"root@127.0.0.1:{dest}", *ssh_args(sshd))
+        return run("recv", f"root@127.0.0.1:{f}", dest, *ssh_args(sshd))
+
+    for dest, lands in [
+        ("x/renamed.txt", "x/renamed.txt"),
+        ("x/slash/", "x/slash/f"),
+        ("x", "x/f"),  # a directory there
+        ("new/dir/y", "new/dir/y/f"),  # no parent: made as a directory, as before
+    ]:
+        result = copy(f"{tmp_path}/{dest}")  # a trailing slash kept
+        assert result.returncode == 0, (dest, result.stderr.decode())
+        assert (tmp_path / lands).read_bytes() == b"data", dest
+    again = copy(str(tmp_path / "x" / "renamed.txt"))  # the same file there: nothing to do
+    assert again.returncode == 0
+    f.write_bytes(b"changed")
+    kept = copy(str(tmp_path / "x" / "renamed.txt"))  # a different one: kept without --overwrite
+    assert kept.returncode == 6 and (tmp_path / "x" / "renamed.txt").read_bytes() == b"data"
