@@ -40,7 +40,7 @@ def pushers(sshd: LoopbackSshd) -> Pushers:
     return {
         "scp": lambda src, dst: ["scp", "-q", "-r", *sshd.options("-P"), str(src), f"{HOST}:{dst}/"],
         "rsync": lambda src, dst: ["rsync", "-a", "-e", rsh, str(src), f"{HOST}:{dst}/"],
-        "rtransfer": lambda src, dst: [*rtransfer_cmd(), "send", str(src), f"{HOST}:{dst}", "-e", rsh,
+        "rtransfer": lambda src, dst: [*rtransfer_cmd(), "send", str(src), f"{HOST}:{dst}/", "-e", rsh,
                                        "--remote-path", remote, "--quiet"],
     }  # fmt: skip
 

@@ -77,7 +77,7 @@ def test_a_tree_goes_over_ssh_either_way_identical(tmp_path: Path, sshd: Loopbac
 def test_standard_input_pushed_and_a_file_pulled_to_standard_output(tmp_path: Path, sshd: LoopbackSshd) -> None:
     data = os.urandom(1 << 20)
     pushed = run(
-        "send", "-", f"root@127.0.0.1:{tmp_path / 'backup'}", "--name", "s.bin", *ssh_args(sshd), input_bytes=data
+        "send", "-", f"root@127.0.0.1:{tmp_path / 'backup'}/", "--name", "s.bin", *ssh_args(sshd), input_bytes=data
     )
     assert pushed.returncode == 0, pushed.stderr.decode()
     assert (tmp_path / "backup" / "s.bin").read_bytes() == data
@@ -89,7 +89,7 @@ def test_a_push_over_three_ssh_sessions_joins_them_into_one_transfer(tmp_path: P
     before = set(Path(tempfile.gettempdir()).glob("rtransfer-*/join"))
     data = os.urandom(24 << 20)
     (tmp_path / "f.bin").write_bytes(data)
-    args = ["send", str(tmp_path / "f.bin"), f"root@127.0.0.1:{tmp_path / 'out'}", "--streams", "3", "--json"]
+    args = ["send", str(tmp_path / "f.bin"), f"root@127.0.0.1:{tmp_path / 'out'}/", "--streams", "3", "--json"]
     result = run(*args, "--limit-rate", "12M", *ssh_args(sshd))
     assert result.returncode == 0, result.stderr.decode()
     events = [json.loads(line) for line in result.stdout.splitlines()]
@@ -103,11 +103,11 @@ def test_the_far_side_killed_mid_push_is_started_again_and_the_push_resumes(
 ) -> None:
     size = 24 << 20
     (tmp_path / "f.bin").write_bytes(os.urandom(size))
-    args = ["send", str(tmp_path / "f.bin"), f"root@127.0.0.1:{tmp_path / 'out'}", "--limit-rate", "8M", "--json"]
+    args = ["send", str(tmp_path / "f.bin"), f"root@127.0.0.1:{tmp_path / 'out'}/", "--limit-rate", "8M", "--json"]
     procs.append(tx := Proc([*args, *ssh_args(sshd)]))
     while int(tx.wait_event("progress")["bytes"]) < size // 4:
         pass  # bounded by wait_event's timeout: a progress event a second
-    subprocess.run(["pkill", "-9", "-f", f"recv --stdio --json --timeout 30 -- {tmp_path / 'out'}"], check=True)
+    subprocess.run(["pkill", "-9", "-f", f"recv --stdio --json --timeout 30 -- {tmp_path / 'out'}/"], check=True)
     assert tx.finish() == 0
     done = tx.events("done")[0]
     assert done["reconnects"] >= 1 and done["wire_bytes_sent"] <= 1.5 * size
@@ -207,7 +207,7 @@ def test_a_far_rtransfer_too_old_for_ssh_is_named_with_both_versions(tmp_path: P
 def test_a_pull_over_two_ssh_sessions(tmp_path: Path, sshd: LoopbackSshd) -> None:
     data = os.urandom(16 << 20)
     (tmp_path / "f.bin").write_bytes(data)
-    result = run("recv", f"root@127.0.0.1:{tmp_path / 'f.bin'}", str(tmp_path / "out"), "--streams", "2", "--json",
+    result = run("recv", f"root@127.0.0.1:{tmp_path / 'f.bin'}", f"{tmp_path / 'out'}/", "--streams", "2", "--json",
                  *ssh_args(sshd))  # fmt: skip
     assert result.returncode == 0, result.stderr.decode()
     assert (tmp_path / "out" / "f.bin").read_bytes() == data
