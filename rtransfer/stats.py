@@ -59,6 +59,9 @@ class TransferStats:
     files_done: int = 0
     files_skipped: int = 0  # already at the receiver whole: counted in files_done, not moved
     bytes_skipped: int = 0
+    moved: int = 0  # file bytes this run moved, over all its connections (not skipped, not resumed from)
+    found: tuple[int, int] | None = None  # (files, bytes) the first connection found there: what this run skipped
+    outage_since: float | None = None  # a connection broke and none has replaced it yet (monotonic)
     chunks: int = 0
     retransmits: int = 0
     integrity_failures: int = 0
@@ -85,11 +88,23 @@ class TransferStats:
 
     def start_listing(self) -> None:
         """A connection lists the transfer afresh; counts restart (the receiver tells what it has)."""
+        if self.clock_started and self.found is None:  # a later connection: what it skips, earlier ones sent
+            self.found = (self.files_skipped, self.bytes_skipped)
         self.total_bytes, self.files_total, self.files_done, self.bytes_done = 0, 0, 0, 0
         self.files_skipped, self.bytes_skipped = 0, 0
         self.listing = True
         if not self.clock_started:
             self.started_at, self.clock_started = time.monotonic(), True
+
+    def transferred(self, nbytes: int) -> None:
+        """File bytes that crossed in this run."""
+        self.bytes_done += nbytes
+        self.moved += nbytes
+
+    @property
+    def skipped_by_run(self) -> tuple[int, int]:
+        """Files (and their bytes) that were there before this run, not those its earlier connections sent."""
+        return self.found or (self.files_skipped, self.bytes_skipped)
 
     def skipped(self, files: int, nbytes: int) -> None:
         """Files the receiver already has whole: done, but nothing moved for them."""
@@ -124,6 +139,7 @@ class TransferStats:
             "files": self.files_done,
             "files_total": self.files_total,
             "files_skipped": self.files_skipped,
+            "bytes_moved": self.moved,
             "listing": self.listing,
             "chunks": self.chunks,
             "retransmits": self.retransmits,

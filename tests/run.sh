@@ -3,7 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-debs=(netcat-openbsd socat rsync b3sum iproute2 nftables man-db groff-base time openssh-client openssh-server coturn)
+debs=(netcat-openbsd socat rsync b3sum iproute2 nftables man-db groff-base time openssh-client openssh-server coturn tmux)
 missing=()
 for p in "${debs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ "${#missing[@]}" -gt 0 ]; then

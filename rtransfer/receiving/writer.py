@@ -48,7 +48,7 @@ async def write_chunks(
             writer.recycle(item.payload)
             await pack_written(item, results)
         elif isinstance(item, ChunkReady):
-            stats.bytes_done += await _write_chunk(item, sink, await writer.digest_for(item.file_index))
+            stats.transferred(await _write_chunk(item, sink, await writer.digest_for(item.file_index)))
             writer.recycle(item.payload)  # written and hashed: nothing reads this chunk again
         else:
             ok, digest_hex = await writer.check(item)

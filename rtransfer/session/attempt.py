@@ -29,6 +29,7 @@ class Attempt:
         self.pool = pool
         self.done = asyncio.Event()
         self.handlers: dict[type, Callable[[Any], Awaitable[None]]] = {}
+        stats.outage_since = None  # a connection again
 
     def on_route(self, way: Way) -> None:
         """The connection's route in the counters, and a move from the last one said."""
@@ -49,13 +50,21 @@ class Attempt:
         """Run the connection with ``work`` until the transfer is done; whatever happens, the
         chunk buffers the connection and its queue still hold go back to the pool."""
         try:
-            await self.conn.run(self.done, self.handle, self._report_progress(), *work)
+            await self.conn.run(self.done, self.handle, self._refresh(), *work)
             self.refresh()
         finally:
             self.pool.reclaim(self.conn.leftover_buffers(), self.queue)
 
-    async def _report_progress(self) -> None:
+    async def _refresh(self) -> None:
         while True:
             await asyncio.sleep(self.reporter.progress_interval_s)
             self.refresh()
-            self.reporter.progress(self.stats)
+
+
+async def keep_reporting(reporter: Reporter, stats: TransferStats) -> None:
+    """Progress for the whole transfer, outages included (``--json`` goes quiet otherwise, and
+    the display keeps its last rate), once the first connection has started it."""
+    while True:
+        await asyncio.sleep(reporter.progress_interval_s)
+        if stats.clock_started:
+            reporter.progress(stats)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import time
 from collections import deque
 from pathlib import Path
 
@@ -42,7 +43,7 @@ from rtransfer.receiving.sink import DirectorySink, Sink
 from rtransfer.receiving.stdout import StdoutSink
 from rtransfer.receiving.writer import RecvItem, write_chunks
 from rtransfer.report import Reporter
-from rtransfer.session.attempt import Attempt
+from rtransfer.session.attempt import Attempt, keep_reporting
 from rtransfer.session.config import RecvConfig
 from rtransfer.session.connection import (
     FRAME_BUFFERS,
@@ -94,6 +95,7 @@ class ReceiveTransfer:
         self.completed = False  # our DONE went out: every file is in and the last steps are taken
 
     async def run(self) -> TransferStats:
+        reporting = asyncio.ensure_future(keep_reporting(self.reporter, self.stats))
         try:
             await keep_connected(
                 self.way, self._connection, self._serve, self.outage, self._worth_another, self.config.timeout_s
@@ -106,6 +108,7 @@ class ReceiveTransfer:
             # Everything is here; only the sender's hearing of it is in doubt, and it never came back to ask.
             self.reporter.warning(f"the sender did not confirm the end of the transfer: {exc.message}")
         finally:
+            await cancel_all([reporting])
             self.way.close()
         return self.stats
 
@@ -115,6 +118,7 @@ class ReceiveTransfer:
         if not worth_reconnecting(exc, started=self.started, resumable=resumable, waits_for_peer=waits):
             return False
         self.stats.reconnects += 1
+        self.stats.outage_since = time.monotonic()
         collect_dead_connection()
         return True
 
@@ -368,7 +372,7 @@ class ReceiveAttempt(Attempt):
                 self.stats.integrity_failures += 1
                 raise IntegrityError(f"{path}: whole-file BLAKE3 digest mismatch")
             self.stats.files_done += 1
-            self.stats.bytes_done += size
+            self.stats.transferred(size)
             self.reporter.file_done(path, size, digest_hex)
         for event in events:
             await self.handle(event)

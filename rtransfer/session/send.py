@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import functools
 import secrets
+import time
 from collections import deque
 from collections.abc import Iterator
 
@@ -36,7 +37,7 @@ from rtransfer.report import Reporter
 from rtransfer.sending.ratelimit import TokenBucket
 from rtransfer.sending.reader import AcceptedBatch, EndOfFile, OldCopy, Packed, Reading, SendItem, read_sources
 from rtransfer.sending.walk import Source, collect_sources, listing, next_batch, with_content_digests
-from rtransfer.session.attempt import Attempt
+from rtransfer.session.attempt import Attempt, keep_reporting
 from rtransfer.session.config import SendConfig
 from rtransfer.session.connection import Connection, cancel_all, collect_dead_connection, now
 from rtransfer.session.going_direct import DirectOptions, GoingDirect
@@ -98,6 +99,7 @@ class SendTransfer:
         self.compressor = Compressor() if config.compress else None
 
     async def run(self) -> TransferStats:
+        reporting = asyncio.ensure_future(keep_reporting(self.reporter, self.stats))
         try:
             await keep_connected(
                 self.way,
@@ -110,6 +112,7 @@ class SendTransfer:
         except RemoteError as exc:
             raise (named_for(exc, self.way.where) if self.way.names_remote_errors else exc) from None
         finally:
+            await cancel_all([reporting])
             self.way.close()
         if self.compressor is not None:
             self.stats.compression = self.compressor.ratio
@@ -124,6 +127,7 @@ class SendTransfer:
         if not worth_reconnecting(exc, started=started, resumable=self.resumable, waits_for_peer=waits):
             return False
         self.stats.reconnects += 1
+        self.stats.outage_since = time.monotonic()
         collect_dead_connection()
         return True
 
@@ -202,7 +206,7 @@ class SendAttempt(Attempt):
 
     # --- events ---------------------------------------------------------------
     async def on_stream_acked(self, stream: int, event: ChunksAcked) -> None:
-        self.stats.bytes_done += self.dealer.first_acks(event)
+        self.stats.transferred(self.dealer.first_acks(event))
         self.transfer.outage.progress += 1
         self.pool.recycle(event.released)
         self.machine.delivered(event.orders)  # the transfer's window, whichever connection acknowledged

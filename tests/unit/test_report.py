@@ -15,13 +15,21 @@ import pytest
 
 from rtransfer.errors import IntegrityError
 from rtransfer.names import checksum_line
+from rtransfer.protocol.model import Entry
 from rtransfer.report import ConsoleReporter, JsonReporter
 from rtransfer.stats import TransferStats
 
 
 def sample_stats() -> TransferStats:
     return TransferStats(
-        "send", total_bytes=10 << 20, bytes_done=5 << 20, files_total=2, retransmits=3, duplicates=2, in_flight=4
+        "send",
+        total_bytes=10 << 20,
+        bytes_done=5 << 20,
+        moved=5 << 20,
+        files_total=2,
+        retransmits=3,
+        duplicates=2,
+        in_flight=4,
     )
 
 
@@ -150,12 +158,33 @@ def test_a_tree_prints_no_line_per_file_unless_verbose_and_a_single_file_prints_
 
 def test_the_summary_counts_skipped_files_apart_and_says_failures_were_repaired() -> None:
     out = io.StringIO()
-    stats = TransferStats("send", bytes_done=3 << 20, files_done=3, integrity_failures=2)
+    stats = TransferStats("send", bytes_done=3 << 20, moved=1 << 20, files_done=3, integrity_failures=2)
     stats.files_skipped, stats.bytes_skipped = 2, 2 << 20
     ConsoleReporter(stream=out).done(stats)
     line = out.getvalue()
     assert "sent 1.0 MiB in 1 file (2 files of 2.0 MiB already there, skipped)" in line
     assert "2 integrity failures (all repaired and verified)" in line
+
+
+def test_after_a_resume_and_a_reconnect_the_summary_counts_what_this_run_moved() -> None:
+    """It said "sent 20.0 MiB in 2.50 s (8.0 MiB/s)" when 10.5 MiB moved, and called the files an
+    earlier connection had delivered "already there, skipped"."""
+    stats = TransferStats("recv")
+    stats.start_listing()
+    stats.listed([Entry("a", "file", 12 << 20), Entry("b", "file", 8 << 20)], True)
+    stats.bytes_done += 9 << 20  # a's first 9 MiB, left by an interrupted run: resumed
+    stats.transferred(3 << 20)  # a's rest
+    stats.files_done += 1
+    stats.reconnects += 1
+    stats.start_listing()  # the second connection finds a whole: "skipped" by it, sent by this run
+    stats.listed([Entry("a", "file", 12 << 20), Entry("b", "file", 8 << 20)], True)
+    stats.skipped(1, 12 << 20)
+    stats.transferred(8 << 20)
+    stats.files_done += 1
+    out = io.StringIO()
+    ConsoleReporter(stream=out).done(stats)
+    line = out.getvalue()
+    assert "received 11.0 MiB in 2 files (9.0 MiB resumed) in" in line and "skipped" not in line, line
 
 
 def test_the_time_runs_from_the_transfers_start_not_the_wait_for_the_peer() -> None:

@@ -11,12 +11,17 @@ import json
 import os
 import sys
 import threading
+import time
 from collections import deque
-from typing import IO, Any, Protocol
+from typing import IO, TYPE_CHECKING, Any, Protocol, cast
 
 from rtransfer.errors import RtransferError
 from rtransfer.names import checksum_line, printable, shown
+from rtransfer.report.live_line import layout
 from rtransfer.stats import TransferStats, peak_rss_bytes
+
+if TYPE_CHECKING:
+    from rich.progress import ProgressColumn
 
 
 class Reporter:
@@ -86,6 +91,7 @@ class JsonReporter(Reporter):
         else:
             self._out = _StreamLines(out)
         self._stats: TransferStats | None = None  # the live counters, once a transfer has started
+        self._started = False
 
     def _emit(self, event: str, **fields: Any) -> None:
         self._out.put(json.dumps({"event": event, **fields}) + "\n", droppable=event == "progress")
@@ -100,6 +106,10 @@ class JsonReporter(Reporter):
             self._emit("listening", role=role, host=host, port=port, code=code)
 
     def started(self, stats: TransferStats) -> None:
+        """Once a run: a reconnect or a move resumes the transfer, it does not start another."""
+        if self._started:
+            return
+        self._started = True
         self._stats = stats
         self._emit(
             "start", role=stats.role, total_bytes=stats.total_bytes, files=stats.files_total, listing=stats.listing
@@ -157,34 +167,29 @@ def _dry_run_summary(stats: TransferStats) -> str:
     return f"rtransfer: dry run, nothing changed: {listed}; would {would or 'do nothing'} (DRY RUN)"
 
 
-def _path(stats: TransferStats) -> str:
-    """Through a relay, whether the bytes go through it now or direct; nothing when no relay is used."""
-    if stats.relayed:
-        return "via relay"
-    return "direct" if stats.relay_bytes else ""
-
-
-def _streams_summary(streams: list[dict[str, object]]) -> str:
-    """One line's worth about the connections: how many, their spread of rates, any stalled."""
-    if not streams:
-        return ""
-    rates = sorted(int(str(s["rate_bps"])) for s in streams)
-    stalled = sum(1 for s in streams if s["stalled"])
-    paused = sum(1 for s in streams if s.get("paused"))
-    spread = f"{human_bytes(rates[0])}/s–{human_bytes(rates[-1])}/s each"
-    return (
-        f" · {len(streams)} streams, {spread}"
-        + (f", {stalled} stalled" if stalled else "")
-        + (f", {paused} backed up" if paused else "")
-    )
-
-
 def human_bytes(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if abs(n) < 1024 or unit == "TiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     raise AssertionError("unreachable")
+
+
+class _LineColumn:
+    """rich's Progress draws one column: the whole line, fitted to the width (live_line.py)."""
+
+    max_refresh = None
+
+    def __init__(self, reporter: ConsoleReporter) -> None:
+        self.reporter = reporter
+
+    def __call__(self, task: Any) -> Any:
+        return self.reporter.line(task.speed)
+
+    def get_table_column(self) -> Any:
+        from rich.table import Column
+
+        return Column(no_wrap=True)
 
 
 class ConsoleReporter(Reporter):
@@ -211,6 +216,7 @@ class ConsoleReporter(Reporter):
         self.live = (not quiet and self.terminal) if live is None else live
         self._progress: Any = None
         self._task: Any = None
+        self._stats: TransferStats | None = None
 
     def _say(self, line: str, raw: bool = False) -> None:
         line = line if raw else printable(line)
@@ -244,46 +250,42 @@ class ConsoleReporter(Reporter):
 
     def started(self, stats: TransferStats) -> None:
         self._per_file = self.verbose or (not stats.listing and stats.files_total <= 1)
-        if not self.live:
+        self._stats = stats
+        if not self.live or self._progress is not None:  # a reconnect or a move: the same display goes on
             return
         from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            DownloadColumn,
-            Progress,
-            TextColumn,
-            TimeRemainingColumn,
-        )
+        from rich.progress import Progress
 
         self._progress = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            DownloadColumn(binary_units=True),
-            TextColumn("{task.fields[rate]}"),  # binary units, as the sizes and the summary say
-            TimeRemainingColumn(),
-            TextColumn("{task.fields[detail]}"),
+            cast("ProgressColumn", _LineColumn(self)),  # duck-typed: rich is imported only for a live display
             console=Console(file=self.stream, force_terminal=True, width=self.width),
             transient=True,
         )
         self._progress.start()
-        verb = "sending" if stats.role == "send" else "receiving"
-        self._task = self._progress.add_task(verb, total=stats.total_bytes, detail="", rate="")
+        self._task = self._progress.add_task("", total=stats.total_bytes)
 
     def progress(self, stats: TransferStats) -> None:
-        if self._progress is None:
-            return
-        detail = (
-            f"{stats.files_done}/{stats.files_total}{'+' if stats.listing else ''} files · "
-            f"{stats.in_flight} in flight · "
-            f"{stats.retransmits} retx · {stats.integrity_failures} bad · {stats.reconnects} reconnects"
-            + _streams_summary(stats.streams)
-        )
-        speed = self._progress.tasks[0].speed if self._progress.tasks else None
-        rate = f"{human_bytes(speed)}/s" if speed else ""
-        verb = "sending" if stats.role == "send" else "receiving"
-        description = f"{verb} {_path(stats)}".rstrip()
-        self._progress.update(self._task, description=description, completed=stats.bytes_done, total=stats.total_bytes)
-        self._progress.update(self._task, detail=detail, rate=rate)
+        self._stats = stats
+        if self._progress is not None:
+            self._progress.update(self._task, completed=stats.bytes_done, total=stats.total_bytes)
+
+    def line(self, speed: float | None) -> Any:
+        """The live line as the terminal's width allows now (live_line.py), with its bar drawn."""
+        from rich.text import Text
+
+        stats = self._stats
+        if stats is None:
+            return Text("")
+        outage = None if stats.outage_since is None else time.monotonic() - stats.outage_since
+        fitted = layout(stats, speed, self._progress.console.width, outage)
+        text = Text(fitted.left + (" " if fitted.left and fitted.bar else ""))
+        if fitted.bar:
+            done = fitted.bar * stats.bytes_done // stats.total_bytes if stats.total_bytes else 0
+            text.append("━" * done, style="bar.complete")
+            text.append("━" * (fitted.bar - done), style="bar.back")
+            text.append(" ")
+        text.append(fitted.right)
+        return text
 
     def file_done(self, path: str, size: int, blake3_hex: str) -> None:
         if self._per_file:
@@ -323,15 +325,18 @@ class ConsoleReporter(Reporter):
             return
         seconds = max(stats.seconds, 1e-9)
         verb = "sent" if stats.role == "send" else "received"
-        moved = stats.bytes_done - stats.bytes_skipped
+        moved = stats.moved  # this run's, in this run's time: not what a resumed file or an earlier run left
+        files_found, bytes_found = stats.skipped_by_run
         skipped = (
-            f" ({_count(stats.files_skipped, 'file')} of {human_bytes(stats.bytes_skipped)} already there, skipped)"
-            if stats.files_skipped
+            f" ({_count(files_found, 'file')} of {human_bytes(bytes_found)} already there, skipped)"
+            if files_found
             else ""
         )
+        resumed = (stats.total_bytes or 0) - moved - bytes_found  # the parts of files an interrupted run left
+        skipped += f" ({human_bytes(resumed)} resumed)" if resumed > 0 else ""
         repaired = " (all repaired and verified)" if stats.integrity_failures else ""
         self._say(
-            f"rtransfer: {verb} {human_bytes(moved)} in {_count(stats.files_done - stats.files_skipped, 'file')}"
+            f"rtransfer: {verb} {human_bytes(moved)} in {_count(stats.files_done - files_found, 'file')}"
             f"{skipped} in {seconds:.2f} s ({human_bytes(moved / seconds)}/s); {_count(stats.chunks, 'chunk')}, "
             f"{_count(stats.retransmits, 'retransmit')}, {_count(stats.integrity_failures, 'integrity failure')}"
             f"{repaired}, {_count(stats.reconnects, 'reconnect')}, "
