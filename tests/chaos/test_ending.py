@@ -3,6 +3,8 @@ taken its last steps, and a connection lost in between is settled by the sender 
 
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -30,3 +32,23 @@ def test_the_receivers_done_lost_on_its_way_is_heard_again_and_both_exit_0(tmp_p
     assert (tmp_path / "out" / "src" / "link").readlink().as_posix() == "d/a.bin"
     assert rx.events("done")[0]["reconnects"] >= 1
     assert_quiet(result.stderr.decode(), rx.proc.stderr.read().decode() if rx.proc.stderr else "")
+
+
+def test_progress_goes_on_through_an_outage(tmp_path: Path, procs: list[Proc]) -> None:
+    """--json progress stopped while a broken transfer waited for its peer (and the display kept
+    its last rate)."""
+    src = tmp_path / "f.bin"
+    data = write_random(src, 16 << 20)
+    procs.append(rx := Receiver(tmp_path / "out", "--timeout", "2"))
+    procs.append(tx := Proc(["send", str(src), rx.address, "--json", "--timeout", "2", "--limit-rate", "4M"]))
+    while rx.wait_event("progress")["bytes"] == 0:  # bounded by wait_event's timeout
+        pass
+    os.kill(tx.proc.pid, signal.SIGSTOP)  # the sender goes silent: the receiver's connection times out
+    try:
+        assert "waiting up to" in rx.wait_event("warning")["message"]
+        reconnects = [rx.wait_event("progress")["reconnects"] for _ in range(2)]  # while no connection is there
+        assert reconnects == [1, 1]
+    finally:
+        os.kill(tx.proc.pid, signal.SIGCONT)
+    assert tx.finish() == 0 and rx.finish() == 0
+    assert (tmp_path / "out" / "f.bin").read_bytes() == data
