@@ -1,7 +1,8 @@
 """A hostile sender: the real ``rtransfer send``, authenticated and speaking the real protocol, whose
 file list is whatever a test wrote in the JSON file RTRANSFER_HOSTILE (paths with "..", the
 receiver's working names, links to anywhere, devices, setuid bits, others' owners), each file's
-bytes from that file too. Run as ``python -m tests.hostile send ARGS...`` (the sources named
+bytes from that file too; with RTRANSFER_HOSTILE_LINGER set, it never closes after the receiver's
+DONE. Run as ``python -m tests.hostile send ARGS...`` (the sources named
 there are only placeholders).
 
 An entry: {"path", "kind", and optionally "content" (text; files), "size" (declared, if not the
@@ -10,6 +11,7 @@ content's), "mode", "mtime_ns", "target", "uid", "gid", "device", "linked", "ide
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import sys
@@ -22,6 +24,7 @@ from rtransfer.protocol.model import Entry
 from rtransfer.sending.walk import PACK_FILE_MAX_BYTES, Source
 
 SPEC_ENV = "RTRANSFER_HOSTILE"
+LINGER_ENV = "RTRANSFER_HOSTILE_LINGER"  # set: after the receiver's DONE, keep the connection open
 
 
 def entries_from(spec: list[dict[str, Any]], scratch: str) -> list[Source]:
@@ -76,6 +79,12 @@ def main() -> None:
     from rtransfer.session import send
 
     send.listing = hostile_listing(entries_from(spec, scratch))  # type: ignore[assignment]
+    if os.environ.get(LINGER_ENV):  # it hears the receiver's DONE and never closes: heartbeats only
+
+        async def linger(self: object, event: object) -> None:
+            await asyncio.Event().wait()
+
+        send.SendAttempt.on_complete = linger  # type: ignore[assignment,method-assign]
     sys.argv = ["rtransfer", *sys.argv[1:]]
     cli_main()
 

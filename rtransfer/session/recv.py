@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import time
 from collections import deque
@@ -242,9 +243,13 @@ class ReceiveAttempt(Attempt):
     async def ending(self) -> None:
         """After our DONE, this connection ends once the sender has closed its end: it has read
         DONE. One that breaks first leaves the sender in doubt: it comes back to hear it again
-        (every file is planned as here), so this side waits for it as for any break."""
+        (every file is planned as here), so this side waits for it as for any break. A sender
+        that neither closes nor breaks within --timeout (alive, yet it keeps the connection) is
+        not waited for longer: everything is here."""
         await self.finished.wait()
-        await self.conn.peer_closed()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.transfer.config.timeout_s):
+                await self.conn.peer_closed()
         self.done.set()
 
     def refresh(self) -> None:

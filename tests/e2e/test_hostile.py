@@ -358,3 +358,22 @@ def test_no_two_runs_of_any_entry_list_break_the_receivers_promises(
         world = World(Path(scratch))
         world.attack(first)
         world.attack(second)
+
+
+def test_a_sender_that_never_closes_after_the_receivers_done_holds_it_only_for_its_timeout(tmp_path: Path) -> None:
+    """The receiver waits for the sender to close (it has heard DONE); one that keeps the connection
+    open with heartbeats is waited for --timeout, then the receiver, with everything here, exits 0."""
+    world = World(tmp_path)
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps([{"path": "a.txt", "kind": "file", "content": "hello"}]))
+    rx = Receiver(world.dest, "--timeout", "3")
+    env = {**os.environ, "RTRANSFER_HOSTILE": str(spec), "RTRANSFER_HOSTILE_LINGER": "1"}
+    command = [sys.executable, "-m", "tests.hostile", "send", str(tmp_path), rx.address, "--json"]
+    sender = subprocess.Popen(command, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert rx.finish(timeout_s=30) == 0
+        assert (world.dest / "a.txt").read_text() == "hello"
+    finally:
+        sender.kill()
+        sender.wait()
+        rx.kill()
