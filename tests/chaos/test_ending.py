@@ -52,3 +52,4 @@ def test_progress_goes_on_through_an_outage(tmp_path: Path, procs: list[Proc]) -
         os.kill(tx.proc.pid, signal.SIGCONT)
     assert tx.finish() == 0 and rx.finish() == 0
     assert (tmp_path / "out" / "f.bin").read_bytes() == data
+    assert len(tx.events("start")) == len(rx.events("start")) == 1  # it said start again after each reconnect
