@@ -33,15 +33,15 @@ def _shown_table() -> dict[int, str]:
 
 
 _SHOWN = _shown_table()
-_B3SUM = {c: v for c, v in _SHOWN.items() if c in (ord("\\"), ord("\n")) or c >= 0xDC80}
 
 
-def checksum_line(digest: str, name: str, terminal: bool) -> str:
-    """A file's line as ``b3sum`` prints it, byte for byte, so ``b3sum -c`` checks it: a name with
-    a backslash or a newline escaped, and the line marked by a leading backslash. On a terminal,
-    every other control character is escaped too (``shown``): a peer's name can't drive it."""
+def checksum_line(digest: str, name: str) -> str:
+    """A file's line as ``b3sum`` prints it, so ``b3sum -c`` checks it: a name with a backslash or
+    a newline escaped, and the line marked by a leading backslash. Every other control character
+    is escaped too, where b3sum leaves it raw: a peer's name must not drive a terminal, nor a log
+    read later with ``cat`` or ``less -R`` (``b3sum -c`` then refuses that one line)."""
     mark = "\\" if "\\" in name or "\n" in name else ""
-    return f"{mark}{digest}  {name.translate(_SHOWN if terminal else _B3SUM)}"
+    return f"{mark}{digest}  {shown(name)}"
 
 
 def shown(name: str) -> str:

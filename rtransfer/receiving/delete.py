@@ -20,15 +20,18 @@ class ListedNames:
 
     def __init__(self) -> None:
         self.names: dict[str, set[str]] = {}  # directory ("" for DEST itself) -> its names in the list
+        self.directories: set[str] = set()  # those the list holds: only they are looked in
 
     def directory(self, path: str) -> None:
         self.names.setdefault(path, set())
+        self.directories.add(path)
 
     def entry(self, parent: str, name: str) -> None:
         self.names.setdefault(parent, set()).add(name)
 
     def clear(self) -> None:
         self.names.clear()
+        self.directories.clear()
 
 
 class Deletion:
@@ -43,9 +46,12 @@ class Deletion:
         self.found: list[str] = []
 
     def run(self, dirs: DestDirs, listed: ListedNames) -> list[str]:
-        """Every listed directory's extra names. A directory that is not there (a dry run's new one)
-        holds nothing."""
+        """Every listed directory's extra names, as rsync's: ``send src`` trims DEST/src, never DEST
+        (nor, for one file sent, the directory it lands in). A directory that is not there (a dry
+        run's new one) holds nothing."""
         for rel, names in listed.names.items():
+            if rel not in listed.directories:
+                continue
             dirs.trim()
             try:
                 fd = dirs.fd(rel)

@@ -30,6 +30,9 @@ def finish_transfer(land: Landing) -> None:
     with DestDirs(land.root_fd) as dirs:
         for entry in ending.specials:
             dirs.trim()
+            if entry.kind == "hardlink" and entry.target in ending.kept:
+                land.warnings.append(f"{shown(entry.path)}: not linked to {shown(entry.target)}, which was kept")
+                continue
             parent, name = placed(entry.path)
             specials.make(entry, name, dirs.fd(parent), dirs, policy)
         if land.deleting:

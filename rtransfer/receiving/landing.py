@@ -26,6 +26,7 @@ class Ending:
     listed: ListedNames = field(default_factory=ListedNames)
     devices_skipped: int = 0
     conflicts: int = 0  # files here already, different, kept (no --overwrite): skipped, exit 6 at the end
+    kept: set[str] = field(default_factory=set)  # their paths: a hard link of the list never names one
 
 
 @dataclass
@@ -38,6 +39,7 @@ class Landing:
     root_fd: int = -1
     made_root: bool = False  # DEST did not exist: this run made it, and may give it the listed mode
     named: str | None = None  # scp's rule: DEST is the one file's name, ``root`` its directory
+    ours: set[int] = field(default_factory=set)  # --checksum: files to compare that are an earlier run's leftovers
     dry: bool = False
     deleting: bool = False
     delete_excluded: bool = False
@@ -82,4 +84,5 @@ class Landing:
         self.described.clear()
         self.created.clear()
         self.hidden.clear()
+        self.ours.clear()
         self.ending = Ending()

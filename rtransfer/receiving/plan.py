@@ -280,6 +280,8 @@ class Planner:
         size_here = st.st_size if st is not None and stat.S_ISREG(st.st_mode) else None
         if size_here is not None and entry.digest is not None and size_here == entry.size:
             draft.compare.append(index)  # --checksum: the content decides (examine)
+            if ours:  # an earlier run's leftover in a hidden new subtree: replaced, never a conflict
+                land.ours.add(index)
         elif st is not None and entry.digest is None and already_here(st, entry):
             draft.done.append(index)
             return
@@ -307,7 +309,9 @@ class Planner:
             for index in same:
                 self._touch(index)
                 del files[index]
-            kept = [] if self.land.policy.overwrite else [i for i in plan.compare if i not in same]
+            theirs = [i for i in plan.compare if i not in same and i not in self.land.ours]
+            self.land.ours.difference_update(plan.compare)
+            kept = [] if self.land.policy.overwrite else theirs
             for index in kept:  # changed, and kept as it is: the sender skips it
                 self._conflict(files.pop(index))
             done = same + kept
@@ -356,6 +360,11 @@ class Planner:
         return False
 
     def _conflict(self, entry: Entry) -> None:
+        """The receiver's own file stays: nothing of the list may name it (a hard link), and it is held to
+        the end (MAX_HELD_NAME_BYTES) for the links planned before it was found different."""
+        self._hold(entry)
+        self._linked.discard(entry.path)
+        self.land.ending.kept.add(entry.path)
         self.land.ending.conflicts += 1
         self.land.items.append(("conflict", entry.path))
 

@@ -66,6 +66,7 @@ class DirectorySink:
         land.delete_excluded = policy.delete_excluded or manifest.delete_excluded
         land.filters = parse_specs(manifest.filters)
         self._name_the_file(manifest)
+        land.deleting = land.deleting and land.named is None  # one file: no directory of the transfer to trim
         self._open_root()
         land.open_dirs.close()
         land.restart()

@@ -289,7 +289,7 @@ class ConsoleReporter(Reporter):
 
     def file_done(self, path: str, size: int, blake3_hex: str) -> None:
         if self._per_file:
-            self._say(checksum_line(blake3_hex, path, terminal=self.live or self.terminal), raw=True)
+            self._say(checksum_line(blake3_hex, path), raw=True)
 
     def warning(self, message: str) -> None:
         self._say(f"rtransfer: warning: {message}")

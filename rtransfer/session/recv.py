@@ -15,7 +15,6 @@ from rtransfer.errors import (
     HandshakeError,
     IntegrityError,
     LocalIOError,
-    NetworkError,
     RemoteError,
     RtransferError,
     WrongCode,
@@ -101,12 +100,13 @@ class ReceiveTransfer:
             await keep_connected(
                 self.way, self._connection, self._serve, self.outage, self._worth_another, self.config.timeout_s
             )
-        except RemoteError as exc:
-            raise (named_for(exc, self.way.where) if self.way.names_remote_errors else exc) from None
-        except NetworkError as exc:
+        except RtransferError as exc:
             if not self.completed:
+                if isinstance(exc, RemoteError) and self.way.names_remote_errors:
+                    raise named_for(exc, self.way.where) from None
                 raise
-            # Everything is here; only the sender's hearing of it is in doubt, and it never came back to ask.
+            # Everything is here; only the sender's hearing of it is in doubt, and it did not come back
+            # to ask (or whoever came instead failed): said, and the run is a success.
             self.reporter.warning(f"the sender did not confirm the end of the transfer: {exc.message}")
         finally:
             await cancel_all([reporting])

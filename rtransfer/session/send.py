@@ -14,7 +14,7 @@ from rtransfer.buffers import QUEUE_CHUNKS, BufferPool
 from rtransfer.compress import Compressor
 from rtransfer.crypto import KeyExchange
 from rtransfer.delta import Fingerprint, fingerprint
-from rtransfer.errors import RemoteError, RtransferError
+from rtransfer.errors import ProtocolViolation, RemoteError, RtransferError
 from rtransfer.filters import parse_specs
 from rtransfer.protocol.constants import FrameType
 from rtransfer.protocol.events import (
@@ -233,8 +233,12 @@ class SendAttempt(Attempt):
         if event.done and not self.skipped:
             self.first_skipped = batch[event.done[0] - first].entry.path
         self.skipped += len(event.done)
+        if self.machine.peer_capabilities & CAP_DRY_RUN:
+            files = sum(1 for source in batch if source.entry.kind == "file")
+            if len(event.done) != files or event.start_offsets:  # else "nothing sent" would be a lie
+                raise ProtocolViolation("the receiver said it only looks (--dry-run), and asked for data")
+            self.stats.dry_run = True
         if first == 0:
-            self.stats.dry_run |= bool(self.machine.peer_capabilities & CAP_DRY_RUN)
             self.stats.accepted += 1
             self.reporter.started(self.stats)
             self.dealer.add(0, self.conn)
@@ -294,10 +298,11 @@ class SendAttempt(Attempt):
         if self.stats.dry_run:
             return  # every file counts as there; the receiver says what it would do
         same = "same content" if self.transfer.config.checksum else "same size and mtime"
+        why = f"the receiver has it ({same}) or keeps its own"  # a kept one ends the run with exit 6
         if self.skipped == 1:
-            self.reporter.warning(f"{self.first_skipped}: already at the receiver ({same}); skipped")
+            self.reporter.warning(f"{self.first_skipped}: not sent: {why}")
         elif self.skipped:
-            self.reporter.warning(f"{self.skipped} files already at the receiver ({same}); skipped")
+            self.reporter.warning(f"{self.skipped} files not sent: {why}")
 
     # --- tasks ----------------------------------------------------------------
     async def list_entries(self) -> None:

@@ -377,3 +377,47 @@ def test_a_sender_that_never_closes_after_the_receivers_done_holds_it_only_for_i
         sender.kill()
         sender.wait()
         rx.kill()
+
+
+def test_a_hard_link_never_names_a_file_that_was_kept(world: World) -> None:
+    """A kept file (the receiver's own, different) stayed linkable: a sender listed it as linked,
+    then a hard link to it, and got a new name for the receiver's file."""
+    run = world.attack(
+        [
+            {"path": "important.txt", "kind": "file", "linked": True, "content": "x"},
+            {"path": "h", "kind": "hardlink", "target": "important.txt"},
+        ]
+    )
+    assert run.code == 6
+    assert not (world.dest / "h").exists() and (world.dest / "important.txt").stat().st_nlink == 1
+
+
+LYING_RECEIVER = """
+import sys
+import rtransfer.session.recv as recv
+
+class Lying(recv.ReceiverMachine):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args[:7], dry_run=True)
+
+recv.ReceiverMachine = Lying
+from rtransfer.cli.commands import main
+sys.argv = ["rtransfer", *sys.argv[1:]]
+main()
+"""
+
+
+def test_a_receiver_that_says_dry_run_and_asks_for_data_is_refused(tmp_path: Path) -> None:
+    """The sender's summary would say "nothing sent" while every byte went."""
+    (tmp_path / "f.bin").write_bytes(os.urandom(300_000))
+    rx = Proc(["recv", str(tmp_path / "out"), "--listen", "127.0.0.1:0", "--json"],
+              command=[sys.executable, "-c", LYING_RECEIVER], cwd=REPO)  # fmt: skip
+    try:
+        port = rx.wait_event("listening")["port"]
+        sent = subprocess.run(
+            [sys.executable, "-m", "rtransfer", "send", str(tmp_path / "f.bin"), f"127.0.0.1:{port}"],
+            capture_output=True, timeout=60, cwd=REPO,
+        )  # fmt: skip
+    finally:
+        rx.kill()
+    assert sent.returncode == 3 and b"--dry-run), and asked for data" in sent.stderr, sent.stderr

@@ -259,3 +259,19 @@ def test_a_dry_runs_summary_is_labelled_and_counts_what_it_would_do(tmp_path: Pa
     assert "would send 8" in summary and "skipped" not in summary
     assert tx.events("done")[0]["dry_run"] is True and not tx.events("warning")  # nothing "skipped"
     assert not (tmp_path / "out").exists()
+
+
+def test_delete_trims_only_the_directories_sent_never_dest_itself(tmp_path: Path, procs: list[Proc]) -> None:
+    """A single file sent with --delete emptied DEST; ``send src`` trimmed DEST, not only DEST/src
+    (rsync trims only what the transfer holds as a directory: ``src/`` is DEST itself)."""
+    src = make_tree(tmp_path)
+    out = tmp_path / "out"
+    (out / "src").mkdir(parents=True)
+    (out / "mine.txt").write_text("the receiver's")
+    (out / "src" / "stale.txt").write_text("not in the source")
+    procs.append(rx := Receiver(out, "--delete"))
+    assert run("send", str(src / "keep.txt"), rx.address, "--delete").returncode == 0 and rx.finish() == 0
+    assert (out / "mine.txt").exists() and (out / "src" / "stale.txt").exists()
+    procs.append(rx := Receiver(out, "--delete"))
+    assert run("send", str(src), rx.address, "--delete").returncode == 0 and rx.finish() == 0
+    assert (out / "mine.txt").exists() and not (out / "src" / "stale.txt").exists()

@@ -280,3 +280,11 @@ def test_one_file_to_a_name_not_there_takes_that_name_as_scp_and_rsync_do(
     f.write_bytes(b"changed")
     kept = copy(str(tmp_path / "x" / "renamed.txt"))  # a different one: kept without --overwrite
     assert kept.returncode == 6 and (tmp_path / "x" / "renamed.txt").read_bytes() == b"data"
+    (tmp_path / "x" / "other.txt").write_text("beside DEST")
+    where, flags = f"{tmp_path}/x/renamed.txt", ("--delete", "--overwrite", *ssh_args(sshd))
+    if direction == "push":
+        trimmed = run("send", str(f), f"root@127.0.0.1:{where}", *flags)
+    else:
+        trimmed = run("recv", f"root@127.0.0.1:{f}", where, *flags)
+    assert trimmed.returncode == 0, trimmed.stderr.decode()
+    assert (tmp_path / "x" / "other.txt").exists()  # DEST's directory is not the transfer's to trim
