@@ -256,7 +256,7 @@ def test_a_senders_rules_cannot_pin_the_receivers_cpu(world: World) -> None:
     - **a**a**a**a**a**a**b took 0.27 s on a 50-character name, growing as n^6 (hours at 255)."""
     (world.dest / ("a" * 255)).write_text("matched, and deleted")
     run = world.attack(
-        [{"path": "kept", "kind": "file", "content": "k"}],
+        [{"path": ".", "kind": "dir"}, {"path": "kept", "kind": "file", "content": "k"}],  # DEST itself: trimmed
         recv=("--delete",),
         send=("--exclude", "**a**a**a**a**a**a**b", "--delete"),
     )
