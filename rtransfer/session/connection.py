@@ -96,6 +96,10 @@ class Connection(asyncio.BufferedProtocol):
         self.flush()
 
     def get_buffer(self, sizehint: int) -> memoryview:
+        if self._discard is None and self._error is not None:
+            # A failed machine has no buffer for more: asyncio would print a "Fatal error on
+            # transport" dump under the one error line. What still comes is read and dropped.
+            self._discard = memoryview(bytearray(DISCARD_BYTES))
         if self._discard is not None:
             return self._discard
         return self.machine.get_buffer()

@@ -248,12 +248,17 @@ def test_port_in_use_exits_3() -> None:
     assert "address already in use" in one_error_line(result.stderr)
 
 
-def test_a_peer_that_is_not_rtransfer_is_refused_with_exit_5(tmp_path: Path, procs: list[Proc]) -> None:
+@pytest.mark.parametrize(
+    "junk", [b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", b"\x63" * 13 + b"junk" * 1000], ids=["http", "junk"]
+)
+def test_a_peer_that_is_not_rtransfer_is_refused_with_exit_5(tmp_path: Path, procs: list[Proc], junk: bytes) -> None:
+    """Bytes still coming after the refusal made asyncio print a "Fatal error on transport" dump."""
     procs.append(rx := Receiver(tmp_path / "out"))
     with socket.create_connection(("127.0.0.1", rx.port)) as s:
-        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        s.sendall(junk)
         assert rx.finish() == 5
     assert "handshake failed" in rx.events("error")[0]["message"]
+    assert rx.proc.stderr is not None and rx.proc.stderr.read() == b""  # --json: every word is an event
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
