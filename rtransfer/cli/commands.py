@@ -306,11 +306,19 @@ def send(
 
 
 def _send(options: SendOptions, reporter: "Reporter") -> int:
+    """A push over ssh starts ssh first: its connection and the far side's start-up overlap the
+    heavy imports here."""
+    from rtransfer.transport.ssh import start_early, stop_early
+
     try:
+        from rtransfer.cli.remote import push_command
+
+        start_early(push_command(options))
         from rtransfer.cli.configure import send_config
 
         config = send_config(options, reporter)
     except RtransferError as exc:
+        stop_early()
         return fail(reporter, exc)
     if options.no_encrypt and not config.way.authenticated:
         reporter.warning("--no-encrypt: file contents travel in clear; only the handshake is authenticated")
@@ -406,6 +414,11 @@ def _recv(options: RecvOptions, reporter: "Reporter") -> int:
         record_signals()
         elsewhere = options.connect is not None or options.relay is not None or options.pull or options.stdio
         listener = None if elsewhere else open_listener(host, port)
+        if options.pull:  # ssh first, as a push starts it (_send)
+            from rtransfer.cli.remote import pull_command
+            from rtransfer.transport.ssh import start_early
+
+            start_early(pull_command(options))
     except RtransferError as exc:
         return fail(reporter, exc)
     code = options.code or options.secret or new_code()
@@ -422,6 +435,9 @@ def _recv(options: RecvOptions, reporter: "Reporter") -> int:
     try:
         config = recv_config(options, host, port, code, listener, reporter)
     except RtransferError as exc:
+        from rtransfer.transport.ssh import stop_early
+
+        stop_early()
         return fail(reporter, exc)
     run(run_recv(config, reporter), reporter)
 

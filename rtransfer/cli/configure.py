@@ -5,7 +5,6 @@ running (runner.py). A new way to reach a machine is a branch here, and its sour
 from __future__ import annotations
 
 import os
-import shlex
 import socket
 from dataclasses import replace
 from typing import TYPE_CHECKING
@@ -16,17 +15,15 @@ from rtransfer.cli.options import (
     RecvOptions,
     SendOptions,
     check_relay,
-    check_ssh_host,
-    flags_on,
     looks_like_endpoint,
     names_a_file,
     parse_endpoint,
     parse_size,
     peer_endpoint,
-    remote_path,
     split_send_arguments,
     stream_chunk_bytes,
 )
+from rtransfer.cli.remote import pull_command, push_command
 from rtransfer.codes import new_code, normalise_code
 from rtransfer.crypto import TransferKeys
 from rtransfer.errors import UsageError
@@ -59,39 +56,6 @@ def _rate_bps(options: SendOptions) -> int | None:
     return rate_bps
 
 
-def ssh_command(
-    options: SendOptions | RecvOptions, host: str, command: str, paths: list[str], flags: tuple[str, ...] = ()
-) -> SshCommand:
-    """What runs the far side: ``-e``'s words, HOST, and the remote program's ``command`` with
-    ``flags`` and ``paths``."""
-    rsh = tuple(shlex.split(options.rsh))
-    if not rsh:
-        raise UsageError("-e/--rsh is empty: give the ssh command, as rsync's -e")
-    check_ssh_host(host)
-    common = ("--stdio", "--json", "--timeout", f"{options.retry.timeout_s:g}")
-    far = (options.remote_path, command, *common, *flags, "--", *paths)
-    return SshCommand(rsh, host, far, (options.remote_path, "join", *common, "--"))
-
-
-def _push(options: SendOptions) -> SshCommand | None:
-    """``send SOURCE... [USER@]HOST:DEST``: the receiver runs there, started over ssh."""
-    push = not (options.listen is not None or options.relay is not None or options.stdio or len(options.arguments) < 2)
-    remote = remote_path(options.arguments[-1]) if push else None
-    if remote is None:
-        refused = (("--overwrite",) if options.overwrite else ()) + options.keep.flags()
-        if refused:
-            raise UsageError(f"{refused[0]} on send is for a push over ssh (the receiver decides otherwise)")
-        return None
-    given = {
-        "--overwrite": options.overwrite,
-        "--delete": options.delete,
-        "--delete-excluded": options.delete_excluded,
-        "--dry-run": options.dry_run,
-    }
-    flags = flags_on(given) + options.keep.flags()
-    return ssh_command(options, remote.host, "recv", [remote.path or "."], flags)
-
-
 def _send_reach(
     options: SendOptions, ssh: SshCommand | None
 ) -> tuple[list[str], tuple[str, int], tuple[str, int] | None]:
@@ -121,7 +85,7 @@ def _checked_window(options: SendOptions) -> int:
 def send_config(options: SendOptions, reporter: Reporter) -> SendConfig:
     """The send options checked, with the one way to the receiver: a listener or a relay are
     announced (with the code, made up unless given) before this returns."""
-    ssh = _push(options)
+    ssh = push_command(options)
     sources, (host, port), relay = _send_reach(options, ssh)
     if ssh is not None or options.stdio:  # over ssh, which authenticates and encrypts: no code, no second cipher
         options = replace(options, code=SSH_CODE, no_encrypt=True)
@@ -200,10 +164,7 @@ def recv_config(
 ) -> RecvConfig:
     """The recv options checked, with the one way to the sender (its listener opened, and the
     listener or the relay announced, by the caller, before the heavy imports)."""
-    ssh = None
-    if options.pull:
-        paths = [r.path or "." for r in options.pull]
-        ssh = ssh_command(options, options.pull[0].host, "send", paths, options.sender_flags)
+    ssh = pull_command(options)
     if ssh is not None or options.stdio:
         code, options = SSH_CODE, replace(options, no_encrypt=True)
     keys = TransferKeys(normalise_code(code))

@@ -7,24 +7,7 @@ source from the options; the session is given it and never asks which one it has
 
 A new way to reach a machine is one new Way here, a branch in cli/configure.py that
 makes it, and the option that asks for it.
+
+Nothing is imported here: a module of the package costs only its own imports (ssh.py's, say,
+before the rest of the command's start-up, see cli/commands.py).
 """
-
-from rtransfer.transport.reconnect import Moved, Outage, keep_connected
-from rtransfer.transport.relay import Relay, code_token
-from rtransfer.transport.source import Dial, Listen, Route, Way
-from rtransfer.transport.ssh import Ssh
-from rtransfer.transport.stdio_link import StdioLink
-
-__all__ = [
-    "Dial",
-    "Listen",
-    "Moved",
-    "Outage",
-    "Relay",
-    "Route",
-    "Ssh",
-    "StdioLink",
-    "Way",
-    "code_token",
-    "keep_connected",
-]

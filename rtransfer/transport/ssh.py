@@ -48,6 +48,52 @@ class SshCommand:
     join: tuple[str, ...]
 
 
+Started = tuple[socket.socket, "subprocess.Popen[bytes]"]  # our end of the session's socket pair, and ssh
+
+
+def start(rsh: tuple[str, ...], host: str, command: list[str]) -> Started:
+    """Run ssh, its standard input and output one end of a socket pair. Called before the rest of
+    the command's imports for the first session (``Ssh(early=...)``): ssh's connection and the
+    far side's start-up then overlap this side's, about 0.1 s sooner than after them."""
+    ours, theirs = socket.socketpair()
+    try:
+        proc = subprocess.Popen(
+            [*rsh, host, shlex.join(command)], stdin=theirs.fileno(), stdout=theirs.fileno(), stderr=subprocess.PIPE
+        )
+    except OSError as exc:
+        ours.close()
+        raise UsageError(f"cannot run {rsh[0]}: {exc.strerror or exc}") from None
+    finally:
+        theirs.close()
+    return ours, proc
+
+
+def stop(started: Started) -> None:
+    ours, proc = started
+    ours.close()
+    proc.kill()
+    proc.wait()
+
+
+_early: dict[tuple[str, ...], Started] = {}  # first sessions started before the command's imports, by ssh's words
+
+
+def start_early(ssh: SshCommand | None) -> None:
+    """The first session of ``ssh``, started now: its Ssh takes it up at its first ``open``."""
+    if ssh is not None:
+        _early[_words(ssh)] = start(ssh.rsh, ssh.host, list(ssh.command))
+
+
+def stop_early() -> None:
+    """Sessions started early that the command won't use (its options failed after all)."""
+    while _early:
+        stop(_early.popitem()[1])
+
+
+def _words(ssh: SshCommand) -> tuple[str, ...]:
+    return (*ssh.rsh, ssh.host, *ssh.command)
+
+
 class Ssh(Way):
     """Sessions of ssh to a host, each running ``ssh.command`` there (see SshCommand); ``say``
     reports what the far side warns about."""
@@ -75,27 +121,20 @@ class Ssh(Way):
         self._proc: subprocess.Popen[bytes] | None = None
         self._reader: threading.Thread | None = None
         self._lines: collections.deque[str] = collections.deque(maxlen=_KEPT_LINES)
+        self._early = None if joining is not None else _early.pop(_words(ssh), None)  # see start_early
 
     @property
     def route(self) -> Route:
         return Route.SSH
 
     async def open(self, make: Callable[[], P], timeout_s: float | None, wait_s: float | None) -> P:
+        early, self._early = self._early, None
         self.close()
-        command = list(self.ssh.command) if self.joining is None else await self.joining.join_command()
-        ours, theirs = socket.socketpair()
-        try:
-            proc = subprocess.Popen(
-                [*self.ssh.rsh, self.host, shlex.join(command)],
-                stdin=theirs.fileno(),
-                stdout=theirs.fileno(),
-                stderr=subprocess.PIPE,
-            )
-        except OSError as exc:
-            ours.close()
-            raise UsageError(f"cannot run {self.ssh.rsh[0]}: {exc.strerror or exc}") from None
-        finally:
-            theirs.close()
+        if early is not None:
+            ours, proc = early
+        else:
+            command = list(self.ssh.command) if self.joining is None else await self.joining.join_command()
+            ours, proc = start(self.ssh.rsh, self.host, command)
         self._proc = proc
         self._lines.clear()
         self.joinable = None
@@ -184,6 +223,9 @@ class Ssh(Way):
     def close(self) -> None:
         """End the session: its far side has finished (it exits once our end of the socket pair
         is closed, and is given a moment to tidy up), or its connection broke."""
+        if self._early is not None:  # never opened
+            stop(self._early)
+            self._early = None
         proc, self._proc = self._proc, None
         if proc is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):

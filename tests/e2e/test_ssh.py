@@ -288,3 +288,17 @@ def test_one_file_to_a_name_not_there_takes_that_name_as_scp_and_rsync_do(
         trimmed = run("recv", f"root@127.0.0.1:{f}", where, *flags)
     assert trimmed.returncode == 0, trimmed.stderr.decode()
     assert (tmp_path / "x" / "other.txt").exists()  # DEST's directory is not the transfer's to trim
+
+
+def test_ssh_started_early_is_stopped_when_the_options_then_fail(tmp_path: Path) -> None:
+    """A push starts ssh before its heavy imports (its connection overlaps them); options found
+    wrong after that leave no ssh behind."""
+    fake = tmp_path / "fake-ssh"
+    fake.write_text(f"#!/bin/sh\necho $$ > {tmp_path / 'pid'}\nexec sleep 30\n")
+    fake.chmod(0o755)
+    (tmp_path / "f").write_bytes(b"x")
+    result = run("send", str(tmp_path / "f"), "host:dest/", "-e", str(fake), "--chunk-size", "12Q")
+    assert result.returncode == 2 and b"invalid size" in result.stderr
+    if (tmp_path / "pid").exists():  # it got as far as starting
+        pid = int((tmp_path / "pid").read_text())
+        assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text().lower()
