@@ -96,6 +96,11 @@ class TransferStats:
         if not self.clock_started:
             self.started_at, self.clock_started = time.monotonic(), True
 
+    def broke(self) -> None:
+        """A connection broke and another will be tried: an outage until one serves (``outage_since``)."""
+        self.reconnects += 1
+        self.outage_since = time.monotonic()
+
     def transferred(self, nbytes: int) -> None:
         """File bytes that crossed in this run."""
         self.bytes_done += nbytes

@@ -17,7 +17,7 @@ from typing import IO, TYPE_CHECKING, Any, Protocol, cast
 
 from rtransfer.errors import RtransferError
 from rtransfer.names import checksum_line, printable, shown
-from rtransfer.report.live_line import layout
+from rtransfer.report.live_line import human_bytes, layout
 from rtransfer.stats import TransferStats, peak_rss_bytes
 
 if TYPE_CHECKING:
@@ -167,14 +167,6 @@ def _dry_run_summary(stats: TransferStats) -> str:
     return f"rtransfer: dry run, nothing changed: {listed}; would {would or 'do nothing'} (DRY RUN)"
 
 
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError("unreachable")
-
-
 class _LineColumn:
     """rich's Progress draws one column: the whole line, fitted to the width (live_line.py)."""
 
@@ -212,14 +204,13 @@ class ConsoleReporter(Reporter):
         self.quiet = quiet
         self.verbose = verbose
         self._per_file = verbose
-        self.terminal = self.stream.isatty()
-        self.live = (not quiet and self.terminal) if live is None else live
+        self.live = (not quiet and self.stream.isatty()) if live is None else live
         self._progress: Any = None
         self._task: Any = None
         self._stats: TransferStats | None = None
 
-    def _say(self, line: str, raw: bool = False) -> None:
-        line = line if raw else printable(line)
+    def _say(self, line: str) -> None:
+        line = printable(line)
         if self.quiet:
             return
         if self._progress is not None:
@@ -289,7 +280,7 @@ class ConsoleReporter(Reporter):
 
     def file_done(self, path: str, size: int, blake3_hex: str) -> None:
         if self._per_file:
-            self._say(checksum_line(blake3_hex, path), raw=True)
+            self._say(checksum_line(blake3_hex, path))
 
     def warning(self, message: str) -> None:
         self._say(f"rtransfer: warning: {message}")

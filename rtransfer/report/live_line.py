@@ -85,14 +85,16 @@ def _sizes(stats: TransferStats) -> str:
     return f"{shown} {_UNITS[power]}"
 
 
-def _rate(speed: float | None) -> str:
-    if not speed:
-        return "-- B/s"
+def human_bytes(n: float) -> str:
     for unit in _UNITS:
-        if speed < 1024 or unit == _UNITS[-1]:
-            return f"{speed:.0f} {unit}/s" if unit == "B" else f"{speed:.1f} {unit}/s"
-        speed /= 1024
+        if abs(n) < 1024 or unit == _UNITS[-1]:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
     raise AssertionError("unreachable")
+
+
+def _rate(speed: float | None) -> str:
+    return f"{human_bytes(speed)}/s" if speed else "-- B/s"
 
 
 def _left(stats: TransferStats, speed: float | None) -> str:

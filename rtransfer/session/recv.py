@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import time
 from collections import deque
 from pathlib import Path
 
@@ -118,8 +117,7 @@ class ReceiveTransfer:
         waits = not self.way.dials
         if not worth_reconnecting(exc, started=self.started, resumable=resumable, waits_for_peer=waits):
             return False
-        self.stats.reconnects += 1
-        self.stats.outage_since = time.monotonic()
+        self.stats.broke()
         collect_dead_connection()
         return True
 

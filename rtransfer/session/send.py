@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import functools
 import secrets
-import time
 from collections import deque
 from collections.abc import Iterator
 
@@ -126,8 +125,7 @@ class SendTransfer:
         waits = not self.way.dials
         if not worth_reconnecting(exc, started=started, resumable=self.resumable, waits_for_peer=waits):
             return False
-        self.stats.reconnects += 1
-        self.stats.outage_since = time.monotonic()
+        self.stats.broke()
         collect_dead_connection()
         return True
 
