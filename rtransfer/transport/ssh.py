@@ -52,9 +52,9 @@ Started = tuple[socket.socket, "subprocess.Popen[bytes]"]  # our end of the sess
 
 
 def start(rsh: tuple[str, ...], host: str, command: list[str]) -> Started:
-    """Run ssh, its standard input and output one end of a socket pair. Called before the rest of
-    the command's imports for the first session (``Ssh(early=...)``): ssh's connection and the
-    far side's start-up then overlap this side's, about 0.1 s sooner than after them."""
+    """Run ssh, its standard input and output one end of a socket pair. The first session is
+    started before the rest of the command's imports (``start_early``): ssh's connection and the
+    far side's start-up then overlap this side's (a small tree's push: 1.03 s to 0.78 s)."""
     ours, theirs = socket.socketpair()
     try:
         proc = subprocess.Popen(
