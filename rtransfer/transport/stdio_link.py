@@ -2,9 +2,9 @@
 own standard input and output, which ssh carries. One connection, and no other: when it ends,
 the process ends, and the side that started ssh starts it again (with a new process here).
 
-The event loop drives sockets; sshd hands us pipes (or a socket). Two threads move bytes
-between them and one end of a socket pair, so the protocol sees a socket as it does everywhere
-else.
+sshd hands us pipes (or a socket): the event loop reads and writes them as it does a socket
+(pipes.py). ``rtransfer join``, which only relays a further session's bytes, copies with two
+threads.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import threading
 from collections.abc import Callable
 
 from rtransfer.errors import NetworkError
+from rtransfer.transport.pipes import driven_pipes
 from rtransfer.transport.source import Listen, P, Route, Way, driven
 
 _COPY_BYTES = 1 << 20
@@ -40,12 +41,17 @@ def _pump(src: int, dst: int, done: Callable[[], None]) -> None:
         done()
 
 
+def _larger_pipes() -> None:
+    """Fewer, larger reads and writes: a pipe holds 64 KiB unless asked."""
+    for fd in (0, 1):
+        with contextlib.suppress(OSError, AttributeError):
+            fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, _COPY_BYTES)
+
+
 def _bridge(sock: socket.socket) -> threading.Thread:
     """Copy standard input into ``sock`` and ``sock`` into standard output, a thread each; the
     one that ends with ``sock``'s end of file is returned, to wait for."""
-    for fd in (0, 1):  # fewer, larger reads and writes: a pipe holds 64 KiB unless asked
-        with contextlib.suppress(OSError, AttributeError):
-            fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, _COPY_BYTES)
+    _larger_pipes()
 
     def stdin_ended() -> None:
         with contextlib.suppress(OSError):
@@ -61,13 +67,25 @@ def _bridge(sock: socket.socket) -> threading.Thread:
     return out
 
 
-def stdio_socket() -> socket.socket:
-    """A socket whose far end is this process's standard input and output."""
-    if stat.S_ISSOCK(os.fstat(0).st_mode) and os.path.samestat(os.fstat(0), os.fstat(1)):
-        return socket.socket(fileno=os.dup(0))
-    ours, theirs = socket.socketpair()
-    _bridge(theirs)
-    return ours
+def take_stdio() -> socket.socket | tuple[int, int]:
+    """Standard input and output, taken over for the protocol: the socket they both are, or the
+    two pipes (anything else goes through a socket pair that threads copy to). Both are then
+    /dev/null, so a stray print can't land in the stream, nor a file opened later take fd 1."""
+    stdin, stdout = os.fstat(0), os.fstat(1)
+    if stat.S_ISSOCK(stdin.st_mode) and os.path.samestat(stdin, stdout):
+        taken: socket.socket | tuple[int, int] = socket.socket(fileno=os.dup(0))
+    elif stat.S_ISFIFO(stdin.st_mode) and stat.S_ISFIFO(stdout.st_mode):
+        _larger_pipes()
+        taken = (os.dup(0), os.dup(1))
+    else:
+        ours, theirs = socket.socketpair()
+        _bridge(theirs)
+        return ours
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1):
+        os.dup2(null, fd)
+    os.close(null)
+    return taken
 
 
 def join(path: str) -> None:
@@ -92,7 +110,7 @@ class StdioLink(Way):
     where = "the ssh connection"
 
     def __init__(self, announce: Callable[[str], None]) -> None:
-        self._sock: socket.socket | None = stdio_socket()
+        self._stdio: socket.socket | tuple[int, int] | None = take_stdio()
         self._dir = tempfile.mkdtemp(prefix="rtransfer-")  # 0700
         self._streams = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._streams.bind(os.path.join(self._dir, "join"))
@@ -106,17 +124,22 @@ class StdioLink(Way):
         return Route.SSH
 
     async def open(self, make: Callable[[], P], timeout_s: float | None, wait_s: float | None) -> P:
-        if self._sock is None:
+        stdio, self._stdio = self._stdio, None
+        if stdio is None:
             raise NetworkError("the ssh connection ended")
-        sock, self._sock = self._sock, None
-        sock.setblocking(False)
-        return await driven(make, sock)
+        if isinstance(stdio, tuple):
+            return driven_pipes(make, *stdio)
+        stdio.setblocking(False)
+        return await driven(make, stdio)
 
     def further(self, stream: int) -> Listen:
         return self._further
 
     def close(self) -> None:
-        if self._sock is not None:
-            self._sock.close()
+        if isinstance(self._stdio, socket.socket):
+            self._stdio.close()
+        elif self._stdio is not None:
+            for fd in self._stdio:
+                os.close(fd)
         self._further.close()
         shutil.rmtree(self._dir, ignore_errors=True)
