@@ -1,3 +1,3 @@
-from rtransfer.cli.commands import main
+from rtransfer.cli import main
 
 main()

@@ -11,6 +11,11 @@ never used twice, across reconnects and resumes included.
 One guess per run, not per connection: once a connection of a transfer has opened the peer's
 CONFIRM, every later one (a reconnect, a further stream, the relay's pairing) runs its exchange
 on a secret derived from that session (``TransferKeys``), never on the code again.
+
+Over ssh there is no code: ssh has authenticated both ends, and SPAKE2 on a code everyone knows
+proved nothing while costing each side ~50 ms (its import and two scalar multiplications) before
+the first byte. There the keys come from the HELLOs alone (``TransportExchange``); both sides
+say so in their HELLO, and CONFIRM still proves both saw the same two.
 """
 
 from __future__ import annotations
@@ -23,7 +28,6 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from spake2 import SPAKE2_A, SPAKE2_B, SPAKEError
 
 from rtransfer.protocol.errors import FrameAuthenticationError, HandshakeRefused
 
@@ -37,9 +41,13 @@ RECEIVER_TO_SENDER = 2
 class KeyExchange:
     """One side of SPAKE2; the sender plays A, the receiver B."""
 
+    by_transport = False
+
     def __init__(self, code: bytes, is_sender: bool, session: bool = False) -> None:
         """``session``: ``code`` is a secret derived from an earlier session of the transfer, not the
         code the user typed (the HELLO says so)."""
+        from spake2 import SPAKE2_A, SPAKE2_B  # here: a transfer over ssh never loads it
+
         cls = SPAKE2_A if is_sender else SPAKE2_B
         self._spake = cls(code, idA=_ID_SENDER, idB=_ID_RECEIVER)
         self.is_sender = is_sender
@@ -48,18 +56,42 @@ class KeyExchange:
         self.session_key: bytes | None = None  # after ``finish``: what the connections that join this one derive from
 
     def finish(self, peer_message: bytes, transcript: bytes) -> tuple[Sealer, Opener]:
+        from spake2 import SPAKEError
+
         try:
             shared = self._spake.finish(peer_message)
         except (SPAKEError, ValueError) as exc:
             raise HandshakeRefused(f"key exchange failed: {exc}") from None
-        mine, theirs = (
-            (SENDER_TO_RECEIVER, RECEIVER_TO_SENDER) if self.is_sender else (RECEIVER_TO_SENDER, SENDER_TO_RECEIVER)
-        )
-        digest = hashlib.sha256(transcript).digest()
-        self.session_key = HKDF(hashes.SHA256(), 32, salt=None, info=b"rtransfer v1 session key" + digest).derive(
-            shared
-        )
-        return Sealer(_derive(shared, mine, digest), mine), Opener(_derive(shared, theirs, digest), theirs)
+        self.session_key, keys = _keys(shared, transcript, self.is_sender)
+        return keys
+
+
+class TransportExchange:
+    """The exchange of a byte stream its transport has authenticated (ssh): no message, and keys
+    from the HELLOs alone. A peer that ran SPAKE2 instead is refused (the HELLOs' CAP_BY_TRANSPORT
+    says so first)."""
+
+    by_transport = True
+    session = False
+    message = b""
+
+    def __init__(self, is_sender: bool) -> None:
+        self.is_sender = is_sender
+        self.session_key: bytes | None = None
+
+    def finish(self, peer_message: bytes, transcript: bytes) -> tuple[Sealer, Opener]:
+        if peer_message:
+            raise HandshakeRefused("the peer ran a key exchange on a stream its transport had authenticated")
+        self.session_key, keys = _keys(b"rtransfer v1 authenticated by its transport", transcript, self.is_sender)
+        return keys
+
+
+def _keys(shared: bytes, transcript: bytes, is_sender: bool) -> tuple[bytes, tuple[Sealer, Opener]]:
+    """The connection's session key, and its two directions' keys, bound to both HELLOs."""
+    mine, theirs = (SENDER_TO_RECEIVER, RECEIVER_TO_SENDER) if is_sender else (RECEIVER_TO_SENDER, SENDER_TO_RECEIVER)
+    digest = hashlib.sha256(transcript).digest()
+    session_key = HKDF(hashes.SHA256(), 32, salt=None, info=b"rtransfer v1 session key" + digest).derive(shared)
+    return session_key, (Sealer(_derive(shared, mine, digest), mine), Opener(_derive(shared, theirs, digest), theirs))
 
 
 def _derive(shared: bytes, direction: int, transcript_hash: bytes) -> AESGCM:
@@ -115,12 +147,16 @@ class TransferKeys:
     connection's session, which both sides derive alike and nobody else can (a relay that forces
     reconnects, or pairs a stranger with us, gains no guess at the code)."""
 
-    def __init__(self, code: bytes) -> None:
+    def __init__(self, code: bytes, by_transport: bool = False) -> None:
+        """``by_transport``: the way to the peer authenticates it (ssh), and ``code`` is unused."""
         self.code = code
+        self.by_transport = by_transport
         self.resume: bytes | None = None
 
-    def exchange(self, is_sender: bool) -> KeyExchange:
+    def exchange(self, is_sender: bool) -> KeyExchange | TransportExchange:
         """A key exchange for the transfer's next connection."""
+        if self.by_transport:
+            return TransportExchange(is_sender)
         if self.resume is None:
             return KeyExchange(self.code, is_sender)
         return KeyExchange(self.resume, is_sender, session=True)

@@ -31,13 +31,12 @@ from rtransfer.cli.options import (
     RetryOptions,
     SendOptions,
     choose_relay,
-    flags_on,
     looks_like_endpoint,
     ordered_rules,
-    remote_path,
     split_recv_arguments,
     stun_servers,
 )
+from rtransfer.cli.remote import remote_path, sender_flags
 from rtransfer.errors import EXIT_FAILURE, EXIT_SIGINT, EXIT_USAGE, RtransferError, UsageError
 
 if TYPE_CHECKING:
@@ -308,10 +307,10 @@ def send(
 def _send(options: SendOptions, reporter: "Reporter") -> int:
     """A push over ssh starts ssh first: its connection and the far side's start-up overlap the
     heavy imports here."""
-    from rtransfer.transport.ssh import start_early, stop_early
+    from rtransfer.transport.ssh_launch import start_early, stop_early
 
     try:
-        from rtransfer.cli.remote import push_command
+        from rtransfer.cli.options import push_command
 
         start_early(push_command(options))
         from rtransfer.cli.configure import send_config
@@ -385,18 +384,9 @@ def recv(
         options = replace(options, stun=stun_servers(tuple(stun or ()), os.environ.get(STUN_ENV), not no_direct))
     except UsageError as exc:
         return fail(reporter, exc)
-    flags = _sender_flags(checksum, compress, whole_file, streams, rules)
+    flags = sender_flags(checksum, compress, whole_file, streams, rules)
     options = replace(options, sender_flags=flags, delete=delete, delete_excluded=delete_excluded, dry_run=dry_run)
     return _recv(replace(options, keep=Keep(owner, group, devices)), reporter)
-
-
-def _sender_flags(
-    checksum: bool, compress: bool, whole_file: bool, streams: int, rules: tuple[str, ...]
-) -> tuple[str, ...]:
-    """A pull's options, for the far sender: its rules each as an --exclude whose "+ " or "- " says which."""
-    given = {"--checksum": checksum, "--compress": compress, "--whole-file": whole_file}
-    flags = flags_on(given) + (("--streams", str(streams)) if streams != 1 else ())
-    return flags + tuple(f"--exclude={rule}" for rule in rules)
 
 
 def _recv(options: RecvOptions, reporter: "Reporter") -> int:
@@ -414,11 +404,10 @@ def _recv(options: RecvOptions, reporter: "Reporter") -> int:
         record_signals()
         elsewhere = options.connect is not None or options.relay is not None or options.pull or options.stdio
         listener = None if elsewhere else open_listener(host, port)
-        if options.pull:  # ssh first, as a push starts it (_send)
-            from rtransfer.cli.remote import pull_command
-            from rtransfer.transport.ssh import start_early
+        from rtransfer.cli.options import pull_command
+        from rtransfer.transport.ssh_launch import start_early
 
-            start_early(pull_command(options))
+        start_early(pull_command(options))  # a pull's ssh first, as a push starts it (_send)
     except RtransferError as exc:
         return fail(reporter, exc)
     code = options.code or options.secret or new_code()
@@ -435,7 +424,7 @@ def _recv(options: RecvOptions, reporter: "Reporter") -> int:
     try:
         config = recv_config(options, host, port, code, listener, reporter)
     except RtransferError as exc:
-        from rtransfer.transport.ssh import stop_early
+        from rtransfer.transport.ssh_launch import stop_early
 
         stop_early()
         return fail(reporter, exc)

@@ -20,10 +20,11 @@ from rtransfer.cli.options import (
     parse_endpoint,
     parse_size,
     peer_endpoint,
+    pull_command,
+    push_command,
     split_send_arguments,
     stream_chunk_bytes,
 )
-from rtransfer.cli.remote import pull_command, push_command
 from rtransfer.codes import new_code, normalise_code
 from rtransfer.crypto import TransferKeys
 from rtransfer.errors import UsageError
@@ -34,7 +35,8 @@ from rtransfer.session.config import RecvConfig, SendConfig
 from rtransfer.transport.relay import Relay
 from rtransfer.transport.retry import RetryPolicy
 from rtransfer.transport.source import Dial, Listen, Way
-from rtransfer.transport.ssh import SSH_CODE, Ssh, SshCommand
+from rtransfer.transport.ssh import SSH_CODE, Ssh
+from rtransfer.transport.ssh_launch import SshCommand
 from rtransfer.transport.stdio_link import StdioLink
 
 if TYPE_CHECKING:
@@ -137,7 +139,7 @@ def _send_way(
         raise UsageError("pass the code the receiver shows with --code (or a shared --secret)")
     made = code is None
     code = code or new_code()
-    keys = TransferKeys(normalise_code(code))
+    keys = TransferKeys(normalise_code(code), by_transport=ssh is not None or options.stdio)
     host, port = address
     if ssh is not None:
         return Ssh(ssh, reporter.warning, tell=reporter.item), keys
@@ -167,7 +169,7 @@ def recv_config(
     ssh = pull_command(options)
     if ssh is not None or options.stdio:
         code, options = SSH_CODE, replace(options, no_encrypt=True)
-    keys = TransferKeys(normalise_code(code))
+    keys = TransferKeys(normalise_code(code), by_transport=ssh is not None or options.stdio)
     policy = RetryPolicy.for_retries(options.retry.retries, options.retry.retry_max_s)
     if ssh is not None:
         way: Way = Ssh(ssh, reporter.warning)

@@ -8,8 +8,10 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rtransfer.cli.remote import RemotePath, far_session, flags_on, receiver_flags, remote_path
 from rtransfer.errors import UsageError
 from rtransfer.receiving.dest import check_dest
+from rtransfer.transport.ssh_launch import SshCommand
 
 DEFAULT_PORT = 7373
 DEFAULT_LISTEN = f"0.0.0.0:{DEFAULT_PORT}"
@@ -62,43 +64,6 @@ def peer_endpoint(text: str) -> tuple[str, int]:
     if port == 0:
         raise UsageError(f"invalid port in {text!r}: port 0 means 'any' to a listener; give the port it shows")
     return host, port
-
-
-@dataclass(frozen=True)
-class RemotePath:
-    """``[USER@]HOST:PATH``, reached over ssh: ``host`` as ssh takes it, ``path`` "" for the home."""
-
-    host: str
-    path: str
-
-
-def remote_path(text: str) -> RemotePath | None:
-    """rsync's rule: an argument is remote when a colon comes before any slash (``./a:b`` is a
-    local file). ``HOST:PORT`` with an all-digit PORT stays the direct TCP form (None here);
-    ``host:./9000`` names a digit-only path. IPv6 in brackets: ``[addr]:PATH``, ``user@[addr]:PATH``."""
-    user, at, rest = text.rpartition("@") if "@[" in text else ("", "", text)
-    if rest.startswith("["):
-        close = rest.find("]")
-        if close < 0 or rest[close + 1 : close + 2] != ":":
-            return None
-        host, path = rest[1:close], rest[close + 2 :]
-    else:
-        colon, slash = text.find(":"), text.find("/")
-        if colon <= 0 or -1 < slash < colon:
-            return None
-        user, at, host, path = "", "", text[:colon], text[colon + 1 :]
-    if not host or path.isdigit():
-        return None
-    return RemotePath(f"{user}{at}{host}", path)
-
-
-def check_ssh_host(host: str) -> str:
-    """ssh takes a word starting with "-" as an option (``-oProxyCommand=...`` runs a command):
-    a user or host that starts so is refused, whatever the ssh."""
-    name = host.rpartition("@")[2]
-    if host.startswith("-") or name.startswith("-"):
-        raise UsageError(f"refusing ssh host {host!r}: a user or host may not start with '-'")
-    return host
 
 
 def split_recv_arguments(arguments: list[str]) -> tuple[list[RemotePath], str]:
@@ -263,11 +228,6 @@ class RecvOptions:
     keep: Keep = field(default_factory=Keep)
 
 
-def flags_on(given: dict[str, bool]) -> tuple[str, ...]:
-    """The flags given, for the far side of ssh (a pull's sender, a push's receiver)."""
-    return tuple(flag for flag, on in given.items() if on)
-
-
 RULE_OPTIONS = {"--exclude": False, "--include": True, "--exclude-from": False, "--include-from": True}
 
 
@@ -331,3 +291,31 @@ def recv_listen(options: RecvOptions) -> tuple[str, int]:
 def names_a_file(options: RecvOptions) -> bool:
     """Over ssh, as scp and rsync: a DEST with no trailing slash may name the one file sent."""
     return bool(options.stdio or options.pull) and not options.dest.endswith("/") and options.dest != "-"
+
+
+def push_command(options: SendOptions) -> SshCommand | None:
+    """``send SOURCE... [USER@]HOST:DEST``: the receiver runs there, started over ssh."""
+    push = not (options.listen is not None or options.relay is not None or options.stdio or len(options.arguments) < 2)
+    remote = remote_path(options.arguments[-1]) if push else None
+    if remote is None:
+        refused = (("--overwrite",) if options.overwrite else ()) + options.keep.flags()
+        if refused:
+            raise UsageError(f"{refused[0]} on send is for a push over ssh (the receiver decides otherwise)")
+        return None
+    flags = receiver_flags(
+        options.overwrite, options.delete, options.delete_excluded, options.dry_run, options.keep.flags()
+    )
+    return far_session(
+        options.rsh, options.remote_path, options.retry.timeout_s, remote.host, "recv", [remote.path or "."], flags
+    )
+
+
+def pull_command(options: RecvOptions) -> SshCommand | None:
+    """``recv [USER@]HOST:SOURCE... DEST``: the sender runs there, started over ssh."""
+    if not options.pull:
+        return None
+    paths = [r.path or "." for r in options.pull]
+    host = options.pull[0].host
+    return far_session(
+        options.rsh, options.remote_path, options.retry.timeout_s, host, "send", paths, options.sender_flags
+    )

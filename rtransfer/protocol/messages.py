@@ -45,7 +45,7 @@ from rtransfer.protocol.pack import table_bytes_of
 MAGIC = b"RTXF"
 # Both sides must speak the same version: HELLO refuses any other, so a frame's layout never has to
 # be guessed. Raise it with any change to a frame's layout or meaning (CHANGELOG.md says which).
-PROTOCOL_VERSION = 10
+PROTOCOL_VERSION = 11
 
 HEADER = struct.Struct("!BIQ")
 PREFIX = struct.Struct("!BI")

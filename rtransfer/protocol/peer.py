@@ -53,6 +53,7 @@ CAP_ENCRYPT = 1
 # so before either side runs the exchange (so neither spends a guess at the code on the other).
 CAP_SESSION = 2
 CAP_DRY_RUN = 4  # the receiver only says what it would do (recv --dry-run): the sender's summary says so too
+CAP_BY_TRANSPORT = 8  # no key exchange: the transport (ssh) authenticated the stream (crypto.TransportExchange)
 HANDSHAKE_TIMEOUT_S = 10.0
 
 
@@ -62,6 +63,7 @@ class KeyExchange(Protocol):
 
     is_sender: bool
     session: bool  # keyed by an earlier session's secret, not the code (CAP_SESSION)
+    by_transport: bool  # no exchange: the transport authenticated the stream (CAP_BY_TRANSPORT)
     message: bytes  # what goes into our HELLO
     session_key: bytes | None  # once finished: a secret of this connection's, for what joins it
 
@@ -128,6 +130,7 @@ class Peer:
         self._ping_token = 0
         self._tries = DirectTries(self.role is Role.SENDER)  # at a direct path, on this relayed connection
         capabilities |= (CAP_ENCRYPT if encrypt else 0) | (CAP_SESSION if kex.session else 0)
+        capabilities |= CAP_BY_TRANSPORT if kex.by_transport else 0
         self.peer_capabilities = 0  # the peer's HELLO's, once it came
         self._hello = Hello(self.role, capabilities=capabilities, auth=kex.message)
         self._send(self._hello)
@@ -310,6 +313,12 @@ class Peer:
                 if self._kex.session
                 else "the peer is resuming with the run it began with, not this one: stop it and run both"
                 " again (what arrived is kept, and resumes)"
+            )
+        if (hello.capabilities ^ self._hello.capabilities) & CAP_BY_TRANSPORT:
+            raise HandshakeRefused(
+                "one side runs over ssh and the other does not"
+                if self._kex.by_transport
+                else "the peer says ssh authenticated this stream, and it did not: refused"
             )
         first, second = (self._hello, hello) if self.role is Role.SENDER else (hello, self._hello)
         sealer, opener = self._kex.finish(hello.auth, encode_bytes(first) + encode_bytes(second))

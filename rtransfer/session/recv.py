@@ -9,7 +9,7 @@ from collections import deque
 from pathlib import Path
 
 from rtransfer.buffers import QUEUE_CHUNKS, BufferPool
-from rtransfer.crypto import KeyExchange
+from rtransfer.crypto import KeyExchange, TransportExchange
 from rtransfer.errors import (
     HandshakeError,
     IntegrityError,
@@ -85,7 +85,7 @@ class ReceiveTransfer:
         self.pool = BufferPool(recv_budget(span=0))  # grown once the manifest tells the window
         self.keys = config.keys
         # For the first connection, started before it comes so a sender does not wait for it.
-        self.next_kex = KeyExchange(self.keys.code, is_sender=False)
+        self.next_kex = self.keys.exchange(False)
         self.way = config.way
         self.outage = Outage(Backoff(config.connect_policy), reporter.warning, "the sender")
         self.started = False  # some connection got as far as data: the sender may come back
@@ -125,12 +125,13 @@ class ReceiveTransfer:
         """Keyed by the code (the exchange started ahead, see __init__) until a connection has proved
         it, then by that session (crypto.TransferKeys); on a direct path found through a relay, by
         that relayed session."""
+        kex: KeyExchange | TransportExchange
         if self.way.secret is not None:
             kex = KeyExchange(self.way.secret, False, session=True)
-        elif self.keys.resume is not None:
+        elif self.keys.resume is not None or self.keys.by_transport:
             kex = self.keys.exchange(False)
         else:
-            kex, self.next_kex = self.next_kex, KeyExchange(self.keys.code, is_sender=False)
+            kex, self.next_kex = self.next_kex, self.keys.exchange(False)
         c = self.config
         dry = c.policy.dry_run
         machine = ReceiverMachine(now(), c.timeout_s, kex, c.encrypt, c.limits, self.pool, self.running, dry)

@@ -302,3 +302,45 @@ def test_ssh_started_early_is_stopped_when_the_options_then_fail(tmp_path: Path)
     if (tmp_path / "pid").exists():  # it got as far as starting
         pid = int((tmp_path / "pid").read_text())
         assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text().lower()
+
+
+def counting_ssh(tmp_path: Path, sshd: LoopbackSshd) -> Path:
+    """ssh, each start noted in a log (its pid)."""
+    fake = tmp_path / "counting-ssh"
+    fake.write_text(f'#!/bin/sh\necho $$ >> {tmp_path / "starts"}\nexec {sshd.rsh()} "$@"\n')
+    fake.chmod(0o755)
+    return fake
+
+
+@pytest.mark.parametrize("direction", ["push", "pull"])
+def test_ssh_is_started_once_from_the_arguments(tmp_path: Path, sshd: LoopbackSshd, direction: str) -> None:
+    """The entry point starts ssh before the command line loads (cli/early.py), and the command
+    keeps that session: one ssh per transfer."""
+    fake = counting_ssh(tmp_path, sshd)
+    (tmp_path / "f").write_bytes(os.urandom(1000))
+    (tmp_path / "out").mkdir()
+    common = ["-e", str(fake), "--remote-path", remote_program(), "--timeout", "20", "-q"]
+    if direction == "push":
+        result = run("send", str(tmp_path / "f"), f"root@127.0.0.1:{tmp_path / 'out'}/", *common)
+    else:
+        result = run("recv", f"root@127.0.0.1:{tmp_path / 'f'}", str(tmp_path / "out"), *common)
+    assert result.returncode == 0, result.stderr.decode()
+    assert (tmp_path / "out" / "f").read_bytes() == (tmp_path / "f").read_bytes()
+    assert len((tmp_path / "starts").read_text().split()) == 1
+
+
+def test_a_guess_the_command_then_refuses_leaves_no_ssh(tmp_path: Path) -> None:
+    """The scanner doesn't check every value: ``--window many`` is typer's to refuse, after ssh
+    was started from the arguments; it is stopped on the way out. --help starts none."""
+    fake = tmp_path / "fake-ssh"
+    fake.write_text(f"#!/bin/sh\necho $$ >> {tmp_path / 'pids'}\nexec sleep 30\n")
+    fake.chmod(0o755)
+    (tmp_path / "f").write_bytes(b"x")
+    helped = run("send", "--help", str(tmp_path / "f"), "host:dest/", "-e", str(fake))
+    assert helped.returncode == 0
+    assert not (tmp_path / "pids").exists()
+    refused = run("send", str(tmp_path / "f"), "host:dest/", "-e", str(fake), "--window", "many")
+    assert refused.returncode == 2 and b"--window" in refused.stderr
+    for pid in (tmp_path / "pids").read_text().split() if (tmp_path / "pids").exists() else []:
+        status = Path(f"/proc/{pid}/status")
+        assert not status.exists() or "zombie" in status.read_text().lower()

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import blake3
 
-from rtransfer.crypto import KeyExchange
+from rtransfer.crypto import KeyExchange, TransportExchange
 from rtransfer.protocol.constants import Phase
 from rtransfer.protocol.events import ChunkReady, EntriesReceived, Event, FileComplete, TransferComplete
 from rtransfer.protocol.messages import Frame
@@ -37,16 +37,16 @@ def manifest(*sizes: int | None, window: int = 4, chunk: int = CHUNK) -> Listing
     return Listing(Manifest("t" * 32, chunk, window), entries)
 
 
-def kex(code: bytes | KeyExchange, is_sender: bool) -> KeyExchange:
+def kex(code: bytes | KeyExchange | TransportExchange, is_sender: bool) -> KeyExchange | TransportExchange:
     """The key exchange a machine is handed (the driver makes one per connection)."""
-    return code if isinstance(code, KeyExchange) else KeyExchange(code, is_sender)
+    return KeyExchange(code, is_sender) if isinstance(code, bytes) else code
 
 
 def new_sender(listing: Listing, code: bytes = CODE, **kwargs: object) -> SenderMachine:
     return SenderMachine(listing.manifest, 0.0, 30.0, kex(code, True), entries=listing.entries, **kwargs)  # type: ignore[arg-type]
 
 
-def new_receiver(code: bytes | KeyExchange = CODE, **kwargs: object) -> ReceiverMachine:
+def new_receiver(code: bytes | KeyExchange | TransportExchange = CODE, **kwargs: object) -> ReceiverMachine:
     return ReceiverMachine(0.0, 30.0, kex(code, False), **kwargs)  # type: ignore[arg-type]
 
 
@@ -75,8 +75,8 @@ class Pair:
         timeout_s: float = 30.0,
         encrypt: bool = False,
         limits: ReceiveLimits | None = None,
-        sender_code: bytes = CODE,
-        receiver_code: bytes | KeyExchange = CODE,
+        sender_code: bytes | KeyExchange | TransportExchange = CODE,
+        receiver_code: bytes | KeyExchange | TransportExchange = CODE,
     ) -> Pair:
         """HELLOs, CONFIRMs and the manifest exchanged; not yet accepted.
 

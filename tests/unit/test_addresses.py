@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from rtransfer.cli.options import RemotePath, remote_path, split_recv_arguments
+from rtransfer.cli.options import split_recv_arguments
+from rtransfer.cli.remote import RemotePath, remote_path
 from rtransfer.errors import UsageError
 
 

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
+import sys
 from collections.abc import Callable
 
 import pytest
 
 from rtransfer.codes import new_code, normalise_code
-from rtransfer.crypto import KeyExchange
+from rtransfer.crypto import KeyExchange, TransportExchange
 from rtransfer.errors import WrongCode
-from rtransfer.protocol.constants import Phase
-from rtransfer.protocol.errors import CorruptFrame, FrameAuthenticationError, LocalProtocolError
+from rtransfer.protocol.constants import Phase, Role
+from rtransfer.protocol.errors import CorruptFrame, FrameAuthenticationError, HandshakeRefused, LocalProtocolError
 from rtransfer.protocol.events import ChunkRejected, ManifestReceived, Retransmitted, TransferComplete
 from rtransfer.protocol.messages import DATA_HEADER, HEADER, Hello
+from rtransfer.protocol.peer import CAP_BY_TRANSPORT
 from rtransfer.protocol.phases import AUTHENTICATING
 from rtransfer.protocol.reading import FrameDecoder
 from rtransfer.protocol.writing import encode_bytes
@@ -149,3 +152,50 @@ def test_a_damaged_sealed_control_frame_is_still_fatal() -> None:
     raw[-1] ^= 0x01
     with pytest.raises(CorruptFrame, match="corrupt ACK"):
         pair.sender.receive_data(bytes(raw), pair.now)
+
+
+def by_transport_pair(encrypt: bool, sender: KeyExchange | None = None, receiver: KeyExchange | None = None) -> Pair:
+    return Pair.handshaken(
+        manifest(CHUNK),
+        encrypt=encrypt,
+        sender_code=sender or TransportExchange(True),
+        receiver_code=receiver or TransportExchange(False),
+    )
+
+
+@pytest.mark.parametrize("encrypt", [False, True])
+def test_over_ssh_the_hellos_alone_key_the_connection(encrypt: bool) -> None:
+    """ssh authenticated the stream: no SPAKE2 on a code everyone knows, and the HELLOs say so."""
+    (hello,) = frames_of(new_receiver(TransportExchange(False)).data_to_send())
+    assert isinstance(hello, Hello) and hello.auth == b"" and hello.capabilities & CAP_BY_TRANSPORT
+    pair = by_transport_pair(encrypt)
+    assert pair.sender.encrypted == encrypt and pair.receiver.encrypted == encrypt
+    assert any(isinstance(e, ManifestReceived) for e in pair.receiver_events)
+    assert pair.sender.session_key == pair.receiver.session_key is not None
+
+
+@pytest.mark.parametrize("side", ["sender", "receiver"])
+def test_a_peer_that_claims_ssh_where_there_is_none_is_refused(side: str) -> None:
+    """A peer on a stream keyed by the code can't skip the exchange by saying its transport
+    authenticated it: the HELLOs disagree, and the keyed side refuses before any key is used."""
+    keyed = KeyExchange(CODE, is_sender=side == "sender")
+    with pytest.raises(HandshakeRefused, match=r"did not: refused|one side runs over ssh"):
+        by_transport_pair(False, **{side: keyed})
+
+
+def test_a_hello_claiming_ssh_with_a_key_exchange_message_is_refused() -> None:
+    receiver = new_receiver(TransportExchange(False))
+    forged = Hello(Role.SENDER, capabilities=CAP_BY_TRANSPORT, auth=KeyExchange(CODE, True).message)
+    with pytest.raises(HandshakeRefused, match="ran a key exchange"):
+        receiver.receive_data(encode_bytes(forged), 0.0)
+
+
+def test_the_modules_an_ssh_transfer_runs_never_load_spake2() -> None:
+    """Its import and its exchange were ~50 ms of each side's start, in the far side's first byte."""
+    probe = (
+        "import sys, rtransfer.cli.configure, rtransfer.session.send, rtransfer.session.recv\n"
+        "from rtransfer.crypto import TransferKeys\n"
+        "TransferKeys(b'x', by_transport=True).exchange(True)\n"
+        "assert 'spake2' not in sys.modules, 'spake2 loaded'\n"
+    )
+    subprocess.run([sys.executable, "-c", probe], check=True)

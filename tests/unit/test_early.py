@@ -1,0 +1,143 @@
+"""The entry point's head start (cli/early.py): ssh started from the arguments before the command
+line loads. Its guess must be the far command the parsed options make, or nothing."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import typer.main
+
+from rtransfer.cli import commands, early
+from rtransfer.cli.options import pull_command, push_command
+from rtransfer.transport import ssh_launch
+from rtransfer.transport.ssh_launch import SshCommand
+
+
+def parsed(argv: list[str], monkeypatch: pytest.MonkeyPatch) -> SshCommand | None:
+    """The far command the command line makes of ``argv``, parsed by typer as the command does."""
+    made: list[SshCommand | None] = []
+    monkeypatch.setattr(commands, "_send", lambda options, reporter: made.append(push_command(options)) or 0)
+    monkeypatch.setattr(commands, "_recv", lambda options, reporter: made.append(pull_command(options)) or 0)
+    typer.main.get_command(commands.app).main(argv, prog_name="rtransfer", standalone_mode=False)
+    return made[0]
+
+
+def test_every_option_is_known_as_typer_knows_it() -> None:
+    """A new option of send or recv must be listed here too, with whether it takes a value: the
+    scanner would otherwise take a value for a SOURCE, or a flag for one taking the next word."""
+    command = typer.main.get_command(commands.app)
+    for name, (values, flags) in early.OPTIONS.items():
+        params = [p for p in command.commands[name].params if p.param_type_name == "option"]  # type: ignore[attr-defined]
+        assert set(values) == {n for p in params if not p.is_flag for n in (*p.opts, *p.secondary_opts)}
+        assert set(flags) == {n for p in params if p.is_flag for n in (*p.opts, *p.secondary_opts)}
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["send", "f", "host:dest/"],
+        ["send", "f", "g", "user@host:"],
+        ["send", "-q", "f", "host:/srv/x", "-e", "ssh -p 2222 -i key", "--remote-path=/opt/rt"],
+        ["send", "--timeout", "7.5", "--overwrite", "--delete", "-n", "-o", "-g", "--devices", "f", "h:d"],
+        ["send", "--json", "--chunk-size", "1M", "--exclude", "*.o", "--", "-f", "[::1]:dir"],
+        ["send", "--rsh=ssh -C", "--delete-excluded", "--streams", "2", "-z", "d/", "h:d/"],
+        ["recv", "host:a", "out"],
+        ["recv", "host:a", "host:b/c", "out", "--streams", "3", "-c", "-z", "-W", "--timeout=9"],
+        ["recv", "-e", "ssh -p 1", "--remote-path", "/x/rt", "-o", "--delete", "user@[::1]:x", "."],
+    ],
+)
+def test_the_guess_is_the_far_command_the_parsed_options_make(
+    argv: list[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("RTRANSFER_RSH", raising=False)
+    monkeypatch.delenv("RTRANSFER_RELAY", raising=False)
+    guessed = early.guess(argv)
+    assert guessed is not None
+    assert guessed == parsed(argv, monkeypatch)
+
+
+def test_rsh_from_the_environment_as_the_command_takes_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RTRANSFER_RSH", "ssh -p 2022")
+    argv = ["send", "f", "host:d/"]
+    assert early.guess(argv) == parsed(argv, monkeypatch)
+    assert early.guess(argv, {"RTRANSFER_RSH": "ssh -p 2022"}).rsh == ("ssh", "-p", "2022")  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [],
+        ["--version"],
+        ["send", "--help", "f", "host:d"],
+        ["send", "-h", "f", "host:d"],
+        ["send", "f"],
+        ["send", "f", "host:7373"],  # TCP, not ssh
+        ["send", "f", "./a:b"],  # a local name
+        ["send", "--listen", "7000", "f", "host:d"],
+        ["send", "--relay", "r:4001", "f", "host:d"],
+        ["send", "--stdio", "f", "host:d"],
+        ["send", "-qz", "f", "host:d"],  # combined short flags: left to the command
+        ["send", "--bogus", "f", "host:d"],
+        ["send", "--json=yes", "f", "host:d"],  # a flag given a value
+        ["send", "f", "host:d", "--timeout"],  # a value missing
+        ["send", "--timeout", "0", "f", "host:d"],
+        ["send", "--timeout", "soon", "f", "host:d"],
+        ["send", "--name", "x", "--max-files", "3", "f", "host:d"],  # recv's option on send
+        ["recv", "host:a"],  # where to?
+        ["recv", "host:a", "other:b", "out"],  # two hosts
+        ["recv", "host:a", "local", "out"],
+        ["recv", "host:a", "host:out"],
+        ["recv", "--exclude", "*.o", "host:a", "out"],  # rules may come from files: left to the command
+        ["recv", "--connect", "h:1", "host:a", "out"],
+        ["recv", "--streams", "two", "host:a", "out"],
+        ["join", "--stdio", "/tmp/x"],
+    ],
+)
+def test_no_guess_where_a_word_is_not_plainly_understood(argv: list[str]) -> None:
+    assert early.guess(argv, {}) is None
+
+
+def sleeper(tmp_path: Path, name: str) -> SshCommand:
+    """A stand-in for ssh that records its pid and waits."""
+    script = f"import os, sys, time; open({str(tmp_path / name)!r}, 'w').write(str(os.getpid())); time.sleep(60)"
+    return SshCommand((sys.executable, "-c", script), name, ("rtransfer", "recv"), ())
+
+
+def gone(pid_file: Path) -> bool:
+    pid = int(pid_file.read_text())
+    status = Path(f"/proc/{pid}/status")
+    return not status.exists() or "zombie" in status.read_text().lower()
+
+
+def wait_for(path: Path, proc: subprocess.Popen[Any]) -> None:
+    """Until ``proc`` has written ``path`` (its first act), or has ended."""
+    for _ in range(500):
+        if path.exists() and path.read_text():
+            return
+        try:
+            proc.wait(timeout=0.01)
+        except subprocess.TimeoutExpired:
+            continue
+        return
+
+
+def test_a_session_for_other_words_is_stopped_and_the_same_words_kept(tmp_path: Path) -> None:
+    first, second = sleeper(tmp_path, "first"), sleeper(tmp_path, "second")
+    try:
+        ssh_launch.start_early(first)
+        started = ssh_launch._early[first.words]
+        ssh_launch.start_early(first)  # the same words: the same session
+        assert ssh_launch._early[first.words] is started
+        wait_for(tmp_path / "first", started[1])
+        ssh_launch.start_early(second)
+        assert list(ssh_launch._early) == [second.words]
+        assert gone(tmp_path / "first")
+        ssh_launch.start_early(None)  # not over ssh after all
+        assert not ssh_launch._early
+    finally:
+        ssh_launch.stop_early()
