@@ -43,18 +43,12 @@ from pathlib import Path
 
 from punch import punch_main
 from relay import relay_main
-from ssh import ssh_main
+from ssh import rtransfer_exe, ssh_main
 
 import tests.sshd  # relay.py put the repository on sys.path
 
 READY_TIMEOUT_S = 20.0
 STARTUP_RUNS = 11
-
-
-def rtransfer_exe() -> str:
-    """The installed entry point itself: a version manager's shim on PATH would add its own startup."""
-    beside = Path(sys.executable).with_name("rtransfer")
-    return str(beside) if beside.exists() else shutil.which("rtransfer") or "rtransfer"
 
 
 BASELINE: list[str] = []  # --baseline: another rtransfer to run beside this one, as "rtransfer-base"

@@ -30,8 +30,15 @@ HOST = "root@127.0.0.1"
 Pushers = dict[str, Callable[[Path, Path], list[str]]]
 
 
+def rtransfer_exe() -> str:
+    """The installed entry point itself: a version manager's shim on PATH (pyenv's runs a shell
+    script and ``pyenv exec``, ~50 ms) would add its own start-up, at both ends of ssh."""
+    beside = Path(sys.executable).with_name("rtransfer")
+    return str(beside) if beside.exists() else shutil.which("rtransfer") or "rtransfer"
+
+
 def rtransfer_cmd() -> list[str]:
-    return [shutil.which("rtransfer") or "rtransfer"]
+    return [rtransfer_exe()]
 
 
 def pushers(sshd: LoopbackSshd) -> Pushers:

@@ -27,12 +27,13 @@ from rtransfer.errors import EXIT_AUTH, HandshakeError, RemoteError, RtransferEr
 from rtransfer.transport.source import P, Route, Way, driven
 from rtransfer.transport.ssh_launch import SshCommand, start, stop, take_early
 
-SSH_CODE = "rtransfer over ssh"  # the handshake's code: ssh has authenticated both ends already
+SSH_CODE = "rtransfer over ssh"  # a placeholder: ssh authenticated both ends, no code is used (crypto.TransportExchange)
 _KEPT_LINES = 40
 _JOINABLE_WAIT_S = 10.0
 _EXIT_GRACE_S = 2.0
 _FINAL = ("permission denied", "host key verification failed", "remote host identification has changed",
           "no such identity", "too many authentication failures")  # fmt: skip
+_HEARD = tuple(f'{{"event": "{name}"' for name in ("warning", "item", "joinable"))  # what _read_stderr acts on
 _RETRIED = ("connection timed out", "connection reset", "closed by remote host",
             "broken pipe", "network is unreachable", "no route to host", "connection closed")  # fmt: skip
 
@@ -106,6 +107,8 @@ class Ssh(Way):
         for raw in proc.stderr:
             line = raw.decode("utf-8", "replace").rstrip()
             self._lines.append(line)
+            if not line.startswith(_HEARD):  # a tree's file_done lines: thousands, read for nothing
+                continue
             with contextlib.suppress(ValueError, AttributeError, RuntimeError):
                 event = json.loads(line)
                 if event.get("event") == "warning":
