@@ -433,7 +433,6 @@ def tiny_main(args: argparse.Namespace, size: int) -> int:
     if not Path("/usr/sbin/sshd").exists():
         print("bench: tiny mode needs sshd (Debian package openssh-server)", file=sys.stderr)
         return 2
-    byte_compile_rtransfer()
     os.environ.setdefault("RTRANSFER_SECRET", "bench-" + os.urandom(8).hex())
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         root = Path(tmp)
@@ -598,12 +597,12 @@ def main() -> int:
         "punch": functools.partial(punch_main, write_random=write_random_file),
         "ssh": functools.partial(ssh_main, write_random=write_random_file),
     }
+    byte_compile_rtransfer()
     if args.mode in modes:
         return modes[args.mode](args, size)
     pipe = args.mode == "pipe"
     if args.tools is None:
         args.tools = "nc,rtransfer,rtransfer-plain" if pipe else "nc,socat,rsync,rtransfer,rtransfer-plain"
-    byte_compile_rtransfer()
     startup = round(startup_ms(STARTUP_RUNS), 1)  # first, on a quiet machine: not behind the rounds' page cache churn
     os.environ.setdefault("RTRANSFER_SECRET", "bench-" + os.urandom(8).hex())  # both sides, no code to relay
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
@@ -694,7 +693,6 @@ def main() -> int:
 
 def tree_main(args: argparse.Namespace, size: int) -> int:
     """Trees: rtransfer against ``tar c | nc | tar x`` and an rsync daemon (``rsync -a``), alternating."""
-    byte_compile_rtransfer()
     os.environ.setdefault("RTRANSFER_SECRET", "bench-" + os.urandom(8).hex())
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         root = Path(tmp)
@@ -771,7 +769,6 @@ def lossy_main(args: argparse.Namespace, size: int) -> int:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from tests.chaos.netns import Unavailable, delayed_link, dropped_packets, lossy_link
 
-    byte_compile_rtransfer()
     os.environ.setdefault("RTRANSFER_SECRET", "bench-" + os.urandom(8).hex())
     try:
         link = (
@@ -817,7 +814,6 @@ def lossy_main(args: argparse.Namespace, size: int) -> int:
 
 def rate_main(args: argparse.Namespace, size: int) -> int:
     """``send --limit-rate`` through the chaos proxy, which counts the bytes it forwards each second."""
-    byte_compile_rtransfer()
     os.environ.setdefault("RTRANSFER_SECRET", "bench-" + os.urandom(8).hex())
     rate = parse_size(args.limit_rate)
     rows = []
@@ -876,7 +872,6 @@ def limited_run(src: Path, dst: Path, limit: str) -> list[int]:
 def streams_main(args: argparse.Namespace, size: int) -> int:
     """rtransfer with different --streams, each connection through the chaos proxy's own rate cap
     (``--rate``; ``--slow-rate`` caps its second connection lower; no ``--rate``: plain loopback)."""
-    byte_compile_rtransfer()
     os.environ.setdefault("RTRANSFER_SECRET", "bench-" + os.urandom(8).hex())
     configs = [(f"streams {n}", n, None) for n in (int(x) for x in args.streams_list.split(","))]
     if args.slow_rate:
@@ -1005,7 +1000,6 @@ def sync_main(args: argparse.Namespace, size: int) -> int:
     """A 256 MiB file the receiver holds an old version of, changed and re-sent, by rtransfer
     (``recv --overwrite``: a delta) and by rsync (to an rsync daemon: its rolling-checksum delta),
     both through the chaos proxy's rate cap; bytes on the wire as the proxy counts them."""
-    byte_compile_rtransfer()
     os.environ.setdefault("RTRANSFER_SECRET", "bench-" + os.urandom(8).hex())
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         root = Path(tmp)
@@ -1104,7 +1098,6 @@ def sync_rsync(rsyncd: RsyncDaemon) -> Callable[[Path, Path, str | None], tuple[
 def compress_main(args: argparse.Namespace, size: int) -> int:
     """``send --compress`` and without, on log-like text and on random bytes, through the proxy's cap
     (``--rate``) or over plain loopback (no ``--rate``); bytes on the wire as the proxy counts them."""
-    byte_compile_rtransfer()
     os.environ.setdefault("RTRANSFER_SECRET", "bench-" + os.urandom(8).hex())
     results: Samples = {}
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
