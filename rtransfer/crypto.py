@@ -14,14 +14,16 @@ on a secret derived from that session (``TransferKeys``), never on the code agai
 
 Over ssh there is no code: ssh has authenticated both ends, and SPAKE2 on a code everyone knows
 proved nothing while costing each side ~50 ms (its import and two scalar multiplications) before
-the first byte. There the keys come from the HELLOs alone (``TransportExchange``); both sides
-say so in their HELLO, and CONFIRM still proves both saw the same two.
+the first byte. There the keys come from the HELLOs alone, each with a fresh nonce
+(``TransportExchange``); both sides say so in their HELLO, and CONFIRM still proves both saw the
+same two.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import secrets
 import struct
 
 from cryptography.exceptions import InvalidTag
@@ -34,6 +36,7 @@ from rtransfer.protocol.errors import FrameAuthenticationError, HandshakeRefused
 _NONCE = struct.Struct("!IQ")  # direction, frame counter
 _ID_SENDER = b"rtransfer sender"
 _ID_RECEIVER = b"rtransfer receiver"
+TRANSPORT_NONCE_BYTES = 16
 SENDER_TO_RECEIVER = 1
 RECEIVER_TO_SENDER = 2
 
@@ -67,20 +70,21 @@ class KeyExchange:
 
 
 class TransportExchange:
-    """The exchange of a byte stream its transport has authenticated (ssh): no message, and keys
-    from the HELLOs alone. A peer that ran SPAKE2 instead is refused (the HELLOs' CAP_BY_TRANSPORT
-    says so first)."""
+    """The exchange of a byte stream its transport has authenticated (ssh): each HELLO carries a
+    fresh nonce instead of a SPAKE2 message, and the keys come from the two HELLOs, so no two
+    connections share a key. A peer that ran SPAKE2 instead is refused (the HELLOs'
+    CAP_BY_TRANSPORT says so first)."""
 
     by_transport = True
     session = False
-    message = b""
 
     def __init__(self, is_sender: bool) -> None:
         self.is_sender = is_sender
+        self.message = secrets.token_bytes(TRANSPORT_NONCE_BYTES)
         self.session_key: bytes | None = None
 
     def finish(self, peer_message: bytes, transcript: bytes) -> tuple[Sealer, Opener]:
-        if peer_message:
+        if len(peer_message) != TRANSPORT_NONCE_BYTES:
             raise HandshakeRefused("the peer ran a key exchange on a stream its transport had authenticated")
         self.session_key, keys = _keys(b"rtransfer v1 authenticated by its transport", transcript, self.is_sender)
         return keys

@@ -25,6 +25,7 @@ from rtransfer.cli.options import (
     split_send_arguments,
     stream_chunk_bytes,
 )
+from rtransfer.cli.remote import STDIO, STDIO_OVER_SSH
 from rtransfer.codes import new_code, normalise_code
 from rtransfer.crypto import TransferKeys
 from rtransfer.errors import UsageError
@@ -62,6 +63,8 @@ def _send_reach(
     options: SendOptions, ssh: SshCommand | None
 ) -> tuple[list[str], tuple[str, int], tuple[str, int] | None]:
     """The sources, the address (the receiver's, ours with --listen, or the relay's) and the relay."""
+    if options.stdio and STDIO in options.arguments:  # its stdin is the transfer's: refused, not read as empty
+        raise UsageError(f"{STDIO}: {STDIO_OVER_SSH}")
     if options.stdio or ssh is not None:
         return options.arguments[:-1] if ssh is not None else options.arguments, ("", 0), None
     relay = check_relay(options.relay, options.no_encrypt, ("--listen", options.listen))
@@ -167,6 +170,8 @@ def recv_config(
     """The recv options checked, with the one way to the sender (its listener opened, and the
     listener or the relay announced, by the caller, before the heavy imports)."""
     ssh = pull_command(options)
+    if options.stdio and options.dest == STDIO:  # its stdout is the transfer's: refused, not written away
+        raise UsageError(f"{STDIO}: {STDIO_OVER_SSH}")
     if ssh is not None or options.stdio:
         code, options = SSH_CODE, replace(options, no_encrypt=True)
     keys = TransferKeys(normalise_code(code), by_transport=ssh is not None or options.stdio)

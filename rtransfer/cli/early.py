@@ -3,11 +3,14 @@
 The command line (typer) and the option checks take ~80 ms to import before the parsed options
 say where ssh goes; rsync has started ssh by then, and ssh's connection is the longest wait of a
 small transfer. So the arguments are read here first, by a scanner that knows which options take
-a value and the few that shape the far command. It guesses only when it knows every word: an
-option it doesn't know, --help, combined short flags or filter rules on a pull, and it leaves ssh
-to the command. The command then makes the far command from the parsed options and keeps the
-session only if its words are the same (transport/ssh_launch.start_early): a wrong guess costs a
-restarted ssh, never a wrong far side. One not taken is stopped on the way out.
+a value and the few that shape the far command. It guesses only when it knows every word and
+every value given is one it checks itself (-e, --remote-path, --timeout): an option it doesn't
+know, --help, combined short flags, or a value only the command checks (--window abc, a missing
+--exclude-from file), and it leaves ssh to the command, which would otherwise refuse it after
+ssh had started (and maybe asked for a password). The command then makes the far command from
+the parsed options and keeps the session only if its words are the same
+(transport/ssh_launch.start_early): a wrong guess costs a restarted ssh, never a wrong far side.
+One not taken is stopped on the way out.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import sys
 from collections.abc import Mapping
 
 from rtransfer.cli.remote import far_session, receiver_flags, remote_path, sender_flags
+from rtransfer.errors import UsageError
 from rtransfer.transport.ssh_launch import SshCommand, start_early, stop_early
 
 # Every option of send and recv (tests/unit/test_early.py holds these to typer's): which take a
@@ -36,8 +40,7 @@ _RECV_VALUES = ("--listen -l", "--timeout", "--secret", "--max-bytes", "--max-fi
 _RECV_FLAGS = ("--json", "--quiet -q", "--verbose -v", "--overwrite", "--no-encrypt", "--buffered", "--safe-links",
                "--no-direct", "--stdio", "--checksum -c", "--compress -z", "--whole-file -W", "--delete",
                "--delete-excluded", "--dry-run -n", "--owner -o", "--group -g", "--devices")  # fmt: skip
-_ELSEWHERE = {"--listen", "--relay", "--connect", "--stdio"}  # the peer is reached another way: no ssh
-_RULES = {"--exclude", "--include", "--exclude-from", "--include-from"}
+_CHECKED_HERE = {"--rsh", "--remote-path", "--timeout"}  # the only values a guess may follow
 
 
 def _names(options: tuple[str, ...]) -> dict[str, str]:
@@ -82,7 +85,7 @@ def read(argv: list[str]) -> tuple[str, dict[str, str], set[str], list[str]] | N
 def guess(argv: list[str], environ: Mapping[str, str] = os.environ) -> SshCommand | None:
     """The far command ``argv`` will run over ssh, when it plainly runs one (a value that doesn't
     parse: None, and the command says why)."""
-    with contextlib.suppress(ValueError):
+    with contextlib.suppress(ValueError, UsageError):
         return _guess(argv, environ)
     return None
 
@@ -92,7 +95,7 @@ def _guess(argv: list[str], environ: Mapping[str, str]) -> SshCommand | None:
     if read_ is None:
         return None
     command, values, flags, arguments = read_
-    if _ELSEWHERE & (flags | set(values)) or len(arguments) < 2:
+    if set(values) - _CHECKED_HERE or "--stdio" in flags or len(arguments) < 2:
         return None
     timeout_s = float(values.get("--timeout", "30"))
     if not (math.isfinite(timeout_s) and timeout_s > 0):
@@ -109,13 +112,10 @@ def _guess(argv: list[str], environ: Mapping[str, str]) -> SshCommand | None:
         wanted = receiver_flags(on[0], on[1], on[2], on[3], keep)
         return far_session(rsh, program, timeout_s, remote.host, "recv", [remote.path or "."], wanted)
     remotes = [r for r in map(remote_path, sources) if r is not None]
-    if _RULES & set(values) or remote_path(last) is not None or len(remotes) < len(sources):
+    if remote_path(last) is not None or len(remotes) < len(sources) or len({r.host for r in remotes}) != 1:
         return None
-    if len({r.host for r in remotes}) != 1:
-        return None
-    streams = int(values.get("--streams", "1"))
     on = [flag in flags for flag in ("--checksum", "--compress", "--whole-file")]
-    wanted = sender_flags(on[0], on[1], on[2], streams, ())
+    wanted = sender_flags(on[0], on[1], on[2], 1, ())
     return far_session(rsh, program, timeout_s, remotes[0].host, "send", [r.path or "." for r in remotes], wanted)
 
 

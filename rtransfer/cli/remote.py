@@ -11,6 +11,9 @@ from typing import NamedTuple
 from rtransfer.errors import UsageError
 from rtransfer.transport.ssh_launch import SshCommand
 
+STDIO = "-"
+STDIO_OVER_SSH = "over ssh the far side's standard input and output carry the transfer (a file named '-': ./-)"
+
 
 class RemotePath(NamedTuple):
     """``[USER@]HOST:PATH``, reached over ssh: ``host`` as ssh takes it, ``path`` "" for the home."""
@@ -75,10 +78,15 @@ def far_session(
 ) -> SshCommand:
     """What runs the far side: ``-e``'s words, HOST, and the remote ``program``'s ``command``
     with ``flags`` and ``paths``."""
-    rsh = tuple(shlex.split(rsh_text))
+    try:
+        rsh = tuple(shlex.split(rsh_text))
+    except ValueError as exc:  # an unbalanced quote
+        raise UsageError(f"-e/--rsh {rsh_text!r}: {exc}") from None
     if not rsh:
         raise UsageError("-e/--rsh is empty: give the ssh command, as rsync's -e")
     check_ssh_host(host)
+    if STDIO in paths:
+        raise UsageError(f"{host}:{STDIO}: {STDIO_OVER_SSH}")
     common = ("--stdio", "--json", "--timeout", f"{timeout_s:g}")
     far = (program, command, *common, *flags, "--", *paths)
     return SshCommand(rsh, host, far, (program, "join", *common, "--"))

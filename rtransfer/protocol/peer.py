@@ -175,6 +175,11 @@ class Peer:
         return self.reached is Phase.CONFIRMING
 
     @property
+    def by_transport(self) -> bool:
+        """No code: the transport authenticated the stream (crypto.TransportExchange)."""
+        return self._kex.by_transport
+
+    @property
     def session_key(self) -> bytes | None:
         """Known once the HELLOs are exchanged; the relay tokens of further connections derive from it."""
         return self._kex.session_key

@@ -136,6 +136,8 @@ class Connection(asyncio.BufferedProtocol):
         """One guess per run: a connection keyed by the code that ends after the peer's HELLO and
         before its CONFIRM opened (``Peer.guess_spent``) is final, as a wrong code is, whatever
         ended it; trying again would give whoever sent that HELLO another guess."""
+        if isinstance(error, WrongCode) and self.machine.by_transport:  # no code over ssh to be wrong
+            return HandshakeError("the peer's CONFIRM did not open: the stream was not the one ssh carried from it")
         if isinstance(error, WrongCode) and self._keys is not None and not self._one_guess:
             return HandshakeError(
                 "whoever answered could not prove this transfer's session: not the peer it began with"

@@ -169,6 +169,8 @@ class PipeTransport(asyncio.Transport):
             self._pending_bytes = 0
         for fd in {self._rfd, self._wfd}:
             with contextlib.suppress(OSError):
+                os.set_blocking(fd, True)  # as it came, should the description be shared
+            with contextlib.suppress(OSError):
                 os.close(fd)
         self._loop.call_soon(self._protocol.connection_lost, exc)
 

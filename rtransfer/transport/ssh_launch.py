@@ -28,6 +28,7 @@ class SshCommand(NamedTuple):
         return (*self.rsh, self.host, *self.command)
 
 
+_TERM_GRACE_S = 1.0
 Started = tuple[socket.socket, "subprocess.Popen[bytes]"]  # our end of the session's socket pair, and ssh
 
 
@@ -47,10 +48,16 @@ def start(rsh: tuple[str, ...], host: str, command: list[str]) -> Started:
 
 
 def stop(started: Started) -> None:
+    """End a session never used. SIGTERM first: ssh at a password prompt puts the terminal's echo
+    back on its way out, where SIGKILL would leave it off (and what the user types next shown)."""
     ours, proc = started
     ours.close()
-    proc.kill()
-    proc.wait()
+    proc.terminate()
+    try:
+        proc.wait(_TERM_GRACE_S)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 _early: dict[tuple[str, ...], Started] = {}  # first sessions started ahead of their Ssh, by their words

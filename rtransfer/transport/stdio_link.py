@@ -76,7 +76,7 @@ def take_stdio() -> socket.socket | tuple[int, int]:
         taken: socket.socket | tuple[int, int] = socket.socket(fileno=os.dup(0))
     elif stat.S_ISFIFO(stdin.st_mode) and stat.S_ISFIFO(stdout.st_mode):
         _larger_pipes()
-        taken = (os.dup(0), os.dup(1))
+        taken = (_own(0, os.O_RDONLY), _own(1, os.O_WRONLY))
     else:
         ours, theirs = socket.socketpair()
         _bridge(theirs)
@@ -86,6 +86,16 @@ def take_stdio() -> socket.socket | tuple[int, int]:
         os.dup2(null, fd)
     os.close(null)
     return taken
+
+
+def _own(fd: int, mode: int) -> int:
+    """``fd``'s pipe, non-blocking, through an open file description of its own: O_NONBLOCK on the
+    one ``fd`` shares with sshd (or a wrapper script that runs something after us) would stay
+    behind. Without /proc, a duplicate (PipeTransport makes it blocking again when it ends)."""
+    try:
+        return os.open(f"/proc/self/fd/{fd}", mode | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return os.dup(fd)
 
 
 def join(path: str) -> None:

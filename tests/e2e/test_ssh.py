@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -344,3 +345,32 @@ def test_a_guess_the_command_then_refuses_leaves_no_ssh(tmp_path: Path) -> None:
     for pid in (tmp_path / "pids").read_text().split() if (tmp_path / "pids").exists() else []:
         status = Path(f"/proc/{pid}/status")
         assert not status.exists() or "zombie" in status.read_text().lower()
+
+
+def test_the_far_side_leaves_its_pipes_blocking_for_what_runs_after_it(tmp_path: Path) -> None:
+    """sshd's pipes may be shared with a wrapper that runs something after rtransfer: the far side
+    reads them non-blocking through descriptions of its own, and leaves theirs as they were."""
+    far = " ".join(rtransfer_cmd())
+    after = f"{sys.executable} -c 'import os; print(\"blocking\", os.get_blocking(0), os.get_blocking(1))'"
+    script = f"{far} recv --stdio --json --timeout 5 -- {tmp_path}/ </dev/stdin; {after}"
+    done = subprocess.run(["sh", "-c", script], input=b"", capture_output=True, timeout=60)
+    assert done.stdout.rsplit(b"\n", 2)[-2].endswith(b"blocking True True"), done.stdout[-200:]
+
+
+@pytest.mark.parametrize("direction", ["push", "pull"])
+def test_standard_input_or_output_named_over_ssh_is_refused(tmp_path: Path, direction: str) -> None:
+    """Over ssh the far side's stdin and stdout carry the transfer: ``HOST:-`` is refused (exit 2)
+    before ssh starts, and a far side asked for it refuses too, rather than read or write nothing."""
+    (tmp_path / "f").write_bytes(b"x")
+    fake = tmp_path / "fake-ssh"
+    fake.write_text(f"#!/bin/sh\necho $$ >> {tmp_path / 'pids'}\nexec sleep 30\n")
+    fake.chmod(0o755)
+    if direction == "push":
+        result = run("send", str(tmp_path / "f"), "host:-", "-e", str(fake))
+        far = run("recv", "--stdio", "--json", "--", "-", input_bytes=b"")
+    else:
+        result = run("recv", "host:-", str(tmp_path / "out"), "-e", str(fake))
+        far = run("send", "--stdio", "--json", "--", "-", input_bytes=b"")
+    assert result.returncode == 2 and b"standard input and output carry the transfer" in result.stderr
+    assert not (tmp_path / "pids").exists() and not (tmp_path / "out").exists()
+    assert far.returncode == 2 and b"carry the transfer" in far.stderr

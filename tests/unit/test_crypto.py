@@ -167,11 +167,13 @@ def by_transport_pair(encrypt: bool, sender: KeyExchange | None = None, receiver
 def test_over_ssh_the_hellos_alone_key_the_connection(encrypt: bool) -> None:
     """ssh authenticated the stream: no SPAKE2 on a code everyone knows, and the HELLOs say so."""
     (hello,) = frames_of(new_receiver(TransportExchange(False)).data_to_send())
-    assert isinstance(hello, Hello) and hello.auth == b"" and hello.capabilities & CAP_BY_TRANSPORT
+    assert isinstance(hello, Hello) and len(hello.auth) == 16 and hello.capabilities & CAP_BY_TRANSPORT
     pair = by_transport_pair(encrypt)
     assert pair.sender.encrypted == encrypt and pair.receiver.encrypted == encrypt
     assert any(isinstance(e, ManifestReceived) for e in pair.receiver_events)
     assert pair.sender.session_key == pair.receiver.session_key is not None
+    again = by_transport_pair(encrypt)  # each HELLO's nonce: no two connections share a key
+    assert again.sender.session_key != pair.sender.session_key
 
 
 @pytest.mark.parametrize("side", ["sender", "receiver"])

@@ -43,10 +43,10 @@ def test_every_option_is_known_as_typer_knows_it() -> None:
         ["send", "f", "g", "user@host:"],
         ["send", "-q", "f", "host:/srv/x", "-e", "ssh -p 2222 -i key", "--remote-path=/opt/rt"],
         ["send", "--timeout", "7.5", "--overwrite", "--delete", "-n", "-o", "-g", "--devices", "f", "h:d"],
-        ["send", "--json", "--chunk-size", "1M", "--exclude", "*.o", "--", "-f", "[::1]:dir"],
-        ["send", "--rsh=ssh -C", "--delete-excluded", "--streams", "2", "-z", "d/", "h:d/"],
+        ["send", "--json", "--", "-f", "[::1]:dir"],
+        ["send", "--rsh=ssh -C", "--delete-excluded", "-z", "-c", "-W", "d/", "h:d/"],
         ["recv", "host:a", "out"],
-        ["recv", "host:a", "host:b/c", "out", "--streams", "3", "-c", "-z", "-W", "--timeout=9"],
+        ["recv", "host:a", "host:b/c", "out", "-c", "-z", "-W", "--timeout=9"],
         ["recv", "-e", "ssh -p 1", "--remote-path", "/x/rt", "-o", "--delete", "user@[::1]:x", "."],
     ],
 )
@@ -92,9 +92,18 @@ def test_rsh_from_the_environment_as_the_command_takes_it(monkeypatch: pytest.Mo
         ["recv", "host:a", "other:b", "out"],  # two hosts
         ["recv", "host:a", "local", "out"],
         ["recv", "host:a", "host:out"],
-        ["recv", "--exclude", "*.o", "host:a", "out"],  # rules may come from files: left to the command
         ["recv", "--connect", "h:1", "host:a", "out"],
-        ["recv", "--streams", "two", "host:a", "out"],
+        # A value only the command checks: it would refuse it after ssh had started.
+        ["send", "--window", "abc", "f", "host:d"],
+        ["send", "--chunk-size", "1M", "f", "host:d"],
+        ["send", "--exclude", "*.o", "f", "host:d"],
+        ["recv", "--exclude-from", "missing", "host:a", "out"],
+        ["recv", "--streams", "3", "host:a", "out"],
+        ["recv", "--max-files", "x", "host:a", "out"],
+        # Standard input or output over ssh: they carry the transfer there.
+        ["send", "f", "host:-"],
+        ["recv", "host:-", "out"],
+        ["send", "-e", "ssh -o 'unbalanced", "f", "host:d"],
         ["join", "--stdio", "/tmp/x"],
     ],
 )
@@ -141,3 +150,20 @@ def test_a_session_for_other_words_is_stopped_and_the_same_words_kept(tmp_path: 
         assert not ssh_launch._early
     finally:
         ssh_launch.stop_early()
+
+
+def test_a_session_stopped_hears_sigterm_first(tmp_path: Path) -> None:
+    """ssh at a password prompt turns the terminal's echo back on when it is terminated; killed,
+    it would leave it off. A stand-in that notes SIGTERM shows which came."""
+    marker = tmp_path / "terminated"
+    script = (
+        "import signal, sys, time\n"
+        f"signal.signal(signal.SIGTERM, lambda *_: (open({str(marker)!r}, 'w').close(), sys.exit(0)))\n"
+        f"open({str(tmp_path / 'ready')!r}, 'w').write('1')\n"
+        "time.sleep(60)\n"
+    )
+    ssh = SshCommand((sys.executable, "-c", script), "host", ("rtransfer", "recv"), ())
+    started = ssh_launch.start(ssh.rsh, ssh.host, list(ssh.command))
+    wait_for(tmp_path / "ready", started[1])
+    ssh_launch.stop(started)
+    assert marker.exists()

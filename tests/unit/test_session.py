@@ -16,8 +16,8 @@ import pytest
 
 from rtransfer.buffers import BufferPool
 from rtransfer.cli.listen import open_listener
-from rtransfer.crypto import KeyExchange, TransferKeys
-from rtransfer.errors import LocalIOError, ProtocolViolation, RemoteError
+from rtransfer.crypto import KeyExchange, TransferKeys, TransportExchange
+from rtransfer.errors import HandshakeError, LocalIOError, ProtocolViolation, RemoteError, WrongCode
 from rtransfer.protocol.constants import FrameType, Phase
 from rtransfer.protocol.events import Accepted, ChunkReady, EntriesReceived, FileComplete, ManifestReceived
 from rtransfer.protocol.messages import Ack, copy_payload
@@ -382,3 +382,14 @@ async def test_a_tree_over_four_connections_ends_only_once_everything_arrived(
     for name, data in files.items():
         assert (tmp_path / "out" / "src" / name).read_bytes() == data
     assert received.files_done == sent.files_done == 2
+
+
+async def test_a_confirm_that_does_not_open_over_ssh_is_not_called_a_wrong_code() -> None:
+    """Over ssh there is no code (crypto.TransportExchange): a CONFIRM that fails to open says the
+    stream was not the one ssh carried, not that the codes differ."""
+    sender = SenderMachine(Manifest("t" * 32, CHUNK, 2), now(), 30.0, TransportExchange(True))
+    keyed = SenderMachine(Manifest("t" * 32, CHUNK, 2), now(), 30.0, KeyExchange(b"code", True))
+    wrong = WrongCode("authentication failed: the codes do not match")
+    said = Connection(sender)._judged(wrong)
+    assert isinstance(said, HandshakeError) and not isinstance(said, WrongCode) and "ssh" in said.message
+    assert Connection(keyed)._judged(wrong) is wrong

@@ -12,7 +12,6 @@ from typing import Any
 import blake3
 import pytest
 
-from rtransfer import session
 from rtransfer.cli.listen import open_listener
 from rtransfer.crypto import TransferKeys
 from rtransfer.protocol.model import Entry
@@ -21,6 +20,9 @@ from rtransfer.receiving import sink
 from rtransfer.report import Reporter
 from rtransfer.sending import walk as files
 from rtransfer.sending.walk import Source
+from rtransfer.session.config import RecvConfig, SendConfig
+from rtransfer.session.recv import run_recv
+from rtransfer.session.send import run_send
 from rtransfer.transport.retry import RetryPolicy
 from rtransfer.transport.source import Dial, Listen
 
@@ -55,19 +57,19 @@ async def peak_bytes_for(entries: int, tmp_path: Path, monkeypatch: pytest.Monke
     monkeypatch.setattr(files.Walk, "entries", synthetic_walk(entries, empty))
     monkeypatch.setattr(sink, "write_packed", no_disk)
     listener = open_listener("127.0.0.1", 0)
-    recv = session.RecvConfig(str(tmp_path / "out"), Listen(listener), TransferKeys(b"memory-test-secret"))
+    recv = RecvConfig(str(tmp_path / "out"), Listen(listener), TransferKeys(b"memory-test-secret"))
     gc.collect()
     tracemalloc.start()
     try:
-        receiving = asyncio.ensure_future(session.run_recv(recv, Reporter()))
+        receiving = asyncio.ensure_future(run_recv(recv, Reporter()))
         port = listener.getsockname()[1]
-        send = session.SendConfig(
+        send = SendConfig(
             [str(tmp_path / "src")],
             Dial("127.0.0.1", port),
             TransferKeys(b"memory-test-secret"),
             connect_policy=RetryPolicy(),
         )
-        sent = await asyncio.wait_for(session.run_send(send, Reporter()), 300)
+        sent = await asyncio.wait_for(run_send(send, Reporter()), 300)
         received = await asyncio.wait_for(receiving, 30)
         assert sent.files_done == received.files_done == entries
         return tracemalloc.get_traced_memory()[1]
