@@ -60,7 +60,7 @@ def timed(cmd: list[str]) -> float:
 
 def rounds(
     src: Path, root: Path, tools: dict[str, Callable[[Path, Path], list[str]]], args: argparse.Namespace
-) -> dict[str, float]:
+) -> dict[str, list[float]]:
     times: dict[str, list[float]] = {name: [] for name in tools}
     names = list(tools)
     for round_no in range(args.warmup + args.runs):
@@ -76,14 +76,17 @@ def rounds(
             if round_no >= args.warmup:
                 times[name].append(seconds)
             print(f"round {round_no + 1} {name}: {seconds:.2f} s", file=sys.stderr, flush=True)
-    return {name: statistics.median(samples) for name, samples in times.items()}
+    return times
 
 
-def table(title: str, medians: dict[str, float]) -> None:
-    base = medians["rtransfer"]
-    print(f"\n{title}\n\n| tool | median s | rtransfer / tool |\n|---|---|---|")
-    for name, med in medians.items():
-        print(f"| {name} | {med:.2f} | {base / med:.2f} |")
+def table(title: str, times: dict[str, list[float]]) -> None:
+    """Each tool's median, and rtransfer's time over the tool's in the same round: the median of
+    those ratios (paired: a round's noise falls on both) and their range."""
+    print(f"\n{title}\n\n| tool | median s | rtransfer / tool, paired | range |\n|---|---|---|---|")
+    for name, samples in times.items():
+        ratios = [ours / theirs for ours, theirs in zip(times["rtransfer"], samples, strict=True)]
+        spread = f"{min(ratios):.2f}-{max(ratios):.2f}"
+        print(f"| {name} | {statistics.median(samples):.2f} | {statistics.median(ratios):.3f} | {spread} |")
 
 
 def killed(sshd: LoopbackSshd, root: Path, write_random: Callable[[Path, int], None]) -> None:
@@ -111,13 +114,13 @@ def ssh_main(args: argparse.Namespace, size: int, write_random: Callable[[Path, 
             try:
                 src = root / "src.bin"
                 write_random(src, size)
-                table(f"Push of {args.size} over ssh, median of {args.runs}", rounds(src, root, pushers(sshd), args))
+                table(f"Push of {args.size} over ssh, {args.runs} rounds", rounds(src, root, pushers(sshd), args))
                 tree = root / "tree"
                 for i in range(args.files):
                     (tree / f"d{i % 20}").mkdir(parents=True, exist_ok=True)
                     write_random(tree / f"d{i % 20}" / f"f{i}", 4096)
                 tools = {k: v for k, v in pushers(sshd).items() if k != "scp"}
-                table(f"Push of {args.files} x 4 KiB over ssh, median of {args.runs}", rounds(tree, root, tools, args))
+                table(f"Push of {args.files} x 4 KiB over ssh, {args.runs} rounds", rounds(tree, root, tools, args))
                 killed(sshd, root, write_random)
             finally:
                 sshd.close()
