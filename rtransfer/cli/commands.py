@@ -305,8 +305,8 @@ def send(
 
 
 def _send(options: SendOptions, reporter: "Reporter") -> int:
-    """A push over ssh starts ssh first: its connection and the far side's start-up overlap the
-    heavy imports here."""
+    """A push over ssh starts ssh first (cli/early.py did, from the arguments, unless they weren't
+    plain): its connection and the far side's start-up overlap the heavy imports here."""
     from rtransfer.transport.ssh_launch import start_early, stop_early
 
     try:
