@@ -102,12 +102,12 @@ def _guess(argv: list[str], environ: Mapping[str, str]) -> SshCommand | None:
         return None
     rsh = values.get("--rsh", environ.get("RTRANSFER_RSH") or "ssh")
     program = values.get("--remote-path", "rtransfer")
-    keep = tuple(flag for flag in ("--owner", "--group", "--devices") if flag in flags)
     *sources, last = arguments
     if command == "send":
         remote = remote_path(last)
         if remote is None:
             return None
+        keep = tuple(flag for flag in ("--owner", "--group", "--devices") if flag in flags)
         on = [flag in flags for flag in ("--overwrite", "--delete", "--delete-excluded", "--dry-run")]
         wanted = receiver_flags(on[0], on[1], on[2], on[3], keep)
         return far_session(rsh, program, timeout_s, remote.host, "recv", [remote.path or "."], wanted)

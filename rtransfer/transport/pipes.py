@@ -46,7 +46,10 @@ class PipeTransport(asyncio.Transport):
     # --- reading ---------------------------------------------------------------
     def _read_ready(self) -> None:
         try:
-            n = os.readv(self._rfd, [self._protocol.get_buffer(-1)])
+            buffer = memoryview(self._protocol.get_buffer(-1))
+            if not buffer.nbytes:  # as asyncio's transports: 0 bytes read would look like end of file
+                raise RuntimeError("get_buffer() returned an empty buffer")
+            n = os.readv(self._rfd, [buffer])
             if n:
                 self._protocol.buffer_updated(n)
                 return
@@ -116,13 +119,12 @@ class PipeTransport(asyncio.Transport):
         return views
 
     def _write_ready(self) -> None:
-        before = self._pending_bytes
         left = self._write_now(list(self._pending))
         if left is None:
             return
         self._pending = collections.deque(left)
         self._pending_bytes = sum(v.nbytes for v in left)
-        if self._pending_bytes < before and self._paused_writing and self._pending_bytes <= _HIGH_WATER // 4:
+        if self._paused_writing and self._pending_bytes <= _HIGH_WATER // 4:
             self._paused_writing = False
             self._protocol.resume_writing()
         if not self._pending:

@@ -27,9 +27,7 @@ from rtransfer.errors import EXIT_AUTH, HandshakeError, RemoteError, RtransferEr
 from rtransfer.transport.source import P, Route, Way, driven
 from rtransfer.transport.ssh_launch import SshCommand, start, stop, take_early
 
-SSH_CODE = (
-    "rtransfer over ssh"  # a placeholder: ssh authenticated both ends, no code is used (crypto.TransportExchange)
-)
+SSH_CODE = "rtransfer over ssh"  # a placeholder: no code is used over ssh (crypto.TransportExchange)
 _KEPT_LINES = 40
 _JOINABLE_WAIT_S = 10.0
 _EXIT_GRACE_S = 2.0

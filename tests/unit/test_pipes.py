@@ -153,3 +153,15 @@ async def test_a_reader_gone_is_the_connection_lost_with_why() -> None:
     exc = await asyncio.wait_for(proto.lost, 10)
     assert isinstance(exc, BrokenPipeError)
     os.close(theirs_w)
+
+
+async def test_an_empty_buffer_is_the_protocols_error_not_an_end_of_file() -> None:
+    """A read into no room returns 0, which would pass for the peer's end: asyncio's transports
+    refuse such a buffer, and so does this one."""
+    ours_r, theirs_w, theirs_r, ours_w = pipes()
+    proto = driven_pipes(lambda: Recorder(buffer_bytes=0), ours_r, ours_w)
+    os.write(theirs_w, b"x")
+    exc = await asyncio.wait_for(proto.lost, 10)
+    assert isinstance(exc, RuntimeError) and "eof" not in proto.events
+    for fd in (theirs_w, theirs_r):
+        os.close(fd)
