@@ -1,5 +1,5 @@
-"""Command line: parse -> check the options into a config (options.py, configure.py) -> run
-(runner.py) -> the outcome's exit code.
+"""Command line: parse (typer, here) -> check the options into a config (options.py,
+configure.py) -> run (transfer.py, runner.py) -> the outcome's exit code.
 
 Heavy modules (asyncio driver, hashing, rich) are imported inside the commands so that
 ``rtransfer --help`` starts fast. For the same reason this module does not postpone its
@@ -10,7 +10,7 @@ cost more than importing the types up front.
 import os
 import sys
 from dataclasses import replace
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 import typer.core
@@ -19,6 +19,7 @@ import typer.main
 from typer import _click as click  # typer 0.28 carries its own click and depends on none
 
 from rtransfer import __version__
+from rtransfer.cli import transfer
 from rtransfer.cli.options import (
     DEFAULT_RETRIES,
     DEFAULT_RETRY_MAX_S,
@@ -37,10 +38,8 @@ from rtransfer.cli.options import (
     stun_servers,
 )
 from rtransfer.cli.remote import remote_path, sender_flags
-from rtransfer.errors import EXIT_FAILURE, EXIT_SIGINT, EXIT_USAGE, RtransferError, UsageError
-
-if TYPE_CHECKING:
-    from rtransfer.report import Reporter
+from rtransfer.cli.transfer import exit_code, fail, make_reporter
+from rtransfer.errors import EXIT_SIGINT, EXIT_USAGE, UsageError
 
 app = typer.Typer(
     add_completion=True,
@@ -214,20 +213,6 @@ MaxStreams = Annotated[int, _opt("--max-streams", metavar="N", help="Refuse tran
 Buffered = Annotated[bool, _opt("--buffered", help="Write large files through the page cache, not direct I/O.")]
 
 
-def make_reporter(json_output: bool, quiet: bool, data_on_stdout: bool, verbose: bool = False) -> "Reporter":
-    from rtransfer.report import ConsoleReporter, JsonReporter
-
-    if json_output:
-        return JsonReporter((sys.stderr if data_on_stdout else sys.stdout).fileno())
-    return ConsoleReporter(quiet=quiet, verbose=verbose)
-
-
-def fail(reporter: "Reporter", error: RtransferError) -> int:
-    reporter.error(error)
-    reporter.close(timeout_s=None)
-    return error.exit_code
-
-
 class _Command(typer.core.TyperCommand):
     """Keeps the command line as typed: the order of --include and --exclude decides (rsync's)."""
 
@@ -301,30 +286,7 @@ def send(
     except UsageError as exc:
         return fail(reporter, exc)
     options = replace(options, filters=rules, delete=delete, delete_excluded=delete_excluded, dry_run=dry_run)
-    return _send(replace(options, keep=Keep(owner, group, devices)), reporter)
-
-
-def _send(options: SendOptions, reporter: "Reporter") -> int:
-    """A push over ssh starts ssh first (cli/early.py did, from the arguments, unless they weren't
-    plain): its connection and the far side's start-up overlap the heavy imports here."""
-    from rtransfer.transport.ssh_launch import start_early, stop_early
-
-    try:
-        from rtransfer.cli.options import push_command
-
-        start_early(push_command(options))
-        from rtransfer.cli.configure import send_config
-
-        config = send_config(options, reporter)
-    except RtransferError as exc:
-        stop_early()
-        return fail(reporter, exc)
-    if options.no_encrypt and not config.way.authenticated:
-        reporter.warning("--no-encrypt: file contents travel in clear; only the handshake is authenticated")
-    from rtransfer.cli.runner import run
-    from rtransfer.session.send import run_send
-
-    run(run_send(config, reporter), reporter)
+    return transfer.send(replace(options, keep=Keep(owner, group, devices)), reporter)
 
 
 @app.command(cls=_Command)
@@ -386,49 +348,7 @@ def recv(
         return fail(reporter, exc)
     flags = sender_flags(checksum, compress, whole_file, streams, rules)
     options = replace(options, sender_flags=flags, delete=delete, delete_excluded=delete_excluded, dry_run=dry_run)
-    return _recv(replace(options, keep=Keep(owner, group, devices)), reporter)
-
-
-def _recv(options: RecvOptions, reporter: "Reporter") -> int:
-    """Listening is announced before the heavy imports: a sender may connect meanwhile."""
-    named = bool(options.listen or options.connect or options.pull or options.stdio)  # another way to the peer
-    options = replace(options, relay=choose_relay(options.relay, os.environ.get(RELAY_ENV), other_way=named))
-    from rtransfer.cli.listen import open_listener, record_signals
-    from rtransfer.cli.options import recv_listen
-    from rtransfer.codes import new_code
-
-    try:
-        host, port = recv_listen(options)
-        if options.no_encrypt:
-            reporter.warning("--no-encrypt: file contents travel in clear; only the handshake is authenticated")
-        record_signals()
-        elsewhere = options.connect is not None or options.relay is not None or options.pull or options.stdio
-        listener = None if elsewhere else open_listener(host, port)
-        from rtransfer.cli.options import pull_command
-        from rtransfer.transport.ssh_launch import start_early
-
-        start_early(pull_command(options))  # a pull's ssh first, as a push starts it (_send)
-    except RtransferError as exc:
-        return fail(reporter, exc)
-    code = options.code or options.secret or new_code()
-    shown = None if options.secret is not None or options.code is not None else code
-    if listener is not None:
-        bound_host, bound_port = listener.getsockname()[:2]
-        reporter.listening(bound_host, bound_port, shown)
-    elif options.relay is not None:
-        reporter.listening(host, port, shown, relay=True)
-    from rtransfer.cli.configure import recv_config
-    from rtransfer.cli.runner import run
-    from rtransfer.session.recv import run_recv
-
-    try:
-        config = recv_config(options, host, port, code, listener, reporter)
-    except RtransferError as exc:
-        from rtransfer.transport.ssh_launch import stop_early
-
-        stop_early()
-        return fail(reporter, exc)
-    run(run_recv(config, reporter), reporter)
+    return transfer.recv(replace(options, keep=Keep(owner, group, devices)), reporter)
 
 
 @app.command(hidden=True)
@@ -439,13 +359,7 @@ def join(
     timeout: Timeout = 30.0,
 ) -> int:
     """The far side of a further ssh session (--streams): join the running transfer at SOCKET."""
-    from rtransfer.transport.stdio_link import join as join_transfer
-
-    try:
-        join_transfer(path)
-    except RtransferError as exc:
-        return fail(make_reporter(json_output, False, data_on_stdout=True), exc)
-    return 0
+    return transfer.join(path, json_output)
 
 
 def _version(value: bool) -> None:
@@ -498,22 +412,17 @@ def _usage_error(exc: click.exceptions.UsageError | typer.exceptions.TyperExcept
 
 def main() -> None:
     """Entry point: every outcome becomes one line on stderr and a documented exit code."""
+    sys.exit(exit_code(_parsed_and_run))
+
+
+def _parsed_and_run() -> object:
     try:
         completed = _completion(sys.argv[1:])
         if completed is not None:
-            sys.exit(completed)
-        rv = typer.main.get_command(app).main(prog_name="rtransfer", standalone_mode=False)
+            return completed
+        return typer.main.get_command(app).main(prog_name="rtransfer", standalone_mode=False)
     except typer.Abort:
         print("rtransfer: error: interrupted by SIGINT", file=sys.stderr)
-        sys.exit(EXIT_SIGINT)
-    except UsageError as exc:
-        print(f"rtransfer: error: {exc.message}", file=sys.stderr)
-        sys.exit(exc.exit_code)
+        return EXIT_SIGINT
     except (click.exceptions.UsageError, typer.exceptions.TyperException) as exc:
-        sys.exit(_usage_error(exc))
-    except Exception as exc:  # a bug: say so in one line; RTRANSFER_DEBUG=1 shows the traceback
-        if os.environ.get("RTRANSFER_DEBUG"):
-            raise
-        print(f"rtransfer: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
-        sys.exit(EXIT_FAILURE)
-    sys.exit(rv if isinstance(rv, int) else 0)
+        return _usage_error(exc)

@@ -10,7 +10,7 @@ know, --help, combined short flags, or a value only the command checks (--window
 ssh had started (and maybe asked for a password). The command then makes the far command from
 the parsed options and keeps the session only if its words are the same
 (transport/ssh_launch.start_early): a wrong guess costs a restarted ssh, never a wrong far side.
-One not taken is stopped on the way out.
+One not taken is stopped on the way out. The far side's command skips typer (far.py).
 """
 
 from __future__ import annotations
@@ -126,6 +126,10 @@ def main() -> None:
         if ssh is not None:
             start_early(ssh)
             atexit.register(stop_early)
+    if sys.argv[2:3] == ["--stdio"]:  # the far side of ssh, as far_session makes it: no typer
+        from rtransfer.cli import far
+
+        far.main(sys.argv[1:])
     from rtransfer.cli.commands import main as command
 
     command()

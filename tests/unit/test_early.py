@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import typer.main
 
-from rtransfer.cli import commands, early
+from rtransfer.cli import commands, early, transfer
 from rtransfer.cli.options import pull_command, push_command
 from rtransfer.transport import ssh_launch
 from rtransfer.transport.ssh_launch import SshCommand
@@ -20,8 +20,8 @@ from rtransfer.transport.ssh_launch import SshCommand
 def parsed(argv: list[str], monkeypatch: pytest.MonkeyPatch) -> SshCommand | None:
     """The far command the command line makes of ``argv``, parsed by typer as the command does."""
     made: list[SshCommand | None] = []
-    monkeypatch.setattr(commands, "_send", lambda options, reporter: made.append(push_command(options)) or 0)
-    monkeypatch.setattr(commands, "_recv", lambda options, reporter: made.append(pull_command(options)) or 0)
+    monkeypatch.setattr(transfer, "send", lambda options, reporter: made.append(push_command(options)) or 0)
+    monkeypatch.setattr(transfer, "recv", lambda options, reporter: made.append(pull_command(options)) or 0)
     typer.main.get_command(commands.app).main(argv, prog_name="rtransfer", standalone_mode=False)
     return made[0]
 
