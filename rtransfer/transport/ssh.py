@@ -25,12 +25,13 @@ from collections.abc import Callable
 from rtransfer import __version__
 from rtransfer.errors import EXIT_AUTH, HandshakeError, RemoteError, RtransferError, UnknownHost
 from rtransfer.transport.source import P, Route, Way, driven
-from rtransfer.transport.ssh_launch import SshCommand, start, stop, take_early
+from rtransfer.transport.ssh_launch import SshCommand, end, start, stop, take_early
 
 SSH_CODE = "rtransfer over ssh"  # a placeholder: no code is used over ssh (crypto.TransportExchange)
 _KEPT_LINES = 40
 _JOINABLE_WAIT_S = 10.0
 _EXIT_GRACE_S = 2.0
+_TERM_GRACE_S = 5.0
 _FINAL = ("permission denied", "host key verification failed", "remote host identification has changed",
           "no such identity", "too many authentication failures")  # fmt: skip
 _HEARD = tuple(f'{{"event": "{name}"' for name in ("warning", "item", "joinable"))  # what _read_stderr acts on
@@ -174,15 +175,7 @@ class Ssh(Way):
             self._early = None
         proc, self._proc = self._proc, None
         if proc is not None:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=_EXIT_GRACE_S)
-            if proc.poll() is None:
-                proc.terminate()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=5)
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+            end(proc, _EXIT_GRACE_S, _TERM_GRACE_S)
 
 
 class TooOld(RemoteError):

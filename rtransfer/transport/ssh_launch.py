@@ -5,6 +5,9 @@ side's start-up overlap this side's."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import select
 import shlex
 import socket
 import subprocess
@@ -52,12 +55,35 @@ def stop(started: Started) -> None:
     back on its way out, where SIGKILL would leave it off (and what the user types next shown)."""
     ours, proc = started
     ours.close()
-    proc.terminate()
-    try:
-        proc.wait(_TERM_GRACE_S)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    end(proc, 0.0, _TERM_GRACE_S)
+
+
+def end(proc: subprocess.Popen[bytes], grace_s: float, term_grace_s: float) -> None:
+    """Let ``proc`` exit within ``grace_s``, then SIGTERM it and give it ``term_grace_s``, then SIGKILL."""
+    if not exited(proc, grace_s):
+        proc.terminate()
+        if not exited(proc, term_grace_s):
+            proc.kill()
+            proc.wait()
+
+
+def exited(proc: subprocess.Popen[bytes], timeout_s: float) -> bool:
+    """Whether ``proc`` exits within ``timeout_s``, known the moment it does: Popen.wait(timeout)
+    polls with sleeps growing to 50 ms, and ssh's exit is the last wait of every transfer over ssh."""
+    if proc.poll() is None and timeout_s > 0:
+        try:
+            pidfd = os.pidfd_open(proc.pid)
+        except (OSError, AttributeError):  # no pidfd (not Linux, or before 5.3): Popen's own polling
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout_s)
+        else:
+            try:
+                poller = select.poll()
+                poller.register(pidfd, select.POLLIN)
+                poller.poll(timeout_s * 1000)
+            finally:
+                os.close(pidfd)
+    return proc.poll() is not None
 
 
 _early: dict[tuple[str, ...], Started] = {}  # first sessions started ahead of their Ssh, by their words

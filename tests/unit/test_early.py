@@ -3,6 +3,7 @@ line loads. Its guess must be the far command the parsed options make, or nothin
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -167,3 +168,31 @@ def test_a_session_stopped_hears_sigterm_first(tmp_path: Path) -> None:
     wait_for(tmp_path / "ready", started[1])
     ssh_launch.stop(started)
     assert marker.exists()
+
+
+@pytest.mark.parametrize("pidfd", [True, False])
+def test_a_session_ending_is_seen_when_it_exits_and_one_that_wont_is_ended(
+    pidfd: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ssh's exit is the last wait of a transfer: seen as it happens (a pidfd), not at Popen's
+    next poll, which still serves without one. One that ignores SIGTERM is killed once the grace
+    runs out."""
+    if not pidfd:
+        monkeypatch.delattr(ssh_launch.os, "pidfd_open")
+    quick = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    assert not ssh_launch.exited(quick, 0.05)  # still reading
+    assert quick.stdin is not None
+    quick.stdin.close()
+    assert ssh_launch.exited(quick, 60)
+    assert quick.returncode == 0
+    assert ssh_launch.exited(quick, 0)  # already reaped
+    script = (
+        "import signal, time\n"
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        f"open({str(tmp_path / 'ready')!r}, 'w').write('1')\n"
+        "time.sleep(60)\n"
+    )
+    stubborn = subprocess.Popen([sys.executable, "-c", script])
+    wait_for(tmp_path / "ready", stubborn)
+    ssh_launch.end(stubborn, 0.0, 0.2)
+    assert stubborn.returncode == -signal.SIGKILL
