@@ -70,8 +70,9 @@ def run(work: Coroutine[Any, Any, TransferStats], reporter: Reporter) -> NoRetur
     except ImportError:
         loop_factory = None
     # Startup objects (typer, rich, the imports) live as long as the process; out of the
-    # collector's sight, its sweeps during the transfer stay short.
+    # collector's sight, its sweeps during the transfer stay short. It was off until now (early.py).
     gc.freeze()
+    gc.enable()
     code = asyncio.Runner(loop_factory=loop_factory).run(Guarded(work, reporter).run())
     # The loop has stopped, and with it its signal handlers: a signal from here on exits at once.
     for sig in _SIGNAL_CODES:

@@ -4,6 +4,7 @@ and a documented exit code."""
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 from collections.abc import Callable
@@ -100,6 +101,7 @@ def join(path: str, json_output: bool) -> int:
     """A further ssh session's far side (--streams): it joins the transfer running at ``path``."""
     from rtransfer.transport.stdio_link import join as join_transfer
 
+    gc.enable()  # off for start-up (early.py); this runs as long as the transfer, without runner.run
     try:
         join_transfer(path)
     except RtransferError as exc:

@@ -196,3 +196,23 @@ def test_a_session_ending_is_seen_when_it_exits_and_one_that_wont_is_ended(
     wait_for(tmp_path / "ready", stubborn)
     ssh_launch.end(stubborn, 0.0, 0.2)
     assert stubborn.returncode == -signal.SIGKILL
+
+
+def test_the_collector_is_off_while_the_program_starts_and_on_while_it_transfers(tmp_path: Path) -> None:
+    """Start-up's objects live as long as the process: the collector's passes over them while
+    the far side imported were wasted. The loop runs with it on, start-up's objects frozen."""
+    probe = (
+        "import asyncio, gc, os, sys\n"
+        "passes = []\n"
+        "gc.callbacks.append(lambda phase, info: passes.append(phase))\n"
+        "def loop_starts(*args, **kwargs):\n"
+        "    print(len(passes), gc.isenabled(), gc.get_freeze_count() > 0, flush=True)\n"
+        "    os._exit(0)\n"
+        "asyncio.Runner.run = loop_starts\n"
+        "from rtransfer.cli import early\n"
+        f"sys.argv = ['rtransfer', 'recv', '--stdio', '--json', '--timeout', '30', '--', {str(tmp_path)!r}]\n"
+        "passes.clear()\n"
+        "early.main()\n"
+    )
+    ran = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert (ran.returncode, ran.stdout) == (0, "0 True True\n"), ran.stderr
