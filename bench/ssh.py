@@ -106,7 +106,21 @@ def killed(sshd: LoopbackSshd, root: Path, write_random: Callable[[Path, int], N
     print(f"| {sender.returncode} | {same} | {done['reconnects']} | {sent} | {sent / size:.3f} |")
 
 
+def interpreter_start_ms(runs: int = 11) -> float:
+    """``python -c pass`` with the interpreter that runs rtransfer at both ends: a ``.pth`` file
+    in its site-packages (a sandbox's certificate hook imports certifi at every start) or an
+    editable install's import hook slows each start, and rtransfer's far side starts in the
+    first byte's path. Printed with the tables; the bench is meant to run from a virtual
+    environment with the project installed as users install it (bench/README.md)."""
+    python = Path(rtransfer_exe()).with_name("python")
+    times = [timed([str(python if python.exists() else sys.executable), "-c", "pass"]) for _ in range(runs)]
+    return statistics.median(times) * 1000
+
+
 def ssh_main(args: argparse.Namespace, size: int, write_random: Callable[[Path, int], None]) -> int:
+    print(
+        f"rtransfer runs {rtransfer_exe()}; its interpreter starts in {interpreter_start_ms():.0f} ms (python -c pass)"
+    )
     try:
         with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
             root = Path(tmp)
