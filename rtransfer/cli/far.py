@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import sys
 
+from rtransfer.cli import transfer
 from rtransfer.cli.options import (
     STUN_ENV,
     Keep,
@@ -20,7 +21,6 @@ from rtransfer.cli.options import (
     split_recv_arguments,
     stun_servers,
 )
-from rtransfer.cli.transfer import exit_code, make_reporter
 from rtransfer.errors import UsageError
 
 _COMMON = ["--stdio", "--json", "--timeout"]
@@ -108,11 +108,9 @@ def main(argv: list[str]) -> None:
     far = read(argv)
     if far is None:
         return
-    from rtransfer.cli import transfer
-
     if isinstance(far, str):
-        sys.exit(exit_code(lambda: transfer.join(far, json_output=True)))
-    reporter = make_reporter(True, False, data_on_stdout=True)
+        sys.exit(transfer.exit_code(lambda: transfer.join(far, json_output=True)))
+    reporter = transfer.make_reporter(True, False, data_on_stdout=True)
     if isinstance(far, SendOptions):
-        sys.exit(exit_code(lambda: transfer.send(far, reporter)))
-    sys.exit(exit_code(lambda: transfer.recv(far, reporter)))
+        sys.exit(transfer.exit_code(lambda: transfer.send(far, reporter)))
+    sys.exit(transfer.exit_code(lambda: transfer.recv(far, reporter)))
