@@ -27,12 +27,15 @@ _COMMON = ["--stdio", "--json", "--timeout"]
 _RECV_FLAGS = ("--overwrite", "--delete", "--delete-excluded", "--dry-run", "--owner", "--group", "--devices")
 _SEND_FLAGS = ("--checksum", "--compress", "--whole-file")
 _EXCLUDE = "--exclude="
+_COMPLETE_ENV = "_RTRANSFER_COMPLETE"
 Far = SendOptions | RecvOptions | str  # join's: the socket to join
 
 
 def read(argv: list[str]) -> Far | None:
     """What ``argv`` asks of the far side, when it is a far command as far_session makes it."""
     if len(argv) < 6 or argv[0] not in ("send", "recv", "join") or argv[1:4] != _COMMON or "--" not in argv[5:]:
+        return None
+    if _COMPLETE_ENV in os.environ:  # typer answers a shell's completion request instead
         return None
     end = argv.index("--", 5)
     flags, paths = argv[5:end], argv[end + 1 :]

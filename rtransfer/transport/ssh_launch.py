@@ -69,21 +69,26 @@ def end(proc: subprocess.Popen[bytes], grace_s: float, term_grace_s: float) -> N
 
 def exited(proc: subprocess.Popen[bytes], timeout_s: float) -> bool:
     """Whether ``proc`` exits within ``timeout_s``, known the moment it does: Popen.wait(timeout)
-    polls with sleeps growing to 50 ms, and ssh's exit is the last wait of every transfer over ssh."""
-    if proc.poll() is None and timeout_s > 0:
-        try:
-            pidfd = os.pidfd_open(proc.pid)
-        except (OSError, AttributeError):  # no pidfd (not Linux, or before 5.3): Popen's own polling
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout_s)
-        else:
-            try:
-                poller = select.poll()
-                poller.register(pidfd, select.POLLIN)
-                poller.poll(timeout_s * 1000)
-            finally:
-                os.close(pidfd)
-    return proc.poll() is not None
+    polls with sleeps growing to 50 ms, and ssh's exit is the last wait of every transfer over ssh.
+    Once the pidfd says it exited, ``wait`` reaps it, or waits for a thread already in ``wait``
+    (whose lock makes ``poll`` say "running")."""
+    if proc.returncode is not None:
+        return True
+    try:
+        pidfd = os.pidfd_open(proc.pid)
+    except (OSError, AttributeError):  # reaped meanwhile, or no pidfd (not Linux, before 5.3): Popen's polling
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout_s)
+        return proc.returncode is not None
+    try:
+        poller = select.poll()
+        poller.register(pidfd, select.POLLIN)
+        if not poller.poll(max(timeout_s, 0) * 1000):
+            return False
+    finally:
+        os.close(pidfd)
+    proc.wait()
+    return True
 
 
 _early: dict[tuple[str, ...], Started] = {}  # first sessions started ahead of their Ssh, by their words

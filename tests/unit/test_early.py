@@ -6,6 +6,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -196,6 +197,23 @@ def test_a_session_ending_is_seen_when_it_exits_and_one_that_wont_is_ended(
     wait_for(tmp_path / "ready", stubborn)
     ssh_launch.end(stubborn, 0.0, 0.2)
     assert stubborn.returncode == -signal.SIGKILL
+
+
+def test_a_session_another_thread_waits_for_is_never_signalled_after_it_exits(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A thread in ``proc.wait`` holds Popen's lock, and ``poll`` then says "running": ending the
+    session must not take that for a process to terminate (its pid may be another's by then)."""
+    signalled: list[int] = []
+    monkeypatch.setattr(subprocess.Popen, "terminate", lambda self: signalled.append(self.pid))
+    for _ in range(10):  # bounded; the old code signalled in about half of the tries
+        proc = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+        waiter = threading.Thread(target=proc.wait)
+        waiter.start()
+        assert proc.stdin is not None
+        proc.stdin.close()
+        ssh_launch.end(proc, 60.0, 5.0)
+        waiter.join(60)
+        assert proc.returncode == 0
+    assert signalled == []
 
 
 def test_the_collector_is_off_while_the_program_starts_and_on_while_it_transfers(tmp_path: Path) -> None:

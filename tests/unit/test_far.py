@@ -89,8 +89,12 @@ def test_other_words_are_left_to_typer(argv: list[str]) -> None:
     assert far.read(argv) is None
 
 
-def test_a_bad_stun_server_in_the_environment_is_left_to_typer(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("RTRANSFER_STUN", "nowhere")
+@pytest.mark.parametrize("name, value", [("RTRANSFER_STUN", "nowhere"), ("_RTRANSFER_COMPLETE", "bash_complete")])
+def test_what_typer_reads_from_the_environment_otherwise_is_left_to_it(
+    name: str, value: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bad STUN server: typer's error. A shell asking for completions: typer answers it."""
+    monkeypatch.setenv(name, value)
     assert far.read(far_argv("recv", ["."], ())) is None
 
 
