@@ -53,7 +53,7 @@ def parse_endpoint(text: str, default_host: str | None) -> tuple[str, int]:
         if default_host is None:
             raise UsageError(f"invalid destination {text!r}: expected HOST:PORT")
         host = default_host
-    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+    if not (port_text.isascii() and port_text.isdigit()) or not 0 <= int(port_text) <= 65535:  # not "²"
         raise UsageError(f"invalid port in {text!r}: expected a number from 0 to 65535")
     return host, int(port_text)
 

@@ -37,7 +37,7 @@ def remote_path(text: str) -> RemotePath | None:
         if colon <= 0 or -1 < slash < colon:
             return None
         user, at, host, path = "", "", text[:colon], text[colon + 1 :]
-    if not host or path.isdigit():
+    if not host or (path.isascii() and path.isdigit()):  # a port is ASCII digits: host:² is a path
         return None
     return RemotePath(f"{user}{at}{host}", path)
 

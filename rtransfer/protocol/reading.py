@@ -292,7 +292,7 @@ def _decode_accept(ftype: FrameType, body: WritableBuffer) -> Accept:
     _need(_is_uint(first) and isinstance(offsets, dict) and isinstance(done, list), "ACCEPT malformed")
     result: dict[int, int] = {}
     for key, value in offsets.items():
-        _need(key.isdigit() and _is_uint(value), "ACCEPT start_offsets malformed")
+        _need(key.isascii() and key.isdigit() and _is_uint(value), "ACCEPT start_offsets malformed")  # not "²"
         result[int(key)] = value
     _need(all(_is_uint(i) for i in done), "ACCEPT done malformed")
     return Accept(first, result, tuple(done))

@@ -26,6 +26,7 @@ from rtransfer.errors import UsageError
         ("plain", None),
         ("-", None),
         (":x", None),
+        ("host:\u00b2", RemotePath("host", "\u00b2")),  # a port is ASCII digits; "²" is a name
     ],
 )
 def test_remote_when_a_colon_comes_before_any_slash(text: str, expected: RemotePath | None) -> None:
@@ -39,3 +40,14 @@ def test_recv_with_one_argument_receives_and_with_more_pulls() -> None:
     for bad in (["h:9000", "d"], ["h:a"], ["h:a", "g:b", "d"], ["local", "d"], ["h:a", "g:b"]):
         with pytest.raises(UsageError):
             split_recv_arguments(bad)
+
+
+@pytest.mark.parametrize("text", ["h:\u00b2", "h:\u0663", ":\u00b2"])
+def test_a_port_of_other_digits_is_a_usage_error(text: str) -> None:
+    """str.isdigit says yes to "²" and "٣"; int() refuses the first: an internal error, once."""
+    from rtransfer.cli.options import parse_endpoint, stun_servers
+
+    with pytest.raises(UsageError, match="invalid port"):
+        parse_endpoint(text, "0.0.0.0")
+    with pytest.raises(UsageError, match="--stun"):
+        stun_servers((), text, True)

@@ -210,6 +210,9 @@ def _entries(*entries: bytes) -> bytes:
         (FrameType.HINTS, b'{"at":[],"punch":[["::1",1]],"late":false}', "host malformed"),  # punching is IPv4
         (FrameType.HINTS, b'{"at":[],"punch":' + b"[" + b",".join([b'["h",1]'] * 17) + b'],"late":false}', "malformed"),
         (FrameType.ACCEPT, b'{"first":0,"start_offsets":{"x":1},"done":[]}', "start_offsets malformed"),
+        # digits to str.isdigit, not to int() (a ValueError, not a protocol error) nor ASCII ("\u0663" is int 3)
+        (FrameType.ACCEPT, '{"first":0,"start_offsets":{"\u00b2":1},"done":[]}'.encode(), "start_offsets malformed"),
+        (FrameType.ACCEPT, '{"first":0,"start_offsets":{"\u0663":1},"done":[]}'.encode(), "start_offsets malformed"),
     ],
 )
 def test_malformed_file_list_is_a_protocol_error(ftype: FrameType, body: bytes, message: str) -> None:
