@@ -125,7 +125,7 @@ def main() -> None:
 
     The collector is off until the transfer runs (cli/runner.py freezes what start-up made, then
     turns it on): start-up makes ~100,000 objects that live as long as the process, and the
-    collector went over them ~57 times while the far side of ssh imported, for ~250 objects freed
+    collector went over them 25-57 times while the far side of ssh imported, for ~250 objects freed
     (~10 ms of the near side's wait for its first byte)."""
     gc.disable()
     with contextlib.suppress(Exception):  # only a head start: the command checks and says everything
