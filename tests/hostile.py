@@ -75,7 +75,7 @@ def main() -> None:
     with open(os.environ[SPEC_ENV], encoding="utf-8") as f:
         spec = json.load(f)
     scratch = tempfile.mkdtemp(prefix="hostile-")
-    from rtransfer.cli.commands import main as cli_main
+    from rtransfer.cli.early import main as cli_main  # the entry point, as the console script runs it
     from rtransfer.session import send
 
     send.listing = hostile_listing(entries_from(spec, scratch))  # type: ignore[assignment]

@@ -401,7 +401,7 @@ class Lying(recv.ReceiverMachine):
         super().__init__(*args[:7], dry_run=True)
 
 recv.ReceiverMachine = Lying
-from rtransfer.cli.commands import main
+from rtransfer.cli.early import main
 sys.argv = ["rtransfer", *sys.argv[1:]]
 main()
 """
