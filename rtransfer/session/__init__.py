@@ -1,4 +1,5 @@
 """The asyncio layer: connect or listen, move bytes between sockets and machines, fire timers.
+
 All protocol decisions are made by the machines in ``rtransfer.protocol``. Here,
 ``connection`` moves one connection's bytes, ``send`` and ``recv`` run a transfer
 across connections (one attempt per connection), and ``outcome`` says what a
