@@ -27,6 +27,7 @@ from rtransfer.protocol.events import Accepted
 from rtransfer.protocol.messages import copy_payload, hole_payload
 from rtransfer.protocol.model import Buffer, WritableBuffer
 from rtransfer.protocol.pack import PackedFile, table_bytes
+from rtransfer.sending.head_start import Ahead, HeadStart, unchanged
 from rtransfer.sending.packs import read_pack
 from rtransfer.sending.walk import PACK_FILE_MAX_BYTES, Source
 from rtransfer.stats import TransferStats
@@ -90,6 +91,7 @@ class Reading:
     stats: TransferStats
     pool: BufferPool
     compressor: Compressor | None = None  # send --compress
+    head_start: HeadStart | None = None  # the files named on the command line, hashed while the peer was awaited
 
     async def put(self, item: SendItem) -> None:
         await self.queue.put(item)
@@ -125,6 +127,8 @@ async def read_sources(
     others chunk by chunk (or, where the receiver has an old copy, as a delta against it);
     ``batch_read`` after each batch, so the lister may list another."""
     while (batch := await batches.get()) is not None:
+        if reading.head_start is not None:
+            reading.head_start.stop()  # data moves from here on
         for item in _reading_order(batch, reading.chunk_bytes):
             if isinstance(item, list):
                 await _queue_pack(item, reading)
@@ -195,9 +199,15 @@ async def _read_file(index: int, source: Source, offset: int, reading: Reading) 
             offset = await _read_stdin(index, reading, digest)
         else:
             async with aiofiles.open(source.local, "rb") as f:
+                ahead: Ahead | None = None
+                if reading.head_start is not None:
+                    ahead = await reading.head_start.claim(source.local, f.fileno())
+                    digest = ahead.digest if ahead is not None else digest
                 if offset:
                     await digest.hash_prefix(f.fileno(), offset, name)
                 offset = await _read_chunks(index, f.fileno(), offset, digest, reading)
+                if ahead is not None and not unchanged(ahead, f.fileno()):
+                    raise LocalIOError(f"{name}: changed while being sent (part of it was hashed before)")
     except OSError as exc:
         raise local_error(exc, name) from None
     await _end_file(index, source, offset, digest.digest(), reading)
@@ -263,7 +273,7 @@ class Holes:
         chunk is all hole, its zeros hashed and its length."""
         hole = self.at(offset)
         if hole:
-            return on_cpu(digest.zeros_now, hole)
+            return on_cpu(digest.zeros_now, hole, offset)
         return digest.read_into(self.fd, buf, offset)  # type: ignore[return-value]
 
 

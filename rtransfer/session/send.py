@@ -33,6 +33,7 @@ from rtransfer.protocol.model import Manifest
 from rtransfer.protocol.peer import CAP_DRY_RUN
 from rtransfer.protocol.sender import SenderMachine
 from rtransfer.report import Reporter
+from rtransfer.sending.head_start import HeadStart, budget_bytes, hashed_ahead
 from rtransfer.sending.ratelimit import TokenBucket
 from rtransfer.sending.reader import AcceptedBatch, EndOfFile, OldCopy, Packed, Reading, SendItem, read_sources
 from rtransfer.sending.walk import Source, collect_sources, listing, next_batch, with_content_digests
@@ -96,6 +97,8 @@ class SendTransfer:
         rate = config.limit_rate_bps
         self.bucket = TokenBucket(rate, now()) if rate else None  # one for the transfer, across reconnects
         self.compressor = Compressor() if config.compress else None
+        reads_first = config.dry_run or config.checksum  # reads no file, or reads every file whole before sending
+        self.head_start = HeadStart([] if reads_first else hashed_ahead(self.sources), budget_bytes())
 
     async def run(self) -> TransferStats:
         reporting = asyncio.ensure_future(keep_reporting(self.reporter, self.stats))
@@ -111,6 +114,7 @@ class SendTransfer:
         except RemoteError as exc:
             raise (named_for(exc, self.way.where) if self.way.names_remote_errors else exc) from None
         finally:
+            self.head_start.stop()
             await cancel_all([reporting])
             self.way.close()
         if self.compressor is not None:
@@ -187,7 +191,7 @@ class SendAttempt(Attempt):
     async def run(self) -> None:
         self.stats.start_listing()
         t = self.transfer
-        reading = Reading(t.config.chunk_bytes, self.queue, self.stats, self.pool, t.compressor)
+        reading = Reading(t.config.chunk_bytes, self.queue, self.stats, self.pool, t.compressor, t.head_start)
         reader = read_sources(self.accepted, reading, self.ahead.release)
         try:
             await self.drive(self.list_entries(), reader, self.send_chunks(), self.direct.run())

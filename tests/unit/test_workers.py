@@ -58,7 +58,7 @@ async def test_a_cancelled_reader_never_closes_the_file_under_its_worker(tmp_pat
     fd_state: list[str] = []
     real_read = FileDigest.read_now
 
-    def blocked_read(self: FileDigest, fd: int, buf: memoryview, offset: int) -> memoryview:
+    def blocked_read(self: FileDigest, fd: int, buf: memoryview, offset: int, at: int | None = None) -> memoryview:
         inside.set()
         release.wait(10)
         try:
@@ -67,7 +67,7 @@ async def test_a_cancelled_reader_never_closes_the_file_under_its_worker(tmp_pat
         except OSError:
             fd_state.append("closed")
             return memoryview(buf)[:0]
-        return real_read(self, fd, buf, offset)
+        return real_read(self, fd, buf, offset, at)
 
     monkeypatch.setattr(FileDigest, "read_now", blocked_read)  # type: ignore[attr-defined]
     batches: asyncio.Queue[AcceptedBatch | None] = asyncio.Queue()
