@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import threading
 from concurrent.futures import Future
 from typing import NamedTuple
@@ -26,6 +27,7 @@ from rtransfer.sending.walk import PACK_FILE_MAX_BYTES, Source
 from rtransfer.workers import in_worker
 
 _FALLBACK_BUDGET_BYTES = 256 * 1024 * 1024
+STEP_WAIT_S = 2.0  # a step reads READ_STEP_BYTES: milliseconds, even from a disk that seeks
 
 
 def signature(fd: int) -> tuple[int, ...]:
@@ -70,8 +72,11 @@ class HeadStart:
                 if self._stopping.is_set() or budget <= 0:
                     break
                 with contextlib.suppress(OSError):  # the reader meets the error, and says it
-                    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                    # Non-blocking: a FIFO put in a file's place is neither waited on nor read from.
+                    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
                     try:
+                        if not stat.S_ISREG(os.fstat(fd).st_mode):
+                            continue
                         digest, before = FileDigest(), signature(fd)
                         while not self._stopping.is_set() and budget > 0:
                             n = len(digest.read_now(fd, step[: min(len(step), budget)], digest.fed))
@@ -89,10 +94,14 @@ class HeadStart:
         self._stopping.set()
 
     async def claim(self, path: str, fd: int) -> Ahead | None:
-        """What was hashed of ``path``, if ``fd`` (the reader's) is that file, unchanged; once."""
+        """What was hashed of ``path``, if ``fd`` (the reader's) is that file, unchanged; once. A
+        step that doesn't end (a file system that hangs) is left behind, with all it hashed."""
         self.stop()
         if self._ahead is None:
-            self._ahead = await in_worker(self.hashed.result)
+            try:
+                self._ahead = await in_worker(self.hashed.result, STEP_WAIT_S)
+            except TimeoutError:
+                self._ahead = {}
         ahead = self._ahead.pop(path, None)
         return ahead if ahead is not None and ahead.signature == signature(fd) else None
 

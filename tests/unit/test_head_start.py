@@ -15,6 +15,7 @@ from rtransfer.buffers import BufferPool
 from rtransfer.errors import LocalIOError
 from rtransfer.integrity import READ_STEP_BYTES, FileDigest
 from rtransfer.protocol.events import Accepted
+from rtransfer.sending import head_start
 from rtransfer.sending.head_start import HeadStart, hashed_ahead
 from rtransfer.sending.reader import AcceptedBatch, EndOfFile, Reading, SendItem, read_sources
 from rtransfer.sending.walk import PACK_FILE_MAX_BYTES, collect_sources
@@ -138,9 +139,42 @@ async def test_stop_ends_the_head_start_after_its_step(tmp_path: Path, monkeypat
     assert digest.hexdigest() == blake3.blake3(big.read_bytes()).hexdigest()
 
 
+async def test_a_step_that_hangs_is_left_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (big,) = _files(tmp_path, 2 * READ_STEP_BYTES)
+    stepped, release = threading.Event(), threading.Event()
+
+    def hung(self: FileDigest, fd: int, buf: memoryview, offset: int, at: int | None = None) -> memoryview:
+        stepped.set()
+        release.wait(WAIT_S)
+        return memoryview(buf)[:0]
+
+    monkeypatch.setattr(FileDigest, "read_now", hung)
+    monkeypatch.setattr(head_start, "STEP_WAIT_S", 0.05)
+    head = HeadStart([str(big)], 1 << 30)
+    try:
+        assert stepped.wait(WAIT_S)
+        assert await _claimed(head, big) is None
+        assert not head.hashed.done()
+    finally:
+        release.set()
+
+
 async def test_a_file_gone_before_its_head_start_is_left_to_the_reader(tmp_path: Path) -> None:
     head = HeadStart([str(tmp_path / "gone")], 1 << 30)
     assert head.hashed.result(WAIT_S) == {}
+
+
+async def test_a_fifo_put_in_a_file_s_place_is_neither_waited_on_nor_read(tmp_path: Path) -> None:
+    fifo = tmp_path / "f"
+    os.mkfifo(fifo)
+    writer = os.open(fifo, os.O_RDWR | os.O_NONBLOCK)  # a writer with bytes waiting: a read would take them
+    try:
+        os.write(writer, b"not for the head start")
+        head = HeadStart([str(fifo)], 1 << 30)
+        assert head.hashed.result(WAIT_S) == {}
+        assert os.read(writer, 100) == b"not for the head start"
+    finally:
+        os.close(writer)
 
 
 def test_only_files_read_chunk_by_chunk_get_a_head_start(tmp_path: Path) -> None:
