@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from typing import NamedTuple
 
 import blake3
 import xxhash
@@ -27,15 +28,31 @@ READ_STEP_BYTES = 1024 * 1024
 _ZEROS = memoryview(bytes(READ_STEP_BYTES))
 
 
+class _Step(NamedTuple):
+    """A step of a file hashed ahead: its length and xxh3, and the digest's state before it."""
+
+    length: int
+    check: int
+    before: blake3.blake3
+
+
 class FileDigest:
     """BLAKE3 of a file fed strictly in order; ``hexdigest`` matches ``b3sum``. ``fed`` counts the
-    bytes taken in: a sender's digest may have been fed part of its file ahead of the reader
-    (sending/head_start.py), which then hashes only what lies past it (the ``at`` arguments)."""
+    bytes taken in.
+
+    A sender's digest may have been fed part of its file ahead of the reader (``hash_ahead``;
+    sending/head_start.py). The reader's bytes below ``fed`` are then checked step by step against
+    what was hashed (xxh3: ~8x cheaper than BLAKE3), and skipped; at the first step that differs
+    (a write that moved no timestamp, through a shared mapping), the digest goes back to that
+    step's start and takes the reader's bytes from there. Either way it is the digest of the bytes
+    sent. The ``at`` arguments say where bytes stand in the file.
+    """
 
     def __init__(self, in_thread: bool = True) -> None:
         self._hasher = blake3.blake3()
         self._in_thread = in_thread
         self.fed = 0
+        self._ahead: list[_Step] = []
 
     async def update(self, data: Buffer) -> None:
         if self._in_thread and len(data) >= HASH_IN_THREAD_BYTES:
@@ -56,11 +73,13 @@ class FileDigest:
             self.zeros_now(n)
 
     def zeros_now(self, n: int, at: int | None = None) -> int:
-        """``update_zeros`` on the calling thread (``at``: as in ``read_now``); ``n`` again (for a
-        read-ahead's future)."""
+        """``update_zeros`` on the calling thread; ``n`` again (for a read-ahead's future)."""
         start = self.fed if at is None else at
-        for step in range(0, n, len(_ZEROS)):
-            self._take(_ZEROS[: min(len(_ZEROS), n - step)], start + step)
+        done = 0
+        while done < n:
+            piece = _ZEROS[: min(n - done, READ_STEP_BYTES - (start + done) % READ_STEP_BYTES)]
+            self._take(piece, start + done)
+            done += len(piece)
         return n
 
     def read_into(self, fd: int, buf: WritableBuffer, offset: int) -> asyncio.Future[memoryview]:
@@ -72,23 +91,50 @@ class FileDigest:
         return on_cpu(self.read_now, fd, buf, offset, offset)
 
     def read_now(self, fd: int, buf: WritableBuffer, offset: int, at: int | None = None) -> memoryview:
-        """``buf`` filled from ``offset`` of ``fd`` (or to its end), and hashed. ``at``: where these
-        bytes stand in the file being hashed, for a digest that may have been fed them already;
-        by default they follow what it was fed (``offset`` may be in another file: a basis)."""
+        """``buf`` filled from ``offset`` of ``fd`` (or to its end), and hashed, a step at a time.
+        ``at``: where these bytes stand in the file hashed; by default they follow what the digest
+        was fed (``offset`` may then be in another file: a basis)."""
         view = memoryview(buf)
         got = 0
-        while got < len(buf) and (n := os.preadv(fd, [view[got : got + READ_STEP_BYTES]], offset + got)):
-            self._take(view[got : got + n], self.fed if at is None else at + got)
+        while got < len(buf):
+            start = self.fed if at is None else at + got
+            want = min(len(buf) - got, READ_STEP_BYTES - start % READ_STEP_BYTES)
+            n = os.preadv(fd, [view[got : got + want]], offset + got)
+            if not n:
+                break
+            self._take(view[got : got + n], start)
             got += n
         return view[:got]
 
+    def hash_ahead(self, fd: int, step: memoryview) -> int:
+        """The file's next step (``step`` long at most) read, remembered and hashed, for a reader
+        to come (see the class); its length, 0 at the end."""
+        before = self._hasher.copy()
+        data = self.read_now(fd, step, self.fed)
+        if data:
+            self._ahead.append(_Step(len(data), xxhash.xxh3_64_intdigest(data), before))
+        return len(data)
+
+    def ended(self, size: int) -> None:
+        """The file ended at ``size``: steps hashed ahead past it (it was cut since) were never
+        sent, and are dropped. (A step it ends inside has gone back already: a shorter read.)"""
+        if size < self.fed:
+            index = size // READ_STEP_BYTES
+            assert size % READ_STEP_BYTES == 0 and index < len(self._ahead), f"the file ended at {size}, inside a step"
+            self._hasher, self.fed, self._ahead = self._ahead[index].before, size, []
+
     def _take(self, data: memoryview, at: int) -> None:
-        """Hash what of ``data``, the file's bytes from ``at``, lies past ``fed``."""
-        assert at <= self.fed, f"a gap in a digest's input: bytes from {at} after {self.fed}"
-        new = at + len(data) - self.fed
-        if new > 0:
-            self._hasher.update(data[len(data) - new :])
-            self.fed += new
+        """``data``, the file's bytes from ``at`` (within one step), into the digest."""
+        if at < self.fed:
+            index = at // READ_STEP_BYTES
+            assert at % READ_STEP_BYTES == 0 and index < len(self._ahead), f"bytes from {at}: not a step hashed ahead"
+            step = self._ahead[index]
+            if len(data) == step.length and xxhash.xxh3_64_intdigest(data) == step.check:
+                return
+            self._hasher, self.fed, self._ahead = step.before, at, []
+        assert at == self.fed, f"a gap in a digest's input: bytes from {at} after {self.fed}"
+        self._hasher.update(data)
+        self.fed += len(data)
 
     async def hash_prefix(self, fd: int, size: int, name: object) -> None:
         """Feed the first ``size`` bytes of a file (those not fed yet): on resume the whole-file digest

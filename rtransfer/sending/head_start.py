@@ -2,15 +2,16 @@
 
 A transfer first waits for its peer: ssh's login and the far side's start, a receiver yet to
 type the code. Meanwhile those files are hashed (BLAKE3) on a thread of their own, and the
-reader takes each digest where this left it and hashes only the rest. Over ssh, a 1 GiB file's
-digest otherwise took ~0.2 s of CPU in the data's way, on a machine whose cores ssh's cipher
-was waiting for (bench/README.md).
+reader takes each digest where this left it: what was hashed ahead it only checks, a step at a
+time, with xxh3 (integrity.FileDigest). Over ssh, a 1 GiB file's BLAKE3 otherwise took ~0.2 s of
+CPU in the data's way, on a machine whose cores ssh's cipher was waiting for (bench/README.md).
 
-It stops once data moves (``stop``): going on beside the reader would read each file twice.
-At most an eighth of the machine's memory is hashed ahead, so that what was read is still in the
-page cache when the reader comes to it. A digest is handed over only for the same file unchanged
-(``Ahead.signature``), and the reader checks the file again at its end (``unchanged``): the bytes
-hashed ahead and the bytes sent must be one version.
+It stops once data moves (``stop``): going on beside the reader would read each file twice. At
+most an eighth of the machine's memory (and HEAD_START_MAX_BYTES) is hashed ahead, so that what
+was read is still in the page cache when the reader comes to it; each MiB hashed ahead keeps
+~2 KB (the digest's state before it). A file that was replaced or written to since (another
+inode, size or mtime) starts afresh; a write that moved no timestamp is found by the reader's
+check, which then hashes from that step on.
 """
 
 from __future__ import annotations
@@ -20,35 +21,31 @@ import os
 import stat
 import threading
 from concurrent.futures import Future
-from typing import NamedTuple
 
 from rtransfer.integrity import READ_STEP_BYTES, FileDigest
 from rtransfer.sending.walk import PACK_FILE_MAX_BYTES, Source
 from rtransfer.workers import in_worker
 
-_FALLBACK_BUDGET_BYTES = 256 * 1024 * 1024
+HEAD_START_MAX_BYTES = 4 << 30
+_FALLBACK_BUDGET_BYTES = 256 << 20
 STEP_WAIT_S = 2.0  # a step reads READ_STEP_BYTES: milliseconds, even from a disk that seeks
+
+Ahead = tuple[FileDigest, tuple[int, ...]]  # a file's digest fed from its start, and the file as it was then
 
 
 def signature(fd: int) -> tuple[int, ...]:
-    """What changes when a file's data may have: a write moves its ctime, which no one can set back."""
+    """Which file, and whether it was written to since (a chmod or a new link leaves these be)."""
     st = os.fstat(fd)
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def budget_bytes() -> int:
-    """An eighth of the machine's memory."""
+    """An eighth of the machine's memory, at most HEAD_START_MAX_BYTES."""
     try:
-        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 8
+        memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
         return _FALLBACK_BUDGET_BYTES
-
-
-class Ahead(NamedTuple):
-    """A file's digest fed from its start, and the file as it was then."""
-
-    digest: FileDigest
-    signature: tuple[int, ...]
+    return min(memory // 8, HEAD_START_MAX_BYTES)
 
 
 class HeadStart:
@@ -79,11 +76,11 @@ class HeadStart:
                             continue
                         digest, before = FileDigest(), signature(fd)
                         while not self._stopping.is_set() and budget > 0:
-                            n = len(digest.read_now(fd, step[: min(len(step), budget)], digest.fed))
+                            n = digest.hash_ahead(fd, step[: min(len(step), budget)])
                             if not n:
                                 break
                             budget -= n
-                        ahead[path] = Ahead(digest, before)
+                        ahead[path] = (digest, before)
                     finally:
                         os.close(fd)
         finally:
@@ -93,8 +90,8 @@ class HeadStart:
         """Data moves: hash no more (the step under way ends within a millisecond)."""
         self._stopping.set()
 
-    async def claim(self, path: str, fd: int) -> Ahead | None:
-        """What was hashed of ``path``, if ``fd`` (the reader's) is that file, unchanged; once. A
+    async def claim(self, path: str, fd: int) -> FileDigest | None:
+        """What was hashed of ``path``, if ``fd`` (the reader's) is that file as it was; once. A
         step that doesn't end (a file system that hangs) is left behind, with all it hashed."""
         self.stop()
         if self._ahead is None:
@@ -102,20 +99,12 @@ class HeadStart:
                 self._ahead = await in_worker(self.hashed.result, STEP_WAIT_S)
             except TimeoutError:
                 self._ahead = {}
-        ahead = self._ahead.pop(path, None)
-        return ahead if ahead is not None and ahead.signature == signature(fd) else None
-
-
-def unchanged(ahead: Ahead, fd: int) -> bool:
-    """Whether the file is still the one hashed ahead (the reader asks at its end)."""
-    return ahead.signature == signature(fd)
+        digest, before = self._ahead.pop(path, (None, ()))
+        return digest if digest is not None and before == signature(fd) else None
 
 
 def hashed_ahead(sources: list[Source]) -> list[str]:
     """The sources worth a head start: regular files read chunk by chunk (small ones travel packed,
     hashed as they are read, in one go)."""
-    return [
-        s.local
-        for s in sources
-        if s.local is not None and s.entry.kind == "file" and (s.entry.size or 0) > PACK_FILE_MAX_BYTES
-    ]
+    chunked = (s for s in sources if s.entry.kind == "file" and (s.entry.size or 0) > PACK_FILE_MAX_BYTES)
+    return [s.local for s in chunked if s.local is not None]

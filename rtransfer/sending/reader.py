@@ -20,14 +20,14 @@ from rtransfer.buffers import SENDER_ROOM, BufferPool
 from rtransfer.compress import Compressor
 from rtransfer.delta import Fingerprint, Matcher, Piece, fingerprint, match
 from rtransfer.errors import LocalIOError
-from rtransfer.integrity import FileDigest
+from rtransfer.integrity import READ_STEP_BYTES, FileDigest
 from rtransfer.names import local_error
 from rtransfer.protocol.constants import MAX_COPY_RANGES, FrameType
 from rtransfer.protocol.events import Accepted
 from rtransfer.protocol.messages import copy_payload, hole_payload
 from rtransfer.protocol.model import Buffer, WritableBuffer
 from rtransfer.protocol.pack import PackedFile, table_bytes
-from rtransfer.sending.head_start import Ahead, HeadStart, unchanged
+from rtransfer.sending.head_start import HeadStart
 from rtransfer.sending.packs import read_pack
 from rtransfer.sending.walk import PACK_FILE_MAX_BYTES, Source
 from rtransfer.stats import TransferStats
@@ -199,15 +199,13 @@ async def _read_file(index: int, source: Source, offset: int, reading: Reading) 
             offset = await _read_stdin(index, reading, digest)
         else:
             async with aiofiles.open(source.local, "rb") as f:
-                ahead: Ahead | None = None
-                if reading.head_start is not None:
-                    ahead = await reading.head_start.claim(source.local, f.fileno())
-                    digest = ahead.digest if ahead is not None else digest
+                on_steps = not (offset % READ_STEP_BYTES or reading.chunk_bytes % READ_STEP_BYTES)  # the head start's
+                if reading.head_start is not None and on_steps:
+                    digest = await reading.head_start.claim(source.local, f.fileno()) or digest
                 if offset:
                     await digest.hash_prefix(f.fileno(), offset, name)
                 offset = await _read_chunks(index, f.fileno(), offset, digest, reading)
-                if ahead is not None and not unchanged(ahead, f.fileno()):
-                    raise LocalIOError(f"{name}: changed while being sent (part of it was hashed before)")
+                digest.ended(offset)
     except OSError as exc:
         raise local_error(exc, name) from None
     await _end_file(index, source, offset, digest.digest(), reading)

@@ -1,5 +1,6 @@
 """The sender's head start: files hashed while the peer is awaited, their digests handed to the
-reader only for the same file unchanged, and the reader hashing only what lies past them."""
+reader for the same file, which checks what was hashed ahead a step at a time and takes the
+bytes it sends from the first step that differs: the digest is always that of the bytes sent."""
 
 from __future__ import annotations
 
@@ -12,61 +13,94 @@ import blake3
 import pytest
 
 from rtransfer.buffers import BufferPool
-from rtransfer.errors import LocalIOError
 from rtransfer.integrity import READ_STEP_BYTES, FileDigest
 from rtransfer.protocol.events import Accepted
 from rtransfer.sending import head_start
 from rtransfer.sending.head_start import HeadStart, hashed_ahead
-from rtransfer.sending.reader import AcceptedBatch, EndOfFile, Reading, SendItem, read_sources
+from rtransfer.sending.reader import AcceptedBatch, Chunk, EndOfFile, Reading, SendItem, read_sources
 from rtransfer.sending.walk import PACK_FILE_MAX_BYTES, collect_sources
 from rtransfer.stats import TransferStats
 
-CHUNK = 64 * 1024
+STEP = READ_STEP_BYTES
 WAIT_S = 10.0
 
 
-def _fed_ahead(path: Path, n: int) -> FileDigest:
+def _hashed_ahead(path: Path, n: int) -> FileDigest:
+    """As the head start does: ``n`` bytes of ``path`` hashed a step at a time."""
     digest = FileDigest()
     fd = os.open(path, os.O_RDONLY)
     try:
-        digest.read_now(fd, bytearray(n), 0)
+        while digest.fed < n and digest.hash_ahead(fd, memoryview(bytearray(min(STEP, n - digest.fed)))):
+            pass
     finally:
         os.close(fd)
     return digest
 
 
-@pytest.mark.parametrize("ahead", [0, 1, CHUNK - 1, CHUNK, 5 * CHUNK // 2, 4 * CHUNK + 3])
-@pytest.mark.parametrize("resume", [0, CHUNK, 3 * CHUNK + 1])
-async def test_a_digest_fed_ahead_takes_in_only_the_bytes_past_it(tmp_path: Path, ahead: int, resume: int) -> None:
-    data = os.urandom(4 * CHUNK + 3)
-    (tmp_path / "f").write_bytes(data)
-    digest = _fed_ahead(tmp_path / "f", ahead)
-    fd = os.open(tmp_path / "f", os.O_RDONLY)
+def _read_from(path: Path, digest: FileDigest, resume: int, chunk: int) -> bytes:
+    """As the reader does: the prefix up to ``resume``, then chunk by chunk; the bytes read after it."""
+    read = []
+    fd = os.open(path, os.O_RDONLY)
     try:
-        await digest.hash_prefix(fd, resume, "f")
+        digest.hash_prefix_now(fd, resume, path.name)
         offset = resume
-        while piece := await digest.read_into(fd, bytearray(CHUNK), offset):
-            assert bytes(piece) == data[offset : offset + len(piece)]
+        while piece := digest.read_now(fd, bytearray(chunk), offset, offset):
+            read.append(bytes(piece))
             offset += len(piece)
+        digest.ended(offset)
     finally:
         os.close(fd)
+    return b"".join(read)
+
+
+@pytest.mark.parametrize("ahead", [0, 1, STEP - 1, STEP, 5 * STEP // 2, 4 * STEP + 3])
+@pytest.mark.parametrize("resume", [0, STEP, 3 * STEP])
+@pytest.mark.parametrize("chunk", [STEP, 2 * STEP])
+def test_a_digest_hashed_ahead_skips_what_it_hashed(tmp_path: Path, ahead: int, resume: int, chunk: int) -> None:
+    data = os.urandom(4 * STEP + 3)
+    (tmp_path / "f").write_bytes(data)
+    digest = _hashed_ahead(tmp_path / "f", ahead)
+    assert _read_from(tmp_path / "f", digest, resume, chunk) == data[resume:]
     assert digest.fed == len(data)
     assert digest.hexdigest() == blake3.blake3(data).hexdigest()
 
 
-@pytest.mark.parametrize("ahead", [0, 10, READ_STEP_BYTES + 5, 3 * READ_STEP_BYTES])
-def test_a_hole_hashed_ahead_is_not_hashed_again(ahead: int) -> None:
-    digest = FileDigest()
-    digest.zeros_now(ahead)
-    for offset in range(0, 3 * READ_STEP_BYTES, READ_STEP_BYTES):
-        digest.zeros_now(READ_STEP_BYTES, offset)
-    assert digest.hexdigest() == blake3.blake3(bytes(3 * READ_STEP_BYTES)).hexdigest()
+@pytest.mark.parametrize("changed_at", [0, STEP + 5, 4 * STEP])
+def test_bytes_changed_after_they_were_hashed_ahead_are_hashed_as_read(tmp_path: Path, changed_at: int) -> None:
+    """A write through a shared mapping moves no timestamp: the step check finds it."""
+    path = tmp_path / "f"
+    path.write_bytes(os.urandom(4 * STEP + 3))
+    digest = _hashed_ahead(path, 5 * STEP)
+    with path.open("r+b") as f:
+        f.seek(changed_at)
+        f.write(b"changed")
+    assert _read_from(path, digest, 0, STEP) == path.read_bytes()
+    assert digest.hexdigest() == blake3.blake3(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("size", [STEP // 2, 2 * STEP, 3 * STEP + 1])
+def test_a_file_cut_or_grown_after_its_head_start_is_hashed_as_read(tmp_path: Path, size: int) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(os.urandom(2 * STEP + 7))
+    digest = _hashed_ahead(path, 3 * STEP)
+    os.truncate(path, size)
+    assert _read_from(path, digest, 0, 2 * STEP) == path.read_bytes()
+    assert digest.hexdigest() == blake3.blake3(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("data_ahead", [False, True])
+def test_a_hole_read_after_a_head_start_is_hashed_once(tmp_path: Path, data_ahead: bool) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(os.urandom(3 * STEP) if data_ahead else bytes(3 * STEP))
+    digest = _hashed_ahead(path, 2 * STEP + 5)
+    for offset in range(0, 3 * STEP, STEP):  # as the reader hashes a chunk that is all hole
+        digest.zeros_now(STEP, offset)
+    assert digest.hexdigest() == blake3.blake3(bytes(3 * STEP)).hexdigest()
 
 
 def test_a_gap_in_a_digest_s_input_is_a_bug_not_a_wrong_digest() -> None:
-    digest = FileDigest()
     with pytest.raises(AssertionError, match="gap"):
-        digest.zeros_now(10, 5)
+        FileDigest().zeros_now(10, 5)
 
 
 def _files(tmp_path: Path, *sizes: int) -> list[Path]:
@@ -81,39 +115,39 @@ def _files(tmp_path: Path, *sizes: int) -> list[Path]:
 async def _claimed(head: HeadStart, path: Path) -> FileDigest | None:
     fd = os.open(path, os.O_RDONLY)
     try:
-        ahead = await head.claim(str(path), fd)
+        return await head.claim(str(path), fd)
     finally:
         os.close(fd)
-    return None if ahead is None else ahead.digest
 
 
 async def test_files_are_hashed_in_order_within_the_budget(tmp_path: Path) -> None:
-    first, second, third = _files(tmp_path, 3 * READ_STEP_BYTES, 3 * READ_STEP_BYTES, READ_STEP_BYTES)
-    head = HeadStart([str(first), str(second), str(third)], 4 * READ_STEP_BYTES + 7)
+    first, second, third = _files(tmp_path, 3 * STEP, 3 * STEP, STEP)
+    head = HeadStart([str(first), str(second), str(third)], 4 * STEP + 7)
     head.hashed.result(WAIT_S)
     whole, part = await _claimed(head, first), await _claimed(head, second)
-    assert whole is not None and whole.fed == 3 * READ_STEP_BYTES
+    assert whole is not None and whole.fed == 3 * STEP
     assert whole.hexdigest() == blake3.blake3(first.read_bytes()).hexdigest()
-    assert part is not None and part.fed == READ_STEP_BYTES + 7
+    assert part is not None and part.fed == STEP + 7
     assert await _claimed(head, third) is None  # the budget was spent before it
     assert await _claimed(head, first) is None  # handed over once
 
 
-async def test_a_file_changed_or_replaced_after_its_head_start_is_not_handed_over(tmp_path: Path) -> None:
-    changed, replaced, other = _files(tmp_path, 2 * READ_STEP_BYTES, 2 * READ_STEP_BYTES, 2 * READ_STEP_BYTES)
-    head = HeadStart([str(changed), str(replaced)], 1 << 30)
+async def test_a_file_replaced_or_written_since_starts_afresh_and_a_chmod_does_not_matter(tmp_path: Path) -> None:
+    written, replaced, chmodded, other = _files(tmp_path, 2 * STEP, 2 * STEP, 2 * STEP, 2 * STEP)
+    head = HeadStart([str(written), str(replaced), str(chmodded)], 1 << 30)
     head.hashed.result(WAIT_S)
-    with changed.open("r+b") as f:  # same size, same mtime: the ctime still moves
-        st = os.fstat(f.fileno())
+    with written.open("ab") as f:
         f.write(b"x")
-    os.utime(changed, ns=(st.st_atime_ns, st.st_mtime_ns))
     other.rename(replaced)
-    assert await _claimed(head, changed) is None
+    chmodded.chmod(0o600)
+    assert await _claimed(head, written) is None
     assert await _claimed(head, replaced) is None
+    kept = await _claimed(head, chmodded)
+    assert kept is not None and kept.fed == 2 * STEP
 
 
 async def test_stop_ends_the_head_start_after_its_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    (big,) = _files(tmp_path, 8 * READ_STEP_BYTES)
+    (big,) = _files(tmp_path, 8 * STEP)
     stepped, release = threading.Event(), threading.Event()
     real_read = FileDigest.read_now
 
@@ -128,19 +162,15 @@ async def test_stop_ends_the_head_start_after_its_step(tmp_path: Path, monkeypat
     assert stepped.wait(WAIT_S)
     head.stop()
     release.set()
-    digest = head.hashed.result(WAIT_S)[str(big)].digest
-    assert digest.fed == READ_STEP_BYTES
+    digest, _ = head.hashed.result(WAIT_S)[str(big)]
+    assert digest.fed == STEP
     monkeypatch.undo()
-    fd = os.open(big, os.O_RDONLY)
-    try:
-        await digest.hash_prefix(fd, big.stat().st_size, "big")
-    finally:
-        os.close(fd)
+    assert _read_from(big, digest, 0, 2 * STEP) == big.read_bytes()
     assert digest.hexdigest() == blake3.blake3(big.read_bytes()).hexdigest()
 
 
 async def test_a_step_that_hangs_is_left_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    (big,) = _files(tmp_path, 2 * READ_STEP_BYTES)
+    (big,) = _files(tmp_path, 2 * STEP)
     stepped, release = threading.Event(), threading.Event()
 
     def hung(self: FileDigest, fd: int, buf: memoryview, offset: int, at: int | None = None) -> memoryview:
@@ -184,48 +214,43 @@ def test_only_files_read_chunk_by_chunk_get_a_head_start(tmp_path: Path) -> None
     assert hashed_ahead(sources) == [str(large)]
 
 
-async def _read(path: Path, head: HeadStart, touch_after_first_chunk: bool) -> list[SendItem]:
+async def _sent(path: Path, head: HeadStart, chunk: int, after_first_chunk: str = "") -> tuple[bytes, bytes]:
+    """The reader's bytes for ``path`` and the digest it ends the file with; ``after_first_chunk``
+    is done to the file once the first chunk is queued (the reader then reads the next)."""
     batches: asyncio.Queue[AcceptedBatch | None] = asyncio.Queue()
     batches.put_nowait(AcceptedBatch(0, collect_sources([str(path)], None), Accepted(0, {})))
     batches.put_nowait(None)
     queue: asyncio.Queue[SendItem] = asyncio.Queue(maxsize=1)
     pool = BufferPool(4)
-    reader = asyncio.ensure_future(
-        read_sources(batches, Reading(CHUNK, queue, TransferStats("send"), pool, None, head), lambda: None)
-    )
-    items: list[SendItem] = []
+    reading = Reading(chunk, queue, TransferStats("send"), pool, None, head)
+    reader = asyncio.ensure_future(read_sources(batches, reading, lambda: None))
+    sent, digest = [], b""
     try:
-        while not items or items[-1] is not None:
-            async with asyncio.timeout(WAIT_S):
-                getting = asyncio.ensure_future(queue.get())
-                done, _ = await asyncio.wait([getting, reader], return_when=asyncio.FIRST_COMPLETED)
-            if getting not in done:
-                getting.cancel()
-                reader.result()  # the reader's error
-            item = getting.result()
-            items.append(item)
-            if touch_after_first_chunk and len(items) == 1:
-                os.utime(path)
-            payload = getattr(item, "payload", None)
-            if payload is not None:
-                pool.put(payload)
+        while (item := await asyncio.wait_for(queue.get(), WAIT_S)) is not None:
+            if isinstance(item, Chunk):
+                sent.append(bytes(item.payload))
+                pool.put(item.payload)
+                if len(sent) == 1 and after_first_chunk == "write, mtime kept":
+                    st = path.stat()
+                    with path.open("r+b") as f:
+                        f.seek(3 * STEP)
+                        f.write(b"written through a mapping")
+                    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+                elif len(sent) == 1 and after_first_chunk == "chmod":
+                    path.chmod(0o600)
+            elif isinstance(item, EndOfFile):
+                digest = item.digest
     finally:
         reader.cancel()
-    return items
+    return b"".join(sent), digest
 
 
-async def test_the_reader_hashes_only_what_the_head_start_left(tmp_path: Path) -> None:
-    (path,) = _files(tmp_path, 3 * READ_STEP_BYTES + 5)
+@pytest.mark.parametrize("meanwhile", ["", "write, mtime kept", "chmod"])
+async def test_the_digest_a_file_ends_with_is_of_the_bytes_sent(tmp_path: Path, meanwhile: str) -> None:
+    (path,) = _files(tmp_path, 5 * STEP + 5)
     head = HeadStart([str(path)], 1 << 30)
-    head.hashed.result(WAIT_S)  # the whole file hashed ahead: hashing any of it again gives another digest
-    items = await _read(path, head, touch_after_first_chunk=False)
-    ends = [item for item in items if isinstance(item, EndOfFile)]
-    assert [end.digest for end in ends] == [blake3.blake3(path.read_bytes()).digest()]
-
-
-async def test_a_file_changed_while_sent_after_its_head_start_is_refused(tmp_path: Path) -> None:
-    (path,) = _files(tmp_path, 3 * READ_STEP_BYTES)
-    head = HeadStart([str(path)], 1 << 30)
-    head.hashed.result(WAIT_S)
-    with pytest.raises(LocalIOError, match="changed while being sent"):
-        await _read(path, head, touch_after_first_chunk=True)
+    head.hashed.result(WAIT_S)  # all of it hashed ahead: hashing any of it again would give another digest
+    before = path.read_bytes()
+    sent, digest = await _sent(path, head, 2 * STEP, meanwhile)
+    assert sent in (before, path.read_bytes())  # the write may come before or after the reader reads ahead
+    assert digest == blake3.blake3(sent).digest()
