@@ -119,22 +119,27 @@ class FileDigest:
         """The file ended at ``size``: steps hashed ahead past it (it was cut since) were never
         sent, and are dropped. (A step it ends inside has gone back already: a shorter read.)"""
         if size < self.fed:
-            index = size // READ_STEP_BYTES
-            assert size % READ_STEP_BYTES == 0 and index < len(self._ahead), f"the file ended at {size}, inside a step"
-            self._hasher, self.fed, self._ahead = self._ahead[index].before, size, []
+            self._back_to(size)
 
     def _take(self, data: memoryview, at: int) -> None:
         """``data``, the file's bytes from ``at`` (within one step), into the digest."""
         if at < self.fed:
-            index = at // READ_STEP_BYTES
-            assert at % READ_STEP_BYTES == 0 and index < len(self._ahead), f"bytes from {at}: not a step hashed ahead"
-            step = self._ahead[index]
+            step = self._step_at(at)
             if len(data) == step.length and xxhash.xxh3_64_intdigest(data) == step.check:
                 return
-            self._hasher, self.fed, self._ahead = step.before, at, []
+            self._back_to(at)
         assert at == self.fed, f"a gap in a digest's input: bytes from {at} after {self.fed}"
         self._hasher.update(data)
         self.fed += len(data)
+
+    def _step_at(self, at: int) -> _Step:
+        index = at // READ_STEP_BYTES
+        assert at % READ_STEP_BYTES == 0 and index < len(self._ahead), f"bytes from {at}: not a step hashed ahead"
+        return self._ahead[index]
+
+    def _back_to(self, at: int) -> None:
+        """The digest as it was before the step hashed ahead at ``at``; it hashes from there as bytes come."""
+        self._hasher, self.fed, self._ahead = self._step_at(at).before, at, []
 
     async def hash_prefix(self, fd: int, size: int, name: object) -> None:
         """Feed the first ``size`` bytes of a file (those not fed yet): on resume the whole-file digest
