@@ -18,10 +18,10 @@ only come from someone who can write the receiver's old copy, and costs a failed
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import xxhash
+from msgspec import Struct
 
 from rtransfer.integrity import FileDigest
 from rtransfer.protocol.model import Basis, WritableBuffer
@@ -76,8 +76,7 @@ def describe(fd: int) -> Basis:
     return tuple((c.length, chunk_digest(c.data)) for c in _chunker().cut_stream(_Reader(fd, 0)))
 
 
-@dataclass(frozen=True)
-class Piece:
+class Piece(Struct, frozen=True):
     """A run of the new file: ``length`` bytes from ``offset``, found in the old copy at
     ``basis_offset``, or (None) to be sent as they are."""
 
@@ -104,8 +103,7 @@ class Matcher:
         return found[0] if found is not None and found[1] == length else None
 
 
-@dataclass(frozen=True)
-class Fingerprint:
+class Fingerprint(Struct, frozen=True):
     """The new file cut from ``start``: (length, digest) per chunk, its size and whole BLAKE3 digest.
     It needs nothing from the receiver, so it can be made while the receiver describes its copy."""
 

@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from msgspec import Struct
 
 from rtransfer.errors import UsageError
 from rtransfer.protocol.entries import to_wire
@@ -145,8 +146,7 @@ def _translate(pattern: bytes) -> str:
     return "".join(out)
 
 
-@dataclass(frozen=True)
-class Rule:
+class Rule(Struct, frozen=True):
     """One rule, with what rsync's add_rule notes of its pattern (exclude.c's rule flags)."""
 
     include: bool
@@ -217,8 +217,7 @@ def make_rule(include: bool, pattern: str) -> Rule:
     )
 
 
-@dataclass(frozen=True)
-class Filters:
+class Filters(Struct, frozen=True):
     """An ordered list of rules; an entry no rule matches is included."""
 
     rules: tuple[Rule, ...] = ()

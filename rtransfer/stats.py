@@ -10,7 +10,8 @@ import os
 import resource
 import sys
 import time
-from dataclasses import dataclass, field
+
+from msgspec import Struct, field
 
 from rtransfer.protocol.model import Entry
 
@@ -50,8 +51,7 @@ def open_fds() -> int:
         return 0
 
 
-@dataclass
-class TransferStats:
+class TransferStats(Struct):
     role: str
     total_bytes: int | None = None
     bytes_done: int = 0

@@ -9,13 +9,13 @@ cost more than importing the types up front.
 
 import os
 import sys
-from dataclasses import replace
 from typing import Annotated, Any
 
 import typer
 import typer.core
 import typer.exceptions
 import typer.main
+from msgspec.structs import replace
 from typer import _click as click  # typer 0.28 carries its own click and depends on none
 
 from rtransfer import __version__

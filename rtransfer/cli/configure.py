@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import os
 import socket
-from dataclasses import replace
 from typing import TYPE_CHECKING
+
+from msgspec.structs import replace
 
 from rtransfer.cli.listen import open_listener
 from rtransfer.cli.options import (

@@ -5,8 +5,9 @@ the receiver says it listens."""
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
+
+from msgspec import Struct, field
 
 from rtransfer.cli.remote import RemotePath, far_session, flags_on, receiver_flags, remote_path
 from rtransfer.errors import UsageError
@@ -140,8 +141,7 @@ def split_send_arguments(arguments: list[str], listen: bool = False) -> tuple[li
     return arguments[:-1], arguments[-1]
 
 
-@dataclass(frozen=True)
-class Keep:
+class Keep(Struct, frozen=True):
     """-o, -g and --devices, as typed: what a receiver applies of the owners, groups and device
     nodes the sender lists (specials.DestPolicy)."""
 
@@ -153,8 +153,7 @@ class Keep:
         return flags_on({"--owner": self.owner, "--group": self.group, "--devices": self.devices})
 
 
-@dataclass(frozen=True)
-class RetryOptions:
+class RetryOptions(Struct, frozen=True):
     retries: int = DEFAULT_RETRIES
     retry_max_s: float = DEFAULT_RETRY_MAX_S
     timeout_s: float = 30.0
@@ -166,8 +165,7 @@ class RetryOptions:
             raise UsageError("--retries and --retry-max-seconds must not be negative")
 
 
-@dataclass(frozen=True)
-class SendOptions:
+class SendOptions(Struct, frozen=True):
     """``send``'s options as typed (sizes as text): ``to_config`` checks them."""
 
     arguments: list[str]
@@ -199,8 +197,7 @@ class SendOptions:
     keep: Keep = field(default_factory=Keep)  # a push's options for the far receiver
 
 
-@dataclass(frozen=True)
-class RecvOptions:
+class RecvOptions(Struct, frozen=True):
     dest: str = "."
     listen: str | None = None  # default: DEFAULT_LISTEN, unless --connect
     overwrite: bool = False

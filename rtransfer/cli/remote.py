@@ -1,5 +1,5 @@
 """Over ssh: which arguments are remote (rsync's rule), and the command that runs the far side,
-made from the options alone. Light on purpose (no options module, no dataclasses): the entry
+made from the options alone. Light on purpose (no options module, no msgspec): the entry
 point makes a push's or pull's far command from here before the rest of the program is
 imported (cli/early.py), and options.py makes it again from the parsed options."""
 

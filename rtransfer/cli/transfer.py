@@ -8,8 +8,9 @@ import gc
 import os
 import sys
 from collections.abc import Callable
-from dataclasses import replace
 from typing import TYPE_CHECKING
+
+from msgspec.structs import replace
 
 from rtransfer.cli.options import RELAY_ENV, RecvOptions, SendOptions, choose_relay
 from rtransfer.errors import EXIT_FAILURE, RtransferError, UsageError
@@ -52,7 +53,7 @@ def send(options: SendOptions, reporter: Reporter) -> int:
     from rtransfer.cli.runner import run
     from rtransfer.session.send import run_send
 
-    run(run_send(config, reporter), reporter)
+    run(run_send(config, reporter), reporter, over_stdio=options.stdio)
 
 
 def recv(options: RecvOptions, reporter: Reporter) -> int:
@@ -94,7 +95,7 @@ def recv(options: RecvOptions, reporter: Reporter) -> int:
 
         stop_early()
         return fail(reporter, exc)
-    run(run_recv(config, reporter), reporter)
+    run(run_recv(config, reporter), reporter, over_stdio=options.stdio)
 
 
 def join(path: str, json_output: bool) -> int:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from msgspec import Struct
 
 from rtransfer.protocol.constants import FrameType
 from rtransfer.protocol.messages import Data
@@ -10,8 +10,7 @@ from rtransfer.protocol.model import Buffer, EntryBatch, Manifest, Signature
 from rtransfer.protocol.pack import PackedFile
 
 
-@dataclass(frozen=True)
-class Accepted:
+class Accepted(Struct, frozen=True):
     """Sender side: the receiver agreed to the batch of entries starting at ``first``; it
     already has ``start_offsets`` bytes of some of its files and all of the files in ``done``."""
 
@@ -20,8 +19,7 @@ class Accepted:
     done: tuple[int, ...] = ()
 
 
-@dataclass(frozen=True)
-class ChunksAcked:
+class ChunksAcked(Struct, frozen=True):
     orders: tuple[int, ...]  # the chunks' numbers in the transfer (for the first connection's window)
     sizes: tuple[int, ...]  # the file bytes each stands for, in the same order
     # Buffers nothing will read again (payload and ciphertext of chunks sent exactly once,
@@ -33,15 +31,13 @@ class ChunksAcked:
         return sum(self.sizes)
 
 
-@dataclass(frozen=True)
-class StreamJoined:
+class StreamJoined(Struct, frozen=True):
     """Sender side: a further connection is part of the transfer; chunks may go on it."""
 
     stream: int
 
 
-@dataclass(frozen=True)
-class JoinRequested:
+class JoinRequested(Struct, frozen=True):
     """Receiver side: a further connection says it belongs to ``manifest``'s transfer. The machine
     has answered JOINED; the driver drops the connection if that is not the running transfer."""
 
@@ -49,49 +45,42 @@ class JoinRequested:
     stream: int
 
 
-@dataclass(frozen=True)
-class ChunkArrived:
+class ChunkArrived(Struct, frozen=True):
     """Receiver side, on a further connection: a chunk, in this connection's order, for the
     first connection's machine to put in the transfer's order (``ReceiverMachine.deliver``)."""
 
     chunk: Data
 
 
-@dataclass(frozen=True)
-class Retransmitted:
+class Retransmitted(Struct, frozen=True):
     seq: int
     reason: str  # "nack" or "timeout"
 
 
-@dataclass(frozen=True)
-class ChunkRejected:
+class ChunkRejected(Struct, frozen=True):
     """A chunk failed its checksum (seen by the receiver, or NACKed to the sender)."""
 
     seq: int
 
 
-@dataclass(frozen=True)
-class FilesVerified:
+class FilesVerified(Struct, frozen=True):
     """Sender side: the receiver confirmed these files' digests (a large file's, or a pack's
     files at once: one event a pack, not one a file)."""
 
     file_indices: tuple[int, ...]
 
 
-@dataclass(frozen=True)
-class ManifestReceived:
+class ManifestReceived(Struct, frozen=True):
     manifest: Manifest
 
 
-@dataclass(frozen=True)
-class EntriesReceived:
+class EntriesReceived(Struct, frozen=True):
     """Receiver side: the next batch of the file list; plan it and ``accept`` it."""
 
     batch: EntryBatch
 
 
-@dataclass(frozen=True)
-class PackReady:
+class PackReady(Struct, frozen=True):
     """Receiver side: a pack of whole small files, in order, its chunk verified; write each
     file, check its digest, then call ``pack_written`` with its ``order``. ``authenticated``: the
     pack was opened under the session's AES-GCM tag, which already proves each file is the bytes
@@ -103,8 +92,7 @@ class PackReady:
     authenticated: bool = False
 
 
-@dataclass(frozen=True)
-class ChunkReady:
+class ChunkReady(Struct, frozen=True):
     """Receiver side: the next chunk, in order, checksum verified, ready to write. ``kind`` says
     what ``payload`` holds: the bytes (DATA), the bytes compressed (ZDATA), or ranges of the
     old copy here to take them from (COPY); see messages.Data."""
@@ -115,15 +103,13 @@ class ChunkReady:
     kind: FrameType = FrameType.DATA
 
 
-@dataclass(frozen=True)
-class SignatureReceived:
+class SignatureReceived(Struct, frozen=True):
     """Sender side: part of the receiver's old copy of a file, before the ACCEPT of its batch."""
 
     signature: Signature
 
 
-@dataclass(frozen=True)
-class FileComplete:
+class FileComplete(Struct, frozen=True):
     """Receiver side: every chunk of a file has been handed out; check its digest now."""
 
     file_index: int
@@ -131,18 +117,15 @@ class FileComplete:
     digest: bytes
 
 
-@dataclass(frozen=True)
-class DuplicateChunk:
+class DuplicateChunk(Struct, frozen=True):
     seq: int
 
 
-@dataclass(frozen=True)
-class TransferComplete:
+class TransferComplete(Struct, frozen=True):
     pass
 
 
-@dataclass(frozen=True)
-class HintsReceived:
+class HintsReceived(Struct, frozen=True):
     """The peer says where it can be reached directly (see protocol/tries.py), or that it stops trying."""
 
     addresses: tuple[tuple[str, int], ...]
@@ -150,20 +133,17 @@ class HintsReceived:
     late: bool = False  # see messages.Hints
 
 
-@dataclass(frozen=True)
-class PunchNow:
+class PunchNow(Struct, frozen=True):
     """Sender side: the receiver says to dial the punched addresses now."""
 
 
-@dataclass(frozen=True)
-class Ponged:
+class Ponged(Struct, frozen=True):
     """The peer answered the PING with this token (``Peer.ping``): the round trip is measured."""
 
     token: int
 
 
-@dataclass(frozen=True)
-class DirectChosen:
+class DirectChosen(Struct, frozen=True):
     """Receiver side: the sender moves the transfer to the direct connection with this id."""
 
     ident: bytes

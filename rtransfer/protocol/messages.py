@@ -16,10 +16,10 @@ bounded per frame type *before* anything is buffered for it.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, field
 from typing import Protocol
 
 import xxhash
+from msgspec import Struct, field
 
 from rtransfer.protocol.constants import (
     CHUNK_TYPES,
@@ -96,16 +96,14 @@ MAX_BODY_BYTES: dict[FrameType, int] = {
 TAG_BYTES = 16  # AEAD tag on sealed frames; limits above are for the plaintext
 
 
-@dataclass(frozen=True)
-class Hello:
+class Hello(Struct, frozen=True):
     role: Role
     version: int = PROTOCOL_VERSION
     capabilities: int = 0
     auth: bytes = b""
 
 
-@dataclass(frozen=True)
-class Accept:
+class Accept(Struct, frozen=True):
     """Receiver's go-ahead for the batch starting at ``first``: ``start_offsets`` maps file
     index to bytes it already has of that version of the file; files in ``done`` it already
     has whole."""
@@ -115,8 +113,7 @@ class Accept:
     done: tuple[int, ...] = ()
 
 
-@dataclass(frozen=True)
-class Data:
+class Data(Struct, frozen=True):
     """A chunk of file ``file_index`` from ``offset`` on. ``kind`` says what ``payload`` holds:
     DATA, the bytes; ZDATA, the bytes compressed (``ZDATA_SIZE``, then a zstd frame); COPY, the
     ranges of the receiver's old copy that come next (``COPY_RANGE`` rows); PACK, whole small
@@ -179,8 +176,7 @@ def zdata_size(payload: Buffer) -> int:
     return int(ZDATA_SIZE.unpack_from(payload)[0])
 
 
-@dataclass(frozen=True)
-class Join:
+class Join(Struct, frozen=True):
     """Sender side, on a further connection: it belongs to the transfer ``manifest`` describes,
     as stream number ``stream``. The receiver checks the manifest against the running one."""
 
@@ -188,67 +184,56 @@ class Join:
     stream: int
 
 
-@dataclass(frozen=True)
-class Joined:
+class Joined(Struct, frozen=True):
     pass
 
 
-@dataclass(frozen=True)
-class CorruptChunk:
+class CorruptChunk(Struct, frozen=True):
     """A DATA frame whose checksum or tag failed; ``seq`` is as read, so may itself be wrong."""
 
     seq: int
 
 
-@dataclass(frozen=True)
-class Ack:
+class Ack(Struct, frozen=True):
     cumulative: int  # every seq below this has arrived
     selective: tuple[int, ...] = ()  # seqs above ``cumulative`` that arrived too
 
 
-@dataclass(frozen=True)
-class Nack:
+class Nack(Struct, frozen=True):
     seq: int
 
 
-@dataclass(frozen=True)
-class FileEnd:
+class FileEnd(Struct, frozen=True):
     file_index: int
     size: int
     digest: bytes
 
 
-@dataclass(frozen=True)
-class FileResult:
+class FileResult(Struct, frozen=True):
     file_index: int
     ok: bool
 
 
-@dataclass(frozen=True)
-class PackResult:
+class PackResult(Struct, frozen=True):
     """Receiver side: every file of the pack sent as ``order`` is in place (or one failed its digest)."""
 
     order: int
     ok: bool
 
 
-@dataclass(frozen=True)
-class Done:
+class Done(Struct, frozen=True):
     pass
 
 
-@dataclass(frozen=True)
-class Ping:
+class Ping(Struct, frozen=True):
     token: int
 
 
-@dataclass(frozen=True)
-class Pong:
+class Pong(Struct, frozen=True):
     token: int
 
 
-@dataclass(frozen=True)
-class Hints:
+class Hints(Struct, frozen=True):
     """Where the sending side can be reached directly, while it tries (transport/direct.py):
     ``addresses`` where it listens, ``punch`` where its NAT maps the ports it punches from, one
     per connection of the transfer (HOST, PORT each). Neither: it will not try, or gave up.
@@ -259,27 +244,23 @@ class Hints:
     late: bool = False
 
 
-@dataclass(frozen=True)
-class Punch:
+class Punch(Struct, frozen=True):
     """Receiver: dial the punched addresses now (the sender at once, the receiver half a round
     trip later, so the two SYNs cross between the NATs)."""
 
 
-@dataclass(frozen=True)
-class GoDirect:
+class GoDirect(Struct, frozen=True):
     """The transfer moves to the direct connection with this id (transport/direct.py)."""
 
     ident: bytes
 
 
-@dataclass(frozen=True)
-class ErrorFrame:
+class ErrorFrame(Struct, frozen=True):
     cause: Cause
     message: str
 
 
-@dataclass(frozen=True)
-class Confirm:
+class Confirm(Struct, frozen=True):
     pass
 
 

@@ -6,8 +6,9 @@ bytes, and files.py, integrity.py and the sinks use them without importing it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Protocol
+
+from msgspec import Struct
 
 Buffer = bytes | bytearray | memoryview
 WritableBuffer = bytearray | memoryview
@@ -18,11 +19,9 @@ MAX_BATCH_ENTRIES = 1024  # entries in one batch of the file list
 CONTENTS = "."  # the path of a "src/" source's own entry: what it holds lands in DEST itself
 
 
-@dataclass(slots=True)
-class Entry:
-    """One item of a transfer: a path relative to the transfer root. Treated as immutable (changed
-    only through ``dataclasses.replace``), but not frozen: a tree makes one per file on each
-    side, and a frozen one costs twice as much to make."""
+class Entry(Struct):
+    """One item of a transfer: a path relative to the transfer root. Changed only through ``replace``
+    once listed; not frozen, since the walk fills in a file's hard links and owner as it finds them."""
 
     path: str
     kind: str  # "file", "dir", "symlink", "hardlink", "fifo", "char" or "block"
@@ -38,8 +37,7 @@ class Entry:
     linked: bool = False  # a file with more names, listed later as hard links to this one
 
 
-@dataclass(frozen=True)
-class Manifest:
+class Manifest(Struct, frozen=True):
     """What a transfer is, before its file list: the list follows in batches."""
 
     transfer_id: str
@@ -64,8 +62,7 @@ def reorder_span(manifest: Manifest) -> int:
 Basis = tuple[tuple[int, bytes], ...]  # delta: the receiver's old copy of a file, (length, digest) per chunk
 
 
-@dataclass(frozen=True)
-class Signature:
+class Signature(Struct, frozen=True):
     """Part of the receiver's old copy of file ``file_index``, cut at content-defined boundaries
     (delta.py): its chunks from ``offset`` on, each as (length, digest). A large copy takes several."""
 
@@ -74,8 +71,7 @@ class Signature:
     chunks: tuple[tuple[int, bytes], ...]
 
 
-@dataclass(frozen=True)
-class EntryBatch:
+class EntryBatch(Struct, frozen=True):
     """Entries ``first``, ``first + 1``, ... of the file list; ``last`` ends the list.
 
     The list streams while data flows (as rsync's incremental recursion does), so

@@ -7,7 +7,8 @@ sequentially; out-of-order arrivals wait here, bounded by the window.
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
+
+from msgspec import Struct
 
 from rtransfer.protocol.constants import MAX_SIGNATURE_CHUNKS, FrameType, Phase, Role, Track
 from rtransfer.protocol.errors import LimitExceeded, LocalProtocolError, RemoteProtocolError
@@ -54,8 +55,7 @@ from rtransfer.protocol.peer import CAP_DRY_RUN, KeyExchange, Peer, guarded
 from rtransfer.protocol.reorder import Reorder
 
 
-@dataclass(frozen=True)
-class ReceiveLimits:
+class ReceiveLimits(Struct, frozen=True):
     """What one transfer may declare; guards the receiver's disk and memory."""
 
     max_entries: int = 1_000_000
@@ -63,8 +63,7 @@ class ReceiveLimits:
     max_streams: int = 16  # connections one transfer may use (each costs a window of chunk buffers)
 
 
-@dataclass(slots=True)
-class _Incoming:
+class _Incoming(Struct):
     """A file accepted and not yet confirmed: what the machine checks its chunks against."""
 
     size: int | None  # declared; None for a stream

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections import OrderedDict, deque
-from dataclasses import dataclass
+
+from msgspec import Struct
 
 from rtransfer.protocol.constants import FrameType, Phase, Role, Track
 from rtransfer.protocol.errors import LocalProtocolError, RemoteProtocolError, Unrepairable
@@ -51,8 +52,7 @@ from rtransfer.protocol.timing import RetransmitTimer
 MAX_CHUNK_FAILURES = 16
 
 
-@dataclass
-class _InFlight:
+class _InFlight(Struct):
     frame: Data
     sent_at: float
     wire: Buffer  # what went to the transport: the payload, or its ciphertext
@@ -61,8 +61,7 @@ class _InFlight:
     failures: int = 0
 
 
-@dataclass(frozen=True)
-class _Listed:
+class _Listed(Struct, frozen=True):
     """A batch of the file list sent and not yet accepted."""
 
     first: int

@@ -28,8 +28,10 @@ import functools
 import json
 import os
 import stat
-from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from msgspec import Struct
+from msgspec.structs import asdict
 
 from rtransfer.errors import LocalIOError
 from rtransfer.receiving.dest import journal_name, read_small, remove, replace_file
@@ -56,8 +58,7 @@ def boot_id() -> str:
         return ""
 
 
-@dataclass(frozen=True)
-class JournalRecord:
+class JournalRecord(Struct, frozen=True):
     identity: str
     chunk_bytes: int
     written_bytes: int

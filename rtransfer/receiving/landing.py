@@ -4,8 +4,9 @@ transfer will do (``Ending``)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
+
+from msgspec import Struct, field
 
 from rtransfer.filters import NO_FILTERS, Filters
 from rtransfer.protocol.model import Entry
@@ -14,8 +15,7 @@ from rtransfer.receiving.dest import DestDirs, placed
 from rtransfer.receiving.specials import DestPolicy
 
 
-@dataclass
-class Ending:
+class Ending(Struct):
     """What the list asks of the transfer's end, kept from batch to batch: directories and links,
     whose times, modes and targets come last, new subtrees to rename, --delete's names."""
 
@@ -29,8 +29,7 @@ class Ending:
     kept: set[str] = field(default_factory=set)  # their paths: a hard link of the list never names one
 
 
-@dataclass
-class Landing:
+class Landing(Struct):
     """DEST as one connection's transfer finds it; ``begin`` sets it afresh for each connection,
     since what an earlier one wrote is on disk by then."""
 

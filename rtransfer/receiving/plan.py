@@ -8,8 +8,10 @@ import os
 import shutil
 import stat
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
 from typing import TypeVar
+
+from msgspec import Struct, field
+from msgspec.structs import replace
 
 from rtransfer.delta import DELTA_MIN_BYTES, describe
 from rtransfer.errors import LocalIOError
@@ -28,8 +30,7 @@ from rtransfer.workers import in_cpu
 MAX_HELD_NAME_BYTES = 64 * 1024 * 1024
 
 
-@dataclass(frozen=True)
-class Plan:
+class Plan(Struct, frozen=True):
     """Where each file starts: bytes already here of the same version, or whole and done.
 
     ``plan`` finds what the names and sizes tell; ``examine`` reads what they cannot: files of
@@ -43,8 +44,7 @@ class Plan:
     bases: dict[int, Basis] = field(default_factory=dict)
 
 
-@dataclass
-class Draft:
+class Draft(Struct):
     """A plan while a batch is walked: what resumes where, what is done, what to read first."""
 
     starts: dict[int, int] = field(default_factory=dict)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 from pathlib import Path
+
+from msgspec.structs import replace
 
 from rtransfer.errors import LocalIOError, UsageError
 from rtransfer.filters import parse_specs
@@ -166,4 +167,4 @@ def _named(batch: EntryBatch, name: str) -> EntryBatch:
     """The one file of a transfer that announced one, under DEST's name (``_name_the_file``)."""
     if batch.first != 0 or not batch.last or len(batch.entries) != 1 or batch.entries[0].kind != "file":
         raise LocalIOError("the sender announced one file and listed something else")
-    return EntryBatch(0, (dataclasses.replace(batch.entries[0], path=name),), True)
+    return EntryBatch(0, (replace(batch.entries[0], path=name),), True)

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import os
 import stat
-from dataclasses import dataclass
+
+from msgspec import Struct
 
 from rtransfer.names import shown
 from rtransfer.protocol.model import Entry
@@ -18,8 +19,7 @@ IS_ROOT = EUID == 0
 _SET_ID = stat.S_ISUID | stat.S_ISGID
 
 
-@dataclass(frozen=True)
-class DestPolicy:
+class DestPolicy(Struct, frozen=True):
     """What this receiver lets a sender do in DEST. Whoever holds the code (or runs the far side
     of ssh) is the sender, so what rsync -a keeps because the person typing it named the source
     is here the receiver's to allow, under rsync's names."""

@@ -7,7 +7,7 @@ the counters that are not zero (they say something went wrong)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from msgspec import Struct
 
 from rtransfer.stats import TransferStats
 
@@ -16,15 +16,13 @@ BAR_MAX = 40
 _UNITS = ("B", "KiB", "MiB", "GiB", "TiB")
 
 
-@dataclass(frozen=True)
-class Line:
+class Line(Struct, frozen=True):
     left: str  # names, before the bar
     bar: int  # the bar's width; 0: none
     right: str  # the numbers, after it
 
 
-@dataclass(frozen=True)
-class _Extra:
+class _Extra(Struct, frozen=True):
     drop: int  # the highest goes first
     left: bool
     text: str

@@ -12,9 +12,9 @@ import errno
 import os
 import sys
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 
 import aiofiles
+from msgspec import Struct, field
 
 from rtransfer.buffers import SENDER_ROOM, BufferPool
 from rtransfer.compress import Compressor
@@ -35,24 +35,21 @@ from rtransfer.stdio import StdStream
 from rtransfer.workers import in_cpu, in_slices, in_worker, on_cpu, settle, wait_out
 
 
-@dataclass(frozen=True)
-class Chunk:
+class Chunk(Struct, frozen=True):
     file_index: int
     offset: int
     payload: Buffer
     kind: FrameType = FrameType.DATA  # what the payload holds (see messages.Data)
 
 
-@dataclass(frozen=True)
-class EndOfFile:
+class EndOfFile(Struct, frozen=True):
     file_index: int
     path: str
     size: int
     digest: bytes
 
 
-@dataclass(frozen=True)
-class Packed:
+class Packed(Struct, frozen=True):
     """Whole small files read into one chunk buffer (laid out as protocol/pack.py says)."""
 
     files: list[PackedFile]
@@ -60,8 +57,7 @@ class Packed:
     payload: Buffer
 
 
-@dataclass
-class OldCopy:
+class OldCopy(Struct):
     """The receiver's old copy of a file, as it described it, and the new file's fingerprint if
     the sender made it while the receiver was describing (``early``)."""
 
@@ -69,8 +65,7 @@ class OldCopy:
     early: asyncio.Future[Fingerprint] | None = None
 
 
-@dataclass(frozen=True)
-class AcceptedBatch:
+class AcceptedBatch(Struct, frozen=True):
     """A batch of the file list, as the receiver accepted it: what the reader reads next."""
 
     first: int
@@ -82,8 +77,7 @@ class AcceptedBatch:
 SendItem = Chunk | EndOfFile | Packed | None  # None: every source has been read
 
 
-@dataclass
-class Reading:
+class Reading(Struct):
     """What the reader needs besides the files: where chunks go, and how to make them."""
 
     chunk_bytes: int

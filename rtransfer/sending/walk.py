@@ -6,8 +6,10 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
 from pathlib import Path
+
+from msgspec import Struct
+from msgspec.structs import replace
 
 from rtransfer.errors import UsageError
 from rtransfer.filters import NO_FILTERS, Filters
@@ -21,8 +23,7 @@ PACK_FILE_MAX_BYTES = 1024 * 1024
 FIRST_BATCH_ENTRIES = 64  # the file list's first batch; each next one twice the one before, up to MAX_BATCH_ENTRIES
 
 
-@dataclass(slots=True)
-class Source:
+class Source(Struct):
     """An entry and where it is read from; one per file of a tree (slotted, as Entry is)."""
 
     entry: Entry

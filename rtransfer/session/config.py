@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from msgspec import Struct, field
 
 from rtransfer.crypto import TransferKeys
 from rtransfer.protocol.receiver import ReceiveLimits
@@ -12,8 +12,7 @@ from rtransfer.transport.retry import RetryPolicy
 from rtransfer.transport.source import Way
 
 
-@dataclass(frozen=True)
-class SendConfig:
+class SendConfig(Struct, frozen=True):
     sources: list[str]
     way: Way  # where the receiver's connections come from
     keys: TransferKeys  # the code, then the session's secret (crypto.TransferKeys)
@@ -37,8 +36,7 @@ class SendConfig:
     dry_run: bool = False  # ask the receiver only to say what it would do
 
 
-@dataclass(frozen=True)
-class RecvConfig:
+class RecvConfig(Struct, frozen=True):
     dest: str
     way: Way  # where the sender's connections come from
     keys: TransferKeys

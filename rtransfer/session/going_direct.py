@@ -21,7 +21,9 @@ byte may move them (``late`` in the receiver's HINTS says whether its side can m
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, replace
+
+from msgspec import Struct
+from msgspec.structs import replace
 
 from rtransfer.errors import NetworkError
 from rtransfer.protocol.constants import MAX_PUNCH, Phase, Role
@@ -44,8 +46,7 @@ _MOVABLE = (Phase.OFFERING, Phase.TRANSFERRING)  # once the sender's DONE is out
 _NOTHING = Hints((), ())
 
 
-@dataclass(frozen=True)
-class DirectOptions:
+class DirectOptions(Struct, frozen=True):
     """``enabled``: this side may go direct (not --no-direct); a side that may not still answers,
     with nothing, so the other stops trying. ``stun``: the STUN servers to learn the NAT's mapping
     from (--stun), none: no punching. ``movable``: this side's data can resume on another path once

@@ -16,7 +16,8 @@ Pure, like the protocol machines: time is passed in; nothing here sends or waits
 from __future__ import annotations
 
 from collections.abc import Hashable, Iterable
-from dataclasses import dataclass, field
+
+from msgspec import Struct, field
 
 RATE_GAIN = 0.25  # weight of each new delivery-rate sample
 PRIOR_RATE_BPS = 1e9  # a stream not yet measured is assumed fast, so it gets tried
@@ -29,8 +30,7 @@ HEDGE_MIN_S = 0.25  # ... and never sooner than this
 Key = Hashable
 
 
-@dataclass
-class _Stream:
+class _Stream(Struct):
     rate_bps: float | None = None
     in_flight: dict[Key, int] = field(default_factory=dict)  # key -> bytes, oldest first
     sent_at: dict[Key, float] = field(default_factory=dict)

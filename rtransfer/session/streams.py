@@ -16,7 +16,8 @@ import asyncio
 import functools
 import operator
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+
+from msgspec import Struct
 
 from rtransfer.buffers import SENDER_ROOM, BufferPool
 from rtransfer.errors import RtransferError
@@ -175,8 +176,7 @@ class Dealer:
         ]
 
 
-@dataclass(frozen=True)
-class StreamContext:
+class StreamContext(Struct, frozen=True):
     """What a further connection needs from its transfer: where connections come from and how
     one is made for a stream, when the transfer is done, where its events go, and the policy."""
 

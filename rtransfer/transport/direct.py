@@ -23,8 +23,9 @@ import hmac
 import secrets
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass
 from enum import Enum
+
+from msgspec import Struct
 
 from rtransfer.protocol.messages import Hints
 from rtransfer.transport.punch import PUNCH_WINDOW_S, PunchPort, punch, syn_wait
@@ -93,8 +94,7 @@ class How(Enum):
     PUNCHED = "punched"  # both dialed at once, through their NATs
 
 
-@dataclass
-class Found:
+class Found(Struct):
     sock: socket.socket
     how: How
     dialed: tuple[str, int] | None  # where this side dialed it (LISTENED), for further connections

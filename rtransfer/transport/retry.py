@@ -5,11 +5,11 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+
+from msgspec import Struct
 
 
-@dataclass(frozen=True)
-class RetryPolicy:
+class RetryPolicy(Struct, frozen=True):
     max_attempts: int = 21  # 20 retries after the first attempt: the CLI's --retries default
     max_total_s: float = 60.0
     base_delay_s: float = 0.1

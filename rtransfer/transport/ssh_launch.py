@@ -1,5 +1,5 @@
 """Starting ssh: the command a session runs, its process, and the first session started before
-the rest of the program is imported. Light on purpose (no asyncio, no dataclasses): the entry
+the rest of the program is imported. Light on purpose (no asyncio, no msgspec): the entry
 point starts ssh from here within milliseconds (cli/early.py), so ssh's connection and the far
 side's start-up overlap this side's."""
 

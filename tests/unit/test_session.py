@@ -4,7 +4,6 @@ transfer classes over loopback, with a connection cut under them."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import errno
 import io
 import os
@@ -12,6 +11,7 @@ import socket
 from pathlib import Path
 
 import blake3
+import msgspec
 import pytest
 
 from rtransfer.buffers import BufferPool
@@ -323,7 +323,7 @@ async def test_an_accept_naming_a_file_twice_ends_the_transfer_at_once_with_exit
 
     async def twice(self: DirectorySink, plan: Plan) -> Plan:
         plan = await real_examine(self, plan)
-        return dataclasses.replace(plan, done=(0, 0))
+        return msgspec.structs.replace(plan, done=(0, 0))
 
     monkeypatch.setattr(DirectorySink, "examine", twice)
     rx_config, tx_config = configs(tmp_path)
@@ -366,11 +366,11 @@ async def test_a_tree_over_four_connections_ends_only_once_everything_arrived(
     for name, data in files.items():
         (tmp_path / "src" / name).write_bytes(data)
     rx_config, tx_config = configs(tmp_path)
-    tx_config = dataclasses.replace(tx_config, streams=4)
+    tx_config = msgspec.structs.replace(tx_config, streams=4)
     if sender_listens:  # the receiver dials the sender's socket instead
         tx_config, rx_config = (
-            dataclasses.replace(tx_config, way=rx_config.way),
-            dataclasses.replace(rx_config, way=tx_config.way),
+            msgspec.structs.replace(tx_config, way=rx_config.way),
+            msgspec.structs.replace(rx_config, way=tx_config.way),
         )
     received, sent = await asyncio.wait_for(
         asyncio.gather(
