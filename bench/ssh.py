@@ -1,6 +1,9 @@
 """``compare.py --mode ssh``: pushes over ssh to a private sshd on a loopback port (tests/sshd.py;
-root), each tool with the same ssh options, into a fresh destination each round, alternating,
-median. Three measurements, each printed as a table:
+root), each tool with the same ssh options, alternating, median. Every push writes into one destination,
+removed after each: a destination kept from round to round keeps the memory its first copy got, and on a virtual
+machine writing into memory the guest had not used lately cost 6-8x the copy into memory just freed. Kept, round 1's
+order decided the table: scp first, rtransfer and rsync took 4.2-4.5 s to scp's 3.4; rtransfer first, scp 4.6 s to
+rtransfer's 4.0 (bench/README.md, the sixth ssh pass). Three measurements, each printed as a table:
 
 1. one file of SIZE: rtransfer against ``scp`` and ``rsync -a -e ssh``;
 2. a tree of FILES x 4 KiB: rtransfer against ``rsync -a -e ssh``;
@@ -65,13 +68,13 @@ def rounds(
     names = list(tools)
     for round_no in range(args.warmup + args.runs):
         for name in names[round_no % len(names) :] + names[: round_no % len(names)]:
-            dst = root / f"dst-{name}"
-            shutil.rmtree(dst, ignore_errors=True)
+            dst = root / "dst"
             dst.mkdir()
             seconds = timed(tools[name](src, dst))
             check = subprocess.run(
                 ["rsync", "-a", "-n", "-i", "-c", f"{src}", f"{dst}/"], capture_output=True, text=True
             )
+            shutil.rmtree(dst)
             assert name == "scp" or not check.stdout.strip(), f"{name}: {check.stdout[:300]}"
             if round_no >= args.warmup:
                 times[name].append(seconds)
