@@ -3,7 +3,8 @@ root), each tool with the same ssh options, alternating, median. Every push writ
 removed after each: a destination kept from round to round keeps the memory its first copy got, and on a virtual
 machine writing into memory the guest had not used lately cost 6-8x the copy into memory just freed. Kept, round 1's
 order decided the table: scp first, rtransfer and rsync took 4.2-4.5 s to scp's 3.4; rtransfer first, scp 4.6 s to
-rtransfer's 4.0 (bench/README.md, the sixth ssh pass). Three measurements, each printed as a table:
+rtransfer's 4.0 (bench/README.md, the sixth ssh pass). The rounds go through every order of the tools in turn, so
+that no tool always follows the same one. Three measurements, each printed as a table:
 
 1. one file of SIZE: rtransfer against ``scp`` and ``rsync -a -e ssh``;
 2. a tree of FILES x 4 KiB: rtransfer against ``rsync -a -e ssh``;
@@ -14,6 +15,7 @@ rtransfer's 4.0 (bench/README.md, the sixth ssh pass). Three measurements, each 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import shutil
 import statistics
@@ -65,9 +67,9 @@ def rounds(
     src: Path, root: Path, tools: dict[str, Callable[[Path, Path], list[str]]], args: argparse.Namespace
 ) -> dict[str, list[float]]:
     times: dict[str, list[float]] = {name: [] for name in tools}
-    names = list(tools)
+    orders = list(itertools.permutations(tools))
     for round_no in range(args.warmup + args.runs):
-        for name in names[round_no % len(names) :] + names[: round_no % len(names)]:
+        for name in orders[round_no % len(orders)]:
             dst = root / "dst"
             dst.mkdir()
             seconds = timed(tools[name](src, dst))
