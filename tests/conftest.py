@@ -42,6 +42,7 @@ class Proc:
         self.seen: list[dict[str, Any]] = []
         self.other_lines: list[str] = []
         stream = self.proc.stdout if events_on == "stdout" else self.proc.stderr
+        self._other = self.proc.stderr if events_on == "stdout" else None  # read only once the process is gone
         self._thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
         self._thread.start()
 
@@ -70,7 +71,19 @@ class Proc:
                 return event
 
     def finish(self, timeout_s: float = 60.0) -> int:
-        rc = self.proc.wait(timeout=timeout_s)
+        """The exit code; a process still running after ``timeout_s`` is killed, and the failure says
+        where it stood (its last events, and its standard error when that isn't where events go)."""
+        try:
+            rc = self.proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            self._thread.join(timeout=5)
+            self.drain()
+            err = self._other.read().decode("utf-8", "replace")[-1500:] if self._other is not None else ""
+            raise AssertionError(
+                f"still running after {timeout_s} s; last events {self.seen[-5:]}; stderr {err}"
+            ) from None
         self._thread.join(timeout=5)
         self.drain()
         return rc
