@@ -113,18 +113,15 @@ class Fingerprint(Struct, frozen=True):
     digest: bytes
 
 
-def fingerprint(path: str, start: int = 0) -> Fingerprint:
-    """One read of the new file from ``start`` (a resume's offset): cut, each chunk hashed, and the
-    whole file hashed in the same read (the part before ``start`` too). For a worker thread."""
+def fingerprint(fd: int, name: str, start: int = 0) -> Fingerprint:
+    """One read of the new file (open as ``fd``) from ``start`` (a resume's offset): cut, each chunk
+    hashed, and the whole file hashed in the same read (the part before ``start`` too). For a
+    worker thread."""
     digest = FileDigest()
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    try:
-        digest.hash_prefix_now(fd, start, path)
-        reader = _Reader(fd, start, digest)
-        chunks = [(c.length, chunk_digest(c.data)) for c in _chunker().cut_stream(reader)]
-        return Fingerprint(start, chunks, reader.offset, digest.digest())
-    finally:
-        os.close(fd)
+    digest.hash_prefix_now(fd, start, name)
+    reader = _Reader(fd, start, digest)
+    chunks = [(c.length, chunk_digest(c.data)) for c in _chunker().cut_stream(reader)]
+    return Fingerprint(start, chunks, reader.offset, digest.digest())
 
 
 def match(new: Fingerprint, matcher: Matcher) -> list[Piece]:

@@ -174,13 +174,14 @@ def content_digest(source: os.PathLike[str] | str | int) -> str:
 IDENTITY_HEAD_BYTES = 64 * 1024
 
 
-def source_identity(path: os.PathLike[str] | str, st: os.stat_result) -> str:
-    """The version of a file's data: size, mtime and a digest of its head.
+def source_identity(source: os.PathLike[str] | str | int, size: int, mtime_ns: int) -> str:
+    """The version of a file's data: size, mtime and a digest of its head (of a path or an open
+    descriptor, read from its start and kept open).
 
     A resume continues only a partial file whose identity matches, so two
     versions of a file are never spliced together (the digest catches a change
     that kept size and mtime).
     """
-    with open(path, "rb") as f:
+    with open(source, "rb", buffering=0, closefd=not isinstance(source, int)) as f:
         head = f.read(IDENTITY_HEAD_BYTES)
-    return f"{st.st_size}:{st.st_mtime_ns}:{xxhash.xxh3_64_hexdigest(head)}"
+    return f"{size}:{mtime_ns}:{xxhash.xxh3_64_hexdigest(head)}"

@@ -40,7 +40,8 @@ def entries_from(spec: list[dict[str, Any]], scratch: str) -> list[Source]:
                 f.write(item.get("content", "").encode("utf-8", "surrogateescape"))
             size = item.get("size", os.path.getsize(local))
             if identity is None and size > PACK_FILE_MAX_BYTES:
-                identity = source_identity(local, os.stat(local))
+                st = os.stat(local)
+                identity = source_identity(local, st.st_size, st.st_mtime_ns)
         linked = {"linked": True} if item.get("linked") else {}
         entry = Entry(
             item["path"],

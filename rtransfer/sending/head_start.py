@@ -69,8 +69,9 @@ class HeadStart:
                 if self._stopping.is_set() or budget <= 0:
                     break
                 with contextlib.suppress(OSError):  # the reader meets the error, and says it
-                    # Non-blocking: a FIFO put in a file's place is neither waited on nor read from.
-                    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+                    # Non-blocking: a FIFO put in a file's place is neither waited on nor read from. Not
+                    # through a link (one put there since could lead to a device): the reader opens those.
+                    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOFOLLOW)
                     try:
                         if not stat.S_ISREG(os.fstat(fd).st_mode):
                             continue

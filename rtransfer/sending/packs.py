@@ -12,12 +12,13 @@ import blake3
 from rtransfer.errors import LocalIOError
 from rtransfer.protocol.model import WritableBuffer
 from rtransfer.protocol.pack import PackedFile, table_bytes, write_table
+from rtransfer.sending.walk import Ident, Source, open_listed, open_within
 
 
-def read_pack(small: list[tuple[int, str, int]], buf: WritableBuffer) -> Iterator[PackedFile]:
-    """Read whole small files ``(index, path, size)`` into ``buf`` as a pack (protocol/pack.py),
-    each hashed as soon as it is read, one file a step (see ``workers.in_slices``); the pack's
-    table is written after the last.
+def read_pack(small: list[tuple[int, Source]], buf: WritableBuffer) -> Iterator[PackedFile]:
+    """Read whole small files ``(index, source)`` into ``buf`` as a pack (protocol/pack.py), each hashed as soon as it
+    is read, one file a step (see ``workers.in_slices``); the pack's table is written after the last.
+    Each is the file the walk listed (``walk.open_listed``).
 
     A file that is no longer the size it was listed with fails the transfer, as a large
     one does: what arrives is always a whole version of the file."""
@@ -26,8 +27,9 @@ def read_pack(small: list[tuple[int, str, int]], buf: WritableBuffer) -> Iterato
     files: list[PackedFile] = []
     probe = bytearray(1)
     with _Parents() as parents:
-        for index, path, size in small:
-            fd = parents.open(path)
+        for index, source in small:
+            path, size = source.local or "", source.entry.size or 0  # packable: both set
+            fd = parents.open(source)
             try:
                 got = 0
                 while True:  # a short read from a regular file is its end: one call per file, as a rule
@@ -47,23 +49,24 @@ def read_pack(small: list[tuple[int, str, int]], buf: WritableBuffer) -> Iterato
     write_table(view, files)
 
 
-_PARENT_FLAGS = getattr(os, "O_PATH", os.O_RDONLY) | os.O_DIRECTORY | os.O_CLOEXEC
-
-
 class _Parents:
     """The directory of the file opened last, kept open for the next: the files of a directory
     are listed together, so each open looks up one name, not every directory of its path."""
 
     def __init__(self) -> None:
-        self._dir, self._fd = "", -1
+        self._where: tuple[str, Ident | None] = ("", None)
+        self._fd = -1
 
-    def open(self, path: str) -> int:
-        parent, _, name = path.rpartition("/")
-        if parent != self._dir or self._fd < 0:
+    def open(self, source: Source) -> int:
+        """The file the walk listed as ``source`` (``walk.open_listed``)."""
+        if source.within is None:  # named on the command line
+            return open_listed(source)
+        where = (os.path.dirname(source.local or ""), source.within)
+        if where != self._where or self._fd < 0:
             self.close()
-            self._fd = os.open(parent or ("/" if path.startswith("/") else "."), _PARENT_FLAGS)
-            self._dir = parent
-        return os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self._fd)
+            self._fd = open_within(source)
+            self._where = where
+        return open_listed(source, dir_fd=self._fd)
 
     def close(self) -> None:
         if self._fd >= 0:

@@ -8,12 +8,12 @@ files -> ``read_sources`` -> queue -> network.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 
-import aiofiles
 from msgspec import Struct, field
 
 from rtransfer.buffers import SENDER_ROOM, BufferPool
@@ -29,7 +29,7 @@ from rtransfer.protocol.model import Buffer, WritableBuffer
 from rtransfer.protocol.pack import PackedFile, table_bytes
 from rtransfer.sending.head_start import HeadStart
 from rtransfer.sending.packs import read_pack
-from rtransfer.sending.walk import PACK_FILE_MAX_BYTES, Source
+from rtransfer.sending.walk import PACK_FILE_MAX_BYTES, Source, open_listed
 from rtransfer.stats import TransferStats
 from rtransfer.stdio import StdStream
 from rtransfer.workers import in_cpu, in_slices, in_worker, on_cpu, settle, wait_out
@@ -168,9 +168,8 @@ def _reading_order(batch: AcceptedBatch, chunk_bytes: int) -> Iterator[Pack | tu
 async def _queue_pack(small: Pack, reading: Reading) -> None:
     """Read a pack's files (open, read, hash, close each) on the loop's thread, a slice at a time."""
     buf = await reading.pool.take(reading.chunk_bytes, SENDER_ROOM)
-    local = [(index, source.local or "", source.entry.size or 0) for index, source in small]  # packable: both set
     try:
-        files = await in_slices(read_pack(local, buf))
+        files = await in_slices(read_pack(small, buf))
     except BaseException:
         reading.pool.put(buf)
         raise
@@ -192,17 +191,37 @@ async def _read_file(index: int, source: Source, offset: int, reading: Reading) 
         if source.local is None:
             offset = await _read_stdin(index, reading, digest)
         else:
-            async with aiofiles.open(source.local, "rb") as f:
+            async with _opened(source) as fd:
                 on_steps = not (offset % READ_STEP_BYTES or reading.chunk_bytes % READ_STEP_BYTES)  # the head start's
                 if reading.head_start is not None and on_steps:
-                    digest = await reading.head_start.claim(source.local, f.fileno()) or digest
+                    digest = await reading.head_start.claim(source.local, fd) or digest
                 if offset:
-                    await digest.hash_prefix(f.fileno(), offset, name)
-                offset = await _read_chunks(index, f.fileno(), offset, digest, reading)
+                    await digest.hash_prefix(fd, offset, name)
+                offset = await _read_chunks(index, fd, offset, digest, reading)
                 digest.ended(offset)
     except OSError as exc:
         raise local_error(exc, name) from None
     await _end_file(index, source, offset, digest.digest(), reading)
+
+
+def fingerprint_listed(source: Source, start: int = 0) -> Fingerprint:
+    """``delta.fingerprint`` of the file the walk listed (``open_listed``). For a worker thread."""
+    fd = open_listed(source)
+    try:
+        return fingerprint(fd, source.local or "", start)
+    finally:
+        os.close(fd)
+
+
+@contextlib.asynccontextmanager
+async def _opened(source: Source) -> AsyncIterator[int]:
+    """The file the walk listed (``open_listed``), opened on a worker thread: an open may wait
+    on a slow file system."""
+    fd = await in_worker(open_listed, source)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
 
 
 async def _read_chunks(index: int, fd: int, offset: int, digest: FileDigest, reading: Reading) -> int:
@@ -284,9 +303,9 @@ async def _read_delta(index: int, source: Source, start: int, old: OldCopy, read
     try:
         new = await old.early if old.early is not None else None
         if new is None or new.start != start:  # a resume starts elsewhere
-            new = await in_cpu(fingerprint, source.local, start)
+            new = await in_cpu(fingerprint_listed, source, start)
         pieces = await in_cpu(match, new, old.matcher)
-        async with aiofiles.open(source.local, "rb") as f:
+        async with _opened(source) as fd:
             ranges: list[Piece] = []
             for piece in pieces:
                 if piece.basis_offset is not None:
@@ -296,7 +315,7 @@ async def _read_delta(index: int, source: Source, start: int, old: OldCopy, read
                     continue
                 if ranges:
                     await _queue_copy(index, ranges, reading)
-                await _send_literal(index, f.fileno(), piece, reading)
+                await _send_literal(index, fd, piece, reading)
             if ranges:
                 await _queue_copy(index, ranges, reading)
     except OSError as exc:

@@ -3,6 +3,7 @@ the name rules both sides apply (safe relative paths, links that stay inside).""
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from collections.abc import Callable, Iterator
@@ -11,7 +12,7 @@ from pathlib import Path
 from msgspec import Struct
 from msgspec.structs import replace
 
-from rtransfer.errors import UsageError
+from rtransfer.errors import LocalIOError, UsageError
 from rtransfer.filters import NO_FILTERS, Filters
 from rtransfer.integrity import content_digest, source_identity
 from rtransfer.names import is_working_name, link_stays_inside, local_error, safe_relative_path, shown
@@ -23,11 +24,81 @@ PACK_FILE_MAX_BYTES = 1024 * 1024
 FIRST_BATCH_ENTRIES = 64  # the file list's first batch; each next one twice the one before, up to MAX_BATCH_ENTRIES
 
 
+Ident = tuple[int, int]  # (st_dev, st_ino): which file, whatever name it has now
+
+# A directory open to look names up from (O_PATH: no permission to list it needed, nothing of it read).
+_DIR_FLAGS = getattr(os, "O_PATH", os.O_RDONLY) | os.O_DIRECTORY | os.O_CLOEXEC
+
+
 class Source(Struct):
-    """An entry and where it is read from; one per file of a tree (slotted, as Entry is)."""
+    """An entry and where it is read from; one per file of a tree (slotted, as Entry is).
+
+    ``ident`` is the file (or directory) the walk listed, and ``within`` the directory it listed it
+    in (None: named on the command line): the sender reads that file and no other that takes its
+    name meanwhile (``open_listed``). ``follow``: a link named on the command line, followed as the
+    user named it (in a tree, a link is listed as one)."""
 
     entry: Entry
     local: str | None  # None: standard input
+    ident: Ident | None = None
+    within: Ident | None = None
+    follow: bool = False
+
+
+def open_listed(source: Source, directory: bool = False, dir_fd: int | None = None) -> int:
+    """A descriptor on what the walk listed as ``source``, and on nothing else.
+
+    Anyone who can write where the tree is could otherwise swap a name between the walk and the
+    read: for a link to a file the sender may read and its receiver may not, a directory or a link
+    to one elsewhere (a device there, opened, can act: a watchdog starts counting), or a FIFO no
+    one writes to (the open would wait forever; it is non-blocking here). So a name is looked up in
+    the directory the walk listed it in (``open_within``; or ``dir_fd``, already that one), never
+    through a link, and what it opens must be what was listed."""
+    assert source.local is not None
+    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | (os.O_DIRECTORY if directory else 0)
+    flags |= 0 if source.follow else os.O_NOFOLLOW
+    parent = open_within(source) if dir_fd is None and source.within is not None else dir_fd
+    try:
+        fd = os.open(source.local if parent is None else os.path.basename(source.local), flags, dir_fd=parent)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise _replaced(source.local) from None
+        raise local_error(exc, source.local) from None
+    finally:
+        if parent is not None and dir_fd is None:
+            os.close(parent)
+    return _checked(fd, source.local, source.ident, directory)
+
+
+def open_within(source: Source) -> int:
+    """The directory the walk listed ``source`` in, open to look names up from (see ``open_listed``)."""
+    assert source.local is not None
+    where = os.path.dirname(source.local) or "."
+    try:
+        fd = os.open(where, _DIR_FLAGS)
+    except OSError as exc:
+        raise local_error(exc, where) from None
+    return _checked(fd, where, source.within, directory=True, blocking=False)
+
+
+def _checked(fd: int, path: str, ident: Ident | None, directory: bool = False, blocking: bool = True) -> int:
+    """``fd`` if it is what the walk listed as ``path`` (made blocking again); else closed, and the
+    transfer fails."""
+    try:
+        st = os.fstat(fd)
+        kind_ok = stat.S_ISDIR(st.st_mode) if directory else stat.S_ISREG(st.st_mode)
+        if not kind_ok or (ident is not None and (st.st_dev, st.st_ino) != ident):
+            raise _replaced(path)
+        if blocking:
+            os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _replaced(path: str) -> LocalIOError:
+    return LocalIOError(f"{shown(path)}: replaced by another file while being sent")
 
 
 def collect_sources(args: list[str], stdin_name: str | None) -> list[Source]:
@@ -46,24 +117,27 @@ def collect_sources(args: list[str], stdin_name: str | None) -> list[Source]:
         except OSError as exc:
             raise local_error(exc, arg) from None
         root_name = path.resolve().name if path.name in ("", ".", "..") else path.name
+        follow = os.path.islink(arg)
         if stat.S_ISDIR(st.st_mode):
             name = CONTENTS if arg.endswith("/") else root_name
-            sources.append(Source(Entry(name, "dir", None, stat.S_IMODE(st.st_mode), st.st_mtime_ns), arg))
+            entry = Entry(name, "dir", None, stat.S_IMODE(st.st_mode), st.st_mtime_ns)
+            sources.append(Source(entry, arg, _ident(st), follow=follow))
         elif arg.endswith("/"):
             raise UsageError(f"{arg}: not a directory")
         elif stat.S_ISREG(st.st_mode):
-            try:
-                entry = _file_entry(root_name, arg, st)
-                os.close(os.open(arg, os.O_RDONLY))  # readable, before any byte moves
-            except OSError as exc:
-                raise local_error(exc, arg) from None
-            sources.append(Source(entry, arg))
+            source = Source(_file_entry(root_name, st), arg, _ident(st), follow=follow)
+            _identify(source)
+            sources.append(source)
         else:
             raise UsageError(f"{arg}: not a regular file or directory")
     if stdin_name is not None and "-" not in args:
         raise UsageError("--name applies only to a '-' (standard input) source")
     _check_unique(sources)
     return sources
+
+
+def _ident(st: os.stat_result) -> Ident:
+    return st.st_dev, st.st_ino
 
 
 def _check_unique(sources: list[Source]) -> None:
@@ -86,24 +160,42 @@ def _check_unique(sources: list[Source]) -> None:
             seen[name] = s.local or "-"
 
 
-def _file_entry(name: str, path: str, st: os.stat_result) -> Entry:
-    """Only a file large enough to be resumed part-way needs an identity (see PACK_FILE_MAX_BYTES):
-    reading every small file's head for one doubled the walk's cost."""
-    identity = source_identity(path, st) if st.st_size > PACK_FILE_MAX_BYTES else None
-    return Entry(name, "file", st.st_size, stat.S_IMODE(st.st_mode), st.st_mtime_ns, identity=identity)
+def _file_entry(name: str, st: os.stat_result) -> Entry:
+    return Entry(name, "file", st.st_size, stat.S_IMODE(st.st_mode), st.st_mtime_ns)
+
+
+def _identify(source: Source, dir_fd: int | None = None) -> None:
+    """A file large enough to be resumed part-way gets its identity (``source_identity``), read from
+    the file the walk listed. Only those: reading every small file's head doubled the walk's cost."""
+    entry = source.entry
+    if source.within is None or (entry.size or 0) > PACK_FILE_MAX_BYTES:  # named: readable, before any byte moves
+        fd = open_listed(source, dir_fd=dir_fd)
+        try:
+            if (entry.size or 0) > PACK_FILE_MAX_BYTES:
+                entry.identity = source_identity(fd, entry.size or 0, entry.mtime_ns or 0)
+        except OSError as exc:
+            raise local_error(exc, source.local or "") from None
+        finally:
+            os.close(fd)
 
 
 def with_content_digests(batch: list[Source]) -> list[Source]:
     """--checksum: each file's entry carries its content digest (one read of every file, as rsync -c)."""
+    return [replace(s, entry=replace(s.entry, digest=_content_digest(s))) if _readable(s) else s for s in batch]
+
+
+def _readable(source: Source) -> bool:
+    return source.entry.kind == "file" and source.local is not None
+
+
+def _content_digest(source: Source) -> str:
+    fd = open_listed(source)
     try:
-        return [
-            Source(replace(s.entry, digest=content_digest(s.local)), s.local)
-            if s.entry.kind == "file" and s.local is not None
-            else s
-            for s in batch
-        ]
+        return content_digest(fd)
     except OSError as exc:
-        raise local_error(exc, exc.filename or "a source") from None
+        raise local_error(exc, source.local or "") from None
+    finally:
+        os.close(fd)
 
 
 def listing(
@@ -162,38 +254,53 @@ class Walk:
             if root.entry.path != CONTENTS and self.filters.excluded(root.entry.path, root.entry.kind == "dir"):
                 return
             if self.owners:
-                root = Source(self._owned(root.entry, os.stat(root.local)), root.local)
+                root = replace(root, entry=self._owned(root.entry, os.stat(root.local)))
         yield root
         if root.entry.kind != "dir":
             return
-        assert root.local is not None
-        stack = [(root.local, "" if root.entry.path == CONTENTS else root.entry.path + "/")]
+        stack = [(root, "" if root.entry.path == CONTENTS else root.entry.path + "/")]
         while stack:
-            local, prefix = stack.pop()
-            subdirs: list[tuple[str, str]] = []
-            try:
-                with os.scandir(local) as it:
-                    for de in it:
-                        if de.name[0] == "." and is_working_name(de.name):
-                            self.warn(f"skipping {shown(de.path)}: receivers keep such names for their working files")
-                            continue
-                        entry_path = prefix + de.name
-                        st = de.stat(follow_symlinks=False)
-                        if self.filters and self.filters.excluded(entry_path, stat.S_ISDIR(st.st_mode)):
-                            continue
-                        listed = self._entry(entry_path, de.path, st)
-                        if listed is not None:
-                            yield Source(listed, de.path)
-                            if listed.kind == "dir":
-                                subdirs.append((de.path, entry_path + "/"))
-            except OSError as exc:
-                raise local_error(exc, exc.filename or local) from None
-            stack.extend(reversed(sorted(subdirs)))
+            subdirs: list[tuple[Source, str]] = []
+            for source in self._listed_in(*stack.pop()):
+                yield source
+                if source.entry.kind == "dir":
+                    subdirs.append((source, source.entry.path + "/"))
+            stack.extend(reversed(sorted(subdirs, key=lambda d: d[1])))
 
-    def _entry(self, entry_path: str, local: str, st: os.stat_result) -> Entry | None:
+    def _listed_in(self, listed_dir: Source, prefix: str) -> Iterator[Source]:
+        """One directory's entries, as it yields them, from the directory the walk listed (a name
+        swapped for a link since is not followed: ``open_listed``)."""
+        local = listed_dir.local
+        assert local is not None
+        fd = open_listed(listed_dir, directory=True)
+        try:
+            with os.scandir(fd) as it:
+                for de in it:
+                    path = os.path.join(local, de.name)
+                    if de.name[0] == "." and is_working_name(de.name):
+                        self.warn(f"skipping {shown(path)}: receivers keep such names for their working files")
+                        continue
+                    entry_path = prefix + de.name
+                    st = de.stat(follow_symlinks=False)
+                    if self.filters and self.filters.excluded(entry_path, stat.S_ISDIR(st.st_mode)):
+                        continue
+                    target = os.readlink(de.name, dir_fd=fd) if stat.S_ISLNK(st.st_mode) else None
+                    listed = self._entry(entry_path, path, st, target)
+                    if listed is not None:
+                        source = Source(listed, path, _ident(st), listed_dir.ident)
+                        if listed.kind == "file":
+                            _identify(source, fd)
+                        yield source
+        except OSError as exc:
+            raise local_error(exc, os.path.join(local, exc.filename) if exc.filename else local) from None
+        finally:
+            os.close(fd)
+
+    def _entry(self, entry_path: str, local: str, st: os.stat_result, target: str | None) -> Entry | None:
+        """``target``: a link's text, read where the walk found it."""
         mode = st.st_mode
         if stat.S_ISREG(mode):
-            entry = _file_entry(entry_path, local, st)
+            entry = _file_entry(entry_path, st)
             if st.st_nlink > 1:
                 first = self._inodes.setdefault((st.st_dev, st.st_ino), entry_path)
                 if first != entry_path:
@@ -205,7 +312,7 @@ class Walk:
         if stat.S_ISDIR(mode):
             return self._owned(Entry(entry_path, "dir", None, stat.S_IMODE(mode), st.st_mtime_ns), st)
         if stat.S_ISLNK(mode):
-            target = os.readlink(local)
+            assert target is not None
             if self.safe_links and not link_stays_inside(entry_path, target):
                 self.warn(f"skipping symbolic link {shown(local)}: it points outside the transfer (--safe-links)")
                 return None

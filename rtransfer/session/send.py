@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from rtransfer.buffers import QUEUE_CHUNKS, BufferPool
 from rtransfer.compress import Compressor
 from rtransfer.crypto import KeyExchange
-from rtransfer.delta import Fingerprint, fingerprint
+from rtransfer.delta import Fingerprint
 from rtransfer.errors import ProtocolViolation, RemoteError, RtransferError
 from rtransfer.filters import parse_specs
 from rtransfer.protocol.constants import FrameType
@@ -35,7 +35,16 @@ from rtransfer.protocol.sender import SenderMachine
 from rtransfer.report import Reporter
 from rtransfer.sending.head_start import HeadStart, budget_bytes, hashed_ahead
 from rtransfer.sending.ratelimit import TokenBucket
-from rtransfer.sending.reader import AcceptedBatch, EndOfFile, OldCopy, Packed, Reading, SendItem, read_sources
+from rtransfer.sending.reader import (
+    AcceptedBatch,
+    EndOfFile,
+    OldCopy,
+    Packed,
+    Reading,
+    SendItem,
+    fingerprint_listed,
+    read_sources,
+)
 from rtransfer.sending.walk import Source, collect_sources, listing, next_batch, with_content_digests
 from rtransfer.session.attempt import Attempt, keep_reporting
 from rtransfer.session.config import SendConfig
@@ -275,17 +284,17 @@ class SendAttempt(Attempt):
         old = self.bases.get(signature.file_index)
         if old is None:
             old = self.bases[signature.file_index] = OldCopy()
-            path = self.source_of(signature.file_index).local
-            if path is not None:
-                old.early = asyncio.ensure_future(self.fingerprint_early(path))
+            source = self.source_of(signature.file_index)
+            if source.local is not None:
+                old.early = asyncio.ensure_future(self.fingerprint_early(source))
                 self.early.append(old.early)
         old.matcher.add(signature.chunks)
 
-    async def fingerprint_early(self, path: str) -> Fingerprint:
+    async def fingerprint_early(self, source: Source) -> Fingerprint:
         """One at a time, in the order announced: several at once would hold every CPU thread, and
         the reader, hashing the files before them, would wait for them."""
         async with self.fingerprinting:
-            return await in_cpu(fingerprint, path)
+            return await in_cpu(fingerprint_listed, source)
 
     def source_of(self, index: int) -> Source:
         first, batch = next((first, batch) for first, batch in self.listed if first <= index < first + len(batch))

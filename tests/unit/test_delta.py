@@ -10,7 +10,17 @@ import blake3
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rtransfer.delta import CDC_MAX_BYTES, CDC_MIN_BYTES, Matcher, chunk_digest, cut, describe, fingerprint, match
+from rtransfer.delta import (
+    CDC_MAX_BYTES,
+    CDC_MIN_BYTES,
+    Fingerprint,
+    Matcher,
+    chunk_digest,
+    cut,
+    describe,
+    fingerprint,
+    match,
+)
 from rtransfer.protocol.model import Basis
 
 SIZE = 2 * 1024 * 1024
@@ -57,6 +67,11 @@ def described(path: Path) -> Basis:
         return describe(f.fileno())
 
 
+def _fingerprint(path: Path, start: int = 0) -> Fingerprint:
+    with path.open("rb") as f:
+        return fingerprint(f.fileno(), str(path), start)
+
+
 def test_a_matched_file_names_the_old_copy_for_all_but_the_change(tmp_path: Path) -> None:
     old = random_bytes(1, SIZE)
     new = old[: SIZE // 3] + b"inserted" + old[SIZE // 3 : SIZE // 2] + random_bytes(2, 5000) + old[SIZE // 2 + 5000 :]
@@ -67,7 +82,7 @@ def test_a_matched_file_names_the_old_copy_for_all_but_the_change(tmp_path: Path
     matcher = Matcher()
     matcher.add(basis[:3])  # a description arrives in parts
     matcher.add(basis[3:])
-    new_print = fingerprint(str(tmp_path / "new"))
+    new_print = _fingerprint(tmp_path / "new")
     assert new_print.size == len(new) and new_print.digest == blake3.blake3(new).digest()
     pieces = match(new_print, matcher)
     rebuilt = b"".join(
@@ -87,7 +102,7 @@ def test_a_resumed_delta_cuts_from_its_offset_and_still_digests_the_whole_file(t
     (tmp_path / "f").write_bytes(data)
     matcher = Matcher()
     matcher.add(described(tmp_path / "f"))
-    new_print = fingerprint(str(tmp_path / "f"), SIZE // 2)
+    new_print = _fingerprint(tmp_path / "f", SIZE // 2)
     assert new_print.size == SIZE and new_print.digest == blake3.blake3(data).digest()
     pieces = match(new_print, matcher)
     assert pieces[0].offset == SIZE // 2

@@ -86,3 +86,19 @@ def test_the_file_list_starts_with_small_batches(tmp_path: Path) -> None:
     batches = list(iter(lambda: list(next_batch(entries)), []))
     assert [len(b) for b in batches] == [64, 128, 256, 512, 541]
     assert sorted(s.entry.path for b in batches for s in b) == ["src", *(f"src/f{i:04}" for i in range(1500))]
+
+
+def test_a_directory_swapped_for_a_link_after_the_walk_listed_it_is_not_walked_into(tmp_path: Path) -> None:
+    """The walk lists a directory, then lists what it holds: a link put in its place meanwhile
+    (tests/e2e/test_source_swaps.py swaps the names the reader opens) must not be followed."""
+    src, elsewhere = tmp_path / "src", tmp_path / "elsewhere"
+    (src / "sub").mkdir(parents=True)
+    elsewhere.mkdir()
+    (elsewhere / "secret").write_bytes(b"not the sender's to give")
+    entries = listing(collect_sources([str(src)], None), False, print)
+    assert next(entries).entry.path == "src"
+    assert next(entries).entry.path == "src/sub"
+    (src / "sub").rmdir()
+    (src / "sub").symlink_to(elsewhere)
+    with pytest.raises(LocalIOError, match=r"src/sub: replaced by another file while being sent"):
+        next(entries)
