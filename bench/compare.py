@@ -581,6 +581,9 @@ def main() -> int:
         if shutil.which(needed) is None:
             print(f"bench: {needed} not found on PATH", file=sys.stderr)
             return 2
+    if args.dir is not None and not os.path.isdir(args.dir):
+        print(f"bench: --dir {args.dir}: not a directory", file=sys.stderr)
+        return 2
     size = parse_size(args.size)
     if args.baseline:
         base_root = Path(tempfile.mkdtemp(prefix="rtransfer-base-"))
