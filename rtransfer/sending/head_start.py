@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-import stat
 import threading
 from concurrent.futures import Future
 
+from rtransfer.errors import RtransferError
 from rtransfer.integrity import READ_STEP_BYTES, FileDigest
-from rtransfer.sending.walk import PACK_FILE_MAX_BYTES, Source
+from rtransfer.sending.walk import PACK_FILE_MAX_BYTES, Source, open_listed
 from rtransfer.workers import in_worker
 
 HEAD_START_MAX_BYTES = 4 << 30
@@ -49,39 +49,35 @@ def budget_bytes() -> int:
 
 
 class HeadStart:
-    """Hashes ``paths`` in order, at most ``budget`` bytes in all, until ``stop``."""
+    """Hashes ``sources`` in order, at most ``budget`` bytes in all, until ``stop``."""
 
-    def __init__(self, paths: list[str], budget: int) -> None:
+    def __init__(self, sources: list[Source], budget: int) -> None:
         self._stopping = threading.Event()
         self.hashed: Future[dict[str, Ahead]] = Future()  # what was hashed, once hashing ends
         self._ahead: dict[str, Ahead] | None = None
-        if paths and budget > 0:
-            hashing = threading.Thread(target=self._run, args=(list(dict.fromkeys(paths)), budget), daemon=True)
-            hashing.start()
+        if sources and budget > 0:
+            unique = list({s.local: s for s in sources}.values())
+            threading.Thread(target=self._run, args=(unique, budget), daemon=True).start()
         else:
             self.hashed.set_result({})
 
-    def _run(self, paths: list[str], budget: int) -> None:
+    def _run(self, sources: list[Source], budget: int) -> None:
         ahead: dict[str, Ahead] = {}
         try:
             step = memoryview(bytearray(READ_STEP_BYTES))
-            for path in paths:
+            for source in sources:
                 if self._stopping.is_set() or budget <= 0:
                     break
-                with contextlib.suppress(OSError):  # the reader meets the error, and says it
-                    # Non-blocking: a FIFO put in a file's place is neither waited on nor read from. Not
-                    # through a link (one put there since could lead to a device): the reader opens those.
-                    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOFOLLOW)
+                with contextlib.suppress(OSError, RtransferError):  # the reader meets the error, and says it
+                    fd = open_listed(source)  # the listed file only: never a FIFO, a device or another file
                     try:
-                        if not stat.S_ISREG(os.fstat(fd).st_mode):
-                            continue
                         digest, before = FileDigest(), signature(fd)
                         while not self._stopping.is_set() and budget > 0:
                             n = digest.hash_ahead(fd, step[: min(len(step), budget)])
                             if not n:
                                 break
                             budget -= n
-                        ahead[path] = (digest, before)
+                        ahead[source.local or ""] = (digest, before)
                     finally:
                         os.close(fd)
         finally:
@@ -104,8 +100,11 @@ class HeadStart:
         return digest if digest is not None and before == signature(fd) else None
 
 
-def hashed_ahead(sources: list[Source]) -> list[str]:
+def hashed_ahead(sources: list[Source]) -> list[Source]:
     """The sources worth a head start: regular files read chunk by chunk (small ones travel packed,
     hashed as they are read, in one go)."""
-    chunked = (s for s in sources if s.entry.kind == "file" and (s.entry.size or 0) > PACK_FILE_MAX_BYTES)
-    return [s.local for s in chunked if s.local is not None]
+    return [
+        s
+        for s in sources
+        if s.entry.kind == "file" and (s.entry.size or 0) > PACK_FILE_MAX_BYTES and s.local is not None
+    ]

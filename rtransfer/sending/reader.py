@@ -217,11 +217,21 @@ def fingerprint_listed(source: Source, start: int = 0) -> Fingerprint:
 async def _opened(source: Source) -> AsyncIterator[int]:
     """The file the walk listed (``open_listed``), opened on a worker thread: an open may wait
     on a slow file system."""
-    fd = await in_worker(open_listed, source)
+    opening = asyncio.get_running_loop().run_in_executor(None, open_listed, source)
+    try:
+        fd = await asyncio.shield(opening)
+    except asyncio.CancelledError:  # the open goes on in its thread: what it opens is closed there
+        opening.add_done_callback(_close_opened)
+        raise
     try:
         yield fd
     finally:
         os.close(fd)
+
+
+def _close_opened(opening: asyncio.Future[int]) -> None:
+    if not opening.cancelled() and opening.exception() is None:
+        os.close(opening.result())
 
 
 async def _read_chunks(index: int, fd: int, offset: int, digest: FileDigest, reading: Reading) -> int:

@@ -4,6 +4,7 @@ the name rules both sides apply (safe relative paths, links that stay inside).""
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import stat
 from collections.abc import Callable, Iterator
@@ -26,8 +27,9 @@ FIRST_BATCH_ENTRIES = 64  # the file list's first batch; each next one twice the
 
 Ident = tuple[int, int]  # (st_dev, st_ino): which file, whatever name it has now
 
-# A directory open to look names up from (O_PATH: no permission to list it needed, nothing of it read).
-_DIR_FLAGS = getattr(os, "O_PATH", os.O_RDONLY) | os.O_DIRECTORY | os.O_CLOEXEC
+# O_PATH (Linux): a name opened only to look at it, or names up from it; no driver's open runs.
+_O_PATH = getattr(os, "O_PATH", 0)
+_DIR_FLAGS = (_O_PATH or os.O_RDONLY) | os.O_DIRECTORY | os.O_CLOEXEC
 
 
 class Source(Struct):
@@ -49,25 +51,19 @@ def open_listed(source: Source, directory: bool = False, dir_fd: int | None = No
     """A descriptor on what the walk listed as ``source``, and on nothing else.
 
     Anyone who can write where the tree is could otherwise swap a name between the walk and the
-    read: for a link to a file the sender may read and its receiver may not, a directory or a link
-    to one elsewhere (a device there, opened, can act: a watchdog starts counting), or a FIFO no
-    one writes to (the open would wait forever; it is non-blocking here). So a name is looked up in
-    the directory the walk listed it in (``open_within``; or ``dir_fd``, already that one), never
-    through a link, and what it opens must be what was listed."""
+    read: for a link to a file the sender may read and its receiver may not, a link to another
+    directory, a device (whose open alone can act: a watchdog starts counting, a tape rewinds) or a
+    FIFO (the open would wait for a writer). So a name is looked up in the directory the walk listed
+    it in (``open_within``; or ``dir_fd``, already that one), never through a link the command line
+    didn't name, and only what is the listed file is opened for reading (``_open_checked``)."""
     assert source.local is not None
-    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | (os.O_DIRECTORY if directory else 0)
-    flags |= 0 if source.follow else os.O_NOFOLLOW
     parent = open_within(source) if dir_fd is None and source.within is not None else dir_fd
     try:
-        fd = os.open(source.local if parent is None else os.path.basename(source.local), flags, dir_fd=parent)
-    except OSError as exc:
-        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-            raise _replaced(source.local) from None
-        raise local_error(exc, source.local) from None
+        name = source.local if parent is None else os.path.basename(source.local)
+        return _open_checked(name, parent, source, directory)
     finally:
         if parent is not None and dir_fd is None:
             os.close(parent)
-    return _checked(fd, source.local, source.ident, directory)
 
 
 def open_within(source: Source) -> int:
@@ -78,23 +74,67 @@ def open_within(source: Source) -> int:
         fd = os.open(where, _DIR_FLAGS)
     except OSError as exc:
         raise local_error(exc, where) from None
-    return _checked(fd, where, source.within, directory=True, blocking=False)
-
-
-def _checked(fd: int, path: str, ident: Ident | None, directory: bool = False, blocking: bool = True) -> int:
-    """``fd`` if it is what the walk listed as ``path`` (made blocking again); else closed, and the
-    transfer fails."""
     try:
-        st = os.fstat(fd)
-        kind_ok = stat.S_ISDIR(st.st_mode) if directory else stat.S_ISREG(st.st_mode)
-        if not kind_ok or (ident is not None and (st.st_dev, st.st_ino) != ident):
-            raise _replaced(path)
-        if blocking:
-            os.set_blocking(fd, True)
+        _check_listed(fd, where, source.within, directory=True)
     except BaseException:
         os.close(fd)
         raise
     return fd
+
+
+def _open_checked(name: str, dir_fd: int | None, source: Source, directory: bool) -> int:
+    """Where it can (Linux), the name is first opened O_PATH, which reaches no driver and waits for
+    nothing; only once that is the listed file is it opened for reading, through /proc (the same
+    file, not the name again), and as blocking as any open (a lease on it is waited out, not
+    failed). Elsewhere, one non-blocking open, checked after."""
+    path = source.local or ""
+    how = os.O_CLOEXEC | (0 if source.follow else os.O_NOFOLLOW) | (os.O_DIRECTORY if directory else 0)
+    try:
+        if _reopens():
+            held = os.open(name, how | _O_PATH, dir_fd=dir_fd)
+            try:
+                _check_listed(held, path, source.ident, directory)
+                return os.open(f"/proc/self/fd/{held}", os.O_RDONLY | os.O_CLOEXEC | (how & os.O_DIRECTORY))
+            finally:
+                os.close(held)
+        fd = os.open(name, how | os.O_RDONLY | os.O_NONBLOCK, dir_fd=dir_fd)
+        try:
+            _check_listed(fd, path, source.ident, directory)
+            os.set_blocking(fd, True)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise _replaced(path) from None
+        raise local_error(exc, path) from None
+
+
+@functools.cache
+def _reopens() -> bool:
+    return bool(_O_PATH) and os.path.isdir("/proc/self/fd")
+
+
+def _check_listed(fd: int, path: str, ident: Ident | None, directory: bool) -> None:
+    """The transfer fails unless ``fd`` is what the walk listed as ``path``."""
+    st = os.fstat(fd)
+    kind_ok = stat.S_ISDIR(st.st_mode) if directory else stat.S_ISREG(st.st_mode)
+    if not kind_ok or (ident is not None and (st.st_dev, st.st_ino) != ident):
+        raise _replaced(path)
+
+
+def _listed_stat(source: Source) -> os.stat_result:
+    """What the walk listed as ``source`` (named on the command line) is now: a walk starts again
+    from the roots after a reconnect, and one may be gone or swapped since."""
+    assert source.local is not None
+    try:
+        st = os.stat(source.local, follow_symlinks=source.follow)
+    except OSError as exc:
+        raise local_error(exc, source.local) from None
+    if source.ident is not None and (st.st_dev, st.st_ino) != source.ident:
+        raise _replaced(source.local)
+    return st
 
 
 def _replaced(path: str) -> LocalIOError:
@@ -254,7 +294,7 @@ class Walk:
             if root.entry.path != CONTENTS and self.filters.excluded(root.entry.path, root.entry.kind == "dir"):
                 return
             if self.owners:
-                root = replace(root, entry=self._owned(root.entry, os.stat(root.local)))
+                root = replace(root, entry=self._owned(root.entry, _listed_stat(root)))
         yield root
         if root.entry.kind != "dir":
             return

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
+import shutil
+import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,7 +16,7 @@ from hypothesis import strategies as st
 
 from rtransfer.errors import LocalIOError
 from rtransfer.names import link_stays_inside, safe_relative_path
-from rtransfer.sending.walk import collect_sources, listing, next_batch
+from rtransfer.sending.walk import collect_sources, listing, next_batch, open_listed
 
 
 @pytest.mark.parametrize(
@@ -102,3 +108,67 @@ def test_a_directory_swapped_for_a_link_after_the_walk_listed_it_is_not_walked_i
     (src / "sub").symlink_to(elsewhere)
     with pytest.raises(LocalIOError, match=r"src/sub: replaced by another file while being sent"):
         next(entries)
+
+
+def test_a_root_gone_before_its_walk_is_a_local_error(tmp_path: Path) -> None:
+    """A reconnect walks again from the roots: one removed since is one line (exit 6), as root too."""
+    (tmp_path / "src" / "sub").mkdir(parents=True)
+    sources = collect_sources([str(tmp_path / "src")], None)
+    shutil.rmtree(tmp_path / "src")
+    with pytest.raises(LocalIOError, match="No such file or directory"):
+        list(listing(sources, False, print))
+
+
+@pytest.mark.skipif(not hasattr(os, "O_PATH") or os.geteuid() != 0, reason="O_PATH (Linux); mknod needs root")
+def test_a_device_renamed_over_a_listed_name_is_looked_at_but_never_opened(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A device's open alone can act (a watchdog starts counting, a tape rewinds): the name is
+    opened O_PATH, which reaches no driver, and found not to be the listed file."""
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "f").write_bytes(b"listed")
+    os.mknod(tmp_path / "null", 0o600 | stat.S_IFCHR, os.makedev(1, 3))
+    _, listed = list(listing(collect_sources([str(tmp_path / "src")], None), False, print))
+    os.rename(tmp_path / "null", tmp_path / "src" / "f")
+    opens: list[tuple[str, int]] = []
+    real_open = os.open
+
+    def spy(path: str, flags: int, *args: object, **kwargs: object) -> int:
+        opens.append((os.fsdecode(path), flags))
+        return real_open(path, flags, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "open", spy)
+    with pytest.raises(LocalIOError, match=r"src/f: replaced by another file while being sent"):
+        open_listed(listed)
+    named = [flags for path, flags in opens if path.endswith("f") or path.startswith("/proc/")]
+    assert named and all(flags & os.O_PATH for flags in named), opens
+
+
+@pytest.mark.skipif(not hasattr(fcntl, "F_SETLEASE"), reason="leases are Linux's")
+def test_a_file_under_a_lease_is_waited_for_not_failed(tmp_path: Path) -> None:
+    """Samba's oplocks and knfsd's delegations are leases: an open waits for the holder to let go
+    (it is told, SIGIO), as any open does; a non-blocking one failed with EAGAIN."""
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "f").write_bytes(b"leased")
+    _, listed = list(listing(collect_sources([str(tmp_path / "src")], None), False, print))
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _LEASE_HOLDER, str(tmp_path / "src" / "f")], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "leased\n"
+        fd = open_listed(listed)
+        assert os.read(fd, 100) == b"leased"
+        os.close(fd)
+        assert holder.wait(timeout=30) == 0
+    finally:
+        holder.kill()
+
+
+_LEASE_HOLDER = """
+import fcntl, os, signal, sys
+fd = os.open(sys.argv[1], os.O_WRONLY)
+signal.signal(signal.SIGIO, lambda *_: (fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK), sys.exit(0)))
+fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_WRLCK)
+print("leased", flush=True)
+signal.pause()
+"""

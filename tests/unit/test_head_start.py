@@ -15,14 +15,20 @@ import pytest
 from rtransfer.buffers import BufferPool
 from rtransfer.integrity import READ_STEP_BYTES, FileDigest
 from rtransfer.protocol.events import Accepted
+from rtransfer.protocol.model import Entry
 from rtransfer.sending import head_start
 from rtransfer.sending.head_start import HeadStart, hashed_ahead
 from rtransfer.sending.reader import AcceptedBatch, Chunk, EndOfFile, Reading, SendItem, read_sources
-from rtransfer.sending.walk import PACK_FILE_MAX_BYTES, collect_sources
+from rtransfer.sending.walk import PACK_FILE_MAX_BYTES, Source, collect_sources
 from rtransfer.stats import TransferStats
 
 STEP = READ_STEP_BYTES
 WAIT_S = 10.0
+
+
+def _sources(*paths: Path) -> list[Source]:
+    """As the walk lists files, as far as the head start looks (a name that is gone or a FIFO too)."""
+    return [Source(Entry(p.name, "file", None), str(p)) for p in paths]
 
 
 def _hashed_ahead(path: Path, n: int) -> FileDigest:
@@ -122,7 +128,7 @@ async def _claimed(head: HeadStart, path: Path) -> FileDigest | None:
 
 async def test_files_are_hashed_in_order_within_the_budget(tmp_path: Path) -> None:
     first, second, third = _files(tmp_path, 3 * STEP, 3 * STEP, STEP)
-    head = HeadStart([str(first), str(second), str(third)], 4 * STEP + 7)
+    head = HeadStart(_sources(first, second, third), 4 * STEP + 7)
     head.hashed.result(WAIT_S)
     whole, part = await _claimed(head, first), await _claimed(head, second)
     assert whole is not None and whole.fed == 3 * STEP
@@ -134,7 +140,7 @@ async def test_files_are_hashed_in_order_within_the_budget(tmp_path: Path) -> No
 
 async def test_a_file_replaced_or_written_since_starts_afresh_and_a_chmod_does_not_matter(tmp_path: Path) -> None:
     written, replaced, chmodded, other = _files(tmp_path, 2 * STEP, 2 * STEP, 2 * STEP, 2 * STEP)
-    head = HeadStart([str(written), str(replaced), str(chmodded)], 1 << 30)
+    head = HeadStart(_sources(written, replaced, chmodded), 1 << 30)
     head.hashed.result(WAIT_S)
     with written.open("ab") as f:
         f.write(b"x")
@@ -158,7 +164,7 @@ async def test_stop_ends_the_head_start_after_its_step(tmp_path: Path, monkeypat
         return view
 
     monkeypatch.setattr(FileDigest, "read_now", one_step)
-    head = HeadStart([str(big)], 1 << 30)
+    head = HeadStart(_sources(big), 1 << 30)
     assert stepped.wait(WAIT_S)
     head.stop()
     release.set()
@@ -180,7 +186,7 @@ async def test_a_step_that_hangs_is_left_behind(tmp_path: Path, monkeypatch: pyt
 
     monkeypatch.setattr(FileDigest, "read_now", hung)
     monkeypatch.setattr(head_start, "STEP_WAIT_S", 0.05)
-    head = HeadStart([str(big)], 1 << 30)
+    head = HeadStart(_sources(big), 1 << 30)
     try:
         assert stepped.wait(WAIT_S)
         assert await _claimed(head, big) is None
@@ -190,7 +196,7 @@ async def test_a_step_that_hangs_is_left_behind(tmp_path: Path, monkeypatch: pyt
 
 
 async def test_a_file_gone_before_its_head_start_is_left_to_the_reader(tmp_path: Path) -> None:
-    head = HeadStart([str(tmp_path / "gone")], 1 << 30)
+    head = HeadStart(_sources(tmp_path / "gone"), 1 << 30)
     assert head.hashed.result(WAIT_S) == {}
 
 
@@ -200,7 +206,7 @@ async def test_a_fifo_put_in_a_file_s_place_is_neither_waited_on_nor_read(tmp_pa
     writer = os.open(fifo, os.O_RDWR | os.O_NONBLOCK)  # a writer with bytes waiting: a read would take them
     try:
         os.write(writer, b"not for the head start")
-        head = HeadStart([str(fifo)], 1 << 30)
+        head = HeadStart(_sources(fifo), 1 << 30)
         assert head.hashed.result(WAIT_S) == {}
         assert os.read(writer, 100) == b"not for the head start"
     finally:
@@ -211,7 +217,7 @@ def test_only_files_read_chunk_by_chunk_get_a_head_start(tmp_path: Path) -> None
     small, large = _files(tmp_path, PACK_FILE_MAX_BYTES, PACK_FILE_MAX_BYTES + 1)
     (tmp_path / "dir").mkdir()
     sources = collect_sources([str(small), str(large), str(tmp_path / "dir"), "-"], None)
-    assert hashed_ahead(sources) == [str(large)]
+    assert [s.local for s in hashed_ahead(sources)] == [str(large)]
 
 
 async def _sent(path: Path, head: HeadStart, chunk: int, after_first_chunk: str = "") -> tuple[bytes, bytes]:
@@ -248,7 +254,7 @@ async def _sent(path: Path, head: HeadStart, chunk: int, after_first_chunk: str 
 @pytest.mark.parametrize("meanwhile", ["", "write, mtime kept", "chmod"])
 async def test_the_digest_a_file_ends_with_is_of_the_bytes_sent(tmp_path: Path, meanwhile: str) -> None:
     (path,) = _files(tmp_path, 5 * STEP + 5)
-    head = HeadStart([str(path)], 1 << 30)
+    head = HeadStart(_sources(path), 1 << 30)
     head.hashed.result(WAIT_S)  # all of it hashed ahead: hashing any of it again would give another digest
     before = path.read_bytes()
     sent, digest = await _sent(path, head, 2 * STEP, meanwhile)
