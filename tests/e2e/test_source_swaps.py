@@ -55,31 +55,21 @@ def _assert_refused(tx: Proc, rx: Receiver, out: Path, secret: bytes, swapped: s
             assert secret[:4096] not in path.read_bytes(), f"{path} holds the secret's bytes"
 
 
+@pytest.mark.parametrize("named", [False, True], ids=["in-a-tree", "named"])
 @pytest.mark.parametrize("victim_bytes", [2 << 20, 4096], ids=["chunked", "packed"])
 def test_a_file_swapped_for_a_link_to_a_secret_is_not_sent(
-    tmp_path: Path, procs: list[Proc], victim_bytes: int
+    tmp_path: Path, procs: list[Proc], victim_bytes: int, named: bool
 ) -> None:
-    src, secret_dir, secret = _tree(tmp_path, victim_bytes)
-
-    def swap() -> None:
-        os.replace(_link_beside(src / "b" / "victim.bin", secret_dir / "victim.bin"), src / "b" / "victim.bin")
-
-    tx, rx = _send_and_swap(tmp_path, procs, src, swap)
-    _assert_refused(tx, rx, tmp_path / "out", secret)
-
-
-@pytest.mark.parametrize("victim_bytes", [2 << 20, 4096], ids=["chunked", "packed"])
-def test_a_file_named_on_the_command_line_swapped_for_a_link_is_not_sent(
-    tmp_path: Path, procs: list[Proc], victim_bytes: int
-) -> None:
-    """A link the user names is followed; a file the user named that became a link since is not."""
+    """In a tree or named on the command line: a link the user names is followed, a file the user
+    named that became a link since is not."""
     src, secret_dir, secret = _tree(tmp_path, victim_bytes)
     victim = src / "b" / "victim.bin"
 
     def swap() -> None:
         os.replace(_link_beside(victim, secret_dir / "victim.bin"), victim)
 
-    tx, rx = _send_and_swap(tmp_path, procs, src, swap, [str(src / "a" / "first.bin"), str(victim)])
+    sources = [str(src / "a" / "first.bin"), str(victim)] if named else None
+    tx, rx = _send_and_swap(tmp_path, procs, src, swap, sources)
     _assert_refused(tx, rx, tmp_path / "out", secret)
 
 
