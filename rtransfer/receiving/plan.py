@@ -97,6 +97,7 @@ class Planner:
     def __init__(self, land: Landing) -> None:
         self.land = land
         self._linked: set[str] = set()  # files listed as having more names: what a hard link may name
+        self._replaced: set[str] = set()  # of those, the ones this transfer writes anew: their links are made again
         self._held_bytes = 0  # see MAX_HELD_NAME_BYTES
 
     def plan(self, batch: EntryBatch) -> Plan:
@@ -119,7 +120,9 @@ class Planner:
                 if entry.kind == "file":
                     self._plan_file(index, entry, st, draft, (dirs.fd(disk_parent), name), parent in land.hidden)
                 elif (
-                    st is None or not specials.already_here(entry, st, name, dirs.fd(disk_parent), dirs, land.hidden)
+                    st is None
+                    or entry.target in self._replaced
+                    or not specials.already_here(entry, st, name, dirs.fd(disk_parent), dirs, land.hidden)
                 ) and not self._conflicts(entry, st):
                     self._plan_special(entry)
             free = shutil.disk_usage(land.root).free
@@ -132,6 +135,7 @@ class Planner:
 
     def restart(self) -> None:
         self._linked.clear()
+        self._replaced.clear()
         self._held_bytes = 0
 
     def _plan_special(self, entry: Entry) -> None:
@@ -289,6 +293,8 @@ class Planner:
             draft.done.append(index)  # kept as it is: the sender skips it
             return
         land.files[index] = entry
+        if entry.linked and st is not None:  # the names linked to what is here now must name the new file
+            self._replaced.add(entry.path)
         if size_here is not None and land.delta and entry.identity and size_here >= DELTA_MIN_BYTES:
             draft.old_copies.append(index)
         if entry.identity is not None:

@@ -39,6 +39,27 @@ def test_hard_links_arrive_as_hard_links_and_travel_once(tmp_path: Path, procs: 
     assert int(done["wire_bytes_received"]) < 4 * 1024 * 1024  # the content once, not three times  # type: ignore[call-overload]
 
 
+@pytest.mark.parametrize("size", [3 << 20, 100], ids=["chunked", "packed"])
+def test_hard_links_to_a_file_changed_since_still_name_the_new_file(
+    tmp_path: Path, procs: list[Proc], size: int
+) -> None:
+    """A second run with --overwrite replaces the changed file: its other names, already here as
+    links to the old copy, must name the new one, as rsync -H leaves them."""
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    (src / "big.bin").write_bytes(os.urandom(size))
+    os.link(src / "big.bin", src / "sub" / "big.hard")
+    send_tree(src, tmp_path / "out", procs)
+    with (src / "big.bin").open("r+b") as f:
+        f.seek(size // 2)
+        f.write(b"CHANGED")
+    os.utime(src / "big.bin", ns=(1_700_000_000 * 10**9, 1_700_000_000 * 10**9))
+    send_tree(src, tmp_path / "out", procs, recv=("--overwrite",))
+    out = tmp_path / "out" / "src"
+    assert (out / "big.bin").read_bytes() == (src / "big.bin").read_bytes()
+    assert (out / "sub" / "big.hard").stat().st_ino == (out / "big.bin").stat().st_ino
+
+
 def test_a_fifo_is_made_again(tmp_path: Path, procs: list[Proc]) -> None:
     src = tmp_path / "src"
     src.mkdir()
