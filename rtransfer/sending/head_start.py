@@ -69,7 +69,8 @@ class HeadStart:
                 if self._stopping.is_set() or budget <= 0:
                     break
                 with contextlib.suppress(OSError, RtransferError):  # the reader meets the error, and says it
-                    fd = open_listed(source)  # the listed file only: never a FIFO, a device or another file
+                    # The listed file only (never a FIFO, a device or another one); a leased one is the reader's.
+                    fd = open_listed(source, wait=False)
                     try:
                         digest, before = FileDigest(), signature(fd)
                         while not self._stopping.is_set() and budget > 0:

@@ -169,7 +169,10 @@ async def _queue_pack(small: Pack, reading: Reading) -> None:
     """Read a pack's files (open, read, hash, close each) on the loop's thread, a slice at a time."""
     buf = await reading.pool.take(reading.chunk_bytes, SENDER_ROOM)
     try:
-        files = await in_slices(read_pack(small, buf))
+        try:
+            files = await in_slices(read_pack(small, buf))
+        except BlockingIOError:  # a file under a lease: the pack again, where waiting for it holds up nothing else
+            files = await in_worker(lambda: list(read_pack(small, buf, wait=True)))
     except BaseException:
         reading.pool.put(buf)
         raise

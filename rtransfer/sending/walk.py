@@ -47,7 +47,7 @@ class Source(Struct):
     follow: bool = False
 
 
-def open_listed(source: Source, directory: bool = False, dir_fd: int | None = None) -> int:
+def open_listed(source: Source, directory: bool = False, dir_fd: int | None = None, wait: bool = True) -> int:
     """A descriptor on what the walk listed as ``source``, and on nothing else.
 
     Anyone who can write where the tree is could otherwise swap a name between the walk and the
@@ -55,12 +55,16 @@ def open_listed(source: Source, directory: bool = False, dir_fd: int | None = No
     directory, a device (whose open alone can act: a watchdog starts counting, a tape rewinds) or a
     FIFO (the open would wait for a writer). So a name is looked up in the directory the walk listed
     it in (``open_within``; or ``dir_fd``, already that one), never through a link the command line
-    didn't name, and only what is the listed file is opened for reading (``_open_checked``)."""
+    didn't name, and only what is the listed file is opened for reading (``_open_checked``).
+
+    A file under a lease (Samba's oplocks, knfsd's delegations; any owner can take one) is waited
+    for until its holder lets go, up to the kernel's lease-break-time (45 s): on the event loop's
+    thread, where nothing may wait, ``wait=False`` raises BlockingIOError instead."""
     assert source.local is not None
     parent = open_within(source) if dir_fd is None and source.within is not None else dir_fd
     try:
         name = source.local if parent is None else os.path.basename(source.local)
-        return _open_checked(name, parent, source, directory)
+        return _open_checked(name, parent, source, directory, wait)
     finally:
         if parent is not None and dir_fd is None:
             os.close(parent)
@@ -82,11 +86,10 @@ def open_within(source: Source) -> int:
     return fd
 
 
-def _open_checked(name: str, dir_fd: int | None, source: Source, directory: bool) -> int:
+def _open_checked(name: str, dir_fd: int | None, source: Source, directory: bool, wait: bool) -> int:
     """Where it can (Linux), the name is first opened O_PATH, which reaches no driver and waits for
     nothing; only once that is the listed file is it opened for reading, through /proc (the same
-    file, not the name again), and as blocking as any open (a lease on it is waited out, not
-    failed). Elsewhere, one non-blocking open, checked after."""
+    file, not the name again). Elsewhere, one non-blocking open, checked after."""
     path = source.local or ""
     how = os.O_CLOEXEC | (0 if source.follow else os.O_NOFOLLOW) | (os.O_DIRECTORY if directory else 0)
     try:
@@ -94,7 +97,7 @@ def _open_checked(name: str, dir_fd: int | None, source: Source, directory: bool
             held = os.open(name, how | _O_PATH, dir_fd=dir_fd)
             try:
                 _check_listed(held, path, source.ident, directory)
-                return os.open(f"/proc/self/fd/{held}", os.O_RDONLY | os.O_CLOEXEC | (how & os.O_DIRECTORY))
+                return _reopen(f"/proc/self/fd/{held}", os.O_RDONLY | os.O_CLOEXEC | (how & os.O_DIRECTORY), wait)
             finally:
                 os.close(held)
         fd = os.open(name, how | os.O_RDONLY | os.O_NONBLOCK, dir_fd=dir_fd)
@@ -105,10 +108,24 @@ def _open_checked(name: str, dir_fd: int | None, source: Source, directory: bool
             os.close(fd)
             raise
         return fd
+    except BlockingIOError:
+        raise
     except OSError as exc:
         if exc.errno in (errno.ELOOP, errno.ENOTDIR):
             raise _replaced(path) from None
         raise local_error(exc, path) from None
+
+
+def _reopen(path: str, flags: int, wait: bool) -> int:
+    """Non-blocking first: a lease held on the file then says so (EWOULDBLOCK) instead of waiting."""
+    try:
+        fd = os.open(path, flags | os.O_NONBLOCK)
+    except BlockingIOError:
+        if not wait:
+            raise
+        return os.open(path, flags)
+    os.set_blocking(fd, True)
+    return fd
 
 
 @functools.cache
@@ -209,7 +226,10 @@ def _identify(source: Source, dir_fd: int | None = None) -> None:
     the file the walk listed. Only those: reading every small file's head doubled the walk's cost."""
     entry = source.entry
     if source.within is None or (entry.size or 0) > PACK_FILE_MAX_BYTES:  # named: readable, before any byte moves
-        fd = open_listed(source, dir_fd=dir_fd)
+        try:
+            fd = open_listed(source, dir_fd=dir_fd, wait=False)
+        except BlockingIOError:  # under a lease: sent whole, without an identity to resume it by
+            return
         try:
             if (entry.size or 0) > PACK_FILE_MAX_BYTES:
                 entry.identity = source_identity(fd, entry.size or 0, entry.mtime_ns or 0)

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from rtransfer.errors import LocalIOError
 from rtransfer.names import link_stays_inside, safe_relative_path
+from rtransfer.sending.packs import read_pack
 from rtransfer.sending.walk import collect_sources, listing, next_batch, open_listed
 
 
@@ -144,31 +145,62 @@ def test_a_device_renamed_over_a_listed_name_is_looked_at_but_never_opened(
     assert named and all(flags & os.O_PATH for flags in named), opens
 
 
-@pytest.mark.skipif(not hasattr(fcntl, "F_SETLEASE"), reason="leases are Linux's")
+leases = pytest.mark.skipif(not hasattr(fcntl, "F_SETLEASE"), reason="leases are Linux's")
+
+
+class LeaseHolder:
+    """Another process holding a write lease on ``path``; on SIGIO (someone opens it) it lets go, or,
+    ``stubborn``, keeps it until the kernel breaks it (lease-break-time, 45 s by default)."""
+
+    def __init__(self, path: Path, stubborn: bool = False) -> None:
+        args = [sys.executable, "-c", _LEASE_HOLDER, str(path), "1" if stubborn else ""]
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None and self.proc.stdout.readline() == "leased\n"
+
+    def __enter__(self) -> LeaseHolder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+
+_LEASE_HOLDER = """
+import fcntl, os, signal, sys
+fd = os.open(sys.argv[1], os.O_WRONLY)
+let_go = lambda *_: (fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK), sys.exit(0))
+signal.signal(signal.SIGIO, signal.SIG_IGN if sys.argv[2] else let_go)
+fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_WRLCK)
+print("leased", flush=True)
+signal.pause()
+"""
+
+
+@leases
 def test_a_file_under_a_lease_is_waited_for_not_failed(tmp_path: Path) -> None:
     """Samba's oplocks and knfsd's delegations are leases: an open waits for the holder to let go
     (it is told, SIGIO), as any open does; a non-blocking one failed with EAGAIN."""
     (tmp_path / "src").mkdir()
     (tmp_path / "src" / "f").write_bytes(b"leased")
     _, listed = list(listing(collect_sources([str(tmp_path / "src")], None), False, print))
-    holder = subprocess.Popen(
-        [sys.executable, "-c", _LEASE_HOLDER, str(tmp_path / "src" / "f")], stdout=subprocess.PIPE, text=True
-    )
-    try:
-        assert holder.stdout is not None and holder.stdout.readline() == "leased\n"
+    with LeaseHolder(tmp_path / "src" / "f") as holder:
         fd = open_listed(listed)
         assert os.read(fd, 100) == b"leased"
         os.close(fd)
-        assert holder.wait(timeout=30) == 0
-    finally:
-        holder.kill()
+        assert holder.proc.wait(timeout=30) == 0
 
 
-_LEASE_HOLDER = """
-import fcntl, os, signal, sys
-fd = os.open(sys.argv[1], os.O_WRONLY)
-signal.signal(signal.SIGIO, lambda *_: (fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK), sys.exit(0)))
-fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_WRLCK)
-print("leased", flush=True)
-signal.pause()
-"""
+@leases
+def test_on_the_event_loops_thread_a_lease_is_not_waited_for(tmp_path: Path) -> None:
+    """Any owner can take a lease and keep it 45 s: where the event loop reads (packs, the walk), that
+    would stall every connection. A pack says so, and is read again on a worker thread; a large file
+    the walk finds leased is listed without an identity (sent whole, not resumed part-way)."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "small").write_bytes(b"small")
+    (src / "large").write_bytes(bytes(2 << 20))
+    with LeaseHolder(src / "large", stubborn=True), LeaseHolder(src / "small", stubborn=True):
+        entries = {s.entry.path: s for s in listing(collect_sources([str(src)], None), False, print)}
+        assert entries["src/large"].entry.identity is None
+        with pytest.raises(BlockingIOError):
+            list(read_pack([(1, entries["src/small"])], bytearray(1 << 20)))
