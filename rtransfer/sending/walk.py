@@ -108,9 +108,9 @@ def _open_checked(name: str, dir_fd: int | None, source: Source, directory: bool
             os.close(fd)
             raise
         return fd
-    except BlockingIOError:
-        raise
     except OSError as exc:
+        if isinstance(exc, BlockingIOError) and not wait:
+            raise
         if exc.errno in (errno.ELOOP, errno.ENOTDIR):
             raise _replaced(path) from None
         raise local_error(exc, path) from None
