@@ -205,9 +205,11 @@ class Planner:
         if entry.kind != "file" or entry.linked or deleting:
             self._hold(entry)
         if entry.kind == "hardlink":
+            link = f"{shown(entry.path)!r} -> {shown(entry.target or '')!r}"
             if entry.target not in self._linked:
-                link = f"{shown(entry.path)!r} -> {shown(entry.target or '')!r}"
                 raise LocalIOError(f"refusing hard link {link}: its target is not a linked file of this transfer")
+            if entry.target == entry.path:  # made at the end, it would first remove the file it names
+                raise LocalIOError(f"refusing hard link {link}: a name can't be a link to itself")
         elif entry.kind == "symlink" and policy.safe_links and not link_stays_inside(entry.path, entry.target):
             link = f"{shown(entry.path)!r} -> {shown(entry.target or '')!r}"
             raise LocalIOError(f"refusing link {link}: it points outside DEST (--safe-links)")

@@ -163,6 +163,17 @@ def test_a_hard_link_planted_at_a_partial_name_never_leads_a_write(world: World)
     assert (world.dest / "important.txt").read_text() == "the receiver's own"
 
 
+def test_a_hard_link_to_itself_is_refused_before_anything_is_written(world: World) -> None:
+    """A second review: a file listed as linked, then a hard link of the same name to it, made the
+    receiver (with --overwrite) write the file, then remove it at the end to make the link."""
+    file = {"path": "important.txt", "kind": "file", "content": "new", "linked": True}
+    run = world.attack(
+        [file, {"path": "important.txt", "kind": "hardlink", "target": "important.txt"}], ("--overwrite",)
+    )
+    assert run.code == 6 and "a link to itself" in run.error
+    assert (world.dest / "important.txt").read_text() == "the receiver's own"
+
+
 @as_root
 def test_a_hidden_directory_planted_by_a_sender_is_never_taken_for_the_receivers(world: World) -> None:
     """Finding 1: .sub.rtpart/f, a hard link to important.txt, then sub/f with mode 04755 and another
