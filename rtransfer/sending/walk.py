@@ -78,12 +78,7 @@ def open_within(source: Source) -> int:
         fd = os.open(where, _DIR_FLAGS)
     except OSError as exc:
         raise local_error(exc, where) from None
-    try:
-        _check_listed(fd, where, source.within, directory=True)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
+    return _kept_if_listed(fd, where, source.within, directory=True)
 
 
 def _open_checked(name: str, dir_fd: int | None, source: Source, directory: bool, wait: bool) -> int:
@@ -100,13 +95,10 @@ def _open_checked(name: str, dir_fd: int | None, source: Source, directory: bool
                 return _reopen(f"/proc/self/fd/{held}", os.O_RDONLY | os.O_CLOEXEC | (how & os.O_DIRECTORY), wait)
             finally:
                 os.close(held)
-        fd = os.open(name, how | os.O_RDONLY | os.O_NONBLOCK, dir_fd=dir_fd)
-        try:
-            _check_listed(fd, path, source.ident, directory)
-            os.set_blocking(fd, True)
-        except BaseException:
-            os.close(fd)
-            raise
+        fd = _kept_if_listed(
+            os.open(name, how | os.O_RDONLY | os.O_NONBLOCK, dir_fd=dir_fd), path, source.ident, directory
+        )
+        os.set_blocking(fd, True)
         return fd
     except OSError as exc:
         if isinstance(exc, BlockingIOError) and not wait:
@@ -137,8 +129,22 @@ def _check_listed(fd: int, path: str, ident: Ident | None, directory: bool) -> N
     """The transfer fails unless ``fd`` is what the walk listed as ``path``."""
     st = os.fstat(fd)
     kind_ok = stat.S_ISDIR(st.st_mode) if directory else stat.S_ISREG(st.st_mode)
-    if not kind_ok or (ident is not None and (st.st_dev, st.st_ino) != ident):
+    if not kind_ok or not _is(st, ident):
         raise _replaced(path)
+
+
+def _kept_if_listed(fd: int, path: str, ident: Ident | None, directory: bool) -> int:
+    """``fd`` if it is what the walk listed as ``path``; else closed, and the transfer fails."""
+    try:
+        _check_listed(fd, path, ident, directory)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _is(st: os.stat_result, ident: Ident | None) -> bool:
+    return ident is None or (st.st_dev, st.st_ino) == ident
 
 
 def _listed_stat(source: Source) -> os.stat_result:
@@ -149,7 +155,7 @@ def _listed_stat(source: Source) -> os.stat_result:
         st = os.stat(source.local, follow_symlinks=source.follow)
     except OSError as exc:
         raise local_error(exc, source.local) from None
-    if source.ident is not None and (st.st_dev, st.st_ino) != source.ident:
+    if not _is(st, source.ident):
         raise _replaced(source.local)
     return st
 
